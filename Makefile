@@ -1,0 +1,23 @@
+# The README's two commands: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: demo test
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Reinstall only when the project's dependencies change.
+$(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: $(VENV)/.dev-installed
+	$(BIN)/quota-hooks demo
+
+test: $(VENV)/.dev-installed
+	$(BIN)/ruff check .
+	$(BIN)/mypy quota_hooks
+	$(BIN)/python -m pytest -q

@@ -1,0 +1,45 @@
+"""quota-hooks: usage tracking, pricing and quota limits for LLM calls.
+
+The core is framework-free; adapters for OpenAI, LiteLLM and LangChain live in
+``quota_hooks.adapters`` and are imported only when you import them.
+"""
+
+from __future__ import annotations
+
+from .errors import (
+    ConfigurationError,
+    QuotaExceededError,
+    QuotaHooksError,
+    RateLimitedError,
+    StorageError,
+)
+from .manager import QuotaManager, WorkspaceTracker, get_default_manager, set_default_manager
+from .policy import QuotaPolicy
+from .pricing import PriceBook, estimate_cost
+from .status import AlertLevel, QuotaStatus, StatusReport
+from .storage import MemoryStore, Store, store_from_url
+from .usage import UsageRecord
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AlertLevel",
+    "ConfigurationError",
+    "MemoryStore",
+    "PriceBook",
+    "QuotaExceededError",
+    "QuotaHooksError",
+    "QuotaManager",
+    "QuotaPolicy",
+    "QuotaStatus",
+    "RateLimitedError",
+    "StatusReport",
+    "StorageError",
+    "Store",
+    "UsageRecord",
+    "WorkspaceTracker",
+    "estimate_cost",
+    "get_default_manager",
+    "set_default_manager",
+    "store_from_url",
+]

@@ -1,0 +1,452 @@
+"""`QuotaManager`: the framework-free core every adapter feeds.
+
+It prices records, counts them per workspace (and per team/user scope) in a store, evaluates
+the policy into a :class:`~quota_hooks.status.StatusReport`, and never lets a failure of its own
+break the caller's LLM call: such a failure is logged once per kind and shows as ``degraded``.
+
+The seed guide's names keep working::
+
+    from quota_hooks.manager import quota_manager      # configured from the environment
+    tracker = quota_manager.get_tracker("ws-1")
+    tracker.get_status_data()
+    tracker.get_enhanced_status_data()
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any
+
+from .errors import ConfigurationError, StorageError
+from .policy import QuotaPolicy
+from .pricing import PriceBook, from_nanos, to_nanos
+from .status import (
+    Activity,
+    EnhancedTracking,
+    MethodUsage,
+    ModelUsage,
+    StatusReport,
+    evaluate,
+    limit_usage,
+    used_fraction,
+)
+from .storage import MemoryStore, Store, store_from_url
+from .storage.base import Aggregate, Counters, Reservation, UsageDelta, UsageEntry, workspace_scope
+from .usage import UsageRecord
+from .windows import month_key
+
+__all__ = [
+    "DEGRADED_SECONDS",
+    "QuotaManager",
+    "WorkspaceTracker",
+    "get_default_manager",
+    "set_default_manager",
+]
+
+logger = logging.getLogger("quota_hooks")
+
+Clock = Callable[[], float]
+
+#: How long a failure inside tracking keeps a workspace ``degraded``.
+DEGRADED_SECONDS = 300.0
+STORE_ENV = "QUOTA_HOOKS_STORE"
+
+
+class QuotaManager:
+    """Counts, prices and evaluates LLM usage per workspace.
+
+    Args:
+        policy: the policy of every workspace without its own (``default_policy`` is the same
+            argument under the issue's other name; give one of them). Defaults to
+            ``QuotaPolicy()``, the seed guide's limits.
+        policies: per-workspace policies, ``{"ws-a": QuotaPolicy(...)}``.
+        store: where usage lives; a :class:`~quota_hooks.storage.MemoryStore` by default.
+        prices: the :class:`~quota_hooks.pricing.PriceBook`; ``PriceBook.default()`` by default.
+        clock: returns epoch seconds; inject one in tests (``quota_hooks.testing.ManualClock``).
+        recent_limit: how many calls ``recent_activity`` shows (the seed's 10).
+
+    Thread-safe and task-safe. ``record``/``status`` never need an event loop; ``arecord``/
+    ``astatus`` never block one.
+    """
+
+    def __init__(
+        self,
+        policy: QuotaPolicy | None = None,
+        *,
+        policies: Mapping[str, QuotaPolicy] | None = None,
+        default_policy: QuotaPolicy | None = None,
+        store: Store | None = None,
+        prices: PriceBook | None = None,
+        clock: Clock | None = None,
+        recent_limit: int = 10,
+    ) -> None:
+        if policy is not None and default_policy is not None:
+            raise ConfigurationError("give either policy= or default_policy=, not both")
+        chosen = policy if policy is not None else default_policy
+        for name, value in [
+            ("policy", chosen),
+            *((f"policies[{k!r}]", v) for k, v in (policies or {}).items()),
+        ]:
+            if value is not None and not isinstance(value, QuotaPolicy):
+                raise ConfigurationError(
+                    f"{name} must be a QuotaPolicy, got {type(value).__name__}"
+                )
+        if isinstance(recent_limit, bool) or not isinstance(recent_limit, int) or recent_limit < 0:
+            raise ConfigurationError(
+                f"recent_limit must be a whole number >= 0, got {recent_limit!r}"
+            )
+        self.default_policy: QuotaPolicy = chosen if chosen is not None else QuotaPolicy()
+        self._policies: dict[str, QuotaPolicy] = dict(policies or {})
+        self.store: Store = store if store is not None else MemoryStore()
+        self.prices: PriceBook = prices if prices is not None else PriceBook.default()
+        self.clock: Clock = clock if clock is not None else time.time
+        self.recent_limit = recent_limit
+        self._failures: dict[str, float] = {}
+        self._logged_kinds: set[str] = set()
+        self._lock = threading.Lock()
+        self.tracking_errors = 0
+        """How many failures inside tracking were caught (never raised into a call)."""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **kwargs: Any) -> QuotaManager:
+        """A manager configured from the environment: the seed's ``OPENAI_*`` limits
+        (:meth:`QuotaPolicy.from_env`) and ``QUOTA_HOOKS_STORE`` (a store URL)."""
+        env = os.environ if environ is None else environ
+        kwargs.setdefault("policy", QuotaPolicy.from_env(env))
+        url = env.get(STORE_ENV, "").strip()
+        if url and "store" not in kwargs:
+            try:
+                kwargs["store"] = store_from_url(url)
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"{STORE_ENV}: {exc}") from exc
+        return cls(**kwargs)
+
+    def __repr__(self) -> str:
+        return f"QuotaManager(store={self.store!r}, policies={len(self._policies)})"
+
+    # ------------------------------------------------------------------ policy
+    def policy_for(self, workspace_id: str) -> QuotaPolicy:
+        """The policy that applies to ``workspace_id``."""
+        return self._policies.get(workspace_id, self.default_policy)
+
+    def set_policy(self, workspace_id: str, policy: QuotaPolicy | None) -> None:
+        """Give ``workspace_id`` its own policy (``None`` returns it to the default)."""
+        with self._lock:
+            policies = dict(self._policies)
+            if policy is None:
+                policies.pop(workspace_id, None)
+            else:
+                policies[workspace_id] = policy
+            self._policies = policies
+
+    def now(self) -> float:
+        """The manager's clock, in epoch seconds."""
+        return self.clock()
+
+    # ------------------------------------------------------------------ recording
+    def prepare(self, record: UsageRecord) -> UsageEntry:
+        """Price ``record`` and compute what it adds to its scopes. Pure: no I/O."""
+        cost, source = record.cost, record.price_source
+        if cost is None:
+            priced = self.prices.cost(record)
+            cost, source = priced.usd, priced.source
+        elif source is None:
+            source = "provided"
+        policy = self.policy_for(record.workspace_id)
+        limited = record.status_code == 429
+        delta = UsageDelta(
+            requests=0 if record.api_method in policy.unmetered_methods else 1,
+            tokens=record.total_tokens,
+            cost_nanos=0 if cost is None else to_nanos(cost),
+            calls=1,
+            errors=0 if record.success or limited else 1,
+            rate_limited=1 if limited else 0,
+        )
+        scopes: tuple[str, ...] = (workspace_scope(record.workspace_id),)
+        if record.scopes:
+            scopes += tuple(f"{kind}:{value}" for kind, value in record.scopes.items())
+        now = self.clock()
+        month = month_key(now, policy.timezone)
+        return UsageEntry(record, scopes, delta, now, month, cost, source)
+
+    def record(self, record: UsageRecord, reservation: Reservation | None = None) -> None:
+        """Count one call (and settle its ``reservation``, if it had one).
+
+        Never raises: a failure inside tracking is logged, counted and shown as ``degraded``.
+        The priced record shows in ``status()``; ``prices.cost(record)`` prices one directly.
+        """
+        try:
+            self.store.commit(self.prepare(record), reservation)
+        except Exception as exc:
+            self.note_tracking_failure("record", exc, record.workspace_id)
+
+    async def arecord(self, record: UsageRecord, reservation: Reservation | None = None) -> None:
+        """Async :meth:`record`: never blocks the event loop, never raises."""
+        try:
+            await self.store.acommit(self.prepare(record), reservation)
+        except Exception as exc:
+            self.note_tracking_failure("record", exc, record.workspace_id)
+
+    def note_tracking_failure(
+        self, kind: str, exc: BaseException, workspace_id: str | None = None
+    ) -> None:
+        """Count a failure inside tracking: logged once per ``kind``, ``degraded`` for 5 minutes.
+
+        Adapters call this instead of letting a tracking error reach the user's call.
+        """
+        with self._lock:
+            self.tracking_errors += 1
+            self._failures[workspace_id if workspace_id is not None else "*"] = self.clock()
+            first = kind not in self._logged_kinds
+            self._logged_kinds.add(kind)
+        if first:
+            logger.warning(
+                "quota-hooks: tracking failed (%s) and was skipped; the call went on. "
+                "Further %r failures are counted, not logged.",
+                kind,
+                kind,
+                exc_info=exc,
+            )
+
+    def _degraded(self, workspace_id: str, now: float) -> bool:
+        failures = self._failures
+        if not failures:
+            return False
+        last = max(failures.get(workspace_id, -1.0), failures.get("*", -1.0))
+        return last >= 0 and now - last < DEGRADED_SECONDS
+
+    # ------------------------------------------------------------------ status
+    def status(
+        self, workspace_id: str, *, enhanced: bool = True, recent: int | None = None
+    ) -> StatusReport:
+        """The status of ``workspace_id`` now. Raises :class:`StorageError` if the store fails."""
+        now = self.clock()
+        policy = self.policy_for(workspace_id)
+        month = month_key(now, policy.timezone)
+        scope = workspace_scope(workspace_id)
+        store = self.store
+        try:
+            counters = store.counters(scope, now, month)
+            extra = None
+            if enhanced:
+                extra = (
+                    store.breakdown(scope, month, "model"),
+                    store.breakdown(scope, month, "api_method"),
+                    store.recent(scope, self.recent_limit if recent is None else recent),
+                )
+        except StorageError:
+            raise
+        except Exception as exc:
+            raise StorageError(f"reading the status of {workspace_id!r} failed: {exc}") from exc
+        return self._report(workspace_id, policy, now, counters, extra)
+
+    async def astatus(
+        self, workspace_id: str, *, enhanced: bool = True, recent: int | None = None
+    ) -> StatusReport:
+        """Async :meth:`status`."""
+        now = self.clock()
+        policy = self.policy_for(workspace_id)
+        month = month_key(now, policy.timezone)
+        scope = workspace_scope(workspace_id)
+        store = self.store
+        try:
+            counters = await store.acounters(scope, now, month)
+            extra = None
+            if enhanced:
+                extra = (
+                    await store.abreakdown(scope, month, "model"),
+                    await store.abreakdown(scope, month, "api_method"),
+                    await store.arecent(scope, self.recent_limit if recent is None else recent),
+                )
+        except StorageError:
+            raise
+        except Exception as exc:
+            raise StorageError(f"reading the status of {workspace_id!r} failed: {exc}") from exc
+        return self._report(workspace_id, policy, now, counters, extra)
+
+    def _report(
+        self,
+        workspace_id: str,
+        policy: QuotaPolicy,
+        now: float,
+        c: Counters,
+        extra: tuple[dict[str, Aggregate], dict[str, Aggregate], list[UsageRecord]] | None,
+    ) -> StatusReport:
+        spent = from_nanos(c.cost_month_nanos)
+        exact: dict[str, tuple[int | Decimal, int | Decimal | None]] = {
+            "rpm": (c.requests_minute, policy.rpm),
+            "rpd": (c.requests_day, policy.rpd),
+            "tpm": (c.tokens_minute, policy.tpm),
+            "tpd": (c.tokens_day, policy.tpd),
+            "monthly_budget_usd": (spent, policy.monthly_budget_usd),
+        }
+        usages = {metric: limit_usage(*pair) for metric, pair in exact.items()}
+        fractions = {
+            metric: used_fraction(current, limit)
+            for metric, (current, limit) in exact.items()
+            if limit is not None
+        }
+        failing = c.calls_minute > 0 and c.errors_minute * 2 > c.calls_minute
+        status, level = evaluate(
+            fractions,
+            warning_percent=policy.warning_percent,
+            critical_percent=policy.critical_percent,
+            rate_limited_recently=c.rate_limited_minute > 0,
+            degraded=failing or self._degraded(workspace_id, now),
+        )
+        enhanced = None
+        if extra is not None:
+            models, methods, recent = extra
+            enhanced = EnhancedTracking(
+                models_breakdown={
+                    name: ModelUsage(
+                        request_count=a.requests,
+                        tokens_used=a.tokens,
+                        cost_usd=float(from_nanos(a.cost_nanos)),
+                        input_tokens=a.input_tokens,
+                        output_tokens=a.output_tokens,
+                        error_count=a.errors,
+                        unpriced_count=a.unpriced,
+                    )
+                    for name, a in sorted(models.items())
+                },
+                api_methods_breakdown={
+                    name: MethodUsage(
+                        request_count=a.requests,
+                        error_count=a.errors,
+                        tokens_used=a.tokens,
+                        cost_usd=float(from_nanos(a.cost_nanos)),
+                    )
+                    for name, a in sorted(methods.items())
+                },
+                recent_activity=[_activity(r) for r in recent],
+            )
+        return StatusReport(
+            workspace_id=workspace_id,
+            status=status,
+            requests_per_minute=usages["rpm"],
+            requests_per_day=usages["rpd"],
+            tokens_per_minute=usages["tpm"],
+            tokens_per_day=usages["tpd"],
+            monthly_budget_usd=usages["monthly_budget_usd"],
+            alert_level=level,
+            updated_at=_iso(datetime.fromtimestamp(now, timezone.utc)),
+            enhanced_tracking=enhanced,
+        )
+
+    def workspaces(self) -> list[str]:
+        """Every workspace with recorded usage, sorted."""
+        return self.store.workspaces()
+
+    async def aworkspaces(self) -> list[str]:
+        """Async :meth:`workspaces`."""
+        return await self.store.aworkspaces()
+
+    def get_tracker(self, workspace_id: str) -> WorkspaceTracker:
+        """The seed guide's per-workspace view: ``get_status_data()`` and friends."""
+        return WorkspaceTracker(self, workspace_id)
+
+    # ------------------------------------------------------------------ lifecycle
+    def close(self) -> None:
+        """Flush and close the store."""
+        self.store.close()
+
+    async def aclose(self) -> None:
+        """Async :meth:`close`."""
+        await self.store.aclose()
+
+    def __enter__(self) -> QuotaManager:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> QuotaManager:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+class WorkspaceTracker:
+    """One workspace's view of a :class:`QuotaManager` (the seed guide's tracker)."""
+
+    def __init__(self, manager: QuotaManager, workspace_id: str) -> None:
+        self.manager = manager
+        self.workspace_id = workspace_id
+
+    def __repr__(self) -> str:
+        return f"WorkspaceTracker({self.workspace_id!r})"
+
+    def get_status_data(self) -> dict[str, Any]:
+        """The seed status JSON as a dict, without ``enhanced_tracking``."""
+        return self.manager.status(self.workspace_id, enhanced=False).to_dict(enhanced=False)
+
+    def get_enhanced_status_data(self, recent: int | None = None) -> dict[str, Any]:
+        """The seed status JSON with ``enhanced_tracking`` (models, methods, recent calls)."""
+        return self.manager.status(self.workspace_id, recent=recent).to_dict()
+
+    async def aget_status_data(self) -> dict[str, Any]:
+        """Async :meth:`get_status_data`."""
+        report = await self.manager.astatus(self.workspace_id, enhanced=False)
+        return report.to_dict(enhanced=False)
+
+    async def aget_enhanced_status_data(self, recent: int | None = None) -> dict[str, Any]:
+        """Async :meth:`get_enhanced_status_data`."""
+        return (await self.manager.astatus(self.workspace_id, recent=recent)).to_dict()
+
+
+def _iso(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _activity(record: UsageRecord) -> Activity:
+    return Activity(
+        timestamp=_iso(record.timestamp),
+        model=record.model,
+        api_method=record.api_method,
+        tokens_used=record.total_tokens,
+        success=record.success,
+        cost_usd=None if record.cost is None else float(record.cost),
+        status_code=record.status_code,
+        latency_ms=record.latency_ms,
+        estimated=record.estimated,
+    )
+
+
+# ---------------------------------------------------------------------- seed compatibility
+_default_manager: QuotaManager | None = None
+_default_lock = threading.Lock()
+
+
+def get_default_manager() -> QuotaManager:
+    """The process-wide manager, built from the environment on first use
+    (:meth:`QuotaManager.from_env`)."""
+    global _default_manager
+    manager = _default_manager
+    if manager is None:
+        with _default_lock:
+            if _default_manager is None:
+                _default_manager = QuotaManager.from_env()
+            manager = _default_manager
+    return manager
+
+
+def set_default_manager(manager: QuotaManager | None) -> None:
+    """Replace the process-wide manager (``None``: build it from the environment again)."""
+    global _default_manager
+    with _default_lock:
+        _default_manager = manager
+
+
+def __getattr__(name: str) -> Any:
+    # The seed's ``quota_manager`` module object, created lazily: nothing happens at import.
+    if name == "quota_manager":
+        return get_default_manager()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

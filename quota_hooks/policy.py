@@ -1,0 +1,156 @@
+"""`QuotaPolicy`: the limits of one workspace (or team, or user).
+
+Defaults are the seed guide's: 500 requests per minute, 10,000 per day, 150,000 tokens per
+minute, 2,000,000 per day, a $100 monthly budget, warning at 80 % and critical at 95 %.
+``None`` means unlimited.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigurationError
+
+__all__ = ["ENV_VARIABLES", "LIMIT_METRICS", "QuotaPolicy"]
+
+#: The limit metrics, in the order the status report lists them.
+LIMIT_METRICS = ("rpm", "rpd", "tpm", "tpd", "monthly_budget_usd")
+
+#: Seed environment variable -> (policy field, default).
+ENV_VARIABLES: Mapping[str, tuple[str, int]] = {
+    "OPENAI_RATE_LIMIT_PER_MINUTE": ("rpm", 500),
+    "OPENAI_RATE_LIMIT_PER_DAY": ("rpd", 10_000),
+    "OPENAI_TOKEN_LIMIT_PER_MINUTE": ("tpm", 150_000),
+    "OPENAI_DAILY_TOKEN_LIMIT": ("tpd", 2_000_000),
+    "OPENAI_MONTHLY_BUDGET_USD": ("monthly_budget_usd", 100),
+    "OPENAI_WARNING_THRESHOLD_PERCENT": ("warning_percent", 80),
+    "OPENAI_CRITICAL_THRESHOLD_PERCENT": ("critical_percent", 95),
+}
+_UNLIMITED = {"none", "unlimited", "off"}
+
+
+class QuotaPolicy(BaseModel):
+    """Limits and alert thresholds for one scope.
+
+    Attributes:
+        rpm: requests per rolling minute.
+        rpd: requests per rolling 24 hours.
+        tpm: tokens per rolling minute.
+        tpd: tokens per rolling 24 hours.
+        monthly_budget_usd: USD per calendar month in ``timezone``.
+        warning_percent: usage percentage that raises a warning (default 80).
+        critical_percent: usage percentage that raises a critical alert (default 95).
+        timezone: IANA zone whose calendar month bounds the budget (default UTC).
+        unmetered_methods: API methods counted and shown but exempt from request limits (the
+            seed guide: model listing has no quota impact).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    rpm: int | None = Field(default=500, ge=0)
+    rpd: int | None = Field(default=10_000, ge=0)
+    tpm: int | None = Field(default=150_000, ge=0)
+    tpd: int | None = Field(default=2_000_000, ge=0)
+    monthly_budget_usd: Decimal | None = Field(default=Decimal(100), ge=0, allow_inf_nan=False)
+    warning_percent: float = Field(default=80.0, gt=0, le=100, allow_inf_nan=False)
+    critical_percent: float = Field(default=95.0, gt=0, le=100, allow_inf_nan=False)
+    timezone: str = "UTC"
+    unmetered_methods: frozenset[str] = frozenset({"models", "files"})
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown IANA time zone {value!r}") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _ordered_thresholds(self) -> QuotaPolicy:
+        if self.warning_percent > self.critical_percent:
+            raise ValueError(
+                f"warning_percent ({self.warning_percent:g}) must not exceed "
+                f"critical_percent ({self.critical_percent:g})"
+            )
+        return self
+
+    @classmethod
+    def unlimited(cls) -> QuotaPolicy:
+        """A policy with no limits: usage is counted and reported, never refused."""
+        return cls(rpm=None, rpd=None, tpm=None, tpd=None, monthly_budget_usd=None)
+
+    def limit(self, metric: str) -> int | Decimal | None:
+        """The limit for one of :data:`LIMIT_METRICS`."""
+        if metric not in LIMIT_METRICS:
+            raise ConfigurationError(f"unknown limit metric {metric!r}; use one of {LIMIT_METRICS}")
+        value: int | Decimal | None = getattr(self, metric)
+        return value
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> QuotaPolicy:
+        """A policy from the seed's ``OPENAI_*`` environment variables.
+
+        Unset or empty variables keep their defaults; ``none``/``unlimited`` lifts a limit.
+        A bad value raises :class:`ConfigurationError` naming the variable and the value.
+        Keyword ``overrides`` win over the environment.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for variable, (field, _default) in ENV_VARIABLES.items():
+            raw = env.get(variable, "").strip()
+            if not raw:
+                continue
+            values[field] = _parse_env(variable, field, raw)
+        values.update(overrides)
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            raise _config_error(exc, source="environment") from exc
+
+
+def _parse_env(variable: str, field: str, raw: str) -> int | float | Decimal | None:
+    lowered = raw.lower()
+    if lowered in _UNLIMITED:
+        if field.endswith("_percent"):
+            raise ConfigurationError(f"{variable}={raw!r}: a threshold cannot be unlimited")
+        return None
+    if field in ("rpm", "rpd", "tpm", "tpd"):
+        try:
+            value = int(raw.replace("_", ""))
+        except ValueError:
+            raise ConfigurationError(
+                f"{variable}={raw!r}: not a whole number (expected e.g. 500, or 'none')"
+            ) from None
+        if value < 0:
+            raise ConfigurationError(f"{variable}={raw!r}: must not be negative")
+        return value
+    try:
+        number = Decimal(raw)
+    except InvalidOperation:
+        raise ConfigurationError(f"{variable}={raw!r}: not a number") from None
+    if not number.is_finite() or number < 0:
+        raise ConfigurationError(f"{variable}={raw!r}: must be a finite, non-negative number")
+    if field.endswith("_percent"):
+        if not 0 < number <= 100:
+            raise ConfigurationError(f"{variable}={raw!r}: must be above 0 and at most 100")
+        return float(number)
+    return number
+
+
+def _config_error(exc: ValidationError, source: str | None = None) -> ConfigurationError:
+    reverse = {field: variable for variable, (field, _) in ENV_VARIABLES.items()}
+    parts = []
+    for error in exc.errors():
+        field = ".".join(str(p) for p in error["loc"]) or "policy"
+        name = reverse.get(field, field) if source == "environment" else field
+        value = error.get("input")
+        shown = "" if isinstance(value, dict) else f"={value!r}"
+        parts.append(f"{name}{shown}: {error['msg']}")
+    return ConfigurationError("invalid QuotaPolicy: " + "; ".join(parts))

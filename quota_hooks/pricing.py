@@ -1,0 +1,395 @@
+"""`PriceBook`: what a call costs, exactly.
+
+Prices are USD per 1M tokens (plus per image, per audio minute and per 1M characters for the
+models billed that way), kept as ``Decimal``. Costs are exact ``Decimal`` USD; running totals are
+kept by the stores as integer nano-dollars (:func:`to_nanos`). Floats never carry money.
+
+The bundled table (``quota_hooks/data/prices.json``) has an ``as_of`` date and a source. Override
+it with a dict, a JSON file of the same shape, or the ``QUOTA_HOOKS_PRICES_FILE`` environment
+variable. A model the book does not know is priced ``None`` (``priced=False``), never $0, with one
+warning per model.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import re
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import ROUND_HALF_EVEN, Decimal
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ConfigurationError
+from .usage import UsageRecord
+
+__all__ = [
+    "NANOS_PER_USD",
+    "Cost",
+    "ModelPrice",
+    "PriceBook",
+    "estimate_cost",
+    "from_nanos",
+    "to_nanos",
+]
+
+logger = logging.getLogger("quota_hooks")
+
+NANOS_PER_USD = 1_000_000_000
+_PER_MILLION = Decimal(1_000_000)
+_SECONDS_PER_MINUTE = Decimal(60)
+_NANO = Decimal("1e-9")
+PRICES_FILE_ENV = "QUOTA_HOOKS_PRICES_FILE"
+
+_Price = Decimal | None
+_DATED_SUFFIX = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{4})$")
+
+
+def to_nanos(usd: Decimal) -> int:
+    """USD as a ``Decimal`` to integer nano-dollars (half-even rounding below a nano-dollar)."""
+    return int((usd / _NANO).to_integral_value(rounding=ROUND_HALF_EVEN))
+
+
+def from_nanos(nanos: int) -> Decimal:
+    """Integer nano-dollars back to exact USD."""
+    return Decimal(nanos).scaleb(-9)
+
+
+class ModelPrice(BaseModel):
+    """The prices of one model. Token prices are USD per 1M tokens.
+
+    ``cached_input``, ``cache_write`` and ``audio_input`` fall back to ``input`` when absent;
+    ``audio_output`` falls back to ``output``. ``per_image`` is keyed ``"quality/size"``, e.g.
+    ``"hd/1024x1792"``. ``fine_tuned`` holds the prices of fine-tunes of this model.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    input: _Price = Field(default=None, ge=0)
+    cached_input: _Price = Field(default=None, ge=0)
+    cache_write: _Price = Field(default=None, ge=0)
+    output: _Price = Field(default=None, ge=0)
+    audio_input: _Price = Field(default=None, ge=0)
+    audio_output: _Price = Field(default=None, ge=0)
+    per_image: dict[str, Decimal] = Field(default_factory=dict)
+    per_minute: _Price = Field(default=None, ge=0)
+    per_1m_characters: _Price = Field(default=None, ge=0)
+    fine_tuned: ModelPrice | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Cost:
+    """The price of one record: ``usd`` is ``None`` when the model could not be priced."""
+
+    usd: Decimal | None
+    source: str
+    model: str | None = None
+
+    @property
+    def priced(self) -> bool:
+        """True when ``usd`` is a real price, not unknown."""
+        return self.usd is not None
+
+    @property
+    def nanos(self) -> int | None:
+        """``usd`` as integer nano-dollars."""
+        return None if self.usd is None else to_nanos(self.usd)
+
+
+class PriceBook:
+    """Model name to prices, and the cost of a :class:`UsageRecord`.
+
+    Names resolve through, in order: the exact (lower-cased) name, aliases, a provider prefix
+    (``openai/``, ``azure/`` ...), a fine-tune (``ft:gpt-4o-mini:org::id`` uses the base model's
+    fine-tune prices, else its base prices) and a dated snapshot suffix (``gpt-4o-2024-08-06``,
+    ``gpt-4-0613``).
+    """
+
+    def __init__(
+        self,
+        prices: Mapping[str, ModelPrice | Mapping[str, Any]],
+        *,
+        aliases: Mapping[str, str] | None = None,
+        source: str = "custom",
+        as_of: str | None = None,
+    ) -> None:
+        self._prices: dict[str, ModelPrice] = {
+            name.lower(): _parse_price(name, price, source) for name, price in prices.items()
+        }
+        self._aliases = {k.lower(): v.lower() for k, v in (aliases or {}).items()}
+        self.source = source
+        self.as_of = as_of
+        self._sources: dict[str, str] = {}
+        self._resolved: dict[str, tuple[str, ModelPrice] | None] = {}
+        self._warned: set[str] = set()
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def bundled(cls) -> PriceBook:
+        """The price table shipped with quota-hooks."""
+        text = resources.files("quota_hooks").joinpath("data/prices.json").read_text("utf-8")
+        return cls._from_document(json.loads(text), origin="bundled")
+
+    @classmethod
+    def default(cls) -> PriceBook:
+        """The bundled table, overridden by ``QUOTA_HOOKS_PRICES_FILE`` when it is set."""
+        book = cls.bundled()
+        path = os.environ.get(PRICES_FILE_ENV, "").strip()
+        if path:
+            book = book.with_overrides(cls.from_file(path, _env=True))
+        return book
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str], *, _env: bool = False) -> PriceBook:
+        """A price table from a JSON file: ``{"models": {name: prices}, "aliases": {...}}``.
+
+        A file with no ``models`` key is read as ``{name: prices}`` directly.
+        """
+        where = f"{PRICES_FILE_ENV}={os.fspath(path)!r}" if _env else f"price file {path!s}"
+        try:
+            document = json.loads(Path(path).read_text("utf-8"))
+        except OSError as exc:
+            raise ConfigurationError(f"{where}: cannot be read ({exc.strerror})") from exc
+        except ValueError as exc:
+            raise ConfigurationError(f"{where}: not valid JSON ({exc})") from exc
+        if not isinstance(document, dict):
+            raise ConfigurationError(f"{where}: expected a JSON object")
+        if "models" not in document:
+            document = {"models": document}
+        return cls._from_document(document, origin=where)
+
+    @classmethod
+    def from_litellm(cls) -> PriceBook:
+        """A price table from litellm's model map (``litellm.model_cost``).
+
+        Requires the ``litellm`` extra. Set ``LITELLM_LOCAL_MODEL_COST_MAP=True`` to keep
+        ``import litellm`` off the network.
+        """
+        try:
+            import litellm
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ImportError(
+                "PriceBook.from_litellm() needs litellm: pip install 'quota-hooks[litellm]'"
+            ) from exc
+        prices: dict[str, ModelPrice] = {}
+        for name, entry in litellm.model_cost.items():
+            if not isinstance(entry, dict) or name == "sample_spec":
+                continue
+            price = _price_from_litellm(entry)
+            if price is not None:
+                prices[name] = price
+        return cls(prices, source="litellm")
+
+    @classmethod
+    def _from_document(cls, document: Mapping[str, Any], *, origin: str) -> PriceBook:
+        models = document.get("models")
+        if not isinstance(models, dict):
+            raise ConfigurationError(f"{origin}: 'models' must be an object of model prices")
+        aliases = document.get("aliases") or {}
+        if not isinstance(aliases, dict):
+            raise ConfigurationError(f"{origin}: 'aliases' must be an object")
+        as_of = document.get("as_of")
+        label = origin if as_of is None else f"{origin}:{as_of}"
+        return cls(models, aliases=aliases, source=label, as_of=as_of)
+
+    def with_overrides(
+        self, overrides: PriceBook | Mapping[str, ModelPrice | Mapping[str, Any]]
+    ) -> PriceBook:
+        """A new book with ``overrides`` replacing or adding models."""
+        if not isinstance(overrides, PriceBook):
+            overrides = PriceBook(overrides, source="override")
+        merged: dict[str, ModelPrice] = dict(self._prices)
+        merged.update(overrides._prices)
+        book = PriceBook(merged, aliases={**self._aliases, **overrides._aliases}, as_of=self.as_of)
+        book.source = self.source
+        book._sources = {**self._sources, **dict.fromkeys(overrides._prices, overrides.source)}
+        return book
+
+    # ------------------------------------------------------------------ lookup
+    def models(self) -> list[str]:
+        """Every model name the book prices, sorted."""
+        return sorted(self._prices)
+
+    def price(self, model: str) -> ModelPrice | None:
+        """The prices of ``model`` after name resolution, or ``None`` if unknown."""
+        found = self.resolve(model)
+        return None if found is None else found[1]
+
+    def resolve(self, model: str) -> tuple[str, ModelPrice] | None:
+        """``(price key, prices)`` for ``model``, or ``None`` when the book does not know it."""
+        try:
+            return self._resolved[model]
+        except KeyError:
+            pass
+        found = self._lookup(model)
+        if len(self._resolved) < 4096:
+            self._resolved[model] = found
+        return found
+
+    def _lookup(self, model: str) -> tuple[str, ModelPrice] | None:
+        name = model.strip().lower()
+        fine_tuned = False
+        if name.startswith("ft:"):
+            parts = name.split(":")
+            name, fine_tuned = (parts[1] if len(parts) > 1 else ""), True
+        candidates = [name]
+        if "/" in name:
+            candidates.append(name.rsplit("/", 1)[1])
+        for candidate in candidates:
+            for key in (candidate, _DATED_SUFFIX.sub("", candidate)):
+                key = self._aliases.get(key, key)
+                price = self._prices.get(key)
+                if price is None:
+                    continue
+                if fine_tuned:
+                    if price.fine_tuned is not None:
+                        return f"ft:{key}", price.fine_tuned
+                    return f"ft:{key}(base prices)", price
+                return key, price
+        return None
+
+    def source_of(self, key: str) -> str:
+        """Where the prices of a resolved key came from."""
+        base = key.removeprefix("ft:").split("(")[0]
+        return self._sources.get(base, self.source)
+
+    # ------------------------------------------------------------------ cost
+    def cost(self, record: UsageRecord) -> Cost:
+        """The exact USD cost of ``record``; ``usd is None`` when it cannot be priced."""
+        if not (record.total_tokens or record.images or record.audio_seconds or record.characters):
+            return Cost(Decimal(0), "no billable usage")
+        found = self.resolve(record.model)
+        if found is None:
+            return self._unpriced(record.model, "unknown model")
+        key, price = found
+        usd = _cost(price, record)
+        if usd is None:
+            return self._unpriced(record.model, f"no price for the units used ({key})")
+        return Cost(usd, self.source_of(key), key)
+
+    def estimate_cost(
+        self, model: str, input_tokens: int, output_tokens: int = 0
+    ) -> Decimal | None:
+        """The USD cost of a call with these token counts, or ``None`` for an unknown model."""
+        record = UsageRecord(model=model, input_tokens=input_tokens, output_tokens=output_tokens)
+        return self.cost(record).usd
+
+    def _unpriced(self, model: str, why: str) -> Cost:
+        if model not in self._warned:
+            with self._lock:
+                if model not in self._warned:
+                    self._warned.add(model)
+                    logger.warning(
+                        "quota-hooks: cannot price model %r (%s); its cost is recorded as unknown, "
+                        "not $0. Add it with PriceBook.with_overrides() or %s.",
+                        model,
+                        why,
+                        PRICES_FILE_ENV,
+                    )
+        return Cost(None, "unpriced")
+
+
+def _cost(price: ModelPrice, r: UsageRecord) -> Decimal | None:
+    """Exact USD for a record under ``price``, or None when a used unit has no price."""
+    total = Decimal(0)
+    tokens = Decimal(0)
+    if r.input_tokens:
+        if price.input is None:
+            return None
+        text_in = max(
+            0, r.input_tokens - r.cached_input_tokens - r.cache_write_tokens - r.audio_input_tokens
+        )
+        tokens += text_in * price.input
+        tokens += r.cached_input_tokens * _or(price.cached_input, price.input)
+        tokens += r.cache_write_tokens * _or(price.cache_write, price.input)
+        tokens += r.audio_input_tokens * _or(price.audio_input, price.input)
+    if r.output_tokens:
+        if price.output is None:
+            return None
+        tokens += (r.output_tokens - r.audio_output_tokens) * price.output
+        tokens += r.audio_output_tokens * _or(price.audio_output, price.output)
+    if tokens:
+        total += tokens / _PER_MILLION
+    if r.images and not (r.input_tokens or r.output_tokens):
+        per_image = price.per_image.get(
+            f"{r.image_quality or 'standard'}/{r.image_size or '1024x1024'}"
+        )
+        if per_image is None:
+            return None
+        total += r.images * per_image
+    if r.audio_seconds and not r.input_tokens:
+        if price.per_minute is None:
+            return None
+        total += Decimal(repr(r.audio_seconds)) / _SECONDS_PER_MINUTE * price.per_minute
+    if r.characters and not r.output_tokens:
+        if price.per_1m_characters is None:
+            return None
+        total += r.characters * price.per_1m_characters / _PER_MILLION
+    return total
+
+
+def _or(value: Decimal | None, fallback: Decimal | None) -> Decimal:
+    chosen = value if value is not None else fallback
+    assert chosen is not None  # callers checked the fallback
+    return chosen
+
+
+def _parse_price(name: str, price: ModelPrice | Mapping[str, Any], origin: str) -> ModelPrice:
+    if isinstance(price, ModelPrice):
+        return price
+    try:
+        return ModelPrice.model_validate(price)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise ConfigurationError(
+            f"{origin}: price of model {name!r}, field {field!r}={first.get('input')!r}: "
+            f"{first['msg']}"
+        ) from exc
+
+
+def _price_from_litellm(entry: Mapping[str, Any]) -> ModelPrice | None:
+    def per_million(key: str) -> Decimal | None:
+        value = entry.get(key)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+            return None
+        return Decimal(repr(float(value))) * _PER_MILLION
+
+    fields = {
+        "input": per_million("input_cost_per_token"),
+        "output": per_million("output_cost_per_token"),
+        "cached_input": per_million("cache_read_input_token_cost"),
+        "cache_write": per_million("cache_creation_input_token_cost"),
+        "audio_input": per_million("input_cost_per_audio_token"),
+        "audio_output": per_million("output_cost_per_audio_token"),
+    }
+    per_second = entry.get("input_cost_per_second")
+    if isinstance(per_second, (int, float)) and per_second > 0:
+        fields["per_minute"] = Decimal(repr(float(per_second))) * _SECONDS_PER_MINUTE
+    if all(v is None for v in fields.values()):
+        return None
+    return ModelPrice.model_validate({k: v for k, v in fields.items() if v is not None})
+
+
+@functools.cache
+def _default_book() -> PriceBook:
+    return PriceBook.default()
+
+
+def estimate_cost(
+    model: str, tokens: int, output_tokens: int = 0, *, prices: PriceBook | None = None
+) -> Decimal | None:
+    """The seed guide's helper: the USD cost of ``tokens`` input (and ``output_tokens``) tokens.
+
+    Uses the bundled prices unless ``prices`` is given; ``None`` for an unknown model.
+    """
+
+    return (prices or _default_book()).estimate_cost(model, tokens, output_tokens)

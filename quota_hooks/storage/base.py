@@ -1,0 +1,239 @@
+"""The `Store` protocol: where usage lives.
+
+A store keeps, per scope (``"workspace:ws-1"``, ``"team:ml"`` ...):
+
+* rolling counters for the per-minute and per-day windows and the cost of each budget month,
+* breakdowns of each month by model and by API method,
+* the most recent records, and pending reservations.
+
+Stores know numbers, not policy: the manager turns a policy into :class:`Limits` and asks the
+store to check them and reserve atomically (:meth:`Store.reserve`), then replaces the estimate
+with the actual usage exactly once (:meth:`Store.commit`). Status reads never scan history.
+
+Every method has an async twin (``a``-prefixed). Stores that do I/O run it off the event loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Literal, Protocol, runtime_checkable
+
+from ..usage import UsageRecord
+
+__all__ = [
+    "Aggregate",
+    "Breakdown",
+    "Counters",
+    "Denial",
+    "Limits",
+    "Reservation",
+    "Store",
+    "UsageDelta",
+    "UsageEntry",
+    "workspace_scope",
+]
+
+Breakdown = Literal["model", "api_method"]
+
+
+def workspace_scope(workspace_id: str) -> str:
+    """The scope key of a workspace."""
+    return f"workspace:{workspace_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class UsageDelta:
+    """Counts that one call adds to every window of a scope."""
+
+    requests: int = 0
+    """Requests that count toward rpm/rpd (unmetered methods add 0)."""
+    tokens: int = 0
+    cost_nanos: int = 0
+    calls: int = 0
+    """Every call, metered or not."""
+    errors: int = 0
+    """Failed calls other than rate limiting."""
+    rate_limited: int = 0
+    """Calls the provider answered with 429."""
+
+
+@dataclass(frozen=True, slots=True)
+class UsageEntry:
+    """One record as the store receives it: the record, its scopes, what it adds, and when.
+
+    ``cost``/``price_source`` are the manager's pricing of the record (``cost`` is ``None`` when
+    the model could not be priced); the record itself is left as the adapter made it.
+    """
+
+    record: UsageRecord
+    scopes: tuple[str, ...]
+    delta: UsageDelta
+    now: float
+    month: str
+    cost: Decimal | None = None
+    price_source: str | None = None
+
+    @property
+    def unpriced(self) -> bool:
+        """True when the record's cost is unknown."""
+        return self.cost is None
+
+    def priced_record(self) -> UsageRecord:
+        """The record with ``cost`` and ``price_source`` filled in."""
+        record = self.record
+        if record.cost is self.cost and record.price_source == self.price_source:
+            return record
+        return record.with_cost(self.cost, self.price_source)
+
+
+@dataclass(frozen=True, slots=True)
+class Counters:
+    """A scope's totals at one instant."""
+
+    requests_minute: int = 0
+    tokens_minute: int = 0
+    requests_day: int = 0
+    tokens_day: int = 0
+    cost_month_nanos: int = 0
+    calls_minute: int = 0
+    errors_minute: int = 0
+    rate_limited_minute: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Aggregate:
+    """Totals for one model or API method over a month."""
+
+    requests: int = 0
+    errors: int = 0
+    tokens: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_nanos: int = 0
+    unpriced: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The limits a reservation must fit in, for one scope. ``None`` is unlimited."""
+
+    rpm: int | None = None
+    rpd: int | None = None
+    tpm: int | None = None
+    tpd: int | None = None
+    budget_nanos: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """Usage held against limits before a call, replaced by the actual usage after it."""
+
+    id: str
+    scopes: tuple[str, ...]
+    delta: UsageDelta
+    at: float
+    month: str
+    expires_at: float
+    limits: Mapping[str, Limits] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Denial:
+    """Why a reservation was refused: the first limit it did not fit."""
+
+    scope: str
+    limit: str
+    used: int
+    maximum: int
+    retry_after: float | None
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Storage of usage counters, breakdowns, recent records and reservations."""
+
+    def commit(self, entry: UsageEntry, reservation: Reservation | None = None) -> None:
+        """Add a record's usage to every scope, window and breakdown.
+
+        With a ``reservation``, its estimate is removed first if it is still pending (it is
+        removed at most once, whoever commits or however often).
+        """
+        ...
+
+    async def acommit(self, entry: UsageEntry, reservation: Reservation | None = None) -> None:
+        """Async :meth:`commit`."""
+        ...
+
+    def reserve(
+        self,
+        scopes: Sequence[str],
+        delta: UsageDelta,
+        limits: Mapping[str, Limits],
+        now: float,
+        month: str,
+        ttl: float,
+    ) -> Reservation | Denial:
+        """Check every limit of every scope and hold ``delta`` in one atomic step."""
+        ...
+
+    async def areserve(
+        self,
+        scopes: Sequence[str],
+        delta: UsageDelta,
+        limits: Mapping[str, Limits],
+        now: float,
+        month: str,
+        ttl: float,
+    ) -> Reservation | Denial:
+        """Async :meth:`reserve`."""
+        ...
+
+    def release(self, reservation: Reservation, now: float) -> bool:
+        """Drop a pending reservation (the call never happened). False if already gone."""
+        ...
+
+    async def arelease(self, reservation: Reservation, now: float) -> bool:
+        """Async :meth:`release`."""
+        ...
+
+    def counters(self, scope: str, now: float, month: str) -> Counters:
+        """The scope's window totals at ``now`` and its cost in ``month``."""
+        ...
+
+    async def acounters(self, scope: str, now: float, month: str) -> Counters:
+        """Async :meth:`counters`."""
+        ...
+
+    def breakdown(self, scope: str, month: str, by: Breakdown) -> dict[str, Aggregate]:
+        """The scope's usage in ``month`` per model or per API method."""
+        ...
+
+    async def abreakdown(self, scope: str, month: str, by: Breakdown) -> dict[str, Aggregate]:
+        """Async :meth:`breakdown`."""
+        ...
+
+    def recent(self, scope: str, n: int) -> list[UsageRecord]:
+        """The scope's last ``n`` records, newest first."""
+        ...
+
+    async def arecent(self, scope: str, n: int) -> list[UsageRecord]:
+        """Async :meth:`recent`."""
+        ...
+
+    def workspaces(self) -> list[str]:
+        """Every workspace id that has usage, sorted."""
+        ...
+
+    async def aworkspaces(self) -> list[str]:
+        """Async :meth:`workspaces`."""
+        ...
+
+    def close(self) -> None:
+        """Flush and release resources."""
+        ...
+
+    async def aclose(self) -> None:
+        """Async :meth:`close`."""
+        ...

@@ -1,0 +1,318 @@
+"""`MemoryStore`: usage in this process's memory. Fast, exact, gone when the process ends.
+
+Memory per scope is bounded and independent of traffic: fixed rings of buckets for the windows,
+a capped list of recent records, and per-month totals for the last ``months_kept`` months.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+import uuid
+from collections import deque
+from collections.abc import Mapping, Sequence
+
+from ..usage import UsageRecord
+from ..windows import DAY, MINUTE, RollingCounter
+from .base import (
+    Aggregate,
+    Breakdown,
+    Counters,
+    Denial,
+    Limits,
+    Reservation,
+    UsageDelta,
+    UsageEntry,
+)
+
+__all__ = ["MemoryStore"]
+
+# Fields of the minute ring: requests, tokens, calls, errors, rate_limited. Day ring: the first two.
+_REQ, _TOK = 0, 1
+
+
+class _Totals:
+    __slots__ = (
+        "cost_nanos",
+        "errors",
+        "input_tokens",
+        "output_tokens",
+        "requests",
+        "tokens",
+        "unpriced",
+    )
+
+    def __init__(self) -> None:
+        self.requests = self.errors = self.tokens = 0
+        self.input_tokens = self.output_tokens = self.cost_nanos = self.unpriced = 0
+
+    def freeze(self) -> Aggregate:
+        return Aggregate(
+            requests=self.requests,
+            errors=self.errors,
+            tokens=self.tokens,
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            cost_nanos=self.cost_nanos,
+            unpriced=self.unpriced,
+        )
+
+
+class _Scope:
+    __slots__ = ("breakdowns", "day", "minute", "months", "recent")
+
+    def __init__(self, recent_capacity: int) -> None:
+        self.minute = RollingCounter(MINUTE, 5)
+        self.day = RollingCounter(DAY, 2)
+        self.months: dict[str, int] = {}
+        self.breakdowns: dict[tuple[str, str], dict[str, _Totals]] = {}
+        self.recent: deque[UsageEntry] = deque(maxlen=recent_capacity)
+
+
+class MemoryStore:
+    """The in-process :class:`~quota_hooks.storage.base.Store`. Thread-safe and task-safe.
+
+    Args:
+        recent_capacity: records kept per scope for ``recent()``.
+        months_kept: budget months whose totals and breakdowns are kept per scope.
+    """
+
+    def __init__(self, *, recent_capacity: int = 100, months_kept: int = 13) -> None:
+        if recent_capacity < 1:
+            raise ValueError(f"recent_capacity must be at least 1, got {recent_capacity!r}")
+        self._recent_capacity = recent_capacity
+        self._months_kept = months_kept
+        self._scopes: dict[str, _Scope] = {}
+        self._pending: dict[str, Reservation] = {}
+        self._expiry: list[tuple[float, int, str]] = []
+        self._seq = itertools.count()
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"MemoryStore(scopes={len(self._scopes)})"
+
+    # ------------------------------------------------------------------ writes
+    def commit(self, entry: UsageEntry, reservation: Reservation | None = None) -> None:
+        record, delta, now = entry.record, entry.delta, entry.now
+        minute_counts = (
+            delta.requests,
+            delta.tokens,
+            delta.calls,
+            delta.errors,
+            delta.rate_limited,
+        )
+        minute_bucket, day_bucket = MINUTE.bucket(now), DAY.bucket(now)
+        with self._lock:
+            self._reap(now)
+            if reservation is not None:
+                pending = self._pending.pop(reservation.id, None)
+                if pending is not None:
+                    self._undo(pending, now)
+            for key in entry.scopes:
+                scope = self._scope(key)
+                scope.minute.add(minute_bucket, minute_counts, now)
+                scope.day.add(day_bucket, minute_counts[:2], now)
+                self._add_cost(scope, entry.month, delta.cost_nanos)
+                for by, name in (("model", record.model), ("api_method", record.api_method)):
+                    table = scope.breakdowns.setdefault((entry.month, by), {})
+                    totals = table.get(name)
+                    if totals is None:
+                        totals = table[name] = _Totals()
+                    totals.requests += 1
+                    totals.errors += 0 if record.success else 1
+                    totals.tokens += record.total_tokens
+                    totals.input_tokens += record.input_tokens
+                    totals.output_tokens += record.output_tokens
+                    totals.cost_nanos += delta.cost_nanos
+                    totals.unpriced += entry.unpriced
+                scope.recent.append(entry)
+
+    async def acommit(self, entry: UsageEntry, reservation: Reservation | None = None) -> None:
+        self.commit(entry, reservation)
+
+    def reserve(
+        self,
+        scopes: Sequence[str],
+        delta: UsageDelta,
+        limits: Mapping[str, Limits],
+        now: float,
+        month: str,
+        ttl: float,
+    ) -> Reservation | Denial:
+        with self._lock:
+            self._reap(now)
+            for key in scopes:
+                scope_limits = limits.get(key)
+                if scope_limits is None:
+                    continue
+                denial = self._check(key, self._scope(key), delta, scope_limits, now, month)
+                if denial is not None:
+                    return denial
+            reservation = Reservation(
+                id=uuid.uuid4().hex,
+                scopes=tuple(scopes),
+                delta=delta,
+                at=now,
+                month=month,
+                expires_at=now + ttl,
+            )
+            self._apply(reservation, sign=1, now=now)
+            self._pending[reservation.id] = reservation
+            heapq.heappush(self._expiry, (reservation.expires_at, next(self._seq), reservation.id))
+            return reservation
+
+    async def areserve(
+        self,
+        scopes: Sequence[str],
+        delta: UsageDelta,
+        limits: Mapping[str, Limits],
+        now: float,
+        month: str,
+        ttl: float,
+    ) -> Reservation | Denial:
+        return self.reserve(scopes, delta, limits, now, month, ttl)
+
+    def release(self, reservation: Reservation, now: float) -> bool:
+        with self._lock:
+            pending = self._pending.pop(reservation.id, None)
+            if pending is None:
+                return False
+            self._undo(pending, now)
+            return True
+
+    async def arelease(self, reservation: Reservation, now: float) -> bool:
+        return self.release(reservation, now)
+
+    # ------------------------------------------------------------------ reads
+    def counters(self, scope: str, now: float, month: str) -> Counters:
+        with self._lock:
+            state = self._scopes.get(scope)
+            if state is None:
+                return Counters()
+            requests, tokens, calls, errors, limited = state.minute.totals(now)
+            requests_day, tokens_day = state.day.totals(now)
+            return Counters(
+                requests_minute=requests,
+                tokens_minute=tokens,
+                requests_day=requests_day,
+                tokens_day=tokens_day,
+                cost_month_nanos=state.months.get(month, 0),
+                calls_minute=calls,
+                errors_minute=errors,
+                rate_limited_minute=limited,
+            )
+
+    async def acounters(self, scope: str, now: float, month: str) -> Counters:
+        return self.counters(scope, now, month)
+
+    def breakdown(self, scope: str, month: str, by: Breakdown) -> dict[str, Aggregate]:
+        with self._lock:
+            state = self._scopes.get(scope)
+            if state is None:
+                return {}
+            table = state.breakdowns.get((month, by), {})
+            return {name: totals.freeze() for name, totals in table.items()}
+
+    async def abreakdown(self, scope: str, month: str, by: Breakdown) -> dict[str, Aggregate]:
+        return self.breakdown(scope, month, by)
+
+    def recent(self, scope: str, n: int) -> list[UsageRecord]:
+        with self._lock:
+            state = self._scopes.get(scope)
+            if state is None or n <= 0:
+                return []
+            entries = list(state.recent)[: -n - 1 : -1]
+        return [entry.priced_record() for entry in entries]
+
+    async def arecent(self, scope: str, n: int) -> list[UsageRecord]:
+        return self.recent(scope, n)
+
+    def workspaces(self) -> list[str]:
+        with self._lock:
+            keys = list(self._scopes)
+        return sorted(key[len("workspace:") :] for key in keys if key.startswith("workspace:"))
+
+    async def aworkspaces(self) -> list[str]:
+        return self.workspaces()
+
+    def pending(self) -> int:
+        """Reservations not yet committed, released or expired."""
+        with self._lock:
+            return len(self._pending)
+
+    def close(self) -> None:
+        """Nothing to release: memory goes with the process."""
+
+    async def aclose(self) -> None:
+        """Nothing to release: memory goes with the process."""
+
+    # ------------------------------------------------------------------ internals (locked)
+    def _scope(self, key: str) -> _Scope:
+        scope = self._scopes.get(key)
+        if scope is None:
+            scope = self._scopes[key] = _Scope(self._recent_capacity)
+        return scope
+
+    def _add_cost(self, scope: _Scope, month: str, nanos: int) -> None:
+        months = scope.months
+        if month not in months and len(months) >= self._months_kept:
+            oldest = min(months)
+            del months[oldest]
+            for key in [k for k in scope.breakdowns if k[0] == oldest]:
+                del scope.breakdowns[key]
+        months[month] = months.get(month, 0) + nanos
+
+    def _apply(self, reservation: Reservation, *, sign: int, now: float) -> None:
+        delta = reservation.delta
+        counts = (sign * delta.requests, sign * delta.tokens, 0, 0, 0)
+        minute_bucket, day_bucket = MINUTE.bucket(reservation.at), DAY.bucket(reservation.at)
+        for key in reservation.scopes:
+            scope = self._scope(key)
+            scope.minute.add(minute_bucket, counts, now)
+            scope.day.add(day_bucket, counts[:2], now)
+            self._add_cost(scope, reservation.month, sign * delta.cost_nanos)
+
+    def _undo(self, reservation: Reservation, now: float) -> None:
+        self._apply(reservation, sign=-1, now=now)
+
+    def _reap(self, now: float) -> None:
+        expiry = self._expiry
+        while expiry and expiry[0][0] <= now:
+            _, _, rid = heapq.heappop(expiry)
+            pending = self._pending.pop(rid, None)
+            if pending is not None:
+                self._undo(pending, now)
+
+    def _check(
+        self,
+        key: str,
+        scope: _Scope,
+        delta: UsageDelta,
+        limits: Limits,
+        now: float,
+        month: str,
+    ) -> Denial | None:
+        minute = scope.minute.totals(now)
+        day = scope.day.totals(now)
+        checks = (
+            ("rpm", limits.rpm, minute[_REQ], delta.requests, scope.minute, _REQ),
+            ("tpm", limits.tpm, minute[_TOK], delta.tokens, scope.minute, _TOK),
+            ("rpd", limits.rpd, day[_REQ], delta.requests, scope.day, _REQ),
+            ("tpd", limits.tpd, day[_TOK], delta.tokens, scope.day, _TOK),
+        )
+        for name, maximum, used, wanted, ring, field_index in checks:
+            if maximum is None or not wanted or used + wanted <= maximum:
+                continue
+            retry_after: float | None = None
+            if wanted <= maximum:
+                first = ring.first_bucket_with(now, field_index)
+                if first is not None:
+                    retry_after = max(0.0, ring.window.expires_at(first) - now)
+            return Denial(key, name, used, maximum, retry_after)
+        budget = limits.budget_nanos
+        if budget is not None and (delta.cost_nanos or delta.requests):
+            spent = scope.months.get(month, 0)
+            if spent + delta.cost_nanos > budget or spent >= budget:
+                return Denial(key, "monthly_budget_usd", spent, budget, None)
+        return None

@@ -1,0 +1,50 @@
+"""Test helpers, public so that users can test their own code offline.
+
+* :class:`ManualClock`: an injectable clock that moves only when told to.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timezone
+
+__all__ = ["ManualClock"]
+
+
+class ManualClock:
+    """A clock for ``QuotaManager(clock=...)`` that moves only when told to.
+
+    ``ManualClock(datetime(2026, 2, 28, 23, 59, 59, tzinfo=timezone.utc))`` or epoch seconds.
+    """
+
+    def __init__(self, start: float | datetime = 1_767_225_600.0) -> None:  # 2026-01-01 UTC
+        self._now = _epoch(start)
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        return self._now
+
+    def advance(self, seconds: float) -> float:
+        """Move forward by ``seconds``; returns the new time."""
+        if seconds < 0:
+            raise ValueError(f"a clock does not go back: advance({seconds!r})")
+        with self._lock:
+            self._now += seconds
+            return self._now
+
+    def set(self, moment: float | datetime) -> None:
+        """Jump to ``moment`` (epoch seconds or an aware datetime)."""
+        with self._lock:
+            self._now = _epoch(moment)
+
+    def datetime(self) -> datetime:
+        """The current time as an aware UTC datetime."""
+        return datetime.fromtimestamp(self._now, timezone.utc)
+
+
+def _epoch(moment: float | datetime) -> float:
+    if isinstance(moment, datetime):
+        if moment.tzinfo is None:
+            raise ValueError("ManualClock needs an aware datetime (add tzinfo=timezone.utc)")
+        return moment.timestamp()
+    return float(moment)

@@ -1,0 +1,246 @@
+"""`UsageRecord`: one LLM call, normalized.
+
+Every adapter turns what its framework saw into a ``UsageRecord``; the core only ever sees
+these. A record holds metadata only: never a prompt, a completion or a key.
+
+Numbers from providers are not trusted blindly. A token count that is negative, NaN, not a whole
+number or absurdly large (over ``2**40``) is replaced by 0, the field is named in
+``invalid_fields`` and one warning is logged. A bad value never credits a budget and never raises
+into the caller.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any
+
+__all__ = ["MAX_COUNT", "UsageRecord"]
+
+logger = logging.getLogger("quota_hooks")
+
+#: Largest count a record trusts. Anything above is a corrupt value, not usage.
+MAX_COUNT = 2**40
+
+_INT_FIELDS = (
+    "input_tokens",
+    "output_tokens",
+    "total_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "audio_input_tokens",
+    "audio_output_tokens",
+    "images",
+    "characters",
+    "attempt",
+)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRecord:
+    """One LLM call (one HTTP attempt, for adapters that see attempts), normalized.
+
+    Token conventions follow OpenAI's: ``input_tokens`` includes the cached, cache-write and
+    audio input tokens; ``output_tokens`` includes the reasoning and audio output tokens.
+    ``total_tokens`` defaults to ``input_tokens + output_tokens``.
+
+    ``cost`` is in USD as an exact ``Decimal``; leave it ``None`` and the manager prices the
+    record from its :class:`~quota_hooks.pricing.PriceBook`.
+    """
+
+    # identity
+    workspace_id: str = "default"
+    model: str = "unknown"
+    api_method: str = "chat.completions"
+    provider: str = "openai"
+    source: str = "manual"
+    timestamp: datetime = field(default_factory=_utcnow)
+    scopes: Mapping[str, str] = field(default_factory=dict, hash=False)
+    tags: tuple[str, ...] = ()
+    # tokens
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+    cached_input_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    audio_input_tokens: int = 0
+    audio_output_tokens: int = 0
+    # units
+    images: int = 0
+    image_size: str | None = None
+    image_quality: str | None = None
+    audio_seconds: float = 0.0
+    characters: int = 0
+    # call facts
+    latency_ms: float | None = None
+    success: bool = True
+    status_code: int | None = None
+    error_type: str | None = None
+    request_id: str | None = None
+    stream: bool = False
+    attempt: int = 0
+    estimated: bool = False
+    cost: Decimal | None = None
+    price_source: str | None = None
+    #: Names of fields whose reported value was not trusted and was replaced (see module doc).
+    invalid_fields: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        bad: list[str] = []
+        put = object.__setattr__
+        for name in _INT_FIELDS:
+            value = getattr(self, name)
+            if type(value) is int and 0 <= value <= MAX_COUNT:
+                continue
+            clean = _clean_int(value)
+            if clean is None:
+                bad.append(name)
+                clean = 0
+            put(self, name, clean)
+
+        seconds = self.audio_seconds
+        if not (type(seconds) is float and 0.0 <= seconds <= MAX_COUNT):
+            if (
+                isinstance(seconds, (int, float))
+                and not isinstance(seconds, bool)
+                and (0 <= seconds <= MAX_COUNT)
+            ):
+                put(self, "audio_seconds", float(seconds))
+            else:
+                bad.append("audio_seconds")
+                put(self, "audio_seconds", 0.0)
+
+        latency = self.latency_ms
+        if latency is not None and not (
+            isinstance(latency, (int, float)) and 0 <= latency <= MAX_COUNT
+        ):
+            bad.append("latency_ms")
+            put(self, "latency_ms", None)
+
+        cost = self.cost
+        if cost is not None and not (type(cost) is Decimal and cost.is_finite() and cost >= 0):
+            clean_cost = _clean_cost(cost)
+            if clean_cost is None:
+                bad.append("cost")
+            put(self, "cost", clean_cost)
+
+        # Sub-counts are parts of their totals: never larger.
+        inputs = self.input_tokens
+        if self.cached_input_tokens > inputs:
+            bad.append("cached_input_tokens")
+            put(self, "cached_input_tokens", inputs)
+        if self.cache_write_tokens > inputs - self.cached_input_tokens:
+            bad.append("cache_write_tokens")
+            put(self, "cache_write_tokens", inputs - self.cached_input_tokens)
+        if self.audio_input_tokens > inputs:
+            bad.append("audio_input_tokens")
+            put(self, "audio_input_tokens", inputs)
+        outputs = self.output_tokens
+        if self.reasoning_tokens > outputs:
+            bad.append("reasoning_tokens")
+            put(self, "reasoning_tokens", outputs)
+        if self.audio_output_tokens > outputs:
+            bad.append("audio_output_tokens")
+            put(self, "audio_output_tokens", outputs)
+        parts = inputs + outputs
+        if self.total_tokens < parts:
+            if self.total_tokens != 0:
+                bad.append("total_tokens")
+            put(self, "total_tokens", parts)
+
+        timestamp = self.timestamp
+        if timestamp.tzinfo is None:
+            put(self, "timestamp", timestamp.replace(tzinfo=timezone.utc))
+        elif timestamp.tzinfo is not timezone.utc:
+            put(self, "timestamp", timestamp.astimezone(timezone.utc))
+        if type(self.tags) is not tuple:
+            put(self, "tags", tuple(self.tags))
+        if type(self.scopes) is not dict:
+            put(self, "scopes", dict(self.scopes))
+
+        if bad:
+            put(self, "invalid_fields", (*self.invalid_fields, *bad))
+            logger.warning(
+                "quota-hooks: untrusted usage values replaced in a %s record for model %r "
+                "(workspace %r): %s",
+                self.source,
+                self.model,
+                self.workspace_id,
+                ", ".join(bad),
+            )
+
+    @property
+    def is_rate_limited(self) -> bool:
+        """True when the provider answered 429 (rate limited)."""
+        return self.status_code == 429
+
+    def with_cost(self, cost: Decimal | None, price_source: str | None) -> UsageRecord:
+        """Return a copy of this record with ``cost`` and ``price_source`` set.
+
+        ``cost`` must be a finite, non-negative ``Decimal`` or ``None``; the copy skips the
+        validation the original already passed (this runs once per call, on the hot path).
+        """
+        if cost is not None and not (type(cost) is Decimal and cost.is_finite() and cost >= 0):
+            return replace(self, cost=cost, price_source=price_source)
+        copy = object.__new__(UsageRecord)
+        put = object.__setattr__
+        for name in _FIELD_NAMES:
+            put(copy, name, getattr(self, name))
+        put(copy, "cost", cost)
+        put(copy, "price_source", price_source)
+        return copy
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of every field (timestamp as ISO 8601, cost as a string)."""
+        out: dict[str, Any] = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        out["timestamp"] = self.timestamp.isoformat()
+        out["scopes"] = dict(self.scopes)
+        out["tags"] = list(self.tags)
+        out["invalid_fields"] = list(self.invalid_fields)
+        out["cost"] = None if self.cost is None else str(self.cost)
+        return out
+
+
+_FIELD_NAMES = tuple(UsageRecord.__dataclass_fields__)
+
+
+def _clean_int(value: object) -> int | None:
+    """A trusted whole count, or None when the value must not be trusted."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if 0 <= value <= MAX_COUNT else None
+    if isinstance(value, float):
+        if math.isfinite(value) and value.is_integer() and 0 <= value <= MAX_COUNT:
+            return int(value)
+        return None
+    if isinstance(value, Decimal):
+        if value.is_finite() and value == value.to_integral_value() and 0 <= value <= MAX_COUNT:
+            return int(value)
+        return None
+    if value is None:
+        return 0
+    return None
+
+
+def _clean_cost(value: object) -> Decimal | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float, str, Decimal)):
+        try:
+            cost = Decimal(str(value)) if not isinstance(value, Decimal) else value
+        except ArithmeticError:
+            return None
+        if cost.is_finite() and 0 <= cost <= MAX_COUNT:
+            return cost
+    return None

@@ -1,0 +1,142 @@
+"""Window arithmetic shared by every store.
+
+Time is a float of epoch seconds from an injected clock (``time.time`` by default).
+
+* Per minute: a rolling 60 s window of 1 s buckets. A call at second ``t`` (its bucket is
+  ``floor(t)``) counts until the clock reaches ``floor(t) + 60``: at ``t = 100.0`` it still
+  counts at 159.999 and no longer at 160.0.
+* Per day: a rolling 24 h window of 1-minute buckets, by the same rule.
+* Budget: the calendar month in the policy's time zone (``"2026-02"``).
+
+Memory is bounded and independent of traffic: a window is a fixed ring of buckets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone, tzinfo
+from functools import lru_cache
+from zoneinfo import ZoneInfo
+
+__all__ = [
+    "DAY",
+    "MINUTE",
+    "RollingCounter",
+    "Window",
+    "month_bounds",
+    "month_key",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A rolling window of ``buckets`` buckets of ``bucket_seconds`` seconds each."""
+
+    name: str
+    bucket_seconds: int
+    buckets: int
+
+    @property
+    def seconds(self) -> int:
+        """The span of the window."""
+        return self.bucket_seconds * self.buckets
+
+    def bucket(self, now: float) -> int:
+        """The bucket that a call at ``now`` falls in."""
+        return int(now // self.bucket_seconds)
+
+    def oldest(self, now: float) -> int:
+        """The oldest bucket still inside the window at ``now``."""
+        return self.bucket(now) - self.buckets + 1
+
+    def expires_at(self, bucket: int) -> float:
+        """The instant at which ``bucket`` leaves the window."""
+        return float((bucket + self.buckets) * self.bucket_seconds)
+
+
+MINUTE = Window("minute", 1, 60)
+DAY = Window("day", 60, 1440)
+
+
+@lru_cache(maxsize=64)
+def _zone(name: str) -> tzinfo:
+    return timezone.utc if name == "UTC" else ZoneInfo(name)
+
+
+def month_key(now: float, tz: str = "UTC") -> str:
+    """The budget month that ``now`` falls in, in zone ``tz``: ``"YYYY-MM"``."""
+    return _month_of_second(int(now // 1), tz)
+
+
+@lru_cache(maxsize=256)
+def _month_of_second(second: int, tz: str) -> str:
+    # Zone offsets are whole seconds, so every instant of one second is in the same month.
+    local = datetime.fromtimestamp(second, _zone(tz))
+    return f"{local.year:04d}-{local.month:02d}"
+
+
+def month_bounds(now: float, tz: str = "UTC") -> tuple[float, float]:
+    """Epoch seconds of the start of ``now``'s month and of the next month, in zone ``tz``."""
+    zone = _zone(tz)
+    local = datetime.fromtimestamp(now, zone)
+    start = datetime(local.year, local.month, 1, tzinfo=zone)
+    year, month = (local.year + 1, 1) if local.month == 12 else (local.year, local.month + 1)
+    end = datetime(year, month, 1, tzinfo=zone)
+    return start.timestamp(), end.timestamp()
+
+
+class RollingCounter:
+    """A fixed ring of buckets holding several integer counts per bucket.
+
+    ``add`` puts counts into a bucket (ignored when the bucket has left the window); ``totals``
+    sums the buckets still inside the window. Not thread-safe: the owning store locks.
+    """
+
+    __slots__ = ("_ids", "_values", "fields", "window")
+
+    def __init__(self, window: Window, fields: int) -> None:
+        self.window = window
+        self.fields = fields
+        self._ids = [-(2**62)] * window.buckets
+        self._values = [[0] * fields for _ in range(window.buckets)]
+
+    def add(self, bucket: int, counts: Sequence[int], now: float) -> bool:
+        """Add ``counts`` to ``bucket``; False (nothing added) if it has left the window."""
+        if bucket < self.window.oldest(now):
+            return False
+        slot = bucket % self.window.buckets
+        values = self._values[slot]
+        if self._ids[slot] != bucket:
+            if self._ids[slot] > bucket:  # the slot was reused by a newer bucket
+                return False
+            self._ids[slot] = bucket
+            values[:] = [0] * self.fields
+        for i, count in enumerate(counts):
+            values[i] += count
+        return True
+
+    def totals(self, now: float) -> list[int]:
+        """The sum of each count over the buckets inside the window at ``now``."""
+        oldest = self.window.oldest(now)
+        newest = self.window.bucket(now)
+        sums = [0] * self.fields
+        for bucket_id, values in zip(self._ids, self._values, strict=True):
+            if oldest <= bucket_id <= newest:
+                for i, value in enumerate(values):
+                    sums[i] += value
+        return sums
+
+    def first_bucket_with(self, now: float, field: int) -> int | None:
+        """The oldest in-window bucket with a non-zero ``field``: when room frees up next."""
+        oldest = self.window.oldest(now)
+        newest = self.window.bucket(now)
+        found: int | None = None
+        for bucket_id, values in zip(self._ids, self._values, strict=True):
+            if (
+                oldest <= bucket_id <= newest
+                and values[field]
+                and (found is None or bucket_id < found)
+            ):
+                found = bucket_id
+        return found

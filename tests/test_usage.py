@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+import pytest
+
+from quota_hooks import UsageRecord
+
+
+def test_total_defaults_to_input_plus_output() -> None:
+    record = UsageRecord(input_tokens=10, output_tokens=5)
+    assert record.total_tokens == 15
+    assert record.invalid_fields == ()
+
+
+def test_record_is_frozen_and_slotted() -> None:
+    record = UsageRecord()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        record.input_tokens = 3  # type: ignore[misc]
+    assert not hasattr(record, "__dict__")
+
+
+@pytest.mark.parametrize("bad", [-1, math.nan, math.inf, 2.5, 2**40 + 1, "12", True, object()])
+def test_untrusted_counts_become_zero_with_a_flag_and_one_warning(
+    bad: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="quota_hooks"):
+        record = UsageRecord(input_tokens=bad, output_tokens=7)  # type: ignore[arg-type]
+    assert record.input_tokens == 0
+    assert record.output_tokens == 7
+    assert record.total_tokens == 7
+    assert record.invalid_fields == ("input_tokens",)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "input_tokens" in warnings[0].getMessage()
+
+
+def test_integral_float_and_none_are_accepted() -> None:
+    record = UsageRecord(input_tokens=12.0, output_tokens=None)  # type: ignore[arg-type]
+    assert record.input_tokens == 12 and type(record.input_tokens) is int
+    assert record.output_tokens == 0
+    assert record.invalid_fields == ()
+
+
+def test_sub_counts_never_exceed_their_totals() -> None:
+    record = UsageRecord(
+        input_tokens=100, cached_input_tokens=150, output_tokens=20, reasoning_tokens=30
+    )
+    assert record.cached_input_tokens == 100
+    assert record.reasoning_tokens == 20
+    assert set(record.invalid_fields) == {"cached_input_tokens", "reasoning_tokens"}
+
+
+def test_total_smaller_than_parts_is_not_trusted() -> None:
+    record = UsageRecord(input_tokens=100, output_tokens=20, total_tokens=50)
+    assert record.total_tokens == 120
+    assert record.invalid_fields == ("total_tokens",)
+
+
+def test_bad_cost_is_dropped_never_credited() -> None:
+    record = UsageRecord(cost=Decimal("-5"))
+    assert record.cost is None and record.invalid_fields == ("cost",)
+    assert UsageRecord(cost=0.25).cost == Decimal("0.25")  # type: ignore[arg-type]
+    assert UsageRecord(cost=math.nan).cost is None  # type: ignore[arg-type]
+
+
+def test_timestamps_are_utc() -> None:
+    naive = UsageRecord(timestamp=datetime(2026, 1, 1, 12, 0))
+    assert naive.timestamp.tzinfo is timezone.utc
+    plus2 = timezone(timedelta(hours=2))
+    shifted = UsageRecord(timestamp=datetime(2026, 1, 1, 12, 0, tzinfo=plus2))
+    assert shifted.timestamp == datetime(2026, 1, 1, 10, 0, tzinfo=timezone.utc)
+    assert shifted.timestamp.tzinfo is timezone.utc
+
+
+def test_to_dict_is_json_ready_and_has_no_payload_fields() -> None:
+    record = UsageRecord(model="gpt-4o", input_tokens=3, cost=Decimal("0.1"), tags=("a",))
+    data = record.to_dict()
+    assert data["cost"] == "0.1" and data["tags"] == ["a"]
+    assert not {"prompt", "messages", "completion", "api_key"} & set(data)

@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pytest
+
+from quota_hooks import QuotaManager, QuotaPolicy, UsageRecord
+from quota_hooks.testing import ManualClock
+from quota_hooks.windows import DAY, MINUTE, RollingCounter, month_bounds, month_key
+
+
+def ts(*args: int, tz: timezone = timezone.utc) -> float:
+    return datetime(*args, tzinfo=tz).timestamp()
+
+
+def test_minute_window_edges() -> None:
+    ring = RollingCounter(MINUTE, 1)
+    ring.add(MINUTE.bucket(100.0), [1], 100.0)
+    assert ring.totals(100.0) == [1]
+    assert ring.totals(159.999) == [1]
+    assert ring.totals(160.0) == [0]
+
+
+def test_day_window_edges() -> None:
+    start = ts(2026, 3, 1)
+    ring = RollingCounter(DAY, 1)
+    ring.add(DAY.bucket(start), [5], start)
+    assert ring.totals(start + 86_400 - 0.001) == [5]
+    assert ring.totals(start + 86_400) == [0]
+
+
+def test_ring_memory_is_bounded_and_old_adds_are_ignored() -> None:
+    ring = RollingCounter(MINUTE, 2)
+    for second in range(10_000):
+        ring.add(second, [1, 2], float(second))
+    assert len(ring._values) == 60
+    assert ring.totals(9_999.0) == [60, 120]
+    assert ring.add(100, [1, 1], 9_999.0) is False  # long gone
+    assert ring.totals(9_999.0) == [60, 120]
+
+
+def test_month_key_and_bounds_utc() -> None:
+    assert month_key(ts(2026, 1, 31, 23, 59, 59)) == "2026-01"
+    assert month_key(ts(2026, 2, 1)) == "2026-02"
+    start, end = month_bounds(ts(2028, 2, 29, 12))  # leap day
+    assert (start, end) == (ts(2028, 2, 1), ts(2028, 3, 1))
+    assert month_key(ts(2028, 2, 29, 23, 59, 59)) == "2028-02"
+    assert month_key(ts(2028, 3, 1)) == "2028-03"
+    assert month_bounds(ts(2026, 12, 31, 23))[1] == ts(2027, 1, 1)
+
+
+def test_month_in_a_non_utc_zone() -> None:
+    # 2026-01-31T23:30Z is already February in Tokyo (UTC+9) and still January in New York.
+    moment = ts(2026, 1, 31, 23, 30)
+    assert month_key(moment, "Asia/Tokyo") == "2026-02"
+    assert month_key(moment, "America/New_York") == "2026-01"
+    start, _ = month_bounds(moment, "Asia/Tokyo")
+    assert start == ts(2026, 1, 31, 15)
+
+
+def record(manager: QuotaManager, **kw: object) -> None:
+    manager.record(UsageRecord(workspace_id="ws", model="gpt-4o-mini", **kw))  # type: ignore[arg-type]
+
+
+def test_manager_rpm_and_tpm_roll_off_exactly(clock: ManualClock, manager: QuotaManager) -> None:
+    record(manager, input_tokens=100, output_tokens=10)
+    clock.advance(59.999)
+    report = manager.status("ws")
+    assert report.requests_per_minute.current == 1
+    assert report.tokens_per_minute.current == 110
+    clock.advance(0.001)
+    report = manager.status("ws")
+    assert report.requests_per_minute.current == 0
+    assert report.tokens_per_minute.current == 0
+    assert report.requests_per_day.current == 1
+    assert report.tokens_per_day.current == 110
+    clock.advance(86_400 - 60)
+    assert manager.status("ws").requests_per_day.current == 0
+
+
+def test_budget_resets_at_month_end_in_policy_zone() -> None:
+    clock = ManualClock(ts(2026, 2, 28, 14, 59, 59))  # 23:59:59 in Tokyo
+    manager = QuotaManager(QuotaPolicy(timezone="Asia/Tokyo"), clock=clock)
+    manager.record(UsageRecord(workspace_id="ws", model="gpt-4o", input_tokens=1_000_000))
+    assert manager.status("ws").monthly_budget_usd.current == pytest.approx(2.5)
+    clock.advance(1)  # March in Tokyo
+    assert manager.status("ws").monthly_budget_usd.current == 0
+    assert manager.status("ws").requests_per_minute.current == 1  # windows do not reset
+
+
+def test_leap_day_counts_in_february() -> None:
+    clock = ManualClock(ts(2028, 2, 29, 23, 59, 59))
+    manager = QuotaManager(clock=clock)
+    manager.record(UsageRecord(workspace_id="ws", model="gpt-4o", input_tokens=400_000))
+    assert manager.status("ws").monthly_budget_usd.current == pytest.approx(1.0)
+    clock.advance(1)
+    assert manager.status("ws").monthly_budget_usd.current == 0
