@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import runpy
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from .pricing import PriceBook
 
@@ -14,13 +12,9 @@ __all__ = ["main"]
 
 
 def _demo(args: argparse.Namespace) -> int:
-    script = Path(__file__).resolve().parent.parent / "examples" / "quickstart.py"
-    if not script.exists():
-        print(
-            f"quota-hooks demo: {script} not found (run it from a source checkout)", file=sys.stderr
-        )
-        return 2
-    runpy.run_path(str(script), run_name="__main__")
+    from .demo import run_demo
+
+    run_demo()
     return 0
 
 
@@ -55,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``quota-hooks`` command."""
     parser = argparse.ArgumentParser(prog="quota-hooks", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="record a realistic mix of calls and print the report")
+    demo = commands.add_parser("demo", help="drive real clients offline through the adapters and print the report")
     demo.set_defaults(run=_demo)
     prices = commands.add_parser("prices", help="show the price table and its source")
     prices.add_argument("model", nargs="?", help="one model (dated names and prefixes resolve)")

@@ -108,6 +108,7 @@ class QuotaManager:
         self.clock: Clock = clock if clock is not None else time.time
         self.recent_limit = recent_limit
         self._failures: dict[str, float] = {}
+        self._provider_limits: dict[str, dict[str, dict[str, str]]] = {}
         self._logged_kinds: set[str] = set()
         self._lock = threading.Lock()
         self.tracking_errors = 0
@@ -213,6 +214,21 @@ class QuotaManager:
                 kind,
                 exc_info=exc,
             )
+
+    def note_provider_limits(
+        self, workspace_id: str, provider: str, headers: Mapping[str, str]
+    ) -> None:
+        """Keep the provider's latest ``x-ratelimit-*`` headers for the status report.
+
+        ``{"x-ratelimit-remaining-requests": "499", ...}`` shows as
+        ``provider_limits[provider] = {"remaining_requests": "499", ...}``.
+        """
+        limits = {
+            key.lower().removeprefix("x-ratelimit-").replace("-", "_"): str(value)
+            for key, value in headers.items()
+        }
+        with self._lock:
+            self._provider_limits.setdefault(workspace_id, {})[provider] = limits
 
     def _degraded(self, workspace_id: str, now: float) -> bool:
         failures = self._failures
@@ -337,6 +353,7 @@ class QuotaManager:
             monthly_budget_usd=usages["monthly_budget_usd"],
             alert_level=level,
             updated_at=_iso(datetime.fromtimestamp(now, timezone.utc)),
+            provider_limits=self._provider_limits.get(workspace_id, {}),
             enhanced_tracking=enhanced,
         )
 

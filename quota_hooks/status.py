@@ -112,7 +112,8 @@ class EnhancedTracking(_Model):
 
 class StatusReport(_Model):
     """The status of one workspace: the seed JSON plus ``tokens_per_day``,
-    ``monthly_budget_usd``, ``alert_level``, ``workspace_id`` and ``updated_at``."""
+    ``monthly_budget_usd``, ``alert_level``, ``workspace_id``, ``updated_at`` and
+    ``provider_limits``."""
 
     workspace_id: str
     status: QuotaStatus
@@ -123,6 +124,8 @@ class StatusReport(_Model):
     monthly_budget_usd: LimitUsage
     alert_level: AlertLevel
     updated_at: str
+    provider_limits: dict[str, dict[str, str]] = {}
+    """The provider's own latest ``x-ratelimit-*`` headers, per provider."""
     enhanced_tracking: EnhancedTracking | None = None
 
     def to_dict(self, *, enhanced: bool = True) -> dict[str, Any]:

@@ -1,6 +1,8 @@
 """Test helpers, public so that users can test their own code offline.
 
 * :class:`ManualClock`: an injectable clock that moves only when told to.
+* :class:`FakeOpenAI`: an offline OpenAI-compatible API, as an httpx/httpx2 transport or on a
+  loopback socket, with configurable usage (:class:`FakeUsage`) and injectable errors.
 """
 
 from __future__ import annotations
@@ -8,7 +10,9 @@ from __future__ import annotations
 import threading
 from datetime import datetime, timezone
 
-__all__ = ["ManualClock"]
+from ._fake_openai import FakeOpenAI, FakeReply, FakeUsage
+
+__all__ = ["FakeOpenAI", "FakeReply", "FakeUsage", "ManualClock"]
 
 
 class ManualClock:

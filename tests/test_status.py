@@ -43,6 +43,7 @@ def test_seed_json_shape_key_by_key(manager: QuotaManager) -> None:
         "monthly_budget_usd",
         "alert_level",
         "updated_at",
+        "provider_limits",
     }
     for key in (
         "requests_per_minute",

@@ -1,0 +1,749 @@
+"""Track every call of a raw OpenAI client, at the HTTP transport.
+
+::
+
+    from openai import OpenAI
+    from quota_hooks.adapters.openai import track_openai
+
+    client = track_openai(OpenAI(), workspace_id="ws-1", manager=manager)
+
+``track_openai`` wraps the transports of the client's own HTTP client (``httpx2`` for
+openai 3.x, or a legacy ``httpx`` client passed as ``http_client=``), sync or async, so every
+setting of the client (base URL, timeouts, retries, headers, proxies, Azure) is kept. It is a
+wrapping transport, not a monkeypatch: it forwards ``close`` and tees the response body as the
+caller reads it, never reading more than the caller would.
+
+Each HTTP attempt that reaches the provider becomes one :class:`~quota_hooks.UsageRecord`
+(the SDK's own retries included, numbered by ``attempt``). Streamed chat completions get
+``stream_options.include_usage`` injected when the caller did not ask for it, and the extra
+usage-only chunk is removed from what the caller receives. A stream closed before its usage
+arrived is recorded with ``estimated=True``.
+
+The workspace of a call travels in the ``x-quota-hooks-workspace`` request header, which the
+transport strips before the request leaves the process; pass
+``extra_headers={"x-quota-hooks-workspace": "other"}`` to charge one call elsewhere.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import re
+import sys
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Iterator, Mapping
+from datetime import datetime, timezone
+from typing import Any, TypeVar
+from urllib.parse import quote, unquote
+
+try:
+    import openai
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "quota_hooks.adapters.openai needs the OpenAI SDK: pip install 'quota-hooks[openai]'"
+    ) from exc
+
+from ..errors import ConfigurationError
+from ..manager import QuotaManager, get_default_manager
+from ..usage import UsageRecord
+
+__all__ = [
+    "SCOPES_HEADER",
+    "WORKSPACE_HEADER",
+    "api_method_for",
+    "get_enhanced_async_openai_client",
+    "get_enhanced_openai_client",
+    "track_openai",
+]
+
+logger = logging.getLogger("quota_hooks")
+
+WORKSPACE_HEADER = "x-quota-hooks-workspace"
+SCOPES_HEADER = "x-quota-hooks-scopes"
+_RETRY_HEADER = "x-stainless-retry-count"
+_PARSE_LIMIT = 512 * 1024  # bodies up to this size are parsed whole; larger ones by key
+_RUN_MEMORY = 10_000
+_TERMINAL_RUN_STATES = {"completed", "failed", "cancelled", "expired", "incomplete"}
+
+ClientT = TypeVar("ClientT", bound="openai.OpenAI | openai.AsyncOpenAI")
+
+# ---------------------------------------------------------------------------------- api methods
+_ROUTES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile(pattern), name)
+    for pattern, name in (
+        (r"chat/completions(/.*)?", "chat.completions"),
+        (r"completions", "completions"),
+        (r"responses(/.*)?", "responses"),
+        (r"embeddings", "embeddings"),
+        (r"images/generations", "images.generate"),
+        (r"images/edits", "images.edit"),
+        (r"images/variations", "images.variation"),
+        (r"audio/speech", "audio.speech"),
+        (r"audio/transcriptions", "audio.transcriptions"),
+        (r"audio/translations", "audio.translations"),
+        (r"threads(/[^/]+)?/runs(/.*)?", "threads.runs"),
+        (r"threads/[^/]+/messages(/.*)?", "threads.messages"),
+        (r"fine_tuning(/.*)?", "fine_tuning"),
+        (r"vector_stores(/.*)?", "vector_stores"),
+    )
+)
+_PREFIX = re.compile(r"^/*(?:openai/deployments/[^/]+/|openai/)?(?:v1/)?")
+
+
+def api_method_for(method: str, path: str) -> str:
+    """The API method of an OpenAI HTTP call, from its path (``chat.completions``,
+    ``images.generate`` ...). An unknown path gives its first segment, never an error."""
+    rest = _PREFIX.sub("", path.split("?", 1)[0]).strip("/")
+    for pattern, name in _ROUTES:
+        if pattern.fullmatch(rest):
+            return name
+    return rest.split("/", 1)[0] or "unknown"
+
+
+# ---------------------------------------------------------------------------------- usage shapes
+def _int(value: Any) -> Any:
+    return value if value is not None else 0
+
+
+def usage_fields(usage: Mapping[str, Any]) -> dict[str, Any]:
+    """UsageRecord token fields from any OpenAI usage object (chat, responses, embeddings,
+    images, transcriptions, runs). Numbers pass through unchanged: the record validates them."""
+    fields: dict[str, Any] = {}
+    if usage.get("type") == "duration":
+        fields["audio_seconds"] = usage.get("seconds") or 0.0
+        return fields
+    if "prompt_tokens" in usage or "completion_tokens" in usage:  # chat, completions, runs
+        fields["input_tokens"] = _int(usage.get("prompt_tokens"))
+        fields["output_tokens"] = _int(usage.get("completion_tokens"))
+        inputs = usage.get("prompt_tokens_details") or {}
+        outputs = usage.get("completion_tokens_details") or {}
+    else:  # responses, images, transcriptions
+        fields["input_tokens"] = _int(usage.get("input_tokens"))
+        fields["output_tokens"] = _int(usage.get("output_tokens"))
+        inputs = usage.get("input_tokens_details") or usage.get("input_token_details") or {}
+        outputs = usage.get("output_tokens_details") or {}
+    if usage.get("total_tokens") is not None:
+        fields["total_tokens"] = usage["total_tokens"]
+    if isinstance(inputs, Mapping):
+        fields["cached_input_tokens"] = _int(inputs.get("cached_tokens"))
+        fields["cache_write_tokens"] = _int(inputs.get("cache_write_tokens"))
+        fields["audio_input_tokens"] = _int(inputs.get("audio_tokens"))
+    if isinstance(outputs, Mapping):
+        fields["reasoning_tokens"] = _int(outputs.get("reasoning_tokens"))
+        fields["audio_output_tokens"] = _int(outputs.get("audio_tokens"))
+    return fields
+
+
+def _find_key(body: bytes, key: str) -> Any:
+    """The value of the last top-level-looking ``"key":`` in a large JSON body."""
+    needle = b'"' + key.encode() + b'"'
+    at = body.rfind(needle)
+    while at >= 0:
+        colon = body.find(b":", at + len(needle))
+        if colon >= 0:
+            try:
+                value, _ = json.JSONDecoder().raw_decode(body[colon + 1 :].lstrip().decode())
+                return value
+            except ValueError:
+                pass
+        at = body.rfind(needle, 0, at)
+    return None
+
+
+# ---------------------------------------------------------------------------------- the hub
+class _Hub:
+    """Tracking state shared by every transport of one HTTP client."""
+
+    def __init__(self, manager: QuotaManager, inject_stream_usage: bool) -> None:
+        self.manager = manager
+        self.inject_stream_usage = inject_stream_usage
+        self._runs: OrderedDict[str, None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def first_sight_of_terminal_run(self, run_id: str) -> bool:
+        """True the first time a run is seen in a terminal state (its usage counts once)."""
+        with self._lock:
+            if run_id in self._runs:
+                return False
+            self._runs[run_id] = None
+            if len(self._runs) > _RUN_MEMORY:
+                self._runs.popitem(last=False)
+            return True
+
+    def failed(self, stage: str, exc: BaseException, workspace_id: str | None) -> None:
+        self.manager.note_tracking_failure(f"openai:{stage}", exc, workspace_id)
+
+
+class _Call:
+    """What one HTTP attempt taught us, from request to the end of its body."""
+
+    def __init__(self, hub: _Hub, request: Any, lib: Any) -> None:
+        self.hub = hub
+        self.lib = lib
+        self.started = time.perf_counter()
+        self.timestamp = datetime.fromtimestamp(hub.manager.now(), timezone.utc)
+        headers = request.headers
+        self.workspace_id = unquote(headers.get(WORKSPACE_HEADER) or "default")
+        self.scopes: dict[str, str] = {}
+        raw_scopes = headers.get(SCOPES_HEADER)
+        if raw_scopes:
+            for part in raw_scopes.split(";"):
+                kind, _, value = part.partition("=")
+                if kind and value:
+                    self.scopes[unquote(kind)] = unquote(value)
+        try:
+            self.attempt = int(headers.get(_RETRY_HEADER) or 0)
+        except ValueError:
+            self.attempt = 0
+        url = request.url
+        host = url.host or ""
+        self.provider = (
+            "azure"
+            if "azure" in host
+            else "openai"
+            if host.endswith("openai.com")
+            else "openai-compatible"
+        )
+        self.method = api_method_for(request.method, url.path)
+        self.model: str | None = None
+        self.stream = False
+        self.inject = False
+        self.request_bytes = 0
+        self.characters = 0
+        self.image_size: str | None = None
+        self.image_quality: str | None = None
+        self.images_requested = 1
+        self.status = 0
+        self.headers: Any = None
+        self.body: list[bytes] = []
+        self.body_size = 0
+        self.usage: Mapping[str, Any] | None = None
+        self.response_model: str | None = None
+        self.events = 0
+        self.run: tuple[str, Mapping[str, Any]] | None = None
+        self.error: Mapping[str, Any] | None = None
+        self.sse: _SSE | None = None
+        self.decoder: Any = None
+        self.done = False
+        self.request = self._read_request(request)
+
+    # ---------------------------------------------------------------- request
+    def _read_request(self, request: Any) -> Any:
+        stream = request.stream
+        fields = getattr(stream, "fields", None)
+        if fields is not None:  # multipart (audio, image edits): never read the files
+            for item in fields:
+                if type(item).__name__ == "DataField":
+                    if item.name == "model":
+                        self.model = str(item.value)
+                    elif item.name == "size":
+                        self.image_size = str(item.value)
+                    elif item.name == "quality":
+                        self.image_quality = str(item.value)
+                    elif item.name == "n":
+                        self.images_requested = int(item.value)
+            return request
+        try:
+            content = request.content
+        except Exception:  # a streaming body the caller has not read: leave it alone
+            return request
+        self.request_bytes = len(content)
+        if not content or not request.headers.get("content-type", "").startswith(
+            "application/json"
+        ):
+            return request
+        try:
+            body = json.loads(content)
+        except ValueError:
+            return request
+        if not isinstance(body, dict):
+            return request
+        model = body.get("model")
+        self.model = model if isinstance(model, str) else None
+        self.stream = body.get("stream") is True
+        if self.method == "audio.speech":
+            self.characters = len(str(body.get("input") or ""))
+        elif self.method.startswith("images."):
+            self.image_size = body.get("size")
+            self.image_quality = body.get("quality")
+            self.images_requested = int(body.get("n") or 1)
+        if (
+            self.stream
+            and self.hub.inject_stream_usage
+            and self.method in ("chat.completions", "completions")
+            and not (body.get("stream_options") or {}).get("include_usage")
+        ):
+            options = dict(body.get("stream_options") or {})
+            options["include_usage"] = True
+            body["stream_options"] = options
+            self.inject = True
+            new_content = json.dumps(body, separators=(",", ":")).encode()
+            headers = self.lib.Headers(request.headers)
+            headers["content-length"] = str(len(new_content))
+            # The usage chunk is removed from the bytes the caller sees, which needs them plain.
+            headers["accept-encoding"] = "identity"
+            return self.lib.Request(
+                request.method,
+                request.url,
+                headers=headers,
+                content=new_content,
+                extensions=request.extensions,
+            )
+        return request
+
+    # ---------------------------------------------------------------- response
+    def on_response(self, response: Any) -> None:
+        self.status = response.status_code
+        self.headers = response.headers
+        encoding = response.headers.get("content-encoding", "").strip().lower()
+        if encoding and encoding != "identity":
+            self.decoder = _decoder(self.lib, encoding)
+        if response.headers.get("content-type", "").startswith("text/event-stream"):
+            self.stream = True
+            self.sse = _SSE(self, filtering=self.inject and self.decoder is None)
+
+    def feed(self, chunk: bytes) -> bytes:
+        """Take a chunk of the body on its way to the caller; return what the caller gets."""
+        try:
+            plain = chunk if self.decoder is None else self.decoder.decode(chunk)
+            if self.sse is not None:
+                out = self.sse.feed(plain)
+                return chunk if not self.sse.filtering else out
+            if self.body_size <= 64 * 1024 * 1024:
+                self.body.append(plain)
+                self.body_size += len(plain)
+        except Exception as exc:
+            self.hub.failed("read", exc, self.workspace_id)
+            self.sse = None
+            self.decoder = None
+        return chunk
+
+    def end_of_body(self) -> bytes:
+        """Bytes held back by SSE filtering, released when the body ends."""
+        if self.sse is not None and self.sse.filtering:
+            return self.sse.flush()
+        return b""
+
+    def record(self) -> UsageRecord | None:
+        """The record of this attempt; None after the first call."""
+        if self.done:
+            return None
+        self.done = True
+        latency = (time.perf_counter() - self.started) * 1000
+        if self.sse is None:
+            self._parse_json()
+        usage = self.usage
+        if self.run is not None and self.hub.first_sight_of_terminal_run(self.run[0]):
+            usage = self.run[1]  # a run's tokens count once, however often it is polled
+        fields: dict[str, Any] = usage_fields(usage) if usage else {}
+        estimated = False
+        success = 200 <= self.status < 400
+        if success and not usage:
+            if self.method == "audio.speech":
+                fields["characters"] = self.characters
+            elif self.method.startswith("images.") and self.body_size:
+                fields["images"] = self.images_requested
+                fields["image_size"] = self.image_size
+                fields["image_quality"] = self.image_quality
+            elif self.method in _TOKEN_METHODS:
+                # The body ended before its usage: a stated estimate, never a silent 0.
+                estimated = True
+                fields["input_tokens"] = self.request_bytes // 4
+                fields["output_tokens"] = self.events
+        error_type = None
+        if not success:
+            error_type = self._error_type()
+        return UsageRecord(
+            workspace_id=self.workspace_id,
+            scopes=self.scopes,
+            provider=self.provider,
+            source="openai",
+            timestamp=self.timestamp,
+            model=self.response_model or self.model or "unknown",
+            api_method=self.method,
+            latency_ms=latency,
+            success=success,
+            status_code=self.status,
+            error_type=error_type,
+            request_id=self.headers.get("x-request-id") if self.headers is not None else None,
+            stream=self.stream,
+            attempt=self.attempt,
+            estimated=estimated,
+            **fields,
+        )
+
+    def _parse_json(self) -> None:
+        if not self.body:
+            return
+        body = b"".join(self.body) if len(self.body) > 1 else self.body[0]
+        self.body = []
+        if not body.lstrip().startswith(b"{"):
+            return
+        data: Any
+        if len(body) <= _PARSE_LIMIT:
+            try:
+                data = json.loads(body)
+            except ValueError:
+                return
+        else:
+            data = {"usage": _find_key(body, "usage"), "model": _find_key(body, "model")}
+        if not isinstance(data, dict):
+            return
+        self._take(data)
+
+    def _take(self, data: Mapping[str, Any]) -> None:
+        """Learn from one JSON object of the response (a whole body or one SSE event)."""
+        model = data.get("model")
+        if isinstance(model, str) and model:
+            self.response_model = model
+        if data.get("object") == "thread.run":
+            if data.get("status") in _TERMINAL_RUN_STATES and isinstance(data.get("usage"), dict):
+                self.run = (str(data.get("id")), data["usage"])
+            return
+        usage = data.get("usage")
+        if isinstance(usage, dict):
+            self.usage = usage
+        elif self.status >= 400 and isinstance(data.get("error"), dict):
+            self.error = data["error"]
+
+    def _error_type(self) -> str:
+        error = self.error
+        if error:
+            kind = error.get("code") or error.get("type")
+            if kind:
+                return str(kind)
+        return {429: "rate_limited"}.get(self.status, f"http_{self.status}")
+
+
+_TOKEN_METHODS = {"chat.completions", "completions", "responses", "embeddings"}
+
+
+class _SSE:
+    """Server-sent events of one response: usage is taken from them; when we injected
+    ``include_usage``, the usage-only chunk is removed from what the caller sees."""
+
+    def __init__(self, call: _Call, filtering: bool) -> None:
+        self.call = call
+        self.filtering = filtering
+        self.buffer = b""
+
+    def feed(self, data: bytes) -> bytes:
+        self.buffer += data
+        out: list[bytes] = []
+        while True:
+            end, size = _event_end(self.buffer)
+            if end < 0:
+                break
+            event = self.buffer[: end + size]
+            self.buffer = self.buffer[end + size :]
+            if not self._event(event):
+                out.append(event)
+        return b"".join(out)
+
+    def flush(self) -> bytes:
+        rest, self.buffer = self.buffer, b""
+        if rest and self._event(rest):
+            return b""
+        return rest
+
+    def _event(self, raw: bytes) -> bool:
+        """Learn from one event; True when it is our injected usage chunk, to be dropped."""
+        call = self.call
+        name = b""
+        data_lines = []
+        for line in raw.splitlines():
+            if line.startswith(b"data:"):
+                data_lines.append(line[5:].lstrip(b" "))
+            elif line.startswith(b"event:"):
+                name = line[6:].strip()
+        if not data_lines:
+            return False
+        data = b"\n".join(data_lines)
+        if data == b"[DONE]":
+            return False
+        call.events += 1
+        if call.response_model and not (
+            b'"usage":{' in data or b'"usage": {' in data or name.startswith(b"thread.run.")
+        ):
+            return False  # the common case, a content delta: no JSON parsing
+        try:
+            event = json.loads(data)
+        except ValueError:
+            return False
+        if not isinstance(event, dict):
+            return False
+        if isinstance(event.get("response"), dict):  # Responses API events
+            call._take(event["response"])
+            return False
+        call._take(event)
+        return (
+            self.filtering and isinstance(event.get("usage"), dict) and event.get("choices") == []
+        )
+
+
+def _event_end(buffer: bytes) -> tuple[int, int]:
+    """Index and length of the first event separator (a blank line) in ``buffer``."""
+    best, size = -1, 0
+    for separator in (b"\n\n", b"\r\n\r\n", b"\r\r"):
+        at = buffer.find(separator)
+        if at >= 0 and (best < 0 or at < best):
+            best, size = at, len(separator)
+    return best, size
+
+
+def _decoder(lib: Any, encoding: str) -> Any:
+    decoders = importlib.import_module(f"{lib.__name__}._decoders")
+    names = [e.strip() for e in encoding.split(",") if e.strip()]
+    if len(names) == 1 and names[0] in decoders.SUPPORTED_DECODERS:
+        return decoders.SUPPORTED_DECODERS[names[0]]()
+    return decoders.MultiDecoder([decoders.SUPPORTED_DECODERS[n]() for n in names])
+
+
+# ---------------------------------------------------------------------------------- transports
+_CLASSES: dict[str, dict[str, Any]] = {}
+_CLASSES_LOCK = threading.Lock()
+
+
+def _classes(lib: Any) -> dict[str, Any]:
+    """Transport and stream wrapper classes for one HTTP library (httpx2 or httpx)."""
+    with _CLASSES_LOCK:
+        found = _CLASSES.get(lib.__name__)
+        if found is None:
+            found = _CLASSES[lib.__name__] = _build_classes(lib)
+        return found
+
+
+def _build_classes(lib: Any) -> dict[str, Any]:
+    class TrackedStream(lib.SyncByteStream):  # type: ignore[misc]
+        def __init__(self, inner: Any, call: _Call) -> None:
+            self._inner = inner
+            self._call = call
+
+        def __iter__(self) -> Iterator[bytes]:
+            call = self._call
+            for chunk in self._inner:
+                out = call.feed(chunk)
+                if out:
+                    yield out
+            tail = call.end_of_body()
+            if tail:
+                yield tail
+
+        def close(self) -> None:
+            try:
+                self._inner.close()
+            finally:
+                _finish_sync(self._call)
+
+    class AsyncTrackedStream(lib.AsyncByteStream):  # type: ignore[misc]
+        def __init__(self, inner: Any, call: _Call) -> None:
+            self._inner = inner
+            self._call = call
+
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            call = self._call
+            async for chunk in self._inner:
+                out = call.feed(chunk)
+                if out:
+                    yield out
+            tail = call.end_of_body()
+            if tail:
+                yield tail
+
+        async def aclose(self) -> None:
+            try:
+                await self._inner.aclose()
+            finally:
+                await _finish_async(self._call)
+
+    class TrackingTransport(lib.BaseTransport):  # type: ignore[misc]
+        """Wraps the next transport; tracks each request that passes through."""
+
+        def __init__(self, inner: Any, hub: _Hub) -> None:
+            self.inner = inner
+            self.hub = hub
+
+        def handle_request(self, request: Any) -> Any:
+            call, request = _start(self.hub, request, lib)
+            response = self.inner.handle_request(request)
+            if call is not None:
+                try:
+                    call.on_response(response)
+                    response.stream = TrackedStream(response.stream, call)
+                except Exception as exc:
+                    self.hub.failed("response", exc, call.workspace_id)
+            return response
+
+        def close(self) -> None:
+            self.inner.close()
+
+        def __enter__(self) -> Any:
+            self.inner.__enter__()
+            return self
+
+        def __exit__(self, *exc_info: Any) -> None:
+            self.inner.__exit__(*exc_info)
+
+    class AsyncTrackingTransport(lib.AsyncBaseTransport):  # type: ignore[misc]
+        """Async twin of ``TrackingTransport``."""
+
+        def __init__(self, inner: Any, hub: _Hub) -> None:
+            self.inner = inner
+            self.hub = hub
+
+        async def handle_async_request(self, request: Any) -> Any:
+            call, request = _start(self.hub, request, lib)
+            response = await self.inner.handle_async_request(request)
+            if call is not None:
+                try:
+                    call.on_response(response)
+                    response.stream = AsyncTrackedStream(response.stream, call)
+                except Exception as exc:
+                    self.hub.failed("response", exc, call.workspace_id)
+            return response
+
+        async def aclose(self) -> None:
+            await self.inner.aclose()
+
+        async def __aenter__(self) -> Any:
+            await self.inner.__aenter__()
+            return self
+
+        async def __aexit__(self, *exc_info: Any) -> None:
+            await self.inner.__aexit__(*exc_info)
+
+    return {"sync": TrackingTransport, "async": AsyncTrackingTransport}
+
+
+def _start(hub: _Hub, request: Any, lib: Any) -> tuple[_Call | None, Any]:
+    """Begin tracking a request; strip our headers. Never raises."""
+    workspace = request.headers.get(WORKSPACE_HEADER)
+    try:
+        call = _Call(hub, request, lib)
+        request = call.request
+    except Exception as exc:
+        hub.failed("request", exc, workspace)
+        call = None
+    for header in (WORKSPACE_HEADER, SCOPES_HEADER):
+        if header in request.headers:
+            del request.headers[header]
+    return call, request
+
+
+def _finish_sync(call: _Call) -> None:
+    try:
+        record = call.record()
+        if record is not None:
+            call.hub.manager.record(record)
+            _note_limits(call)
+    except Exception as exc:
+        call.hub.failed("record", exc, call.workspace_id)
+
+
+async def _finish_async(call: _Call) -> None:
+    try:
+        record = call.record()
+        if record is not None:
+            await call.hub.manager.arecord(record)
+            _note_limits(call)
+    except Exception as exc:
+        call.hub.failed("record", exc, call.workspace_id)
+
+
+def _note_limits(call: _Call) -> None:
+    headers = call.headers
+    if headers is None:
+        return
+    limits = {k: v for k, v in headers.items() if k.lower().startswith("x-ratelimit-")}
+    if limits:
+        call.hub.manager.note_provider_limits(call.workspace_id, call.provider, limits)
+
+
+# ---------------------------------------------------------------------------------- public API
+def _wrap_http_client(http_client: Any, manager: QuotaManager, inject: bool) -> None:
+    """Wrap every transport of ``http_client`` (its default and its mounts) once."""
+    lib = _library_of(http_client)
+    is_async = isinstance(http_client, lib.AsyncClient)
+    wrapper = _classes(lib)["async" if is_async else "sync"]
+    current: Any = http_client._transport
+    if isinstance(current, wrapper):
+        if current.hub.manager is not manager:
+            raise ConfigurationError(
+                "this OpenAI client's http_client is already tracked by another QuotaManager; "
+                "give each OpenAI client its own http_client"
+            )
+        return
+    hub = _Hub(manager, inject)
+    http_client._transport = wrapper(current, hub)
+    http_client._mounts = {
+        pattern: (None if transport is None else wrapper(transport, hub))
+        for pattern, transport in http_client._mounts.items()
+    }
+
+
+def _library_of(http_client: Any) -> Any:
+    """The HTTP library (``httpx2`` or the legacy ``httpx``) that ``http_client`` belongs to."""
+    for name in ("httpx2", "httpx"):
+        lib = sys.modules.get(name)
+        if lib is not None and isinstance(http_client, (lib.Client, lib.AsyncClient)):
+            return lib
+    raise ConfigurationError(
+        f"cannot track an http_client of type {type(http_client).__name__}: "
+        "expected an httpx2 or httpx Client or AsyncClient"
+    )
+
+
+def track_openai(
+    client: ClientT,
+    *,
+    workspace_id: str = "default",
+    manager: QuotaManager | None = None,
+    scopes: Mapping[str, str] | None = None,
+    inject_stream_usage: bool = True,
+) -> ClientT:
+    """Track every call of ``client`` (``OpenAI``, ``AsyncOpenAI``, ``AzureOpenAI`` ...).
+
+    Returns a client (a copy sharing the original's HTTP client and settings) whose calls are
+    charged to ``workspace_id`` and ``scopes`` (e.g. ``{"team": "ml", "user": "u-1"}``).
+
+    Args:
+        client: an OpenAI SDK client, sync or async.
+        workspace_id: the workspace charged for the calls.
+        manager: the :class:`QuotaManager`; the process-wide default when omitted.
+        scopes: extra scopes charged for each call.
+        inject_stream_usage: ask streamed chat completions for their usage when the caller did
+            not (the extra chunk is removed from what the caller receives).
+    """
+    if not isinstance(client, (openai.OpenAI, openai.AsyncOpenAI)):
+        raise ConfigurationError(
+            f"track_openai() needs an openai.OpenAI or AsyncOpenAI client, got "
+            f"{type(client).__name__}"
+        )
+    if not isinstance(workspace_id, str) or not workspace_id:
+        raise ConfigurationError(f"workspace_id must be a non-empty string, got {workspace_id!r}")
+    manager = manager if manager is not None else get_default_manager()
+    _wrap_http_client(client._client, manager, inject_stream_usage)
+    headers = {WORKSPACE_HEADER: quote(workspace_id, safe="")}
+    if scopes:
+        headers[SCOPES_HEADER] = ";".join(
+            f"{quote(str(k), safe='')}={quote(str(v), safe='')}" for k, v in scopes.items()
+        )
+    return client.with_options(default_headers=headers)  # type: ignore[return-value]
+
+
+def get_enhanced_openai_client(
+    workspace_id: str = "default", *, manager: QuotaManager | None = None, **kwargs: Any
+) -> openai.OpenAI:
+    """The seed guide's factory: an ``OpenAI(**kwargs)`` client tracked for ``workspace_id``."""
+    return track_openai(openai.OpenAI(**kwargs), workspace_id=workspace_id, manager=manager)
+
+
+def get_enhanced_async_openai_client(
+    workspace_id: str = "default", *, manager: QuotaManager | None = None, **kwargs: Any
+) -> openai.AsyncOpenAI:
+    """The seed guide's async factory: an ``AsyncOpenAI(**kwargs)`` client tracked for
+    ``workspace_id``."""
+    return track_openai(openai.AsyncOpenAI(**kwargs), workspace_id=workspace_id, manager=manager)

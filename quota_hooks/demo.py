@@ -1,0 +1,80 @@
+"""``quota-hooks demo``: real framework clients, offline, through the adapters.
+
+Drives the real OpenAI SDK (sync, async, streaming, retries after a 429) through
+``track_openai`` against :class:`~quota_hooks.testing.FakeOpenAI`, then prints the status
+report and the seed's enhanced JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from decimal import Decimal
+
+from .manager import QuotaManager
+from .policy import QuotaPolicy
+from .testing import FakeOpenAI, FakeUsage
+
+__all__ = ["run_demo"]
+
+WORKSPACE = "demo"
+
+
+def _openai_traffic(manager: QuotaManager, fake: FakeOpenAI, say: Callable[[str], None]) -> None:
+    import httpx2
+    from openai import AsyncOpenAI, OpenAI
+
+    from .adapters.openai import track_openai
+
+    client = track_openai(
+        OpenAI(api_key="sk-demo", base_url="http://fake.openai/v1",
+               http_client=httpx2.Client(transport=fake.transport())),
+        workspace_id=WORKSPACE, manager=manager, scopes={"team": "search"},
+    )
+    messages = [{"role": "user", "content": "Summarize the quarterly report."}]
+    client.chat.completions.create(model="gpt-4o-mini", messages=messages)
+    say("openai  sync   chat.completions  gpt-4o-mini")
+    stream = client.chat.completions.create(model="gpt-4o", messages=messages, stream=True)
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in stream)
+    say(f"openai  sync   chat stream       gpt-4o        {len(text)} chars")
+    client.responses.create(model="o4-mini", input="Plan a trip.")
+    say("openai  sync   responses         o4-mini")
+    fake.fail_next(429, times=1)
+    client.chat.completions.create(model="gpt-4o-mini", messages=messages)
+    say("openai  sync   429 then retry    gpt-4o-mini   (the SDK retried; both attempts count)")
+    client.models.list()
+    say("openai  sync   models.list       (counted, exempt from request limits)")
+
+    async def run_async() -> None:
+        aclient = track_openai(
+            AsyncOpenAI(api_key="sk-demo", base_url="http://fake.openai/v1",
+                        http_client=httpx2.AsyncClient(transport=fake.transport())),
+            workspace_id=WORKSPACE, manager=manager,
+        )
+        await asyncio.gather(
+            aclient.embeddings.create(model="text-embedding-3-small", input=["a", "b", "c"]),
+            aclient.chat.completions.create(model="gpt-4.1-mini", messages=messages),
+        )
+        say("openai  async  embeddings + chat (concurrent)")
+
+    asyncio.run(run_async())
+
+
+def run_demo(say: Callable[[str], None] = print) -> QuotaManager:
+    """Run the demo traffic and print the report; returns the manager for inspection."""
+    manager = QuotaManager(QuotaPolicy(rpm=60, tpm=20_000, monthly_budget_usd=Decimal("0.05")))
+    fake = FakeOpenAI(FakeUsage(input_tokens=640, output_tokens=180, cached_tokens=512,
+                                reasoning_tokens=64))
+    say("traffic:")
+    _openai_traffic(manager, fake, lambda line: say("  " + line))
+
+    report = manager.status(WORKSPACE)
+    say(f"\nworkspace {WORKSPACE!r}: status {report.status.value}, "
+        f"alert level {report.alert_level.value}")
+    for metric, usage in report.limits.items():
+        limit = "unlimited" if usage.limit is None else usage.limit
+        say(f"  {metric:<20} {usage.current:>10} / {limit:<8} ({usage.percentage:.2f}%)")
+    say("\nenhanced status JSON (GET /api/quota/status/demo?enhanced=true):")
+    say(json.dumps(manager.get_tracker(WORKSPACE).get_enhanced_status_data(recent=5), indent=2))
+    return manager

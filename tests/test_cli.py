@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from quota_hooks.cli import main
+
+
+def test_demo_drives_real_clients_and_prints_the_report() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "quota_hooks.cli", "demo"],
+        capture_output=True, text=True, timeout=300, check=True,
+    )
+    out = done.stdout
+    assert "openai  sync   chat stream" in out
+    report = json.loads(out[out.index("{"):])
+    assert report["workspace_id"] == "demo"
+    assert report["status"] == "rate_limited"  # the demo's 429
+    # 8 calls reached the fake: 7 metered (models.list is exempt), 2 of them the 429 and retry
+    assert report["requests_per_minute"]["current"] == 7
+    methods = report["enhanced_tracking"]["api_methods_breakdown"]
+    assert methods["chat.completions"] == {
+        "request_count": 5, "error_count": 1, "tokens_used": 4 * 820,
+        # per 1M: gpt-4o-mini 2 x (128 x 0.15 + 512 x 0.075 + 180 x 0.60)
+        #  + gpt-4o (128 x 2.50 + 512 x 1.25 + 180 x 10) + gpt-4.1-mini (128 x 0.40 + 512 x 0.10
+        #  + 180 x 1.60)
+        "cost_usd": pytest.approx(0.0034816, abs=1e-12),
+    }
+    assert methods["models"]["request_count"] == 1
+
+
+def test_prices_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["prices", "openai/gpt-4o-2024-08-06"]) == 0
+    out = capsys.readouterr().out
+    assert "gpt-4o" in out and "2.50" in out and "10.00" in out
+    assert main(["prices", "no-such-model"]) == 1
+    assert "unknown model 'no-such-model'" in capsys.readouterr().err
+
+
+def test_unknown_command_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["frobnicate"])
+    assert info.value.code == 2
+    assert "frobnicate" in capsys.readouterr().err
