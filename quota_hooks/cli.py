@@ -49,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``quota-hooks`` command."""
     parser = argparse.ArgumentParser(prog="quota-hooks", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="drive real clients offline through the adapters and print the report")
+    demo = commands.add_parser(
+        "demo", help="drive real clients offline through the adapters and print the report"
+    )
     demo.set_defaults(run=_demo)
     prices = commands.add_parser("prices", help="show the price table and its source")
     prices.add_argument("model", nargs="?", help="one model (dated names and prefixes resolve)")
