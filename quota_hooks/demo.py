@@ -1,14 +1,16 @@
 """``quota-hooks demo``: real framework clients, offline, through the adapters.
 
 Drives the real OpenAI SDK (sync, async, streaming, retries after a 429) through
-``track_openai`` against :class:`~quota_hooks.testing.FakeOpenAI`, then prints the status
-report and the seed's enhanced JSON.
+``track_openai``, and real LiteLLM calls through ``QuotaLogger``, against
+:class:`~quota_hooks.testing.FakeOpenAI` (an in-process transport, or a loopback server for
+LiteLLM), then prints the status report and the seed's enhanced JSON.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Callable
 from decimal import Decimal
 
@@ -24,6 +26,7 @@ WORKSPACE = "demo"
 def _openai_traffic(manager: QuotaManager, fake: FakeOpenAI, say: Callable[[str], None]) -> None:
     import httpx2
     from openai import AsyncOpenAI, OpenAI
+    from openai.types.chat import ChatCompletionMessageParam
 
     from .adapters.openai import track_openai
 
@@ -32,7 +35,9 @@ def _openai_traffic(manager: QuotaManager, fake: FakeOpenAI, say: Callable[[str]
                http_client=httpx2.Client(transport=fake.transport())),
         workspace_id=WORKSPACE, manager=manager, scopes={"team": "search"},
     )
-    messages = [{"role": "user", "content": "Summarize the quarterly report."}]
+    messages: list[ChatCompletionMessageParam] = [
+        {"role": "user", "content": "Summarize the quarterly report."}
+    ]
     client.chat.completions.create(model="gpt-4o-mini", messages=messages)
     say("openai  sync   chat.completions  gpt-4o-mini")
     stream = client.chat.completions.create(model="gpt-4o", messages=messages, stream=True)
@@ -61,6 +66,47 @@ def _openai_traffic(manager: QuotaManager, fake: FakeOpenAI, say: Callable[[str]
     asyncio.run(run_async())
 
 
+def _litellm_traffic(
+    manager: QuotaManager, fake: FakeOpenAI, say: Callable[[str], None]
+) -> None:
+    # Keep `import litellm` off the network: use its bundled price map.
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    os.environ.setdefault("LITELLM_OFFLINE_MODE", "true")
+    import litellm
+    from litellm.exceptions import RateLimitError
+
+    from .adapters.litellm import QuotaLogger
+
+    quota_logger = QuotaLogger(manager=manager, default_workspace=WORKSPACE)
+    saved = list(litellm.callbacks)
+    litellm.callbacks = [*saved, quota_logger]
+    messages = [{"role": "user", "content": "Classify this ticket."}]
+    try:
+        with fake.serve() as base_url:
+            litellm.completion(model="openai/gpt-4o-mini", messages=messages,
+                               api_base=base_url, api_key="sk-demo",
+                               metadata={"tags": ["team:support"]})
+            say("litellm sync   completion        gpt-4o-mini   (via a 127.0.0.1 server)")
+
+            async def run_async() -> None:
+                await litellm.acompletion(model="openai/gpt-4o-mini", messages=messages,
+                                          api_base=base_url, api_key="sk-demo")
+                await manager.adrain()
+
+            asyncio.run(run_async())
+            say("litellm async  acompletion       gpt-4o-mini")
+        try:
+            litellm.completion(model="gpt-4o-mini", messages=messages,
+                               mock_response=RateLimitError(
+                                   message="slow down", llm_provider="openai",
+                                   model="gpt-4o-mini"))
+        except RateLimitError:
+            say("litellm sync   429 (mock)        gpt-4o-mini   (recorded as rate_limited)")
+        manager.drain()
+    finally:
+        litellm.callbacks = saved
+
+
 def run_demo(say: Callable[[str], None] = print) -> QuotaManager:
     """Run the demo traffic and print the report; returns the manager for inspection."""
     manager = QuotaManager(QuotaPolicy(rpm=60, tpm=20_000, monthly_budget_usd=Decimal("0.05")))
@@ -68,6 +114,7 @@ def run_demo(say: Callable[[str], None] = print) -> QuotaManager:
                                 reasoning_tokens=64))
     say("traffic:")
     _openai_traffic(manager, fake, lambda line: say("  " + line))
+    _litellm_traffic(manager, fake, lambda line: say("  " + line))
 
     report = manager.status(WORKSPACE)
     say(f"\nworkspace {WORKSPACE!r}: status {report.status.value}, "

@@ -18,10 +18,11 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 from .errors import ConfigurationError, StorageError
 from .policy import QuotaPolicy
@@ -52,6 +53,19 @@ __all__ = [
 logger = logging.getLogger("quota_hooks")
 
 Clock = Callable[[], float]
+
+
+class Drainer(Protocol):
+    """Something that records calls in the background and can wait until it has caught up
+    (an adapter whose framework runs callbacks after the call returns)."""
+
+    def drain(self, timeout: float) -> bool:
+        """Block until caught up; False on timeout."""
+        ...
+
+    async def adrain(self, timeout: float) -> bool:
+        """Wait until caught up; False on timeout."""
+        ...
 
 #: How long a failure inside tracking keeps a workspace ``degraded``.
 DEGRADED_SECONDS = 300.0
@@ -109,6 +123,7 @@ class QuotaManager:
         self.recent_limit = recent_limit
         self._failures: dict[str, float] = {}
         self._provider_limits: dict[str, dict[str, dict[str, str]]] = {}
+        self._drainers: weakref.WeakSet[Drainer] = weakref.WeakSet()
         self._logged_kinds: set[str] = set()
         self._lock = threading.Lock()
         self.tracking_errors = 0
@@ -368,6 +383,20 @@ class QuotaManager:
     def get_tracker(self, workspace_id: str) -> WorkspaceTracker:
         """The seed guide's per-workspace view: ``get_status_data()`` and friends."""
         return WorkspaceTracker(self, workspace_id)
+
+    # ------------------------------------------------------------------ background work
+    def add_drainer(self, drainer: Drainer) -> None:
+        """Register background work for :meth:`drain` to wait on (held weakly)."""
+        self._drainers.add(drainer)
+
+    def drain(self, timeout: float = 5.0) -> bool:
+        """Block until every call already made has been recorded (LiteLLM, for one, records
+        after the call returns). False if ``timeout`` seconds were not enough."""
+        return all([drainer.drain(timeout) for drainer in list(self._drainers)])
+
+    async def adrain(self, timeout: float = 5.0) -> bool:
+        """Async :meth:`drain`: ``await manager.adrain()`` before reading fresh totals."""
+        return all([await drainer.adrain(timeout) for drainer in list(self._drainers)])
 
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:

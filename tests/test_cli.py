@@ -16,18 +16,20 @@ def test_demo_drives_real_clients_and_prints_the_report() -> None:
     )
     out = done.stdout
     assert "openai  sync   chat stream" in out
+    assert "litellm async  acompletion" in out
     report = json.loads(out[out.index("{"):])
     assert report["workspace_id"] == "demo"
     assert report["status"] == "rate_limited"  # the demo's 429
-    # 8 calls reached the fake: 7 metered (models.list is exempt), 2 of them the 429 and retry
-    assert report["requests_per_minute"]["current"] == 7
+    # OpenAI: 8 calls reached the fake, 7 metered (models.list is exempt), 2 of them the 429
+    # and its retry. LiteLLM: 2 calls to the loopback fake and one mocked 429.
+    assert report["requests_per_minute"]["current"] == 7 + 3
     methods = report["enhanced_tracking"]["api_methods_breakdown"]
     assert methods["chat.completions"] == {
-        "request_count": 5, "error_count": 1, "tokens_used": 4 * 820,
-        # per 1M: gpt-4o-mini 2 x (128 x 0.15 + 512 x 0.075 + 180 x 0.60)
+        "request_count": 5 + 3, "error_count": 1 + 1, "tokens_used": (4 + 2) * 820,
+        # per 1M: gpt-4o-mini 4 x (128 x 0.15 + 512 x 0.075 + 180 x 0.60)
         #  + gpt-4o (128 x 2.50 + 512 x 1.25 + 180 x 10) + gpt-4.1-mini (128 x 0.40 + 512 x 0.10
-        #  + 180 x 1.60)
-        "cost_usd": pytest.approx(0.0034816, abs=1e-12),
+        #  + 180 x 1.60); litellm's price for its two calls equals ours
+        "cost_usd": pytest.approx(0.0038128, abs=1e-12),
     }
     assert methods["models"]["request_count"] == 1
 

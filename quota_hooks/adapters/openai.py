@@ -49,6 +49,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from ..errors import ConfigurationError
 from ..manager import QuotaManager, get_default_manager
 from ..usage import UsageRecord
+from ._usage import usage_fields
 
 __all__ = [
     "SCOPES_HEADER",
@@ -57,6 +58,7 @@ __all__ = [
     "get_enhanced_async_openai_client",
     "get_enhanced_openai_client",
     "track_openai",
+    "usage_fields",
 ]
 
 logger = logging.getLogger("quota_hooks")
@@ -101,40 +103,6 @@ def api_method_for(method: str, path: str) -> str:
         if pattern.fullmatch(rest):
             return name
     return rest.split("/", 1)[0] or "unknown"
-
-
-# ---------------------------------------------------------------------------------- usage shapes
-def _int(value: Any) -> Any:
-    return value if value is not None else 0
-
-
-def usage_fields(usage: Mapping[str, Any]) -> dict[str, Any]:
-    """UsageRecord token fields from any OpenAI usage object (chat, responses, embeddings,
-    images, transcriptions, runs). Numbers pass through unchanged: the record validates them."""
-    fields: dict[str, Any] = {}
-    if usage.get("type") == "duration":
-        fields["audio_seconds"] = usage.get("seconds") or 0.0
-        return fields
-    if "prompt_tokens" in usage or "completion_tokens" in usage:  # chat, completions, runs
-        fields["input_tokens"] = _int(usage.get("prompt_tokens"))
-        fields["output_tokens"] = _int(usage.get("completion_tokens"))
-        inputs = usage.get("prompt_tokens_details") or {}
-        outputs = usage.get("completion_tokens_details") or {}
-    else:  # responses, images, transcriptions
-        fields["input_tokens"] = _int(usage.get("input_tokens"))
-        fields["output_tokens"] = _int(usage.get("output_tokens"))
-        inputs = usage.get("input_tokens_details") or usage.get("input_token_details") or {}
-        outputs = usage.get("output_tokens_details") or {}
-    if usage.get("total_tokens") is not None:
-        fields["total_tokens"] = usage["total_tokens"]
-    if isinstance(inputs, Mapping):
-        fields["cached_input_tokens"] = _int(inputs.get("cached_tokens"))
-        fields["cache_write_tokens"] = _int(inputs.get("cache_write_tokens"))
-        fields["audio_input_tokens"] = _int(inputs.get("audio_tokens"))
-    if isinstance(outputs, Mapping):
-        fields["reasoning_tokens"] = _int(outputs.get("reasoning_tokens"))
-        fields["audio_output_tokens"] = _int(outputs.get("audio_tokens"))
-    return fields
 
 
 def _find_key(body: bytes, key: str) -> Any:

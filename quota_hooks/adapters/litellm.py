@@ -1,0 +1,324 @@
+"""Record every LiteLLM call through its callback API.
+
+::
+
+    import litellm
+    from quota_hooks.adapters.litellm import QuotaLogger
+
+    litellm.callbacks = [QuotaLogger(manager=manager, default_workspace="ws-1")]
+    litellm.completion(model="gpt-4o-mini", messages=..., metadata={"workspace_id": "ws-1"})
+
+or the plain function form::
+
+    logger = QuotaLogger(manager=manager)
+    litellm.success_callback = [logger.success_callback]
+    litellm.failure_callback = [logger.failure_callback]
+
+The workspace comes from ``metadata["workspace_id"]``, then ``default_workspace``, then
+``"default"``. ``user=`` and tags of the form ``"kind:value"`` (``metadata["tags"]``) become
+scopes. Tokens come from the response's usage (cached and reasoning tokens included); the cost
+is litellm's own ``response_cost`` when it has one (a float, rounded here to a pico-dollar to
+shed float noise), else quota-hooks' price book.
+
+LiteLLM runs these callbacks after the call returns, in a background thread (sync calls) or a
+logging worker task (async calls). ``manager.drain()`` / ``await manager.adrain()`` wait until
+they have been recorded.
+
+Set ``LITELLM_LOCAL_MODEL_COST_MAP=True`` before importing litellm to keep ``import litellm`` off
+the network (it otherwise fetches its price map).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+try:
+    import litellm
+    from litellm.exceptions import RateLimitError
+    from litellm.integrations.custom_logger import CustomLogger
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "quota_hooks.adapters.litellm needs litellm: pip install 'quota-hooks[litellm]'"
+    ) from exc
+
+from ..manager import QuotaManager, get_default_manager
+from ..usage import UsageRecord
+from ._usage import as_mapping, usage_fields
+
+__all__ = ["CALL_TYPES", "QuotaLogger"]
+
+#: litellm ``call_type`` -> our ``api_method``. Anything else keeps its call_type.
+CALL_TYPES: Mapping[str, str] = {
+    "completion": "chat.completions",
+    "acompletion": "chat.completions",
+    "embedding": "embeddings",
+    "aembedding": "embeddings",
+    "image_generation": "images.generate",
+    "aimage_generation": "images.generate",
+    "transcription": "audio.transcriptions",
+    "atranscription": "audio.transcriptions",
+    "speech": "audio.speech",
+    "aspeech": "audio.speech",
+    "responses": "responses",
+    "aresponses": "responses",
+    "text_completion": "completions",
+    "atext_completion": "completions",
+}
+_SEEN_FAILURES = 10_000
+_PICO = Decimal("1e-12")
+
+
+class QuotaLogger(CustomLogger):
+    """A litellm callback that records each call in a :class:`QuotaManager`.
+
+    Args:
+        manager: where calls are recorded; the process-wide default when omitted.
+        default_workspace: the workspace of calls whose metadata names none.
+        workspace_key: the metadata key that names the workspace.
+    """
+
+    def __init__(
+        self,
+        manager: QuotaManager | None = None,
+        default_workspace: str | None = None,
+        *,
+        workspace_key: str = "workspace_id",
+    ) -> None:
+        super().__init__()
+        self.manager = manager if manager is not None else get_default_manager()
+        self.default_workspace = default_workspace or "default"
+        self.workspace_key = workspace_key
+        self._failures: OrderedDict[str, None] = OrderedDict()
+        self._lock = threading.Lock()
+        self.manager.add_drainer(self)
+
+    # ------------------------------------------------------------------ litellm hooks
+    def log_success_event(
+        self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
+    ) -> None:
+        record = self._safe(kwargs, response_obj, start_time, end_time, True)
+        if record is not None:
+            self.manager.record(record)
+
+    async def async_log_success_event(
+        self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
+    ) -> None:
+        record = self._safe(kwargs, response_obj, start_time, end_time, True)
+        if record is not None:
+            await self.manager.arecord(record)
+
+    def log_failure_event(
+        self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
+    ) -> None:
+        record = self._safe(kwargs, response_obj, start_time, end_time, False)
+        if record is not None:
+            self.manager.record(record)
+
+    async def async_log_failure_event(
+        self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
+    ) -> None:
+        record = self._safe(kwargs, response_obj, start_time, end_time, False)
+        if record is not None:
+            await self.manager.arecord(record)
+
+    # The plain function form: litellm.success_callback / failure_callback.
+    def success_callback(
+        self, kwargs: dict[str, Any], completion_response: Any, start_time: Any, end_time: Any
+    ) -> None:
+        """For ``litellm.success_callback = [logger.success_callback]``."""
+        self.log_success_event(kwargs, completion_response, start_time, end_time)
+
+    def failure_callback(
+        self, kwargs: dict[str, Any], completion_response: Any, start_time: Any, end_time: Any
+    ) -> None:
+        """For ``litellm.failure_callback = [logger.failure_callback]``."""
+        self.log_failure_event(kwargs, completion_response, start_time, end_time)
+
+    # ------------------------------------------------------------------ draining
+    def drain(self, timeout: float = 5.0) -> bool:
+        """Wait until litellm's background logging threads are idle. False on timeout."""
+        deadline = time.monotonic() + timeout
+        while _sync_backlog() > 0:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.002)
+        return True
+
+    async def adrain(self, timeout: float = 5.0) -> bool:
+        """Wait until litellm's logging worker and threads have run every callback."""
+        worker = _logging_worker()
+        if worker is not None:
+            try:
+                await asyncio.wait_for(worker.flush(), timeout)
+            except asyncio.TimeoutError:
+                return False
+        deadline = time.monotonic() + timeout
+        while _sync_backlog() > 0:
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.002)
+        return True
+
+    # ------------------------------------------------------------------ mapping
+    def _safe(
+        self, kwargs: dict[str, Any], response: Any, start: Any, end: Any, success: bool
+    ) -> UsageRecord | None:
+        try:
+            return self.to_record(kwargs, response, start, end, success)
+        except Exception as exc:  # litellm would only log and drop it: count it instead
+            workspace = _metadata(kwargs).get(self.workspace_key)
+            self.manager.note_tracking_failure(
+                "litellm:callback", exc, workspace if isinstance(workspace, str) else None
+            )
+            return None
+
+    def to_record(
+        self, kwargs: Mapping[str, Any], response: Any, start: Any, end: Any, success: bool
+    ) -> UsageRecord | None:
+        """The record of one litellm call (None for a failure already recorded)."""
+        slo: Mapping[str, Any] = kwargs.get("standard_logging_object") or {}
+        metadata = _metadata(kwargs)
+        call_id = kwargs.get("litellm_call_id") or slo.get("litellm_call_id")
+        if not success and call_id and not self._first_failure(str(call_id)):
+            return None
+        workspace = metadata.get(self.workspace_key)
+        if not isinstance(workspace, str) or not workspace:
+            workspace = self.default_workspace
+
+        tags = [str(t) for t in (slo.get("request_tags") or metadata.get("tags") or [])]
+        scopes = {}
+        for tag in tags:
+            kind, sep, value = tag.partition(":")
+            if sep and kind and value:
+                scopes[kind] = value
+        user = kwargs.get("user") or slo.get("end_user")
+        if user:
+            scopes["user"] = str(user)
+
+        call_type = str(slo.get("call_type") or kwargs.get("call_type") or "completion")
+        fields: dict[str, Any] = {}
+        usage = as_mapping(getattr(response, "usage", None)) if success else None
+        if usage:
+            fields = usage_fields(usage)
+        elif success:
+            fields = {
+                "input_tokens": slo.get("prompt_tokens") or 0,
+                "output_tokens": slo.get("completion_tokens") or 0,
+            }
+
+        cost: Decimal | None = None
+        response_cost = slo.get("response_cost", kwargs.get("response_cost"))
+        if success and isinstance(response_cost, (int, float)) and response_cost > 0:
+            try:
+                # litellm sums float prices: drop the float noise below a pico-dollar.
+                cost = Decimal(repr(float(response_cost))).quantize(_PICO)
+            except InvalidOperation:
+                cost = None
+
+        status_code: int | None = 200 if success else None
+        error_type = None
+        if not success:
+            exc = kwargs.get("exception")
+            status_code = _status_of(exc, slo)
+            error_type = type(exc).__name__ if exc is not None else "error"
+            if isinstance(exc, RateLimitError):
+                status_code = 429
+
+        provider = str(slo.get("custom_llm_provider") or kwargs.get("custom_llm_provider") or "")
+        self._note_limits(workspace, provider, slo)
+        return UsageRecord(
+            workspace_id=workspace,
+            scopes=scopes,
+            tags=tuple(tags),
+            provider=provider or "unknown",
+            model=str(slo.get("model") or kwargs.get("model") or "unknown"),
+            api_method=CALL_TYPES.get(call_type, call_type),
+            source="litellm",
+            timestamp=_utc(end),
+            latency_ms=_latency_ms(start, end),
+            success=success,
+            status_code=status_code,
+            error_type=error_type,
+            request_id=str(slo.get("id")) if success and slo.get("id") else None,
+            stream=bool(slo.get("stream") or kwargs.get("stream")),
+            cost=cost,
+            price_source="litellm" if cost is not None else None,
+            **fields,
+        )
+
+    def _first_failure(self, call_id: str) -> bool:
+        with self._lock:
+            if call_id in self._failures:
+                return False
+            self._failures[call_id] = None
+            if len(self._failures) > _SEEN_FAILURES:
+                self._failures.popitem(last=False)
+            return True
+
+    def _note_limits(self, workspace: str, provider: str, slo: Mapping[str, Any]) -> None:
+        hidden = slo.get("hidden_params") or {}
+        headers = hidden.get("additional_headers") or {}
+        limits = {
+            key.split("x-ratelimit-", 1)[1]: value
+            for key, value in headers.items()
+            if "x-ratelimit-" in key and value is not None
+        }
+        if limits:
+            self.manager.note_provider_limits(
+                workspace, provider or "litellm", {f"x-ratelimit-{k}": v for k, v in limits.items()}
+            )
+
+
+def _metadata(kwargs: Mapping[str, Any]) -> Mapping[str, Any]:
+    params = kwargs.get("litellm_params") or {}
+    metadata = params.get("metadata") or kwargs.get("metadata") or {}
+    return metadata if isinstance(metadata, Mapping) else {}
+
+
+def _status_of(exc: Any, slo: Mapping[str, Any]) -> int | None:
+    status = getattr(exc, "status_code", None)
+    if isinstance(status, int):
+        return status
+    info = slo.get("error_information") or {}
+    try:
+        return int(info.get("error_code") or "")
+    except (TypeError, ValueError):
+        return None
+
+
+def _utc(moment: Any) -> datetime:
+    if isinstance(moment, datetime):
+        return moment if moment.tzinfo else moment.astimezone(timezone.utc)
+    return datetime.now(timezone.utc)
+
+
+def _latency_ms(start: Any, end: Any) -> float | None:
+    if isinstance(start, datetime) and isinstance(end, datetime):
+        return max(0.0, (end - start).total_seconds() * 1000)
+    return None
+
+
+def _logging_worker() -> Any:
+    try:
+        from litellm.litellm_core_utils.logging_worker import GLOBAL_LOGGING_WORKER
+    except ImportError:  # pragma: no cover - older litellm
+        return None
+    return GLOBAL_LOGGING_WORKER
+
+
+def _sync_backlog() -> int:
+    """Logging tasks litellm has queued or is running in its thread pool (0 if unknown)."""
+    executor = getattr(getattr(litellm, "utils", None), "executor", None)
+    slots = getattr(executor, "_pending_slots", None)
+    cap = getattr(executor, "_max_pending_tasks", None)
+    value = getattr(slots, "_value", None)
+    if isinstance(cap, int) and isinstance(value, int):
+        return cap - value
+    return 0
