@@ -1,7 +1,8 @@
 """``quota-hooks demo``: real framework clients, offline, through the adapters.
 
 Drives the real OpenAI SDK (sync, async, streaming, retries after a 429) through
-``track_openai``, and real LiteLLM calls through ``QuotaLogger``, against
+``track_openai``, real LiteLLM calls through ``QuotaLogger`` and a LangChain chain through
+``QuotaCallbackHandler``, against
 :class:`~quota_hooks.testing.FakeOpenAI` (an in-process transport, or a loopback server for
 LiteLLM), then prints the status report and the seed's enhanced JSON.
 """
@@ -107,6 +108,29 @@ def _litellm_traffic(
         litellm.callbacks = saved
 
 
+def _langchain_traffic(
+    manager: QuotaManager, fake: FakeOpenAI, say: Callable[[str], None]
+) -> None:
+    import httpx2
+    from langchain_core.output_parsers import StrOutputParser
+    from langchain_core.prompts import ChatPromptTemplate
+    from langchain_openai import ChatOpenAI
+    from pydantic import SecretStr
+
+    from .adapters.langchain import QuotaCallbackHandler
+
+    handler = QuotaCallbackHandler(manager=manager, workspace_id=WORKSPACE)
+    llm = ChatOpenAI(model="gpt-4o-mini", api_key=SecretStr("sk-demo"), base_url="http://fake.openai/v1",
+                     http_client=httpx2.Client(transport=fake.transport()), stream_usage=True)
+    chain = ChatPromptTemplate.from_template("Outline {topic}") | llm | StrOutputParser()
+    drafts = chain.batch([{"topic": "quotas"}, {"topic": "budgets"}],
+                         config={"callbacks": [handler], "tags": ["team:docs"]})
+    say(f"langchain batch  chain x2        gpt-4o-mini   {sum(map(len, drafts))} chars")
+    for _ in llm.stream("Stream a haiku.", config={"callbacks": [handler]}):
+        pass
+    say("langchain stream chat            gpt-4o-mini   (recorded once, at its end)")
+
+
 def run_demo(say: Callable[[str], None] = print) -> QuotaManager:
     """Run the demo traffic and print the report; returns the manager for inspection."""
     manager = QuotaManager(QuotaPolicy(rpm=60, tpm=20_000, monthly_budget_usd=Decimal("0.05")))
@@ -115,6 +139,7 @@ def run_demo(say: Callable[[str], None] = print) -> QuotaManager:
     say("traffic:")
     _openai_traffic(manager, fake, lambda line: say("  " + line))
     _litellm_traffic(manager, fake, lambda line: say("  " + line))
+    _langchain_traffic(manager, fake, lambda line: say("  " + line))
 
     report = manager.status(WORKSPACE)
     say(f"\nworkspace {WORKSPACE!r}: status {report.status.value}, "

@@ -17,19 +17,21 @@ def test_demo_drives_real_clients_and_prints_the_report() -> None:
     out = done.stdout
     assert "openai  sync   chat stream" in out
     assert "litellm async  acompletion" in out
+    assert "langchain stream chat" in out
     report = json.loads(out[out.index("{"):])
     assert report["workspace_id"] == "demo"
     assert report["status"] == "rate_limited"  # the demo's 429
     # OpenAI: 8 calls reached the fake, 7 metered (models.list is exempt), 2 of them the 429
-    # and its retry. LiteLLM: 2 calls to the loopback fake and one mocked 429.
-    assert report["requests_per_minute"]["current"] == 7 + 3
+    # and its retry. LiteLLM: 2 calls to the loopback fake and one mocked 429. LangChain: a
+    # batch of two chains and one stream, counted once each (by the handler, not twice).
+    assert report["requests_per_minute"]["current"] == 7 + 3 + 3
     methods = report["enhanced_tracking"]["api_methods_breakdown"]
     assert methods["chat.completions"] == {
-        "request_count": 5 + 3, "error_count": 1 + 1, "tokens_used": (4 + 2) * 820,
-        # per 1M: gpt-4o-mini 4 x (128 x 0.15 + 512 x 0.075 + 180 x 0.60)
+        "request_count": 5 + 3 + 3, "error_count": 1 + 1, "tokens_used": (4 + 2 + 3) * 820,
+        # per 1M: gpt-4o-mini 7 x (128 x 0.15 + 512 x 0.075 + 180 x 0.60)
         #  + gpt-4o (128 x 2.50 + 512 x 1.25 + 180 x 10) + gpt-4.1-mini (128 x 0.40 + 512 x 0.10
         #  + 180 x 1.60); litellm's price for its two calls equals ours
-        "cost_usd": pytest.approx(0.0038128, abs=1e-12),
+        "cost_usd": pytest.approx(0.0043096, abs=1e-12),
     }
     assert methods["models"]["request_count"] == 1
 

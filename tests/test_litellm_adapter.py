@@ -6,13 +6,12 @@ from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
+import litellm
 import pytest
 
-litellm = pytest.importorskip("litellm")
-
-from quota_hooks import QuotaManager, QuotaPolicy, QuotaStatus, UsageRecord  # noqa: E402
-from quota_hooks.adapters.litellm import QuotaLogger  # noqa: E402
-from quota_hooks.testing import FakeOpenAI, FakeUsage, ManualClock  # noqa: E402
+from quota_hooks import QuotaManager, QuotaPolicy, QuotaStatus, UsageRecord
+from quota_hooks.adapters.litellm import QuotaLogger
+from quota_hooks.testing import FakeOpenAI, FakeUsage, ManualClock
 
 MSG = [{"role": "user", "content": "hello"}]
 _GLOBALS = ("callbacks", "success_callback", "failure_callback", "_async_success_callback",

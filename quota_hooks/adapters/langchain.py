@@ -1,0 +1,342 @@
+"""Record every LangChain chat model and LLM call through one callback handler.
+
+::
+
+    from quota_hooks.adapters.langchain import QuotaCallbackHandler
+
+    handler = QuotaCallbackHandler(manager=manager, workspace_id="ws-1")
+    llm.invoke(messages, config={"callbacks": [handler]})   # or ChatOpenAI(callbacks=[handler])
+
+It works for invoke, ainvoke, stream, astream, batch and abatch, nested in chains, tools and
+agents, with several models at once: LangChain calls ``on_chat_model_start``/``on_llm_start``
+and then ``on_llm_end`` or ``on_llm_error`` once per model run, whatever the call style.
+
+Embeddings have no LangChain callback. Count them at the transport instead: build
+``OpenAIEmbeddings(client=track_openai(OpenAI(), ...).embeddings)``, see the README.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+from uuid import UUID
+
+try:
+    from langchain_core.callbacks import BaseCallbackHandler
+    from langchain_core.exceptions import ModelRateLimitError
+    from langchain_core.messages import BaseMessage
+    from langchain_core.outputs import (
+        ChatGeneration,
+        ChatGenerationChunk,
+        GenerationChunk,
+        LLMResult,
+    )
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "quota_hooks.adapters.langchain needs langchain-core: "
+        "pip install 'quota-hooks[langchain]'"
+    ) from exc
+
+from ..manager import QuotaManager, get_default_manager
+from ..usage import UsageRecord
+from ._usage import usage_fields
+
+__all__ = ["CHARS_PER_TOKEN", "QuotaCallbackHandler"]
+
+#: The stated estimate for a run whose model reported no usage: one token per 4 characters
+#: of prompt and of output (OpenAI's rule of thumb for English text).
+CHARS_PER_TOKEN = 4
+#: Runs started but never ended (a crashed worker, a dropped generator) are forgotten, oldest
+#: first, beyond this many; per-run state never grows without bound.
+MAX_OPEN_RUNS = 10_000
+
+
+@dataclass(slots=True)
+class _Run:
+    """What ``on_*_start`` knew about a run, kept until its end. Never the prompt itself."""
+
+    workspace_id: str
+    scopes: dict[str, str]
+    tags: tuple[str, ...]
+    model: str | None
+    provider: str
+    chat: bool
+    prompt_chars: int
+    started: float = field(default_factory=time.perf_counter)
+
+
+class QuotaCallbackHandler(BaseCallbackHandler):
+    """A LangChain callback handler that records each model run in a :class:`QuotaManager`.
+
+    Args:
+        manager: where runs are recorded; the process-wide default when omitted.
+        workspace_id: the workspace of runs whose metadata names none (``"default"``).
+        scopes: scopes added to every run (e.g. ``{"team": "search"}``).
+        workspace_key: the run-metadata key that names the workspace; it wins over
+            ``workspace_id``, so one handler can serve several workspaces.
+
+    Run metadata ``user``/``user_id`` and tags of the form ``"kind:value"`` become scopes.
+
+    Why one sync handler with ``run_inline = True``: LangChain would otherwise hand each event
+    of a sync handler to a thread pool when the model runs under asyncio, a hop that costs more
+    than the work itself. The work here is a few dict operations and ``manager.record()``,
+    which does no network I/O on the calling thread for the memory and SQLite stores (SQLite
+    writes are batched by a writer thread), so running inline never blocks an event loop.
+    The handler is thread-safe: its only shared state is the per-run table, under a lock.
+    """
+
+    run_inline = True
+    raise_error = False
+
+    def __init__(
+        self,
+        manager: QuotaManager | None = None,
+        workspace_id: str = "default",
+        *,
+        scopes: Mapping[str, str] | None = None,
+        workspace_key: str = "workspace_id",
+    ) -> None:
+        super().__init__()
+        self.manager = manager if manager is not None else get_default_manager()
+        self.workspace_id = workspace_id
+        self.scopes = dict(scopes or {})
+        self.workspace_key = workspace_key
+        self._runs: OrderedDict[UUID, _Run] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @property
+    def open_runs(self) -> int:
+        """Runs started and not yet ended (for monitoring; 0 when idle)."""
+        return len(self._runs)
+
+    # ------------------------------------------------------------------ start
+    def on_chat_model_start(
+        self,
+        serialized: dict[str, Any],
+        messages: list[list[BaseMessage]],
+        *,
+        run_id: UUID,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        invocation_params: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Remember who pays for this chat model run and which model it asked for."""
+        chars = sum(_text_chars(m.content) for batch in messages for m in batch)
+        self._start(run_id, tags, metadata, invocation_params, chars, chat=True)
+
+    def on_llm_start(
+        self,
+        serialized: dict[str, Any],
+        prompts: list[str],
+        *,
+        run_id: UUID,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        invocation_params: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Remember who pays for this plain-LLM run and which model it asked for."""
+        chars = sum(len(p) for p in prompts)
+        self._start(run_id, tags, metadata, invocation_params, chars, chat=False)
+
+    def _start(
+        self,
+        run_id: UUID,
+        tags: list[str] | None,
+        metadata: Mapping[str, Any] | None,
+        params: Mapping[str, Any] | None,
+        prompt_chars: int,
+        *,
+        chat: bool,
+    ) -> None:
+        try:
+            metadata = metadata or {}
+            params = params or {}
+            workspace = metadata.get(self.workspace_key)
+            scopes = dict(self.scopes)
+            for tag in tags or ():
+                kind, sep, value = str(tag).partition(":")
+                if sep and kind and value:
+                    scopes[kind] = value
+            user = metadata.get("user") or metadata.get("user_id")
+            if user:
+                scopes["user"] = str(user)
+            model = (
+                params.get("model")
+                or params.get("model_name")
+                or metadata.get("ls_model_name")
+                or params.get("model_id")
+            )
+            run = _Run(
+                workspace_id=workspace if isinstance(workspace, str) and workspace
+                else self.workspace_id,
+                scopes=scopes,
+                tags=tuple(str(t) for t in tags or ()),
+                model=str(model) if model else None,
+                provider=str(metadata.get("ls_provider") or ""),
+                chat=chat,
+                prompt_chars=prompt_chars,
+            )
+            with self._lock:
+                self._runs[run_id] = run
+                if len(self._runs) > MAX_OPEN_RUNS:
+                    self._runs.popitem(last=False)
+        except Exception as exc:
+            self.manager.note_tracking_failure("langchain:start", exc)
+
+    # ------------------------------------------------------------------ end
+    def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
+        """Record the run with the usage the model reported (or a stated estimate)."""
+        run = self._pop(run_id)
+        try:
+            record = self.to_record(run, response)
+        except Exception as exc:
+            self.manager.note_tracking_failure(
+                "langchain:end", exc, run.workspace_id if run else None
+            )
+            return
+        self.manager.record(record)
+
+    def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        """Record a failed run: no tokens, its status code, and ``rate_limited`` on a 429."""
+        run = self._pop(run_id)
+        try:
+            record = self.error_record(run, error)
+        except Exception as exc:
+            self.manager.note_tracking_failure(
+                "langchain:error", exc, run.workspace_id if run else None
+            )
+            return
+        self.manager.record(record)
+
+    def _pop(self, run_id: UUID) -> _Run | None:
+        with self._lock:
+            return self._runs.pop(run_id, None)
+
+    # ------------------------------------------------------------------ mapping
+    def to_record(self, run: _Run | None, response: LLMResult) -> UsageRecord:
+        """The record of one finished run (``run`` is None if its start was not seen)."""
+        usage: dict[str, Any] | None = None
+        model = provider = None
+        streamed = responses_api = False
+        output_chars = 0
+        for candidates in response.generations:  # one list per prompt; n>1 choices share usage
+            taken = False
+            for gen in candidates:
+                streamed = streamed or isinstance(gen, (ChatGenerationChunk, GenerationChunk))
+                output_chars += len(gen.text or "")
+                if not isinstance(gen, ChatGeneration):
+                    continue
+                meta = gen.message.response_metadata or {}
+                model = model or meta.get("model_name") or meta.get("model")
+                provider = provider or meta.get("model_provider")
+                responses_api = responses_api or meta.get("object") == "response" or str(
+                    meta.get("id") or gen.message.id or ""
+                ).startswith("resp_")
+                found = getattr(gen.message, "usage_metadata", None)
+                if found and not taken:
+                    usage = _add(usage, _from_usage_metadata(found))
+                    taken = True
+        llm_output = response.llm_output or {}
+        if usage is None:
+            token_usage = llm_output.get("token_usage") or llm_output.get("usage")
+            if isinstance(token_usage, Mapping) and token_usage:
+                usage = usage_fields(token_usage)
+        model = model or llm_output.get("model_name") or (run.model if run else None)
+        chat = run.chat if run else True
+        estimated = usage is None
+        if usage is None:  # the stated estimate, never a silent zero
+            usage = {
+                "input_tokens": -(-(run.prompt_chars if run else 0) // CHARS_PER_TOKEN),
+                "output_tokens": -(-output_chars // CHARS_PER_TOKEN),
+            }
+        return UsageRecord(
+            **self._identity(run),
+            provider=str(provider or (run.provider if run else "") or "unknown"),
+            model=str(model or "unknown"),
+            api_method="responses" if responses_api else
+            ("chat.completions" if chat else "completions"),
+            stream=streamed,
+            success=True,
+            status_code=200,
+            request_id=_request_id(response),
+            estimated=estimated,
+            **usage,
+        )
+
+    def error_record(self, run: _Run | None, error: BaseException) -> UsageRecord:
+        """The record of one failed run."""
+        status = getattr(error, "status_code", None)
+        if not isinstance(status, int):
+            status = getattr(getattr(error, "response", None), "status_code", None)
+        if isinstance(error, ModelRateLimitError) or type(error).__name__ == "RateLimitError":
+            status = 429
+        return UsageRecord(
+            **self._identity(run),
+            provider=(run.provider if run else "") or "unknown",
+            model=(run.model if run else None) or "unknown",
+            api_method="chat.completions" if (run.chat if run else True) else "completions",
+            success=False,
+            status_code=status if isinstance(status, int) else None,
+            error_type=type(error).__name__,
+        )
+
+    def _identity(self, run: _Run | None) -> dict[str, Any]:
+        if run is None:
+            return {
+                "workspace_id": self.workspace_id,
+                "scopes": dict(self.scopes),
+                "source": "langchain",
+                "timestamp": datetime.now(timezone.utc),
+            }
+        return {
+            "workspace_id": run.workspace_id,
+            "scopes": run.scopes,
+            "tags": run.tags,
+            "source": "langchain",
+            "timestamp": datetime.now(timezone.utc),
+            "latency_ms": (time.perf_counter() - run.started) * 1000,
+        }
+
+
+def _from_usage_metadata(usage: Mapping[str, Any]) -> dict[str, Any]:
+    """UsageRecord fields from LangChain's ``UsageMetadata``."""
+    inputs = usage.get("input_token_details") or {}
+    outputs = usage.get("output_token_details") or {}
+    return {
+        "input_tokens": usage.get("input_tokens") or 0,
+        "output_tokens": usage.get("output_tokens") or 0,
+        "total_tokens": usage.get("total_tokens") or 0,
+        "cached_input_tokens": inputs.get("cache_read") or 0,
+        "cache_write_tokens": inputs.get("cache_creation") or 0,
+        "audio_input_tokens": inputs.get("audio") or 0,
+        "reasoning_tokens": outputs.get("reasoning") or 0,
+        "audio_output_tokens": outputs.get("audio") or 0,
+    }
+
+
+def _add(total: dict[str, Any] | None, more: dict[str, Any]) -> dict[str, Any]:
+    if total is None:
+        return more
+    return {key: total.get(key, 0) + value for key, value in more.items()}
+
+
+def _text_chars(content: str | Sequence[Any]) -> int:
+    if isinstance(content, str):
+        return len(content)
+    return sum(
+        len(part) if isinstance(part, str)
+        else len(str(part.get("text", ""))) if isinstance(part, Mapping) else 0
+        for part in content
+    )
+
+
+def _request_id(response: LLMResult) -> str | None:
+    request_id = (response.llm_output or {}).get("id")
+    return str(request_id) if request_id else None
