@@ -6,6 +6,7 @@ The core is framework-free; adapters for OpenAI, LiteLLM and LangChain live in
 
 from __future__ import annotations
 
+from .alerts import Alert, AlertKind, AlertSink
 from .errors import (
     ConfigurationError,
     QuotaExceededError,
@@ -23,7 +24,10 @@ from .usage import UsageRecord
 __version__ = "0.1.0"
 
 __all__ = [
+    "Alert",
+    "AlertKind",
     "AlertLevel",
+    "AlertSink",
     "ConfigurationError",
     "MemoryStore",
     "PriceBook",

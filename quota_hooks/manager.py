@@ -19,11 +19,15 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any, Protocol
 
+import anyio.to_thread
+
+from .alerts.engine import AlertEngine
+from .alerts.model import AlertSink, SinkLike
 from .errors import ConfigurationError, StorageError
 from .policy import QuotaPolicy
 from .pricing import PriceBook, from_nanos, to_nanos
@@ -63,13 +67,16 @@ class Drainer(Protocol):
         """Block until caught up; False on timeout."""
         ...
 
-    async def adrain(self, timeout: float) -> bool:
+    async def adrain(self, timeout: float) -> bool:  # noqa: ASYNC109 - mirrors drain()
         """Wait until caught up; False on timeout."""
         ...
 
 #: How long a failure inside tracking keeps a workspace ``degraded``.
 DEGRADED_SECONDS = 300.0
 STORE_ENV = "QUOTA_HOOKS_STORE"
+WEBHOOK_ENV = "QUOTA_HOOKS_WEBHOOK_URL"
+WEBHOOK_SECRET_ENV = "QUOTA_HOOKS_WEBHOOK_SECRET"
+SLACK_ENV = "QUOTA_HOOKS_SLACK_WEBHOOK_URL"
 
 
 class QuotaManager:
@@ -84,6 +91,10 @@ class QuotaManager:
         prices: the :class:`~quota_hooks.pricing.PriceBook`; ``PriceBook.default()`` by default.
         clock: returns epoch seconds; inject one in tests (``quota_hooks.testing.ManualClock``).
         recent_limit: how many calls ``recent_activity`` shows (the seed's 10).
+        sinks: alert sinks (:mod:`quota_hooks.alerts`), or plain sync/async callables.
+        alert_queue_size: alerts held per sink before the oldest is dropped.
+        sink_timeout: seconds one alert delivery may take, retries included.
+        hysteresis_percent: points below a threshold that usage must fall to re-arm it.
 
     Thread-safe and task-safe. ``record``/``status`` never need an event loop; ``arecord``/
     ``astatus`` never block one.
@@ -99,6 +110,10 @@ class QuotaManager:
         prices: PriceBook | None = None,
         clock: Clock | None = None,
         recent_limit: int = 10,
+        sinks: Iterable[SinkLike] | None = None,
+        alert_queue_size: int = 1000,
+        sink_timeout: float = 30.0,
+        hysteresis_percent: float = 5.0,
     ) -> None:
         if policy is not None and default_policy is not None:
             raise ConfigurationError("give either policy= or default_policy=, not both")
@@ -128,11 +143,25 @@ class QuotaManager:
         self._lock = threading.Lock()
         self.tracking_errors = 0
         """How many failures inside tracking were caught (never raised into a call)."""
+        self._alert_options: dict[str, Any] = {
+            "queue_size": alert_queue_size,
+            "sink_timeout": sink_timeout,
+            "hysteresis_percent": hysteresis_percent,
+        }
+        self.alerts: AlertEngine | None = None
+        """The alert engine; created with the first sink."""
+        if sinks is not None:
+            if isinstance(sinks, (str, bytes)) or not isinstance(sinks, Iterable):
+                raise ConfigurationError(f"sinks must be a list of sinks, got {sinks!r}")
+            self.alerts = AlertEngine(self, sinks, **self._alert_options)
+            self.add_drainer(self.alerts)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **kwargs: Any) -> QuotaManager:
         """A manager configured from the environment: the seed's ``OPENAI_*`` limits
-        (:meth:`QuotaPolicy.from_env`) and ``QUOTA_HOOKS_STORE`` (a store URL)."""
+        (:meth:`QuotaPolicy.from_env`), ``QUOTA_HOOKS_STORE`` (a store URL), and alert sinks
+        from ``QUOTA_HOOKS_WEBHOOK_URL`` (with ``QUOTA_HOOKS_WEBHOOK_SECRET``) and
+        ``QUOTA_HOOKS_SLACK_WEBHOOK_URL``."""
         env = os.environ if environ is None else environ
         kwargs.setdefault("policy", QuotaPolicy.from_env(env))
         url = env.get(STORE_ENV, "").strip()
@@ -141,6 +170,21 @@ class QuotaManager:
                 kwargs["store"] = store_from_url(url)
             except ConfigurationError as exc:
                 raise ConfigurationError(f"{STORE_ENV}: {exc}") from exc
+        if "sinks" not in kwargs:
+            from .alerts.sinks import SlackSink, WebhookSink
+
+            sinks: list[SinkLike] = []
+            for name, make in [(WEBHOOK_ENV, WebhookSink), (SLACK_ENV, SlackSink)]:
+                hook = env.get(name, "").strip()
+                if not hook:
+                    continue
+                secret = env.get(WEBHOOK_SECRET_ENV) or None if make is WebhookSink else None
+                try:
+                    sinks.append(make(hook, secret=secret))
+                except ConfigurationError as exc:
+                    raise ConfigurationError(f"{name}: {exc}") from exc
+            if sinks:
+                kwargs["sinks"] = sinks
         return cls(**kwargs)
 
     def __repr__(self) -> str:
@@ -201,6 +245,10 @@ class QuotaManager:
             self.store.commit(self.prepare(record), reservation)
         except Exception as exc:
             self.note_tracking_failure("record", exc, record.workspace_id)
+            return
+        alerts = self.alerts
+        if alerts is not None:
+            alerts.notify(record.workspace_id, rate_limited=record.status_code == 429)
 
     async def arecord(self, record: UsageRecord, reservation: Reservation | None = None) -> None:
         """Async :meth:`record`: never blocks the event loop, never raises."""
@@ -208,6 +256,10 @@ class QuotaManager:
             await self.store.acommit(self.prepare(record), reservation)
         except Exception as exc:
             self.note_tracking_failure("record", exc, record.workspace_id)
+            return
+        alerts = self.alerts
+        if alerts is not None:
+            alerts.notify(record.workspace_id, rate_limited=record.status_code == 429)
 
     def note_tracking_failure(
         self, kind: str, exc: BaseException, workspace_id: str | None = None
@@ -229,6 +281,9 @@ class QuotaManager:
                 kind,
                 exc_info=exc,
             )
+        alerts = self.alerts
+        if alerts is not None:
+            alerts.note_degraded(workspace_id)
 
     def note_provider_limits(
         self, workspace_id: str, provider: str, headers: Mapping[str, str]
@@ -384,6 +439,16 @@ class QuotaManager:
         """The seed guide's per-workspace view: ``get_status_data()`` and friends."""
         return WorkspaceTracker(self, workspace_id)
 
+    # ------------------------------------------------------------------ alerts
+    def add_sink(self, sink: SinkLike) -> AlertSink:
+        """Send alerts to ``sink`` too (an :class:`~quota_hooks.alerts.AlertSink`, or any sync
+        or async callable taking an :class:`~quota_hooks.alerts.Alert`)."""
+        with self._lock:
+            if self.alerts is None:
+                self.alerts = AlertEngine(self, (), **self._alert_options)
+                self._drainers.add(self.alerts)
+        return self.alerts.add_sink(sink)
+
     # ------------------------------------------------------------------ background work
     def add_drainer(self, drainer: Drainer) -> None:
         """Register background work for :meth:`drain` to wait on (held weakly)."""
@@ -394,17 +459,22 @@ class QuotaManager:
         after the call returns). False if ``timeout`` seconds were not enough."""
         return all([drainer.drain(timeout) for drainer in list(self._drainers)])
 
-    async def adrain(self, timeout: float = 5.0) -> bool:
+    async def adrain(self, timeout: float = 5.0) -> bool:  # noqa: ASYNC109 - mirrors drain()
         """Async :meth:`drain`: ``await manager.adrain()`` before reading fresh totals."""
         return all([await drainer.adrain(timeout) for drainer in list(self._drainers)])
 
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:
-        """Flush and close the store."""
+        """Deliver queued alerts (up to 5 s), then flush and close the store."""
+        if self.alerts is not None:
+            self.alerts.close()
         self.store.close()
 
     async def aclose(self) -> None:
         """Async :meth:`close`."""
+        if self.alerts is not None:
+            await self.alerts.adrain()
+            await anyio.to_thread.run_sync(self.alerts.close)
         await self.store.aclose()
 
     def __enter__(self) -> QuotaManager:

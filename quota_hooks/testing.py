@@ -3,6 +3,7 @@
 * :class:`ManualClock`: an injectable clock that moves only when told to.
 * :class:`FakeOpenAI`: an offline OpenAI-compatible API, as an httpx/httpx2 transport or on a
   loopback socket, with configurable usage (:class:`FakeUsage`) and injectable errors.
+* :class:`CaptureSink`: an alert sink that keeps what it receives.
 """
 
 from __future__ import annotations
@@ -11,8 +12,36 @@ import threading
 from datetime import datetime, timezone
 
 from ._fake_openai import FakeOpenAI, FakeReply, FakeUsage
+from .alerts.model import Alert
 
-__all__ = ["FakeOpenAI", "FakeReply", "FakeUsage", "ManualClock"]
+__all__ = ["CaptureSink", "FakeOpenAI", "FakeReply", "FakeUsage", "ManualClock"]
+
+
+class CaptureSink:
+    """An alert sink for tests: ``manager.add_sink(sink := CaptureSink())``, then
+    ``manager.drain()`` and read ``sink.alerts``."""
+
+    def __init__(self) -> None:
+        self.alerts: list[Alert] = []
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"CaptureSink({len(self.alerts)} alerts)"
+
+    async def send(self, alert: Alert) -> None:
+        """Keep ``alert``."""
+        with self._lock:
+            self.alerts.append(alert)
+
+    @property
+    def kinds(self) -> list[str]:
+        """The kinds received, in order (``["warning", "critical"]``)."""
+        return [alert.kind.value for alert in self.alerts]
+
+    def clear(self) -> None:
+        """Forget what was received."""
+        with self._lock:
+            self.alerts.clear()
 
 
 class ManualClock:

@@ -43,3 +43,21 @@ def test_readme_quickstart_runs_and_prints_what_it_says() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert done.stdout.splitlines()[0] == "normal 0.000289"
+
+
+def test_each_adapter_example_prints_the_usage_it_recorded() -> None:
+    out = run(ROOT / "examples" / "openai_client.py")
+    assert "workspace acme: normal, 3 requests, 160 tokens" in out
+    out = run(ROOT / "examples" / "litellm_callback.py")
+    assert "workspace acme: rate_limited, 5 requests" in out  # 4 calls and the 429
+    assert "chat.completions   5 calls, 1 errors" in out
+    out = run(ROOT / "examples" / "langchain_handler.py")
+    assert "workspace acme: normal, 7 model calls, 1120 tokens" in out  # 3 chains x 2 + stream
+    assert "workspace beta: normal, 1 model calls, 160 tokens" in out
+
+
+def test_custom_alert_sink_example_pages_and_survives_a_failing_sink() -> None:
+    out = run(ROOT / "examples" / "custom_alert_sink.py")
+    assert "[quota_exceeded] Workspace 'acme' has used up its monthly budget" in out
+    assert "[warning] Workspace 'acme' reached 80% of its requests-per-minute limit" in out
+    assert "sent 5, failed 5 (the flaky sink), dropped 0" in out

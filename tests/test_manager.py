@@ -39,6 +39,7 @@ def test_all_is_sorted_and_complete() -> None:
     names = quota_hooks.__all__
     assert names == sorted(names)
     public = {n for n in dir(quota_hooks) if not n.startswith("_")} - {
+        "alerts",
         "annotations",
         "errors",
         "manager",

@@ -230,6 +230,15 @@ class Store(Protocol):
         """Async :meth:`workspaces`."""
         ...
 
+    def claim(self, key: str, now: float, ttl: float) -> bool:
+        """Take ``key`` for ``ttl`` seconds: True for exactly one caller among every process
+        sharing the store until the claim expires (alerts use it to fire once)."""
+        ...
+
+    async def aclaim(self, key: str, now: float, ttl: float) -> bool:
+        """Async :meth:`claim`."""
+        ...
+
     def close(self) -> None:
         """Flush and release resources."""
         ...

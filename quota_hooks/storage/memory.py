@@ -70,6 +70,9 @@ class _Scope:
         self.recent: deque[UsageEntry] = deque(maxlen=recent_capacity)
 
 
+_CLAIMS_SWEEP_AT = 10_000
+
+
 class MemoryStore:
     """The in-process :class:`~quota_hooks.storage.base.Store`. Thread-safe and task-safe.
 
@@ -87,6 +90,7 @@ class MemoryStore:
         self._pending: dict[str, Reservation] = {}
         self._expiry: list[tuple[float, int, str]] = []
         self._seq = itertools.count()
+        self._claims: dict[str, float] = {}
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -235,6 +239,21 @@ class MemoryStore:
 
     async def aworkspaces(self) -> list[str]:
         return self.workspaces()
+
+    def claim(self, key: str, now: float, ttl: float) -> bool:
+        with self._lock:
+            claims = self._claims
+            held = claims.get(key)
+            if held is not None and held > now:
+                return False
+            if len(claims) > _CLAIMS_SWEEP_AT:
+                for stale in [k for k, until in claims.items() if until <= now]:
+                    del claims[stale]
+            claims[key] = now + ttl
+            return True
+
+    async def aclaim(self, key: str, now: float, ttl: float) -> bool:
+        return self.claim(key, now, ttl)
 
     def pending(self) -> int:
         """Reservations not yet committed, released or expired."""
