@@ -13,8 +13,15 @@ __all__ = ["main"]
 
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
+    from .errors import ConfigurationError
+    from .storage import store_from_url
 
-    run_demo()
+    try:
+        store = store_from_url(args.store)
+    except ConfigurationError as exc:
+        print(f"quota-hooks demo: --store: {exc}", file=sys.stderr)
+        return 2
+    run_demo(store=store)
     return 0
 
 
@@ -51,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser(
         "demo", help="drive real clients offline through the adapters and print the report"
+    )
+    demo.add_argument(
+        "--store", default="sqlite:///quota.db",
+        help="where usage lives (default: sqlite:///quota.db, kept across runs; memory://)",
     )
     demo.set_defaults(run=_demo)
     prices = commands.add_parser("prices", help="show the price table and its source")

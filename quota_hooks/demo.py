@@ -17,7 +17,8 @@ from decimal import Decimal
 
 from .manager import QuotaManager
 from .policy import QuotaPolicy
-from .testing import FakeOpenAI, FakeUsage
+from .storage import Store
+from .testing import CaptureSink, FakeOpenAI, FakeUsage
 
 __all__ = ["run_demo"]
 
@@ -131,9 +132,13 @@ def _langchain_traffic(
     say("langchain stream chat            gpt-4o-mini   (recorded once, at its end)")
 
 
-def run_demo(say: Callable[[str], None] = print) -> QuotaManager:
-    """Run the demo traffic and print the report; returns the manager for inspection."""
-    manager = QuotaManager(QuotaPolicy(rpm=60, tpm=20_000, monthly_budget_usd=Decimal("0.05")))
+def run_demo(say: Callable[[str], None] = print, store: Store | None = None) -> QuotaManager:
+    """Run the demo traffic and print the report and the alerts it raised; returns the manager
+    (closed) for inspection. ``store`` defaults to memory; ``quota-hooks demo`` uses SQLite."""
+    alerts = CaptureSink()
+    manager = QuotaManager(QuotaPolicy(rpm=60, tpm=20_000, monthly_budget_usd=Decimal("0.05")),
+                           store=store, sinks=[alerts])
+    say(f"store: {manager.store!r}")
     fake = FakeOpenAI(FakeUsage(input_tokens=640, output_tokens=180, cached_tokens=512,
                                 reasoning_tokens=64))
     say("traffic:")
@@ -141,6 +146,10 @@ def run_demo(say: Callable[[str], None] = print) -> QuotaManager:
     _litellm_traffic(manager, fake, lambda line: say("  " + line))
     _langchain_traffic(manager, fake, lambda line: say("  " + line))
 
+    manager.drain()
+    say("\nalerts:")
+    for alert in alerts.alerts:
+        say(f"  [{alert.kind.value}] {alert.message}")
     report = manager.status(WORKSPACE)
     say(f"\nworkspace {WORKSPACE!r}: status {report.status.value}, "
         f"alert level {report.alert_level.value}")
@@ -149,4 +158,5 @@ def run_demo(say: Callable[[str], None] = print) -> QuotaManager:
         say(f"  {metric:<20} {usage.current:>10} / {limit:<8} ({usage.percentage:.2f}%)")
     say("\nenhanced status JSON (GET /api/quota/status/demo?enhanced=true):")
     say(json.dumps(manager.get_tracker(WORKSPACE).get_enhanced_status_data(recent=5), indent=2))
+    manager.close()
     return manager

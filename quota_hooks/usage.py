@@ -210,6 +210,22 @@ class UsageRecord:
         out["cost"] = None if self.cost is None else str(self.cost)
         return out
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> UsageRecord:
+        """The record of a :meth:`to_dict` dict (unknown keys are an error)."""
+        fields = dict(data)
+        unknown = set(fields) - set(_FIELD_NAMES)
+        if unknown:
+            raise ValueError(f"unknown UsageRecord fields: {sorted(unknown)}")
+        if isinstance(fields.get("timestamp"), str):
+            fields["timestamp"] = datetime.fromisoformat(fields["timestamp"])
+        if isinstance(fields.get("cost"), str):
+            fields["cost"] = Decimal(fields["cost"])
+        for name in ("tags", "invalid_fields"):
+            if name in fields:
+                fields[name] = tuple(fields[name])
+        return cls(**fields)
+
 
 _FIELD_NAMES = tuple(UsageRecord.__dataclass_fields__)
 

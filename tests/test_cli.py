@@ -3,18 +3,27 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from quota_hooks.cli import main
 
 
-def test_demo_drives_real_clients_and_prints_the_report() -> None:
+def demo(cwd: Path, *args: str) -> str:
     done = subprocess.run(
-        [sys.executable, "-m", "quota_hooks.cli", "demo"],
-        capture_output=True, text=True, timeout=300, check=True,
+        [sys.executable, "-m", "quota_hooks.cli", "demo", *args],
+        capture_output=True, text=True, timeout=300, cwd=cwd,
     )
-    out = done.stdout
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_demo_drives_real_clients_and_prints_the_report(tmp_path: Path) -> None:
+    out = demo(tmp_path)  # the default store: sqlite:///quota.db in the working directory
+    assert (tmp_path / "quota.db").exists()
+    assert "store: SQLiteStore('quota.db'" in out
+    assert "[rate_limited] Workspace 'demo' got a 429" in out
     assert "openai  sync   chat stream" in out
     assert "litellm async  acompletion" in out
     assert "langchain stream chat" in out
@@ -34,6 +43,18 @@ def test_demo_drives_real_clients_and_prints_the_report() -> None:
         "cost_usd": pytest.approx(0.0043096, abs=1e-12),
     }
     assert methods["models"]["request_count"] == 1
+    # the SQLite store keeps usage across runs: a second run adds to the first
+    again = demo(tmp_path)
+    report = json.loads(again[again.index("{"):])
+    assert report["requests_per_minute"]["current"] == 2 * 13
+
+
+def test_demo_store_option(tmp_path: Path) -> None:
+    out = demo(tmp_path, "--store", "memory://")
+    assert "store: MemoryStore" in out and not (tmp_path / "quota.db").exists()
+    done = subprocess.run([sys.executable, "-m", "quota_hooks.cli", "demo", "--store", "x://"],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 2 and "unknown scheme 'x'" in done.stderr
 
 
 def test_prices_command(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,0 +1,385 @@
+"""`RedisStore`: usage in Redis, shared exactly by every process on every host.
+
+* Every write and every limit check is one Lua script (``quota_hooks/storage/lua/``, shipped as
+  package files): a reservation checks every limit of every scope and holds the usage
+  atomically, and a settle undoes its estimate exactly once.
+* Time: by default the scripts read the server's ``TIME``, so client clock skew does not move a
+  window (``use_server_time=False`` uses the ``now`` that the manager passes, for tests with
+  an injected clock). The budget month is the caller's (it depends on the policy's zone).
+* Keys: ``{prefix}:s:<sha256 of the scope>:...``. Tenant ids never appear in key names, so
+  no id can collide with another or inject into a key; they are stored as values only. Every
+  key carries the one hash tag ``{prefix}``, so on Redis Cluster all of them live in one slot
+  and multi-scope scripts stay atomic (the price: one store does not shard across a cluster).
+* Every key has a TTL: window keys a little over their window, the rest 400 days.
+* History: a capped list of recent records per scope (``recent_capacity``), and per-month
+  hashes for the breakdowns.
+
+Sync methods use ``redis.Redis``; async ones ``redis.asyncio.Redis``, one client per event
+loop. Redis errors become :class:`~quota_hooks.errors.StorageError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import uuid
+import weakref
+from collections.abc import Mapping, Sequence
+from importlib import resources
+from typing import Any
+
+try:
+    import redis
+    import redis.asyncio as aredis
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError("RedisStore needs redis-py: pip install 'quota-hooks[redis]'") from exc
+
+from ..errors import ConfigurationError, StorageError
+from ..usage import UsageRecord
+from .base import (
+    Aggregate,
+    Breakdown,
+    Counters,
+    Denial,
+    Limits,
+    Reservation,
+    UsageDelta,
+    UsageEntry,
+)
+
+__all__ = ["RedisStore"]
+
+_SCRIPTS = ("commit", "reserve", "release", "counters", "claim")
+_PARTS = ("m:tot", "m:b", "m:ids", "d:tot", "d:b", "d:ids", "months", "bd:model", "bd:method",
+          "recent", "pend", "pexp")
+_AGGREGATE_FIELDS = 7
+
+
+def _source(name: str) -> str:
+    lua = resources.files("quota_hooks.storage") / "lua"
+    return (lua / "lib.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
+
+
+def _name(value: bytes | str) -> str:
+    return value.decode("utf-8", "surrogatepass") if isinstance(value, bytes) else value
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class RedisStore:
+    """The :class:`~quota_hooks.storage.base.Store` in Redis (see the module doc).
+
+    Args:
+        client: a ``redis.Redis``; or use :meth:`from_url`.
+        url: the URL the async clients connect to (defaults to the client's own settings).
+        prefix: namespace of every key (also the Cluster hash tag).
+        recent_capacity: records kept per scope for ``recent()``.
+        use_server_time: read the clock from Redis ``TIME`` (default) or trust ``now``.
+        max_connections: the size of each async client's connection pool.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        url: str | None = None,
+        prefix: str = "quota-hooks",
+        recent_capacity: int = 1000,
+        use_server_time: bool = True,
+        max_connections: int = 50,
+    ) -> None:
+        if not prefix or any(c in prefix for c in "{}"):
+            raise ConfigurationError(f"prefix must be non-empty, without braces, got {prefix!r}")
+        if isinstance(recent_capacity, bool) or not isinstance(recent_capacity, int) or (
+            recent_capacity < 1
+        ):
+            raise ConfigurationError(
+                f"recent_capacity must be a whole number >= 1, got {recent_capacity!r}"
+            )
+        self.client = client
+        self.url = url
+        self.prefix = prefix
+        self.recent_capacity = recent_capacity
+        self.use_server_time = use_server_time
+        self.max_connections = max_connections
+        self._tag = "{" + prefix + "}"
+        self._sources = {name: _source(name) for name in _SCRIPTS}
+        self._scripts = {name: client.register_script(src) for name, src in self._sources.items()}
+        self._async: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, tuple[aredis.Redis, dict[str, Any]]
+        ] = weakref.WeakKeyDictionary()
+
+    @classmethod
+    def from_url(cls, url: str, *, max_connections: int = 50, **kwargs: Any) -> RedisStore:
+        """A store on ``redis://host:port/db`` (``rediss://`` for TLS), with pools of at most
+        ``max_connections`` connections that make callers wait rather than fail."""
+        try:
+            pool = redis.BlockingConnectionPool.from_url(url, max_connections=max_connections)
+            client = redis.Redis(connection_pool=pool)
+        except ValueError as exc:
+            raise ConfigurationError(f"store URL {url!r}: {exc}") from exc
+        return cls(client, url=url, max_connections=max_connections, **kwargs)
+
+    def __repr__(self) -> str:
+        kwargs = self.client.connection_pool.connection_kwargs
+        return (f"RedisStore({kwargs.get('host', '?')}:{kwargs.get('port', '?')}/"
+                f"{kwargs.get('db', 0)}, prefix={self.prefix!r})")
+
+    # ------------------------------------------------------------------ keys
+    def _scope_keys(self, scope: str) -> list[str]:
+        digest = hashlib.sha256(scope.encode("utf-8", "surrogatepass")).hexdigest()
+        base = f"{self._tag}:s:{digest}:"
+        return [base + part for part in _PARTS]
+
+    def _month_keys(self, scope: str, month: str) -> list[str]:
+        keys = self._scope_keys(scope)
+        keys[7] += ":" + month
+        keys[8] += ":" + month
+        return keys
+
+    @property
+    def _workspaces_key(self) -> str:
+        return f"{self._tag}:workspaces"
+
+    def _claim_key(self, key: str) -> str:
+        return f"{self._tag}:claim:" + hashlib.sha256(key.encode("utf-8", "surrogatepass")
+                                                       ).hexdigest()
+
+    def _now(self, now: float) -> tuple[str, str]:
+        return repr(float(now)), "1" if self.use_server_time else "0"
+
+    # ------------------------------------------------------------------ script calls
+    def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        try:
+            return self._scripts[name](keys=list(keys), args=list(args))
+        except redis.RedisError as exc:
+            raise StorageError(f"{self!r}: {name} failed: {exc}") from exc
+
+    def _aclient(self) -> tuple[aredis.Redis, dict[str, Any]]:
+        loop = asyncio.get_running_loop()
+        found = self._async.get(loop)
+        if found is None:
+            # A blocking pool: a burst of tasks waits for a connection instead of failing.
+            if self.url is not None:
+                pool = aredis.BlockingConnectionPool.from_url(
+                    self.url, max_connections=self.max_connections
+                )
+            else:
+                kwargs = dict(self.client.connection_pool.connection_kwargs)
+                kwargs.pop("connection_class", None)
+                pool = aredis.BlockingConnectionPool(
+                    max_connections=self.max_connections, **kwargs
+                )
+            client = aredis.Redis(connection_pool=pool)
+            scripts = {name: client.register_script(src) for name, src in self._sources.items()}
+            found = self._async[loop] = (client, scripts)
+        return found
+
+    async def _arun(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        _, scripts = self._aclient()
+        try:
+            return await scripts[name](keys=list(keys), args=list(args))
+        except redis.RedisError as exc:
+            raise StorageError(f"{self!r}: {name} failed: {exc}") from exc
+
+    # ------------------------------------------------------------------ arguments
+    def _commit_call(
+        self, entry: UsageEntry, reservation: Reservation | None
+    ) -> tuple[list[str], list[Any]]:
+        record, delta = entry.record, entry.delta
+        keys = [self._workspaces_key]
+        workspaces = []
+        for scope in entry.scopes:
+            keys += self._month_keys(scope, entry.month)
+            workspaces.append(scope[len("workspace:"):] if scope.startswith("workspace:") else "")
+        args = [
+            *self._now(entry.now), entry.month, reservation.id if reservation else "",
+            delta.requests, delta.tokens, delta.calls, delta.errors, delta.rate_limited,
+            delta.cost_nanos, record.model, record.api_method, 0 if record.success else 1,
+            record.total_tokens, record.input_tokens, record.output_tokens, int(entry.unpriced),
+            json.dumps(entry.priced_record().to_dict(), default=str), self.recent_capacity,
+            *workspaces,
+        ]
+        return keys, args
+
+    def _reserve_call(
+        self, scopes: Sequence[str], delta: UsageDelta, limits: Mapping[str, Limits],
+        now: float, month: str, ttl: float, rid: str,
+    ) -> tuple[list[str], list[Any]]:
+        keys = [self._workspaces_key]
+        args: list[Any] = [*self._now(now), month, rid, delta.requests, delta.tokens,
+                           delta.cost_nanos, repr(float(ttl))]
+        for scope in scopes:
+            keys += self._month_keys(scope, month)
+            found = limits.get(scope)
+            ws = scope[len("workspace:"):] if scope.startswith("workspace:") else ""
+            if found is None:
+                args += [ws, 0, "", "", "", "", ""]
+            else:
+                args += [ws, 1, *("" if v is None else v for v in (
+                    found.rpm, found.tpm, found.rpd, found.tpd, found.budget_nanos))]
+        return keys, args
+
+    @staticmethod
+    def _reservation(
+        result: Any, scopes: Sequence[str], delta: UsageDelta, month: str, rid: str,
+    ) -> Reservation | Denial:
+        if int(result[0]) == 1:
+            return Reservation(id=rid, scopes=tuple(scopes), delta=delta,
+                               at=float(_text(result[2])), month=month,
+                               expires_at=float(_text(result[1])))
+        _, index, limit, used, maximum, retry = (_text(v) for v in result)
+        return Denial(scopes[int(index) - 1], limit, int(used), int(maximum),
+                      float(retry) if retry else None)
+
+    def _release_keys(self, reservation: Reservation) -> list[str]:
+        keys: list[str] = []
+        for scope in reservation.scopes:
+            keys += self._month_keys(scope, reservation.month)
+        return keys
+
+    @staticmethod
+    def _counters(values: Any) -> Counters:
+        m_r, m_t, m_c, m_e, m_l, d_r, d_t, nanos = (int(_text(v)) for v in values)
+        return Counters(requests_minute=m_r, tokens_minute=m_t, requests_day=d_r,
+                        tokens_day=d_t, cost_month_nanos=nanos, calls_minute=m_c,
+                        errors_minute=m_e, rate_limited_minute=m_l)
+
+    @staticmethod
+    def _aggregates(raw: Mapping[Any, Any]) -> dict[str, Aggregate]:
+        table: dict[str, list[int]] = {}
+        for field, value in raw.items():
+            index, _, name = _text(field).partition(":")
+            table.setdefault(name, [0] * _AGGREGATE_FIELDS)[int(index)] = int(_text(value))
+        return {name: Aggregate(*values) for name, values in table.items()}
+
+    # ------------------------------------------------------------------ Store: sync
+    def commit(self, entry: UsageEntry, reservation: Reservation | None = None) -> None:
+        self._run("commit", *self._commit_call(entry, reservation))
+
+    def reserve(
+        self,
+        scopes: Sequence[str],
+        delta: UsageDelta,
+        limits: Mapping[str, Limits],
+        now: float,
+        month: str,
+        ttl: float,
+    ) -> Reservation | Denial:
+        rid = uuid.uuid4().hex
+        result = self._run("reserve", *self._reserve_call(scopes, delta, limits, now, month,
+                                                          ttl, rid))
+        return self._reservation(result, scopes, delta, month, rid)
+
+    def release(self, reservation: Reservation, now: float) -> bool:
+        keys = self._release_keys(reservation)
+        return bool(self._run("release", keys, [*self._now(now), reservation.id]))
+
+    def claim(self, key: str, now: float, ttl: float) -> bool:
+        return bool(self._run("claim", [self._claim_key(key)], [*self._now(now), repr(ttl)]))
+
+    def counters(self, scope: str, now: float, month: str) -> Counters:
+        keys = self._month_keys(scope, month)
+        return self._counters(self._run("counters", keys, [*self._now(now), month]))
+
+    def breakdown(self, scope: str, month: str, by: Breakdown) -> dict[str, Aggregate]:
+        key = self._month_keys(scope, month)[7 if by == "model" else 8]
+        try:
+            raw = self.client.hgetall(key)
+        except redis.RedisError as exc:
+            raise StorageError(f"{self!r}: breakdown failed: {exc}") from exc
+        return self._aggregates(raw)
+
+    def recent(self, scope: str, n: int) -> list[UsageRecord]:
+        if n <= 0:
+            return []
+        try:
+            rows = self.client.lrange(self._scope_keys(scope)[9], 0, n - 1)
+        except redis.RedisError as exc:
+            raise StorageError(f"{self!r}: recent failed: {exc}") from exc
+        return [UsageRecord.from_dict(json.loads(row)) for row in rows]
+
+    def workspaces(self) -> list[str]:
+        try:
+            members = self.client.smembers(self._workspaces_key)
+        except redis.RedisError as exc:
+            raise StorageError(f"{self!r}: workspaces failed: {exc}") from exc
+        return sorted(_name(m) for m in members)
+
+    def clear(self) -> int:
+        """Delete every key of this store's prefix (for tests); returns how many."""
+        removed = 0
+        for key in self.client.scan_iter(match=f"{self._tag}:*".replace("{", "\\{")
+                                         .replace("}", "\\}"), count=1000):
+            removed += int(self.client.delete(key))
+        return removed
+
+    def close(self) -> None:
+        self.client.close()
+
+    # ------------------------------------------------------------------ Store: async
+    async def acommit(self, entry: UsageEntry, reservation: Reservation | None = None) -> None:
+        await self._arun("commit", *self._commit_call(entry, reservation))
+
+    async def areserve(
+        self,
+        scopes: Sequence[str],
+        delta: UsageDelta,
+        limits: Mapping[str, Limits],
+        now: float,
+        month: str,
+        ttl: float,
+    ) -> Reservation | Denial:
+        rid = uuid.uuid4().hex
+        result = await self._arun("reserve", *self._reserve_call(scopes, delta, limits, now,
+                                                                 month, ttl, rid))
+        return self._reservation(result, scopes, delta, month, rid)
+
+    async def arelease(self, reservation: Reservation, now: float) -> bool:
+        keys = self._release_keys(reservation)
+        return bool(await self._arun("release", keys, [*self._now(now), reservation.id]))
+
+    async def aclaim(self, key: str, now: float, ttl: float) -> bool:
+        return bool(await self._arun("claim", [self._claim_key(key)],
+                                     [*self._now(now), repr(ttl)]))
+
+    async def acounters(self, scope: str, now: float, month: str) -> Counters:
+        keys = self._month_keys(scope, month)
+        return self._counters(await self._arun("counters", keys, [*self._now(now), month]))
+
+    async def abreakdown(self, scope: str, month: str, by: Breakdown) -> dict[str, Aggregate]:
+        client, _ = self._aclient()
+        key = self._month_keys(scope, month)[7 if by == "model" else 8]
+        try:
+            raw = await client.hgetall(key)
+        except redis.RedisError as exc:
+            raise StorageError(f"{self!r}: breakdown failed: {exc}") from exc
+        return self._aggregates(raw)
+
+    async def arecent(self, scope: str, n: int) -> list[UsageRecord]:
+        if n <= 0:
+            return []
+        client, _ = self._aclient()
+        try:
+            rows = await client.lrange(self._scope_keys(scope)[9], 0, n - 1)
+        except redis.RedisError as exc:
+            raise StorageError(f"{self!r}: recent failed: {exc}") from exc
+        return [UsageRecord.from_dict(json.loads(row)) for row in rows]
+
+    async def aworkspaces(self) -> list[str]:
+        client, _ = self._aclient()
+        try:
+            members = await client.smembers(self._workspaces_key)
+        except redis.RedisError as exc:
+            raise StorageError(f"{self!r}: workspaces failed: {exc}") from exc
+        return sorted(_name(m) for m in members)
+
+    async def aclose(self) -> None:
+        loop = asyncio.get_running_loop()
+        found = self._async.pop(loop, None)
+        if found is not None:
+            await found[0].aclose()
+        self.client.close()

@@ -1,0 +1,667 @@
+"""`SQLiteStore`: usage in one SQLite file, shared exactly by every process on the host.
+
+The embedded default for the CLI, the server and the demo. stdlib ``sqlite3`` in WAL mode.
+
+* **Counters** live in per-second and per-minute bucket rows (``buckets``), month totals in
+  ``months`` and the breakdowns in ``breakdowns``: a status read sums at most 60 + 1440 bucket
+  rows, whatever the size of the history. Old buckets are pruned as scopes are written.
+* **History** is the ``history`` table (one JSON row per record, never a prompt or a key),
+  indexed per scope by ``history_scopes``.
+* **Reservations** run in ``BEGIN IMMEDIATE`` transactions: the check of every limit and the
+  hold happen under SQLite's write lock, so several processes sharing the file share limits
+  exactly. Threads of one process also serialize on an in-process lock first, so they never
+  spin in SQLite's busy handler.
+* **Schema**: versioned in ``meta``; an older file is migrated in place when opened, a newer
+  one is refused.
+
+Durability (``durability=``):
+
+* ``"batched"`` (default): ``commit()`` puts the record on a bounded queue (it blocks, never
+  drops, when the queue is full) and a writer thread writes the queue in batches, one
+  transaction per batch. Once :meth:`SQLiteStore.flush` returns, every record committed
+  before it is in the database file and survives ``kill -9``. Reads and reservations flush
+  first, so a process always sees its own records.
+* ``"sync"``: ``commit()`` returns only after its transaction is written: a returned
+  ``record()`` survives ``kill -9``.
+
+Either way ``PRAGMA synchronous=NORMAL`` (the WAL default) survives a killed process; a power
+loss can lose the last transactions. Pass ``synchronous="FULL"`` to survive that too, slower.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import anyio.to_thread
+
+from ..errors import ConfigurationError, StorageError
+from ..usage import UsageRecord
+from ..windows import DAY, MINUTE, Window
+from .base import (
+    Aggregate,
+    Breakdown,
+    Counters,
+    Denial,
+    Limits,
+    Reservation,
+    UsageDelta,
+    UsageEntry,
+)
+
+__all__ = ["SCHEMA_VERSION", "SQLiteStore"]
+
+logger = logging.getLogger("quota_hooks")
+
+SCHEMA_VERSION = 1
+_WINDOWS: tuple[Window, Window] = (MINUTE, DAY)
+_MIN, _DAY = 0, 1
+
+#: DDL per schema version; a file at version N gets every step above N, in order.
+MIGRATIONS: Mapping[int, Sequence[str]] = {
+    1: (
+        """CREATE TABLE buckets (
+            scope TEXT NOT NULL, win INTEGER NOT NULL, bucket INTEGER NOT NULL,
+            requests INTEGER NOT NULL DEFAULT 0, tokens INTEGER NOT NULL DEFAULT 0,
+            calls INTEGER NOT NULL DEFAULT 0, errors INTEGER NOT NULL DEFAULT 0,
+            rate_limited INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (scope, win, bucket)) WITHOUT ROWID""",
+        """CREATE TABLE months (
+            scope TEXT NOT NULL, month TEXT NOT NULL, cost_nanos INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (scope, month)) WITHOUT ROWID""",
+        """CREATE TABLE breakdowns (
+            scope TEXT NOT NULL, month TEXT NOT NULL, by_kind TEXT NOT NULL, name TEXT NOT NULL,
+            requests INTEGER NOT NULL DEFAULT 0, errors INTEGER NOT NULL DEFAULT 0,
+            tokens INTEGER NOT NULL DEFAULT 0, input_tokens INTEGER NOT NULL DEFAULT 0,
+            output_tokens INTEGER NOT NULL DEFAULT 0, cost_nanos INTEGER NOT NULL DEFAULT 0,
+            unpriced INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (scope, month, by_kind, name)) WITHOUT ROWID""",
+        """CREATE TABLE history (
+            id INTEGER PRIMARY KEY, at REAL NOT NULL, record TEXT NOT NULL)""",
+        """CREATE TABLE history_scopes (
+            scope TEXT NOT NULL, id INTEGER NOT NULL, PRIMARY KEY (scope, id)) WITHOUT ROWID""",
+        """CREATE TABLE reservations (
+            id TEXT PRIMARY KEY, scopes TEXT NOT NULL, requests INTEGER NOT NULL,
+            tokens INTEGER NOT NULL, cost_nanos INTEGER NOT NULL, at REAL NOT NULL,
+            month TEXT NOT NULL, expires_at REAL NOT NULL)""",
+        "CREATE INDEX reservations_expiry ON reservations (expires_at)",
+        """CREATE TABLE claims (key TEXT PRIMARY KEY, until REAL NOT NULL) WITHOUT ROWID""",
+    ),
+}
+
+_ADD_BUCKET = """
+INSERT INTO buckets (scope, win, bucket, requests, tokens, calls, errors, rate_limited)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (scope, win, bucket) DO UPDATE SET
+  requests = requests + excluded.requests, tokens = tokens + excluded.tokens,
+  calls = calls + excluded.calls, errors = errors + excluded.errors,
+  rate_limited = rate_limited + excluded.rate_limited"""
+_ADD_MONTH = """
+INSERT INTO months (scope, month, cost_nanos) VALUES (?, ?, ?)
+ON CONFLICT (scope, month) DO UPDATE SET cost_nanos = cost_nanos + excluded.cost_nanos"""
+_ADD_BREAKDOWN = """
+INSERT INTO breakdowns (scope, month, by_kind, name, requests, errors, tokens, input_tokens,
+                        output_tokens, cost_nanos, unpriced)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (scope, month, by_kind, name) DO UPDATE SET
+  requests = requests + excluded.requests, errors = errors + excluded.errors,
+  tokens = tokens + excluded.tokens, input_tokens = input_tokens + excluded.input_tokens,
+  output_tokens = output_tokens + excluded.output_tokens,
+  cost_nanos = cost_nanos + excluded.cost_nanos, unpriced = unpriced + excluded.unpriced"""
+_SUM = """
+SELECT COALESCE(SUM(requests), 0), COALESCE(SUM(tokens), 0), COALESCE(SUM(calls), 0),
+       COALESCE(SUM(errors), 0), COALESCE(SUM(rate_limited), 0)
+FROM buckets WHERE scope = ? AND win = ? AND bucket BETWEEN ? AND ?"""
+
+_STOP = object()
+_T = TypeVar("_T")
+
+
+class _Batch:
+    """Aggregated writes of one transaction: rows summed in Python, then one upsert each."""
+
+    def __init__(self) -> None:
+        self.buckets: dict[tuple[str, int, int], list[int]] = {}
+        self.months: dict[tuple[str, str], int] = {}
+        self.breakdowns: dict[tuple[str, str, str, str], list[int]] = {}
+        self.touched: set[str] = set()
+
+    def bucket(self, scope: str, win: int, bucket: int, counts: Sequence[int]) -> None:
+        row = self.buckets.get((scope, win, bucket))
+        if row is None:
+            self.buckets[(scope, win, bucket)] = list(counts)
+        else:
+            for i, count in enumerate(counts):
+                row[i] += count
+
+    def month(self, scope: str, month: str, nanos: int) -> None:
+        self.months[(scope, month)] = self.months.get((scope, month), 0) + nanos
+
+    def apply(self, conn: sqlite3.Connection) -> None:
+        if self.buckets:
+            conn.executemany(_ADD_BUCKET, [(*k, *v) for k, v in self.buckets.items()])
+        if self.months:
+            conn.executemany(_ADD_MONTH, [(*k, v) for k, v in self.months.items()])
+        if self.breakdowns:
+            conn.executemany(_ADD_BREAKDOWN, [(*k, *v) for k, v in self.breakdowns.items()])
+
+
+class SQLiteStore:
+    """The :class:`~quota_hooks.storage.base.Store` in one SQLite file (see the module doc).
+
+    Args:
+        path: the database file; created with its directory if missing.
+        durability: ``"batched"`` (a writer thread, :meth:`flush` to wait) or ``"sync"``.
+        synchronous: SQLite's ``PRAGMA synchronous``: ``"NORMAL"`` or ``"FULL"``.
+        batch_size: records written per transaction at most.
+        queue_size: records queued for the writer before ``commit()`` waits.
+        busy_timeout: seconds to wait for another process's write lock.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] = "quota.db",
+        *,
+        durability: Literal["batched", "sync"] = "batched",
+        synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
+        batch_size: int = 2000,
+        queue_size: int = 20_000,
+        busy_timeout: float = 30.0,
+    ) -> None:
+        if durability not in ("batched", "sync"):
+            raise ConfigurationError(
+                f"durability must be 'batched' or 'sync', got {durability!r}"
+            )
+        if str(synchronous).upper() not in ("NORMAL", "FULL"):
+            raise ConfigurationError(f"synchronous must be NORMAL or FULL, got {synchronous!r}")
+        for name, value in [("batch_size", batch_size), ("queue_size", queue_size)]:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigurationError(f"{name} must be a whole number >= 1, got {value!r}")
+        self.path = Path(path)
+        self.durability = durability
+        self.synchronous = str(synchronous).upper()
+        self.batch_size = batch_size
+        self.busy_timeout = float(busy_timeout)
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._conn_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._closed = False
+        self.write_errors = 0
+        """Writer transactions that failed and were retried."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._migrate()
+        except (sqlite3.Error, OSError) as exc:
+            raise StorageError(f"opening SQLite store {str(self.path)!r} failed: {exc}") from exc
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
+        self._writer: threading.Thread | None = None
+        if durability == "batched":
+            self._writer = threading.Thread(
+                target=self._write_loop, name="quota-hooks-sqlite-writer", daemon=True
+            )
+            self._writer.start()
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({str(self.path)!r}, durability={self.durability!r})"
+
+    # ------------------------------------------------------------------ connections
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            if self._closed:
+                raise StorageError(f"{self!r} is closed")
+            conn = sqlite3.connect(
+                self.path, timeout=self.busy_timeout, isolation_level=None,
+                check_same_thread=False,
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
+            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
+            self._local.conn = conn
+            with self._conn_lock:
+                self._connections.append(conn)
+        return conn
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """A ``BEGIN IMMEDIATE`` transaction, serialized with this process's other writers."""
+        conn = self._conn()
+        with self._write_lock:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        with self._transaction() as c:
+            c.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+            row = c.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            version = int(row[0]) if row else 0
+            if version > SCHEMA_VERSION:
+                raise StorageError(
+                    f"{str(self.path)!r} has schema version {version}, newer than this "
+                    f"quota-hooks understands ({SCHEMA_VERSION}); upgrade quota-hooks"
+                )
+            for step in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[step]:
+                    c.execute(statement)
+            if version != SCHEMA_VERSION:
+                c.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+
+    def schema_version(self) -> int:
+        """The schema version of the file."""
+        row = self._conn().execute(
+            "SELECT value FROM meta WHERE key = 'schema_version'"
+        ).fetchone()
+        return int(row[0])
+
+    # ------------------------------------------------------------------ writes
+    def commit(self, entry: UsageEntry, reservation: Reservation | None = None) -> None:
+        if self._writer is None:
+            self._guard(self._write_batch, [(entry, reservation)], what="commit")
+            return
+        if self._closed:
+            raise StorageError(f"{self!r} is closed")
+        self._queue.put((entry, reservation))
+
+    async def acommit(self, entry: UsageEntry, reservation: Reservation | None = None) -> None:
+        if self._writer is not None:
+            try:
+                self._queue.put_nowait((entry, reservation))
+                return
+            except queue.Full:
+                pass
+        await anyio.to_thread.run_sync(self.commit, entry, reservation)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every record committed so far is in the file. False on timeout."""
+        if self._writer is None:
+            return True
+        if timeout is None:
+            self._queue.join()
+            return True
+        deadline = time.monotonic() + timeout
+        while self._queue.unfinished_tasks:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.001)
+        return True
+
+    async def aflush(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109
+        """Async :meth:`flush`."""
+        return await anyio.to_thread.run_sync(self.flush, timeout)
+
+    def _write_loop(self) -> None:
+        q = self._queue
+        while True:
+            first = q.get()
+            items = [first]
+            while len(items) < self.batch_size:
+                try:
+                    items.append(q.get_nowait())
+                except queue.Empty:
+                    break
+            stop = any(item is _STOP for item in items)
+            work = [item for item in items if item is not _STOP]
+            delay = 0.01
+            while work:
+                try:
+                    self._write_batch(work)
+                    break
+                except Exception as exc:  # keep the batch: nothing acknowledged is dropped
+                    self.write_errors += 1
+                    logger.warning("quota-hooks: SQLite write failed, retrying: %s", exc)
+                    if self._closed and stop:
+                        break
+                    time.sleep(delay)
+                    delay = min(delay * 2, 1.0)
+            for _ in items:
+                q.task_done()
+            if stop:
+                return
+
+    def _write_batch(self, items: Sequence[tuple[UsageEntry, Reservation | None]]) -> None:
+        batch = _Batch()
+        history: list[tuple[float, str]] = []
+        links: list[list[str]] = []
+        now = max(entry.now for entry, _ in items)
+        with self._transaction() as conn:
+            self._reap(conn, batch, now)
+            for entry, reservation in items:
+                if reservation is not None:
+                    self._settle(conn, batch, reservation.id)
+                self._add_entry(batch, entry)
+                history.append(
+                    (entry.now, json.dumps(entry.priced_record().to_dict(), default=str))
+                )
+                links.append(list(entry.scopes))
+            batch.apply(conn)
+            first = conn.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM history").fetchone()[0]
+            conn.executemany(
+                "INSERT INTO history (id, at, record) VALUES (?, ?, ?)",
+                [(first + i, at, text) for i, (at, text) in enumerate(history)],
+            )
+            conn.executemany(
+                "INSERT INTO history_scopes (scope, id) VALUES (?, ?)",
+                [(scope, first + i) for i, scopes in enumerate(links) for scope in scopes],
+            )
+            self._prune(conn, batch.touched, now)
+
+    def _add_entry(self, batch: _Batch, entry: UsageEntry) -> None:
+        record, delta = entry.record, entry.delta
+        counts = (delta.requests, delta.tokens, delta.calls, delta.errors, delta.rate_limited)
+        minute, day = MINUTE.bucket(entry.now), DAY.bucket(entry.now)
+        error = 0 if record.success else 1
+        for scope in entry.scopes:
+            batch.touched.add(scope)
+            batch.bucket(scope, _MIN, minute, counts)
+            batch.bucket(scope, _DAY, day, (*counts[:2], 0, 0, 0))
+            batch.month(scope, entry.month, delta.cost_nanos)
+            for by, name in (("model", record.model), ("api_method", record.api_method)):
+                key = (scope, entry.month, by, name)
+                row = batch.breakdowns.get(key)
+                values = (1, error, record.total_tokens, record.input_tokens,
+                          record.output_tokens, delta.cost_nanos, int(entry.unpriced))
+                if row is None:
+                    batch.breakdowns[key] = list(values)
+                else:
+                    for i, value in enumerate(values):
+                        row[i] += value
+
+    def _apply_reservation(
+        self, batch: _Batch, scopes: Sequence[str], requests: int, tokens: int, nanos: int,
+        at: float, month: str, sign: int,
+    ) -> None:
+        counts = (sign * requests, sign * tokens, 0, 0, 0)
+        for scope in scopes:
+            batch.bucket(scope, _MIN, MINUTE.bucket(at), counts)
+            batch.bucket(scope, _DAY, DAY.bucket(at), counts)
+            batch.month(scope, month, sign * nanos)
+
+    def _settle(self, conn: sqlite3.Connection, batch: _Batch, reservation_id: str) -> bool:
+        row = conn.execute(
+            "DELETE FROM reservations WHERE id = ? "
+            "RETURNING scopes, requests, tokens, cost_nanos, at, month",
+            (reservation_id,),
+        ).fetchone()
+        if row is None:
+            return False
+        scopes, requests, tokens, nanos, at, month = row
+        self._apply_reservation(batch, json.loads(scopes), requests, tokens, nanos, at, month, -1)
+        return True
+
+    def _reap(self, conn: sqlite3.Connection, batch: _Batch, now: float) -> None:
+        rows = conn.execute(
+            "DELETE FROM reservations WHERE expires_at <= ? "
+            "RETURNING scopes, requests, tokens, cost_nanos, at, month",
+            (now,),
+        ).fetchall()
+        for scopes, requests, tokens, nanos, at, month in rows:
+            self._apply_reservation(
+                batch, json.loads(scopes), requests, tokens, nanos, at, month, -1
+            )
+
+    def _prune(self, conn: sqlite3.Connection, scopes: set[str], now: float) -> None:
+        for scope in scopes:
+            for win, window in enumerate(_WINDOWS):
+                conn.execute(
+                    "DELETE FROM buckets WHERE scope = ? AND win = ? AND bucket < ?",
+                    (scope, win, window.oldest(now) - window.buckets),
+                )
+
+    # ------------------------------------------------------------------ reservations
+    def reserve(
+        self,
+        scopes: Sequence[str],
+        delta: UsageDelta,
+        limits: Mapping[str, Limits],
+        now: float,
+        month: str,
+        ttl: float,
+    ) -> Reservation | Denial:
+        self.flush()
+        return self._guard(self._reserve, scopes, delta, limits, now, month, ttl,
+                           what="reserve")
+
+    def _reserve(
+        self,
+        scopes: Sequence[str],
+        delta: UsageDelta,
+        limits: Mapping[str, Limits],
+        now: float,
+        month: str,
+        ttl: float,
+    ) -> Reservation | Denial:
+        with self._transaction() as conn:
+            reaped = _Batch()
+            self._reap(conn, reaped, now)
+            reaped.apply(conn)
+            for scope in scopes:
+                scope_limits = limits.get(scope)
+                if scope_limits is None:
+                    continue
+                denial = self._check(conn, scope, delta, scope_limits, now, month)
+                if denial is not None:
+                    return denial
+            reservation = Reservation(
+                id=uuid.uuid4().hex, scopes=tuple(scopes), delta=delta, at=now, month=month,
+                expires_at=now + ttl,
+            )
+            conn.execute(
+                "INSERT INTO reservations (id, scopes, requests, tokens, cost_nanos, at, month, "
+                "expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (reservation.id, json.dumps(list(scopes)), delta.requests, delta.tokens,
+                 delta.cost_nanos, now, month, reservation.expires_at),
+            )
+            held = _Batch()
+            self._apply_reservation(held, scopes, delta.requests, delta.tokens,
+                                    delta.cost_nanos, now, month, 1)
+            held.apply(conn)
+            return reservation
+
+    def _check(
+        self, conn: sqlite3.Connection, scope: str, delta: UsageDelta, limits: Limits,
+        now: float, month: str,
+    ) -> Denial | None:
+        minute = self._sums(conn, scope, _MIN, now)
+        day = self._sums(conn, scope, _DAY, now)
+        checks = (
+            ("rpm", limits.rpm, minute[0], delta.requests, _MIN, "requests"),
+            ("tpm", limits.tpm, minute[1], delta.tokens, _MIN, "tokens"),
+            ("rpd", limits.rpd, day[0], delta.requests, _DAY, "requests"),
+            ("tpd", limits.tpd, day[1], delta.tokens, _DAY, "tokens"),
+        )
+        for name, maximum, used, wanted, win, column in checks:
+            if maximum is None or not wanted or used + wanted <= maximum:
+                continue
+            retry_after: float | None = None
+            if wanted <= maximum:
+                window = _WINDOWS[win]
+                first = conn.execute(
+                    f"SELECT MIN(bucket) FROM buckets WHERE scope = ? AND win = ? "
+                    f"AND bucket BETWEEN ? AND ? AND {column} != 0",
+                    (scope, win, window.oldest(now), window.bucket(now)),
+                ).fetchone()[0]
+                if first is not None:
+                    retry_after = max(0.0, window.expires_at(first) - now)
+            return Denial(scope, name, used, maximum, retry_after)
+        budget = limits.budget_nanos
+        if budget is not None and (delta.cost_nanos or delta.requests):
+            spent = self._month(conn, scope, month)
+            if spent + delta.cost_nanos > budget or spent >= budget:
+                return Denial(scope, "monthly_budget_usd", spent, budget, None)
+        return None
+
+    async def areserve(
+        self,
+        scopes: Sequence[str],
+        delta: UsageDelta,
+        limits: Mapping[str, Limits],
+        now: float,
+        month: str,
+        ttl: float,
+    ) -> Reservation | Denial:
+        return await anyio.to_thread.run_sync(
+            self.reserve, scopes, delta, limits, now, month, ttl
+        )
+
+    def release(self, reservation: Reservation, now: float) -> bool:
+        self.flush()
+
+        def run() -> bool:
+            with self._transaction() as conn:
+                batch = _Batch()
+                found = self._settle(conn, batch, reservation.id)
+                batch.apply(conn)
+                return found
+
+        return self._guard(run, what="release")
+
+    async def arelease(self, reservation: Reservation, now: float) -> bool:
+        return await anyio.to_thread.run_sync(self.release, reservation, now)
+
+    def claim(self, key: str, now: float, ttl: float) -> bool:
+        def run() -> bool:
+            with self._transaction() as conn:
+                cursor = conn.execute(
+                    "INSERT INTO claims (key, until) VALUES (?, ?) ON CONFLICT (key) "
+                    "DO UPDATE SET until = excluded.until WHERE claims.until <= ?",
+                    (key, now + ttl, now),
+                )
+                return cursor.rowcount == 1
+
+        return self._guard(run, what="claim")
+
+    async def aclaim(self, key: str, now: float, ttl: float) -> bool:
+        return await anyio.to_thread.run_sync(self.claim, key, now, ttl)
+
+    # ------------------------------------------------------------------ reads
+    def _sums(self, conn: sqlite3.Connection, scope: str, win: int, now: float) -> list[int]:
+        window = _WINDOWS[win]
+        row = conn.execute(_SUM, (scope, win, window.oldest(now), window.bucket(now))).fetchone()
+        return [int(v) for v in row]
+
+    def _month(self, conn: sqlite3.Connection, scope: str, month: str) -> int:
+        row = conn.execute(
+            "SELECT cost_nanos FROM months WHERE scope = ? AND month = ?", (scope, month)
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def counters(self, scope: str, now: float, month: str) -> Counters:
+        self.flush()
+
+        def run() -> Counters:
+            conn = self._conn()
+            minute = self._sums(conn, scope, _MIN, now)
+            day = self._sums(conn, scope, _DAY, now)
+            return Counters(
+                requests_minute=minute[0], tokens_minute=minute[1],
+                requests_day=day[0], tokens_day=day[1],
+                cost_month_nanos=self._month(conn, scope, month),
+                calls_minute=minute[2], errors_minute=minute[3],
+                rate_limited_minute=minute[4],
+            )
+
+        return self._guard(run, what="counters")
+
+    async def acounters(self, scope: str, now: float, month: str) -> Counters:
+        return await anyio.to_thread.run_sync(self.counters, scope, now, month)
+
+    def breakdown(self, scope: str, month: str, by: Breakdown) -> dict[str, Aggregate]:
+        self.flush()
+
+        def run() -> dict[str, Aggregate]:
+            rows = self._conn().execute(
+                "SELECT name, requests, errors, tokens, input_tokens, output_tokens, cost_nanos, "
+                "unpriced FROM breakdowns WHERE scope = ? AND month = ? AND by_kind = ?",
+                (scope, month, by),
+            ).fetchall()
+            return {row[0]: Aggregate(*row[1:]) for row in rows}
+
+        return self._guard(run, what="breakdown")
+
+    async def abreakdown(self, scope: str, month: str, by: Breakdown) -> dict[str, Aggregate]:
+        return await anyio.to_thread.run_sync(self.breakdown, scope, month, by)
+
+    def recent(self, scope: str, n: int) -> list[UsageRecord]:
+        if n <= 0:
+            return []
+        self.flush()
+
+        def run() -> list[UsageRecord]:
+            rows = self._conn().execute(
+                "SELECT h.record FROM history_scopes s JOIN history h ON h.id = s.id "
+                "WHERE s.scope = ? ORDER BY s.id DESC LIMIT ?",
+                (scope, n),
+            ).fetchall()
+            return [UsageRecord.from_dict(json.loads(row[0])) for row in rows]
+
+        return self._guard(run, what="recent")
+
+    async def arecent(self, scope: str, n: int) -> list[UsageRecord]:
+        return await anyio.to_thread.run_sync(self.recent, scope, n)
+
+    def workspaces(self) -> list[str]:
+        self.flush()
+
+        def run() -> list[str]:
+            rows = self._conn().execute(
+                "SELECT DISTINCT scope FROM months WHERE scope >= 'workspace:' "
+                "AND scope < 'workspace;' ORDER BY scope"
+            ).fetchall()
+            return sorted(row[0][len("workspace:"):] for row in rows)
+
+        return self._guard(run, what="workspaces")
+
+    async def aworkspaces(self) -> list[str]:
+        return await anyio.to_thread.run_sync(self.workspaces)
+
+    def history_count(self) -> int:
+        """How many records the history holds."""
+        self.flush()
+        return int(self._conn().execute("SELECT COUNT(*) FROM history").fetchone()[0])
+
+    # ------------------------------------------------------------------ lifecycle
+    def close(self) -> None:
+        """Write what is queued, stop the writer and close every connection."""
+        if self._closed:
+            return
+        if self._writer is not None:
+            self._queue.put(_STOP)
+            self._writer.join()
+        self._closed = True
+        with self._conn_lock:
+            connections, self._connections = self._connections, []
+        for conn in connections:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+
+    async def aclose(self) -> None:
+        await anyio.to_thread.run_sync(self.close)
+
+    def _guard(self, fn: Callable[..., _T], *args: Any, what: str = "") -> _T:
+        try:
+            return fn(*args)
+        except StorageError:
+            raise
+        except sqlite3.Error as exc:
+            raise StorageError(
+                f"SQLite store {str(self.path)!r}: {what or 'operation'} failed: {exc}"
+            ) from exc

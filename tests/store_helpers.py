@@ -1,0 +1,69 @@
+"""Shared helpers of the store tests (and of the processes they start)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from decimal import Decimal
+from urllib.parse import urlsplit
+
+import pytest
+
+from quota_hooks.pricing import to_nanos
+from quota_hooks.storage import Limits, UsageDelta, UsageEntry
+from quota_hooks.usage import UsageRecord
+from quota_hooks.windows import month_key
+
+REDIS_ENV = "QUOTA_HOOKS_TEST_REDIS_URL"
+T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+
+
+def entry(
+    ws: str = "ws",
+    now: float = T0,
+    *,
+    tokens: int = 10,
+    cost: str = "0.001",
+    model: str = "gpt-4o-mini",
+    method: str = "chat.completions",
+    success: bool = True,
+    status: int | None = 200,
+    extra_scopes: tuple[str, ...] = (),
+) -> UsageEntry:
+    record = UsageRecord(workspace_id=ws, model=model, api_method=method,
+                         input_tokens=tokens, success=success, status_code=status)
+    nanos = to_nanos(Decimal(cost))
+    limited = status == 429
+    delta = UsageDelta(requests=1, tokens=tokens, cost_nanos=nanos, calls=1,
+                       errors=0 if success or limited else 1, rate_limited=int(limited))
+    return UsageEntry(record, (f"workspace:{ws}", *extra_scopes), delta, now, month_key(now),
+                      Decimal(cost), "test")
+
+
+def one_request(tokens: int = 0) -> UsageDelta:
+    return UsageDelta(requests=1, tokens=tokens)
+
+
+def rpm(limit: int, scope: str = "workspace:ws") -> dict[str, Limits]:
+    return {scope: Limits(rpm=limit)}
+
+
+def redis_url() -> str | None:
+    """The Redis of the tests: $QUOTA_HOOKS_TEST_REDIS_URL, else 127.0.0.1:6379 if it answers.
+
+    In CI (``CI`` set) a missing Redis is a failure, never a skip."""
+    url = os.environ.get(REDIS_ENV)
+    if url:
+        return url
+    try:
+        with socket.create_connection(("127.0.0.1", 6379), timeout=0.5):
+            return "redis://127.0.0.1:6379/15"
+    except OSError:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI needs a Redis server: set {REDIS_ENV} (.ci/run starts one)")
+        return None
+
+
+def redis_host_port(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    return parts.hostname or "127.0.0.1", parts.port or 6379

@@ -1,0 +1,158 @@
+"""RedisStore beyond the conformance suite: processes, restart, server time, key TTLs.
+
+Needs a Redis server: $QUOTA_HOOKS_TEST_REDIS_URL or 127.0.0.1:6379 (.ci/run starts one; in CI a
+missing server fails these tests). The restart test starts its own redis-server.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from store_helpers import T0, entry, one_request, redis_url, rpm
+
+from quota_hooks import QuotaManager, QuotaPolicy, QuotaStatus, UsageRecord
+from quota_hooks.errors import StorageError
+from quota_hooks.storage import Reservation
+from quota_hooks.storage.redis import RedisStore
+from quota_hooks.testing import ManualClock
+
+ROOT = Path(__file__).resolve().parent.parent
+MONTH = "2026-01"
+
+
+@pytest.fixture
+def url() -> str:
+    found = redis_url()
+    if found is None:
+        pytest.skip("no Redis server on 127.0.0.1:6379 (CI starts one)")
+    return found
+
+
+@pytest.fixture
+def store(url: str) -> Iterator[RedisStore]:
+    backend = RedisStore.from_url(url, prefix=f"qh-test-{uuid.uuid4().hex[:8]}",
+                                  use_server_time=False)
+    yield backend
+    backend.clear()
+    backend.close()
+
+
+def test_four_processes_share_a_limit_exactly(url: str) -> None:
+    prefix = f"qh-test-{uuid.uuid4().hex[:8]}"
+    code = """
+        import sys
+        from quota_hooks.storage import Reservation
+        from quota_hooks.storage.redis import RedisStore
+        from store_helpers import T0, one_request, rpm
+        store = RedisStore.from_url(sys.argv[1], prefix=sys.argv[2], use_server_time=False)
+        print(sum(
+            isinstance(store.reserve(["workspace:ws"], one_request(), rpm(1000), T0, "2026-01",
+                                     300), Reservation)
+            for _ in range(2500)
+        ))
+    """
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
+    workers = [
+        subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), url, prefix], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    outputs = [w.communicate(timeout=300) for w in workers]
+    assert all(w.returncode == 0 for w in workers), [err for _, err in outputs]
+    assert sum(int(out) for out, _ in outputs) == 1000
+    store = RedisStore.from_url(url, prefix=prefix, use_server_time=False)
+    assert store.counters("workspace:ws", T0, MONTH).requests_minute == 1000
+    store.clear()
+
+
+def test_every_key_has_a_ttl(store: RedisStore) -> None:
+    held = store.reserve(["workspace:ws", "team:ml"], one_request(5), rpm(10), T0, MONTH, 30)
+    assert isinstance(held, Reservation)
+    store.commit(entry(extra_scopes=("team:ml",)), held)
+    store.claim("alert:ws:rpm:warning", T0, 60)
+    keys = list(store.client.scan_iter(match=r"\{" + store.prefix + r"\}:*"))
+    assert len(keys) > 10
+    assert all(store.client.ttl(key) > 0 for key in keys)
+    # tenant ids are values, never key names
+    assert not any(b"ws" in key.split(b":", 2)[-1] for key in keys if b":s:" in key)
+
+
+def test_server_time_ignores_client_clock_skew(url: str) -> None:
+    store = RedisStore.from_url(url, prefix=f"qh-test-{uuid.uuid4().hex[:8]}")
+    try:
+        now = time.time()
+        month = time.strftime("%Y-%m", time.gmtime(now))
+        store.commit(entry(now=now - 3600))  # a client clock an hour behind
+        counters = store.counters("workspace:ws", now + 7200, month)  # and one two hours ahead
+        assert counters.requests_minute == 1  # both were placed at the server's own now
+    finally:
+        store.clear()
+
+
+def test_an_unreachable_server_is_a_storage_error_and_calls_go_on() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    store = RedisStore.from_url(f"redis://127.0.0.1:{port}/0")
+    with pytest.raises(StorageError, match="commit failed"):
+        store.commit(entry())
+    manager = QuotaManager(QuotaPolicy(), store=store, clock=ManualClock(T0))
+    manager.record(UsageRecord(workspace_id="ws"))  # never raises
+    assert manager.tracking_errors == 1
+
+
+def test_redis_restart(tmp_path: Path) -> None:
+    server = shutil.which("redis-server")
+    if server is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI needs redis-server on PATH (.ci/run installs it)")
+        pytest.skip("redis-server is not installed")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    args = [server, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path),
+            "--appendonly", "yes", "--appendfsync", "always", "--save", ""]
+
+    def start() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(port=port)
+        for _ in range(200):
+            try:
+                client.ping()
+                return proc
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise AssertionError("redis-server did not start")
+
+    proc = start()
+    try:
+        store = RedisStore.from_url(f"redis://127.0.0.1:{port}/0", use_server_time=False)
+        clock = ManualClock(T0)
+        manager = QuotaManager(QuotaPolicy(rpm=100), store=store, clock=clock)
+        manager.record(UsageRecord(workspace_id="ws", input_tokens=5))
+        proc.terminate()  # a clean restart: the append-only file keeps the data
+        proc.wait(10)
+        manager.record(UsageRecord(workspace_id="ws", input_tokens=5))  # lost: server down
+        assert manager.tracking_errors == 1
+        with pytest.raises(StorageError):  # a status read says so, it does not guess
+            manager.status("ws")
+        proc = start()
+        manager.record(UsageRecord(workspace_id="ws", input_tokens=7))  # scripts reload
+        report = manager.status("ws")
+        assert report.tokens_per_minute.current == 12
+        assert report.requests_per_minute.current == 2
+        assert report.status is QuotaStatus.DEGRADED  # the lost record is not hidden
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -1,0 +1,220 @@
+"""One conformance suite for every Store backend: memory, SQLite and Redis.
+
+Every test takes the ``store`` fixture, which runs it once per backend (like ``limits``'
+storage table). Backend-only behaviour (kill -9, several processes, Redis restart) lives in
+tests/test_sqlite_store.py and tests/test_redis_store.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from store_helpers import T0, entry, one_request, redis_url, rpm
+
+from quota_hooks.storage import (
+    Denial,
+    Limits,
+    MemoryStore,
+    Reservation,
+    SQLiteStore,
+    Store,
+    UsageDelta,
+    store_from_url,
+)
+from quota_hooks.windows import month_key
+
+BACKENDS = ["memory", "sqlite", "redis"]
+
+
+def make_store(kind: str, tmp_path: Path) -> Store:
+    if kind == "memory":
+        return MemoryStore()
+    if kind == "sqlite":
+        return SQLiteStore(tmp_path / "quota.db")
+    url = redis_url()
+    if url is None:
+        pytest.skip("no Redis server on 127.0.0.1:6379 (CI starts one; set "
+                    "QUOTA_HOOKS_TEST_REDIS_URL to use another)")
+    from quota_hooks.storage.redis import RedisStore
+
+    return RedisStore.from_url(url, prefix=f"qh-test-{uuid.uuid4().hex[:8]}", use_server_time=False)
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    backend = make_store(request.param, tmp_path)
+    yield backend
+    clear = getattr(backend, "clear", None)
+    if clear is not None:
+        clear()
+    backend.close()
+
+
+MONTH = month_key(T0)
+
+
+def test_commit_then_read_everything(store: Store) -> None:
+    store.commit(entry(tokens=10, cost="0.001", extra_scopes=("team:ml",)))
+    store.commit(entry(tokens=5, cost="0.002", model="gpt-4o", success=False, status=500))
+    store.commit(entry(tokens=0, cost="0", status=429, success=False))
+    c = store.counters("workspace:ws", T0, MONTH)
+    assert (c.requests_minute, c.tokens_minute, c.requests_day, c.tokens_day) == (3, 15, 3, 15)
+    assert c.cost_month_nanos == 3_000_000
+    assert (c.calls_minute, c.errors_minute, c.rate_limited_minute) == (3, 1, 1)
+    team = store.counters("team:ml", T0, MONTH)
+    assert (team.requests_minute, team.cost_month_nanos) == (1, 1_000_000)
+    models = store.breakdown("workspace:ws", MONTH, "model")
+    assert models["gpt-4o-mini"].requests == 2 and models["gpt-4o-mini"].errors == 1
+    assert models["gpt-4o"].cost_nanos == 2_000_000 and models["gpt-4o"].tokens == 5
+    assert store.breakdown("workspace:ws", MONTH, "api_method")["chat.completions"].requests == 3
+    recent = store.recent("workspace:ws", 2)
+    assert [r.status_code for r in recent] == [429, 500]  # newest first
+    assert recent[1].model == "gpt-4o" and str(recent[1].cost) == "0.002"
+    assert store.workspaces() == ["ws"]
+    assert store.counters("workspace:nobody", T0, MONTH).requests_minute == 0
+
+
+async def test_async_twins(store: Store) -> None:
+    await store.acommit(entry())
+    assert (await store.acounters("workspace:ws", T0, MONTH)).requests_minute == 1
+    assert list(await store.abreakdown("workspace:ws", MONTH, "model")) == ["gpt-4o-mini"]
+    assert len(await store.arecent("workspace:ws", 5)) == 1
+    assert await store.aworkspaces() == ["ws"]
+    held = await store.areserve(["workspace:ws"], one_request(), rpm(2), T0, MONTH, 30)
+    assert isinstance(held, Reservation)
+    assert isinstance(await store.areserve(["workspace:ws"], one_request(), rpm(2), T0, MONTH,
+                                           30), Denial)
+    assert await store.arelease(held, T0)
+    assert await store.aclaim("k", T0, 10) and not await store.aclaim("k", T0 + 1, 10)
+
+
+def test_minute_and_day_window_boundaries(store: Store) -> None:
+    store.commit(entry(now=T0 + 10.7))  # bucket 10: counts until T0 + 70.0
+    assert store.counters("workspace:ws", T0 + 69.999, MONTH).requests_minute == 1
+    assert store.counters("workspace:ws", T0 + 70.0, MONTH).requests_minute == 0
+    # the day window: 1-minute buckets, so the call counts until T0 + 24 h (bucket 0)
+    assert store.counters("workspace:ws", T0 + 86_399.9, MONTH).requests_day == 1
+    assert store.counters("workspace:ws", T0 + 86_400.0, MONTH).requests_day == 0
+    # the month total stays for the month
+    assert store.counters("workspace:ws", T0 + 86_400.0, MONTH).cost_month_nanos == 1_000_000
+
+
+def test_reservations_hold_limits_and_expire(store: Store) -> None:
+    limits = {"workspace:ws": Limits(rpm=2, tpm=100)}
+    first = store.reserve(["workspace:ws"], one_request(60), limits, T0, MONTH, ttl=10)
+    assert isinstance(first, Reservation)
+    denied = store.reserve(["workspace:ws"], one_request(60), limits, T0, MONTH, ttl=10)
+    assert isinstance(denied, Denial)
+    assert (denied.scope, denied.limit, denied.used, denied.maximum) == (
+        "workspace:ws", "tpm", 60, 100)
+    assert denied.retry_after == 60.0  # the held bucket leaves the window at T0 + 60
+    # the reservation was never settled: after its TTL it no longer holds anything
+    again = store.reserve(["workspace:ws"], one_request(60), limits, T0 + 10, MONTH, ttl=10)
+    assert isinstance(again, Reservation)
+    assert store.counters("workspace:ws", T0 + 10, MONTH).tokens_minute == 60
+
+
+def test_budget_denial(store: Store) -> None:
+    limits = {"workspace:ws": Limits(budget_nanos=1_500_000)}
+    store.commit(entry(cost="0.001"))
+    delta = UsageDelta(requests=1, cost_nanos=400_000)
+    assert isinstance(store.reserve(["workspace:ws"], delta, limits, T0, MONTH, 30), Reservation)
+    denied = store.reserve(["workspace:ws"], delta, limits, T0, MONTH, 30)
+    assert isinstance(denied, Denial) and denied.limit == "monthly_budget_usd"
+    assert (denied.used, denied.maximum) == (1_400_000, 1_500_000)
+
+
+def test_settle_exactly_once(store: Store) -> None:
+    held = store.reserve(["workspace:ws"], one_request(500), rpm(10), T0, MONTH, 30)
+    assert isinstance(held, Reservation)
+    assert store.counters("workspace:ws", T0, MONTH).tokens_minute == 500
+    store.commit(entry(tokens=42), held)
+    store.commit(entry(tokens=42), held)  # a second settle of the same reservation
+    c = store.counters("workspace:ws", T0, MONTH)
+    assert (c.requests_minute, c.tokens_minute) == (2, 84)  # two records, one estimate undone
+    assert not store.release(held, T0)  # already settled
+    other = store.reserve(["workspace:ws"], one_request(7), rpm(10), T0, MONTH, 30)
+    assert isinstance(other, Reservation)
+    assert store.release(other, T0) and not store.release(other, T0)
+    assert store.counters("workspace:ws", T0, MONTH).tokens_minute == 84
+
+
+def test_claims(store: Store) -> None:
+    assert store.claim("alert:ws:rpm:warning", T0, 60)
+    assert not store.claim("alert:ws:rpm:warning", T0 + 59, 60)
+    assert store.claim("alert:ws:rpm:critical", T0, 60)
+    assert store.claim("alert:ws:rpm:warning", T0 + 60, 60)
+
+
+@pytest.mark.parametrize("tenant", [
+    "ws'; DROP TABLE buckets; --",
+    "ws*?[]%_{a}:b",
+    "a\x00b",
+    "ünïcødé 🚀",
+    "x" * 1_000_000,
+])
+def test_tenant_ids_are_opaque(store: Store, tenant: str) -> None:
+    store.commit(entry(ws=tenant))
+    store.commit(entry(ws="ws"))
+    assert store.counters(f"workspace:{tenant}", T0, MONTH).requests_minute == 1
+    assert store.counters("workspace:ws", T0, MONTH).requests_minute == 1
+    assert store.counters("workspace:ws*", T0, MONTH).requests_minute == 0
+    assert sorted(store.workspaces()) == sorted([tenant, "ws"])
+    [record] = store.recent(f"workspace:{tenant}", 5)
+    assert record.workspace_id == tenant
+    held = store.reserve([f"workspace:{tenant}"], one_request(), rpm(1, f"workspace:{tenant}"),
+                         T0, MONTH, 30)
+    assert isinstance(held, Denial)  # its own limit, its own count
+
+
+def test_10000_concurrent_reservations_admit_exactly_the_limit_threads(store: Store) -> None:
+    granted: list[int] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        mine = 0
+        for _ in range(10_000 // 8):
+            result = store.reserve(["workspace:ws"], one_request(), rpm(1000), T0, MONTH, 300)
+            mine += isinstance(result, Reservation)
+        with lock:
+            granted.append(mine)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(granted) == 1000
+    assert store.counters("workspace:ws", T0, MONTH).requests_minute == 1000
+
+
+async def test_10000_concurrent_reservations_admit_exactly_the_limit_tasks(store: Store) -> None:
+    async def one() -> bool:
+        result = await store.areserve(["workspace:ws"], one_request(), rpm(1000), T0, MONTH, 300)
+        return isinstance(result, Reservation)
+
+    results: list[bool] = []
+    for _ in range(10):  # 10 waves of 1,000 concurrent tasks
+        results += await asyncio.gather(*(one() for _ in range(1000)))
+    assert sum(results) == 1000
+
+
+def test_store_from_url(tmp_path: Path) -> None:
+    assert isinstance(store_from_url("memory://"), MemoryStore)
+    sqlite = store_from_url(f"sqlite:///{tmp_path}/a.db?durability=sync")
+    assert isinstance(sqlite, SQLiteStore) and sqlite.durability == "sync"
+    assert sqlite.path == tmp_path / "a.db"
+    sqlite.close()
+    for bad, message in [
+        ("postgres://x", "unknown scheme 'postgres'"),
+        ("sqlite://host/a.db", "sqlite:///relative.db"),
+        ("sqlite:///a.db?durability=maybe", "durability must be batched or sync, got 'maybe'"),
+        ("sqlite:///a.db?mode=x", "unknown option"),
+    ]:
+        with pytest.raises(Exception, match=message):
+            store_from_url(bad)
