@@ -7,12 +7,17 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import socket
+import subprocess
+import sys
+import textwrap
 import threading
 from collections import Counter
 from collections.abc import Iterator
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -503,3 +508,40 @@ def test_bad_sink_configuration_names_the_field() -> None:
         EmailSink("localhost", sender="a@b", recipients="ops@example.com")
     with pytest.raises(ConfigurationError, match="queue_size"):
         QuotaManager(sinks=[CaptureSink()], alert_queue_size=0)
+
+
+def test_four_processes_on_sqlite_send_each_alert_once(tmp_path: Path) -> None:
+    from quota_hooks.storage import SQLiteStore
+
+    db = tmp_path / "alerts.db"
+    SQLiteStore(db).close()
+    code = textwrap.dedent("""
+        import sys, time
+        from quota_hooks import QuotaManager, QuotaPolicy, UsageRecord
+        from quota_hooks.storage import SQLiteStore
+        from quota_hooks.testing import CaptureSink, ManualClock
+        sink = CaptureSink()
+        manager = QuotaManager(QuotaPolicy.unlimited().model_copy(update={"rpm": 100}),
+                               store=SQLiteStore(sys.argv[1]), clock=ManualClock(1767225600.0),
+                               sinks=[sink])
+        for _ in range(25):
+            manager.record(UsageRecord(workspace_id="ws", model="gpt-4o-mini"))
+            manager.drain()
+        # wait for the other processes, then evaluate again: all four see 100 %
+        while manager.status("ws", enhanced=False).requests_per_minute.current < 100:
+            time.sleep(0.01)
+        manager.alerts.notify("ws")
+        manager.drain()
+        manager.close()
+        print(manager.alerts.suppressed, " ".join(sink.kinds))
+    """)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    workers = [subprocess.Popen([sys.executable, "-c", code, str(db)], env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+               for _ in range(4)]
+    outputs = [w.communicate(timeout=120) for w in workers]
+    assert all(w.returncode == 0 for w in workers), [err for _, err in outputs]
+    kinds = Counter(kind for out, _ in outputs for kind in out.split()[1:])
+    assert kinds == {"warning": 1, "critical": 1}  # 100 calls from 4 processes: once each
+    # every process saw both crossings; the store let one of them send each alert
+    assert sum(int(out.split()[0]) for out, _ in outputs) == 4 * 2 - 2
