@@ -40,7 +40,9 @@ def flaky_sink(alert: Alert) -> None:
 
 on_call = OnCallSink()
 manager = QuotaManager(
-    QuotaPolicy(rpm=10, monthly_budget_usd=Decimal("0.0033")),
+    # "observe": count and alert, never refuse (by default the budget refuses calls that no
+    # longer fit, before they are sent; see examples/quickstart.py and the README).
+    QuotaPolicy(rpm=10, monthly_budget_usd=Decimal("0.0033"), mode="observe"),
     sinks=[on_call, flaky_sink],
 )
 

@@ -19,7 +19,7 @@ from .policy import QuotaPolicy
 from .pricing import PriceBook, estimate_cost
 from .status import AlertLevel, QuotaStatus, StatusReport
 from .storage import MemoryStore, Store, store_from_url
-from .usage import UsageRecord
+from .usage import Estimate, UsageRecord
 
 __version__ = "0.1.0"
 
@@ -29,6 +29,7 @@ __all__ = [
     "AlertLevel",
     "AlertSink",
     "ConfigurationError",
+    "Estimate",
     "MemoryStore",
     "PriceBook",
     "QuotaExceededError",

@@ -23,6 +23,7 @@ from .testing import CaptureSink, FakeOpenAI, FakeUsage
 __all__ = ["run_demo"]
 
 WORKSPACE = "demo"
+SMALL = "demo-small-budget"
 
 
 def _openai_traffic(manager: QuotaManager, fake: FakeOpenAI, say: Callable[[str], None]) -> None:
@@ -66,6 +67,32 @@ def _openai_traffic(manager: QuotaManager, fake: FakeOpenAI, say: Callable[[str]
         say("openai  async  embeddings + chat (concurrent)")
 
     asyncio.run(run_async())
+
+
+def _refusal(manager: QuotaManager, fake: FakeOpenAI, say: Callable[[str], None]) -> None:
+    import httpx2
+    from openai import OpenAI
+
+    from .adapters.openai import track_openai
+    from .errors import QuotaExceededError
+
+    client = track_openai(
+        OpenAI(api_key="sk-demo", base_url="http://fake.openai/v1",
+               http_client=httpx2.Client(transport=fake.transport())),
+        workspace_id=SMALL, manager=manager,
+    )
+    sent = 0
+    for _ in range(10):
+        try:
+            client.chat.completions.create(
+                model="gpt-4o", max_tokens=200,
+                messages=[{"role": "user", "content": "Draft the launch email."}],
+            )
+        except QuotaExceededError as exc:
+            say(f"openai  sync   refused after {sent} calls, before sending: {exc}")
+            return
+        sent += 1
+    say(f"openai  sync   {sent} calls, none refused")
 
 
 def _litellm_traffic(
@@ -136,8 +163,11 @@ def run_demo(say: Callable[[str], None] = print, store: Store | None = None) -> 
     """Run the demo traffic and print the report and the alerts it raised; returns the manager
     (closed) for inspection. ``store`` defaults to memory; ``quota-hooks demo`` uses SQLite."""
     alerts = CaptureSink()
-    manager = QuotaManager(QuotaPolicy(rpm=60, tpm=20_000, monthly_budget_usd=Decimal("0.05")),
-                           store=store, sinks=[alerts])
+    manager = QuotaManager(
+        QuotaPolicy(rpm=60, tpm=20_000, monthly_budget_usd=Decimal("0.05")),
+        policies={SMALL: QuotaPolicy(monthly_budget_usd=Decimal("0.01"))},
+        store=store, sinks=[alerts],
+    )
     say(f"store: {manager.store!r}")
     fake = FakeOpenAI(FakeUsage(input_tokens=640, output_tokens=180, cached_tokens=512,
                                 reasoning_tokens=64))
@@ -145,6 +175,8 @@ def run_demo(say: Callable[[str], None] = print, store: Store | None = None) -> 
     _openai_traffic(manager, fake, lambda line: say("  " + line))
     _litellm_traffic(manager, fake, lambda line: say("  " + line))
     _langchain_traffic(manager, fake, lambda line: say("  " + line))
+    say(f"enforcement (workspace {SMALL!r}, a $0.01 monthly budget):")
+    _refusal(manager, fake, lambda line: say("  " + line))
 
     manager.drain()
     say("\nalerts:")

@@ -19,18 +19,19 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any, Protocol
 
+import anyio
 import anyio.to_thread
 
 from .alerts.engine import AlertEngine
 from .alerts.model import AlertSink, SinkLike
-from .errors import ConfigurationError, StorageError
+from .errors import ConfigurationError, QuotaExceededError, RateLimitedError, StorageError
 from .policy import QuotaPolicy
-from .pricing import PriceBook, from_nanos, to_nanos
+from .pricing import PriceBook, format_usd, from_nanos, to_nanos
 from .status import (
     Activity,
     EnhancedTracking,
@@ -42,8 +43,17 @@ from .status import (
     used_fraction,
 )
 from .storage import MemoryStore, Store, store_from_url
-from .storage.base import Aggregate, Counters, Reservation, UsageDelta, UsageEntry, workspace_scope
-from .usage import UsageRecord
+from .storage.base import (
+    Aggregate,
+    Counters,
+    Denial,
+    Limits,
+    Reservation,
+    UsageDelta,
+    UsageEntry,
+    workspace_scope,
+)
+from .usage import Estimate, UsageRecord, estimate_tokens
 from .windows import month_key
 
 __all__ = [
@@ -71,6 +81,26 @@ class Drainer(Protocol):
         """Wait until caught up; False on timeout."""
         ...
 
+
+_MAX_WAIT_ROUNDS = 1000
+
+
+def _limits_of(policy: QuotaPolicy) -> Limits:
+    """The limits of ``policy`` that may refuse a call (``observe`` ones left out)."""
+
+    def enforced(metric: str) -> Any:
+        return getattr(policy, metric) if policy.mode_for(metric) != "observe" else None
+
+    budget = enforced("monthly_budget_usd")
+    return Limits(
+        rpm=enforced("rpm"),
+        rpd=enforced("rpd"),
+        tpm=enforced("tpm"),
+        tpd=enforced("tpd"),
+        budget_nanos=None if budget is None else to_nanos(budget),
+    )
+
+
 #: How long a failure inside tracking keeps a workspace ``degraded``.
 DEGRADED_SECONDS = 300.0
 STORE_ENV = "QUOTA_HOOKS_STORE"
@@ -87,6 +117,9 @@ class QuotaManager:
             argument under the issue's other name; give one of them). Defaults to
             ``QuotaPolicy()``, the seed guide's limits.
         policies: per-workspace policies, ``{"ws-a": QuotaPolicy(...)}``.
+        scope_policies: policies of other scopes, keyed ``"kind:value"``:
+            ``{"team:ml": QuotaPolicy(rpm=50), "user:u-7": QuotaPolicy(tpd=100_000)}``. A call
+            with ``scopes={"team": "ml"}`` must fit its workspace's and its team's limits.
         store: where usage lives; a :class:`~quota_hooks.storage.MemoryStore` by default.
         prices: the :class:`~quota_hooks.pricing.PriceBook`; ``PriceBook.default()`` by default.
         clock: returns epoch seconds; inject one in tests (``quota_hooks.testing.ManualClock``).
@@ -105,6 +138,7 @@ class QuotaManager:
         policy: QuotaPolicy | None = None,
         *,
         policies: Mapping[str, QuotaPolicy] | None = None,
+        scope_policies: Mapping[str, QuotaPolicy] | None = None,
         default_policy: QuotaPolicy | None = None,
         store: Store | None = None,
         prices: PriceBook | None = None,
@@ -132,6 +166,24 @@ class QuotaManager:
             )
         self.default_policy: QuotaPolicy = chosen if chosen is not None else QuotaPolicy()
         self._policies: dict[str, QuotaPolicy] = dict(policies or {})
+        for key, value in (scope_policies or {}).items():
+            kind, sep, name = key.partition(":")
+            if not (sep and kind and name) or not isinstance(value, QuotaPolicy):
+                raise ConfigurationError(
+                    f"scope_policies[{key!r}] must map 'kind:value' to a QuotaPolicy, "
+                    f"got {type(value).__name__}"
+                )
+        self._scope_policies: dict[str, QuotaPolicy] = dict(scope_policies or {})
+        self.sleep: Callable[[float], None] = time.sleep
+        """How ``acquire`` waits (a test injects ``ManualClock.sleep``)."""
+        self.asleep: Callable[[float], Awaitable[None]] = anyio.sleep
+        """How ``aacquire`` waits (a test injects ``ManualClock.asleep``)."""
+        self.token_estimator: Callable[[str | bytes], int] = estimate_tokens
+        """Prompt tokens of a request body, for reservations (see :func:`estimate_tokens`)."""
+        self.denials = 0
+        """Calls refused by an enforced limit."""
+        self.fail_open_calls = 0
+        """Calls let through without a reservation because the store failed (fail_open)."""
         self.store: Store = store if store is not None else MemoryStore()
         self.prices: PriceBook = prices if prices is not None else PriceBook.default()
         self.clock: Clock = clock if clock is not None else time.time
@@ -208,6 +260,183 @@ class QuotaManager:
     def now(self) -> float:
         """The manager's clock, in epoch seconds."""
         return self.clock()
+
+    # ------------------------------------------------------------------ enforcement
+    def acquire(
+        self,
+        workspace_id: str,
+        estimate: Estimate,
+        *,
+        scopes: Mapping[str, str] | None = None,
+        wait: bool = True,
+    ) -> Reservation | None:
+        """Reserve ``estimate`` against every enforced limit of the workspace and its
+        ``scopes``, atomically, before a call is sent. Pass the result to :meth:`record`.
+
+        Returns ``None`` when nothing is enforced (or the store failed and ``fail_open``).
+        Raises :class:`RateLimitedError` (rpm, rpd, tpm, tpd) or :class:`QuotaExceededError`
+        (the budget) for a limit in ``raise`` mode, or in ``wait`` mode once ``max_wait``
+        would be exceeded; :class:`StorageError` when the store fails and not ``fail_open``.
+        ``wait=False`` treats ``wait`` limits as ``raise`` (for callers that must not block).
+        """
+        plan = self._plan(workspace_id, estimate, scopes)
+        if plan is None:
+            return None
+        keys, delta, limits, policies = plan
+        waited = 0.0
+        for _ in range(_MAX_WAIT_ROUNDS):
+            now = self.clock()
+            month = month_key(now, policies[keys[0]].timezone)
+            try:
+                result = self.store.reserve(
+                    keys, delta, limits, now, month, policies[keys[0]].reservation_ttl
+                )
+            except Exception as exc:
+                self._store_failed(workspace_id, policies[keys[0]], exc)
+                return None
+            if isinstance(result, Reservation):
+                return result
+            pause = self._pause(result, policies, waited) if wait else None
+            if pause is None:
+                self.denials += 1
+                raise self._denied(result, policies)
+            self.sleep(pause)
+            waited += pause
+        raise RuntimeError(
+            f"acquire for {workspace_id!r} did not settle after {_MAX_WAIT_ROUNDS} waits"
+        )
+
+    async def aacquire(
+        self,
+        workspace_id: str,
+        estimate: Estimate,
+        *,
+        scopes: Mapping[str, str] | None = None,
+    ) -> Reservation | None:
+        """Async :meth:`acquire`: waits with ``await``, never blocks the event loop."""
+        plan = self._plan(workspace_id, estimate, scopes)
+        if plan is None:
+            return None
+        keys, delta, limits, policies = plan
+        waited = 0.0
+        for _ in range(_MAX_WAIT_ROUNDS):
+            now = self.clock()
+            month = month_key(now, policies[keys[0]].timezone)
+            try:
+                result = await self.store.areserve(
+                    keys, delta, limits, now, month, policies[keys[0]].reservation_ttl
+                )
+            except Exception as exc:
+                self._store_failed(workspace_id, policies[keys[0]], exc)
+                return None
+            if isinstance(result, Reservation):
+                return result
+            pause = self._pause(result, policies, waited)
+            if pause is None:
+                self.denials += 1
+                raise self._denied(result, policies)
+            await self.asleep(pause)
+            waited += pause
+        raise RuntimeError(
+            f"acquire for {workspace_id!r} did not settle after {_MAX_WAIT_ROUNDS} waits"
+        )
+
+    def release(self, reservation: Reservation | None) -> None:
+        """Give a reservation back: the call was never made (it failed before the provider
+        saw it). Never raises."""
+        if reservation is None:
+            return
+        try:
+            self.store.release(reservation, self.clock())
+        except Exception as exc:
+            self.note_tracking_failure("release", exc)
+
+    async def arelease(self, reservation: Reservation | None) -> None:
+        """Async :meth:`release`."""
+        if reservation is None:
+            return
+        try:
+            await self.store.arelease(reservation, self.clock())
+        except Exception as exc:
+            self.note_tracking_failure("release", exc)
+
+    def _plan(
+        self, workspace_id: str, estimate: Estimate, scopes: Mapping[str, str] | None
+    ) -> tuple[list[str], UsageDelta, dict[str, Limits], dict[str, QuotaPolicy]] | None:
+        policy = self.policy_for(workspace_id)
+        keys = [workspace_scope(workspace_id)]
+        policies = {keys[0]: policy}
+        for kind, value in (scopes or {}).items():
+            key = f"{kind}:{value}"
+            keys.append(key)
+            found = self._scope_policies.get(key)
+            if found is not None:
+                policies[key] = found
+        limits = {key: _limits_of(p) for key, p in policies.items() if p.enforced}
+        if not limits:
+            return None
+        record = UsageRecord(
+            workspace_id=workspace_id,
+            model=estimate.model,
+            api_method=estimate.api_method,
+            input_tokens=estimate.input_tokens,
+            output_tokens=estimate.output_tokens,
+        )
+        cost = self.prices.cost(record).usd
+        delta = UsageDelta(
+            requests=0 if estimate.api_method in policy.unmetered_methods else 1,
+            tokens=record.total_tokens,
+            cost_nanos=0 if cost is None else to_nanos(cost),
+        )
+        if not (delta.requests or delta.tokens or delta.cost_nanos):
+            return None
+        return keys, delta, limits, policies
+
+    def _pause(
+        self, denial: Denial, policies: Mapping[str, QuotaPolicy], waited: float
+    ) -> float | None:
+        policy = policies[denial.scope]
+        if policy.mode_for(denial.limit) != "wait" or denial.retry_after is None:
+            return None
+        if waited + denial.retry_after > policy.max_wait:
+            return None
+        return denial.retry_after
+
+    def _denied(self, denial: Denial, policies: Mapping[str, QuotaPolicy]) -> QuotaExceededError:
+        if denial.limit == "monthly_budget_usd":
+            used, maximum = from_nanos(denial.used), from_nanos(denial.maximum)
+            return QuotaExceededError(
+                denial.scope,
+                denial.limit,
+                float(used),
+                float(maximum),
+                None,
+                f"{denial.scope}: the monthly budget of {format_usd(maximum)} has no room for "
+                f"this call ({format_usd(used)} spent or held); the call was not sent",
+            )
+        wait = policies[denial.scope].max_wait
+        message = (
+            f"{denial.scope}: {denial.limit} limit reached ({denial.used} of {denial.maximum} "
+            f"used); the call was not sent"
+        )
+        if denial.retry_after is not None:
+            message += f", retry after {denial.retry_after:.1f}s"
+            if policies[denial.scope].mode_for(denial.limit) == "wait":
+                message += f" (more than max_wait={wait:g}s)"
+        return RateLimitedError(
+            denial.scope, denial.limit, denial.used, denial.maximum, denial.retry_after, message
+        )
+
+    def _store_failed(self, workspace_id: str, policy: QuotaPolicy, exc: BaseException) -> None:
+        self.note_tracking_failure("acquire", exc, workspace_id)
+        if policy.fail_open:
+            self.fail_open_calls += 1
+            return
+        self.denials += 1
+        raise StorageError(
+            f"workspace {workspace_id!r}: the call was refused because the usage store failed "
+            f"and fail_open=False: {exc}"
+        ) from exc
 
     # ------------------------------------------------------------------ recording
     def prepare(self, record: UsageRecord) -> UsageEntry:

@@ -10,17 +10,28 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigurationError
 
-__all__ = ["ENV_VARIABLES", "LIMIT_METRICS", "QuotaPolicy"]
+__all__ = ["DEFAULT_MODES", "ENV_VARIABLES", "LIMIT_METRICS", "Mode", "QuotaPolicy"]
+
+Mode = Literal["raise", "wait", "observe"]
 
 #: The limit metrics, in the order the status report lists them.
 LIMIT_METRICS = ("rpm", "rpd", "tpm", "tpd", "monthly_budget_usd")
+#: What a limit does when a call does not fit, unless the policy says otherwise: wait (for up
+#: to ``max_wait``) on the per-minute limits, raise on the per-day limits and the budget.
+DEFAULT_MODES: Mapping[str, Mode] = {
+    "rpm": "wait",
+    "tpm": "wait",
+    "rpd": "raise",
+    "tpd": "raise",
+    "monthly_budget_usd": "raise",
+}
 
 #: Seed environment variable -> (policy field, default).
 ENV_VARIABLES: Mapping[str, tuple[str, int]] = {
@@ -49,6 +60,19 @@ class QuotaPolicy(BaseModel):
         timezone: IANA zone whose calendar month bounds the budget (default UTC).
         unmetered_methods: API methods counted and shown but exempt from request limits (the
             seed guide: model listing has no quota impact).
+        mode: what every limit does when a call does not fit: ``"raise"``
+            (:class:`~quota_hooks.QuotaExceededError`), ``"wait"`` (up to ``max_wait``
+            seconds, then raise) or ``"observe"`` (never block, only count and alert).
+            ``None`` (the default) means :data:`DEFAULT_MODES`.
+        modes: the mode of single limits, winning over ``mode``:
+            ``{"rpm": "wait", "monthly_budget_usd": "raise"}``.
+        max_wait: the longest a call waits for a window to free up, in seconds.
+        fail_open: when the store is unreachable, let the call go on (and show ``degraded``);
+            ``False`` refuses it with :class:`~quota_hooks.StorageError`.
+        reservation_ttl: seconds after which a reservation that was never settled (a crashed
+            process) stops holding usage.
+        default_max_tokens: the output tokens a call is assumed to use when its request sets
+            no ``max_tokens``/``max_completion_tokens``/``max_output_tokens``.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -62,6 +86,20 @@ class QuotaPolicy(BaseModel):
     critical_percent: float = Field(default=95.0, gt=0, le=100, allow_inf_nan=False)
     timezone: str = "UTC"
     unmetered_methods: frozenset[str] = frozenset({"models", "files"})
+    mode: Mode | None = None
+    modes: dict[str, Mode] = Field(default_factory=dict)
+    max_wait: float = Field(default=30.0, ge=0, allow_inf_nan=False)
+    fail_open: bool = True
+    reservation_ttl: float = Field(default=600.0, gt=0, allow_inf_nan=False)
+    default_max_tokens: int = Field(default=1024, ge=0)
+
+    @field_validator("modes")
+    @classmethod
+    def _known_metrics(cls, value: dict[str, Mode]) -> dict[str, Mode]:
+        unknown = sorted(set(value) - set(LIMIT_METRICS))
+        if unknown:
+            raise ValueError(f"unknown limit metric(s) {unknown}; use {list(LIMIT_METRICS)}")
+        return value
 
     @field_validator("timezone")
     @classmethod
@@ -85,6 +123,23 @@ class QuotaPolicy(BaseModel):
     def unlimited(cls) -> QuotaPolicy:
         """A policy with no limits: usage is counted and reported, never refused."""
         return cls(rpm=None, rpd=None, tpm=None, tpd=None, monthly_budget_usd=None)
+
+    def mode_for(self, metric: str) -> Mode:
+        """What ``metric``'s limit does when a call does not fit."""
+        found = self.modes.get(metric)
+        if found is not None:
+            return found
+        if self.mode is not None:
+            return self.mode
+        return DEFAULT_MODES[metric]
+
+    @property
+    def enforced(self) -> bool:
+        """True when some limit is set and not in ``observe`` mode."""
+        return any(
+            self.limit(metric) is not None and self.mode_for(metric) != "observe"
+            for metric in LIMIT_METRICS
+        )
 
     def limit(self, metric: str) -> int | Decimal | None:
         """The limit for one of :data:`LIMIT_METRICS`."""

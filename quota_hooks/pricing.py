@@ -36,6 +36,7 @@ __all__ = [
     "ModelPrice",
     "PriceBook",
     "estimate_cost",
+    "format_usd",
     "from_nanos",
     "to_nanos",
 ]
@@ -55,6 +56,15 @@ _DATED_SUFFIX = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{4})$")
 def to_nanos(usd: Decimal) -> int:
     """USD as a ``Decimal`` to integer nano-dollars (half-even rounding below a nano-dollar)."""
     return int((usd / _NANO).to_integral_value(rounding=ROUND_HALF_EVEN))
+
+
+def format_usd(amount: int | Decimal) -> str:
+    """Dollars for people: cents always, sub-cent digits when they matter (to a micro-dollar):
+    ``$12.50``, ``$0.0033``."""
+    value = Decimal(amount).quantize(Decimal("0.000001")).normalize()
+    exponent = value.as_tuple().exponent
+    places = max(2, -exponent if isinstance(exponent, int) else 2)
+    return f"${value:.{places}f}"
 
 
 def from_nanos(nanos: int) -> Decimal:

@@ -65,6 +65,14 @@ class ManualClock:
             self._now += seconds
             return self._now
 
+    def sleep(self, seconds: float) -> None:
+        """For ``manager.sleep = clock.sleep``: waiting moves the clock, instantly."""
+        self.advance(seconds)
+
+    async def asleep(self, seconds: float) -> None:
+        """For ``manager.asleep = clock.asleep``."""
+        self.advance(seconds)
+
     def set(self, moment: float | datetime) -> None:
         """Jump to ``moment`` (epoch seconds or an aware datetime)."""
         with self._lock:

@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 
-__all__ = ["MAX_COUNT", "UsageRecord"]
+__all__ = ["MAX_COUNT", "Estimate", "UsageRecord", "estimate_tokens"]
 
 logger = logging.getLogger("quota_hooks")
 
@@ -228,6 +228,30 @@ class UsageRecord:
 
 
 _FIELD_NAMES = tuple(UsageRecord.__dataclass_fields__)
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """What a call is expected to use, before it is sent: what ``acquire`` reserves.
+
+    Adapters build it from the request: prompt tokens from its size (see
+    :func:`estimate_tokens`) and output tokens from ``max_tokens`` or the policy's
+    ``default_max_tokens``.
+    """
+
+    model: str = "unknown"
+    api_method: str = "chat.completions"
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+def estimate_tokens(text: str | bytes) -> int:
+    """The default prompt-token estimator: one token per 4 characters (bytes), rounded up.
+
+    Replace it with ``QuotaManager.token_estimator = ...``, e.g. a tiktoken encoder that you
+    have working offline; quota-hooks never downloads one.
+    """
+    return -(-len(text) // 4)
 
 
 def _clean_int(value: object) -> int | None:

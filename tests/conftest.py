@@ -6,6 +6,8 @@ import os
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("LITELLM_OFFLINE_MODE", "true")
 
+from collections.abc import Iterator
+
 import pytest
 
 from quota_hooks import QuotaManager, QuotaPolicy
@@ -20,3 +22,21 @@ def clock() -> ManualClock:
 @pytest.fixture
 def manager(clock: ManualClock) -> QuotaManager:
     return QuotaManager(QuotaPolicy(), clock=clock)
+
+
+_LITELLM_LISTS = ("callbacks", "success_callback", "failure_callback", "_async_success_callback",
+                  "_async_failure_callback", "input_callback", "service_callback")
+
+
+@pytest.fixture
+def clean_litellm_callbacks() -> Iterator[None]:
+    """Restore litellm's callback lists after a test: litellm copies ``litellm.callbacks``
+    into internal success/failure lists, so replacing ``litellm.callbacks`` alone would leave
+    an earlier test's logger receiving this test's events."""
+    import litellm
+
+    saved = {name: list(getattr(litellm, name, []) or []) for name in _LITELLM_LISTS}
+    yield
+    for name, value in saved.items():
+        if hasattr(litellm, name):
+            setattr(litellm, name, value)

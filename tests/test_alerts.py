@@ -467,7 +467,8 @@ async def test_email_through_a_local_smtp_server() -> None:
 
 def test_no_alert_body_contains_a_key_or_a_prompt(clock: ManualClock, hook: Hook) -> None:
     fake = FakeOpenAI(FakeUsage(input_tokens=400, output_tokens=100))
-    manager = QuotaManager(policy(rpm=3, tpm=1000, monthly_budget_usd=Decimal("0.0001")),
+    manager = QuotaManager(policy(rpm=3, tpm=1000, monthly_budget_usd=Decimal("0.0001"),
+                                  mode="observe"),
                            clock=clock, sinks=[WebhookSink(hook.url, secret="whsec-1")])
     client = track_openai(
         OpenAI(api_key="sk-live-SECRET-KEY", base_url="http://fake/v1", max_retries=0,

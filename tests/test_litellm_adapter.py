@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -14,17 +13,9 @@ from quota_hooks.adapters.litellm import QuotaLogger
 from quota_hooks.testing import FakeOpenAI, FakeUsage, ManualClock
 
 MSG = [{"role": "user", "content": "hello"}]
-_GLOBALS = ("callbacks", "success_callback", "failure_callback", "_async_success_callback",
-            "_async_failure_callback", "input_callback", "service_callback")
-
-
 @pytest.fixture(autouse=True)
-def clean_litellm_callbacks() -> Iterator[None]:
-    saved = {name: list(getattr(litellm, name, []) or []) for name in _GLOBALS}
-    yield
-    for name, value in saved.items():
-        if hasattr(litellm, name):
-            setattr(litellm, name, value)
+def _clean(clean_litellm_callbacks: None) -> None:
+    """Every test here starts and ends with litellm's callback lists as they were."""
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ Embeddings have no LangChain callback. Count them at the transport instead: buil
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections import OrderedDict
@@ -42,8 +43,11 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "pip install 'quota-hooks[langchain]'"
     ) from exc
 
+from .._context import RunMark, current_run
+from ..errors import QuotaHooksError
 from ..manager import QuotaManager, get_default_manager
-from ..usage import UsageRecord
+from ..storage.base import Reservation
+from ..usage import Estimate, UsageRecord
 from ._usage import usage_fields
 
 __all__ = ["CHARS_PER_TOKEN", "QuotaCallbackHandler"]
@@ -68,6 +72,7 @@ class _Run:
     chat: bool
     prompt_chars: int
     started: float = field(default_factory=time.perf_counter)
+    mark: RunMark | None = None
 
 
 class QuotaCallbackHandler(BaseCallbackHandler):
@@ -91,7 +96,7 @@ class QuotaCallbackHandler(BaseCallbackHandler):
     """
 
     run_inline = True
-    raise_error = False
+    raise_error = True  # only for a refused call (QuotaExceededError); nothing else escapes
 
     def __init__(
         self,
@@ -183,37 +188,74 @@ class QuotaCallbackHandler(BaseCallbackHandler):
                 chat=chat,
                 prompt_chars=prompt_chars,
             )
+            run.mark = self._acquire(run, params)
             with self._lock:
                 self._runs[run_id] = run
                 if len(self._runs) > MAX_OPEN_RUNS:
                     self._runs.popitem(last=False)
+        except QuotaHooksError:
+            raise  # a refused call: LangChain aborts it before any request (raise_error)
         except Exception as exc:
             self.manager.note_tracking_failure("langchain:start", exc)
+
+    def _acquire(self, run: _Run, params: Mapping[str, Any]) -> RunMark:
+        """Reserve the run's estimate and open its mark for an inner OpenAI transport.
+
+        Inside a running event loop the handler cannot wait without blocking it, so there
+        ``wait`` limits refuse at once (the inner transport, if any, waits properly).
+        """
+        output = next(
+            (v for k in ("max_tokens", "max_completion_tokens", "max_output_tokens")
+             if isinstance(v := params.get(k), int) and not isinstance(v, bool)),
+            None,
+        )
+        if output is None:
+            output = self.manager.policy_for(run.workspace_id).default_max_tokens
+        estimate = Estimate(
+            model=run.model or "unknown",
+            api_method="chat.completions" if run.chat else "completions",
+            input_tokens=-(-run.prompt_chars // CHARS_PER_TOKEN),
+            output_tokens=output,
+        )
+        reservation = self.manager.acquire(
+            run.workspace_id, estimate, scopes=run.scopes, wait=not _in_event_loop()
+        )
+        mark = RunMark(reservation, workspace_id=run.workspace_id, scopes=run.scopes)
+        current_run.set(mark)
+        return mark
 
     # ------------------------------------------------------------------ end
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
         """Record the run with the usage the model reported (or a stated estimate)."""
         run = self._pop(run_id)
+        reservation, inner = _close(run)
+        if inner:
+            return  # an inner OpenAI transport recorded this call at the HTTP level
         try:
             record = self.to_record(run, response)
         except Exception as exc:
             self.manager.note_tracking_failure(
                 "langchain:end", exc, run.workspace_id if run else None
             )
+            self.manager.release(reservation)
             return
-        self.manager.record(record)
+        self.manager.record(record, reservation)
 
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         """Record a failed run: no tokens, its status code, and ``rate_limited`` on a 429."""
         run = self._pop(run_id)
+        reservation, inner = _close(run)
+        if inner:
+            return
         try:
             record = self.error_record(run, error)
         except Exception as exc:
             self.manager.note_tracking_failure(
                 "langchain:error", exc, run.workspace_id if run else None
             )
+            self.manager.release(reservation)
             return
-        self.manager.record(record)
+        self.manager.record(record, reservation)
 
     def _pop(self, run_id: UUID) -> _Run | None:
         with self._lock:
@@ -303,6 +345,23 @@ class QuotaCallbackHandler(BaseCallbackHandler):
             "timestamp": datetime.now(timezone.utc),
             "latency_ms": (time.perf_counter() - run.started) * 1000,
         }
+
+
+def _close(run: _Run | None) -> tuple[Reservation | None, bool]:
+    """The run's reservation (if no inner adapter took it) and whether one recorded the call."""
+    if run is None or run.mark is None:
+        return None, False
+    if current_run.get() is run.mark:
+        current_run.set(None)
+    return run.mark.take_reservation(), run.mark.tracked
+
+
+def _in_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _from_usage_metadata(usage: Mapping[str, Any]) -> dict[str, Any]:

@@ -31,13 +31,17 @@ the network (it otherwise fetches its price map).
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
+import json
 import threading
 import time
+import uuid
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, TypeVar
 
 try:
     import litellm
@@ -48,11 +52,13 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "quota_hooks.adapters.litellm needs litellm: pip install 'quota-hooks[litellm]'"
     ) from exc
 
+from ..errors import QuotaHooksError
 from ..manager import QuotaManager, get_default_manager
-from ..usage import UsageRecord
+from ..storage.base import Reservation
+from ..usage import Estimate, UsageRecord
 from ._usage import as_mapping, usage_fields
 
-__all__ = ["CALL_TYPES", "QuotaLogger"]
+__all__ = ["CALL_TYPES", "QuotaLogger", "guarded"]
 
 #: litellm ``call_type`` -> our ``api_method``. Anything else keeps its call_type.
 CALL_TYPES: Mapping[str, str] = {
@@ -72,6 +78,7 @@ CALL_TYPES: Mapping[str, str] = {
     "atext_completion": "completions",
 }
 _SEEN_FAILURES = 10_000
+_F = TypeVar("_F", bound=Callable[..., Any])
 _PICO = Decimal("1e-12")
 
 
@@ -96,37 +103,127 @@ class QuotaLogger(CustomLogger):
         self.default_workspace = default_workspace or "default"
         self.workspace_key = workspace_key
         self._failures: OrderedDict[str, None] = OrderedDict()
+        self._reservations: dict[str, Reservation] = {}
         self._lock = threading.Lock()
         self.manager.add_drainer(self)
+
+    # ------------------------------------------------------------------ enforcement
+    async def async_pre_call_deployment_hook(
+        self, kwargs: dict[str, Any], call_type: Any
+    ) -> dict[str, Any] | None:
+        """litellm calls this before every async SDK call (and the proxy's): reserve the
+        call's estimate; a refusal raises QuotaExceededError and the call is never sent."""
+        call_id = str(kwargs.get("litellm_call_id") or "")
+        if not call_id or call_id in self._reservations:
+            return None  # reserved already (by guarded())
+        workspace, scopes, estimate = self._estimate(kwargs, call_type)
+        try:
+            reservation = await self.manager.aacquire(workspace, estimate, scopes=scopes)
+        except QuotaHooksError:
+            raise
+        except Exception as exc:  # a bug of ours never stops the call
+            self.manager.note_tracking_failure("litellm:acquire", exc, workspace)
+            return None
+        if reservation is not None:
+            with self._lock:
+                self._reservations[call_id] = reservation
+        return None
+
+    def reserve(self, kwargs: dict[str, Any], call_type: str = "completion") -> None:
+        """Sync reservation for :func:`guarded`: ``kwargs`` must carry ``litellm_call_id``."""
+        workspace, scopes, estimate = self._estimate(kwargs, call_type)
+        try:
+            reservation = self.manager.acquire(workspace, estimate, scopes=scopes)
+        except QuotaHooksError:
+            raise
+        except Exception as exc:
+            self.manager.note_tracking_failure("litellm:acquire", exc, workspace)
+            return
+        if reservation is not None:
+            with self._lock:
+                self._reservations[str(kwargs["litellm_call_id"])] = reservation
+
+    def _take(self, kwargs: Mapping[str, Any]) -> Reservation | None:
+        call_id = kwargs.get("litellm_call_id")
+        if not call_id:
+            return None
+        with self._lock:
+            return self._reservations.pop(str(call_id), None)
+
+    def _estimate(
+        self, kwargs: Mapping[str, Any], call_type: Any
+    ) -> tuple[str, dict[str, str], Estimate]:
+        metadata = kwargs.get("metadata") or _metadata(kwargs)
+        workspace = metadata.get(self.workspace_key) if isinstance(metadata, Mapping) else None
+        if not isinstance(workspace, str) or not workspace:
+            workspace = self.default_workspace
+        scopes = self._scopes(
+            [str(t) for t in (metadata.get("tags") or [])] if isinstance(metadata, Mapping)
+            else [], kwargs.get("user"))
+        kind = getattr(call_type, "value", call_type)
+        method = CALL_TYPES.get(str(kind or "completion"), str(kind or "completion"))
+        prompt = kwargs.get("messages") or kwargs.get("input") or kwargs.get("prompt") or ""
+        text = prompt if isinstance(prompt, str) else json.dumps(prompt, default=str)
+        output = 0
+        if method in ("chat.completions", "completions", "responses"):
+            found = kwargs.get("max_tokens") or kwargs.get("max_completion_tokens") or (
+                kwargs.get("max_output_tokens"))
+            output = found if isinstance(found, int) and found >= 0 else (
+                self.manager.policy_for(workspace).default_max_tokens)
+        estimate = Estimate(model=str(kwargs.get("model") or "unknown"), api_method=method,
+                            input_tokens=self.manager.token_estimator(text),
+                            output_tokens=output)
+        return workspace, scopes, estimate
+
+    @staticmethod
+    def _scopes(tags: list[str], user: Any) -> dict[str, str]:
+        scopes = {}
+        for tag in tags:
+            kind, sep, value = tag.partition(":")
+            if sep and kind and value:
+                scopes[kind] = value
+        if user:
+            scopes["user"] = str(user)
+        return scopes
 
     # ------------------------------------------------------------------ litellm hooks
     def log_success_event(
         self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
     ) -> None:
         record = self._safe(kwargs, response_obj, start_time, end_time, True)
-        if record is not None:
-            self.manager.record(record)
+        self._settle(record, kwargs)
 
     async def async_log_success_event(
         self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
     ) -> None:
         record = self._safe(kwargs, response_obj, start_time, end_time, True)
-        if record is not None:
-            await self.manager.arecord(record)
+        await self._asettle(record, kwargs)
 
     def log_failure_event(
         self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
     ) -> None:
         record = self._safe(kwargs, response_obj, start_time, end_time, False)
-        if record is not None:
-            self.manager.record(record)
+        self._settle(record, kwargs)
 
     async def async_log_failure_event(
         self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
     ) -> None:
         record = self._safe(kwargs, response_obj, start_time, end_time, False)
+        await self._asettle(record, kwargs)
+
+    def _settle(self, record: UsageRecord | None, kwargs: Mapping[str, Any]) -> None:
+        reservation = self._take(kwargs)
         if record is not None:
-            await self.manager.arecord(record)
+            self.manager.record(record, reservation)
+        else:
+            self.manager.release(reservation)
+
+    async def _asettle(self, record: UsageRecord | None, kwargs: Mapping[str, Any]) -> None:
+        reservation = self._take(kwargs)
+        if record is not None:
+            await self.manager.arecord(record, reservation)
+        else:
+            await self.manager.arelease(reservation)
 
     # The plain function form: litellm.success_callback / failure_callback.
     def success_callback(
@@ -185,6 +282,8 @@ class QuotaLogger(CustomLogger):
         """The record of one litellm call (None for a failure already recorded)."""
         slo: Mapping[str, Any] = kwargs.get("standard_logging_object") or {}
         metadata = _metadata(kwargs)
+        if not success and isinstance(kwargs.get("exception"), QuotaHooksError):
+            return None  # refused by us before it was sent: not a provider call
         call_id = kwargs.get("litellm_call_id") or slo.get("litellm_call_id")
         if not success and call_id and not self._first_failure(str(call_id)):
             return None
@@ -193,14 +292,7 @@ class QuotaLogger(CustomLogger):
             workspace = self.default_workspace
 
         tags = [str(t) for t in (slo.get("request_tags") or metadata.get("tags") or [])]
-        scopes = {}
-        for tag in tags:
-            kind, sep, value = tag.partition(":")
-            if sep and kind and value:
-                scopes[kind] = value
-        user = kwargs.get("user") or slo.get("end_user")
-        if user:
-            scopes["user"] = str(user)
+        scopes = self._scopes(tags, kwargs.get("user") or slo.get("end_user"))
 
         call_type = str(slo.get("call_type") or kwargs.get("call_type") or "completion")
         fields: dict[str, Any] = {}
@@ -274,6 +366,45 @@ class QuotaLogger(CustomLogger):
             self.manager.note_provider_limits(
                 workspace, provider or "litellm", {f"x-ratelimit-{k}": v for k, v in limits.items()}
             )
+
+
+def guarded(fn: _F, quota_logger: QuotaLogger) -> _F:
+    """``fn`` (``litellm.completion``, ``litellm.embedding``, ...) with a reservation before
+    each call, for sync calls: litellm has no sync hook that can stop a call.
+
+    ::
+
+        completion = guarded(litellm.completion, quota_logger)
+        completion(model="gpt-4o-mini", messages=...)   # QuotaExceededError before sending
+
+    Async calls need no guard: ``QuotaLogger`` reserves in litellm's
+    ``async_pre_call_deployment_hook``. Wrapping an async function works too.
+    """
+    call_type = getattr(fn, "__name__", "completion")
+
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def aguarded(*args: Any, **kwargs: Any) -> Any:
+            return await fn(*args, **kwargs)  # the hook reserves
+
+        return aguarded  # type: ignore[return-value]
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("litellm_call_id", str(uuid.uuid4()))
+        view = dict(kwargs)
+        for name, value in zip(("model", "messages"), args, strict=False):
+            view.setdefault(name, value)
+        quota_logger.reserve(view, call_type)
+        try:
+            return fn(*args, **kwargs)
+        except BaseException:
+            # Give the estimate back; litellm's failure callback records the failed call.
+            quota_logger.manager.release(quota_logger._take(kwargs))
+            raise
+
+    return wrapper  # type: ignore[return-value]
 
 
 def _metadata(kwargs: Mapping[str, Any]) -> Mapping[str, Any]:

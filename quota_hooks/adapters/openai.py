@@ -46,9 +46,11 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "quota_hooks.adapters.openai needs the OpenAI SDK: pip install 'quota-hooks[openai]'"
     ) from exc
 
-from ..errors import ConfigurationError
+from .._context import RunMark, current_run
+from ..errors import ConfigurationError, QuotaHooksError
 from ..manager import QuotaManager, get_default_manager
-from ..usage import UsageRecord
+from ..storage.base import Reservation
+from ..usage import Estimate, UsageRecord
 from ._usage import usage_fields
 
 __all__ = [
@@ -178,6 +180,10 @@ class _Call:
         self.method = api_method_for(request.method, url.path)
         self.model: str | None = None
         self.stream = False
+        self.max_output: int | None = None
+        self.prompt_tokens = 0
+        self.reservation: Reservation | None = None
+        self.mark: RunMark | None = None
         self.inject = False
         self.request_bytes = 0
         self.characters = 0
@@ -232,6 +238,12 @@ class _Call:
         model = body.get("model")
         self.model = model if isinstance(model, str) else None
         self.stream = body.get("stream") is True
+        for key in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
+            value = body.get(key)
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                self.max_output = value
+                break
+        self.prompt_tokens = self.hub.manager.token_estimator(content)
         if self.method == "audio.speech":
             self.characters = len(str(body.get("input") or ""))
         elif self.method.startswith("images."):
@@ -261,6 +273,29 @@ class _Call:
                 extensions=request.extensions,
             )
         return request
+
+    # ---------------------------------------------------------------- enforcement
+    def estimate(self) -> Estimate:
+        """What this request is expected to use."""
+        output = 0
+        if self.method in _GENERATING_METHODS:
+            if self.max_output is not None:
+                output = self.max_output
+            else:
+                output = self.hub.manager.policy_for(self.workspace_id).default_max_tokens
+        return Estimate(model=self.model or "unknown", api_method=self.method,
+                        input_tokens=self.prompt_tokens, output_tokens=output)
+
+    def outer_reservation(self) -> tuple[bool, Reservation | None]:
+        """(True, its reservation) when an outer adapter (LangChain) already reserved."""
+        mark = current_run.get()
+        if mark is None:
+            return False, None
+        self.mark = mark
+        if mark.workspace_id is not None:  # the outer run says who pays
+            self.workspace_id = mark.workspace_id
+            self.scopes = dict(mark.scopes)
+        return True, mark.take_reservation()
 
     # ---------------------------------------------------------------- response
     def on_response(self, response: Any) -> None:
@@ -387,6 +422,7 @@ class _Call:
 
 
 _TOKEN_METHODS = {"chat.completions", "completions", "responses", "embeddings"}
+_GENERATING_METHODS = {"chat.completions", "completions", "responses"}
 
 
 class _SSE:
@@ -536,7 +572,17 @@ def _build_classes(lib: Any) -> dict[str, Any]:
 
         def handle_request(self, request: Any) -> Any:
             call, request = _start(self.hub, request, lib)
-            response = self.inner.handle_request(request)
+            if call is not None:
+                outer, call.reservation = call.outer_reservation()
+                if not outer:
+                    call.reservation = _guarded(self.hub, call, lambda: self.hub.manager.acquire(
+                        call.workspace_id, call.estimate(), scopes=call.scopes))
+            try:
+                response = self.inner.handle_request(request)
+            except BaseException:
+                if call is not None:
+                    self.hub.manager.release(call.reservation)
+                raise
             if call is not None:
                 try:
                     call.on_response(response)
@@ -564,7 +610,22 @@ def _build_classes(lib: Any) -> dict[str, Any]:
 
         async def handle_async_request(self, request: Any) -> Any:
             call, request = _start(self.hub, request, lib)
-            response = await self.inner.handle_async_request(request)
+            if call is not None:
+                outer, call.reservation = call.outer_reservation()
+                if not outer:
+                    try:
+                        call.reservation = await self.hub.manager.aacquire(
+                            call.workspace_id, call.estimate(), scopes=call.scopes)
+                    except QuotaHooksError:
+                        raise
+                    except Exception as exc:  # a bug of ours never stops the call
+                        self.hub.failed("acquire", exc, call.workspace_id)
+            try:
+                response = await self.inner.handle_async_request(request)
+            except BaseException:
+                if call is not None:
+                    await self.hub.manager.arelease(call.reservation)
+                raise
             if call is not None:
                 try:
                     call.on_response(response)
@@ -601,12 +662,28 @@ def _start(hub: _Hub, request: Any, lib: Any) -> tuple[_Call | None, Any]:
     return call, request
 
 
+def _guarded(hub: _Hub, call: _Call, acquire: Any) -> Reservation | None:
+    """Run ``acquire``: a refusal (a QuotaHooksError) stops the call, a bug of ours never."""
+    try:
+        reservation: Reservation | None = acquire()
+    except QuotaHooksError:
+        raise
+    except Exception as exc:
+        hub.failed("acquire", exc, call.workspace_id)
+        return None
+    return reservation
+
+
 def _finish_sync(call: _Call) -> None:
     try:
         record = call.record()
         if record is not None:
-            call.hub.manager.record(record)
+            call.hub.manager.record(record, call.reservation)
             _note_limits(call)
+        else:
+            call.hub.manager.release(call.reservation)
+        if call.mark is not None:
+            call.mark.tracked = True
     except Exception as exc:
         call.hub.failed("record", exc, call.workspace_id)
 
@@ -615,8 +692,12 @@ async def _finish_async(call: _Call) -> None:
     try:
         record = call.record()
         if record is not None:
-            await call.hub.manager.arecord(record)
+            await call.hub.manager.arecord(record, call.reservation)
             _note_limits(call)
+        else:
+            await call.hub.manager.arelease(call.reservation)
+        if call.mark is not None:
+            call.mark.tracked = True
     except Exception as exc:
         call.hub.failed("record", exc, call.workspace_id)
 

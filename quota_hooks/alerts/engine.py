@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from ..errors import ConfigurationError
-from ..pricing import from_nanos
+from ..pricing import format_usd, from_nanos
 from ..storage.base import workspace_scope
 from ..windows import month_key
 from .model import Alert, AlertKind, AlertSink, SinkLike, as_sink
@@ -72,14 +72,6 @@ _NAMES = {
     "tpd": "tokens-per-day limit",
     "monthly_budget_usd": "monthly budget",
 }
-
-
-def _usd(amount: int | Decimal) -> str:
-    """Dollars with cents, and sub-cent digits only when they matter: $12.50, $0.0033."""
-    value = Decimal(amount).quantize(Decimal("0.000001")).normalize()
-    exponent = value.as_tuple().exponent
-    places = max(2, -exponent if isinstance(exponent, int) else 2)
-    return f"${value:.{places}f}"
 
 
 @dataclass(slots=True)
@@ -410,7 +402,7 @@ class AlertEngine:
     ) -> Alert:
         name = _NAMES[metric]
         if metric == "monthly_budget_usd":
-            amount = f"{_usd(current)} of {_usd(limit)}"
+            amount = f"{format_usd(current)} of {format_usd(limit)}"
         else:
             unit = "requests" if metric in ("rpm", "rpd") else "tokens"
             amount = f"{current} of {limit} {unit}"

@@ -1,0 +1,348 @@
+"""Enforcement: reserve before the call, settle after it, in the core and in every adapter."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import uuid
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import litellm
+import pytest
+from langchain_core.language_models import GenericFakeChatModel
+from langchain_openai import ChatOpenAI
+from openai import OpenAI
+from store_helpers import T0, redis_url
+
+from quota_hooks import (
+    QuotaExceededError,
+    QuotaManager,
+    QuotaPolicy,
+    QuotaStatus,
+    RateLimitedError,
+    StorageError,
+    UsageRecord,
+)
+from quota_hooks.adapters.langchain import QuotaCallbackHandler
+from quota_hooks.adapters.litellm import QuotaLogger, guarded
+from quota_hooks.adapters.openai import track_openai
+from quota_hooks.storage import MemoryStore, SQLiteStore, Store
+from quota_hooks.testing import FakeOpenAI, FakeUsage, ManualClock
+from quota_hooks.usage import Estimate
+
+MSG = [{"role": "user", "content": "hello"}]
+
+
+def limits(**fields: Any) -> QuotaPolicy:
+    return QuotaPolicy.unlimited().model_copy(update=fields)
+
+
+def make_store(kind: str, tmp_path: Path) -> Store:
+    if kind == "memory":
+        return MemoryStore()
+    if kind == "sqlite":
+        return SQLiteStore(tmp_path / "enforce.db")
+    url = redis_url()
+    if url is None:
+        pytest.skip("no Redis server on 127.0.0.1:6379 (CI starts one)")
+    from quota_hooks.storage.redis import RedisStore
+
+    return RedisStore.from_url(url, prefix=f"qh-test-{uuid.uuid4().hex[:8]}",
+                               use_server_time=False)
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    backend = make_store(request.param, tmp_path)
+    yield backend
+    clear = getattr(backend, "clear", None)
+    if clear is not None:
+        clear()
+    backend.close()
+
+
+# ---------------------------------------------------------------------- the core
+def test_raise_mode_refuses_with_the_limit_and_retry_after(clock: ManualClock) -> None:
+    manager = QuotaManager(limits(rpm=2, mode="raise"), clock=clock)
+    estimate = Estimate(model="gpt-4o-mini", input_tokens=10)
+    clock.advance(0.5)
+    for _ in range(2):
+        assert manager.acquire("ws", estimate) is not None
+    with pytest.raises(RateLimitedError) as info:
+        manager.acquire("ws", estimate)
+    error = info.value
+    assert (error.scope, error.limit, error.used, error.maximum) == ("workspace:ws", "rpm", 2, 2)
+    assert error.retry_after == pytest.approx(59.5)
+    assert str(error) == ("workspace:ws: rpm limit reached (2 of 2 used); the call was not sent,"
+                          " retry after 59.5s")
+    assert manager.denials == 1
+
+
+def test_wait_mode_releases_the_call_exactly_when_the_window_frees(clock: ManualClock) -> None:
+    manager = QuotaManager(limits(rpm=2, max_wait=60), clock=clock)  # rpm waits by default
+    manager.sleep = clock.sleep
+    estimate = Estimate(model="gpt-4o-mini", input_tokens=10)
+    clock.advance(0.25)
+    for _ in range(2):
+        reservation = manager.acquire("ws", estimate)
+        manager.record(UsageRecord(workspace_id="ws", model="gpt-4o-mini", input_tokens=8),
+                       reservation)
+    assert manager.acquire("ws", estimate) is not None
+    assert clock() == T0 + 60  # the first two calls' second bucket left the window just now
+    clock.advance(1)
+    manager.acquire("ws", estimate)  # the 4th call: the 2nd call's bucket is gone too
+    assert clock() == T0 + 61
+    short = QuotaManager(limits(rpm=1, max_wait=5), clock=clock)
+    short.sleep = clock.sleep
+    short.acquire("ws", estimate)
+    with pytest.raises(RateLimitedError, match=r"more than max_wait=5s"):
+        short.acquire("ws", estimate)
+
+
+async def test_async_wait_never_blocks_the_loop(clock: ManualClock) -> None:
+    manager = QuotaManager(limits(tpm=100, max_wait=60), clock=clock)
+    manager.asleep = clock.asleep
+    first = await manager.aacquire("ws", Estimate(model="gpt-4o-mini", input_tokens=80))
+    assert first is not None
+    await manager.aacquire("ws", Estimate(model="gpt-4o-mini", input_tokens=80))
+    assert clock() == T0 + 60
+
+
+def test_observe_mode_never_blocks(clock: ManualClock) -> None:
+    manager = QuotaManager(limits(rpm=1, monthly_budget_usd=Decimal(0), mode="observe"),
+                           clock=clock)
+    assert manager.acquire("ws", Estimate(model="gpt-4o", input_tokens=1000)) is None
+    per_limit = QuotaManager(limits(rpm=1, tpm=10, modes={"tpm": "observe", "rpm": "raise"}),
+                             clock=clock)
+    assert per_limit.acquire("ws", Estimate(input_tokens=1000)) is not None  # tpm only observes
+    with pytest.raises(RateLimitedError, match="rpm"):
+        per_limit.acquire("ws", Estimate(input_tokens=1))
+
+
+def test_the_budget_raises_quota_exceeded(clock: ManualClock) -> None:
+    manager = QuotaManager(limits(monthly_budget_usd=Decimal("0.02")), clock=clock)
+    estimate = Estimate(model="gpt-4o", input_tokens=4000)  # $0.01 at $2.50 per 1M
+    manager.acquire("ws", estimate)
+    manager.acquire("ws", estimate)
+    with pytest.raises(QuotaExceededError) as info:
+        manager.acquire("ws", estimate)
+    assert not isinstance(info.value, RateLimitedError)
+    assert info.value.limit == "monthly_budget_usd" and info.value.retry_after is None
+    assert str(info.value) == ("workspace:ws: the monthly budget of $0.02 has no room for this "
+                               "call ($0.02 spent or held); the call was not sent")
+
+
+def test_team_scopes_share_one_limit_across_workspaces(clock: ManualClock) -> None:
+    manager = QuotaManager(QuotaPolicy.unlimited(), clock=clock,
+                           scope_policies={"team:ml": limits(rpm=2, mode="raise")})
+    manager.acquire("ws-a", Estimate(input_tokens=1), scopes={"team": "ml"})
+    manager.acquire("ws-b", Estimate(input_tokens=1), scopes={"team": "ml"})
+    with pytest.raises(RateLimitedError) as info:
+        manager.acquire("ws-c", Estimate(input_tokens=1), scopes={"team": "ml"})
+    assert info.value.scope == "team:ml"
+    assert manager.acquire("ws-c", Estimate(input_tokens=1), scopes={"team": "other"}) is None
+
+
+def test_budget_of_10_dollars_never_overshoots_and_nothing_leaks(store: Store) -> None:
+    clock = ManualClock(T0)
+    manager = QuotaManager(limits(monthly_budget_usd=Decimal(10)), store=store, clock=clock)
+    estimate = Estimate(model="gpt-4o", input_tokens=4000)  # $0.01
+    lock = threading.Lock()
+    outcome = {"ok": 0, "failed": 0, "refused": 0}
+
+    def worker(offset: int) -> None:
+        for i in range(offset, 5000, 4):
+            try:
+                reservation = manager.acquire("ws", estimate)
+            except QuotaExceededError:
+                with lock:
+                    outcome["refused"] += 1
+                continue
+            if i % 10 == 0:  # 10% of the calls fail: the provider charges nothing
+                manager.record(UsageRecord(workspace_id="ws", model="gpt-4o", success=False,
+                                           status_code=500), reservation)
+                kind = "failed"
+            else:
+                manager.record(UsageRecord(workspace_id="ws", model="gpt-4o",
+                                           input_tokens=4000), reservation)
+                kind = "ok"
+            with lock:
+                outcome[kind] += 1
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    report = manager.status("ws", enhanced=False)
+    spent = Decimal(str(report.monthly_budget_usd.current))
+    assert spent <= Decimal("10.00")
+    assert outcome["ok"] == 1000 and spent == Decimal("10.00")
+    assert sum(outcome.values()) == 5000
+    # no reservation is left holding anything: the counters are the records, exactly
+    assert report.tokens_per_minute.current == 1000 * 4000
+
+
+def test_fail_open_and_fail_closed_with_redis_down(clock: ManualClock) -> None:
+    from quota_hooks.storage.redis import RedisStore
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    down = RedisStore.from_url(f"redis://127.0.0.1:{port}/0")
+    open_manager = QuotaManager(limits(rpm=10), store=down, clock=clock)
+    assert open_manager.acquire("ws", Estimate(input_tokens=1)) is None  # the call goes on
+    assert open_manager.fail_open_calls == 1 and open_manager.tracking_errors == 1
+    closed = QuotaManager(limits(rpm=10, fail_open=False), store=down, clock=clock)
+    with pytest.raises(StorageError, match="refused because the usage store failed"):
+        closed.acquire("ws", Estimate(input_tokens=1))
+    assert closed.denials == 1
+
+
+# ---------------------------------------------------------------------- the adapters
+def test_openai_exactly_n_admitted_out_of_2000_concurrent_calls(store: Store) -> None:
+    fake = FakeOpenAI(FakeUsage(input_tokens=5, output_tokens=5))
+    manager = QuotaManager(limits(rpm=100, mode="raise"), store=store, clock=ManualClock(T0))
+    client = track_openai(
+        OpenAI(api_key="sk-test", base_url="http://fake/v1", max_retries=0,
+               http_client=httpx2.Client(transport=fake.transport())),
+        workspace_id="ws", manager=manager)
+    admitted = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        mine = 0
+        for _ in range(250):
+            try:
+                client.chat.completions.create(model="gpt-4o-mini", messages=MSG,  # type: ignore[arg-type]
+                                               max_tokens=5)
+                mine += 1
+            except RateLimitedError:
+                pass
+        with lock:
+            admitted.append(mine)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(admitted) == 100
+    assert len(fake.requests) == 100  # a refused call never reached the provider
+    assert manager.status("ws", enhanced=False).requests_per_minute.current == 100
+
+
+async def test_openai_async_refusal_before_any_request(clock: ManualClock) -> None:
+    fake = FakeOpenAI(FakeUsage(input_tokens=5, output_tokens=5))
+    manager = QuotaManager(limits(rpm=20, mode="raise"), clock=clock)
+    from openai import AsyncOpenAI
+
+    client = track_openai(
+        AsyncOpenAI(api_key="sk-test", base_url="http://fake/v1", max_retries=0,
+                    http_client=httpx2.AsyncClient(transport=fake.transport())),
+        workspace_id="ws", manager=manager)
+
+    async def one() -> bool:
+        try:
+            await client.chat.completions.create(model="gpt-4o-mini", messages=MSG)  # type: ignore[arg-type]
+        except RateLimitedError:
+            return False
+        return True
+
+    results = await asyncio.gather(*(one() for _ in range(500)))
+    assert sum(results) == 20 and len(fake.requests) == 20
+
+
+def test_openai_connection_error_gives_the_reservation_back(clock: ManualClock) -> None:
+    manager = QuotaManager(limits(rpm=1, mode="raise"), clock=clock)
+
+    def refuse(request: Any) -> Any:
+        raise httpx2.ConnectError("refused", request=request)
+
+    client = track_openai(
+        OpenAI(api_key="sk-test", base_url="http://fake/v1", max_retries=0,
+               http_client=httpx2.Client(transport=httpx2.MockTransport(refuse))),
+        workspace_id="ws", manager=manager)
+    for _ in range(3):  # the limit of 1 is never used up by calls that never left
+        with pytest.raises(Exception, match="Connection error"):
+            client.chat.completions.create(model="gpt-4o-mini", messages=MSG)  # type: ignore[arg-type]
+    assert manager.status("ws", enhanced=False).requests_per_minute.current == 0
+
+
+def test_langchain_exactly_n_admitted_and_no_request_when_refused(store: Store) -> None:
+    manager = QuotaManager(limits(rpm=50, mode="raise"), store=store, clock=ManualClock(T0))
+    handler = QuotaCallbackHandler(manager=manager, workspace_id="ws")
+    model = GenericFakeChatModel(messages=iter(["ok"] * 1000))
+    admitted = 0
+    for _ in range(300):
+        try:
+            model.invoke("hi", config={"callbacks": [handler]})
+            admitted += 1
+        except RateLimitedError:
+            pass
+    assert admitted == 50
+    assert manager.status("ws", enhanced=False).requests_per_minute.current == 50
+    assert handler.open_runs == 0
+    # ChatOpenAI: a refused run sends no HTTP request
+    fake = FakeOpenAI(FakeUsage(input_tokens=5, output_tokens=5))
+    llm = ChatOpenAI(model="gpt-4o-mini", api_key="sk-test", base_url="http://fake/v1",  # type: ignore[arg-type]
+                     http_client=httpx2.Client(transport=fake.transport()), max_retries=0)
+    with pytest.raises(RateLimitedError):
+        llm.invoke("hi", config={"callbacks": [handler]})
+    assert fake.requests == []
+
+
+@pytest.mark.usefixtures("clean_litellm_callbacks")
+def test_litellm_exactly_n_admitted_async_hook_and_sync_guard(store: Store) -> None:
+    manager = QuotaManager(limits(rpm=20, mode="raise"), store=store, clock=ManualClock(T0))
+    quota_logger = QuotaLogger(manager=manager, default_workspace="ws")
+    litellm.callbacks = [quota_logger]
+    async def run() -> list[bool]:
+        async def one() -> bool:
+            try:
+                await litellm.acompletion(model="gpt-4o-mini", messages=MSG,
+                                          mock_response="ok")
+            except RateLimitedError:
+                return False
+            return True
+
+        results = await asyncio.gather(*(one() for _ in range(60)))
+        await manager.adrain()
+        return results
+
+    assert sum(asyncio.run(run())) == 20
+    completion = guarded(litellm.completion, quota_logger)
+    with pytest.raises(RateLimitedError):
+        completion(model="gpt-4o-mini", messages=MSG, mock_response="ok")
+    assert manager.drain()
+    status = manager.status("ws", enhanced=False)
+    assert status.requests_per_minute.current == 20  # refusals are not provider calls
+    assert quota_logger._reservations == {}
+
+
+def test_a_call_seen_by_two_adapters_counts_once(clock: ManualClock) -> None:
+    fake = FakeOpenAI(FakeUsage(input_tokens=100, output_tokens=20))
+    manager = QuotaManager(limits(rpm=10, mode="raise"), clock=clock)
+    tracked = track_openai(
+        OpenAI(api_key="sk-test", base_url="http://fake/v1", max_retries=0,
+               http_client=httpx2.Client(transport=fake.transport())),
+        workspace_id="transport-ws", manager=manager)
+    llm = ChatOpenAI(model="gpt-4o-mini", client=tracked.chat.completions,
+                     root_client=tracked, api_key="sk-test")  # type: ignore[arg-type]
+    handler = QuotaCallbackHandler(manager=manager, workspace_id="ws")
+    llm.invoke("hi", config={"callbacks": [handler], "metadata": {"workspace_id": "acme"}})
+    for _ in llm.stream("hi", config={"callbacks": [handler]}):
+        pass
+    acme = manager.store.recent("workspace:acme", 10)
+    assert len(acme) == 1 and acme[0].source == "openai"  # once, at the transport
+    assert acme[0].input_tokens == 100
+    [default_ws] = manager.store.recent("workspace:ws", 10)
+    assert default_ws.stream and default_ws.source == "openai"
+    assert manager.store.recent("workspace:transport-ws", 10) == []  # the run's workspace won
+    status = manager.status("acme", enhanced=False)
+    assert status.requests_per_minute.current == 1 and status.status is QuotaStatus.NORMAL
