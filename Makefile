@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test
+.PHONY: demo test bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,3 +21,7 @@ test: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
 	$(BIN)/mypy quota_hooks
 	$(BIN)/python -m pytest -q
+
+# Overhead ratios and throughputs, printed and written to benchmarks/results.json.
+bench: $(VENV)/.dev-installed
+	LITELLM_LOCAL_MODEL_COST_MAP=True LITELLM_OFFLINE_MODE=true $(BIN)/python -m benchmarks

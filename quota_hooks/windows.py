@@ -55,6 +55,8 @@ class Window:
         return float((bucket + self.buckets) * self.bucket_seconds)
 
 
+_NEVER = -(2**62)
+
 MINUTE = Window("minute", 1, 60)
 DAY = Window("day", 60, 1440)
 
@@ -90,42 +92,73 @@ class RollingCounter:
     """A fixed ring of buckets holding several integer counts per bucket.
 
     ``add`` puts counts into a bucket (ignored when the bucket has left the window); ``totals``
-    sums the buckets still inside the window. Not thread-safe: the owning store locks.
+    sums the buckets still inside the window. Running sums make both O(1) amortized: buckets
+    are subtracted once, as the window slides past them, instead of re-summing the ring (60
+    buckets per minute, 1440 per day) on every read. Not thread-safe: the owning store locks.
     """
 
-    __slots__ = ("_ids", "_values", "fields", "window")
+    __slots__ = ("_cursor", "_ids", "_sums", "_values", "fields", "window")
 
     def __init__(self, window: Window, fields: int) -> None:
         self.window = window
         self.fields = fields
-        self._ids = [-(2**62)] * window.buckets
+        self._ids = [_NEVER] * window.buckets
         self._values = [[0] * fields for _ in range(window.buckets)]
+        # Invariant: _sums is the sum of every slot whose bucket id is >= _cursor.
+        self._sums = [0] * fields
+        self._cursor = _NEVER
+
+    def _advance(self, oldest: int) -> None:
+        """Slide the window's start to ``oldest``, dropping older buckets from the sums."""
+        cursor = self._cursor
+        if oldest <= cursor:
+            return
+        buckets = self.window.buckets
+        if oldest - cursor >= buckets:  # a long gap: every slot may be stale, recount
+            sums = [0] * self.fields
+            for bucket_id, values in zip(self._ids, self._values, strict=True):
+                if bucket_id >= oldest:
+                    for i, value in enumerate(values):
+                        sums[i] += value
+            self._sums = sums
+        else:
+            ids, sums = self._ids, self._sums
+            for bucket_id in range(cursor, oldest):
+                slot = bucket_id % buckets
+                if ids[slot] == bucket_id:
+                    for i, value in enumerate(self._values[slot]):
+                        sums[i] -= value
+        self._cursor = oldest
 
     def add(self, bucket: int, counts: Sequence[int], now: float) -> bool:
         """Add ``counts`` to ``bucket``; False (nothing added) if it has left the window."""
-        if bucket < self.window.oldest(now):
+        oldest = self.window.oldest(now)
+        if bucket < oldest:
+            return False
+        self._advance(oldest)
+        if bucket < self._cursor:  # an older ``now`` than the window has already seen
             return False
         slot = bucket % self.window.buckets
         values = self._values[slot]
-        if self._ids[slot] != bucket:
-            if self._ids[slot] > bucket:  # the slot was reused by a newer bucket
+        held = self._ids[slot]
+        if held != bucket:
+            if held > bucket:  # the slot was reused by a newer bucket
                 return False
+            if held >= self._cursor:  # still counted: take it out before reusing the slot
+                for i, value in enumerate(values):
+                    self._sums[i] -= value
             self._ids[slot] = bucket
             values[:] = [0] * self.fields
+        sums = self._sums
         for i, count in enumerate(counts):
             values[i] += count
+            sums[i] += count
         return True
 
     def totals(self, now: float) -> list[int]:
         """The sum of each count over the buckets inside the window at ``now``."""
-        oldest = self.window.oldest(now)
-        newest = self.window.bucket(now)
-        sums = [0] * self.fields
-        for bucket_id, values in zip(self._ids, self._values, strict=True):
-            if oldest <= bucket_id <= newest:
-                for i, value in enumerate(values):
-                    sums[i] += value
-        return sums
+        self._advance(self.window.oldest(now))
+        return list(self._sums)
 
     def first_bucket_with(self, now: float, field: int) -> int | None:
         """The oldest in-window bucket with a non-zero ``field``: when room frees up next."""

@@ -95,3 +95,25 @@ def test_leap_day_counts_in_february() -> None:
     assert manager.status("ws").monthly_budget_usd.current == pytest.approx(1.0)
     clock.advance(1)
     assert manager.status("ws").monthly_budget_usd.current == 0
+
+
+def test_running_sums_match_a_recount_under_random_traffic() -> None:
+    import random
+
+    from quota_hooks.windows import DAY, MINUTE, RollingCounter
+
+    rng = random.Random(7)
+    for window in (MINUTE, DAY):
+        counter = RollingCounter(window, 2)
+        added: list[tuple[int, int, int]] = []  # (bucket, a, b) that were accepted
+        now = 1_767_225_600.0
+        for _ in range(5000):
+            now += rng.choice([0, 0.3, 1, 7, window.bucket_seconds * rng.randint(0, 90)])
+            bucket = window.bucket(now) - rng.choice([0, 0, 0, 1, 5, window.buckets])
+            a, b = rng.randint(-3, 9), rng.randint(0, 100)
+            if counter.add(bucket, (a, b), now):
+                added.append((bucket, a, b))
+            oldest, newest = window.oldest(now), window.bucket(now)
+            expected = [sum(x[1] for x in added if oldest <= x[0] <= newest),
+                        sum(x[2] for x in added if oldest <= x[0] <= newest)]
+            assert counter.totals(now) == expected

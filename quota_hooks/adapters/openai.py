@@ -702,11 +702,20 @@ async def _finish_async(call: _Call) -> None:
         call.hub.failed("record", exc, call.workspace_id)
 
 
+_LIMIT_HEADERS = tuple(
+    f"x-ratelimit-{kind}-{what}"
+    for kind in ("limit", "remaining", "reset") for what in ("requests", "tokens")
+)
+
+
 def _note_limits(call: _Call) -> None:
     headers = call.headers
-    if headers is None:
-        return
-    limits = {k: v for k, v in headers.items() if k.lower().startswith("x-ratelimit-")}
+    if headers is None or (
+        "x-ratelimit-remaining-requests" not in headers
+        and "x-ratelimit-remaining-tokens" not in headers
+    ):
+        return  # the usual case for compatible servers: no scan of every header
+    limits = {name: headers[name] for name in _LIMIT_HEADERS if name in headers}
     if limits:
         call.hub.manager.note_provider_limits(call.workspace_id, call.provider, limits)
 

@@ -1,0 +1,1 @@
+"""quota-hooks benchmarks: ``python -m benchmarks`` (or ``make bench``). See BENCHMARKS.md."""

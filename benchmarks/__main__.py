@@ -1,0 +1,332 @@
+"""Run every benchmark, print a table and write benchmarks/results.json.
+
+Machines here are noisy and small, so every overhead figure is a ratio against a baseline
+measured in the same run: A and B alternate round by round (ABAB..., then BABA...), and the
+table shows the median ratio and its spread (min-max over rounds). Throughputs are absolute
+numbers, printed with the machine line.
+
+    python -m benchmarks            # everything (a few minutes)
+    python -m benchmarks --quick    # fewer rounds and records, for a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.setdefault("LITELLM_OFFLINE_MODE", "true")
+
+from quota_hooks import Estimate, QuotaManager, QuotaPolicy, UsageRecord
+from quota_hooks.storage import MemoryStore, SQLiteStore, Store
+
+HERE = Path(__file__).resolve().parent
+RESULTS: list[dict[str, Any]] = []
+
+
+def machine() -> str:
+    return (f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()},"
+            f" {platform.system()} {platform.release()}")
+
+
+def report(name: str, value: float, unit: str, goal: str, ok: bool | None,
+           spread: tuple[float, float] | None = None) -> None:
+    row = {"benchmark": name, "value": round(value, 4), "unit": unit, "goal": goal,
+           "met": ok, "spread": None if spread is None else [round(s, 4) for s in spread]}
+    RESULTS.append(row)
+    shown = f"{value:,.3f}" if value < 100 else f"{value:,.0f}"
+    extra = "" if spread is None else f"  [{spread[0]:.3f} .. {spread[1]:.3f}]"
+    mark = {True: "ok", False: "MISSED", None: "-"}[ok]
+    print(f"{name:<58} {shown:>12} {unit:<10} {goal:<18} {mark}{extra}", flush=True)
+
+
+def ab(base: Callable[[], None], other: Callable[[], None], n: int, rounds: int
+       ) -> tuple[float, tuple[float, float]]:
+    """Median and spread of time(other) / time(base) over alternating rounds of n calls."""
+    for fn in (base, other):  # warm up
+        for _ in range(max(1, n // 10)):
+            fn()
+    ratios = []
+    for r in range(rounds):
+        times = {}
+        order = (base, other) if r % 2 == 0 else (other, base)
+        for fn in order:
+            gc.collect()
+            start = time.perf_counter()
+            for _ in range(n):
+                fn()
+            times[fn] = time.perf_counter() - start
+        ratios.append(times[other] / times[base])
+    return statistics.median(ratios), (min(ratios), max(ratios))
+
+
+# ---------------------------------------------------------------------- core
+def record_throughput(store: Store, n: int) -> float:
+    manager = QuotaManager(QuotaPolicy.unlimited(), store=store)
+    records = [UsageRecord(workspace_id=f"ws{i % 10}", model="gpt-4o-mini", input_tokens=100,
+                           output_tokens=20) for i in range(1000)]
+    start = time.perf_counter()
+    for i in range(n):
+        manager.record(records[i % 1000])
+    flush = getattr(store, "flush", None)
+    if flush is not None:
+        flush()
+    return n / (time.perf_counter() - start)
+
+
+def redis_reserve_settle(n: int) -> float | None:
+    url = os.environ.get("QUOTA_HOOKS_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+    try:
+        from quota_hooks.storage.redis import RedisStore
+
+        store = RedisStore.from_url(url, prefix=f"qh-bench-{uuid.uuid4().hex[:6]}")
+        store.client.ping()
+    except Exception:
+        return None
+    manager = QuotaManager(QuotaPolicy(rpm=None, rpd=None, tpm=10**12, tpd=None,
+                                       monthly_budget_usd=None, mode="raise"), store=store)
+    estimate = Estimate(model="gpt-4o-mini", input_tokens=100, output_tokens=20)
+    record = UsageRecord(workspace_id="ws", model="gpt-4o-mini", input_tokens=100,
+                         output_tokens=20)
+    start = time.perf_counter()
+    for _ in range(n):
+        manager.record(record, manager.acquire("ws", estimate))
+    rate = n / (time.perf_counter() - start)
+    store.clear()
+    return rate
+
+
+def status_latency(store: Store, history: int) -> float:
+    manager = QuotaManager(QuotaPolicy(), store=store)
+    record = UsageRecord(workspace_id="ws", model="gpt-4o-mini", input_tokens=10)
+    for _ in range(history):
+        manager.record(record)
+    manager.status("ws")
+    start = time.perf_counter()
+    for _ in range(200):
+        manager.status("ws")
+    return (time.perf_counter() - start) / 200 * 1e6
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def core(quick: bool) -> None:
+    n = 20_000 if quick else 200_000
+    rate = record_throughput(MemoryStore(), n)
+    report("core: record() memory", rate, "rec/s", ">= 200,000", rate >= 200_000)
+    with tempfile.TemporaryDirectory() as tmp:
+        rate = record_throughput(SQLiteStore(Path(tmp) / "b.db"), n // 2)
+    report("core: record() SQLite (batched, incl. flush)", rate, "rec/s", ">= 50,000",
+           rate >= 50_000)
+    redis_rate = redis_reserve_settle(2_000 if quick else 10_000)
+    if redis_rate is None:
+        report("core: Redis reserve+settle (no server)", 0, "ops/s", ">= 10,000", None)
+    else:
+        report("core: Redis reserve+settle (loopback)", redis_rate, "ops/s", ">= 10,000",
+               redis_rate >= 10_000)
+    sizes = (10_000, 100_000) if quick else (10_000, 100_000, 1_000_000)
+    latencies = []
+    for size in sizes:
+        micros = status_latency(MemoryStore(), size)
+        latencies.append(micros)
+        report(f"core: status() memory, {size:,} records of history", micros, "us", "flat", None)
+    flat = max(latencies) / min(latencies)
+    report("core: status() largest / smallest history", flat, "x", "<= 1.5 (flat)", flat <= 1.5)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = SQLiteStore(Path(tmp) / "s.db")
+        small = status_latency(store, 10_000)
+        big = status_latency(store, 90_000 if not quick else 20_000)
+        store.close()
+    report("core: status() SQLite 100k / 10k history", big / small, "x", "<= 1.5 (flat)",
+           big / small <= 1.5)
+    # RSS over 1M records on the memory store
+    gc.collect()
+    before = rss_mb()
+    manager = QuotaManager(QuotaPolicy.unlimited())
+    records = [UsageRecord(workspace_id=f"ws{i % 100}", model="gpt-4o-mini", input_tokens=5)
+               for i in range(1000)]
+    count = 100_000 if quick else 1_000_000
+    for i in range(count):
+        manager.record(records[i % 1000])
+    gc.collect()
+    growth = rss_mb() - before
+    report(f"core: RSS growth over {count:,} records (memory)", growth, "MB", "<= 50",
+           growth <= 50)
+    # enforcement on vs observe-only
+    estimate = Estimate(model="gpt-4o-mini", input_tokens=100, output_tokens=20)
+    record = UsageRecord(workspace_id="ws", model="gpt-4o-mini", input_tokens=100,
+                         output_tokens=20)
+    observe = QuotaManager(QuotaPolicy(rpm=None, rpd=None, tpm=None, tpd=None,
+                                       monthly_budget_usd=None, mode="observe"))
+    enforce = QuotaManager(QuotaPolicy(rpm=None, rpd=None, tpm=10**12, tpd=None,
+                                       monthly_budget_usd=Decimal(10**9), mode="raise"))
+    ratio, spread = ab(lambda: observe.record(record, observe.acquire("ws", estimate)),
+                       lambda: enforce.record(record, enforce.acquire("ws", estimate)),
+                       1000 if quick else 5000, 5 if quick else 9)
+    report("core: acquire+record, enforcing / observe-only", ratio, "x", "<= 1.10",
+           ratio <= 1.10, spread)
+
+
+# ---------------------------------------------------------------------- adapters
+def openai_overhead(quick: bool) -> None:
+    import httpx2
+    from openai import OpenAI
+
+    from quota_hooks.adapters.openai import track_openai
+    from quota_hooks.testing import FakeOpenAI, FakeUsage
+
+    fake = FakeOpenAI(FakeUsage(input_tokens=100, output_tokens=50))
+    fake.requests = _NoList()  # type: ignore[assignment]  # keep memory flat
+    plain = OpenAI(api_key="sk", base_url="http://fake/v1", max_retries=0,
+                   http_client=httpx2.Client(transport=fake.transport()))
+    manager = QuotaManager(QuotaPolicy(mode="observe"))
+    tracked = track_openai(OpenAI(api_key="sk", base_url="http://fake/v1", max_retries=0,
+                                  http_client=httpx2.Client(transport=fake.transport())),
+                           workspace_id="ws", manager=manager)
+    enforced = track_openai(OpenAI(api_key="sk", base_url="http://fake/v1", max_retries=0,
+                                   http_client=httpx2.Client(transport=fake.transport())),
+                            workspace_id="ws", manager=QuotaManager(
+                                QuotaPolicy(rpm=None, rpd=None, tpm=10**12, tpd=None,
+                                            monthly_budget_usd=Decimal(10**9))))
+    msgs: Any = [{"role": "user", "content": "hi"}]
+    n, rounds = (100, 5) if quick else (400, 9)
+    ratio, spread = ab(lambda: plain.chat.completions.create(model="gpt-4o-mini", messages=msgs),
+                       lambda: tracked.chat.completions.create(model="gpt-4o-mini",
+                                                               messages=msgs), n, rounds)
+    report("openai: track_openai / untracked, non-stream", ratio, "x", "<= 1.05",
+           ratio <= 1.05, spread)
+    ratio, spread = ab(lambda: plain.chat.completions.create(model="gpt-4o-mini", messages=msgs),
+                       lambda: enforced.chat.completions.create(model="gpt-4o-mini",
+                                                                messages=msgs), n, rounds)
+    report("openai: enforcing track_openai / untracked, non-stream", ratio, "x", "-", None,
+           spread)
+
+    def stream(client: Any) -> Callable[[], None]:
+        def run() -> None:
+            for _ in client.chat.completions.create(model="gpt-4o-mini", messages=msgs,
+                                                    stream=True,
+                                                    stream_options={"include_usage": True}):
+                pass
+        return run
+
+    fake.chunks = 50
+    ratio, spread = ab(stream(plain), stream(tracked), n // 2, rounds)
+    report("openai: track_openai / untracked, stream (50 chunks)", ratio, "x", "<= 1.05",
+           ratio <= 1.05, spread)
+    report("openai: peer (OpenTelemetry instrumentation)", 0, "-", "not installed", None)
+
+
+class _NoList(list):  # type: ignore[type-arg]
+    def append(self, item: Any) -> None:
+        pass
+
+
+def langchain_overhead(quick: bool) -> None:
+    from langchain_core.callbacks import UsageMetadataCallbackHandler
+    from langchain_core.language_models import GenericFakeChatModel
+    from langchain_core.messages import AIMessage
+
+    from quota_hooks.adapters.langchain import QuotaCallbackHandler
+
+    usage: Any = {"input_tokens": 10, "output_tokens": 5, "total_tokens": 15}
+
+    def model() -> GenericFakeChatModel:
+        class Endless:
+            def __iter__(self) -> Endless:
+                return self
+
+            def __next__(self) -> AIMessage:
+                return AIMessage(content="ok", usage_metadata=usage,
+                                 response_metadata={"model_name": "gpt-4o-mini"})
+
+        return GenericFakeChatModel(messages=Endless())
+
+    bare = model()
+    ours = QuotaCallbackHandler(manager=QuotaManager(QuotaPolicy(mode="observe")),
+                                workspace_id="ws")
+    peer = UsageMetadataCallbackHandler()
+    n, rounds = (200, 5) if quick else (1000, 9)
+    ours_ratio, spread = ab(lambda: bare.invoke("hi"),
+                            lambda: bare.invoke("hi", config={"callbacks": [ours]}), n, rounds)
+    report("langchain: QuotaCallbackHandler / no handler", ours_ratio, "x", "-", None, spread)
+    peer_ratio, spread = ab(lambda: bare.invoke("hi"),
+                            lambda: bare.invoke("hi", config={"callbacks": [peer]}), n, rounds)
+    report("langchain: UsageMetadataCallbackHandler / no handler", peer_ratio, "x", "-", None,
+           spread)
+    ratio, spread = ab(lambda: bare.invoke("hi", config={"callbacks": [peer]}),
+                       lambda: bare.invoke("hi", config={"callbacks": [ours]}), n, rounds)
+    report("langchain: ours / UsageMetadataCallbackHandler", ratio, "x", "<= 1.00 (peer)",
+           ratio <= 1.0, spread)
+
+
+def litellm_overhead(quick: bool) -> None:
+    import litellm
+
+    from quota_hooks.adapters.litellm import QuotaLogger
+
+    manager = QuotaManager(QuotaPolicy(mode="observe"))
+    logger = QuotaLogger(manager=manager, default_workspace="ws")
+    msgs = [{"role": "user", "content": "hi"}]
+    saved = {name: list(getattr(litellm, name, []) or []) for name in
+             ("callbacks", "success_callback", "_async_success_callback")}
+
+    def without() -> None:
+        litellm.callbacks = []
+        litellm.completion(model="gpt-4o-mini", messages=msgs, mock_response="ok")
+
+    def with_logger() -> None:
+        litellm.callbacks = [logger]
+        litellm.completion(model="gpt-4o-mini", messages=msgs, mock_response="ok")
+        manager.drain()
+
+    def without_drained() -> None:
+        without()
+        manager.drain()
+
+    n, rounds = (50, 5) if quick else (200, 7)
+    ratio, spread = ab(without_drained, with_logger, n, rounds)
+    for name, value in saved.items():
+        setattr(litellm, name, value)
+    report("litellm: QuotaLogger / no callback (mock_response)", ratio, "x", "<= 1.05",
+           ratio <= 1.05, spread)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer rounds, for a smoke run")
+    parser.add_argument("--only", choices=["core", "openai", "langchain", "litellm"])
+    args = parser.parse_args()
+    print(f"machine: {machine()}\n")
+    print(f"{'benchmark':<58} {'value':>12} {'unit':<10} {'goal':<18} result  [spread]")
+    suites = {"core": core, "openai": openai_overhead, "langchain": langchain_overhead,
+              "litellm": litellm_overhead}
+    for name, suite in suites.items():
+        if args.only in (None, name):
+            suite(args.quick)
+    out = HERE / "results.json"
+    out.write_text(json.dumps({"machine": machine(), "quick": args.quick,
+                               "command": "python -m benchmarks" + (" --quick" * args.quick),
+                               "results": RESULTS}, indent=2) + "\n")
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
