@@ -188,7 +188,7 @@ def run_demo(say: Callable[[str], None] = print, store: Store | None = None) -> 
     for metric, usage in report.limits.items():
         limit = "unlimited" if usage.limit is None else usage.limit
         say(f"  {metric:<20} {usage.current:>10} / {limit:<8} ({usage.percentage:.2f}%)")
-    say("\nenhanced status JSON (GET /api/quota/status/demo?enhanced=true):")
+    say("\nenhanced status JSON (manager.get_tracker('demo').get_enhanced_status_data()):")
     say(json.dumps(manager.get_tracker(WORKSPACE).get_enhanced_status_data(recent=5), indent=2))
     manager.close()
     return manager
