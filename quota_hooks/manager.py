@@ -20,6 +20,7 @@ import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any, Protocol
@@ -83,6 +84,35 @@ class Drainer(Protocol):
 
 
 _MAX_WAIT_ROUNDS = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What one ``acquire`` reserves: its scopes, the usage held and each scope's limits."""
+
+    keys: list[str]
+    delta: UsageDelta
+    limits: dict[str, Limits]
+    policies: dict[str, QuotaPolicy]
+
+    @property
+    def policy(self) -> QuotaPolicy:
+        """The workspace's policy (the first scope): its time zone, TTL and fail policy."""
+        return self.policies[self.keys[0]]
+
+    def reserve_args(
+        self, now: float
+    ) -> tuple[list[str], UsageDelta, dict[str, Limits], float, str, float]:
+        """The arguments of ``Store.reserve`` at ``now``."""
+        policy = self.policy
+        return (
+            self.keys,
+            self.delta,
+            self.limits,
+            now,
+            month_key(now, policy.timezone),
+            policy.reservation_ttl,
+        )
 
 
 def _limits_of(policy: QuotaPolicy) -> Limits:
@@ -180,6 +210,7 @@ class QuotaManager:
         """How ``aacquire`` waits (a test injects ``ManualClock.asleep``)."""
         self.token_estimator: Callable[[str | bytes], int] = estimate_tokens
         """Prompt tokens of a request body, for reservations (see :func:`estimate_tokens`)."""
+        self._limits_cache: dict[int, tuple[QuotaPolicy, Limits | None]] = {}
         self.denials = 0
         """Calls refused by an enforced limit."""
         self.fail_open_calls = 0
@@ -282,26 +313,18 @@ class QuotaManager:
         plan = self._plan(workspace_id, estimate, scopes)
         if plan is None:
             return None
-        keys, delta, limits, policies = plan
         waited = 0.0
         for _ in range(_MAX_WAIT_ROUNDS):
-            now = self.clock()
-            month = month_key(now, policies[keys[0]].timezone)
             try:
-                result = self.store.reserve(
-                    keys, delta, limits, now, month, policies[keys[0]].reservation_ttl
-                )
+                result = self.store.reserve(*plan.reserve_args(self.clock()))
             except Exception as exc:
-                self._store_failed(workspace_id, policies[keys[0]], exc)
+                self._store_failed(workspace_id, plan, exc)  # raises unless fail_open
                 return None
-            if isinstance(result, Reservation):
-                return result
-            pause = self._pause(result, policies, waited) if wait else None
-            if pause is None:
-                self.denials += 1
-                raise self._denied(result, policies)
-            self.sleep(pause)
-            waited += pause
+            outcome = self._outcome(result, plan, waited, wait)
+            if isinstance(outcome, Reservation):
+                return outcome
+            self.sleep(outcome)
+            waited += outcome
         raise RuntimeError(
             f"acquire for {workspace_id!r} did not settle after {_MAX_WAIT_ROUNDS} waits"
         )
@@ -312,31 +335,24 @@ class QuotaManager:
         estimate: Estimate,
         *,
         scopes: Mapping[str, str] | None = None,
+        wait: bool = True,
     ) -> Reservation | None:
         """Async :meth:`acquire`: waits with ``await``, never blocks the event loop."""
         plan = self._plan(workspace_id, estimate, scopes)
         if plan is None:
             return None
-        keys, delta, limits, policies = plan
         waited = 0.0
         for _ in range(_MAX_WAIT_ROUNDS):
-            now = self.clock()
-            month = month_key(now, policies[keys[0]].timezone)
             try:
-                result = await self.store.areserve(
-                    keys, delta, limits, now, month, policies[keys[0]].reservation_ttl
-                )
+                result = await self.store.areserve(*plan.reserve_args(self.clock()))
             except Exception as exc:
-                self._store_failed(workspace_id, policies[keys[0]], exc)
+                self._store_failed(workspace_id, plan, exc)  # raises unless fail_open
                 return None
-            if isinstance(result, Reservation):
-                return result
-            pause = self._pause(result, policies, waited)
-            if pause is None:
-                self.denials += 1
-                raise self._denied(result, policies)
-            await self.asleep(pause)
-            waited += pause
+            outcome = self._outcome(result, plan, waited, wait)
+            if isinstance(outcome, Reservation):
+                return outcome
+            await self.asleep(outcome)
+            waited += outcome
         raise RuntimeError(
             f"acquire for {workspace_id!r} did not settle after {_MAX_WAIT_ROUNDS} waits"
         )
@@ -362,7 +378,7 @@ class QuotaManager:
 
     def _plan(
         self, workspace_id: str, estimate: Estimate, scopes: Mapping[str, str] | None
-    ) -> tuple[list[str], UsageDelta, dict[str, Limits], dict[str, QuotaPolicy]] | None:
+    ) -> _Plan | None:
         policy = self.policy_for(workspace_id)
         keys = [workspace_scope(workspace_id)]
         policies = {keys[0]: policy}
@@ -372,7 +388,11 @@ class QuotaManager:
             found = self._scope_policies.get(key)
             if found is not None:
                 policies[key] = found
-        limits = {key: _limits_of(p) for key, p in policies.items() if p.enforced}
+        limits = {}
+        for key, scope_policy in policies.items():
+            enforced = self._enforced_limits(scope_policy)
+            if enforced is not None:
+                limits[key] = enforced
         if not limits:
             return None
         record = UsageRecord(
@@ -390,17 +410,35 @@ class QuotaManager:
         )
         if not (delta.requests or delta.tokens or delta.cost_nanos):
             return None
-        return keys, delta, limits, policies
+        return _Plan(keys, delta, limits, policies)
 
-    def _pause(
-        self, denial: Denial, policies: Mapping[str, QuotaPolicy], waited: float
-    ) -> float | None:
-        policy = policies[denial.scope]
-        if policy.mode_for(denial.limit) != "wait" or denial.retry_after is None:
-            return None
-        if waited + denial.retry_after > policy.max_wait:
-            return None
-        return denial.retry_after
+    def _enforced_limits(self, policy: QuotaPolicy) -> Limits | None:
+        """The limits of ``policy`` that may refuse a call, or None; worked out once per
+        policy (policies are frozen), not on every call."""
+        cached = self._limits_cache.get(id(policy))
+        if cached is None or cached[0] is not policy:
+            if len(self._limits_cache) > 1024:
+                self._limits_cache.clear()
+            cached = (policy, _limits_of(policy) if policy.enforced else None)
+            self._limits_cache[id(policy)] = cached
+        return cached[1]
+
+    def _outcome(
+        self, result: Reservation | Denial, plan: _Plan, waited: float, wait: bool
+    ) -> Reservation | float:
+        """The reservation, or the seconds to wait before trying again; raises a refusal."""
+        if isinstance(result, Reservation):
+            return result
+        policy = plan.policies[result.scope]
+        if (
+            wait
+            and policy.mode_for(result.limit) == "wait"
+            and result.retry_after is not None
+            and waited + result.retry_after <= policy.max_wait
+        ):
+            return result.retry_after
+        self.denials += 1
+        raise self._denied(result, plan.policies)
 
     def _denied(self, denial: Denial, policies: Mapping[str, QuotaPolicy]) -> QuotaExceededError:
         if denial.limit == "monthly_budget_usd":
@@ -427,9 +465,11 @@ class QuotaManager:
             denial.scope, denial.limit, denial.used, denial.maximum, denial.retry_after, message
         )
 
-    def _store_failed(self, workspace_id: str, policy: QuotaPolicy, exc: BaseException) -> None:
+    def _store_failed(self, workspace_id: str, plan: _Plan, exc: BaseException) -> None:
+        """A store failure during ``acquire``: the call goes on (``fail_open``: returns None,
+        counted) or is refused with :class:`StorageError`."""
         self.note_tracking_failure("acquire", exc, workspace_id)
-        if policy.fail_open:
+        if plan.policy.fail_open:
             self.fail_open_calls += 1
             return
         self.denials += 1

@@ -7,10 +7,13 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("LITELLM_OFFLINE_MODE", "true")
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from store_helpers import BACKENDS, dispose, make_store
 
 from quota_hooks import QuotaManager, QuotaPolicy
+from quota_hooks.storage import Store
 from quota_hooks.testing import ManualClock
 
 
@@ -40,3 +43,11 @@ def clean_litellm_callbacks() -> Iterator[None]:
     for name, value in saved.items():
         if hasattr(litellm, name):
             setattr(litellm, name, value)
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """Every backend in turn: memory, SQLite and Redis (the conformance table)."""
+    backend = make_store(request.param, tmp_path)
+    yield backend
+    dispose(backend)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 import socket
+import uuid
 from decimal import Decimal
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 
 from quota_hooks.pricing import to_nanos
-from quota_hooks.storage import Limits, UsageDelta, UsageEntry
+from quota_hooks.storage import Limits, MemoryStore, SQLiteStore, Store, UsageDelta, UsageEntry
 from quota_hooks.usage import UsageRecord
 from quota_hooks.windows import month_key
 
@@ -67,3 +69,30 @@ def redis_url() -> str | None:
 def redis_host_port(url: str) -> tuple[str, int]:
     parts = urlsplit(url)
     return parts.hostname or "127.0.0.1", parts.port or 6379
+
+
+BACKENDS = ["memory", "sqlite", "redis"]
+
+
+def make_store(kind: str, tmp_path: Path) -> Store:
+    """A fresh store of one backend (Redis: its own key prefix, the injected clock's time)."""
+    if kind == "memory":
+        return MemoryStore()
+    if kind == "sqlite":
+        return SQLiteStore(tmp_path / "quota.db")
+    url = redis_url()
+    if url is None:
+        pytest.skip("no Redis server on 127.0.0.1:6379 (CI starts one; set "
+                    f"{REDIS_ENV} to use another)")
+    from quota_hooks.storage.redis import RedisStore
+
+    return RedisStore.from_url(url, prefix=f"qh-test-{uuid.uuid4().hex[:8]}",
+                               use_server_time=False)
+
+
+def dispose(store: Store) -> None:
+    """Delete a test store's keys (Redis) and close it."""
+    clear = getattr(store, "clear", None)
+    if clear is not None:
+        clear()
+    store.close()

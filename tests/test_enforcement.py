@@ -5,10 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-import uuid
-from collections.abc import Iterator
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -17,7 +14,7 @@ import pytest
 from langchain_core.language_models import GenericFakeChatModel
 from langchain_openai import ChatOpenAI
 from openai import OpenAI
-from store_helpers import T0, redis_url
+from store_helpers import T0
 
 from quota_hooks import (
     QuotaExceededError,
@@ -31,7 +28,7 @@ from quota_hooks import (
 from quota_hooks.adapters.langchain import QuotaCallbackHandler
 from quota_hooks.adapters.litellm import QuotaLogger, guarded
 from quota_hooks.adapters.openai import track_openai
-from quota_hooks.storage import MemoryStore, SQLiteStore, Store
+from quota_hooks.storage import Store
 from quota_hooks.testing import FakeOpenAI, FakeUsage, ManualClock
 from quota_hooks.usage import Estimate
 
@@ -40,30 +37,6 @@ MSG = [{"role": "user", "content": "hello"}]
 
 def limits(**fields: Any) -> QuotaPolicy:
     return QuotaPolicy.unlimited().model_copy(update=fields)
-
-
-def make_store(kind: str, tmp_path: Path) -> Store:
-    if kind == "memory":
-        return MemoryStore()
-    if kind == "sqlite":
-        return SQLiteStore(tmp_path / "enforce.db")
-    url = redis_url()
-    if url is None:
-        pytest.skip("no Redis server on 127.0.0.1:6379 (CI starts one)")
-    from quota_hooks.storage.redis import RedisStore
-
-    return RedisStore.from_url(url, prefix=f"qh-test-{uuid.uuid4().hex[:8]}",
-                               use_server_time=False)
-
-
-@pytest.fixture(params=["memory", "sqlite", "redis"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    backend = make_store(request.param, tmp_path)
-    yield backend
-    clear = getattr(backend, "clear", None)
-    if clear is not None:
-        clear()
-    backend.close()
 
 
 # ---------------------------------------------------------------------- the core

@@ -1,20 +1,18 @@
 """One conformance suite for every Store backend: memory, SQLite and Redis.
 
-Every test takes the ``store`` fixture, which runs it once per backend (like ``limits``'
-storage table). Backend-only behaviour (kill -9, several processes, Redis restart) lives in
-tests/test_sqlite_store.py and tests/test_redis_store.py.
+Every test takes the ``store`` fixture (tests/conftest.py), which runs it once per backend
+(like ``limits``' storage table). Backend-only behaviour (kill -9, several processes, Redis
+restart) lives in tests/test_sqlite_store.py and tests/test_redis_store.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from store_helpers import T0, entry, one_request, redis_url, rpm
+from store_helpers import T0, entry, one_request, rpm
 
 from quota_hooks.storage import (
     Denial,
@@ -27,33 +25,6 @@ from quota_hooks.storage import (
     store_from_url,
 )
 from quota_hooks.windows import month_key
-
-BACKENDS = ["memory", "sqlite", "redis"]
-
-
-def make_store(kind: str, tmp_path: Path) -> Store:
-    if kind == "memory":
-        return MemoryStore()
-    if kind == "sqlite":
-        return SQLiteStore(tmp_path / "quota.db")
-    url = redis_url()
-    if url is None:
-        pytest.skip("no Redis server on 127.0.0.1:6379 (CI starts one; set "
-                    "QUOTA_HOOKS_TEST_REDIS_URL to use another)")
-    from quota_hooks.storage.redis import RedisStore
-
-    return RedisStore.from_url(url, prefix=f"qh-test-{uuid.uuid4().hex[:8]}", use_server_time=False)
-
-
-@pytest.fixture(params=BACKENDS)
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    backend = make_store(request.param, tmp_path)
-    yield backend
-    clear = getattr(backend, "clear", None)
-    if clear is not None:
-        clear()
-    backend.close()
-
 
 MONTH = month_key(T0)
 

@@ -15,12 +15,13 @@ Every method has an async twin (``a``-prefixed). Stores that do I/O run it off t
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Literal, Protocol, runtime_checkable
 
 from ..usage import UsageRecord
+from ..windows import DAY, MINUTE, Window
 
 __all__ = [
     "Aggregate",
@@ -32,6 +33,7 @@ __all__ = [
     "Store",
     "UsageDelta",
     "UsageEntry",
+    "first_denial",
     "workspace_scope",
 ]
 
@@ -148,6 +150,48 @@ class Denial:
     used: int
     maximum: int
     retry_after: float | None
+
+
+def first_denial(
+    scope: str,
+    limits: Limits,
+    delta: UsageDelta,
+    now: float,
+    *,
+    minute: Sequence[int],
+    day: Sequence[int],
+    spent: Callable[[], int],
+    first_bucket: Callable[[Window, int], int | None],
+) -> Denial | None:
+    """The first limit of ``scope`` that ``delta`` does not fit, or None: the one set of rules
+    every store applies (the Redis scripts mirror it in Lua).
+
+    ``minute``/``day`` are the window totals ``(requests, tokens)`` at ``now``; ``spent()``
+    the month's cost in nano-dollars; ``first_bucket(window, field)`` the oldest in-window
+    bucket whose requests (field 0) or tokens (field 1) are not zero, for ``retry_after``.
+    A call that could never fit (it alone exceeds the limit) gets no ``retry_after``.
+    """
+    checks = (
+        ("rpm", limits.rpm, minute[0], delta.requests, MINUTE, 0),
+        ("tpm", limits.tpm, minute[1], delta.tokens, MINUTE, 1),
+        ("rpd", limits.rpd, day[0], delta.requests, DAY, 0),
+        ("tpd", limits.tpd, day[1], delta.tokens, DAY, 1),
+    )
+    for name, maximum, used, wanted, window, field_index in checks:
+        if maximum is None or not wanted or used + wanted <= maximum:
+            continue
+        retry_after: float | None = None
+        if wanted <= maximum:
+            first = first_bucket(window, field_index)
+            if first is not None:
+                retry_after = max(0.0, window.expires_at(first) - now)
+        return Denial(scope, name, used, maximum, retry_after)
+    budget = limits.budget_nanos
+    if budget is not None and (delta.cost_nanos or delta.requests):
+        cost = spent()
+        if cost + delta.cost_nanos > budget or cost >= budget:
+            return Denial(scope, "monthly_budget_usd", cost, budget, None)
+    return None
 
 
 @runtime_checkable

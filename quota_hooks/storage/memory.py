@@ -24,12 +24,12 @@ from .base import (
     Reservation,
     UsageDelta,
     UsageEntry,
+    first_denial,
 )
 
 __all__ = ["MemoryStore"]
 
 # Fields of the minute ring: requests, tokens, calls, errors, rate_limited. Day ring: the first two.
-_REQ, _TOK = 0, 1
 
 
 class _Totals:
@@ -312,26 +312,11 @@ class MemoryStore:
         now: float,
         month: str,
     ) -> Denial | None:
-        minute = scope.minute.totals(now)
-        day = scope.day.totals(now)
-        checks = (
-            ("rpm", limits.rpm, minute[_REQ], delta.requests, scope.minute, _REQ),
-            ("tpm", limits.tpm, minute[_TOK], delta.tokens, scope.minute, _TOK),
-            ("rpd", limits.rpd, day[_REQ], delta.requests, scope.day, _REQ),
-            ("tpd", limits.tpd, day[_TOK], delta.tokens, scope.day, _TOK),
+        rings = {MINUTE: scope.minute, DAY: scope.day}
+        return first_denial(
+            key, limits, delta, now,
+            minute=scope.minute.totals(now),
+            day=scope.day.totals(now),
+            spent=lambda: scope.months.get(month, 0),
+            first_bucket=lambda window, field: rings[window].first_bucket_with(now, field),
         )
-        for name, maximum, used, wanted, ring, field_index in checks:
-            if maximum is None or not wanted or used + wanted <= maximum:
-                continue
-            retry_after: float | None = None
-            if wanted <= maximum:
-                first = ring.first_bucket_with(now, field_index)
-                if first is not None:
-                    retry_after = max(0.0, ring.window.expires_at(first) - now)
-            return Denial(key, name, used, maximum, retry_after)
-        budget = limits.budget_nanos
-        if budget is not None and (delta.cost_nanos or delta.requests):
-            spent = scope.months.get(month, 0)
-            if spent + delta.cost_nanos > budget or spent >= budget:
-                return Denial(key, "monthly_budget_usd", spent, budget, None)
-        return None

@@ -57,6 +57,7 @@ from .base import (
     Reservation,
     UsageDelta,
     UsageEntry,
+    first_denial,
 )
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
@@ -480,34 +481,22 @@ class SQLiteStore:
         self, conn: sqlite3.Connection, scope: str, delta: UsageDelta, limits: Limits,
         now: float, month: str,
     ) -> Denial | None:
-        minute = self._sums(conn, scope, _MIN, now)
-        day = self._sums(conn, scope, _DAY, now)
-        checks = (
-            ("rpm", limits.rpm, minute[0], delta.requests, _MIN, "requests"),
-            ("tpm", limits.tpm, minute[1], delta.tokens, _MIN, "tokens"),
-            ("rpd", limits.rpd, day[0], delta.requests, _DAY, "requests"),
-            ("tpd", limits.tpd, day[1], delta.tokens, _DAY, "tokens"),
+        def first_bucket(window: Window, field: int) -> int | None:
+            column = ("requests", "tokens")[field]
+            found = conn.execute(
+                f"SELECT MIN(bucket) FROM buckets WHERE scope = ? AND win = ? "
+                f"AND bucket BETWEEN ? AND ? AND {column} != 0",
+                (scope, _WINDOWS.index(window), window.oldest(now), window.bucket(now)),
+            ).fetchone()[0]
+            return None if found is None else int(found)
+
+        return first_denial(
+            scope, limits, delta, now,
+            minute=self._sums(conn, scope, _MIN, now),
+            day=self._sums(conn, scope, _DAY, now),
+            spent=lambda: self._month(conn, scope, month),
+            first_bucket=first_bucket,
         )
-        for name, maximum, used, wanted, win, column in checks:
-            if maximum is None or not wanted or used + wanted <= maximum:
-                continue
-            retry_after: float | None = None
-            if wanted <= maximum:
-                window = _WINDOWS[win]
-                first = conn.execute(
-                    f"SELECT MIN(bucket) FROM buckets WHERE scope = ? AND win = ? "
-                    f"AND bucket BETWEEN ? AND ? AND {column} != 0",
-                    (scope, win, window.oldest(now), window.bucket(now)),
-                ).fetchone()[0]
-                if first is not None:
-                    retry_after = max(0.0, window.expires_at(first) - now)
-            return Denial(scope, name, used, maximum, retry_after)
-        budget = limits.budget_nanos
-        if budget is not None and (delta.cost_nanos or delta.requests):
-            spent = self._month(conn, scope, month)
-            if spent + delta.cost_nanos > budget or spent >= budget:
-                return Denial(scope, "monthly_budget_usd", spent, budget, None)
-        return None
 
     async def areserve(
         self,
