@@ -54,7 +54,7 @@ from .storage.base import (
     UsageEntry,
     workspace_scope,
 )
-from .usage import Estimate, UsageRecord, estimate_tokens
+from .usage import MAX_COST, Estimate, UsageRecord, estimate_tokens, storable
 from .windows import month_key
 
 __all__ = [
@@ -383,7 +383,7 @@ class QuotaManager:
         keys = [workspace_scope(workspace_id)]
         policies = {keys[0]: policy}
         for kind, value in (scopes or {}).items():
-            key = f"{kind}:{value}"
+            key = f"{storable(kind)}:{storable(value)}"
             keys.append(key)
             found = self._scope_policies.get(key)
             if found is not None:
@@ -487,6 +487,12 @@ class QuotaManager:
             cost, source = priced.usd, priced.source
         elif source is None:
             source = "provided"
+        if cost is not None and cost > MAX_COST:
+            logger.warning(
+                "quota-hooks: a %s call of model %r priced at %s (over MAX_COST) is counted "
+                "as unpriced", record.api_method, record.model, cost,
+            )
+            cost, source = None, None
         policy = self.policy_for(record.workspace_id)
         limited = record.status_code == 429
         delta = UsageDelta(

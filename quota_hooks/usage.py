@@ -4,9 +4,12 @@ Every adapter turns what its framework saw into a ``UsageRecord``; the core only
 these. A record holds metadata only: never a prompt, a completion or a key.
 
 Numbers from providers are not trusted blindly. A token count that is negative, NaN, not a whole
-number or absurdly large (over ``2**40``) is replaced by 0, the field is named in
-``invalid_fields`` and one warning is logged. A bad value never credits a budget and never raises
-into the caller.
+number or absurdly large (over ``2**40``; a cost over ``MAX_COST``) is replaced by 0, the field
+is named in ``invalid_fields`` and one warning is logged. A bad value never credits a budget and
+never raises into the caller.
+
+Names (workspace, model, method, tags, scopes) are kept as given, except that lone surrogates,
+which no store can encode, are escaped (``"\\ud800"``); see :func:`storable`.
 """
 
 from __future__ import annotations
@@ -19,13 +22,16 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 
-__all__ = ["MAX_COUNT", "Estimate", "UsageRecord", "estimate_tokens"]
+__all__ = ["MAX_COST", "MAX_COUNT", "Estimate", "UsageRecord", "estimate_tokens", "storable"]
 
 logger = logging.getLogger("quota_hooks")
 
 #: Largest count a record trusts. Anything above is a corrupt value, not usage.
 MAX_COUNT = 2**40
+#: Largest cost in USD one record trusts (a million dollars for one call is a corrupt value).
+MAX_COST = Decimal(1_000_000)
 
+_NAME_FIELDS = ("workspace_id", "model", "api_method", "provider", "source")
 _INT_FIELDS = (
     "input_tokens",
     "output_tokens",
@@ -39,6 +45,19 @@ _INT_FIELDS = (
     "characters",
     "attempt",
 )
+
+
+def storable(text: str) -> str:
+    """``text`` as every store can encode it: lone surrogates (from ``surrogateescape``
+    decoding, say), which UTF-8 cannot encode, become ``\\udXXX`` escapes. Other text is
+    returned unchanged (the same object)."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def _utcnow() -> datetime:
@@ -128,7 +147,9 @@ class UsageRecord:
             put(self, "latency_ms", None)
 
         cost = self.cost
-        if cost is not None and not (type(cost) is Decimal and cost.is_finite() and cost >= 0):
+        if cost is not None and not (
+            type(cost) is Decimal and cost.is_finite() and 0 <= cost <= MAX_COST
+        ):
             clean_cost = _clean_cost(cost)
             if clean_cost is None:
                 bad.append("cost")
@@ -167,6 +188,14 @@ class UsageRecord:
             put(self, "tags", tuple(self.tags))
         if type(self.scopes) is not dict:
             put(self, "scopes", dict(self.scopes))
+        for name in _NAME_FIELDS:
+            text = getattr(self, name)
+            if not text.isascii():
+                put(self, name, storable(text))
+        if self.tags and not all(tag.isascii() for tag in self.tags):
+            put(self, "tags", tuple(storable(tag) for tag in self.tags))
+        if self.scopes and not all(k.isascii() and v.isascii() for k, v in self.scopes.items()):
+            put(self, "scopes", {storable(k): storable(v) for k, v in self.scopes.items()})
 
         if bad:
             put(self, "invalid_fields", (*self.invalid_fields, *bad))
@@ -281,6 +310,6 @@ def _clean_cost(value: object) -> Decimal | None:
             cost = Decimal(str(value)) if not isinstance(value, Decimal) else value
         except ArithmeticError:
             return None
-        if cost.is_finite() and 0 <= cost <= MAX_COUNT:
+        if cost.is_finite() and 0 <= cost <= MAX_COST:
             return cost
     return None

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import pytest
 from store_helpers import T0, entry
 
-from quota_hooks import QuotaManager, QuotaPolicy, UsageRecord
+from quota_hooks import Estimate, QuotaManager, QuotaPolicy, UsageRecord
 from quota_hooks.errors import ConfigurationError, StorageError
-from quota_hooks.storage import SQLiteStore, store_from_url
+from quota_hooks.storage import SQLiteStore, UsageDelta, UsageEntry, store_from_url
 from quota_hooks.storage.sqlite import SCHEMA_VERSION
 from quota_hooks.testing import ManualClock
 
@@ -154,3 +157,91 @@ def test_closed_store_refuses_writes(tmp_path: Path) -> None:
     store.close()
     with pytest.raises(StorageError, match="closed"):
         store.commit(entry())
+
+
+def test_an_unwritable_record_is_dropped_alone_and_nothing_hangs(tmp_path: Path) -> None:
+    """A value SQLite can never bind (a cost past 2**63 nano-dollars, which only a store-level
+    caller can produce) costs that one record, counted; its batch neighbours are written and
+    flush/status/close all return."""
+    store = SQLiteStore(tmp_path / "bad.db", batch_size=50)
+    huge = entry(ws="huge")
+    huge = UsageEntry(huge.record, huge.scopes,
+                      UsageDelta(requests=1, cost_nanos=2**64, calls=1), T0, MONTH)
+    for i in range(40):
+        store.commit(huge if i == 20 else entry(tokens=1))
+    assert store.flush(timeout=30)
+    assert store.dropped_records == 1
+    assert store.counters("workspace:ws", T0, MONTH).tokens_minute == 39
+    assert store.history_count() == 39
+    store.commit(entry(tokens=1))  # the writer is still alive
+    assert store.counters("workspace:ws", T0, MONTH).tokens_minute == 40
+    store.close()
+
+
+def test_a_lone_surrogate_in_a_name_is_stored_escaped(tmp_path: Path) -> None:
+    clock = ManualClock(T0)
+    manager = QuotaManager(QuotaPolicy(rpm=10), store=SQLiteStore(tmp_path / "s.db"),
+                           clock=clock)
+    odd = "team-\udcff"  # what os.fsdecode gives for the byte 0xff
+    manager.record(UsageRecord(workspace_id=odd, model="m\ud800", input_tokens=5,
+                               scopes={"user": "u\udc80"}, tags=("t\udc81",)))
+    report = manager.status(odd)
+    assert report.tokens_per_minute.current == 5
+    assert manager.tracking_errors == 0
+    assert manager.store.counters("user:u\\udc80", clock(), "2026-01").tokens_minute == 5
+    assert manager.acquire(odd, Estimate(model="m", input_tokens=1)) is not None
+    assert manager.store.dropped_records == 0  # type: ignore[attr-defined]
+    manager.close()
+
+
+def test_flush_waits_for_its_own_records_not_for_later_ones(tmp_path: Path) -> None:
+    """flush() waits for what was committed before it: a steady stream of new records from
+    other threads never starves a reader (Queue.join() would wait for all of them)."""
+    store = SQLiteStore(tmp_path / "busy.db", batch_size=100, queue_size=500)
+    stop = threading.Event()
+    written = [0]
+
+    def producer() -> None:
+        while not stop.is_set():
+            store.commit(entry(tokens=1))
+            written[0] += 1
+
+    threads = [threading.Thread(target=producer) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        reads = 0
+        deadline = time.monotonic() + 120
+        while reads < 20 and time.monotonic() < deadline:
+            store.commit(entry(ws="mine", tokens=1))
+            # each read must see this thread's records however busy the writer is
+            assert store.counters("workspace:mine", T0, MONTH).tokens_minute == reads + 1
+            reads += 1
+        assert reads == 20
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert written[0] > 0
+    store.close()
+
+
+def test_connections_of_finished_threads_are_closed(tmp_path: Path) -> None:
+    db = tmp_path / "fd.db"
+    store = SQLiteStore(db)
+    store.commit(entry())
+
+    def open_files() -> int:
+        fds = Path("/proc/self/fd")
+        return sum(1 for fd in fds.iterdir()
+                   if os.path.realpath(fd).startswith(str(db)))
+
+    before = open_files()
+    for _ in range(30):
+        t = threading.Thread(target=lambda: store.counters("workspace:ws", T0, MONTH))
+        t.start()
+        t.join()
+    gc.collect()
+    assert open_files() <= before + 3  # not 30 more connections (each holds db + wal + shm)
+    store.close()
+    assert open_files() == 0

@@ -9,6 +9,7 @@ from decimal import Decimal
 import pytest
 
 from quota_hooks import UsageRecord
+from quota_hooks.usage import MAX_COST, storable
 
 
 def test_total_defaults_to_input_plus_output() -> None:
@@ -81,3 +82,24 @@ def test_to_dict_is_json_ready_and_has_no_payload_fields() -> None:
     data = record.to_dict()
     assert data["cost"] == "0.1" and data["tags"] == ["a"]
     assert not {"prompt", "messages", "completion", "api_key"} & set(data)
+
+
+def test_a_cost_over_max_cost_is_not_trusted() -> None:
+    assert UsageRecord(cost=MAX_COST).cost == MAX_COST
+    record = UsageRecord(cost=MAX_COST + 1)
+    assert record.cost is None
+    assert record.invalid_fields == ("cost",)
+
+
+def test_names_are_made_storable_and_left_alone_otherwise() -> None:
+    plain = "équipe-東京"
+    assert storable(plain) is plain
+    assert storable("a\udcffb") == "a\\udcffb"
+    record = UsageRecord(workspace_id="ws\ud800", model="gpt\udc80", tags=("t\udc81",),
+                         scopes={"team\udc82": "x\udc83"})
+    assert record.workspace_id == "ws\\ud800"
+    assert record.model == "gpt\\udc80"
+    assert record.tags == ("t\\udc81",)
+    assert record.scopes == {"team\\udc82": "x\\udc83"}
+    for text in (record.workspace_id, record.model, *record.tags):
+        text.encode("utf-8")  # every store can encode it now

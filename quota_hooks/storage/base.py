@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Literal, Protocol, runtime_checkable
 
-from ..usage import UsageRecord
+from ..usage import UsageRecord, storable
 from ..windows import DAY, MINUTE, Window
 
 __all__ = [
@@ -41,8 +41,8 @@ Breakdown = Literal["model", "api_method"]
 
 
 def workspace_scope(workspace_id: str) -> str:
-    """The scope key of a workspace."""
-    return f"workspace:{workspace_id}"
+    """The scope key of a workspace (lone surrogates escaped, as in records)."""
+    return f"workspace:{storable(workspace_id)}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,9 +18,10 @@ Durability (``durability=``):
 
 * ``"batched"`` (default): ``commit()`` puts the record on a bounded queue (it blocks, never
   drops, when the queue is full) and a writer thread writes the queue in batches, one
-  transaction per batch. Once :meth:`SQLiteStore.flush` returns, every record committed
-  before it is in the database file and survives ``kill -9``. Reads and reservations flush
-  first, so a process always sees its own records.
+  transaction per batch. Once :meth:`SQLiteStore.flush` returns True, every record committed
+  before it was called is in the database file and survives ``kill -9``. Reads and
+  reservations flush first (waiting at most ``busy_timeout``), so a process always sees its
+  own records; records committed while they wait do not hold them up.
 * ``"sync"``: ``commit()`` returns only after its transaction is written: a returned
   ``record()`` survives ``kill -9``.
 
@@ -34,11 +35,12 @@ import contextlib
 import json
 import logging
 import os
-import queue
 import sqlite3
 import threading
 import time
 import uuid
+import weakref
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -124,8 +126,29 @@ SELECT COALESCE(SUM(requests), 0), COALESCE(SUM(tokens), 0), COALESCE(SUM(calls)
        COALESCE(SUM(errors), 0), COALESCE(SUM(rate_limited), 0)
 FROM buckets WHERE scope = ? AND win = ? AND bucket BETWEEN ? AND ?"""
 
-_STOP = object()
 _T = TypeVar("_T")
+_Item = tuple[UsageEntry, "Reservation | None"]
+#: Write attempts for a batch that meets a transient error (busy, locked, I/O) while the store
+#: is closing; before that the writer retries for as long as the store is open.
+_CLOSING_ATTEMPTS = 3
+
+
+class _Owned:
+    """A thread's connection, closed as soon as the thread ends (its thread-local goes) or
+    the store closes. A bare connection would wait for the cyclic garbage collector: its
+    statement cache refers back to it."""
+
+    __slots__ = ("__weakref__", "conn")
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self.conn.close()
+
+    def __del__(self) -> None:
+        self.close()
 
 
 class _Batch:
@@ -194,18 +217,30 @@ class SQLiteStore:
         self.batch_size = batch_size
         self.busy_timeout = float(busy_timeout)
         self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
+        self._connections: weakref.WeakSet[_Owned] = weakref.WeakSet()
         self._conn_lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._closed = False
         self.write_errors = 0
-        """Writer transactions that failed and were retried."""
+        """Writer transactions that failed (each was retried, or its records dropped)."""
+        self.dropped_records = 0
+        """Records the writer could not write at all (see :meth:`_write_items`); logged."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._migrate()
         except (sqlite3.Error, OSError) as exc:
             raise StorageError(f"opening SQLite store {str(self.path)!r} failed: {exc}") from exc
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
+        # The writer's queue: a deque under one lock, a semaphore for its bound, and two
+        # counters. flush() waits for ``processed`` to reach the ``enqueued`` it saw, so a
+        # steady stream of new records never starves it (a Queue.join() would wait for them).
+        self._pending: deque[_Item] = deque()
+        self._lock = threading.Lock()
+        self._has_work = threading.Condition(self._lock)
+        self._progress = threading.Condition(self._lock)
+        self._slots = threading.Semaphore(queue_size)
+        self._enqueued = 0
+        self._processed = 0
+        self._stopping = False
         self._writer: threading.Thread | None = None
         if durability == "batched":
             self._writer = threading.Thread(
@@ -218,8 +253,8 @@ class SQLiteStore:
 
     # ------------------------------------------------------------------ connections
     def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
+        owned: _Owned | None = getattr(self._local, "owned", None)
+        if owned is None:
             if self._closed:
                 raise StorageError(f"{self!r} is closed")
             conn = sqlite3.connect(
@@ -229,10 +264,10 @@ class SQLiteStore:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
             conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
-            self._local.conn = conn
+            owned = self._local.owned = _Owned(conn)
             with self._conn_lock:
-                self._connections.append(conn)
-        return conn
+                self._connections.add(owned)
+        return owned.conn
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -278,67 +313,110 @@ class SQLiteStore:
         if self._writer is None:
             self._guard(self._write_batch, [(entry, reservation)], what="commit")
             return
-        if self._closed:
-            raise StorageError(f"{self!r} is closed")
-        self._queue.put((entry, reservation))
+        self._check_open()
+        self._slots.acquire()
+        self._enqueue((entry, reservation))
 
     async def acommit(self, entry: UsageEntry, reservation: Reservation | None = None) -> None:
-        if self._writer is not None:
-            try:
-                self._queue.put_nowait((entry, reservation))
-                return
-            except queue.Full:
-                pass
+        if self._writer is not None and self._slots.acquire(blocking=False):
+            self._enqueue((entry, reservation))
+            return
         await anyio.to_thread.run_sync(self.commit, entry, reservation)
 
+    def _check_open(self) -> None:
+        if self._stopping or self._closed:
+            raise StorageError(f"{self!r} is closed")
+
+    def _enqueue(self, item: _Item) -> None:
+        with self._lock:
+            if self._stopping:
+                self._slots.release()
+                raise StorageError(f"{self!r} is closed")
+            self._pending.append(item)
+            self._enqueued += 1
+            self._has_work.notify()
+
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every record committed so far is in the file. False on timeout."""
+        """Wait until every record committed before this call is in the file (or dropped
+        as unwritable, see :attr:`dropped_records`). Returns False on timeout."""
         if self._writer is None:
             return True
-        if timeout is None:
-            self._queue.join()
-            return True
-        deadline = time.monotonic() + timeout
-        while self._queue.unfinished_tasks:
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.001)
-        return True
+        with self._lock:
+            target = self._enqueued
+            return self._progress.wait_for(lambda: self._processed >= target, timeout)
 
     async def aflush(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109
         """Async :meth:`flush`."""
         return await anyio.to_thread.run_sync(self.flush, timeout)
 
+    def _caught_up(self, what: str) -> None:
+        """Flush before a read or a reservation; a writer stuck for ``busy_timeout`` is a
+        store failure (``StorageError``), not a hang."""
+        if not self.flush(self.busy_timeout):
+            raise StorageError(
+                f"SQLite store {str(self.path)!r}: {what} failed: the writer has not caught "
+                f"up after busy_timeout={self.busy_timeout:g}s ({self.write_errors} failed "
+                f"writes so far)"
+            )
+
     def _write_loop(self) -> None:
-        q = self._queue
         while True:
-            first = q.get()
-            items = [first]
-            while len(items) < self.batch_size:
-                try:
-                    items.append(q.get_nowait())
-                except queue.Empty:
-                    break
-            stop = any(item is _STOP for item in items)
-            work = [item for item in items if item is not _STOP]
-            delay = 0.01
-            while work:
-                try:
-                    self._write_batch(work)
-                    break
-                except Exception as exc:  # keep the batch: nothing acknowledged is dropped
-                    self.write_errors += 1
-                    logger.warning("quota-hooks: SQLite write failed, retrying: %s", exc)
-                    if self._closed and stop:
-                        break
-                    time.sleep(delay)
-                    delay = min(delay * 2, 1.0)
-            for _ in items:
-                q.task_done()
-            if stop:
+            with self._lock:
+                while not self._pending and not self._stopping:
+                    self._has_work.wait()
+                if not self._pending:
+                    return
+                count = min(len(self._pending), self.batch_size)
+                items = [self._pending.popleft() for _ in range(count)]
+            try:
+                self._write_items(items)
+            finally:
+                with self._lock:
+                    self._processed += len(items)
+                    self._progress.notify_all()
+                for _ in items:
+                    self._slots.release()
+
+    def _write_items(self, items: list[_Item]) -> None:
+        """Write ``items``; nothing acknowledged is dropped while it can still be written.
+
+        A transient error (``OperationalError``: busy, locked, I/O) retries the batch with
+        backoff for as long as the store is open. Any other error means some record can never
+        be written (a value SQLite cannot bind): the batch is split, each record tried alone,
+        and only the ones that fail are dropped, logged and counted in ``dropped_records``.
+        """
+        delay, attempts = 0.01, 0
+        while True:
+            try:
+                self._write_batch(items)
+                return
+            except sqlite3.OperationalError as exc:
+                self.write_errors += 1
+                attempts += 1
+                if self._stopping and attempts >= _CLOSING_ATTEMPTS:
+                    self._drop(items, exc)
+                    return
+                logger.warning("quota-hooks: SQLite write failed, retrying: %s", exc)
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+            except Exception as exc:
+                self.write_errors += 1
+                if len(items) == 1:
+                    self._drop(items, exc)
+                    return
+                for item in items:
+                    self._write_items([item])
                 return
 
-    def _write_batch(self, items: Sequence[tuple[UsageEntry, Reservation | None]]) -> None:
+    def _drop(self, items: list[_Item], exc: BaseException) -> None:
+        self.dropped_records += len(items)
+        logger.error(
+            "quota-hooks: %d usage record(s) could not be written to %s and were dropped "
+            "(workspace %r): %r",
+            len(items), self.path, items[0][0].record.workspace_id, exc,
+        )
+
+    def _write_batch(self, items: Sequence[_Item]) -> None:
         batch = _Batch()
         history: list[tuple[float, str]] = []
         links: list[list[str]] = []
@@ -437,7 +515,7 @@ class SQLiteStore:
         month: str,
         ttl: float,
     ) -> Reservation | Denial:
-        self.flush()
+        self._caught_up("reserve")
         return self._guard(self._reserve, scopes, delta, limits, now, month, ttl,
                            what="reserve")
 
@@ -512,7 +590,7 @@ class SQLiteStore:
         )
 
     def release(self, reservation: Reservation, now: float) -> bool:
-        self.flush()
+        self._caught_up("release")
 
         def run() -> bool:
             with self._transaction() as conn:
@@ -554,7 +632,7 @@ class SQLiteStore:
         return int(row[0]) if row else 0
 
     def counters(self, scope: str, now: float, month: str) -> Counters:
-        self.flush()
+        self._caught_up("counters")
 
         def run() -> Counters:
             conn = self._conn()
@@ -574,7 +652,7 @@ class SQLiteStore:
         return await anyio.to_thread.run_sync(self.counters, scope, now, month)
 
     def breakdown(self, scope: str, month: str, by: Breakdown) -> dict[str, Aggregate]:
-        self.flush()
+        self._caught_up("breakdown")
 
         def run() -> dict[str, Aggregate]:
             rows = self._conn().execute(
@@ -592,7 +670,7 @@ class SQLiteStore:
     def recent(self, scope: str, n: int) -> list[UsageRecord]:
         if n <= 0:
             return []
-        self.flush()
+        self._caught_up("recent")
 
         def run() -> list[UsageRecord]:
             rows = self._conn().execute(
@@ -608,7 +686,7 @@ class SQLiteStore:
         return await anyio.to_thread.run_sync(self.recent, scope, n)
 
     def workspaces(self) -> list[str]:
-        self.flush()
+        self._caught_up("workspaces")
 
         def run() -> list[str]:
             rows = self._conn().execute(
@@ -624,23 +702,29 @@ class SQLiteStore:
 
     def history_count(self) -> int:
         """How many records the history holds."""
-        self.flush()
+        self._caught_up("history_count")
         return int(self._conn().execute("SELECT COUNT(*) FROM history").fetchone()[0])
 
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:
-        """Write what is queued, stop the writer and close every connection."""
+        """Write what is queued, stop the writer and close every connection.
+
+        A record that still meets a transient error after a few attempts while closing is
+        dropped and counted in :attr:`dropped_records` (logged), so ``close()`` always ends.
+        """
         if self._closed:
             return
+        with self._lock:
+            self._stopping = True
+            self._has_work.notify_all()
         if self._writer is not None:
-            self._queue.put(_STOP)
             self._writer.join()
         self._closed = True
         with self._conn_lock:
-            connections, self._connections = self._connections, []
-        for conn in connections:
-            with contextlib.suppress(sqlite3.Error):
-                conn.close()
+            connections = list(self._connections)
+            self._connections = weakref.WeakSet()
+        for owned in connections:
+            owned.close()
 
     async def aclose(self) -> None:
         await anyio.to_thread.run_sync(self.close)
