@@ -12,8 +12,9 @@ import httpx2
 import litellm
 import pytest
 from langchain_core.language_models import GenericFakeChatModel
+from langchain_core.messages import HumanMessage
 from langchain_openai import ChatOpenAI
-from openai import OpenAI
+from openai import AsyncOpenAI, OpenAI
 from store_helpers import T0
 
 from quota_hooks import (
@@ -319,3 +320,126 @@ def test_a_call_seen_by_two_adapters_counts_once(clock: ManualClock) -> None:
     assert manager.store.recent("workspace:transport-ws", 10) == []  # the run's workspace won
     status = manager.status("acme", enhanced=False)
     assert status.requests_per_minute.current == 1 and status.status is QuotaStatus.NORMAL
+
+
+def _chat_on_tracked_client(
+    manager: QuotaManager, fake: FakeOpenAI, max_retries: int = 0
+) -> tuple[ChatOpenAI, OpenAI]:
+    tracked = track_openai(
+        OpenAI(api_key="sk-test", base_url="http://fake/v1", max_retries=max_retries,
+               http_client=httpx2.Client(transport=fake.transport())),
+        workspace_id="transport-ws", manager=manager)
+    llm = ChatOpenAI(model="gpt-4o-mini", client=tracked.chat.completions,
+                     root_client=tracked, api_key="sk-test", max_retries=max_retries)  # type: ignore[arg-type]
+    return llm, tracked
+
+
+def test_one_generate_over_several_prompts_counts_each_request_once(
+    clock: ManualClock,
+) -> None:
+    fake = FakeOpenAI(FakeUsage(input_tokens=10, output_tokens=2))
+    manager = QuotaManager(limits(rpm=10, mode="raise"), clock=clock)
+    llm, _ = _chat_on_tracked_client(manager, fake)
+    handler = QuotaCallbackHandler(manager=manager, workspace_id="ws")
+    llm.generate([[HumanMessage(p)] for p in "abc"], callbacks=[handler])
+    assert len(fake.requests) == 3
+    records = manager.store.recent("workspace:ws", 10)
+    assert len(records) == 3 and {r.source for r in records} == {"openai"}
+    assert manager.status("ws", enhanced=False).requests_per_minute.current == 3
+    assert handler.open_runs == 0
+
+
+async def test_one_agenerate_over_several_prompts_counts_each_request_once(
+    clock: ManualClock,
+) -> None:
+    fake = FakeOpenAI(FakeUsage(input_tokens=10, output_tokens=2))
+    manager = QuotaManager(limits(rpm=10, mode="raise"), clock=clock)
+    tracked = track_openai(
+        AsyncOpenAI(api_key="sk-test", base_url="http://fake/v1", max_retries=0,
+                    http_client=httpx2.AsyncClient(transport=fake.transport())),
+        workspace_id="transport-ws", manager=manager)
+    llm = ChatOpenAI(model="gpt-4o-mini", async_client=tracked.chat.completions,
+                     root_async_client=tracked, api_key="sk-test")  # type: ignore[arg-type]
+    handler = QuotaCallbackHandler(manager=manager, workspace_id="ws")
+    await llm.agenerate([[HumanMessage(p)] for p in "abcd"], callbacks=[handler])
+    assert len(fake.requests) == 4
+    assert len(manager.store.recent("workspace:ws", 10)) == 4
+    assert manager.status("ws", enhanced=False).requests_per_minute.current == 4
+    assert handler.open_runs == 0
+
+
+def test_retries_inside_a_langchain_run_are_enforced_and_counted(clock: ManualClock) -> None:
+    fake = FakeOpenAI(FakeUsage(input_tokens=10, output_tokens=2))
+    manager = QuotaManager(limits(rpm=2, mode="raise"), clock=clock)
+    llm, _ = _chat_on_tracked_client(manager, fake, max_retries=3)
+    handler = QuotaCallbackHandler(manager=manager, workspace_id="ws")
+    fake.fail_next(500, times=5)
+    # attempt 1 takes the run's reservation, attempt 2 reserves the second request of the
+    # limit, attempt 3 is refused before it is sent: retries cannot escape the limit.
+    with pytest.raises(RateLimitedError):
+        llm.invoke("hi", config={"callbacks": [handler]})
+    assert len(fake.requests) == 2
+    records = manager.store.recent("workspace:ws", 10)
+    assert sorted(r.attempt for r in records) == [0, 1]  # each attempt once, in the run's ws
+    assert manager.status("ws", enhanced=False).requests_per_minute.current == 2
+    assert handler.open_runs == 0
+
+
+def test_an_abandoned_run_does_not_switch_off_enforcement_later(clock: ManualClock) -> None:
+    """A refused prompt aborts a whole generate(): the prompts started before it never end.
+    Their marks must not carry later direct calls on the tracked client past the limit."""
+    fake = FakeOpenAI(FakeUsage(input_tokens=10, output_tokens=2))
+    manager = QuotaManager(limits(rpm=2, mode="raise"), clock=clock)
+    llm, tracked = _chat_on_tracked_client(manager, fake)
+    handler = QuotaCallbackHandler(manager=manager, workspace_id="ws")
+    with pytest.raises(RateLimitedError):  # prompts 1 and 2 reserve, prompt 3 is refused
+        llm.generate([[HumanMessage(p)] for p in "abc"], callbacks=[handler])
+    assert fake.requests == []
+    assert handler.open_runs == 0
+    assert manager.status("ws", enhanced=False).requests_per_minute.current == 0  # released
+    direct = track_openai(tracked, workspace_id="ws", manager=manager)
+    for _ in range(2):
+        direct.chat.completions.create(model="gpt-4o-mini", messages=MSG)  # type: ignore[arg-type]
+    with pytest.raises(RateLimitedError):
+        direct.chat.completions.create(model="gpt-4o-mini", messages=MSG)  # type: ignore[arg-type]
+    assert len(fake.requests) == 2
+    assert manager.status("ws", enhanced=False).requests_per_minute.current == 2
+
+
+def test_a_failed_prompt_of_a_sync_generate_releases_the_prompts_never_sent(
+    clock: ManualClock,
+) -> None:
+    fake = FakeOpenAI(FakeUsage(input_tokens=10, output_tokens=2))
+    manager = QuotaManager(limits(rpm=10, mode="raise"), clock=clock)
+    llm, _ = _chat_on_tracked_client(manager, fake)
+    handler = QuotaCallbackHandler(manager=manager, workspace_id="ws")
+    fake.fail_next(400)
+    with pytest.raises(Exception, match="400"):
+        llm.generate([[HumanMessage(p)] for p in "abc"], callbacks=[handler])
+    assert len(fake.requests) == 1
+    assert handler.open_runs == 0
+    status = manager.status("ws", enhanced=False)
+    assert status.requests_per_minute.current == 1  # the failed request; b and c released
+
+
+def test_a_tracking_bug_reading_the_response_still_settles_the_reservation(
+    clock: ManualClock, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from quota_hooks.adapters import openai as adapter
+
+    def broken(self: Any, response: Any) -> None:
+        raise RuntimeError("a bug of ours")
+
+    monkeypatch.setattr(adapter._Call, "on_response", broken)
+    fake = FakeOpenAI(FakeUsage(input_tokens=10, output_tokens=2))
+    manager = QuotaManager(limits(tpm=10_000, mode="raise"), clock=clock)
+    client = track_openai(
+        OpenAI(api_key="sk-test", base_url="http://fake/v1", max_retries=0,
+               http_client=httpx2.Client(transport=fake.transport())),
+        workspace_id="ws", manager=manager)
+    reply = client.chat.completions.create(model="gpt-4o-mini", messages=MSG,  # type: ignore[arg-type]
+                                           max_tokens=4000)
+    assert reply.choices[0].message.content  # the caller's call is untouched
+    assert manager.tracking_errors >= 1
+    # the 4,000-token estimate is not left held for the reservation's ttl
+    assert manager.status("ws", enhanced=False).tokens_per_minute.current < 4000

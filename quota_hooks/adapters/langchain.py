@@ -43,7 +43,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "pip install 'quota-hooks[langchain]'"
     ) from exc
 
-from .._context import RunMark, current_run
+from .._context import RunMark, open_marks, push_mark
 from ..errors import QuotaHooksError
 from ..manager import QuotaManager, get_default_manager
 from ..storage.base import Reservation
@@ -191,12 +191,32 @@ class QuotaCallbackHandler(BaseCallbackHandler):
             run.mark = self._acquire(run, params)
             with self._lock:
                 self._runs[run_id] = run
-                if len(self._runs) > MAX_OPEN_RUNS:
-                    self._runs.popitem(last=False)
+                evicted = self._runs.popitem(last=False)[1] if len(
+                    self._runs) > MAX_OPEN_RUNS else None
+            if evicted is not None and evicted.mark is not None:
+                self.manager.release(evicted.mark.close())
         except QuotaHooksError:
-            raise  # a refused call: LangChain aborts it before any request (raise_error)
+            # A refused call: LangChain aborts it before any request (raise_error), and with
+            # it the other prompts of the same generate() that were already started: none of
+            # them will end, so their reservations go back now.
+            self._abandon_unclaimed()
+            raise
         except Exception as exc:
             self.manager.note_tracking_failure("langchain:start", exc)
+
+    def _abandon_unclaimed(self, keep: UUID | None = None) -> None:
+        """Close this handler's runs in the current context that no request has claimed (and
+        never will: LangChain gave up on them), giving their reservations back."""
+        live = {id(mark) for mark in open_marks() if not mark.claimed}
+        if not live:
+            return
+        with self._lock:
+            gone = [run_id for run_id, run in self._runs.items()
+                    if run_id != keep and run.mark is not None and id(run.mark) in live]
+            runs = [self._runs.pop(run_id) for run_id in gone]
+        for run in runs:
+            if run.mark is not None:
+                self.manager.release(run.mark.close())
 
     def _acquire(self, run: _Run, params: Mapping[str, Any]) -> RunMark:
         """Reserve the run's estimate and open its mark for an inner OpenAI transport.
@@ -220,8 +240,11 @@ class QuotaCallbackHandler(BaseCallbackHandler):
         reservation = self.manager.acquire(
             run.workspace_id, estimate, scopes=run.scopes, wait=not _in_event_loop()
         )
-        mark = RunMark(reservation, workspace_id=run.workspace_id, scopes=run.scopes)
-        current_run.set(mark)
+        mark = RunMark(
+            reservation, workspace_id=run.workspace_id, scopes=run.scopes,
+            ttl=self.manager.policy_for(run.workspace_id).reservation_ttl,
+        )
+        push_mark(mark)
         return mark
 
     # ------------------------------------------------------------------ end
@@ -245,6 +268,10 @@ class QuotaCallbackHandler(BaseCallbackHandler):
         """Record a failed run: no tokens, its status code, and ``rate_limited`` on a 429."""
         run = self._pop(run_id)
         reservation, inner = _close(run)
+        if not _in_event_loop():
+            # A sync generate() over several prompts stops at the first error: the prompts
+            # after it are never sent and never end.
+            self._abandon_unclaimed(keep=run_id)
         if inner:
             return
         try:
@@ -351,9 +378,7 @@ def _close(run: _Run | None) -> tuple[Reservation | None, bool]:
     """The run's reservation (if no inner adapter took it) and whether one recorded the call."""
     if run is None or run.mark is None:
         return None, False
-    if current_run.get() is run.mark:
-        current_run.set(None)
-    return run.mark.take_reservation(), run.mark.tracked
+    return run.mark.close(), run.mark.tracked
 
 
 def _in_event_loop() -> bool:

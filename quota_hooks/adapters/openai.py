@@ -46,7 +46,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "quota_hooks.adapters.openai needs the OpenAI SDK: pip install 'quota-hooks[openai]'"
     ) from exc
 
-from .._context import RunMark, current_run
+from .._context import RunMark, claim
 from ..errors import ConfigurationError, QuotaHooksError
 from ..manager import QuotaManager, get_default_manager
 from ..storage.base import Reservation
@@ -287,15 +287,17 @@ class _Call:
                         input_tokens=self.prompt_tokens, output_tokens=output)
 
     def outer_reservation(self) -> tuple[bool, Reservation | None]:
-        """(True, its reservation) when an outer adapter (LangChain) already reserved."""
-        mark = current_run.get()
+        """``(True, its reservation)`` when this attempt takes an outer run's reservation
+        (see :mod:`quota_hooks._context`); ``(False, None)`` when it must reserve for itself,
+        which retries inside an outer run do too."""
+        mark, reservation = claim()
         if mark is None:
             return False, None
         self.mark = mark
         if mark.workspace_id is not None:  # the outer run says who pays
             self.workspace_id = mark.workspace_id
             self.scopes = dict(mark.scopes)
-        return True, mark.take_reservation()
+        return reservation is not None, reservation
 
     # ---------------------------------------------------------------- response
     def on_response(self, response: Any) -> None:
@@ -589,6 +591,7 @@ def _build_classes(lib: Any) -> dict[str, Any]:
                     response.stream = TrackedStream(response.stream, call)
                 except Exception as exc:
                     self.hub.failed("response", exc, call.workspace_id)
+                    _finish_sync(call)  # count what is known; the reservation is settled
             return response
 
         def close(self) -> None:
@@ -632,6 +635,7 @@ def _build_classes(lib: Any) -> dict[str, Any]:
                     response.stream = AsyncTrackedStream(response.stream, call)
                 except Exception as exc:
                     self.hub.failed("response", exc, call.workspace_id)
+                    await _finish_async(call)
             return response
 
         async def aclose(self) -> None:
@@ -686,6 +690,7 @@ def _finish_sync(call: _Call) -> None:
             call.mark.tracked = True
     except Exception as exc:
         call.hub.failed("record", exc, call.workspace_id)
+        call.hub.manager.release(call.reservation)
 
 
 async def _finish_async(call: _Call) -> None:
@@ -700,6 +705,7 @@ async def _finish_async(call: _Call) -> None:
             call.mark.tracked = True
     except Exception as exc:
         call.hub.failed("record", exc, call.workspace_id)
+        await call.hub.manager.arelease(call.reservation)
 
 
 _LIMIT_HEADERS = tuple(
