@@ -39,7 +39,7 @@ from quota_hooks.alerts import (
     verify_signature,
 )
 from quota_hooks.alerts import sinks as sinks_module
-from quota_hooks.errors import ConfigurationError
+from quota_hooks.errors import ConfigurationError, StorageError
 from quota_hooks.storage import MemoryStore
 from quota_hooks.testing import CaptureSink, FakeOpenAI, FakeUsage, ManualClock
 
@@ -546,3 +546,83 @@ def test_four_processes_on_sqlite_send_each_alert_once(tmp_path: Path) -> None:
     assert kinds == {"warning": 1, "critical": 1}  # 100 calls from 4 processes: once each
     # every process saw both crossings; the store let one of them send each alert
     assert sum(int(out.split()[0]) for out, _ in outputs) == 4 * 2 - 2
+
+
+class _DownStore(MemoryStore):
+    """A store whose every write and claim fails, as when Redis is unreachable."""
+
+    def commit(self, *args: Any, **kwargs: Any) -> None:
+        raise StorageError("store down")
+
+    async def aclaim(self, key: str, now: float, ttl: float) -> bool:
+        raise StorageError("store down")
+
+
+def test_a_store_outage_sends_one_degraded_alert_not_one_per_call(
+    clock: ManualClock, sink: CaptureSink
+) -> None:
+    manager = QuotaManager(policy(rpm=100), store=_DownStore(), clock=clock, sinks=[sink])
+    for _ in range(50):
+        call(manager)
+        manager.drain()
+    assert manager.tracking_errors == 50
+    assert sink.kinds == ["degraded"]
+    clock.advance(3600)  # a later period of the same outage alerts again, once
+    for _ in range(5):
+        call(manager)
+        manager.drain()
+    assert sink.kinds == ["degraded", "degraded"]
+
+
+def test_one_workspace_failing_evaluation_does_not_cost_the_others_their_alerts(
+    clock: ManualClock, sink: CaptureSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manager = make(clock, sink, policy=policy(rpm=10))
+    engine = manager.alerts
+    assert engine is not None
+    real = engine._evaluate
+
+    async def flaky(workspace_id: str, now: float) -> Any:
+        if workspace_id == "broken":
+            raise RuntimeError("a bad policy lookup")
+        return await real(workspace_id, now)
+
+    monkeypatch.setattr(engine, "_evaluate", flaky)
+    with engine._lock:  # both dirty in one evaluation round
+        for _ in range(8):
+            manager.store.commit(manager.prepare(UsageRecord(workspace_id="ws")))
+        engine._dirty.update({"broken": None, "ws": None})
+    engine._kick()
+    assert manager.drain()
+    assert sink.kinds == ["warning"]
+    assert engine.evaluation_errors == 1
+
+
+def test_drain_after_close_is_true_even_if_a_record_came_late(
+    clock: ManualClock, sink: CaptureSink
+) -> None:
+    manager = make(clock, sink)
+    call(manager)
+    manager.close()
+    call(manager)  # a late record on a closed manager (memory store): no alert thread left
+    assert manager.alerts is not None and manager.alerts.drain(timeout=1)
+
+
+def test_a_hung_sync_sink_holds_one_thread_not_one_per_alert(clock: ManualClock) -> None:
+    release = threading.Event()
+    started = []
+
+    def stuck(alert: Alert) -> None:
+        started.append(alert.kind)
+        release.wait(30)
+
+    manager = QuotaManager(policy(rpm=10, rpd=20), clock=clock, sinks=[stuck],
+                           sink_timeout=0.1)
+    before = threading.active_count()
+    for _ in range(20):  # warning + critical for rpm, then for rpd
+        call(manager)
+    assert manager.drain(timeout=10)
+    assert manager.alerts is not None and manager.alerts.failed >= 3
+    assert len(started) == 1  # the later alerts timed out waiting, without a thread each
+    assert threading.active_count() <= before + 2  # the alert loop and the one stuck thread
+    release.set()

@@ -128,7 +128,10 @@ class AlertEngine:
         self.hysteresis = Decimal(str(hysteresis_percent))
         self._outboxes: list[_Outbox] = []
         self._dirty: dict[str, None] = {}
-        self._events: list[tuple[str, AlertKind]] = []
+        # Events coalesce per (workspace, kind): a store outage or a burst of 429s is one
+        # claim per evaluation round, not one per failed call.
+        self._events: dict[tuple[str, AlertKind], None] = {}
+        self._local_claims: dict[str, float] = {}
         self._armed: dict[tuple[str, str], _Armed] = {}
         self._lock = threading.Lock()
         self._kicked = False
@@ -145,7 +148,9 @@ class AlertEngine:
         self.dropped = 0
         """Alerts dropped because a sink's queue was full."""
         self.suppressed = 0
-        """Alerts another process had already claimed."""
+        """Alerts another process had already claimed (or this one, when the store was down)."""
+        self.evaluation_errors = 0
+        """Workspaces whose evaluation failed (logged; the next change evaluates them again)."""
         for sink in sinks:
             self.add_sink(sink)
 
@@ -168,20 +173,24 @@ class AlertEngine:
     # ------------------------------------------------------------------ hot path
     def notify(self, workspace_id: str, *, rate_limited: bool = False) -> None:
         """Note that ``workspace_id`` has new usage. Cheap, thread-safe, never blocks."""
+        if self._closing:
+            return
         with self._lock:
             self._dirty[workspace_id] = None
             if rate_limited:
-                self._events.append((workspace_id, AlertKind.RATE_LIMITED))
+                self._events[(workspace_id, AlertKind.RATE_LIMITED)] = None
         self._kick()
 
     def note_degraded(self, workspace_id: str | None) -> None:
         """Note a failure inside tracking (sends ``degraded``)."""
+        if self._closing:
+            return
         with self._lock:
-            self._events.append((workspace_id or "*", AlertKind.DEGRADED))
+            self._events[(workspace_id or "*", AlertKind.DEGRADED)] = None
         self._kick()
 
     def _kick(self) -> None:
-        if self._kicked:
+        if self._kicked or self._closing:
             return
         self._kicked = True
         if self._thread is None:
@@ -242,6 +251,10 @@ class AlertEngine:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(wake.set)
         thread.join(timeout)
+        with self._lock:  # noted after the final drain: nothing is left to evaluate them
+            self._kicked = False
+            self._dirty.clear()
+            self._events.clear()
 
     # ------------------------------------------------------------------ the thread
     async def _main(self) -> None:
@@ -281,21 +294,31 @@ class AlertEngine:
     async def _evaluate_pending(self) -> None:
         with self._lock:
             dirty, self._dirty = self._dirty, {}
-            events, self._events = self._events, []
+            events, self._events = self._events, {}
         now = self.manager.clock()
         for workspace_id, kind in events:
             alert = self._event_alert(workspace_id, kind, now)
             await self._claim_and_dispatch(alert, CLAIM_SECONDS[kind.value], now)
-        for workspace_id in dirty:
-            for alert, ttl in await self._evaluate(workspace_id, now):
-                await self._claim_and_dispatch(alert, ttl, now)
+        for workspace_id in dirty:  # one workspace failing never costs the others their alerts
+            try:
+                for alert, ttl in await self._evaluate(workspace_id, now):
+                    await self._claim_and_dispatch(alert, ttl, now)
+            except Exception as exc:
+                self.evaluation_errors += 1
+                logger.log(
+                    logging.WARNING if self.evaluation_errors == 1 else logging.DEBUG,
+                    "quota-hooks: evaluating alerts of workspace %r failed: %r",
+                    workspace_id, exc,
+                )
 
     async def _claim_and_dispatch(self, alert: Alert, ttl: float, now: float) -> None:
         try:
             mine = await self.manager.store.aclaim(alert.dedupe_key, now, ttl)
-        except Exception as exc:  # an unreachable store must not silence alerts
-            logger.warning("quota-hooks: claiming alert %s failed: %s", alert.dedupe_key, exc)
-            mine = True
+        except Exception as exc:
+            # An unreachable store must not silence alerts, nor repeat one on every failed
+            # call: this process dedupes on its own until the store answers again.
+            logger.debug("quota-hooks: claiming alert %s failed: %r", alert.dedupe_key, exc)
+            mine = self._claim_locally(alert.dedupe_key, now, ttl)
         if not mine:
             self.suppressed += 1
             return
@@ -304,6 +327,16 @@ class AlertEngine:
                 self.dropped += 1  # deque(maxlen) drops the oldest on append
             outbox.queue.append(alert)
             outbox.wake.set()
+
+    def _claim_locally(self, key: str, now: float, ttl: float) -> bool:
+        claims = self._local_claims
+        if len(claims) > 10_000:
+            for stale in [k for k, until in claims.items() if until <= now]:
+                del claims[stale]
+        if claims.get(key, float("-inf")) > now:
+            return False
+        claims[key] = now + ttl
+        return True
 
     async def _deliver(self, outbox: _Outbox) -> None:
         while True:

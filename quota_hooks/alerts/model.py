@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import inspect
+import threading
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from enum import Enum
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
+import anyio
 import anyio.to_thread
 from pydantic import BaseModel, ConfigDict
 
@@ -70,10 +72,43 @@ SinkLike = AlertSink | Callable[[Alert], Awaitable[None] | None]
 """An :class:`AlertSink`, or a plain sync or async callable that takes an :class:`Alert`."""
 
 
+_T = TypeVar("_T")
+
+
+class OneThread:
+    """Runs blocking calls in a worker thread, one at a time.
+
+    A call that times out is abandoned in its thread (a thread cannot be stopped); the next
+    call waits for it to finish instead of starting another thread, so a sink that hangs
+    holds one thread, however many alerts time out behind it.
+    """
+
+    def __init__(self) -> None:
+        self._running: threading.Event | None = None
+
+    async def run(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """``fn(*args)`` in a worker thread, after the previous call has finished."""
+        pause = 0.001
+        while self._running is not None and not self._running.is_set():
+            await anyio.sleep(pause)  # the caller's timeout cancels this wait
+            pause = min(pause * 2, 0.05)
+        done = self._running = threading.Event()
+
+        def call() -> _T:
+            try:
+                return fn(*args)
+            finally:
+                done.set()
+
+        return await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
+
+
 class CallbackSink:
     """Any callable as a sink: ``CallbackSink(print)``, ``CallbackSink(my_async_fn)``.
 
-    A sync callable runs in a worker thread, so a slow one never holds up other sinks.
+    A sync callable runs in a worker thread, so a slow one never holds up other sinks; one
+    thread at a time, so a callable that hangs holds one thread, not one per alert (later
+    alerts wait for it and time out).
     """
 
     def __init__(self, callback: Callable[[Alert], Any]) -> None:
@@ -82,6 +117,7 @@ class CallbackSink:
                 f"CallbackSink needs a callable, got {type(callback).__name__}"
             )
         self.callback = callback
+        self._thread = OneThread()
         self._is_async = inspect.iscoroutinefunction(callback) or inspect.iscoroutinefunction(
             getattr(callback, "__call__", None)  # noqa: B004 - async callable objects
         )
@@ -94,7 +130,7 @@ class CallbackSink:
         if self._is_async:
             await self.callback(alert)
             return
-        result = await anyio.to_thread.run_sync(self.callback, alert, abandon_on_cancel=True)
+        result = await self._thread.run(self.callback, alert)
         if inspect.isawaitable(result):
             await result
 

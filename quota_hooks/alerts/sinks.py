@@ -20,7 +20,7 @@ import anyio
 import anyio.to_thread
 
 from ..errors import ConfigurationError
-from .model import Alert, AlertKind
+from .model import Alert, AlertKind, OneThread
 
 __all__ = [
     "AlertDeliveryError",
@@ -328,6 +328,7 @@ class EmailSink:
         self.starttls = starttls
         self.use_ssl = use_ssl
         self.timeout = timeout
+        self._thread = OneThread()
 
     def __repr__(self) -> str:  # never the password
         return f"EmailSink({self.host}:{self.port} -> {len(self.recipients)} recipients)"
@@ -349,7 +350,7 @@ class EmailSink:
     async def send(self, alert: Alert) -> None:
         """Send the email in a worker thread."""
         message = self.message(alert)
-        await anyio.to_thread.run_sync(self._send, message, abandon_on_cancel=True)
+        await self._thread.run(self._send, message)  # a hung server holds one thread
 
     def _send(self, message: EmailMessage) -> None:
         smtp_class = smtplib.SMTP_SSL if self.use_ssl else smtplib.SMTP
