@@ -15,6 +15,7 @@ The seed guide's names keep working::
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -31,11 +32,14 @@ import anyio.to_thread
 from .alerts.engine import AlertEngine
 from .alerts.model import AlertSink, SinkLike
 from .errors import ConfigurationError, QuotaExceededError, RateLimitedError, StorageError
+from .events import Events
 from .policy import QuotaPolicy
 from .pricing import PriceBook, format_usd, from_nanos, to_nanos
 from .status import (
     Activity,
     EnhancedTracking,
+    History,
+    HistoryRow,
     MethodUsage,
     ModelUsage,
     StatusReport,
@@ -46,6 +50,7 @@ from .status import (
 from .storage import MemoryStore, Store, store_from_url
 from .storage.base import (
     Aggregate,
+    Breakdown,
     Counters,
     Denial,
     Limits,
@@ -55,7 +60,7 @@ from .storage.base import (
     workspace_scope,
 )
 from .usage import MAX_COST, Estimate, UsageRecord, estimate_tokens, storable
-from .windows import month_key
+from .windows import day_key, month_bounds, month_key
 
 __all__ = [
     "DEGRADED_SECONDS",
@@ -233,6 +238,9 @@ class QuotaManager:
         }
         self.alerts: AlertEngine | None = None
         """The alert engine; created with the first sink."""
+        self.events = Events()
+        """Live changes and alerts for listeners (the WebSocket, ``quota-hooks demo``)."""
+        self._publishing_alerts = False
         if sinks is not None:
             if isinstance(sinks, (str, bytes)) or not isinstance(sinks, Iterable):
                 raise ConfigurationError(f"sinks must be a list of sinks, got {sinks!r}")
@@ -508,7 +516,8 @@ class QuotaManager:
             scopes += tuple(f"{kind}:{value}" for kind, value in record.scopes.items())
         now = self.clock()
         month = month_key(now, policy.timezone)
-        return UsageEntry(record, scopes, delta, now, month, cost, source)
+        day = day_key(now, policy.timezone)
+        return UsageEntry(record, scopes, delta, now, month, cost, source, day)
 
     def record(self, record: UsageRecord, reservation: Reservation | None = None) -> None:
         """Count one call (and settle its ``reservation``, if it had one).
@@ -524,6 +533,7 @@ class QuotaManager:
         alerts = self.alerts
         if alerts is not None:
             alerts.notify(record.workspace_id, rate_limited=record.status_code == 429)
+        self.events.changed(record.workspace_id)
 
     async def arecord(self, record: UsageRecord, reservation: Reservation | None = None) -> None:
         """Async :meth:`record`: never blocks the event loop, never raises."""
@@ -535,6 +545,7 @@ class QuotaManager:
         alerts = self.alerts
         if alerts is not None:
             alerts.notify(record.workspace_id, rate_limited=record.status_code == 429)
+        self.events.changed(record.workspace_id)
 
     def note_tracking_failure(
         self, kind: str, exc: BaseException, workspace_id: str | None = None
@@ -699,6 +710,8 @@ class QuotaManager:
             alert_level=level,
             updated_at=_iso(datetime.fromtimestamp(now, timezone.utc)),
             provider_limits=self._provider_limits.get(workspace_id, {}),
+            thresholds={"warning": float(policy.warning_percent),
+                        "critical": float(policy.critical_percent)},
             enhanced_tracking=enhanced,
         )
 
@@ -709,6 +722,55 @@ class QuotaManager:
     async def aworkspaces(self) -> list[str]:
         """Async :meth:`workspaces`."""
         return await self.store.aworkspaces()
+
+    def history(
+        self, workspace_id: str, *, since: float | None = None, by: Breakdown = "day"
+    ) -> History:
+        """Usage of ``workspace_id`` since ``since`` (epoch seconds; 30 days ago by default),
+        per calendar day, model or API method. Reads the month totals, never the history.
+
+        Per day the range is exact; per model or method it is counted in whole budget months
+        (the months that ``since`` and now fall in, and those between).
+        """
+        months, first_day = self._history_months(workspace_id, since)
+        scope = workspace_scope(workspace_id)
+        try:
+            tables = [self.store.breakdown(scope, month, by) for month in months]
+        except StorageError:
+            raise
+        except Exception as exc:
+            raise StorageError(f"reading the history of {workspace_id!r} failed: {exc}") from exc
+        return _history(workspace_id, by, first_day, months, tables)
+
+    async def ahistory(
+        self, workspace_id: str, *, since: float | None = None, by: Breakdown = "day"
+    ) -> History:
+        """Async :meth:`history`."""
+        months, first_day = self._history_months(workspace_id, since)
+        scope = workspace_scope(workspace_id)
+        try:
+            tables = [await self.store.abreakdown(scope, month, by) for month in months]
+        except StorageError:
+            raise
+        except Exception as exc:
+            raise StorageError(f"reading the history of {workspace_id!r} failed: {exc}") from exc
+        return _history(workspace_id, by, first_day, months, tables)
+
+    def _history_months(self, workspace_id: str, since: float | None) -> tuple[list[str], str]:
+        now = self.clock()
+        start = now - 30 * 86_400 if since is None else since
+        if not math.isfinite(start) or start > now:
+            raise ValueError(f"since must be a time in the past, got {since!r}")
+        zone = self.policy_for(workspace_id).timezone
+        months: list[str] = []
+        moment = max(start, now - 400 * 86_400)  # stores keep about 13 months
+        while moment <= now:
+            months.append(month_key(moment, zone))
+            moment = month_bounds(moment, zone)[1]
+        last = month_key(now, zone)
+        if months[-1] != last:
+            months.append(last)
+        return months, day_key(start, zone)
 
     def get_tracker(self, workspace_id: str) -> WorkspaceTracker:
         """The seed guide's per-workspace view: ``get_status_data()`` and friends."""
@@ -723,6 +785,15 @@ class QuotaManager:
                 self.alerts = AlertEngine(self, (), **self._alert_options)
                 self._drainers.add(self.alerts)
         return self.alerts.add_sink(sink)
+
+    def publish_alerts(self) -> None:
+        """Pass every alert sent to :attr:`events` too, for live listeners (the server's
+        WebSocket pushes them). Idempotent."""
+        with self._lock:
+            if self._publishing_alerts:
+                return
+            self._publishing_alerts = True
+        self.add_sink(_PublishSink(self.events))
 
     # ------------------------------------------------------------------ background work
     def add_drainer(self, drainer: Drainer) -> None:
@@ -795,6 +866,46 @@ class WorkspaceTracker:
 
 def _iso(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class _PublishSink:
+    """The alert sink of :meth:`QuotaManager.publish_alerts`."""
+
+    def __init__(self, events: Events) -> None:
+        self.events = events
+
+    def __repr__(self) -> str:
+        return "PublishSink()"
+
+    async def send(self, alert: Any) -> None:
+        self.events.alert(alert)
+
+
+def _history(
+    workspace_id: str, by: Breakdown, first_day: str, months: list[str],
+    tables: list[dict[str, Aggregate]],
+) -> History:
+    sums: dict[str, list[int]] = {}
+    for table in tables:
+        for name, a in table.items():
+            if by == "day" and name < first_day:
+                continue
+            row = sums.setdefault(name, [0] * 7)
+            for i, value in enumerate((a.requests, a.errors, a.tokens, a.input_tokens,
+                                       a.output_tokens, a.cost_nanos, a.unpriced)):
+                row[i] += value
+    rows = {
+        name: HistoryRow(
+            request_count=r[0], error_count=r[1], tokens_used=r[2], input_tokens=r[3],
+            output_tokens=r[4], cost_usd=float(from_nanos(r[5])), unpriced_count=r[6],
+        )
+        for name, r in sorted(sums.items())
+    }
+    return History(
+        workspace_id=workspace_id, by=by, since=first_day, months=months, rows=rows,
+        total_cost_usd=float(from_nanos(sum(r[5] for r in sums.values()))),
+        total_requests=sum(r[0] for r in sums.values()),
+    )
 
 
 def _activity(record: UsageRecord) -> Activity:

@@ -26,6 +26,8 @@ __all__ = [
     "Activity",
     "AlertLevel",
     "EnhancedTracking",
+    "History",
+    "HistoryRow",
     "LimitUsage",
     "MethodUsage",
     "ModelUsage",
@@ -110,6 +112,34 @@ class EnhancedTracking(_Model):
     recent_activity: list[Activity]
 
 
+class HistoryRow(_Model):
+    """One day's, model's or API method's usage in a :class:`History`."""
+
+    request_count: int
+    error_count: int
+    tokens_used: int
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    unpriced_count: int = 0
+
+
+class History(_Model):
+    """A workspace's usage over time (``GET /api/quota/history/{workspace_id}``)."""
+
+    workspace_id: str
+    by: str
+    """``day``, ``model`` or ``api_method``."""
+    since: str
+    """The first day counted (``YYYY-MM-DD``); per model or method, its whole month counts."""
+    months: list[str]
+    """The budget months read."""
+    rows: dict[str, HistoryRow]
+    """Per day (ascending), model or method (by name)."""
+    total_cost_usd: float
+    total_requests: int
+
+
 class StatusReport(_Model):
     """The status of one workspace: the seed JSON plus ``tokens_per_day``,
     ``monthly_budget_usd``, ``alert_level``, ``workspace_id``, ``updated_at`` and
@@ -126,6 +156,8 @@ class StatusReport(_Model):
     updated_at: str
     provider_limits: dict[str, dict[str, str]] = {}
     """The provider's own latest ``x-ratelimit-*`` headers, per provider."""
+    thresholds: dict[str, float] = {}
+    """The policy's ``warning`` and ``critical`` percentages."""
     enhanced_tracking: EnhancedTracking | None = None
 
     def to_dict(self, *, enhanced: bool = True) -> dict[str, Any]:

@@ -78,6 +78,44 @@ def _month_of_second(second: int, tz: str) -> str:
     return f"{local.year:04d}-{local.month:02d}"
 
 
+def day_key(now: float, tz: str = "UTC") -> str:
+    """The calendar day that ``now`` falls in, in zone ``tz``: ``"YYYY-MM-DD"``."""
+    return _day_of_minute(int(now // 60), tz)
+
+
+@lru_cache(maxsize=256)
+def _day_of_minute(minute: int, tz: str) -> str:
+    # Zone offsets are whole minutes, so every instant of one minute is on the same day.
+    local = datetime.fromtimestamp(minute * 60, _zone(tz))
+    return f"{local.year:04d}-{local.month:02d}-{local.day:02d}"
+
+
+_SPANS = {"m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
+
+
+def parse_since(text: str, now: float) -> float:
+    """A start time from ``"30d"``, ``"12h"``, ``"90m"``, ``"2w"`` (ago), an ISO date or time
+    (``"2026-01-05"``, ``"2026-01-05T10:00:00Z"``; UTC unless it says otherwise), or epoch
+    seconds. Raises ValueError naming the text."""
+    value = text.strip()
+    unit = value[-1:].lower()
+    if unit in _SPANS and value[:-1].isdigit():
+        return now - int(value[:-1]) * _SPANS[unit]
+    try:
+        return float(value) if value.replace(".", "", 1).isdigit() else _iso_seconds(value)
+    except ValueError:
+        raise ValueError(
+            f"since must be like 30d, 12h, 2026-01-05 or epoch seconds, got {text!r}"
+        ) from None
+
+
+def _iso_seconds(value: str) -> float:
+    moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()
+
+
 def month_bounds(now: float, tz: str = "UTC") -> tuple[float, float]:
     """Epoch seconds of the start of ``now``'s month and of the next month, in zone ``tz``."""
     zone = _zone(tz)

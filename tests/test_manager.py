@@ -52,6 +52,8 @@ def test_all_is_sorted_and_complete() -> None:
         "adapters",
         "testing",
         "cli",
+        "events",
+        "server",
     }
     assert public == set(names)
     for name in names:
@@ -207,3 +209,25 @@ async def test_async_status_matches_sync(manager: QuotaManager) -> None:
     assert await tracker.aget_enhanced_status_data() == tracker.get_enhanced_status_data()
     assert await tracker.aget_status_data() == tracker.get_status_data()
     assert await manager.aworkspaces() == ["ws"]
+
+
+def test_history_spans_months_and_counts_days_exactly() -> None:
+    clock = ManualClock(1_767_225_600.0 - 2 * 86_400)  # 2025-12-30T00:00:00Z
+    manager = QuotaManager(QuotaPolicy(), clock=clock)
+    manager.record(UsageRecord(workspace_id="ws", model="gpt-4o", input_tokens=1000))
+    clock.advance(3 * 86_400)  # 2026-01-02
+    for _ in range(2):
+        manager.record(UsageRecord(workspace_id="ws", model="gpt-4o-mini", input_tokens=100))
+    days = manager.history("ws", by="day")
+    assert days.months == ["2025-12", "2026-01"]
+    assert {d: r.request_count for d, r in days.rows.items()} == {
+        "2025-12-30": 1, "2026-01-02": 2}
+    assert days.total_requests == 3
+    assert days.total_cost_usd == pytest.approx(0.0025 + 2 * 0.000015)
+    recent = manager.history("ws", since=clock() - 86_400, by="day")
+    assert list(recent.rows) == ["2026-01-02"] and recent.months == ["2026-01"]
+    models = manager.history("ws", by="model")
+    assert {m: r.tokens_used for m, r in models.rows.items()} == {
+        "gpt-4o": 1000, "gpt-4o-mini": 200}
+    with pytest.raises(ValueError, match="since must be a time in the past"):
+        manager.history("ws", since=clock() + 10)

@@ -44,6 +44,7 @@ def test_seed_json_shape_key_by_key(manager: QuotaManager) -> None:
         "alert_level",
         "updated_at",
         "provider_limits",
+        "thresholds",
     }
     for key in (
         "requests_per_minute",

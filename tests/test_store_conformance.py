@@ -43,7 +43,11 @@ def test_commit_then_read_everything(store: Store) -> None:
     assert models["gpt-4o-mini"].requests == 2 and models["gpt-4o-mini"].errors == 1
     assert models["gpt-4o"].cost_nanos == 2_000_000 and models["gpt-4o"].tokens == 5
     assert store.breakdown("workspace:ws", MONTH, "api_method")["chat.completions"].requests == 3
-    recent = store.recent("workspace:ws", 2)
+    store.commit(entry(tokens=7, cost="0.004", now=T0 + 86_400))  # the next day
+    days = store.breakdown("workspace:ws", MONTH, "day")
+    assert {d: (a.requests, a.tokens, a.cost_nanos) for d, a in days.items()} == {
+        "2026-01-01": (3, 15, 3_000_000), "2026-01-02": (1, 7, 4_000_000)}
+    recent = store.recent("workspace:ws", 3)[1:]
     assert [r.status_code for r in recent] == [429, 500]  # newest first
     assert recent[1].model == "gpt-4o" and str(recent[1].cost) == "0.002"
     assert store.workspaces() == ["ws"]

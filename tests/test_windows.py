@@ -117,3 +117,28 @@ def test_running_sums_match_a_recount_under_random_traffic() -> None:
             expected = [sum(x[1] for x in added if oldest <= x[0] <= newest),
                         sum(x[2] for x in added if oldest <= x[0] <= newest)]
             assert counter.totals(now) == expected
+
+
+def test_parse_since() -> None:
+    from quota_hooks.windows import parse_since
+
+    now = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+    assert parse_since("30d", now) == now - 30 * 86_400
+    assert parse_since("12h", now) == now - 12 * 3600
+    assert parse_since("90m", now) == now - 90 * 60
+    assert parse_since("2w", now) == now - 14 * 86_400
+    assert parse_since("2025-12-31", now) == now - 86_400
+    assert parse_since("2025-12-31T23:00:00Z", now) == now - 3600
+    assert parse_since("2025-12-31T23:00:00+01:00", now) == now - 7200
+    assert parse_since("1767225000", now) == 1_767_225_000.0
+    for bad in ("", "yesterday", "-3d", "3x", "2026-13-01"):
+        with pytest.raises(ValueError, match="since must be like"):
+            parse_since(bad, now)
+
+
+def test_day_key_follows_the_zone() -> None:
+    from quota_hooks.windows import day_key
+
+    now = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+    assert day_key(now) == "2026-01-01"
+    assert day_key(now, "America/New_York") == "2025-12-31"

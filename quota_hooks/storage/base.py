@@ -21,7 +21,7 @@ from decimal import Decimal
 from typing import Literal, Protocol, runtime_checkable
 
 from ..usage import UsageRecord, storable
-from ..windows import DAY, MINUTE, Window
+from ..windows import DAY, MINUTE, Window, day_key
 
 __all__ = [
     "Aggregate",
@@ -37,7 +37,8 @@ __all__ = [
     "workspace_scope",
 ]
 
-Breakdown = Literal["model", "api_method"]
+Breakdown = Literal["model", "api_method", "day"]
+"""What a month's totals can be broken down by: model, API method, or calendar day."""
 
 
 def workspace_scope(workspace_id: str) -> str:
@@ -76,6 +77,14 @@ class UsageEntry:
     month: str
     cost: Decimal | None = None
     price_source: str | None = None
+    day: str = ""
+    """The calendar day (``"YYYY-MM-DD"``, in the policy's zone) of the day breakdown;
+    empty: the UTC day of ``now``."""
+
+    @property
+    def day_name(self) -> str:
+        """:attr:`day`, or the UTC day of ``now`` when it is empty."""
+        return self.day or day_key(self.now)
 
     @property
     def unpriced(self) -> bool:

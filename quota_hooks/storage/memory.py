@@ -113,12 +113,14 @@ class MemoryStore:
                 pending = self._pending.pop(reservation.id, None)
                 if pending is not None:
                     self._undo(pending, now)
+            day = entry.day_name
             for key in entry.scopes:
                 scope = self._scope(key)
                 scope.minute.add(minute_bucket, minute_counts, now)
                 scope.day.add(day_bucket, minute_counts[:2], now)
                 self._add_cost(scope, entry.month, delta.cost_nanos)
-                for by, name in (("model", record.model), ("api_method", record.api_method)):
+                for by, name in (("model", record.model), ("api_method", record.api_method),
+                                 ("day", day)):
                     table = scope.breakdowns.setdefault((entry.month, by), {})
                     totals = table.get(name)
                     if totals is None:

@@ -52,7 +52,8 @@ __all__ = ["RedisStore"]
 
 _SCRIPTS = ("commit", "reserve", "release", "counters", "claim")
 _PARTS = ("m:tot", "m:b", "m:ids", "d:tot", "d:b", "d:ids", "months", "bd:model", "bd:method",
-          "recent", "pend", "pexp")
+          "recent", "pend", "pexp", "bd:day")
+_BREAKDOWN_KEY = {"model": 7, "api_method": 8, "day": 12}
 _AGGREGATE_FIELDS = 7
 
 
@@ -136,8 +137,8 @@ class RedisStore:
 
     def _month_keys(self, scope: str, month: str) -> list[str]:
         keys = self._scope_keys(scope)
-        keys[7] += ":" + month
-        keys[8] += ":" + month
+        for index in _BREAKDOWN_KEY.values():
+            keys[index] += ":" + month
         return keys
 
     @property
@@ -201,7 +202,7 @@ class RedisStore:
             delta.cost_nanos, record.model, record.api_method, 0 if record.success else 1,
             record.total_tokens, record.input_tokens, record.output_tokens, int(entry.unpriced),
             json.dumps(entry.priced_record().to_dict(), default=str), self.recent_capacity,
-            *workspaces,
+            entry.day_name, *workspaces,
         ]
         return keys, args
 
@@ -286,7 +287,7 @@ class RedisStore:
         return self._counters(self._run("counters", keys, [*self._now(now), month]))
 
     def breakdown(self, scope: str, month: str, by: Breakdown) -> dict[str, Aggregate]:
-        key = self._month_keys(scope, month)[7 if by == "model" else 8]
+        key = self._month_keys(scope, month)[_BREAKDOWN_KEY[by]]
         try:
             raw = self.client.hgetall(key)
         except redis.RedisError as exc:
@@ -352,7 +353,7 @@ class RedisStore:
 
     async def abreakdown(self, scope: str, month: str, by: Breakdown) -> dict[str, Aggregate]:
         client, _ = self._aclient()
-        key = self._month_keys(scope, month)[7 if by == "model" else 8]
+        key = self._month_keys(scope, month)[_BREAKDOWN_KEY[by]]
         try:
             raw = await client.hgetall(key)
         except redis.RedisError as exc:

@@ -448,12 +448,14 @@ class SQLiteStore:
         counts = (delta.requests, delta.tokens, delta.calls, delta.errors, delta.rate_limited)
         minute, day = MINUTE.bucket(entry.now), DAY.bucket(entry.now)
         error = 0 if record.success else 1
+        day_name = entry.day_name
         for scope in entry.scopes:
             batch.touched.add(scope)
             batch.bucket(scope, _MIN, minute, counts)
             batch.bucket(scope, _DAY, day, (*counts[:2], 0, 0, 0))
             batch.month(scope, entry.month, delta.cost_nanos)
-            for by, name in (("model", record.model), ("api_method", record.api_method)):
+            for by, name in (("model", record.model), ("api_method", record.api_method),
+                             ("day", day_name)):
                 key = (scope, entry.month, by, name)
                 row = batch.breakdowns.get(key)
                 values = (1, error, record.total_tokens, record.input_tokens,

@@ -2,7 +2,8 @@
 -- KEYS: workspaces set, then 12 keys per scope.
 -- ARGV: now, use_server, month, reservation id ('' for none), requests, tokens, calls, errors,
 --       rate_limited, cost_nanos, model, api_method, failed (0/1), total, input, output,
---       unpriced (0/1), record json, recent cap, then one workspace id ('' if none) per scope.
+--       unpriced (0/1), record json, recent cap, day, then one workspace id ('' if none) per
+--       scope.
 local now = now_of(ARGV[1], ARGV[2])
 local month, rid = ARGV[3], ARGV[4]
 local counts = { tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]),
@@ -10,7 +11,7 @@ local counts = { tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumb
 local nanos = tonumber(ARGV[10])
 local model, method = ARGV[11], ARGV[12]
 local bd = { '1', ARGV[13], ARGV[14], ARGV[15], ARGV[16], ARGV[10], ARGV[17] }
-local record, cap = ARGV[18], tonumber(ARGV[19])
+local record, cap, day = ARGV[18], tonumber(ARGV[19]), ARGV[20]
 local scopes = (#KEYS - 1) / PER_SCOPE
 for s = 1, scopes do
   local base = 1 + (s - 1) * PER_SCOPE
@@ -23,12 +24,14 @@ for s = 1, scopes do
     if bd[i] ~= '0' then
       redis.call('HINCRBY', KEYS[base + 8], (i - 1) .. ':' .. model, bd[i])
       redis.call('HINCRBY', KEYS[base + 9], (i - 1) .. ':' .. method, bd[i])
+      redis.call('HINCRBY', KEYS[base + 13], (i - 1) .. ':' .. day, bd[i])
     end
   end
   redis.call('LPUSH', KEYS[base + 10], record)
   redis.call('LTRIM', KEYS[base + 10], 0, cap - 1)
   for k = 7, 10 do redis.call('EXPIRE', KEYS[base + k], LONG_TTL) end
-  local ws = ARGV[19 + s]
+  redis.call('EXPIRE', KEYS[base + 13], LONG_TTL)
+  local ws = ARGV[20 + s]
   if ws ~= '' then redis.call('SADD', KEYS[1], ws) end
 end
 redis.call('EXPIRE', KEYS[1], LONG_TTL)

@@ -1,10 +1,10 @@
 -- quota-hooks: helpers shared by every script (prepended to each one when it is loaded).
--- A scope is 12 keys, in this order (see redis.py):
+-- A scope is 13 keys, in this order (see redis.py):
 --   1 tot_m  2 b_m  3 ids_m    minute window: running totals, buckets, bucket ids
 --   4 tot_d  5 b_d  6 ids_d    day window
---   7 months  8 bd_model  9 bd_method  10 recent  11 pend  12 pexp
+--   7 months  8 bd_model  9 bd_method  10 recent  11 pend  12 pexp  13 bd_day
 -- Buckets hold "requests,tokens,calls,errors,rate_limited".
-local PER_SCOPE = 12
+local PER_SCOPE = 13
 local WINDOWS = { { bs = 1, n = 60, ttl = 180 }, { bs = 60, n = 1440, ttl = 90000 } }
 local FIELDS = { 'r', 't', 'c', 'e', 'l' }
 local LONG_TTL = 400 * 86400
