@@ -1,0 +1,217 @@
+"""The status API, the WebSocket and the dashboard routes, with FastAPI's TestClient."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
+
+from quota_hooks import QuotaManager, QuotaPolicy, UsageRecord
+from quota_hooks.errors import ConfigurationError
+from quota_hooks.server import ApiTokens, create_app
+from quota_hooks.testing import ManualClock
+
+TOKENS = "*:admin-token-1,a:token-a-123,b:token-b-123,c:token-c-123"
+ADMIN, TOKEN_A, TOKEN_B, TOKEN_C = "admin-token-1", "token-a-123", "token-b-123", "token-c-123"
+
+
+def call(manager: QuotaManager, ws: str, **fields: Any) -> None:
+    fields.setdefault("model", "gpt-4o-mini")
+    fields.setdefault("input_tokens", 100)
+    fields.setdefault("output_tokens", 20)
+    manager.record(UsageRecord(workspace_id=ws, **fields))
+
+
+@pytest.fixture
+def manager(clock: ManualClock) -> Iterator[QuotaManager]:
+    manager = QuotaManager(QuotaPolicy(rpm=10, monthly_budget_usd=5), clock=clock)
+    for ws, n in (("a", 3), ("b", 2), ("c", 1)):
+        for _ in range(n):
+            call(manager, ws)
+    yield manager
+    manager.close()
+
+
+@pytest.fixture
+def client(manager: QuotaManager) -> Iterator[TestClient]:
+    with TestClient(create_app(manager, tokens=TOKENS, max_updates_per_second=2,
+                               poll_interval=0.2)) as client:
+        yield client
+
+
+def bearer(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+ROUTES = ["/api/quota/status/{ws}", "/api/quota/status/{ws}?enhanced=true",
+          "/api/quota/history/{ws}", "/api/quota/history/{ws}?by=model&since=7d"]
+
+
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize(("token", "expected"), [
+    (None, 401), ("wrong-token-000", 401), (TOKEN_B, 403), (TOKEN_A, 200), (ADMIN, 200),
+])
+def test_every_route_with_good_absent_wrong_and_foreign_tokens(
+    client: TestClient, route: str, token: str | None, expected: int
+) -> None:
+    response = client.get(route.format(ws="a"), headers=bearer(token))
+    assert response.status_code == expected, response.text
+    if expected == 401:
+        assert response.headers["www-authenticate"] == "Bearer"
+    if expected == 403:
+        assert "'a'" in response.json()["detail"]
+
+
+def test_workspaces_lists_only_what_the_token_may_read(client: TestClient) -> None:
+    assert client.get("/api/quota/workspaces").status_code == 401
+    listed = {t: client.get("/api/quota/workspaces", headers=bearer(t)).json()["workspaces"]
+              for t in (ADMIN, TOKEN_A, TOKEN_B)}
+    assert listed == {ADMIN: ["a", "b", "c"], TOKEN_A: ["a"], TOKEN_B: ["b"]}
+
+
+def test_status_is_the_seed_json_with_and_without_enhanced(client: TestClient) -> None:
+    plain = client.get("/api/quota/status/a", headers=bearer(TOKEN_A)).json()
+    assert plain["status"] == "normal"
+    assert plain["requests_per_minute"] == {"current": 3, "limit": 10, "percentage": 30.0}
+    assert plain["tokens_per_minute"]["current"] == 360
+    assert "enhanced_tracking" not in plain
+    full = client.get("/api/quota/status/a?enhanced=true", headers=bearer(TOKEN_A)).json()
+    models = full["enhanced_tracking"]["models_breakdown"]
+    assert models["gpt-4o-mini"]["request_count"] == 3
+    assert len(full["enhanced_tracking"]["recent_activity"]) == 3
+    assert full["thresholds"] == {"warning": 80.0, "critical": 95.0}
+
+
+def test_history_by_day_model_and_method(client: TestClient, manager: QuotaManager,
+                                         clock: ManualClock) -> None:
+    clock.advance(86_400)
+    call(manager, "a", model="gpt-4o")
+    days = client.get("/api/quota/history/a?by=day", headers=bearer(ADMIN)).json()
+    assert {d: r["request_count"] for d, r in days["rows"].items()} == {
+        "2026-01-01": 3, "2026-01-02": 1}
+    assert days["total_requests"] == 4 and days["total_cost_usd"] > 0
+    models = client.get("/api/quota/history/a?by=model", headers=bearer(ADMIN)).json()
+    assert set(models["rows"]) == {"gpt-4o", "gpt-4o-mini"}
+    methods = client.get("/api/quota/history/a?by=method", headers=bearer(ADMIN)).json()
+    assert methods["rows"]["chat.completions"]["request_count"] == 4
+    since = client.get("/api/quota/history/a?since=2026-01-02", headers=bearer(ADMIN)).json()
+    assert list(since["rows"]) == ["2026-01-02"]
+
+
+def test_bad_query_values_are_named(client: TestClient) -> None:
+    response = client.get("/api/quota/history/a?since=yesterday", headers=bearer(ADMIN))
+    assert response.status_code == 422 and "since" in response.json()["detail"]
+    assert "'yesterday'" in response.json()["detail"]
+    response = client.get("/api/quota/history/a?by=color", headers=bearer(ADMIN))
+    assert response.status_code == 422 and "by" in response.text
+
+
+def test_healthz_needs_no_token(client: TestClient) -> None:
+    assert client.get("/healthz").json()["status"] == "ok"
+
+
+def test_an_open_server_needs_no_token(manager: QuotaManager) -> None:
+    with TestClient(create_app(manager, tokens="")) as open_client:
+        assert open_client.get("/api/quota/status/a").status_code == 200
+        assert open_client.get("/api/quota/workspaces").json()["workspaces"] == ["a", "b", "c"]
+
+
+def test_cors_origins(manager: QuotaManager) -> None:
+    app = create_app(manager, tokens=TOKENS, cors_origins=["http://app.example"])
+    with TestClient(app) as cors_client:
+        allowed = cors_client.get("/healthz", headers={"Origin": "http://app.example"})
+        assert allowed.headers["access-control-allow-origin"] == "http://app.example"
+        other = cors_client.get("/healthz", headers={"Origin": "http://evil.example"})
+        assert "access-control-allow-origin" not in other.headers
+
+
+def test_bad_token_configuration_names_the_entry() -> None:
+    with pytest.raises(ConfigurationError, match="workspace:token"):
+        ApiTokens.parse("justatoken")
+    with pytest.raises(ConfigurationError, match="at least 8"):
+        ApiTokens.parse("a:short")
+    with pytest.raises(ConfigurationError, match="max_updates_per_second"):
+        create_app(QuotaManager(), tokens="", max_updates_per_second=0)
+
+
+# ---------------------------------------------------------------------- the WebSocket
+def test_websocket_snapshot_then_updates_in_order(client: TestClient,
+                                                  manager: QuotaManager) -> None:
+    with client.websocket_connect(f"/api/quota/ws/a?token={TOKEN_A}") as ws:
+        first = ws.receive_json()
+        assert first["type"] == "quota_update"
+        assert first["data"]["requests_per_minute"]["current"] == 3
+        seen = [3]
+        for target in range(4, 8):
+            call(manager, "a")
+            while seen[-1] < target:  # each update is newer than the one before it
+                message = ws.receive_json()
+                assert message["type"] == "quota_update"
+                assert message["data"]["workspace_id"] == "a"
+                current = message["data"]["requests_per_minute"]["current"]
+                assert current > seen[-1]
+                seen.append(current)
+        assert seen == [3, 4, 5, 6, 7]
+
+
+def test_websocket_coalesces_a_burst(client: TestClient, manager: QuotaManager) -> None:
+    with client.websocket_connect(f"/api/quota/ws/b?token={TOKEN_B}") as ws:
+        assert ws.receive_json()["data"]["requests_per_minute"]["current"] == 2
+        for _ in range(50):
+            call(manager, "b")
+        updates = 0
+        while True:
+            message = ws.receive_json()
+            if message["type"] != "quota_update":
+                continue
+            updates += 1
+            assert message["data"]["workspace_id"] == "b"  # never another workspace's data
+            if message["data"]["requests_per_minute"]["current"] == 52:
+                break
+        assert updates <= 3  # 50 changes, at most 2 updates a second
+
+
+def test_websocket_pushes_alerts(client: TestClient, manager: QuotaManager) -> None:
+    with client.websocket_connect(f"/api/quota/ws/c?token={TOKEN_C}") as ws:
+        ws.receive_json()
+        for _ in range(8):  # 9 of 10 requests a minute: past the 80% warning
+            call(manager, "c")
+        kinds = []
+        while "warning" not in kinds:
+            message = ws.receive_json()
+            if message["type"] == "quota_alert":
+                assert message["data"]["workspace_id"] == "c"
+                kinds.append(message["data"]["kind"])
+        assert kinds == ["warning"]
+
+
+@pytest.mark.parametrize(("path", "code"), [
+    ("/api/quota/ws/a", 4401),
+    ("/api/quota/ws/a?token=wrong-token-000", 4401),
+    (f"/api/quota/ws/a?token={TOKEN_B}", 4403),
+])
+def test_websocket_refuses_absent_wrong_and_foreign_tokens(
+    client: TestClient, path: str, code: int
+) -> None:
+    with pytest.raises(WebSocketDisconnect) as refused, client.websocket_connect(path) as ws:
+        ws.receive_json()  # closed before any data
+    assert refused.value.code == code
+
+
+def test_websocket_token_in_a_subprotocol(client: TestClient) -> None:
+    with client.websocket_connect(
+        "/api/quota/ws/a", subprotocols=["quota-hooks", f"bearer.{TOKEN_A}"]
+    ) as ws:
+        assert ws.accepted_subprotocol == "quota-hooks"
+        assert ws.receive_json()["data"]["workspace_id"] == "a"
+    assert client.app.state.manager.events.listeners == 0  # type: ignore[attr-defined]
+
+
+def test_dashboard_pages_are_served(client: TestClient) -> None:
+    for path in ("/", "/dashboard/a"):
+        page = client.get(path)
+        assert page.status_code == 200
+        assert "<title>quota-hooks</title>" in page.text and "/api/quota/ws/" in page.text
