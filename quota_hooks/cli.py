@@ -1,38 +1,301 @@
-"""The ``quota-hooks`` command: ``demo`` and ``prices``."""
+"""The ``quota-hooks`` command: ``demo``, ``serve``, ``status``, ``report`` and ``prices``.
+
+Exit codes: 0 done, 1 the store could not be read, 2 a bad flag or value (named in the
+message).
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import csv
+import ipaddress
+import json
+import os
 import sys
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
 
+from .errors import ConfigurationError, StorageError
 from .pricing import PriceBook
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
+
+DEFAULT_STORE = "sqlite:///quota.db"
 
 
+class _UsageError(Exception):
+    """A bad flag or value: exit code 2."""
+
+
+def _manager(store_url: str | None) -> Any:
+    from .manager import STORE_ENV, QuotaManager
+    from .storage import store_from_url
+
+    url = store_url or os.environ.get(STORE_ENV, "").strip() or DEFAULT_STORE
+    flag = "--store" if store_url else (STORE_ENV if os.environ.get(STORE_ENV) else "--store")
+    try:
+        store = store_from_url(url)
+    except ConfigurationError as exc:
+        raise _UsageError(f"{flag}: {exc}") from exc
+    try:
+        return QuotaManager.from_env(store=store)
+    except ConfigurationError as exc:
+        store.close()
+        raise _UsageError(str(exc)) from exc
+
+
+# ---------------------------------------------------------------------- demo
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
-    from .errors import ConfigurationError
+    from .demo import WORKSPACE, run_demo
     from .storage import store_from_url
 
     try:
         store = store_from_url(args.store)
     except ConfigurationError as exc:
-        print(f"quota-hooks demo: --store: {exc}", file=sys.stderr)
-        return 2
-    run_demo(store=store)
+        raise _UsageError(f"--store: {exc}") from exc
+    server = None
+    if args.serve:
+        server = _start_server(args.port)
+        print(f"dashboard: http://127.0.0.1:{server.port}/dashboard/{WORKSPACE}", flush=True)
+    view = _LiveView.start(WORKSPACE) if sys.stdout.isatty() and not args.plain else None
+
+    def attach(manager: Any) -> None:
+        if server is not None:
+            server.serve(manager)
+        if view is not None:
+            view.watch(manager)
+
+    try:
+        manager = run_demo(
+            say=view.say if view is not None else print,
+            store=store,
+            pace=args.pace if args.pace is not None else (0.4 if args.serve else 0.0),
+            on_manager=attach,
+            keep_open=server is not None,
+        )
+    finally:
+        if view is not None:
+            view.stop()
+    if server is not None:
+        print(f"serving the dashboard until Ctrl-C (or {args.hold:g} s)", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            time.sleep(args.hold)
+        server.stop()
+        manager.close()
     return 0
 
 
+class _LiveView:
+    """The demo's live terminal view (rich): the workspace's gauges above the traffic log."""
+
+    def __init__(self, workspace: str) -> None:
+        from rich.console import Console
+        from rich.live import Live
+
+        self.workspace = workspace
+        self.manager: Any = None
+        self.console = Console()
+        self.live = Live(self._render(), console=self.console, refresh_per_second=8)
+
+    @classmethod
+    def start(cls, workspace: str) -> _LiveView | None:
+        try:
+            view = cls(workspace)
+        except ImportError:
+            return None  # rich is optional: plain lines instead
+        view.live.start()
+        return view
+
+    def watch(self, manager: Any) -> None:
+        self.manager = manager
+
+    def say(self, line: str) -> None:
+        self.live.console.print(line, highlight=False, markup=False)
+        self.live.update(self._render())
+
+    def stop(self) -> None:
+        self.live.update(self._render())
+        self.live.stop()
+
+    def _render(self) -> Any:
+        from rich.table import Table
+
+        table = Table(title=f"workspace {self.workspace!r}", expand=False)
+        for column in ("limit", "used", "of", "%"):
+            table.add_column(column, justify="right" if column != "limit" else "left")
+        if self.manager is None:
+            return table
+        try:
+            report = self.manager.status(self.workspace, enhanced=False)
+        except Exception:  # the live view never stops the demo
+            return table
+        for metric, usage in report.limits.items():
+            style = ("red" if usage.percentage >= 95 else
+                     "yellow" if usage.percentage >= 80 else "green")
+            table.add_row(metric, f"{usage.current}", "-" if usage.limit is None else
+                          f"{usage.limit}", f"[{style}]{usage.percentage:.1f}[/]")
+        table.caption = f"status: {report.status.value}"
+        return table
+
+
+class _Server:
+    """uvicorn in a thread, serving whichever manager :meth:`serve` is given."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.thread: threading.Thread | None = None
+        self.server: Any = None
+
+    def serve(self, manager: Any) -> None:
+        import uvicorn
+
+        from .server import create_app
+
+        config = uvicorn.Config(create_app(manager, tokens=""), host="127.0.0.1",
+                                port=self.port, log_level="warning", lifespan="off")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="quota-hooks-serve",
+                                       daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.server is not None and self.thread is not None:
+            self.server.should_exit = True
+            self.thread.join(5)
+
+
+def _start_server(port: int) -> _Server:
+    try:
+        import uvicorn  # noqa: F401
+
+        from . import server  # noqa: F401
+    except ImportError as exc:
+        raise _UsageError(
+            f"--serve needs the server extra: pip install 'quota-hooks[server]' ({exc})"
+        ) from exc
+    return _Server(port)
+
+
+# ---------------------------------------------------------------------- serve
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from .server import ApiTokens, create_app
+    except ImportError as exc:
+        raise _UsageError(f"serve needs the server extra: pip install 'quota-hooks[server]' "
+                          f"({exc})") from exc
+    try:
+        tokens = ApiTokens.from_env()
+    except ConfigurationError as exc:
+        raise _UsageError(str(exc)) from exc
+    if tokens.open and not _loopback(args.host):
+        raise _UsageError(
+            f"--host {args.host}: without QUOTA_HOOKS_API_TOKENS the server would show every "
+            f"workspace to anyone who can reach it; set tokens or serve on 127.0.0.1"
+        )
+    manager = _manager(args.store)
+    if tokens.open:
+        print("no API tokens configured (QUOTA_HOOKS_API_TOKENS): listening on "
+              f"{args.host} only, every workspace is visible there", flush=True)
+    print(f"quota-hooks: {manager.store!r} on http://{args.host}:{args.port}/", flush=True)
+    try:
+        uvicorn.run(create_app(manager, tokens=tokens), host=args.host, port=args.port,
+                    log_level="warning")
+    finally:
+        manager.close()
+    return 0
+
+
+# ---------------------------------------------------------------------- status
+def _status(args: argparse.Namespace) -> int:
+    manager = _manager(args.store)
+    try:
+        report = manager.status(args.workspace, enhanced=args.json)
+    finally:
+        manager.close()
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return 0
+    print(f"workspace {args.workspace!r}: {report.status.value} "
+          f"(alert level {report.alert_level.value})")
+    for metric, usage in report.limits.items():
+        limit = "unlimited" if usage.limit is None else usage.limit
+        print(f"  {metric:<20} {usage.current:>12} / {limit:<10} ({usage.percentage:.1f}%)")
+    return 0
+
+
+# ---------------------------------------------------------------------- report
+_COLUMNS = ("name", "requests", "errors", "tokens", "input_tokens", "output_tokens", "cost_usd")
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .windows import parse_since
+
+    manager = _manager(args.store)
+    try:
+        try:
+            since = parse_since(args.since, manager.now())
+        except ValueError as exc:
+            raise _UsageError(f"--since: {exc}") from exc
+        workspaces = [args.workspace] if args.workspace else manager.workspaces()
+        by = {"method": "api_method", "workspace": "day"}.get(args.by, args.by)
+        rows: dict[str, list[float]] = {}
+        for workspace in workspaces:
+            history = manager.history(workspace, since=since, by=by)
+            for name, r in history.rows.items():
+                key = workspace if args.by == "workspace" else name
+                row = rows.setdefault(key, [0, 0, 0, 0, 0, 0.0])
+                for i, value in enumerate((r.request_count, r.error_count, r.tokens_used,
+                                           r.input_tokens, r.output_tokens, r.cost_usd)):
+                    row[i] += value
+    finally:
+        manager.close()
+    table = [
+        {"name": name, **{c: (round(v, 6) if c == "cost_usd" else int(v))
+                          for c, v in zip(_COLUMNS[1:], values, strict=True)}}
+        for name, values in sorted(rows.items())
+    ]
+    if args.format == "json":
+        print(json.dumps({"since": args.since, "by": args.by, "rows": table}, indent=2))
+    elif args.format == "csv":
+        writer = csv.DictWriter(sys.stdout, fieldnames=_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(table)
+    else:
+        print(f"usage since {args.since}, by {args.by}")
+        print(f"{args.by:<28}{'requests':>10}{'errors':>8}{'tokens':>12}{'cost':>14}")
+        for line in table:
+            print(f"{line['name']:<28}{line['requests']:>10}{line['errors']:>8}"
+                  f"{line['tokens']:>12}{'$' + format(line['cost_usd'], '.6f'):>14}")
+        if not table:
+            print("(no usage in this range)")
+    return 0
+
+
+# ---------------------------------------------------------------------- prices
 def _prices(args: argparse.Namespace) -> int:
     book = PriceBook.default()
     names = book.models()
     if args.model:
         found = book.resolve(args.model)
         if found is None:
-            print(f"quota-hooks prices: unknown model {args.model!r}", file=sys.stderr)
-            return 1
+            raise _UsageError(f"unknown model {args.model!r} (quota-hooks prices lists them)")
         names = [found[0]]
     print(f"prices: USD per 1M tokens (source {book.source})")
     print(f"{'model':<28}{'input':>10}{'cached':>10}{'output':>10}  other")
@@ -52,18 +315,73 @@ def _prices(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- parser
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a port number, got {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 65535, got {port}")
+    return port
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be seconds, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``quota-hooks`` command."""
-    parser = argparse.ArgumentParser(prog="quota-hooks", description=__doc__)
+    parser = argparse.ArgumentParser(prog="quota-hooks", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
+    store_help = f"store URL (default: $QUOTA_HOOKS_STORE, else {DEFAULT_STORE})"
+
     demo = commands.add_parser(
         "demo", help="drive real clients offline through the adapters and print the report"
     )
     demo.add_argument(
-        "--store", default="sqlite:///quota.db",
-        help="where usage lives (default: sqlite:///quota.db, kept across runs; memory://)",
+        "--store", default=DEFAULT_STORE,
+        help=f"where usage lives (default: {DEFAULT_STORE}, kept across runs; memory://)",
     )
+    demo.add_argument("--serve", action="store_true",
+                      help="open the live dashboard on 127.0.0.1 while the demo runs")
+    demo.add_argument("--port", type=_port, default=8765, help="dashboard port (8765)")
+    demo.add_argument("--hold", type=_seconds, default=3600.0,
+                      help="with --serve: seconds to keep serving after the traffic (3600)")
+    demo.add_argument("--pace", type=_seconds, default=None,
+                      help="seconds between calls (0; 0.4 with --serve, to watch them arrive)")
+    demo.add_argument("--plain", action="store_true", help="plain lines, no live view")
     demo.set_defaults(run=_demo)
+
+    serve = commands.add_parser("serve", help="serve the status API, WebSocket and dashboard")
+    serve.add_argument("--store", help=store_help)
+    serve.add_argument("--host", default="127.0.0.1", help="interface (127.0.0.1)")
+    serve.add_argument("--port", type=_port, default=8000, help="port (8000)")
+    serve.set_defaults(run=_serve)
+
+    status = commands.add_parser("status", help="one workspace's status")
+    status.add_argument("workspace")
+    status.add_argument("--json", action="store_true", help="the status JSON, enhanced")
+    status.add_argument("--store", help=store_help)
+    status.set_defaults(run=_status)
+
+    report = commands.add_parser("report", help="usage over time, as a table, CSV or JSON")
+    report.add_argument("--since", default="30d",
+                        help="30d, 12h, 2w, 2026-01-05 or epoch seconds (30d)")
+    report.add_argument("--by", choices=["model", "method", "workspace", "day"],
+                        default="model")
+    report.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    report.add_argument("--workspace", help="one workspace (default: all)")
+    report.add_argument("--store", help=store_help)
+    report.set_defaults(run=_report)
+
     prices = commands.add_parser("prices", help="show the price table and its source")
     prices.add_argument("model", nargs="?", help="one model (dated names and prefixes resolve)")
     prices.set_defaults(run=_prices)
@@ -73,8 +391,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``quota-hooks`` console script."""
     args = build_parser().parse_args(argv)
-    code: int = args.run(args)
-    return code
+    run: Callable[[argparse.Namespace], int] = args.run
+    try:
+        return run(args)
+    except _UsageError as exc:
+        print(f"quota-hooks {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except StorageError as exc:
+        print(f"quota-hooks {args.command}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from collections.abc import Callable
 from decimal import Decimal
 
@@ -159,24 +160,41 @@ def _langchain_traffic(
     say("langchain stream chat            gpt-4o-mini   (recorded once, at its end)")
 
 
-def run_demo(say: Callable[[str], None] = print, store: Store | None = None) -> QuotaManager:
+def run_demo(
+    say: Callable[[str], None] = print,
+    store: Store | None = None,
+    *,
+    pace: float = 0.0,
+    on_manager: Callable[[QuotaManager], object] | None = None,
+    keep_open: bool = False,
+) -> QuotaManager:
     """Run the demo traffic and print the report and the alerts it raised; returns the manager
-    (closed) for inspection. ``store`` defaults to memory; ``quota-hooks demo`` uses SQLite."""
+    for inspection (closed, unless ``keep_open``). ``store`` defaults to memory;
+    ``quota-hooks demo`` uses SQLite. ``pace``: seconds to pause after each call, to watch
+    them arrive on the dashboard; ``on_manager`` is called with the manager before any call."""
     alerts = CaptureSink()
     manager = QuotaManager(
         QuotaPolicy(rpm=60, tpm=20_000, monthly_budget_usd=Decimal("0.05")),
         policies={SMALL: QuotaPolicy(monthly_budget_usd=Decimal("0.01"))},
         store=store, sinks=[alerts],
     )
+    if on_manager is not None:
+        on_manager(manager)
     say(f"store: {manager.store!r}")
+
+    def step(line: str) -> None:
+        say("  " + line)
+        if pace:
+            time.sleep(pace)
+
     fake = FakeOpenAI(FakeUsage(input_tokens=640, output_tokens=180, cached_tokens=512,
                                 reasoning_tokens=64))
     say("traffic:")
-    _openai_traffic(manager, fake, lambda line: say("  " + line))
-    _litellm_traffic(manager, fake, lambda line: say("  " + line))
-    _langchain_traffic(manager, fake, lambda line: say("  " + line))
+    _openai_traffic(manager, fake, step)
+    _litellm_traffic(manager, fake, step)
+    _langchain_traffic(manager, fake, step)
     say(f"enforcement (workspace {SMALL!r}, a $0.01 monthly budget):")
-    _refusal(manager, fake, lambda line: say("  " + line))
+    _refusal(manager, fake, step)
 
     manager.drain()
     say("\nalerts:")
@@ -190,5 +208,6 @@ def run_demo(say: Callable[[str], None] = print, store: Store | None = None) -> 
         say(f"  {metric:<20} {usage.current:>10} / {limit:<8} ({usage.percentage:.2f}%)")
     say("\nenhanced status JSON (manager.get_tracker('demo').get_enhanced_status_data()):")
     say(json.dumps(manager.get_tracker(WORKSPACE).get_enhanced_status_data(recent=5), indent=2))
-    manager.close()
+    if not keep_open:
+        manager.close()
     return manager

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from quota_hooks.cli import main
@@ -65,7 +68,7 @@ def test_prices_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["prices", "openai/gpt-4o-2024-08-06"]) == 0
     out = capsys.readouterr().out
     assert "gpt-4o" in out and "2.50" in out and "10.00" in out
-    assert main(["prices", "no-such-model"]) == 1
+    assert main(["prices", "no-such-model"]) == 2
     assert "unknown model 'no-such-model'" in capsys.readouterr().err
 
 
@@ -74,3 +77,97 @@ def test_unknown_command_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
         main(["frobnicate"])
     assert info.value.code == 2
     assert "frobnicate" in capsys.readouterr().err
+
+
+@pytest.fixture
+def recorded(tmp_path: Path) -> str:
+    """A SQLite store with usage in two workspaces, on two days."""
+    from quota_hooks import QuotaManager, QuotaPolicy, UsageRecord
+    from quota_hooks.storage import SQLiteStore
+
+    now = time.time()
+    url = f"sqlite:///{tmp_path / 'usage.db'}"
+    manager = QuotaManager(QuotaPolicy(rpm=10), store=SQLiteStore(tmp_path / "usage.db"),
+                           clock=lambda: now - 2 * 86_400)
+    manager.record(UsageRecord(workspace_id="acme", model="gpt-4o", input_tokens=1000))
+    manager.clock = lambda: now
+    for model in ("gpt-4o-mini", "gpt-4o-mini", "gpt-4o"):
+        manager.record(UsageRecord(workspace_id="acme", model=model, input_tokens=100,
+                                   output_tokens=10))
+    manager.record(UsageRecord(workspace_id="beta", model="gpt-4o-mini", input_tokens=50,
+                               success=False, status_code=500))
+    manager.close()
+    return url
+
+
+def test_status_command(recorded: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["status", "acme", "--store", recorded]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "workspace 'acme': normal (alert level none)"
+    assert "rpm" in out and " 3 / 500 " in out  # the policy comes from the environment
+    assert main(["status", "acme", "--json", "--store", recorded]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["requests_per_day"]["current"] == 3
+    assert data["enhanced_tracking"]["models_breakdown"]["gpt-4o-mini"]["request_count"] == 2
+
+
+def test_report_command(recorded: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", "--by", "workspace", "--format", "json", "--store", recorded]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)["rows"]}
+    assert (rows["acme"]["requests"], rows["beta"]["errors"]) == (4, 1)
+    assert main(["report", "--by", "model", "--format", "csv", "--workspace", "acme",
+                 "--store", recorded]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "name,requests,errors,tokens,input_tokens,output_tokens,cost_usd"
+    assert [line.split(",")[:3] for line in lines[1:]] == [["gpt-4o", "2", "0"],
+                                                          ["gpt-4o-mini", "2", "0"]]
+    assert main(["report", "--by", "day", "--since", "12h", "--store", recorded]) == 0
+    table = capsys.readouterr().out
+    assert "by day" in table and len(table.splitlines()) == 3  # only today's row
+    assert main(["report", "--by", "method", "--store", recorded]) == 0
+    assert "chat.completions" in capsys.readouterr().out
+
+
+def test_bad_flags_are_named_and_exit_2(recorded: str,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", "--since", "last tuesday", "--store", recorded]) == 2
+    assert "--since" in capsys.readouterr().err
+    assert main(["status", "acme", "--store", "mysql://db"]) == 2
+    assert "--store: " in capsys.readouterr().err
+    assert main(["serve", "--host", "0.0.0.0", "--store", recorded]) == 2
+    err = capsys.readouterr().err
+    assert "--host 0.0.0.0" in err and "QUOTA_HOOKS_API_TOKENS" in err
+    with pytest.raises(SystemExit) as info:
+        main(["serve", "--port", "99999"])
+    assert info.value.code == 2
+    assert "between 0 and 65535" in capsys.readouterr().err
+
+
+def test_demo_serve_opens_the_dashboard_while_it_runs(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "quota_hooks.cli", "demo", "--serve", "--port", str(port),
+         "--pace", "0.05", "--hold", "30", "--store", "memory://"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert first.strip() == f"dashboard: http://127.0.0.1:{port}/dashboard/demo"
+        seen = 0
+        deadline = time.monotonic() + 120
+        while seen < 13 and time.monotonic() < deadline:  # the demo's 13 requests arrive
+            try:
+                reply = httpx.get(f"http://127.0.0.1:{port}/api/quota/status/demo", timeout=5)
+                seen = reply.json()["requests_per_minute"]["current"]
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        assert seen == 13
+        page = httpx.get(f"http://127.0.0.1:{port}/dashboard/demo", timeout=5)
+        assert page.status_code == 200 and "quota-hooks" in page.text
+    finally:
+        proc.terminate()
+        proc.wait(30)
