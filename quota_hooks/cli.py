@@ -12,6 +12,7 @@ import csv
 import ipaddress
 import json
 import os
+import socket
 import sys
 import threading
 import time
@@ -30,12 +31,18 @@ class _UsageError(Exception):
     """A bad flag or value: exit code 2."""
 
 
-def _manager(store_url: str | None) -> Any:
+def _manager(store_url: str | None, *, existing: bool = False) -> Any:
+    """The manager of a command; ``existing``: a SQLite file must be there already (a
+    read-only command never creates an empty store and reports it as normal)."""
     from .manager import STORE_ENV, QuotaManager
     from .storage import store_from_url
 
     url = store_url or os.environ.get(STORE_ENV, "").strip() or DEFAULT_STORE
     flag = "--store" if store_url else (STORE_ENV if os.environ.get(STORE_ENV) else "--store")
+    if existing and url.startswith("sqlite:///"):
+        path = url[len("sqlite:///"):].partition("?")[0]
+        if path and not os.path.exists(path):
+            raise _UsageError(f"{flag}: {path} does not exist (no usage was recorded there)")
     try:
         store = store_from_url(url)
     except ConfigurationError as exc:
@@ -161,8 +168,13 @@ class _Server:
                                        daemon=True)
         self.thread.start()
         deadline = time.monotonic() + 10
-        while not self.server.started and time.monotonic() < deadline:
+        while not self.server.started and self.thread.is_alive():
+            if time.monotonic() > deadline:
+                break
             time.sleep(0.02)
+        if not self.server.started:
+            self.stop()
+            raise _UsageError(f"--port {self.port}: the dashboard server did not start")
 
     def stop(self) -> None:
         if self.server is not None and self.thread is not None:
@@ -170,7 +182,20 @@ class _Server:
             self.thread.join(5)
 
 
+def _check_port(host: str, port: int) -> None:
+    """Fail early, naming ``--port``, when the port cannot be bound."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise _UsageError(f"--port {port}: cannot listen on {host}:{port}: "
+                              f"{exc.strerror or exc}") from exc
+
+
 def _start_server(port: int) -> _Server:
+    _check_port("127.0.0.1", port)
     try:
         import uvicorn  # noqa: F401
 
@@ -209,6 +234,7 @@ def _serve(args: argparse.Namespace) -> int:
             f"--host {args.host}: without QUOTA_HOOKS_API_TOKENS the server would show every "
             f"workspace to anyone who can reach it; set tokens or serve on 127.0.0.1"
         )
+    _check_port(args.host, args.port)
     manager = _manager(args.store)
     if tokens.open:
         print("no API tokens configured (QUOTA_HOOKS_API_TOKENS): listening on "
@@ -224,7 +250,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- status
 def _status(args: argparse.Namespace) -> int:
-    manager = _manager(args.store)
+    manager = _manager(args.store, existing=True)
     try:
         report = manager.status(args.workspace, enhanced=args.json)
     finally:
@@ -247,12 +273,14 @@ _COLUMNS = ("name", "requests", "errors", "tokens", "input_tokens", "output_toke
 def _report(args: argparse.Namespace) -> int:
     from .windows import parse_since
 
-    manager = _manager(args.store)
+    manager = _manager(args.store, existing=True)
     try:
         try:
             since = parse_since(args.since, manager.now())
         except ValueError as exc:
             raise _UsageError(f"--since: {exc}") from exc
+        if since > manager.now():
+            raise _UsageError(f"--since: {args.since!r} is in the future")
         workspaces = [args.workspace] if args.workspace else manager.workspaces()
         by = {"method": "api_method", "workspace": "day"}.get(args.by, args.by)
         rows: dict[str, list[float]] = {}

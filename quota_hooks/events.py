@@ -116,7 +116,9 @@ class Events:
                 sub._mark(workspace_id)
 
     def alert(self, alert: Any) -> None:
-        """Pass a sent alert (with a ``workspace_id``) to the listeners of its workspace."""
+        """Pass a sent alert (with a ``workspace_id``) to the listeners of its workspace; an
+        alert about every workspace (``"*"``: tracking failed outside any one) to all."""
+        everyone = alert.workspace_id == "*"
         for sub in self._subscriptions:
-            if sub.wants(alert.workspace_id):
+            if everyone or sub.wants(alert.workspace_id):
                 sub._mark(None, alert)

@@ -59,7 +59,7 @@ from .storage.base import (
     UsageEntry,
     workspace_scope,
 )
-from .usage import MAX_COST, Estimate, UsageRecord, estimate_tokens, storable
+from .usage import MAX_COST, MAX_COUNT, Estimate, UsageRecord, estimate_tokens, storable
 from .windows import day_key, month_bounds, month_key
 
 __all__ = [
@@ -403,18 +403,11 @@ class QuotaManager:
                 limits[key] = enforced
         if not limits:
             return None
-        record = UsageRecord(
-            workspace_id=workspace_id,
-            model=estimate.model,
-            api_method=estimate.api_method,
-            input_tokens=estimate.input_tokens,
-            output_tokens=estimate.output_tokens,
-        )
-        cost = self.prices.cost(record).usd
+        inputs, outputs = _count(estimate.input_tokens), _count(estimate.output_tokens)
         delta = UsageDelta(
             requests=0 if estimate.api_method in policy.unmetered_methods else 1,
-            tokens=record.total_tokens,
-            cost_nanos=0 if cost is None else to_nanos(cost),
+            tokens=inputs + outputs,
+            cost_nanos=self.prices.estimate_nanos(estimate.model, inputs, outputs),
         )
         if not (delta.requests or delta.tokens or delta.cost_nanos):
             return None
@@ -763,7 +756,7 @@ class QuotaManager:
             raise ValueError(f"since must be a time in the past, got {since!r}")
         zone = self.policy_for(workspace_id).timezone
         months: list[str] = []
-        moment = max(start, now - 400 * 86_400)  # stores keep about 13 months
+        start = moment = max(start, now - 400 * 86_400)  # stores keep about 13 months
         while moment <= now:
             months.append(month_key(moment, zone))
             moment = month_bounds(moment, zone)[1]
@@ -866,6 +859,13 @@ class WorkspaceTracker:
 
 def _iso(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _count(value: object) -> int:
+    """An estimate's token count, trusted like a record's (see :mod:`quota_hooks.usage`)."""
+    if type(value) is int and 0 <= value <= MAX_COUNT:
+        return value
+    return UsageRecord(input_tokens=value).input_tokens  # type: ignore[arg-type]
 
 
 class _PublishSink:

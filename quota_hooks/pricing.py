@@ -140,6 +140,7 @@ class PriceBook:
         self._resolved: dict[str, tuple[str, ModelPrice] | None] = {}
         self._warned: set[str] = set()
         self._lock = threading.Lock()
+        self._rates: dict[str, tuple[int, int] | None] = {}
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -292,6 +293,36 @@ class PriceBook:
         record = UsageRecord(model=model, input_tokens=input_tokens, output_tokens=output_tokens)
         return self.cost(record).usd
 
+    def estimate_nanos(self, model: str, input_tokens: int, output_tokens: int) -> int:
+        """Nano-dollars a call with these token counts costs at the model's text prices, for
+        reservations: integer arithmetic on rates cached per model, 0 for an unknown model.
+        Equals ``to_nanos(estimate_cost(...))`` whenever the prices have at most 6 decimals
+        (every bundled price); otherwise it falls back to that exact path."""
+        rates = self._rates.get(model, _MISSING)
+        if rates is _MISSING:
+            rates = self._pico_rates(model)
+            if len(self._rates) > 4096:
+                self._rates.clear()
+            self._rates[model] = rates
+        if rates is None:
+            usd = self.estimate_cost(model, input_tokens, output_tokens)
+            return 0 if usd is None else to_nanos(usd)
+        pico: int = input_tokens * rates[0] + output_tokens * rates[1]  # pico-dollars
+        nanos, rest = divmod(pico, 1000)
+        return nanos + (rest > 500 or (rest == 500 and nanos % 2 == 1))  # half-even
+
+    def _pico_rates(self, model: str) -> tuple[int, int] | None:
+        found = self.resolve(model)
+        if found is None:
+            return (0, 0)
+        price = found[1]
+        if price.input is None or price.output is None:
+            return None
+        rates = (price.input * _PER_MILLION, price.output * _PER_MILLION)  # USD/1M -> pico/token
+        if any(r != r.to_integral_value() for r in rates):
+            return None
+        return int(rates[0]), int(rates[1])
+
     def _unpriced(self, model: str, why: str) -> Cost:
         if model not in self._warned:
             with self._lock:
@@ -305,6 +336,9 @@ class PriceBook:
                         PRICES_FILE_ENV,
                     )
         return Cost(None, "unpriced")
+
+
+_MISSING: Any = object()
 
 
 def _cost(price: ModelPrice, r: UsageRecord) -> Decimal | None:

@@ -99,11 +99,11 @@ def parse_since(text: str, now: float) -> float:
     seconds. Raises ValueError naming the text."""
     value = text.strip()
     unit = value[-1:].lower()
-    if unit in _SPANS and value[:-1].isdigit():
-        return now - int(value[:-1]) * _SPANS[unit]
     try:
+        if unit in _SPANS and value[:-1].isdigit():
+            return now - int(value[:-1]) * _SPANS[unit]  # may overflow: a ValueError then
         return float(value) if value.replace(".", "", 1).isdigit() else _iso_seconds(value)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise ValueError(
             f"since must be like 30d, 12h, 2026-01-05 or epoch seconds, got {text!r}"
         ) from None

@@ -171,3 +171,29 @@ def test_demo_serve_opens_the_dashboard_while_it_runs(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_read_commands_never_create_a_store_and_refuse_the_future(
+    recorded: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "nowhere" / "q.db"
+    assert main(["status", "acme", "--store", f"sqlite:///{missing}"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not missing.parent.exists()
+    assert main(["report", "--since", "2099-01-01", "--store", recorded]) == 2
+    assert "--since: '2099-01-01' is in the future" in capsys.readouterr().err
+    assert main(["report", "--since", "1" + "0" * 400 + "d", "--store", recorded]) == 2
+    assert "--since" in capsys.readouterr().err
+
+
+def test_a_busy_port_is_named_and_exits_2(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["serve", "--port", str(port), "--store", "memory://"]) == 2
+        assert f"--port {port}: cannot listen" in capsys.readouterr().err
+        assert main(["demo", "--serve", "--port", str(port), "--store", "memory://",
+                     "--plain"]) == 2
+        assert f"--port {port}" in capsys.readouterr().err

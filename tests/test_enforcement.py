@@ -302,12 +302,7 @@ def test_litellm_exactly_n_admitted_async_hook_and_sync_guard(store: Store) -> N
 def test_a_call_seen_by_two_adapters_counts_once(clock: ManualClock) -> None:
     fake = FakeOpenAI(FakeUsage(input_tokens=100, output_tokens=20))
     manager = QuotaManager(limits(rpm=10, mode="raise"), clock=clock)
-    tracked = track_openai(
-        OpenAI(api_key="sk-test", base_url="http://fake/v1", max_retries=0,
-               http_client=httpx2.Client(transport=fake.transport())),
-        workspace_id="transport-ws", manager=manager)
-    llm = ChatOpenAI(model="gpt-4o-mini", client=tracked.chat.completions,
-                     root_client=tracked, api_key="sk-test")  # type: ignore[arg-type]
+    llm, _ = _chat_on_tracked_client(manager, fake)
     handler = QuotaCallbackHandler(manager=manager, workspace_id="ws")
     llm.invoke("hi", config={"callbacks": [handler], "metadata": {"workspace_id": "acme"}})
     for _ in llm.stream("hi", config={"callbacks": [handler]}):

@@ -174,3 +174,15 @@ def test_from_litellm_matches_litellm_map() -> None:
     )
     assert got == expected
     assert book.source == "litellm"
+
+
+def test_estimate_nanos_equals_the_exact_path() -> None:
+    book = PriceBook.default()
+    for model in book.models():
+        for tokens in ((0, 0), (1, 0), (0, 1), (1234, 567), (10**9, 3)):
+            exact = book.estimate_cost(model, *tokens)
+            expected = 0 if exact is None else to_nanos(exact)
+            assert book.estimate_nanos(model, *tokens) == expected, (model, tokens)
+    assert book.estimate_nanos("no-such-model", 100, 100) == 0
+    odd = book.with_overrides({"odd": {"input": "0.0000001", "output": "1"}})
+    assert odd.estimate_nanos("odd", 5, 0) == to_nanos(odd.estimate_cost("odd", 5, 0) or 0)

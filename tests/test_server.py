@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,7 +11,7 @@ from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
 from quota_hooks import QuotaManager, QuotaPolicy, UsageRecord
-from quota_hooks.errors import ConfigurationError
+from quota_hooks.errors import ConfigurationError, StorageError
 from quota_hooks.server import ApiTokens, create_app
 from quota_hooks.testing import ManualClock
 
@@ -40,6 +41,10 @@ def client(manager: QuotaManager) -> Iterator[TestClient]:
     with TestClient(create_app(manager, tokens=TOKENS, max_updates_per_second=2,
                                poll_interval=0.2)) as client:
         yield client
+
+
+#: TestClient's WebSockets say "testserver" unless told otherwise.
+LOCAL = {"host": "127.0.0.1:8000"}
 
 
 def bearer(token: str | None) -> dict[str, str]:
@@ -105,6 +110,13 @@ def test_bad_query_values_are_named(client: TestClient) -> None:
     response = client.get("/api/quota/history/a?since=yesterday", headers=bearer(ADMIN))
     assert response.status_code == 422 and "since" in response.json()["detail"]
     assert "'yesterday'" in response.json()["detail"]
+    huge = "1" + "0" * 400 + "d"
+    response = client.get(f"/api/quota/history/a?since={huge}", headers=bearer(ADMIN))
+    assert response.status_code == 422 and "since" in response.json()["detail"]
+    future = client.get("/api/quota/history/a?since=2099-01-01", headers=bearer(ADMIN))
+    assert future.status_code == 422 and "in the past" in future.json()["detail"]
+    ancient = client.get("/api/quota/history/a?since=0001-01-01", headers=bearer(ADMIN))
+    assert ancient.status_code == 200  # clamped to what stores keep
     response = client.get("/api/quota/history/a?by=color", headers=bearer(ADMIN))
     assert response.status_code == 422 and "by" in response.text
 
@@ -114,9 +126,67 @@ def test_healthz_needs_no_token(client: TestClient) -> None:
 
 
 def test_an_open_server_needs_no_token(manager: QuotaManager) -> None:
-    with TestClient(create_app(manager, tokens="")) as open_client:
+    app = create_app(manager, tokens="")
+    with TestClient(app, base_url="http://127.0.0.1:8000") as open_client:
         assert open_client.get("/api/quota/status/a").status_code == 200
         assert open_client.get("/api/quota/workspaces").json()["workspaces"] == ["a", "b", "c"]
+        with open_client.websocket_connect(
+            "/api/quota/ws/a", headers=LOCAL | {"Origin": "http://127.0.0.1:8000"}
+        ) as ws:  # the server's own dashboard page
+            assert ws.receive_json()["data"]["workspace_id"] == "a"
+
+
+def test_an_open_server_refuses_other_sites_and_rebound_hosts(manager: QuotaManager) -> None:
+    """Without tokens, a page of another site (browsers apply no CORS to WebSockets) and a
+    DNS-rebound host name must not read the server."""
+    app = create_app(manager, tokens="", cors_origins=["http://app.example"])
+    with TestClient(app, base_url="http://127.0.0.1:8000") as open_client:
+        rebound = open_client.get("/api/quota/workspaces", headers={"Host": "evil.example"})
+        assert rebound.status_code == 403 and "loopback" in rebound.json()["detail"]
+        other_site = open_client.get("/api/quota/status/a",
+                                     headers={"Origin": "http://evil.example"})
+        assert other_site.status_code == 403
+        with pytest.raises(WebSocketDisconnect), open_client.websocket_connect(
+            "/api/quota/ws/a", headers=LOCAL | {"Origin": "http://evil.example"}
+        ):
+            pass
+        with open_client.websocket_connect(
+            "/api/quota/ws/a", headers=LOCAL | {"Origin": "http://app.example"}  # CORS allows
+        ) as ws:
+            assert ws.receive_json()["type"] == "quota_update"
+    with TestClient(app, base_url="http://localhost:8000") as local, local.websocket_connect(
+        "/api/quota/ws/a", headers={"host": "localhost:8000", "Origin": "http://localhost:8000"}
+    ) as ws:
+        assert ws.receive_json()["type"] == "quota_update"
+
+
+def test_workspace_ids_with_slashes_and_unicode(manager: QuotaManager,
+                                                client: TestClient) -> None:
+    for ws in ("team/a", "équipe 東京"):
+        call(manager, ws)
+        quoted = ws.replace("/", "%2F")
+        assert client.get(f"/api/quota/status/{quoted}", headers=bearer(ADMIN)).json()[
+            "workspace_id"] == ws
+        assert client.get(f"/api/quota/history/{quoted}", headers=bearer(ADMIN)).json()[
+            "total_requests"] == 1
+        with client.websocket_connect(f"/api/quota/ws/{quoted}?token={ADMIN}") as live:
+            assert live.receive_json()["data"]["workspace_id"] == ws
+        assert client.get(f"/dashboard/{quoted}").status_code == 200
+
+
+def test_a_store_failure_is_503_without_details(manager: QuotaManager,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    def down(*args: Any) -> Any:
+        raise StorageError("redis://10.0.0.5:6379 refused")
+
+    for name in ("acounters", "aworkspaces", "abreakdown"):
+        monkeypatch.setattr(manager.store, name, down)
+    with TestClient(create_app(manager, tokens=TOKENS)) as broken:
+        for path in ("/api/quota/status/a", "/api/quota/workspaces", "/api/quota/history/a"):
+            response = broken.get(path, headers=bearer(ADMIN))
+            assert response.status_code == 503 and "10.0.0.5" not in response.text
+        health = broken.get("/healthz")
+        assert health.status_code == 503 and "10.0.0.5" not in health.text
 
 
 def test_cors_origins(manager: QuotaManager) -> None:
@@ -126,6 +196,14 @@ def test_cors_origins(manager: QuotaManager) -> None:
         assert allowed.headers["access-control-allow-origin"] == "http://app.example"
         other = cors_client.get("/healthz", headers={"Origin": "http://evil.example"})
         assert "access-control-allow-origin" not in other.headers
+
+
+def test_token_entries_may_have_spaces() -> None:
+    tokens = ApiTokens.parse(" acme : tok-acme1 , * : admin-token-2 ")
+    access = tokens.access("tok-acme1")
+    assert access is not None and access.allows("acme") and not access.allows("beta")
+    admin = tokens.access("admin-token-2")
+    assert admin is not None and admin.admin
 
 
 def test_bad_token_configuration_names_the_entry() -> None:
@@ -199,6 +277,32 @@ def test_websocket_refuses_absent_wrong_and_foreign_tokens(
     with pytest.raises(WebSocketDisconnect) as refused, client.websocket_connect(path) as ws:
         ws.receive_json()  # closed before any data
     assert refused.value.code == code
+
+
+def test_an_alert_about_every_workspace_reaches_every_listener(
+    client: TestClient, manager: QuotaManager
+) -> None:
+    with client.websocket_connect(f"/api/quota/ws/a?token={TOKEN_A}") as ws:
+        ws.receive_json()
+        manager.note_tracking_failure("release", RuntimeError("store down"))  # no workspace
+        while (message := ws.receive_json())["type"] != "quota_alert":
+            pass
+        assert message["data"]["kind"] == "degraded"
+        assert message["data"]["workspace_id"] == "*"
+
+
+def test_binary_frames_from_a_client_are_ignored(client: TestClient,
+                                                 manager: QuotaManager) -> None:
+    with client.websocket_connect(f"/api/quota/ws/a?token={TOKEN_A}") as ws:
+        ws.receive_json()
+        ws.send_bytes(b"\x00\x01")
+        ws.send_text("ping")
+        call(manager, "a")
+        assert ws.receive_json()["data"]["requests_per_minute"]["current"] == 4
+    deadline = time.monotonic() + 5
+    while manager.events.listeners and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert manager.events.listeners == 0
 
 
 def test_websocket_token_in_a_subprotocol(client: TestClient) -> None:

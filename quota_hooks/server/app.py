@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Annotated, Any, Literal
@@ -66,7 +67,7 @@ class ApiTokens:
         """Tokens from ``workspace:token`` pairs (see the class doc)."""
         found: dict[str, Access] = {}
         for item in filter(None, (part.strip() for part in text.split(","))):
-            workspace, sep, token = item.rpartition(":")
+            workspace, sep, token = (part.strip() for part in item.rpartition(":"))
             if not sep or not workspace or not token:
                 raise ConfigurationError(
                     f"{source}: each entry must be workspace:token (or *:token for an admin), "
@@ -109,14 +110,55 @@ class ApiTokens:
         return match
 
 
+_LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def _hostname(authority: str) -> str:
+    """The host of ``host[:port]`` or ``[v6]:port``, lower-cased."""
+    authority = authority.strip().lower()
+    if authority.startswith("["):
+        return authority[1:].partition("]")[0]
+    return authority.rpartition(":")[0] if authority.count(":") == 1 else authority
+
+
+def _open_server_allows(headers: Mapping[str, str], origins: frozenset[str]) -> bool:
+    """Without tokens, only pages of this server (or of ``origins``) on a loopback name may
+    read it: a ``Host`` that is not loopback is DNS rebinding, and a foreign ``Origin`` is
+    another site's page (browsers apply no CORS to WebSockets)."""
+    host = headers.get("host", "")
+    if _hostname(host) not in _LOOPBACK_NAMES:
+        return False
+    origin = headers.get("origin")
+    if origin is None or origin in origins:
+        return True
+    scheme, _, rest = origin.partition("://")
+    return rest.lower() == host.strip().lower() and scheme in ("http", "https")
+
+
+@contextlib.contextmanager
+def _unavailable_on_store_errors() -> Iterator[None]:
+    try:
+        yield
+    except StorageError as exc:
+        logger.warning("quota-hooks: the API could not read the store: %s", exc)
+        raise HTTPException(503, "the usage store cannot be read right now") from exc
+
+
 def _bearer(request: Request) -> str | None:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
-def _check(tokens: ApiTokens, token: str | None, workspace_id: str | None) -> Access:
-    access = tokens.access(token)
+def _check(
+    tokens: ApiTokens, request: Request, workspace_id: str | None, origins: frozenset[str]
+) -> Access:
+    if tokens.open and not _open_server_allows(request.headers, origins):
+        raise HTTPException(
+            403, "this server has no API tokens: it answers its own pages on a loopback "
+                 "address only (set QUOTA_HOOKS_API_TOKENS to serve others)"
+        )
+    access = tokens.access(_bearer(request))
     if access is None:
         raise HTTPException(
             401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"}
@@ -133,6 +175,7 @@ def quota_router(
     max_updates_per_second: float = 4.0,
     poll_interval: float = 2.0,
     dashboard: bool = True,
+    allowed_origins: list[str] | None = None,
 ) -> APIRouter:
     """The API, WebSocket and (with ``dashboard``) the dashboard routes for ``manager``.
 
@@ -143,6 +186,8 @@ def quota_router(
         poll_interval: seconds between status reads on a quiet WebSocket, which catch usage
             that other processes sharing the store record.
         dashboard: serve the dashboard page at ``/`` and ``/dashboard/{workspace_id}``.
+        allowed_origins: browser origins, besides the server's own pages, that may use a
+            server without tokens (``create_app`` passes its ``cors_origins``).
     """
     if isinstance(tokens, str):
         tokens = ApiTokens.parse(tokens, source="tokens")
@@ -153,6 +198,7 @@ def quota_router(
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
             raise ConfigurationError(f"{name} must be a number > 0, got {value!r}")
     auth: ApiTokens = tokens
+    origins = frozenset(allowed_origins or ())
     gap = 1.0 / max_updates_per_second
     manager.publish_alerts()
     router = APIRouter()
@@ -162,26 +208,31 @@ def quota_router(
         """Liveness: the server answers and its store can be read."""
         try:
             await manager.aworkspaces()
-        except StorageError as exc:
-            return JSONResponse({"status": "degraded", "error": str(exc)}, status_code=503)
+        except StorageError:  # the details (store address) are in the log, not here
+            logger.warning("quota-hooks: /healthz: the store cannot be read", exc_info=True)
+            return JSONResponse({"status": "degraded", "error": "the store cannot be read"},
+                                status_code=503)
         return {"status": "ok", "tracking_errors": manager.tracking_errors}
 
-    @router.get("/api/quota/status/{workspace_id}")
+    @router.get("/api/quota/status/{workspace_id:path}")
     async def status(
         workspace_id: str, request: Request, enhanced: bool = False
     ) -> dict[str, Any]:
         """The seed status JSON of one workspace (``?enhanced=true``: with the breakdowns)."""
-        _check(auth, _bearer(request), workspace_id)
-        report = await manager.astatus(workspace_id, enhanced=enhanced)
+        _check(auth, request, workspace_id, origins)
+        with _unavailable_on_store_errors():
+            report = await manager.astatus(workspace_id, enhanced=enhanced)
         return report.to_dict(enhanced=enhanced)
 
     @router.get("/api/quota/workspaces")
     async def workspaces(request: Request) -> dict[str, list[str]]:
         """The workspaces with usage that this token may read."""
-        access = _check(auth, _bearer(request), None)
-        return {"workspaces": [w for w in await manager.aworkspaces() if access.allows(w)]}
+        access = _check(auth, request, None, origins)
+        with _unavailable_on_store_errors():
+            names = await manager.aworkspaces()
+        return {"workspaces": [w for w in names if access.allows(w)]}
 
-    @router.get("/api/quota/history/{workspace_id}")
+    @router.get("/api/quota/history/{workspace_id:path}")
     async def history(
         workspace_id: str,
         request: Request,
@@ -189,32 +240,36 @@ def quota_router(
         by: Literal["day", "model", "method", "api_method"] = "day",
     ) -> dict[str, Any]:
         """Usage over time, per day, model or API method."""
-        _check(auth, _bearer(request), workspace_id)
+        _check(auth, request, workspace_id, origins)
         try:
             start = parse_since(since, manager.now())
-            result = await manager.ahistory(
-                workspace_id, since=start, by="api_method" if by == "method" else by
-            )
+            with _unavailable_on_store_errors():
+                result = await manager.ahistory(
+                    workspace_id, since=start, by="api_method" if by == "method" else by
+                )
         except ValueError as exc:
             raise HTTPException(422, f"since: {exc}") from exc
         return result.model_dump(mode="json")
 
-    @router.websocket("/api/quota/ws/{workspace_id}")
+    @router.websocket("/api/quota/ws/{workspace_id:path}")
     async def live(websocket: WebSocket, workspace_id: str) -> None:
         """``quota_update`` snapshots (on connect, then on change) and ``quota_alert``s."""
         offered = websocket.scope.get("subprotocols") or []
         token = websocket.query_params.get("token") or next(
             (p[len(_BEARER_PROTOCOL):] for p in offered if p.startswith(_BEARER_PROTOCOL)), None
         )
+        if auth.open and not _open_server_allows(websocket.headers, origins):
+            await websocket.close(WS_FORBIDDEN)  # another site's page: refuse the handshake
+            return
         access = auth.access(token)
         await websocket.accept(subprotocol=_SUBPROTOCOL if _SUBPROTOCOL in offered else None)
         if access is None or not access.allows(workspace_id):
-            # Closed after the handshake, so that a browser sees the reason (a refused
+            # Closed after the handshake, so that a browser sees the code (a refused
             # handshake reaches its JavaScript as a bare 1006); nothing was sent.
             await websocket.close(
                 WS_UNAUTHORIZED if access is None else WS_FORBIDDEN,
                 "a valid token is required" if access is None
-                else f"this token may not read workspace {workspace_id!r}",
+                else "this token may not read this workspace",
             )
             return
         await _stream(manager, websocket, workspace_id, gap, poll_interval)
@@ -227,7 +282,7 @@ def quota_router(
         async def index() -> str:
             return html
 
-        @router.get("/dashboard/{workspace_id}", response_class=HTMLResponse,
+        @router.get("/dashboard/{workspace_id:path}", response_class=HTMLResponse,
                     include_in_schema=False)
         async def dashboard_page(workspace_id: str) -> str:
             return html
@@ -244,8 +299,8 @@ async def _stream(
 
         async def receive() -> None:  # notices the client leaving while nothing changes
             try:
-                while True:
-                    await websocket.receive_text()
+                while (await websocket.receive())["type"] != "websocket.disconnect":
+                    pass  # whatever a client sends (text, bytes) is ignored
             except (WebSocketDisconnect, RuntimeError):
                 pass
             tasks.cancel_scope.cancel()
@@ -305,7 +360,7 @@ def create_app(
     app = FastAPI(title="quota-hooks", summary="LLM usage, limits and alerts, live")
     app.include_router(quota_router(
         manager, tokens=tokens, max_updates_per_second=max_updates_per_second,
-        poll_interval=poll_interval,
+        poll_interval=poll_interval, allowed_origins=cors_origins,
     ))
     if cors_origins:
         app.add_middleware(

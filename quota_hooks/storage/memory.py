@@ -90,6 +90,9 @@ class MemoryStore:
         self._pending: dict[str, Reservation] = {}
         self._expiry: list[tuple[float, int, str]] = []
         self._seq = itertools.count()
+        # Reservation ids: unique per store (a counter is cheaper than a uuid4 per call).
+        self._ids = itertools.count(1)
+        self._id_prefix = f"m{uuid.uuid4().hex[:12]}-"
         self._claims: dict[str, float] = {}
         self._lock = threading.Lock()
 
@@ -156,7 +159,7 @@ class MemoryStore:
                 if denial is not None:
                     return denial
             reservation = Reservation(
-                id=uuid.uuid4().hex,
+                id=f"{self._id_prefix}{next(self._ids)}",
                 scopes=tuple(scopes),
                 delta=delta,
                 at=now,
