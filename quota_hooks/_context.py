@@ -3,25 +3,28 @@
 A LangChain ``ChatOpenAI`` built on a ``track_openai`` client, with the LangChain handler
 registered too, passes one provider call through both adapters. The outer adapter (the
 LangChain handler) opens a :class:`RunMark` in the current context for each model run it
-starts, holding the run's reservation; the inner one (the OpenAI transport) claims a mark for
-each HTTP attempt it sends, records the attempt itself (it sees the exact HTTP usage) and marks
-the run ``tracked``, so the outer adapter records nothing for it.
+starts, holding the run's reservation; the inner one (the OpenAI transport) claims the mark of
+the run an HTTP request belongs to and records the request itself (it sees the exact HTTP
+usage), so the outer adapter records nothing for a claimed run.
 
 The rules, which keep every provider call counted exactly once:
 
-* A context holds the marks of the runs started in it (:func:`open_marks`); one
-  ``generate()`` over several prompts opens one mark per prompt.
-* An HTTP attempt claims the oldest unclaimed open mark and uses its reservation
-  (:func:`claim`). An attempt that finds every open mark claimed (a retry, or a second request
-  inside one run) reserves for itself, enforced like any call, and is attributed to the run it
-  follows.
-* A mark is closed when its run ends, or when the outer adapter learns that the run was
-  abandoned; closed marks, and marks older than their reservation's expiry, are ignored, so a
-  run that never ends cannot switch off enforcement for later calls in the same context.
+* A context holds the marks of the runs started in it (:func:`open_marks`), oldest first; a
+  ``generate()`` over several prompts opens one mark per prompt, in one :class:`RunGroup`.
+* Only runs of OpenAI models (``openai_client``) can be claimed: a run of another model (a
+  fake, Anthropic ...) that calls a tracked OpenAI client inside it, say from a streaming loop,
+  keeps its own record, and the OpenAI call is its own.
+* A first attempt claims the oldest unclaimed OpenAI mark (a completions request that carries
+  ``k`` prompts claims ``k``) and takes the first one's reservation. A retry (the SDK's
+  ``x-stainless-retry-count`` > 0) belongs to the latest claimed mark and reserves for itself,
+  so retries cannot pass a limit. A first attempt that finds no unclaimed mark is on its own.
+* A mark is closed when its run ends, or when the outer adapter learns that LangChain gave up on
+  it; closed marks, and marks older than their reservation's expiry, are ignored.
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from contextvars import ContextVar
@@ -29,12 +32,26 @@ from dataclasses import dataclass, field
 
 from .storage.base import Reservation
 
-__all__ = ["RunMark", "claim", "current_run", "open_marks", "push_mark"]
+__all__ = ["Claim", "RunGroup", "RunMark", "claim", "current_run", "open_marks", "push_mark"]
 
 #: Marks are ignored this long after they were opened when no reservation says otherwise.
 DEFAULT_MARK_TTL = 600.0
 #: Marks one context holds at most; past it, closed marks are dropped, then the oldest.
 MAX_MARKS = 1024
+_group_ids = itertools.count()
+
+
+@dataclass(slots=True, eq=False)
+class RunGroup:
+    """The runs one ``generate()`` starts together (one per prompt)."""
+
+    parent: object = None
+    size: int = 1
+    members: int = 0
+    id: int = field(default_factory=lambda: next(_group_ids))
+
+    def full(self) -> bool:
+        return self.members >= self.size
 
 
 @dataclass(slots=True, eq=False)
@@ -45,15 +62,16 @@ class RunMark:
     workspace_id: str | None = None
     """The outer adapter's workspace: the inner one records the call there."""
     scopes: dict[str, str] = field(default_factory=dict)
+    openai_client: bool = True
+    """True when the run's model may send its requests through a tracked OpenAI client."""
+    group: RunGroup = field(default_factory=RunGroup)
     ttl: float = DEFAULT_MARK_TTL
     """Seconds after which the mark is ignored (the run's reservation has expired by then)."""
     opened: float = field(default_factory=time.monotonic)
     open: bool = True
     """False once the outer run has ended (or was abandoned)."""
     claimed: bool = False
-    """True once an HTTP attempt has claimed the run."""
-    tracked: bool = False
-    """Set by the inner adapter once it has recorded (and settled) a call of the run."""
+    """True once an HTTP request has claimed the run: the inner adapter records it."""
 
     def live(self, now: float) -> bool:
         """Open, and not older than its ttl."""
@@ -66,6 +84,15 @@ class RunMark:
         return reservation
 
 
+@dataclass(slots=True)
+class Claim:
+    """What one HTTP attempt learned from the marks: the run it belongs to (or None), and the
+    reservation it took over (None: it must reserve for itself)."""
+
+    mark: RunMark | None = None
+    reservation: Reservation | None = None
+
+
 current_run: ContextVar[tuple[RunMark, ...]] = ContextVar("quota_hooks_runs", default=())
 _claims = threading.Lock()
 
@@ -76,6 +103,23 @@ def open_marks() -> list[RunMark]:
     return [mark for mark in current_run.get() if mark.live(now)]
 
 
+def group_for(parent: object, size: int) -> RunGroup:
+    """The group of a run starting now: the current one when this run is the next prompt of
+    the same ``generate()``, a new one otherwise."""
+    marks = current_run.get()
+    last = marks[-1] if marks else None
+    if (
+        size > 1
+        and last is not None
+        and last.open
+        and last.group.parent == parent
+        and last.group.size == size
+        and not last.group.full()
+    ):
+        return last.group
+    return RunGroup(parent, size)
+
+
 def push_mark(mark: RunMark) -> None:
     """Open ``mark`` in the current context.
 
@@ -84,6 +128,7 @@ def push_mark(mark: RunMark) -> None:
     live are dropped whenever the tuple is at its bound (amortized: at most every
     ``MAX_MARKS // 2`` pushes).
     """
+    mark.group.members += 1
     marks = current_run.get()
     if len(marks) >= MAX_MARKS:
         now = time.monotonic()
@@ -91,21 +136,20 @@ def push_mark(mark: RunMark) -> None:
     current_run.set((*marks, mark))
 
 
-def claim() -> tuple[RunMark | None, Reservation | None]:
-    """For one HTTP attempt: the run it belongs to and the reservation it may use.
-
-    ``(None, None)``: no outer run, the attempt is on its own. ``(mark, reservation)``: the
-    oldest unclaimed run, whose reservation the attempt takes. ``(mark, None)``: every run is
-    claimed (a retry, or a second request in one run): the attempt belongs to the latest
-    claimed run and must reserve for itself.
-    """
-    marks = open_marks()
+def claim(attempt: int = 0, prompts: int = 1) -> Claim:
+    """The marks one HTTP attempt of the OpenAI transport claims (see the module doc)."""
+    marks = [mark for mark in open_marks() if mark.openai_client]
     if not marks:
-        return None, None
+        return Claim()
     with _claims:
-        for mark in marks:
-            if not mark.claimed:
-                mark.claimed = True
-                reservation, mark.reservation = mark.reservation, None
-                return mark, reservation
-    return marks[-1], None
+        if attempt > 0:
+            claimed = [mark for mark in marks if mark.claimed]
+            return Claim(claimed[-1]) if claimed else Claim()
+        free = [mark for mark in marks if not mark.claimed][: max(1, prompts)]
+        if not free:
+            return Claim()
+        for mark in free:
+            mark.claimed = True
+        first = free[0]
+        reservation, first.reservation = first.reservation, None
+        return Claim(first, reservation)

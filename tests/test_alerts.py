@@ -15,6 +15,7 @@ import textwrap
 import threading
 from collections import Counter
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -626,3 +627,21 @@ def test_a_hung_sync_sink_holds_one_thread_not_one_per_alert(clock: ManualClock)
     assert len(started) == 1  # the later alerts timed out waiting, without a thread each
     assert threading.active_count() <= before + 2  # the alert loop and the one stuck thread
     release.set()
+
+
+async def test_a_send_cancelled_before_its_thread_starts_does_not_block_the_sink() -> None:
+    import anyio
+
+    from quota_hooks.alerts.model import CallbackSink
+
+    got: list[str] = []
+    sink = CallbackSink(lambda alert: got.append(alert.message))
+    alert = Alert(kind=AlertKind.WARNING, workspace_id="ws", scope="workspace:ws",
+                  metric="rpm", current=8, limit=10, percentage=80.0, message="first",
+                  at=datetime.now(timezone.utc), dedupe_key="k")
+    with anyio.move_on_after(0):  # cancelled at once, before the worker thread runs
+        await sink.send(alert)
+    for text in ("second", "third"):
+        with anyio.fail_after(2):
+            await sink.send(alert.model_copy(update={"message": text}))
+    assert got[-2:] == ["second", "third"]

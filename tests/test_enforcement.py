@@ -438,3 +438,95 @@ def test_a_tracking_bug_reading_the_response_still_settles_the_reservation(
     assert manager.tracking_errors >= 1
     # the 4,000-token estimate is not left held for the reservation's ttl
     assert manager.status("ws", enhanced=False).tokens_per_minute.current < 4000
+
+
+def test_a_tracked_call_inside_another_models_run_is_its_own(clock: ManualClock) -> None:
+    """A non-OpenAI model's run (a fake here; Anthropic alike) cannot be claimed by a tracked
+    OpenAI call made inside it, say from its streaming loop: both are counted, each in its own
+    workspace."""
+    fake = FakeOpenAI(FakeUsage(input_tokens=100, output_tokens=20))
+    manager = QuotaManager(limits(rpm=100, mode="raise"), clock=clock)
+    _, tracked = _chat_on_tracked_client(manager, fake)
+    direct = track_openai(tracked, workspace_id="openai-ws", manager=manager)
+    handler = QuotaCallbackHandler(manager=manager, workspace_id="lc-ws")
+    other = GenericFakeChatModel(messages=iter(["hello there friend"]))
+    for _ in other.stream("hi", config={"callbacks": [handler]}):
+        direct.chat.completions.create(model="gpt-4o-mini", messages=MSG)  # type: ignore[arg-type]
+    calls = len(fake.requests)
+    assert calls >= 1
+    assert [r.source for r in manager.store.recent("workspace:lc-ws", 10)] == ["langchain"]
+    assert len(manager.store.recent("workspace:openai-ws", 10)) == calls
+    assert handler.open_runs == 0
+
+
+def test_a_chat_openai_run_nested_in_another_run_claims_its_own_mark(
+    clock: ManualClock,
+) -> None:
+    fake = FakeOpenAI(FakeUsage(input_tokens=100, output_tokens=20))
+    manager = QuotaManager(limits(rpm=100, mode="raise"), clock=clock)
+    llm, _ = _chat_on_tracked_client(manager, fake)
+    handler = QuotaCallbackHandler(manager=manager, workspace_id="ws")
+    other = GenericFakeChatModel(messages=iter(["hello"]))
+    for _ in other.stream("hi", config={"callbacks": [handler]}):
+        llm.invoke("inner", config={"callbacks": [handler], "metadata": {"workspace_id": "in"}})
+    assert len(fake.requests) == 1
+    assert [r.source for r in manager.store.recent("workspace:in", 10)] == ["openai"]
+    assert [r.source for r in manager.store.recent("workspace:ws", 10)] == ["langchain"]
+    assert handler.open_runs == 0
+
+
+def test_a_refusal_inside_an_enclosing_run_leaves_that_run_alone(clock: ManualClock) -> None:
+    fake = FakeOpenAI(FakeUsage(input_tokens=100, output_tokens=20))
+    manager = QuotaManager(QuotaPolicy.unlimited(), clock=clock,
+                           policies={"tight": limits(rpm=0, mode="raise")})
+    llm, _ = _chat_on_tracked_client(manager, fake)
+    handler = QuotaCallbackHandler(manager=manager, workspace_id="default-ws")
+    other = GenericFakeChatModel(messages=iter(["hello"]))
+    config: Any = {"callbacks": [handler], "metadata": {"workspace_id": "acme", "user": "u1"}}
+    for _ in other.stream("hi", config=config):
+        with pytest.raises(RateLimitedError):
+            llm.invoke("x", config={"callbacks": [handler],
+                                    "metadata": {"workspace_id": "tight"}})
+    [outer] = manager.store.recent("workspace:acme", 10)
+    assert outer.scopes == {"user": "u1"} and outer.source == "langchain"
+    assert fake.requests == [] and handler.open_runs == 0
+
+
+def test_one_completions_request_for_several_prompts_counts_once(clock: ManualClock) -> None:
+    from langchain_openai import OpenAI as CompletionsLLM
+
+    fake = FakeOpenAI(FakeUsage(input_tokens=100, output_tokens=20))
+    manager = QuotaManager(limits(rpm=100, mode="raise"), clock=clock)
+    _, tracked = _chat_on_tracked_client(manager, fake)
+    llm = CompletionsLLM(model="gpt-3.5-turbo-instruct", client=tracked.completions,
+                         api_key="sk-test", max_retries=0)  # type: ignore[arg-type]
+    handler = QuotaCallbackHandler(manager=manager, workspace_id="ws")
+    llm.generate(["a", "b", "c"], callbacks=[handler])
+    assert len(fake.requests) == 1  # LangChain sends the three prompts in one request
+    [record] = manager.store.recent("workspace:ws", 10)
+    assert record.source == "openai" and not record.estimated
+    status = manager.status("ws", enhanced=False)
+    assert status.requests_per_minute.current == 1  # the other runs' holds went back
+    assert handler.open_runs == 0
+
+
+async def test_breaking_out_of_astream_counts_the_call_once(clock: ManualClock) -> None:
+    fake = FakeOpenAI(FakeUsage(input_tokens=100, output_tokens=20))
+    manager = QuotaManager(limits(rpm=100, mode="raise"), clock=clock)
+    tracked = track_openai(
+        AsyncOpenAI(api_key="sk-test", base_url="http://fake/v1", max_retries=0,
+                    http_client=httpx2.AsyncClient(transport=fake.transport())),
+        workspace_id="transport-ws", manager=manager)
+    llm = ChatOpenAI(model="gpt-4o-mini", async_client=tracked.chat.completions,
+                     root_async_client=tracked, api_key="sk-test")  # type: ignore[arg-type]
+    handler = QuotaCallbackHandler(manager=manager, workspace_id="ws")
+    async for _ in llm.astream("hi", config={"callbacks": [handler]}):
+        break
+    for _ in range(100):  # the transport records when the abandoned stream is closed
+        if manager.store.recent("workspace:ws", 10):
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    assert len(fake.requests) == 1
+    assert [r.source for r in manager.store.recent("workspace:ws", 10)] == ["openai"]
+    assert manager.status("ws", enhanced=False).requests_per_minute.current == 1

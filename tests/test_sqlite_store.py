@@ -157,6 +157,10 @@ def test_closed_store_refuses_writes(tmp_path: Path) -> None:
     store.close()
     with pytest.raises(StorageError, match="closed"):
         store.commit(entry())
+    for read in (store.history_count, store.schema_version,
+                 lambda: store.counters("workspace:ws", T0, MONTH)):
+        with pytest.raises(StorageError, match="closed"):
+            read()
 
 
 def test_an_unwritable_record_is_dropped_alone_and_nothing_hangs(tmp_path: Path) -> None:

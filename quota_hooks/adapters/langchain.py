@@ -43,7 +43,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "pip install 'quota-hooks[langchain]'"
     ) from exc
 
-from .._context import RunMark, open_marks, push_mark
+from .._context import RunGroup, RunMark, group_for, open_marks, push_mark
 from ..errors import QuotaHooksError
 from ..manager import QuotaManager, get_default_manager
 from ..storage.base import Reservation
@@ -126,6 +126,7 @@ class QuotaCallbackHandler(BaseCallbackHandler):
         messages: list[list[BaseMessage]],
         *,
         run_id: UUID,
+        parent_run_id: UUID | None = None,
         tags: list[str] | None = None,
         metadata: dict[str, Any] | None = None,
         invocation_params: dict[str, Any] | None = None,
@@ -133,7 +134,9 @@ class QuotaCallbackHandler(BaseCallbackHandler):
     ) -> None:
         """Remember who pays for this chat model run and which model it asked for."""
         chars = sum(_text_chars(m.content) for batch in messages for m in batch)
-        self._start(run_id, tags, metadata, invocation_params, chars, chat=True)
+        group = _group(parent_run_id, kwargs)
+        self._start(run_id, tags, metadata, invocation_params, chars, serialized, group,
+                    chat=True)
 
     def on_llm_start(
         self,
@@ -141,6 +144,7 @@ class QuotaCallbackHandler(BaseCallbackHandler):
         prompts: list[str],
         *,
         run_id: UUID,
+        parent_run_id: UUID | None = None,
         tags: list[str] | None = None,
         metadata: dict[str, Any] | None = None,
         invocation_params: dict[str, Any] | None = None,
@@ -148,7 +152,9 @@ class QuotaCallbackHandler(BaseCallbackHandler):
     ) -> None:
         """Remember who pays for this plain-LLM run and which model it asked for."""
         chars = sum(len(p) for p in prompts)
-        self._start(run_id, tags, metadata, invocation_params, chars, chat=False)
+        group = _group(parent_run_id, kwargs)
+        self._start(run_id, tags, metadata, invocation_params, chars, serialized, group,
+                    chat=False)
 
     def _start(
         self,
@@ -157,6 +163,8 @@ class QuotaCallbackHandler(BaseCallbackHandler):
         metadata: Mapping[str, Any] | None,
         params: Mapping[str, Any] | None,
         prompt_chars: int,
+        serialized: Mapping[str, Any] | None,
+        group: RunGroup,
         *,
         chat: bool,
     ) -> None:
@@ -188,7 +196,7 @@ class QuotaCallbackHandler(BaseCallbackHandler):
                 chat=chat,
                 prompt_chars=prompt_chars,
             )
-            run.mark = self._acquire(run, params)
+            run.mark = self._acquire(run, params, group, _openai_model(run.provider, serialized))
             with self._lock:
                 self._runs[run_id] = run
                 evicted = self._runs.popitem(last=False)[1] if len(
@@ -199,15 +207,18 @@ class QuotaCallbackHandler(BaseCallbackHandler):
             # A refused call: LangChain aborts it before any request (raise_error), and with
             # it the other prompts of the same generate() that were already started: none of
             # them will end, so their reservations go back now.
-            self._abandon_unclaimed()
+            self._abandon_unclaimed(group)
             raise
         except Exception as exc:
             self.manager.note_tracking_failure("langchain:start", exc)
 
-    def _abandon_unclaimed(self, keep: UUID | None = None) -> None:
-        """Close this handler's runs in the current context that no request has claimed (and
-        never will: LangChain gave up on them), giving their reservations back."""
-        live = {id(mark) for mark in open_marks() if not mark.claimed}
+    def _abandon_unclaimed(self, group: RunGroup, keep: UUID | None = None) -> None:
+        """Close the runs of ``group`` (one ``generate()``) in the current context that no
+        request has claimed, and never will: LangChain gave up on them. Their reservations go
+        back at once; runs of other generate() calls (an enclosing run, say) are untouched."""
+        if group.size < 2:
+            return
+        live = {id(mark) for mark in open_marks() if not mark.claimed and mark.group is group}
         if not live:
             return
         with self._lock:
@@ -218,7 +229,9 @@ class QuotaCallbackHandler(BaseCallbackHandler):
             if run.mark is not None:
                 self.manager.release(run.mark.close())
 
-    def _acquire(self, run: _Run, params: Mapping[str, Any]) -> RunMark:
+    def _acquire(
+        self, run: _Run, params: Mapping[str, Any], group: RunGroup, openai_client: bool
+    ) -> RunMark:
         """Reserve the run's estimate and open its mark for an inner OpenAI transport.
 
         Inside a running event loop the handler cannot wait without blocking it, so there
@@ -242,6 +255,7 @@ class QuotaCallbackHandler(BaseCallbackHandler):
         )
         mark = RunMark(
             reservation, workspace_id=run.workspace_id, scopes=run.scopes,
+            openai_client=openai_client, group=group,
             ttl=self.manager.policy_for(run.workspace_id).reservation_ttl,
         )
         push_mark(mark)
@@ -252,8 +266,9 @@ class QuotaCallbackHandler(BaseCallbackHandler):
         """Record the run with the usage the model reported (or a stated estimate)."""
         run = self._pop(run_id)
         reservation, inner = _close(run)
-        if inner:
-            return  # an inner OpenAI transport recorded this call at the HTTP level
+        if inner:  # an inner OpenAI transport records this call at the HTTP level
+            self.manager.release(reservation)  # what it did not take (a prompt of a batch)
+            return
         try:
             record = self.to_record(run, response)
         except Exception as exc:
@@ -268,11 +283,12 @@ class QuotaCallbackHandler(BaseCallbackHandler):
         """Record a failed run: no tokens, its status code, and ``rate_limited`` on a 429."""
         run = self._pop(run_id)
         reservation, inner = _close(run)
-        if not _in_event_loop():
+        if run is not None and run.mark is not None and not _in_event_loop():
             # A sync generate() over several prompts stops at the first error: the prompts
             # after it are never sent and never end.
-            self._abandon_unclaimed(keep=run_id)
+            self._abandon_unclaimed(run.mark.group, keep=run_id)
         if inner:
+            self.manager.release(reservation)
             return
         try:
             record = self.error_record(run, error)
@@ -375,10 +391,29 @@ class QuotaCallbackHandler(BaseCallbackHandler):
 
 
 def _close(run: _Run | None) -> tuple[Reservation | None, bool]:
-    """The run's reservation (if no inner adapter took it) and whether one recorded the call."""
+    """The run's reservation (if no inner adapter took it) and whether an inner adapter
+    claimed the run (it records the call, even if its stream is still being closed)."""
     if run is None or run.mark is None:
         return None, False
-    return run.mark.close(), run.mark.tracked
+    return run.mark.close(), run.mark.claimed
+
+
+def _group(parent_run_id: UUID | None, kwargs: Mapping[str, Any]) -> RunGroup:
+    size = kwargs.get("batch_size")
+    return group_for(parent_run_id, size if isinstance(size, int) and size > 0 else 1)
+
+
+#: Model classes that send through the ``openai`` SDK (``ls_provider`` or class path).
+_OPENAI_PROVIDERS = frozenset({"openai", "azure", "azure_openai"})
+
+
+def _openai_model(provider: str, serialized: Mapping[str, Any] | None) -> bool:
+    """True when a run's model may send its requests through a tracked OpenAI client, so
+    that the OpenAI transport may claim the run (see :mod:`quota_hooks._context`)."""
+    if provider.lower() in _OPENAI_PROVIDERS:
+        return True
+    path = (serialized or {}).get("id")
+    return isinstance(path, list) and any("openai" in str(part).lower() for part in path)
 
 
 def _in_event_loop() -> bool:

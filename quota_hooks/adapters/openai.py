@@ -46,7 +46,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "quota_hooks.adapters.openai needs the OpenAI SDK: pip install 'quota-hooks[openai]'"
     ) from exc
 
-from .._context import RunMark, claim
+from .._context import claim
 from ..errors import ConfigurationError, QuotaHooksError
 from ..manager import QuotaManager, get_default_manager
 from ..storage.base import Reservation
@@ -183,7 +183,7 @@ class _Call:
         self.max_output: int | None = None
         self.prompt_tokens = 0
         self.reservation: Reservation | None = None
-        self.mark: RunMark | None = None
+        self.prompts = 1
         self.inject = False
         self.request_bytes = 0
         self.characters = 0
@@ -244,6 +244,11 @@ class _Call:
                 self.max_output = value
                 break
         self.prompt_tokens = self.hub.manager.token_estimator(content)
+        prompt = body.get("prompt")
+        if self.method == "completions" and isinstance(prompt, list) and prompt and not isinstance(
+            prompt[0], int
+        ):
+            self.prompts = len(prompt)  # a legacy completions request with several prompts
         if self.method == "audio.speech":
             self.characters = len(str(body.get("input") or ""))
         elif self.method.startswith("images."):
@@ -290,14 +295,14 @@ class _Call:
         """``(True, its reservation)`` when this attempt takes an outer run's reservation
         (see :mod:`quota_hooks._context`); ``(False, None)`` when it must reserve for itself,
         which retries inside an outer run do too."""
-        mark, reservation = claim()
+        found = claim(self.attempt, self.prompts)
+        mark = found.mark
         if mark is None:
             return False, None
-        self.mark = mark
         if mark.workspace_id is not None:  # the outer run says who pays
             self.workspace_id = mark.workspace_id
             self.scopes = dict(mark.scopes)
-        return reservation is not None, reservation
+        return found.reservation is not None, found.reservation
 
     # ---------------------------------------------------------------- response
     def on_response(self, response: Any) -> None:
@@ -686,8 +691,6 @@ def _finish_sync(call: _Call) -> None:
             _note_limits(call)
         else:
             call.hub.manager.release(call.reservation)
-        if call.mark is not None:
-            call.mark.tracked = True
     except Exception as exc:
         call.hub.failed("record", exc, call.workspace_id)
         call.hub.manager.release(call.reservation)
@@ -701,8 +704,6 @@ async def _finish_async(call: _Call) -> None:
             _note_limits(call)
         else:
             await call.hub.manager.arelease(call.reservation)
-        if call.mark is not None:
-            call.mark.tracked = True
     except Exception as exc:
         call.hub.failed("record", exc, call.workspace_id)
         await call.hub.manager.arelease(call.reservation)

@@ -93,14 +93,28 @@ class OneThread:
             await anyio.sleep(pause)  # the caller's timeout cancels this wait
             pause = min(pause * 2, 0.05)
         done = self._running = threading.Event()
+        gate = threading.Lock()
+        started = abandoned = False
 
-        def call() -> _T:
+        def call() -> Any:
+            nonlocal started
+            with gate:
+                if abandoned:  # cancelled before the thread began: nothing to run
+                    return None
+                started = True
             try:
                 return fn(*args)
             finally:
                 done.set()
 
-        return await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
+        try:
+            result: _T = await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
+        finally:
+            with gate:
+                if not started:  # cancelled before the thread began: free the next caller
+                    abandoned = True
+                    done.set()
+        return result
 
 
 class CallbackSink:

@@ -253,10 +253,10 @@ class SQLiteStore:
 
     # ------------------------------------------------------------------ connections
     def _conn(self) -> sqlite3.Connection:
+        if self._closed:
+            raise StorageError(f"{self!r} is closed")
         owned: _Owned | None = getattr(self._local, "owned", None)
         if owned is None:
-            if self._closed:
-                raise StorageError(f"{self!r} is closed")
             conn = sqlite3.connect(
                 self.path, timeout=self.busy_timeout, isolation_level=None,
                 check_same_thread=False,
@@ -303,9 +303,9 @@ class SQLiteStore:
 
     def schema_version(self) -> int:
         """The schema version of the file."""
-        row = self._conn().execute(
+        row = self._guard(lambda: self._conn().execute(
             "SELECT value FROM meta WHERE key = 'schema_version'"
-        ).fetchone()
+        ).fetchone(), what="schema_version")
         return int(row[0])
 
     # ------------------------------------------------------------------ writes
@@ -705,7 +705,11 @@ class SQLiteStore:
     def history_count(self) -> int:
         """How many records the history holds."""
         self._caught_up("history_count")
-        return int(self._conn().execute("SELECT COUNT(*) FROM history").fetchone()[0])
+        row = self._guard(
+            lambda: self._conn().execute("SELECT COUNT(*) FROM history").fetchone(),
+            what="history_count",
+        )
+        return int(row[0])
 
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:
