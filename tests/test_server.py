@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -319,3 +320,63 @@ def test_dashboard_pages_are_served(client: TestClient) -> None:
         page = client.get(path)
         assert page.status_code == 200
         assert "<title>quota-hooks</title>" in page.text and "/api/quota/ws/" in page.text
+
+
+def test_a_stuck_client_slows_neither_the_others_nor_the_calls(manager: QuotaManager) -> None:
+    """A client that never reads, on a real server: another client still sees every change
+    up to the last, and record() keeps going (the stuck connection's sender just waits)."""
+    import asyncio
+    import base64
+    import os
+    import socket
+    import threading
+
+    import uvicorn
+    import websockets
+
+    app = create_app(manager, tokens=TOKENS, max_updates_per_second=50, poll_interval=0.2)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                           log_level="error", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    stuck = socket.create_connection(("127.0.0.1", port))
+    try:
+        stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        key = base64.b64encode(os.urandom(16)).decode()
+        stuck.sendall(
+            f"GET /api/quota/ws/a?token={TOKEN_A} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+        )  # and never reads again
+
+        def traffic() -> None:
+            for i in range(600):  # many models: large status messages fill the stuck socket
+                call(manager, "a", model=f"model-{i % 60}")
+                time.sleep(0.001)
+
+        async def watch() -> int:
+            url = f"ws://127.0.0.1:{port}/api/quota/ws/a?token={TOKEN_A}"
+            async with websockets.connect(url, max_size=None) as ws:
+                writer = threading.Thread(target=traffic)
+                writer.start()
+                seen = 0
+                while seen < 603:  # 3 before, 600 during
+                    message = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                    if message["type"] == "quota_update":
+                        seen = message["data"]["requests_per_day"]["current"]
+                writer.join(60)
+                assert not writer.is_alive()
+                return seen
+
+        assert asyncio.run(watch()) == 603
+    finally:
+        stuck.close()
+        server.should_exit = True
+        thread.join(10)
