@@ -329,6 +329,15 @@ def _chat_on_tracked_client(
     return llm, tracked
 
 
+def _async_chat_on_tracked_client(manager: QuotaManager, fake: FakeOpenAI) -> ChatOpenAI:
+    tracked = track_openai(
+        AsyncOpenAI(api_key="sk-test", base_url="http://fake/v1", max_retries=0,
+                    http_client=httpx2.AsyncClient(transport=fake.transport())),
+        workspace_id="transport-ws", manager=manager)
+    return ChatOpenAI(model="gpt-4o-mini", async_client=tracked.chat.completions,
+                      root_async_client=tracked, api_key="sk-test")  # type: ignore[arg-type]
+
+
 def test_one_generate_over_several_prompts_counts_each_request_once(
     clock: ManualClock,
 ) -> None:
@@ -349,12 +358,7 @@ async def test_one_agenerate_over_several_prompts_counts_each_request_once(
 ) -> None:
     fake = FakeOpenAI(FakeUsage(input_tokens=10, output_tokens=2))
     manager = QuotaManager(limits(rpm=10, mode="raise"), clock=clock)
-    tracked = track_openai(
-        AsyncOpenAI(api_key="sk-test", base_url="http://fake/v1", max_retries=0,
-                    http_client=httpx2.AsyncClient(transport=fake.transport())),
-        workspace_id="transport-ws", manager=manager)
-    llm = ChatOpenAI(model="gpt-4o-mini", async_client=tracked.chat.completions,
-                     root_async_client=tracked, api_key="sk-test")  # type: ignore[arg-type]
+    llm = _async_chat_on_tracked_client(manager, fake)
     handler = QuotaCallbackHandler(manager=manager, workspace_id="ws")
     await llm.agenerate([[HumanMessage(p)] for p in "abcd"], callbacks=[handler])
     assert len(fake.requests) == 4
@@ -513,12 +517,7 @@ def test_one_completions_request_for_several_prompts_counts_once(clock: ManualCl
 async def test_breaking_out_of_astream_counts_the_call_once(clock: ManualClock) -> None:
     fake = FakeOpenAI(FakeUsage(input_tokens=100, output_tokens=20))
     manager = QuotaManager(limits(rpm=100, mode="raise"), clock=clock)
-    tracked = track_openai(
-        AsyncOpenAI(api_key="sk-test", base_url="http://fake/v1", max_retries=0,
-                    http_client=httpx2.AsyncClient(transport=fake.transport())),
-        workspace_id="transport-ws", manager=manager)
-    llm = ChatOpenAI(model="gpt-4o-mini", async_client=tracked.chat.completions,
-                     root_async_client=tracked, api_key="sk-test")  # type: ignore[arg-type]
+    llm = _async_chat_on_tracked_client(manager, fake)
     handler = QuotaCallbackHandler(manager=manager, workspace_id="ws")
     async for _ in llm.astream("hi", config={"callbacks": [handler]}):
         break
