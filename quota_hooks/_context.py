@@ -11,13 +11,15 @@ The rules, which keep every provider call counted exactly once:
 
 * A context holds the marks of the runs started in it (:func:`open_marks`), oldest first; a
   ``generate()`` over several prompts opens one mark per prompt, in one :class:`RunGroup`.
-* Only runs of OpenAI models (``openai_client``) can be claimed: a run of another model (a
-  fake, Anthropic ...) that calls a tracked OpenAI client inside it, say from a streaming loop,
-  keeps its own record, and the OpenAI call is its own.
-* A first attempt claims the oldest unclaimed OpenAI mark (a completions request that carries
-  ``k`` prompts claims ``k``) and takes the first one's reservation. A retry (the SDK's
-  ``x-stainless-retry-count`` > 0) belongs to the latest claimed mark and reserves for itself,
-  so retries cannot pass a limit. A first attempt that finds no unclaimed mark is on its own.
+* A request can only claim a run that asked for the same model with the same kind of API (a
+  chat run: chat completions or responses; a plain-LLM run: completions). So a run of another
+  model (a fake, Anthropic ...), or of an OpenAI model on an untracked client, is never taken
+  over by a tracked call made inside it (an embeddings call from its streaming loop, say): both
+  keep their own records.
+* A first attempt claims the oldest matching unclaimed mark (a completions request that
+  carries ``k`` prompts claims ``k``) and takes the first one's reservation. A retry (the SDK's
+  ``x-stainless-retry-count`` > 0) belongs to the latest matching claimed mark and reserves for
+  itself, so retries cannot pass a limit. A first attempt that finds no match is on its own.
 * A mark is closed when its run ends, or when the outer adapter learns that LangChain gave up on
   it; closed marks, and marks older than their reservation's expiry, are ignored.
 """
@@ -62,8 +64,10 @@ class RunMark:
     workspace_id: str | None = None
     """The outer adapter's workspace: the inner one records the call there."""
     scopes: dict[str, str] = field(default_factory=dict)
-    openai_client: bool = True
-    """True when the run's model may send its requests through a tracked OpenAI client."""
+    model: str | None = None
+    """The model the run asked for; only a request for this model can claim the run."""
+    chat: bool = True
+    """A chat model run (else a plain-LLM run, whose requests are legacy completions)."""
     group: RunGroup = field(default_factory=RunGroup)
     ttl: float = DEFAULT_MARK_TTL
     """Seconds after which the mark is ignored (the run's reservation has expired by then)."""
@@ -136,9 +140,17 @@ def push_mark(mark: RunMark) -> None:
     current_run.set((*marks, mark))
 
 
-def claim(attempt: int = 0, prompts: int = 1) -> Claim:
+_CHAT_METHODS = frozenset({"chat.completions", "responses"})
+
+
+def claim(model: str | None, method: str, attempt: int = 0, prompts: int = 1) -> Claim:
     """The marks one HTTP attempt of the OpenAI transport claims (see the module doc)."""
-    marks = [mark for mark in open_marks() if mark.openai_client]
+    if model is None:
+        return Claim()
+    chat = method in _CHAT_METHODS
+    if not chat and method != "completions":
+        return Claim()
+    marks = [mark for mark in open_marks() if mark.model == model and mark.chat == chat]
     if not marks:
         return Claim()
     with _claims:

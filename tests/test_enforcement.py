@@ -529,3 +529,50 @@ async def test_breaking_out_of_astream_counts_the_call_once(clock: ManualClock) 
     assert len(fake.requests) == 1
     assert [r.source for r in manager.store.recent("workspace:ws", 10)] == ["openai"]
     assert manager.status("ws", enhanced=False).requests_per_minute.current == 1
+
+
+def test_a_tracked_call_inside_an_untracked_chat_openai_run_is_its_own(
+    clock: ManualClock,
+) -> None:
+    """The README's setup: ChatOpenAI on its own (untracked) client with the handler, and
+    track_openai for embeddings. An embeddings call from the chat stream's loop must not take
+    the chat run over: a request claims only a run of its own model and kind of API."""
+    fake = FakeOpenAI(FakeUsage(input_tokens=100, output_tokens=20))
+    manager = QuotaManager(limits(rpm=100, mode="raise"), clock=clock)
+    untracked = ChatOpenAI(model="gpt-4o", api_key="sk-test", base_url="http://fake/v1",  # type: ignore[arg-type]
+                           http_client=httpx2.Client(transport=fake.transport()),
+                           stream_usage=True)
+    _, tracked = _chat_on_tracked_client(manager, fake)
+    embed = track_openai(tracked, workspace_id="embed-ws", manager=manager)
+    handler = QuotaCallbackHandler(manager=manager, workspace_id="lc-ws")
+    for _ in untracked.stream("hi", config={"callbacks": [handler]}):
+        embed.embeddings.create(model="text-embedding-3-small", input="x")
+    [chat] = manager.store.recent("workspace:lc-ws", 10)
+    assert (chat.source, chat.api_method, chat.model) == ("langchain", "chat.completions",
+                                                          "gpt-4o-2024-08-06")
+    embeddings = manager.store.recent("workspace:embed-ws", 10)
+    assert embeddings and {r.api_method for r in embeddings} == {"embeddings"}
+
+
+def test_pairing_never_lets_a_call_past_a_limit_the_transport_enforces(
+    clock: ManualClock,
+) -> None:
+    """The handler's estimate counts message text only; a request with a large tool schema
+    reserves its own, bigger estimate, as it would without the handler."""
+    from pydantic import Field, create_model
+
+    big = create_model("Big", **{  # type: ignore[call-overload]
+        f"field_{i}": (str, Field(description=f"a fairly long description of field {i} " * 3))
+        for i in range(60)
+    })
+    for callbacks in ([], "handler"):
+        fake = FakeOpenAI(FakeUsage(input_tokens=100, output_tokens=20))
+        manager = QuotaManager(limits(rpm=None, tpm=2000, mode="raise"), clock=clock)
+        llm, _ = _chat_on_tracked_client(manager, fake)
+        handler = QuotaCallbackHandler(manager=manager, workspace_id="transport-ws")
+        with pytest.raises(RateLimitedError, match="tpm"):
+            llm.bind_tools([big]).invoke(
+                "hi", config={"callbacks": [handler] if callbacks else []})
+        assert fake.requests == []
+        assert manager.status("transport-ws", enhanced=False).tokens_per_minute.current == 0
+        assert handler.open_runs == 0

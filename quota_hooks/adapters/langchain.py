@@ -135,8 +135,7 @@ class QuotaCallbackHandler(BaseCallbackHandler):
         """Remember who pays for this chat model run and which model it asked for."""
         chars = sum(_text_chars(m.content) for batch in messages for m in batch)
         group = _group(parent_run_id, kwargs)
-        self._start(run_id, tags, metadata, invocation_params, chars, serialized, group,
-                    chat=True)
+        self._start(run_id, tags, metadata, invocation_params, chars, group, chat=True)
 
     def on_llm_start(
         self,
@@ -153,8 +152,7 @@ class QuotaCallbackHandler(BaseCallbackHandler):
         """Remember who pays for this plain-LLM run and which model it asked for."""
         chars = sum(len(p) for p in prompts)
         group = _group(parent_run_id, kwargs)
-        self._start(run_id, tags, metadata, invocation_params, chars, serialized, group,
-                    chat=False)
+        self._start(run_id, tags, metadata, invocation_params, chars, group, chat=False)
 
     def _start(
         self,
@@ -163,7 +161,6 @@ class QuotaCallbackHandler(BaseCallbackHandler):
         metadata: Mapping[str, Any] | None,
         params: Mapping[str, Any] | None,
         prompt_chars: int,
-        serialized: Mapping[str, Any] | None,
         group: RunGroup,
         *,
         chat: bool,
@@ -196,7 +193,7 @@ class QuotaCallbackHandler(BaseCallbackHandler):
                 chat=chat,
                 prompt_chars=prompt_chars,
             )
-            run.mark = self._acquire(run, params, group, _openai_model(run.provider, serialized))
+            run.mark = self._acquire(run, params, group)
             with self._lock:
                 self._runs[run_id] = run
                 evicted = self._runs.popitem(last=False)[1] if len(
@@ -229,9 +226,7 @@ class QuotaCallbackHandler(BaseCallbackHandler):
             if run.mark is not None:
                 self.manager.release(run.mark.close())
 
-    def _acquire(
-        self, run: _Run, params: Mapping[str, Any], group: RunGroup, openai_client: bool
-    ) -> RunMark:
+    def _acquire(self, run: _Run, params: Mapping[str, Any], group: RunGroup) -> RunMark:
         """Reserve the run's estimate and open its mark for an inner OpenAI transport.
 
         Inside a running event loop the handler cannot wait without blocking it, so there
@@ -255,7 +250,7 @@ class QuotaCallbackHandler(BaseCallbackHandler):
         )
         mark = RunMark(
             reservation, workspace_id=run.workspace_id, scopes=run.scopes,
-            openai_client=openai_client, group=group,
+            model=run.model, chat=run.chat, group=group,
             ttl=self.manager.policy_for(run.workspace_id).reservation_ttl,
         )
         push_mark(mark)
@@ -403,17 +398,6 @@ def _group(parent_run_id: UUID | None, kwargs: Mapping[str, Any]) -> RunGroup:
     return group_for(parent_run_id, size if isinstance(size, int) and size > 0 else 1)
 
 
-#: Model classes that send through the ``openai`` SDK (``ls_provider`` or class path).
-_OPENAI_PROVIDERS = frozenset({"openai", "azure", "azure_openai"})
-
-
-def _openai_model(provider: str, serialized: Mapping[str, Any] | None) -> bool:
-    """True when a run's model may send its requests through a tracked OpenAI client, so
-    that the OpenAI transport may claim the run (see :mod:`quota_hooks._context`)."""
-    if provider.lower() in _OPENAI_PROVIDERS:
-        return True
-    path = (serialized or {}).get("id")
-    return isinstance(path, list) and any("openai" in str(part).lower() for part in path)
 
 
 def _in_event_loop() -> bool:

@@ -295,7 +295,7 @@ class _Call:
         """``(True, its reservation)`` when this attempt takes an outer run's reservation
         (see :mod:`quota_hooks._context`); ``(False, None)`` when it must reserve for itself,
         which retries inside an outer run do too."""
-        found = claim(self.attempt, self.prompts)
+        found = claim(self.model, self.method, self.attempt, self.prompts)
         mark = found.mark
         if mark is None:
             return False, None
@@ -303,6 +303,17 @@ class _Call:
             self.workspace_id = mark.workspace_id
             self.scopes = dict(mark.scopes)
         return found.reservation is not None, found.reservation
+
+    def outgrows(self, reservation: Reservation | None) -> bool:
+        """True when this request is clearly bigger than the outer run's reservation, which
+        counted message text only (tool schemas, images and system parts make requests
+        bigger): the request then reserves its own estimate instead, so that pairing with the
+        LangChain handler never lets a call past a limit the transport alone would enforce."""
+        if reservation is None:
+            return False
+        estimate = self.estimate()
+        wanted = estimate.input_tokens + estimate.output_tokens
+        return wanted > 2 * reservation.delta.tokens + 256
 
     # ---------------------------------------------------------------- response
     def on_response(self, response: Any) -> None:
@@ -581,6 +592,9 @@ def _build_classes(lib: Any) -> dict[str, Any]:
             call, request = _start(self.hub, request, lib)
             if call is not None:
                 outer, call.reservation = call.outer_reservation()
+                if outer and call.outgrows(call.reservation):
+                    self.hub.manager.release(call.reservation)
+                    outer = False
                 if not outer:
                     call.reservation = _guarded(self.hub, call, lambda: self.hub.manager.acquire(
                         call.workspace_id, call.estimate(), scopes=call.scopes))
@@ -620,6 +634,9 @@ def _build_classes(lib: Any) -> dict[str, Any]:
             call, request = _start(self.hub, request, lib)
             if call is not None:
                 outer, call.reservation = call.outer_reservation()
+                if outer and call.outgrows(call.reservation):
+                    await self.hub.manager.arelease(call.reservation)
+                    outer = False
                 if not outer:
                     try:
                         call.reservation = await self.hub.manager.aacquire(
