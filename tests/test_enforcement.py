@@ -576,3 +576,25 @@ def test_pairing_never_lets_a_call_past_a_limit_the_transport_enforces(
         assert fake.requests == []
         assert manager.status("transport-ws", enhanced=False).tokens_per_minute.current == 0
         assert handler.open_runs == 0
+
+
+def test_a_run_whose_requests_got_no_answer_is_still_recorded_when_paired(
+    clock: ManualClock,
+) -> None:
+    class Timeouts(httpx2.BaseTransport):
+        def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+            raise httpx2.ReadTimeout("the provider took too long", request=request)
+
+    manager = QuotaManager(limits(rpm=10, mode="raise"), clock=clock)
+    client = track_openai(OpenAI(api_key="sk-test", base_url="http://fake/v1", max_retries=1,
+                                 http_client=httpx2.Client(transport=Timeouts())),
+                          workspace_id="transport-ws", manager=manager)
+    llm = ChatOpenAI(model="gpt-4o-mini", client=client.chat.completions, root_client=client,
+                     api_key="sk-test", max_retries=1)  # type: ignore[arg-type]
+    handler = QuotaCallbackHandler(manager=manager, workspace_id="lc-ws")
+    with pytest.raises(Exception, match="timed out"):
+        llm.invoke("hi", config={"callbacks": [handler]})
+    [failed] = manager.store.recent("workspace:lc-ws", 10)  # as without the transport
+    assert not failed.success and failed.error_type in ("APITimeoutError", "OpenAITimeoutError")
+    assert manager.store.recent("workspace:transport-ws", 10) == []
+    assert manager.status("lc-ws", enhanced=False).requests_per_minute.current == 1

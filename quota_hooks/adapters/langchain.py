@@ -284,7 +284,11 @@ class QuotaCallbackHandler(BaseCallbackHandler):
             self._abandon_unclaimed(run.mark.group, keep=run_id)
         if inner:
             self.manager.release(reservation)
-            return
+            reservation = None
+            if not _below_http(error):
+                return  # the transport recorded every attempt that got an HTTP answer
+            # No attempt got an answer (connection refused, timeouts): the transport records
+            # none, so the run's failure is recorded here, as without the transport.
         try:
             record = self.error_record(run, error)
         except Exception as exc:
@@ -391,6 +395,13 @@ def _close(run: _Run | None) -> tuple[Reservation | None, bool]:
     if run is None or run.mark is None:
         return None, False
     return run.mark.close(), run.mark.claimed
+
+
+def _below_http(error: BaseException) -> bool:
+    """True for the OpenAI SDK's connection errors and timeouts: no HTTP answer came back."""
+    return isinstance(error, Exception) and any(
+        cls.__name__ == "APIConnectionError" for cls in type(error).__mro__
+    )
 
 
 def _group(parent_run_id: UUID | None, kwargs: Mapping[str, Any]) -> RunGroup:
