@@ -26,7 +26,6 @@ The rules, which keep every provider call counted exactly once:
 
 from __future__ import annotations
 
-import itertools
 import threading
 import time
 from contextvars import ContextVar
@@ -34,13 +33,14 @@ from dataclasses import dataclass, field
 
 from .storage.base import Reservation
 
-__all__ = ["Claim", "RunGroup", "RunMark", "claim", "current_run", "open_marks", "push_mark"]
+__all__ = [
+    "Claim", "RunGroup", "RunMark", "claim", "current_run", "group_for", "open_marks", "push_mark",
+]
 
 #: Marks are ignored this long after they were opened when no reservation says otherwise.
 DEFAULT_MARK_TTL = 600.0
 #: Marks one context holds at most; past it, closed marks are dropped, then the oldest.
 MAX_MARKS = 1024
-_group_ids = itertools.count()
 
 
 @dataclass(slots=True, eq=False)
@@ -50,7 +50,6 @@ class RunGroup:
     parent: object = None
     size: int = 1
     members: int = 0
-    id: int = field(default_factory=lambda: next(_group_ids))
 
     def full(self) -> bool:
         return self.members >= self.size

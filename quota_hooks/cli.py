@@ -14,7 +14,6 @@ import json
 import os
 import socket
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -149,37 +148,25 @@ class _LiveView:
 
 
 class _Server:
-    """uvicorn in a thread, serving whichever manager :meth:`serve` is given."""
+    """The demo's dashboard: a :class:`~quota_hooks.server.background.BackgroundServer` for
+    whichever manager :meth:`serve` is given."""
 
     def __init__(self, port: int) -> None:
         self.port = port
-        self.thread: threading.Thread | None = None
-        self.server: Any = None
+        self.background: Any = None
 
     def serve(self, manager: Any) -> None:
-        import uvicorn
-
         from .server import create_app
+        from .server.background import BackgroundServer
 
-        config = uvicorn.Config(create_app(manager, tokens=""), host="127.0.0.1",
-                                port=self.port, log_level="warning", lifespan="off")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, name="quota-hooks-serve",
-                                       daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started and self.thread.is_alive():
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.02)
-        if not self.server.started:
-            self.stop()
-            raise _UsageError(f"--port {self.port}: the dashboard server did not start")
+        try:
+            self.background = BackgroundServer(create_app(manager, tokens=""), port=self.port)
+        except OSError as exc:
+            raise _UsageError(f"--port {self.port}: {exc}") from exc
 
     def stop(self) -> None:
-        if self.server is not None and self.thread is not None:
-            self.server.should_exit = True
-            self.thread.join(5)
+        if self.background is not None:
+            self.background.stop()
 
 
 def _check_port(host: str, port: int) -> None:

@@ -20,8 +20,8 @@ __all__ = ["Events", "Subscription"]
 class Subscription:
     """Changes and alerts for one listener, coalesced per workspace.
 
-    ``workspaces``: the workspaces it follows, or None for all of them. Use as an async
-    context manager, or call :meth:`close`.
+    ``workspaces``: the workspaces it follows, or None for all of them. Call :meth:`close`
+    when done.
     """
 
     def __init__(
@@ -74,12 +74,6 @@ class Subscription:
     def close(self) -> None:
         """Stop listening."""
         self._hub.unsubscribe(self)
-
-    async def __aenter__(self) -> Subscription:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.close()
 
 
 class Events:

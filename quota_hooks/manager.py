@@ -14,13 +14,14 @@ The seed guide's names keep working::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -596,7 +597,7 @@ class QuotaManager:
         month = month_key(now, policy.timezone)
         scope = workspace_scope(workspace_id)
         store = self.store
-        try:
+        with _reading("status", workspace_id):
             counters = store.counters(scope, now, month)
             extra = None
             if enhanced:
@@ -605,10 +606,6 @@ class QuotaManager:
                     store.breakdown(scope, month, "api_method"),
                     store.recent(scope, self.recent_limit if recent is None else recent),
                 )
-        except StorageError:
-            raise
-        except Exception as exc:
-            raise StorageError(f"reading the status of {workspace_id!r} failed: {exc}") from exc
         return self._report(workspace_id, policy, now, counters, extra)
 
     async def astatus(
@@ -620,7 +617,7 @@ class QuotaManager:
         month = month_key(now, policy.timezone)
         scope = workspace_scope(workspace_id)
         store = self.store
-        try:
+        with _reading("status", workspace_id):
             counters = await store.acounters(scope, now, month)
             extra = None
             if enhanced:
@@ -629,10 +626,6 @@ class QuotaManager:
                     await store.abreakdown(scope, month, "api_method"),
                     await store.arecent(scope, self.recent_limit if recent is None else recent),
                 )
-        except StorageError:
-            raise
-        except Exception as exc:
-            raise StorageError(f"reading the status of {workspace_id!r} failed: {exc}") from exc
         return self._report(workspace_id, policy, now, counters, extra)
 
     def _report(
@@ -727,12 +720,8 @@ class QuotaManager:
         """
         months, first_day = self._history_months(workspace_id, since)
         scope = workspace_scope(workspace_id)
-        try:
+        with _reading("history", workspace_id):
             tables = [self.store.breakdown(scope, month, by) for month in months]
-        except StorageError:
-            raise
-        except Exception as exc:
-            raise StorageError(f"reading the history of {workspace_id!r} failed: {exc}") from exc
         return _history(workspace_id, by, first_day, months, tables)
 
     async def ahistory(
@@ -741,12 +730,8 @@ class QuotaManager:
         """Async :meth:`history`."""
         months, first_day = self._history_months(workspace_id, since)
         scope = workspace_scope(workspace_id)
-        try:
+        with _reading("history", workspace_id):
             tables = [await self.store.abreakdown(scope, month, by) for month in months]
-        except StorageError:
-            raise
-        except Exception as exc:
-            raise StorageError(f"reading the history of {workspace_id!r} failed: {exc}") from exc
         return _history(workspace_id, by, first_day, months, tables)
 
     def _history_months(self, workspace_id: str, since: float | None) -> tuple[list[str], str]:
@@ -866,6 +851,17 @@ def _count(value: object) -> int:
     if type(value) is int and 0 <= value <= MAX_COUNT:
         return value
     return UsageRecord(input_tokens=value).input_tokens  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def _reading(what: str, workspace_id: str) -> Iterator[None]:
+    """Store reads of one report: any failure is a :class:`StorageError` naming it."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except Exception as exc:
+        raise StorageError(f"reading the {what} of {workspace_id!r} failed: {exc}") from exc
 
 
 class _PublishSink:

@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import uvicorn
 
 from quota_hooks import QuotaManager, QuotaPolicy, UsageRecord
 from quota_hooks.server import create_app
+from quota_hooks.server.background import BackgroundServer
 
 CHROMIUM = os.environ.get("QUOTA_HOOKS_TEST_CHROMIUM", "/usr/bin/chromium")
 TOKEN = "browser-token-1"
@@ -32,28 +29,9 @@ def _browser_or_skip() -> str:
     return CHROMIUM
 
 
-class _Server:
-    def __init__(self, manager: QuotaManager, port: int) -> None:
-        app = create_app(manager, tokens=f"acme:{TOKEN}", max_updates_per_second=10,
-                         poll_interval=0.5)
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                                    log_level="warning", lifespan="off"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def serve(manager: QuotaManager, port: int = 0) -> BackgroundServer:
+    return BackgroundServer(create_app(manager, tokens=f"acme:{TOKEN}", max_updates_per_second=10,
+                                       poll_interval=0.5), port=port)
 
 
 def call(manager: QuotaManager, n: int = 1, model: str = "gpt-4o-mini") -> None:
@@ -76,8 +54,8 @@ def test_the_dashboard_updates_live_shows_disconnects_and_reconnects(
     from playwright.sync_api import expect, sync_playwright
 
     call(manager, 3)
-    port = _free_port()
-    server = _Server(manager, port)
+    server = serve(manager)
+    port = server.port
     try:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(
@@ -106,7 +84,7 @@ def test_the_dashboard_updates_live_shows_disconnects_and_reconnects(
             server.stop()
             expect(page.get_by_test_id("connection")).to_contain_text("disconnected")
             assert page.evaluate("document.body.dataset.connected") == "no"
-            server = _Server(manager, port)
+            server = serve(manager, port)  # the same address: the page reconnects
             expect(page.get_by_test_id("connection")).to_have_text("live", timeout=20_000)
             call(manager)
             expect(rpm).to_have_text("18")

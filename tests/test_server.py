@@ -331,21 +331,13 @@ def test_a_stuck_client_slows_neither_the_others_nor_the_calls(manager: QuotaMan
     import socket
     import threading
 
-    import uvicorn
     import websockets
 
-    app = create_app(manager, tokens=TOKENS, max_updates_per_second=50, poll_interval=0.2)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                           log_level="error", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    from quota_hooks.server.background import BackgroundServer
+
+    server = BackgroundServer(create_app(manager, tokens=TOKENS, max_updates_per_second=50,
+                                         poll_interval=0.2))
+    port = server.port
     stuck = socket.create_connection(("127.0.0.1", port))
     try:
         stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -378,5 +370,4 @@ def test_a_stuck_client_slows_neither_the_others_nor_the_calls(manager: QuotaMan
         assert asyncio.run(watch()) == 603
     finally:
         stuck.close()
-        server.should_exit = True
-        thread.join(10)
+        server.stop()
