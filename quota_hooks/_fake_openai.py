@@ -9,16 +9,23 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import socket
+import sys
 import threading
 import time
+import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
-__all__ = ["FakeOpenAI", "FakeReply", "FakeUsage"]
+__all__ = ["ENCODINGS", "FakeOpenAI", "FakeReply", "FakeUsage"]
+
+#: The content encodings FakeOpenAI can send (``br`` needs ``brotli``, ``zstd`` ``zstandard``).
+ENCODINGS = ("gzip", "deflate", "br", "zstd")
+Split = Literal["event", "odd"] | int
 
 _JSON = {"content-type": "application/json"}
 _SSE = {"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache"}
@@ -66,6 +73,18 @@ class FakeOpenAI:
     images, audio, moderations, models, files, and assistant runs (``run_polls`` polls before a
     run completes). ``fail_next(429, times=2)`` answers the next calls with errors carrying
     ``retry-after`` and ``x-ratelimit-*`` headers.
+
+    The wire, like a provider behind a CDN:
+
+    * ``compress="gzip"`` (or ``"deflate"``, ``"br"``, ``"zstd"``) compresses every body the
+      client accepts in that encoding (its ``Accept-Encoding``), streams flushed event by
+      event; ``force_compress=True`` compresses whatever the client accepts, as a misbehaving
+      proxy does.
+    * ``chunked``: ``True`` sends every body with ``Transfer-Encoding: chunked``, ``False``
+      with ``Content-Length``; ``None`` (default) chunks event streams only.
+    * ``split``: ``"event"`` (default) writes a stream one event per write; ``"odd"`` cuts the
+      bytes on the wire (compressed or not) at uneven places (1, 2, 3, 5, 8, 13 ... bytes,
+      across event and line boundaries); a number cuts them in pieces of that size.
     """
 
     def __init__(
@@ -76,7 +95,21 @@ class FakeOpenAI:
         chunks: int = 5,
         run_polls: int = 2,
         ratelimit_headers: bool = True,
+        compress: str | None = None,
+        force_compress: bool = False,
+        chunked: bool | None = None,
+        split: Split = "event",
     ) -> None:
+        if compress is not None and compress not in ENCODINGS:
+            raise ValueError(f"compress must be one of {ENCODINGS} or None, got {compress!r}")
+        if compress is not None:
+            _compressor(compress)  # a missing library is an error now, not in a server thread
+        if not (split in ("event", "odd") or (type(split) is int and split > 0)):
+            raise ValueError(f"split must be 'event', 'odd' or a size > 0, got {split!r}")
+        self.compress = compress
+        self.force_compress = force_compress
+        self.chunked = chunked
+        self.split = split
         self.usage = usage or FakeUsage()
         self.reply = reply
         self.chunks = max(1, chunks)
@@ -131,7 +164,9 @@ class FakeOpenAI:
 
         def handler(request: Any) -> Any:
             body = request.read()
-            answer = fake.handle(request.method, str(request.url), dict(request.headers), body)
+            headers = dict(request.headers)
+            answer = fake.wire(fake.handle(request.method, str(request.url), headers, body),
+                               headers.get("accept-encoding", ""))
             return lib.Response(
                 answer.status, headers=answer.headers, stream=_Stream(answer.chunks)
             )
@@ -142,6 +177,27 @@ class FakeOpenAI:
         """Serve on a real socket on ``host`` (loopback); a context manager giving the base URL
         (``http://127.0.0.1:PORT/v1``)."""
         return _Server(self, host)
+
+    def wire(self, reply: FakeReply, accept_encoding: str = "") -> FakeReply:
+        """``reply`` as it goes on the wire: compressed (see the class doc) when the client's
+        ``accept_encoding`` allows it, and cut into the writes of ``split``."""
+        headers = dict(reply.headers)
+        chunks = list(reply.chunks)
+        accepted = {part.split(";")[0].strip().lower() for part in accept_encoding.split(",")}
+        encoding = self.compress
+        if encoding is not None and encoding not in accepted:
+            encoding = None
+            if self.force_compress:
+                encoding = next((e for e in ENCODINGS if e in accepted), self.compress)
+        if encoding is not None and reply.status != 204 and any(chunks):
+            compressor = _compressor(encoding)
+            chunks = [compressor.push(chunk) for chunk in chunks]
+            chunks[-1] += compressor.finish()
+            headers["content-encoding"] = encoding
+            headers["vary"] = "Accept-Encoding"
+        if self.split != "event":
+            chunks = _cut(b"".join(chunks), self.split)
+        return FakeReply(reply.status, headers, [c for c in chunks if c] or [b""])
 
     # ------------------------------------------------------------------ the API
     def handle(self, method: str, url: str, headers: dict[str, str], body: bytes) -> FakeReply:
@@ -550,6 +606,69 @@ def _form_fields(body: bytes) -> dict[str, str]:
     return fields
 
 
+class _NoDelayServer(ThreadingHTTPServer):
+    """Every write leaves at once (no Nagle), so the client sees the pieces of ``split``."""
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        conn, address = super().get_request()
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return conn, address
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hangs up (a stream closed early, a pool that drops an idle
+        # connection) is normal traffic, not an error worth a traceback.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
+class _Compressor:
+    """A streaming compressor: ``push`` returns what can be sent now (a sync flush, so each
+    event can be decoded on arrival, as a streaming server does), ``finish`` the end."""
+
+    def __init__(self, push: Any, finish: Any) -> None:
+        self.push = push
+        self.finish = finish
+
+
+def _compressor(encoding: str) -> _Compressor:
+    if encoding in ("gzip", "deflate"):
+        z = zlib.compressobj(6, zlib.DEFLATED, 31 if encoding == "gzip" else 15)
+        return _Compressor(lambda data: z.compress(data) + z.flush(zlib.Z_SYNC_FLUSH), z.flush)
+    if encoding == "br":
+        try:
+            import brotli  # type: ignore[import-untyped]
+        except ImportError as exc:
+            raise ValueError("FakeOpenAI(compress='br') needs brotli: pip install brotli") from exc
+        b = brotli.Compressor()
+        return _Compressor(lambda data: b.process(data) + b.flush(), b.finish)
+    try:
+        import zstandard
+    except ImportError as exc:
+        raise ValueError("FakeOpenAI(compress='zstd') needs zstandard: pip install zstandard"
+                         ) from exc
+    zc = zstandard.ZstdCompressor().compressobj()
+    return _Compressor(
+        lambda data: zc.compress(data) + zc.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK),
+        lambda: zc.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH),
+    )
+
+
+_ODD = (1, 2, 3, 5, 8, 13, 21, 34, 55, 89)
+
+
+def _cut(data: bytes, split: Split) -> list[bytes]:
+    """``data`` in pieces: of ``split`` bytes each, or of the uneven sizes ``_ODD`` in turn
+    (``"odd"``), which cut lines, events and compressed blocks at every kind of place."""
+    if isinstance(split, int):
+        return [data[i : i + split] for i in range(0, len(data), split)]
+    pieces, at, turn = [], 0, 0
+    while at < len(data):
+        size = _ODD[turn % len(_ODD)]
+        pieces.append(data[at : at + size])
+        at, turn = at + size, turn + 1
+    return pieces
+
+
 class _Server:
     """FakeOpenAI on a real socket, in a background thread."""
 
@@ -557,7 +676,7 @@ class _Server:
         if host not in ("127.0.0.1", "localhost", "::1"):
             raise ValueError(f"FakeOpenAI serves on loopback only, not {host!r}")
         handler = _handler_for(fake)
-        self._server = ThreadingHTTPServer((host, 0), handler)
+        self._server = _NoDelayServer((host, 0), handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self.base_url = f"http://{host}:{self._server.server_address[1]}/v1"
@@ -584,21 +703,25 @@ def _handler_for(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
             body = self.rfile.read(length) if length else b""
             headers = {k.lower(): v for k, v in self.headers.items()}
             reply = fake.handle(self.command, self.path, headers, body)
+            is_stream = reply.headers.get("content-type", "").startswith("text/event-stream")
+            reply = fake.wire(reply, headers.get("accept-encoding", ""))
+            chunked = is_stream if fake.chunked is None else fake.chunked
             self.send_response(reply.status)
             for key, value in reply.headers.items():
                 self.send_header(key, value)
-            if reply.headers.get("content-type", "").startswith("text/event-stream"):
+            if chunked:
                 self.send_header("transfer-encoding", "chunked")
-                self.end_headers()
-                for part in reply.chunks:
-                    self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
-                    self.wfile.flush()
-                self.wfile.write(b"0\r\n\r\n")
             else:
-                payload = b"".join(reply.chunks)
-                self.send_header("content-length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                self.send_header("content-length", str(sum(len(p) for p in reply.chunks)))
+            self.end_headers()
+            for part in reply.chunks:  # one write (and one TCP segment) per piece
+                if not part:
+                    continue
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part) if chunked else part)
+                self.wfile.flush()
+            if chunked:
+                self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
 
         do_GET = do_POST = do_DELETE = _answer
 

@@ -3,10 +3,17 @@
 Every adapter turns what its framework saw into a ``UsageRecord``; the core only ever sees
 these. A record holds metadata only: never a prompt, a completion or a key.
 
-Numbers from providers are not trusted blindly. A token count that is negative, NaN, not a whole
-number or absurdly large (over ``2**40``; a cost over ``MAX_COST``) is replaced by 0, the field
-is named in ``invalid_fields`` and one warning is logged. A bad value never credits a budget and
-never raises into the caller.
+Numbers from providers are not trusted blindly. Adapters pass what the provider reported
+through :func:`reported_usage`, the one rule for usage: usage that is missing, null, not a whole
+number, negative, NaN, absurdly large (over ``2**40``) or inconsistent (reasoning tokens above the
+completion tokens, say) is replaced by the call's estimate (what its reservation held), the
+record says ``estimated=True`` and why (``estimate_reason``), and one warning is logged. A call
+never settles at 0 because its usage could not be read.
+
+A record built by hand is checked too: a bad count is replaced by 0 and named in
+``invalid_fields`` (a cost over ``MAX_COST`` is distrusted the same way); the manager then settles
+such a record at its reservation's estimate. A bad value never credits a budget and never raises
+into the caller.
 
 Names (workspace, model, method, tags, scopes) are kept as given, except that lone surrogates,
 which no store can encode, are escaped (``"\\ud800"``); see :func:`storable`.
@@ -22,7 +29,16 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 
-__all__ = ["MAX_COST", "MAX_COUNT", "Estimate", "UsageRecord", "estimate_tokens", "storable"]
+__all__ = [
+    "MAX_COST",
+    "MAX_COUNT",
+    "TOKEN_FIELDS",
+    "Estimate",
+    "UsageRecord",
+    "estimate_tokens",
+    "reported_usage",
+    "storable",
+]
 
 logger = logging.getLogger("quota_hooks")
 
@@ -109,6 +125,8 @@ class UsageRecord:
     stream: bool = False
     attempt: int = 0
     estimated: bool = False
+    #: Why the tokens are an estimate (``"no usage reported"``, ``"untrusted usage: ..."``).
+    estimate_reason: str | None = None
     cost: Decimal | None = None
     price_source: str | None = None
     #: Names of fields whose reported value was not trusted and was replaced (see module doc).
@@ -281,6 +299,110 @@ def estimate_tokens(text: str | bytes) -> int:
     have working offline; quota-hooks never downloads one.
     """
     return -(-len(text) // 4)
+
+
+#: The token fields of a record, in :func:`reported_usage`'s order.
+TOKEN_FIELDS = (
+    "input_tokens",
+    "output_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
+    "audio_input_tokens",
+    "reasoning_tokens",
+    "audio_output_tokens",
+)
+_INPUT_PARTS = ("cached_input_tokens", "cache_write_tokens", "audio_input_tokens")
+_OUTPUT_PARTS = ("reasoning_tokens", "audio_output_tokens")
+
+
+def reported_usage(
+    reported: Mapping[str, Any] | None, estimate: Estimate, *, observed_output: int = 0
+) -> dict[str, Any]:
+    """The token fields of a record: what the provider ``reported`` when it can be trusted,
+    else ``estimate``. The one usage rule of every adapter.
+
+    ``reported`` holds :data:`TOKEN_FIELDS` (and ``total_tokens``) as the provider sent them,
+    ``None`` where it sent null or nothing. It is trusted when ``input_tokens`` and
+    ``output_tokens`` are whole numbers in ``[0, 2**40]`` (``output_tokens`` may be absent for
+    APIs without output, like embeddings), every detail count present is one too, and each
+    part fits its total (cached + cache-write tokens within the input, reasoning within the
+    output). Otherwise the call settles at its estimate: the estimate's input and output
+    tokens (the output at least ``observed_output``, what the caller was seen to receive), but
+    never below a count that was itself valid; ``estimated`` is True and ``estimate_reason``
+    says why.
+
+    Returns :class:`UsageRecord` keyword arguments.
+    """
+    if not reported or (
+        reported.get("input_tokens") is None and reported.get("output_tokens") is None
+    ):
+        return _estimated(estimate, observed_output, {}, "no usage reported")
+    clean: dict[str, int] = {}
+    bad: list[str] = []
+    for name in TOKEN_FIELDS:
+        value = reported.get(name)
+        if value is None:
+            if name == "input_tokens" or (name == "output_tokens" and estimate.output_tokens):
+                bad.append(f"{name}=null")
+            continue
+        count = _clean_int(value)
+        if count is None:
+            bad.append(f"{name}={_shown(value)}")
+        else:
+            clean[name] = count
+    inputs, outputs = clean.get("input_tokens", 0), clean.get("output_tokens", 0)
+    if "input_tokens" in clean and sum(clean.get(p, 0) for p in _INPUT_PARTS[:2]) > inputs:
+        bad.append("cached and cache-write tokens above input_tokens")
+    if "output_tokens" in clean and clean.get("reasoning_tokens", 0) > outputs:
+        bad.append("reasoning_tokens above output_tokens")
+    if bad:
+        return _estimated(estimate, observed_output, clean, "untrusted usage: " + ", ".join(bad))
+    fields: dict[str, Any] = dict(clean)
+    total = _clean_int(reported.get("total_tokens"))
+    if total is not None and reported.get("total_tokens") is not None:
+        fields["total_tokens"] = total
+    return fields
+
+
+def _estimated(
+    estimate: Estimate, observed_output: int, clean: Mapping[str, int], reason: str
+) -> dict[str, Any]:
+    """The fields of a call that settles at its estimate (valid counts are lower bounds)."""
+    inputs = max(_count_of(estimate.input_tokens), clean.get("input_tokens", 0))
+    outputs = max(
+        _count_of(estimate.output_tokens),
+        observed_output,
+        clean.get("output_tokens", 0),
+        clean.get("reasoning_tokens", 0),
+    )
+    fields: dict[str, Any] = {
+        "input_tokens": inputs,
+        "output_tokens": outputs,
+        "estimated": True,
+        "estimate_reason": reason,
+    }
+    room = inputs
+    for name in ("cached_input_tokens", "cache_write_tokens"):
+        part = min(clean.get(name, 0), room)
+        if part:
+            fields[name] = part
+            room -= part
+    for name, limit in (("audio_input_tokens", inputs), ("reasoning_tokens", outputs),
+                        ("audio_output_tokens", outputs)):
+        part = min(clean.get(name, 0), limit)
+        if part:
+            fields[name] = part
+    return fields
+
+
+def _count_of(value: int) -> int:
+    clean = _clean_int(value)
+    return 0 if clean is None else clean
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 24 else text[:21] + "..."
 
 
 def _clean_int(value: object) -> int | None:

@@ -22,38 +22,37 @@ def as_mapping(usage: Any) -> Mapping[str, Any] | None:
     return fields if isinstance(fields, Mapping) else None
 
 
-def _int(value: Any) -> Any:
-    return value if value is not None else 0
-
-
 def usage_fields(usage: Mapping[str, Any]) -> dict[str, Any]:
-    """UsageRecord token fields from any OpenAI usage object (chat, responses, embeddings,
-    images, transcriptions, runs). Numbers pass through unchanged: the record validates them."""
-    fields: dict[str, Any] = {}
+    """Token fields (:data:`~quota_hooks.usage.TOKEN_FIELDS` and ``total_tokens``) from any
+    OpenAI-shaped usage object (chat, responses, embeddings, images, transcriptions, runs), or
+    ``audio_seconds`` for a duration. Values pass through as sent, ``None`` where the provider
+    sent null or nothing: :func:`~quota_hooks.usage.reported_usage` decides what to trust."""
     if usage.get("type") == "duration":
-        fields["audio_seconds"] = usage.get("seconds") or 0.0
-        return fields
+        seconds = usage.get("seconds")
+        return {"audio_seconds": seconds if seconds is not None else 0.0}
     if "prompt_tokens" in usage or "completion_tokens" in usage:  # chat, completions, runs
-        fields["input_tokens"] = _int(usage.get("prompt_tokens"))
-        fields["output_tokens"] = _int(usage.get("completion_tokens"))
-        inputs = usage.get("prompt_tokens_details") or {}
-        outputs = usage.get("completion_tokens_details") or {}
+        inputs_key, outputs_key = "prompt_tokens", "completion_tokens"
+        inputs = usage.get("prompt_tokens_details")
+        outputs = usage.get("completion_tokens_details")
     else:  # responses, images, transcriptions
-        fields["input_tokens"] = _int(usage.get("input_tokens"))
-        fields["output_tokens"] = _int(usage.get("output_tokens"))
-        inputs = usage.get("input_tokens_details") or usage.get("input_token_details") or {}
-        outputs = usage.get("output_tokens_details") or {}
-    if usage.get("total_tokens") is not None:
-        fields["total_tokens"] = usage["total_tokens"]
+        inputs_key, outputs_key = "input_tokens", "output_tokens"
+        inputs = usage.get("input_tokens_details") or usage.get("input_token_details")
+        outputs = usage.get("output_tokens_details")
+    fields: dict[str, Any] = {
+        "input_tokens": usage.get(inputs_key),
+        "output_tokens": usage.get(outputs_key),
+        "total_tokens": usage.get("total_tokens"),
+    }
     if isinstance(inputs, Mapping):
-        fields["cached_input_tokens"] = _int(inputs.get("cached_tokens"))
-        fields["cache_write_tokens"] = _int(
-            inputs.get("cache_write_tokens") or inputs.get("cache_creation_tokens")
+        fields["cached_input_tokens"] = inputs.get("cached_tokens")
+        write = inputs.get("cache_write_tokens")
+        fields["cache_write_tokens"] = (
+            write if write is not None else inputs.get("cache_creation_tokens")
         )
-        fields["audio_input_tokens"] = _int(inputs.get("audio_tokens"))
+        fields["audio_input_tokens"] = inputs.get("audio_tokens")
     if isinstance(outputs, Mapping):
-        fields["reasoning_tokens"] = _int(outputs.get("reasoning_tokens"))
-        fields["audio_output_tokens"] = _int(outputs.get("audio_tokens"))
+        fields["reasoning_tokens"] = outputs.get("reasoning_tokens")
+        fields["audio_output_tokens"] = outputs.get("audio_tokens")
     return fields
 
 

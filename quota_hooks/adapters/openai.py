@@ -26,7 +26,6 @@ transport strips before the request leaves the process; pass
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import re
@@ -34,7 +33,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 from urllib.parse import quote, unquote
@@ -50,7 +49,7 @@ from .._context import claim
 from ..errors import ConfigurationError, QuotaHooksError
 from ..manager import QuotaManager, get_default_manager
 from ..storage.base import Reservation
-from ..usage import Estimate, UsageRecord
+from ..usage import Estimate, UsageRecord, reported_usage
 from ._usage import usage_fields
 
 __all__ = [
@@ -154,7 +153,6 @@ class _Call:
         self.hub = hub
         self.lib = lib
         self.started = time.perf_counter()
-        self.timestamp = datetime.fromtimestamp(hub.manager.now(), timezone.utc)
         headers = request.headers
         self.workspace_id = unquote(headers.get(WORKSPACE_HEADER) or "default")
         self.scopes: dict[str, str] = {}
@@ -200,7 +198,11 @@ class _Call:
         self.run: tuple[str, Mapping[str, Any]] | None = None
         self.error: Mapping[str, Any] | None = None
         self.sse: _SSE | None = None
-        self.decoder: Any = None
+        self.decoder: _Decoder | None = None
+        self.unreadable = False
+        """True once reading the body failed: the attempt settles at its estimate."""
+        self.complete = False
+        """True when the whole body was known when the response arrived (read already)."""
         self.done = False
         self.request = self._read_request(request)
 
@@ -316,84 +318,156 @@ class _Call:
         return wanted > 2 * reservation.delta.tokens + 256
 
     # ---------------------------------------------------------------- response
-    def on_response(self, response: Any) -> None:
+    def on_response(self, response: Any) -> Any:
+        """Begin reading ``response``; returns the response the caller gets.
+
+        The body is read through the HTTP library's own content decoder (gzip, deflate, br,
+        zstd: whatever the library can decode) while the caller gets the bytes of the wire
+        unchanged. When the injected usage chunk must be cut from an event stream that came
+        compressed, the caller gets the decoded stream instead, without its
+        ``Content-Encoding``: the client reads it exactly as it would have read the compressed
+        one. A body that an inner transport has already read is taken whole, at once
+        (:attr:`complete`).
+        """
         self.status = response.status_code
-        self.headers = response.headers
-        encoding = response.headers.get("content-encoding", "").strip().lower()
-        if encoding and encoding != "identity":
-            self.decoder = _decoder(self.lib, encoding)
-        if response.headers.get("content-type", "").startswith("text/event-stream"):
+        self.headers = headers = response.headers
+        if headers.get("content-type", "").startswith("text/event-stream"):
             self.stream = True
-            self.sse = _SSE(self, filtering=self.inject and self.decoder is None)
+            self.sse = _SSE(self, filtering=self.inject)
+        filtering = self.sse is not None and self.sse.filtering
+        if hasattr(response, "_content"):  # an inner transport read (and decoded) it already
+            content = response.content
+            shown = self._read_plain(content) + self._take_end()
+            self.complete = True
+            if filtering and shown != content:
+                response = self.lib.Response(
+                    response.status_code, headers=_without(headers, "content-length"),
+                    content=shown, extensions=response.extensions,
+                )
+            return response
+        encoding = headers.get("content-encoding", "").strip().lower()
+        if encoding and encoding != "identity":
+            self.decoder = _Decoder(self.lib, headers)
+        if filtering:  # the caller gets our (plain, filtered) bytes: other length, no encoding
+            for name in ("content-length", "content-encoding"):
+                if name in headers and (name == "content-length" or self.decoder is not None):
+                    del headers[name]
+        return response
 
     def feed(self, chunk: bytes) -> bytes:
         """Take a chunk of the body on its way to the caller; return what the caller gets."""
         try:
             plain = chunk if self.decoder is None else self.decoder.decode(chunk)
-            if self.sse is not None:
-                out = self.sse.feed(plain)
-                return chunk if not self.sse.filtering else out
-            if self.body_size <= 64 * 1024 * 1024:
-                self.body.append(plain)
-                self.body_size += len(plain)
-        except Exception as exc:
-            self.hub.failed("read", exc, self.workspace_id)
-            self.sse = None
+        except Exception as exc:  # a corrupt body, which the client's own decoder rejects too
+            self._lost(exc)
             self.decoder = None
-        return chunk
+            return chunk
+        if not self.unreadable:
+            try:
+                shown = self._read_plain(plain)
+            except Exception as exc:  # a bug of ours: the caller still gets the whole body
+                self._lost(exc)
+                shown = plain
+        else:
+            shown = plain
+        return shown if self._filtering else chunk
 
     def end_of_body(self) -> bytes:
-        """Bytes held back by SSE filtering, released when the body ends."""
-        if self.sse is not None and self.sse.filtering:
-            return self.sse.flush()
-        return b""
+        """The body ended: the decoder's tail, and what SSE filtering held back."""
+        try:
+            tail = b"" if self.decoder is None else self.decoder.flush()
+        except Exception as exc:
+            self._lost(exc)
+            return b""
+        shown = tail
+        if not self.unreadable:
+            try:
+                shown = self._read_plain(tail) + self._take_end()
+            except Exception as exc:
+                self._lost(exc)
+        return shown if self._filtering else b""
+
+    @property
+    def _filtering(self) -> bool:
+        return self.sse is not None and self.sse.filtering
+
+    def _read_plain(self, plain: bytes) -> bytes:
+        """Learn from decoded body bytes; returns the caller's share (the filtered stream)."""
+        if self.sse is not None:
+            return self.sse.feed(plain)
+        if plain and self.body_size <= _BODY_LIMIT:
+            self.body.append(plain)
+            self.body_size += len(plain)
+        return plain
+
+    def _take_end(self) -> bytes:
+        return self.sse.flush() if self.sse is not None else b""
+
+    def _lost(self, exc: BaseException) -> None:
+        """Reading the body failed (a corrupt encoding, a bug of ours): the rest goes to the
+        caller untouched, and the attempt settles at its estimate (see :meth:`record`)."""
+        self.unreadable = True
+        self.hub.failed("read", exc, self.workspace_id)
 
     def record(self) -> UsageRecord | None:
-        """The record of this attempt; None after the first call."""
+        """The record of this attempt; None after the first call.
+
+        Token usage is the provider's when it can be trusted; otherwise (missing, null,
+        untrusted, unreadable, a stream closed before its usage) the attempt settles at its
+        estimate (:func:`~quota_hooks.usage.reported_usage`), never at 0.
+        """
         if self.done:
             return None
         self.done = True
         latency = (time.perf_counter() - self.started) * 1000
-        if self.sse is None:
+        if self.sse is None and not self.unreadable:
             self._parse_json()
         usage = self.usage
         if self.run is not None and self.hub.first_sight_of_terminal_run(self.run[0]):
             usage = self.run[1]  # a run's tokens count once, however often it is polled
-        fields: dict[str, Any] = usage_fields(usage) if usage else {}
-        estimated = False
         success = 200 <= self.status < 400
-        if success and not usage:
-            if self.method == "audio.speech":
-                fields["characters"] = self.characters
-            elif self.method.startswith("images.") and self.body_size:
-                fields["images"] = self.images_requested
-                fields["image_size"] = self.image_size
-                fields["image_quality"] = self.image_quality
-            elif self.method in _TOKEN_METHODS:
-                # The body ended before its usage: a stated estimate, never a silent 0.
-                estimated = True
-                fields["input_tokens"] = self.request_bytes // 4
-                fields["output_tokens"] = self.events
-        error_type = None
-        if not success:
-            error_type = self._error_type()
+        fields: dict[str, Any] = {}
+        if success and self.method in _TOKEN_METHODS:
+            reported = usage_fields(usage) if usage and not self.unreadable else None
+            fields = reported_usage(reported, self.estimate(), observed_output=self.events)
+            if self.unreadable and reported is None:
+                fields["estimate_reason"] = "the response body could not be read"
+        elif usage and not self.unreadable:
+            fields = {k: v for k, v in usage_fields(usage).items() if v is not None}
+        elif success and self.method == "audio.speech":
+            fields["characters"] = self.characters
+        elif success and self.method.startswith("images.") and (self.body_size or self.complete):
+            fields["images"] = self.images_requested
+            fields["image_size"] = self.image_size
+            fields["image_quality"] = self.image_quality
         return UsageRecord(
             workspace_id=self.workspace_id,
             scopes=self.scopes,
             provider=self.provider,
             source="openai",
-            timestamp=self.timestamp,
+            timestamp=datetime.fromtimestamp(self.hub.manager.now(), timezone.utc),
             model=self.response_model or self.model or "unknown",
             api_method=self.method,
             latency_ms=latency,
             success=success,
             status_code=self.status,
-            error_type=error_type,
+            error_type=None if success else self._error_type(),
             request_id=self.headers.get("x-request-id") if self.headers is not None else None,
             stream=self.stream,
             attempt=self.attempt,
-            estimated=estimated,
             **fields,
+        )
+
+    def fallback_record(self) -> UsageRecord:
+        """The attempt at its estimate, for when :meth:`record` itself failed."""
+        fields = reported_usage(None, self.estimate(), observed_output=self.events)
+        fields["estimate_reason"] = "tracking failed reading the response"
+        return UsageRecord(
+            workspace_id=self.workspace_id, scopes=self.scopes, provider=self.provider,
+            source="openai", model=self.model or "unknown", api_method=self.method,
+            status_code=self.status or None, success=not self.status or self.status < 400,
+            timestamp=datetime.fromtimestamp(self.hub.manager.now(), timezone.utc),
+            attempt=self.attempt, **fields,
         )
 
     def _parse_json(self) -> None:
@@ -444,84 +518,158 @@ _GENERATING_METHODS = {"chat.completions", "completions", "responses"}
 
 
 class _SSE:
-    """Server-sent events of one response: usage is taken from them; when we injected
-    ``include_usage``, the usage-only chunk is removed from what the caller sees."""
+    """Server-sent events of one response: usage is taken from them.
+
+    When we injected ``include_usage``, the caller's stream is given back as the provider
+    would have sent it without: the usage-only chunk is dropped, and the ``"usage": null``
+    member the provider then adds to every other chunk is cut out of its bytes (nothing else
+    of an event is touched). Only events that carry a usage object, and the first one (for
+    the model), are JSON-parsed; the others are scanned, not parsed.
+    """
+
+    __slots__ = ("buffer", "call", "filtering", "scanned")
 
     def __init__(self, call: _Call, filtering: bool) -> None:
         self.call = call
         self.filtering = filtering
         self.buffer = b""
+        self.scanned = 0  # bytes of ``buffer`` known to hold no event separator
 
     def feed(self, data: bytes) -> bytes:
-        self.buffer += data
+        """Take body bytes; return the caller's share of the events they complete."""
+        buffer = self.buffer + data if self.buffer else data
         out: list[bytes] = []
+        start = 0
+        scan = max(0, self.scanned - 3)  # a separator may straddle the previous chunk
         while True:
-            end, size = _event_end(self.buffer)
+            end, size = _event_end(buffer, max(scan, start))
             if end < 0:
                 break
-            event = self.buffer[: end + size]
-            self.buffer = self.buffer[end + size :]
-            if not self._event(event):
-                out.append(event)
+            out.append(self._event(buffer[start : end + size]))
+            start = scan = end + size
+        self.buffer = buffer[start:]
+        self.scanned = len(self.buffer)
         return b"".join(out)
 
     def flush(self) -> bytes:
-        rest, self.buffer = self.buffer, b""
-        if rest and self._event(rest):
-            return b""
-        return rest
+        """The body ended: the last event, even without its blank line."""
+        rest, self.buffer, self.scanned = self.buffer, b"", 0
+        return self._event(rest) if rest else b""
 
-    def _event(self, raw: bytes) -> bool:
-        """Learn from one event; True when it is our injected usage chunk, to be dropped."""
+    def _event(self, raw: bytes) -> bytes:
+        """Learn from one event; returns what the caller gets of it."""
         call = self.call
+        data_at = raw.find(b"data:")
+        if data_at < 0:
+            return raw
         name = b""
         data_lines = []
         for line in raw.splitlines():
             if line.startswith(b"data:"):
-                data_lines.append(line[5:].lstrip(b" "))
+                data_lines.append(line[6:] if line[5:6] == b" " else line[5:])
             elif line.startswith(b"event:"):
                 name = line[6:].strip()
-        if not data_lines:
-            return False
-        data = b"\n".join(data_lines)
+        data = data_lines[0] if len(data_lines) == 1 else b"\n".join(data_lines)
         if data == b"[DONE]":
-            return False
+            return raw
         call.events += 1
-        if call.response_model and not (
-            b'"usage":{' in data or b'"usage": {' in data or name.startswith(b"thread.run.")
-        ):
-            return False  # the common case, a content delta: no JSON parsing
+        has_usage = _usage_object_in(data)
+        if call.response_model and not has_usage and not name.startswith(b"thread.run."):
+            return _without_null_usage(raw) if self.filtering else raw  # a content delta
         try:
             event = json.loads(data)
         except ValueError:
-            return False
+            return raw
         if not isinstance(event, dict):
-            return False
+            return raw
         if isinstance(event.get("response"), dict):  # Responses API events
             call._take(event["response"])
-            return False
+            return raw
         call._take(event)
-        return (
-            self.filtering and isinstance(event.get("usage"), dict) and event.get("choices") == []
-        )
+        if not self.filtering:
+            return raw
+        if isinstance(event.get("usage"), dict) and event.get("choices") == []:
+            return b""  # our injected usage-only chunk
+        return _without_null_usage(raw)
 
 
-def _event_end(buffer: bytes) -> tuple[int, int]:
-    """Index and length of the first event separator (a blank line) in ``buffer``."""
+_USAGE_KEY = b'"usage"'
+_JSON_SPACE = b" \t\r\n"
+_NULL_USAGE = re.compile(
+    rb'(,\s*"usage"\s*:\s*null)(?=\s*[,}])'  # after another member
+    rb'|(?<=\{)(\s*"usage"\s*:\s*null\s*,?)'  # the first member
+)
+
+
+def _usage_object_in(data: bytes) -> bool:
+    """True when a ``"usage"`` key in the JSON text ``data`` has an object value (a scan,
+    not a parse: whitespace and key order as the provider pleases)."""
+    at = data.find(_USAGE_KEY)
+    while at >= 0:
+        i, n = at + len(_USAGE_KEY), len(data)
+        while i < n and data[i] in _JSON_SPACE:
+            i += 1
+        if i < n and data[i] == 58:  # ":"
+            i += 1
+            while i < n and data[i] in _JSON_SPACE:
+                i += 1
+            if i < n and data[i] == 123:  # "{"
+                return True
+        at = data.find(_USAGE_KEY, at + 1)
+    return False
+
+
+def _without_null_usage(raw: bytes) -> bytes:
+    """``raw`` without its ``"usage": null`` member (the one that injecting
+    ``include_usage`` adds to every chunk); a quoted ``"usage"`` can only be a key, since
+    quotes inside JSON strings are escaped."""
+    if _USAGE_KEY not in raw:
+        return raw
+    return _NULL_USAGE.sub(b"", raw, count=1)
+
+
+def _event_end(buffer: bytes, start: int = 0) -> tuple[int, int]:
+    """Index and length of the first event separator (a blank line) in ``buffer`` at or
+    after ``start``."""
     best, size = -1, 0
     for separator in (b"\n\n", b"\r\n\r\n", b"\r\r"):
-        at = buffer.find(separator)
+        at = buffer.find(separator, start)
         if at >= 0 and (best < 0 or at < best):
             best, size = at, len(separator)
     return best, size
 
 
-def _decoder(lib: Any, encoding: str) -> Any:
-    decoders = importlib.import_module(f"{lib.__name__}._decoders")
-    names = [e.strip() for e in encoding.split(",") if e.strip()]
-    if len(names) == 1 and names[0] in decoders.SUPPORTED_DECODERS:
-        return decoders.SUPPORTED_DECODERS[names[0]]()
-    return decoders.MultiDecoder([decoders.SUPPORTED_DECODERS[n]() for n in names])
+_BODY_LIMIT = 64 * 1024 * 1024  # a non-stream body kept for its usage, at most
+
+
+class _Decoder:
+    """The content decoder the HTTP library itself picks for a response's
+    ``Content-Encoding`` (every coding it supports, in order; unknown ones left as they
+    are, as the client does), bytes in and bytes out: httpx's decoders return bytes,
+    httpx2's return iterators of bytes."""
+
+    __slots__ = ("_inner",)
+
+    def __init__(self, lib: Any, headers: Any) -> None:
+        # A detached response: the caller's own response keeps its own, fresh decoder.
+        self._inner = lib.Response(200, headers=headers)._get_content_decoder()
+
+    def decode(self, data: bytes) -> bytes:
+        return _joined(self._inner.decode(data))
+
+    def flush(self) -> bytes:
+        return _joined(self._inner.flush())
+
+
+def _joined(out: bytes | Iterable[bytes]) -> bytes:
+    return out if isinstance(out, bytes) else b"".join(out)
+
+
+def _without(headers: Any, name: str) -> Any:
+    copy = headers.copy()
+    if name in copy:
+        del copy[name]
+    return copy
 
 
 # ---------------------------------------------------------------------------------- transports
@@ -606,11 +754,15 @@ def _build_classes(lib: Any) -> dict[str, Any]:
                 raise
             if call is not None:
                 try:
-                    call.on_response(response)
-                    response.stream = TrackedStream(response.stream, call)
+                    response = call.on_response(response)
+                    if call.complete:
+                        _finish_sync(call)
+                    else:
+                        response.stream = TrackedStream(response.stream, call)
                 except Exception as exc:
                     self.hub.failed("response", exc, call.workspace_id)
-                    _finish_sync(call)  # count what is known; the reservation is settled
+                    call.unreadable = True
+                    _finish_sync(call)  # settles at the estimate, never uncounted
             return response
 
         def close(self) -> None:
@@ -653,10 +805,14 @@ def _build_classes(lib: Any) -> dict[str, Any]:
                 raise
             if call is not None:
                 try:
-                    call.on_response(response)
-                    response.stream = AsyncTrackedStream(response.stream, call)
+                    response = call.on_response(response)
+                    if call.complete:
+                        await _finish_async(call)
+                    else:
+                        response.stream = AsyncTrackedStream(response.stream, call)
                 except Exception as exc:
                     self.hub.failed("response", exc, call.workspace_id)
+                    call.unreadable = True
                     await _finish_async(call)
             return response
 
@@ -700,30 +856,44 @@ def _guarded(hub: _Hub, call: _Call, acquire: Any) -> Reservation | None:
     return reservation
 
 
-def _finish_sync(call: _Call) -> None:
+def _final_record(call: _Call) -> UsageRecord | None:
+    """The attempt's record (None once recorded). Never raises: if reading what the provider
+    sent fails, the attempt is recorded at its estimate, so a bug of ours never lets a call
+    through uncounted."""
     try:
-        record = call.record()
-        if record is not None:
-            call.hub.manager.record(record, call.reservation)
-            _note_limits(call)
-        else:
-            call.hub.manager.release(call.reservation)
+        return call.record()
     except Exception as exc:
         call.hub.failed("record", exc, call.workspace_id)
-        call.hub.manager.release(call.reservation)
+        call.unreadable = True
+        try:
+            return call.fallback_record()
+        except Exception as again:
+            call.hub.failed("record", again, call.workspace_id)
+            return None
+
+
+def _finish_sync(call: _Call) -> None:
+    record = _final_record(call)
+    if record is None:
+        call.hub.manager.release(call.reservation)  # recorded already, or unrecordable
+        return
+    call.hub.manager.record(record, call.reservation)
+    try:
+        _note_limits(call)
+    except Exception as exc:
+        call.hub.failed("limits", exc, call.workspace_id)
 
 
 async def _finish_async(call: _Call) -> None:
-    try:
-        record = call.record()
-        if record is not None:
-            await call.hub.manager.arecord(record, call.reservation)
-            _note_limits(call)
-        else:
-            await call.hub.manager.arelease(call.reservation)
-    except Exception as exc:
-        call.hub.failed("record", exc, call.workspace_id)
+    record = _final_record(call)
+    if record is None:
         await call.hub.manager.arelease(call.reservation)
+        return
+    await call.hub.manager.arecord(record, call.reservation)
+    try:
+        _note_limits(call)
+    except Exception as exc:
+        call.hub.failed("limits", exc, call.workspace_id)
 
 
 _LIMIT_HEADERS = tuple(
