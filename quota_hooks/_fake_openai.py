@@ -85,6 +85,10 @@ class FakeOpenAI:
     * ``split``: ``"event"`` (default) writes a stream one event per write; ``"odd"`` cuts the
       bytes on the wire (compressed or not) at uneven places (1, 2, 3, 5, 8, 13 ... bytes,
       across event and line boundaries); a number cuts them in pieces of that size.
+
+    ``raw_usage={"prompt_tokens": None, ...}`` sends that usage object, as it is, in place of
+    the one built from ``usage`` (chat, completions and responses): for tests of the usage
+    a provider gets wrong.
     """
 
     def __init__(
@@ -99,6 +103,7 @@ class FakeOpenAI:
         force_compress: bool = False,
         chunked: bool | None = None,
         split: Split = "event",
+        raw_usage: dict[str, Any] | None = None,
     ) -> None:
         if compress is not None and compress not in ENCODINGS:
             raise ValueError(f"compress must be one of {ENCODINGS} or None, got {compress!r}")
@@ -111,6 +116,7 @@ class FakeOpenAI:
         self.chunked = chunked
         self.split = split
         self.usage = usage or FakeUsage()
+        self.raw_usage = raw_usage
         self.reply = reply
         self.chunks = max(1, chunks)
         self.run_polls = run_polls
@@ -369,6 +375,8 @@ class FakeOpenAI:
         return FakeReply(failure.status, headers, [json.dumps(body).encode()])
 
     def _usage_chat(self) -> dict[str, Any]:
+        if self.raw_usage is not None:
+            return dict(self.raw_usage)
         u = self.usage
         return {
             "prompt_tokens": u.input_tokens,
@@ -388,6 +396,8 @@ class FakeOpenAI:
         }
 
     def _usage_responses(self) -> dict[str, Any]:
+        if self.raw_usage is not None:
+            return dict(self.raw_usage)
         u = self.usage
         return {
             "input_tokens": u.input_tokens,
@@ -467,7 +477,8 @@ class FakeOpenAI:
             "choices": [
                 {"text": self.reply, "index": 0, "logprobs": None, "finish_reason": "stop"}
             ],
-            "usage": {k: usage[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")},
+            "usage": {k: usage[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")
+                      if k in usage},
         }
 
     def _response(self, model: str, status: str = "completed") -> dict[str, Any]:

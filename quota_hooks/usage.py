@@ -326,7 +326,9 @@ def reported_usage(
     ``output_tokens`` are whole numbers in ``[0, 2**40]`` (``output_tokens`` may be absent for
     APIs without output, like embeddings), every detail count present is one too, and each
     part fits its total (cached + cache-write tokens within the input, reasoning within the
-    output). Otherwise the call settles at its estimate: the estimate's input and output
+    output) and the request, if it was not empty, used some tokens (a provider or framework
+    that lost the usage often fills in zeros). Otherwise the call settles at its estimate:
+    the estimate's input and output
     tokens (the output at least ``observed_output``, what the caller was seen to receive), but
     never below a count that was itself valid; ``estimated`` is True and ``estimate_reason``
     says why.
@@ -355,6 +357,8 @@ def reported_usage(
         bad.append("cached and cache-write tokens above input_tokens")
     if "output_tokens" in clean and clean.get("reasoning_tokens", 0) > outputs:
         bad.append("reasoning_tokens above output_tokens")
+    if not bad and inputs == 0 and outputs == 0 and _count_of(estimate.input_tokens) > 0:
+        bad.append("0 tokens for a request that was not empty")  # a filler, not a count
     if bad:
         return _estimated(estimate, observed_output, clean, "untrusted usage: " + ", ".join(bad))
     fields: dict[str, Any] = dict(clean)

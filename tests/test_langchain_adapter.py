@@ -198,7 +198,7 @@ def test_model_falls_back_to_invocation_params(
     assert record.cost is not None and record.cost > 0  # priced by the fallback name
 
 
-def test_without_usage_a_stated_estimate(
+def test_without_usage_the_run_settles_at_its_estimate(
     manager: QuotaManager, handler: QuotaCallbackHandler
 ) -> None:
     model = GenericFakeChatModel(messages=iter(["one two three four five"]))  # 23 chars
@@ -206,10 +206,15 @@ def test_without_usage_a_stated_estimate(
         pass
     FakeListLLM(responses=["abcdefgh"]).invoke("p" * 9, config={"callbacks": [handler]})
     chat_rec, llm_rec = records(manager)
+    # The prompt's ceil(chars / 4), and the output the run was allowed (default_max_tokens),
+    # as its reservation held: never less because the model reported nothing.
     assert chat_rec.estimated and chat_rec.stream
-    assert (chat_rec.input_tokens, chat_rec.output_tokens) == (10, 6)  # ceil(chars / 4)
+    assert chat_rec.estimate_reason == "no usage reported"
+    assert (chat_rec.input_tokens, chat_rec.output_tokens) == (10, 1024)
     assert llm_rec.estimated and llm_rec.api_method == "completions"
-    assert (llm_rec.input_tokens, llm_rec.output_tokens) == (3, 2)
+    assert (llm_rec.input_tokens, llm_rec.output_tokens) == (3, 1024)
+    FakeListLLM(responses=["x" * 8000]).invoke("p", config={"callbacks": [handler]})
+    assert records(manager)[-1].output_tokens == 2000  # more was seen than allowed: counted
 
 
 def test_plain_llm_token_usage_from_llm_output(

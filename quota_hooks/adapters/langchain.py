@@ -47,7 +47,7 @@ from .._context import RunGroup, RunMark, group_for, open_marks, push_mark
 from ..errors import QuotaHooksError
 from ..manager import QuotaManager, get_default_manager
 from ..storage.base import Reservation
-from ..usage import Estimate, UsageRecord
+from ..usage import Estimate, UsageRecord, reported_usage
 from ._usage import usage_fields
 
 __all__ = ["CHARS_PER_TOKEN", "QuotaCallbackHandler"]
@@ -73,6 +73,9 @@ class _Run:
     prompt_chars: int
     started: float = field(default_factory=time.perf_counter)
     mark: RunMark | None = None
+    estimate: Estimate | None = None
+    """What the run was expected to use (its reservation): where it settles when the model
+    reports no usage, or usage that cannot be trusted."""
 
 
 class QuotaCallbackHandler(BaseCallbackHandler):
@@ -239,7 +242,7 @@ class QuotaCallbackHandler(BaseCallbackHandler):
         )
         if output is None:
             output = self.manager.policy_for(run.workspace_id).default_max_tokens
-        estimate = Estimate(
+        estimate = run.estimate = Estimate(
             model=run.model or "unknown",
             api_method="chat.completions" if run.chat else "completions",
             input_tokens=-(-run.prompt_chars // CHARS_PER_TOKEN),
@@ -334,12 +337,11 @@ class QuotaCallbackHandler(BaseCallbackHandler):
                 usage = usage_fields(token_usage)
         model = model or llm_output.get("model_name") or (run.model if run else None)
         chat = run.chat if run else True
-        estimated = usage is None
-        if usage is None:  # the stated estimate, never a silent zero
-            usage = {
-                "input_tokens": -(-(run.prompt_chars if run else 0) // CHARS_PER_TOKEN),
-                "output_tokens": -(-output_chars // CHARS_PER_TOKEN),
-            }
+        estimate = run.estimate if run is not None and run.estimate is not None else Estimate(
+            input_tokens=-(-(run.prompt_chars if run else 0) // CHARS_PER_TOKEN))
+        # Missing or untrusted usage settles at the run's estimate, never at 0.
+        usage = reported_usage(usage, estimate,
+                               observed_output=-(-output_chars // CHARS_PER_TOKEN))
         return UsageRecord(
             **self._identity(run),
             provider=str(provider or (run.provider if run else "") or "unknown"),
@@ -350,7 +352,6 @@ class QuotaCallbackHandler(BaseCallbackHandler):
             success=True,
             status_code=200,
             request_id=_request_id(response),
-            estimated=estimated,
             **usage,
         )
 
@@ -377,14 +378,14 @@ class QuotaCallbackHandler(BaseCallbackHandler):
                 "workspace_id": self.workspace_id,
                 "scopes": dict(self.scopes),
                 "source": "langchain",
-                "timestamp": datetime.now(timezone.utc),
+                "timestamp": datetime.fromtimestamp(self.manager.now(), timezone.utc),
             }
         return {
             "workspace_id": run.workspace_id,
             "scopes": run.scopes,
             "tags": run.tags,
             "source": "langchain",
-            "timestamp": datetime.now(timezone.utc),
+            "timestamp": datetime.fromtimestamp(self.manager.now(), timezone.utc),
             "latency_ms": (time.perf_counter() - run.started) * 1000,
         }
 
@@ -420,25 +421,43 @@ def _in_event_loop() -> bool:
 
 
 def _from_usage_metadata(usage: Mapping[str, Any]) -> dict[str, Any]:
-    """UsageRecord fields from LangChain's ``UsageMetadata``."""
+    """Token fields from LangChain's ``UsageMetadata``, as the model reported them (``None``
+    where it gave nothing): :func:`~quota_hooks.usage.reported_usage` decides what to trust."""
     inputs = usage.get("input_token_details") or {}
     outputs = usage.get("output_token_details") or {}
+    if not isinstance(inputs, Mapping):
+        inputs = {}
+    if not isinstance(outputs, Mapping):
+        outputs = {}
     return {
-        "input_tokens": usage.get("input_tokens") or 0,
-        "output_tokens": usage.get("output_tokens") or 0,
-        "total_tokens": usage.get("total_tokens") or 0,
-        "cached_input_tokens": inputs.get("cache_read") or 0,
-        "cache_write_tokens": inputs.get("cache_creation") or 0,
-        "audio_input_tokens": inputs.get("audio") or 0,
-        "reasoning_tokens": outputs.get("reasoning") or 0,
-        "audio_output_tokens": outputs.get("audio") or 0,
+        "input_tokens": usage.get("input_tokens"),
+        "output_tokens": usage.get("output_tokens"),
+        "total_tokens": usage.get("total_tokens"),
+        "cached_input_tokens": inputs.get("cache_read"),
+        "cache_write_tokens": inputs.get("cache_creation"),
+        "audio_input_tokens": inputs.get("audio"),
+        "reasoning_tokens": outputs.get("reasoning"),
+        "audio_output_tokens": outputs.get("audio"),
     }
 
 
 def _add(total: dict[str, Any] | None, more: dict[str, Any]) -> dict[str, Any]:
+    """Usage of several prompts summed (a value that is not a count stays as it is, so the
+    usage rule still sees it)."""
     if total is None:
         return more
-    return {key: total.get(key, 0) + value for key, value in more.items()}
+    out = dict(total)
+    for key, value in more.items():
+        have = out.get(key)
+        if value is None:
+            continue
+        if have is None:
+            out[key] = value
+        elif type(have) is int and type(value) is int:
+            out[key] = have + value
+        else:
+            out[key] = value if type(have) is int else have
+    return out
 
 
 def _text_chars(content: str | Sequence[Any]) -> int:

@@ -34,6 +34,7 @@ import asyncio
 import functools
 import inspect
 import json
+import math
 import threading
 import time
 import uuid
@@ -55,7 +56,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from ..errors import QuotaHooksError
 from ..manager import QuotaManager, get_default_manager
 from ..storage.base import Reservation
-from ..usage import Estimate, UsageRecord
+from ..usage import Estimate, UsageRecord, reported_usage
 from ._usage import as_mapping, usage_fields
 
 __all__ = ["CALL_TYPES", "QuotaLogger", "guarded"]
@@ -295,24 +296,27 @@ class QuotaLogger(CustomLogger):
         scopes = self._scopes(tags, kwargs.get("user") or slo.get("end_user"))
 
         call_type = str(slo.get("call_type") or kwargs.get("call_type") or "completion")
+        method = CALL_TYPES.get(call_type, call_type)
         fields: dict[str, Any] = {}
-        usage = as_mapping(getattr(response, "usage", None)) if success else None
-        if usage:
-            fields = usage_fields(usage)
-        elif success:
-            fields = {
-                "input_tokens": slo.get("prompt_tokens") or 0,
-                "output_tokens": slo.get("completion_tokens") or 0,
-            }
+        if success:
+            usage = as_mapping(getattr(response, "usage", None))
+            if usage:
+                reported: dict[str, Any] | None = usage_fields(usage)
+            elif slo.get("prompt_tokens") is not None or slo.get("completion_tokens") is not None:
+                reported = {"input_tokens": slo.get("prompt_tokens"),
+                            "output_tokens": slo.get("completion_tokens")}
+            else:
+                reported = None
+            if "audio_seconds" in (reported or {}):
+                fields = dict(reported or {})
+            elif method in _TOKEN_METHODS or reported:
+                # Missing or untrusted usage settles at the call's estimate, never at 0.
+                _, _, estimate = self._estimate(kwargs, call_type)
+                fields = reported_usage(reported, estimate)
 
-        cost: Decimal | None = None
-        response_cost = slo.get("response_cost", kwargs.get("response_cost"))
-        if success and isinstance(response_cost, (int, float)) and response_cost > 0:
-            try:
-                # litellm sums float prices: drop the float noise below a pico-dollar.
-                cost = Decimal(repr(float(response_cost))).quantize(_PICO)
-            except InvalidOperation:
-                cost = None
+        cost = _litellm_cost(slo.get("response_cost", kwargs.get("response_cost")))
+        if not success:
+            cost = None
 
         status_code: int | None = 200 if success else None
         error_type = None
@@ -331,9 +335,9 @@ class QuotaLogger(CustomLogger):
             tags=tuple(tags),
             provider=provider or "unknown",
             model=str(slo.get("model") or kwargs.get("model") or "unknown"),
-            api_method=CALL_TYPES.get(call_type, call_type),
+            api_method=method,
             source="litellm",
-            timestamp=_utc(end),
+            timestamp=datetime.fromtimestamp(self.manager.now(), timezone.utc),
             latency_ms=_latency_ms(start, end),
             success=success,
             status_code=status_code,
@@ -407,6 +411,21 @@ def guarded(fn: _F, quota_logger: QuotaLogger) -> _F:
     return wrapper  # type: ignore[return-value]
 
 
+_TOKEN_METHODS = frozenset({"chat.completions", "completions", "responses", "embeddings"})
+
+
+def _litellm_cost(value: Any) -> Decimal | None:
+    """litellm's ``response_cost`` when it is a real, positive number of dollars (a float
+    sum: the noise below a pico-dollar is dropped); None for anything else (None, a bool,
+    NaN, a string), and the call is then priced by the price book."""
+    if type(value) not in (int, float) or not math.isfinite(value) or value <= 0:
+        return None
+    try:
+        return Decimal(repr(float(value))).quantize(_PICO)
+    except InvalidOperation:
+        return None
+
+
 def _metadata(kwargs: Mapping[str, Any]) -> Mapping[str, Any]:
     params = kwargs.get("litellm_params") or {}
     metadata = params.get("metadata") or kwargs.get("metadata") or {}
@@ -422,12 +441,6 @@ def _status_of(exc: Any, slo: Mapping[str, Any]) -> int | None:
         return int(info.get("error_code") or "")
     except (TypeError, ValueError):
         return None
-
-
-def _utc(moment: Any) -> datetime:
-    if isinstance(moment, datetime):
-        return moment if moment.tzinfo else moment.astimezone(timezone.utc)
-    return datetime.now(timezone.utc)
 
 
 def _latency_ms(start: Any, end: Any) -> float | None:
