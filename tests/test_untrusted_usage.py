@@ -19,8 +19,8 @@ from langchain_core.outputs import LLMResult
 from quota_hooks import QuotaExceededError, QuotaManager, QuotaPolicy
 from quota_hooks.adapters.langchain import QuotaCallbackHandler
 from quota_hooks.adapters.openai import track_openai
-from quota_hooks.usage import Estimate, reported_usage
 from quota_hooks.testing import FakeOpenAI, FakeUsage
+from quota_hooks.usage import Estimate, reported_usage
 
 EST = Estimate(model="gpt-4o-mini", input_tokens=40, output_tokens=200)
 GOOD = {"input_tokens": 120, "output_tokens": 30, "cached_input_tokens": 100,
