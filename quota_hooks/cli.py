@@ -254,7 +254,9 @@ def _status(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------- report
-_COLUMNS = ("name", "requests", "errors", "tokens", "input_tokens", "output_tokens", "cost_usd")
+_COLUMNS = ("name", "requests", "errors", "tokens", "input_tokens", "output_tokens", "cost_usd",
+            "unpriced", "unpriced_charge_usd")
+_MONEY = ("cost_usd", "unpriced_charge_usd")
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -275,14 +277,15 @@ def _report(args: argparse.Namespace) -> int:
             history = manager.history(workspace, since=since, by=by)
             for name, r in history.rows.items():
                 key = workspace if args.by == "workspace" else name
-                row = rows.setdefault(key, [0, 0, 0, 0, 0, 0.0])
+                row = rows.setdefault(key, [0, 0, 0, 0, 0, 0.0, 0, 0.0])
                 for i, value in enumerate((r.request_count, r.error_count, r.tokens_used,
-                                           r.input_tokens, r.output_tokens, r.cost_usd)):
+                                           r.input_tokens, r.output_tokens, r.cost_usd or 0.0,
+                                           r.unpriced_count, r.unpriced_charge_usd)):
                     row[i] += value
     finally:
         manager.close()
     table = [
-        {"name": name, **{c: (round(v, 6) if c == "cost_usd" else int(v))
+        {"name": name, **{c: (round(v, 6) if c in _MONEY else int(v))
                           for c, v in zip(_COLUMNS[1:], values, strict=True)}}
         for name, values in sorted(rows.items())
     ]
@@ -294,10 +297,12 @@ def _report(args: argparse.Namespace) -> int:
         writer.writerows(table)
     else:
         print(f"usage since {args.since}, by {args.by}")
-        print(f"{args.by:<28}{'requests':>10}{'errors':>8}{'tokens':>12}{'cost':>14}")
+        print(f"{args.by:<28}{'requests':>10}{'errors':>8}{'tokens':>12}{'cost':>14}"
+              f"{'unpriced':>10}")
         for line in table:
             print(f"{line['name']:<28}{line['requests']:>10}{line['errors']:>8}"
-                  f"{line['tokens']:>12}{'$' + format(line['cost_usd'], '.6f'):>14}")
+                  f"{line['tokens']:>12}{'$' + format(line['cost_usd'], '.6f'):>14}"
+                  f"{line['unpriced']:>10}")
         if not table:
             print("(no usage in this range)")
     return 0

@@ -44,6 +44,7 @@ from .status import (
     MethodUsage,
     ModelUsage,
     StatusReport,
+    UnpricedUsage,
     evaluate,
     limit_usage,
     used_fraction,
@@ -405,10 +406,25 @@ class QuotaManager:
         if not limits:
             return None
         inputs, outputs = _count(estimate.input_tokens), _count(estimate.output_tokens)
+        nanos = self.prices.estimate_nanos(estimate.model, inputs, outputs)
+        if nanos is None:  # a model without a price: what the policy says, never free
+            if policy.unpriced == "refuse" and any(
+                lim.budget_nanos is not None for lim in limits.values()
+            ):
+                self.denials += 1
+                raise QuotaExceededError(
+                    keys[0], "monthly_budget_usd", 0.0,
+                    float(policy.monthly_budget_usd or 0), None,
+                    f"{keys[0]}: model {estimate.model!r} has no price, and the policy refuses "
+                    f"unpriced calls under a money budget (unpriced='refuse'); the call was not "
+                    f"sent. Give it a price (PriceBook.with_overrides, QUOTA_HOOKS_PRICES_FILE) "
+                    f"or set unpriced='fallback'",
+                )
+            nanos = 0 if policy.unpriced == "allow" else self.prices.fallback_nanos(inputs, outputs)
         delta = UsageDelta(
             requests=0 if estimate.api_method in policy.unmetered_methods else 1,
             tokens=inputs + outputs,
-            cost_nanos=self.prices.estimate_nanos(estimate.model, inputs, outputs),
+            cost_nanos=nanos,
         )
         if not (delta.requests or delta.tokens or delta.cost_nanos):
             return None
@@ -481,8 +497,13 @@ class QuotaManager:
         ) from exc
 
     # ------------------------------------------------------------------ recording
-    def prepare(self, record: UsageRecord) -> UsageEntry:
-        """Price ``record`` and compute what it adds to its scopes. Pure: no I/O."""
+    def prepare(self, record: UsageRecord, reservation: Reservation | None = None) -> UsageEntry:
+        """Price ``record`` and compute what it adds to its scopes. Pure: no I/O.
+
+        A model without a price is charged as the policy's ``unpriced`` says (the fallback
+        price by default); its cost stays unknown. A record whose counts could not be trusted
+        (``invalid_fields``) settles at least at its ``reservation``'s estimate.
+        """
         cost, source = record.cost, record.price_source
         if cost is None:
             priced = self.prices.cost(record)
@@ -497,13 +518,27 @@ class QuotaManager:
             cost, source = None, None
         policy = self.policy_for(record.workspace_id)
         limited = record.status_code == 429
+        tokens = record.total_tokens
+        unpriced_nanos = 0
+        if cost is not None:
+            charge = to_nanos(cost)
+        elif policy.unpriced == "allow":
+            charge = 0
+        else:
+            charge = unpriced_nanos = to_nanos(self.prices.fallback_cost(record))
+        if reservation is not None and record.invalid_fields:
+            tokens = max(tokens, reservation.delta.tokens)
+            if charge < reservation.delta.cost_nanos:
+                unpriced_nanos += (reservation.delta.cost_nanos - charge) if cost is None else 0
+                charge = reservation.delta.cost_nanos
         delta = UsageDelta(
             requests=0 if record.api_method in policy.unmetered_methods else 1,
-            tokens=record.total_tokens,
-            cost_nanos=0 if cost is None else to_nanos(cost),
+            tokens=tokens,
+            cost_nanos=charge,
             calls=1,
             errors=0 if record.success or limited else 1,
             rate_limited=1 if limited else 0,
+            unpriced_nanos=unpriced_nanos,
         )
         scopes: tuple[str, ...] = (workspace_scope(record.workspace_id),)
         if record.scopes:
@@ -520,7 +555,7 @@ class QuotaManager:
         The priced record shows in ``status()``; ``prices.cost(record)`` prices one directly.
         """
         try:
-            self.store.commit(self.prepare(record), reservation)
+            self.store.commit(self.prepare(record, reservation), reservation)
         except Exception as exc:
             self.note_tracking_failure("record", exc, record.workspace_id)
             return
@@ -532,7 +567,7 @@ class QuotaManager:
     async def arecord(self, record: UsageRecord, reservation: Reservation | None = None) -> None:
         """Async :meth:`record`: never blocks the event loop, never raises."""
         try:
-            await self.store.acommit(self.prepare(record), reservation)
+            await self.store.acommit(self.prepare(record, reservation), reservation)
         except Exception as exc:
             self.note_tracking_failure("record", exc, record.workspace_id)
             return
@@ -666,11 +701,12 @@ class QuotaManager:
                     name: ModelUsage(
                         request_count=a.requests,
                         tokens_used=a.tokens,
-                        cost_usd=float(from_nanos(a.cost_nanos)),
+                        cost_usd=_priced_usd(a),
                         input_tokens=a.input_tokens,
                         output_tokens=a.output_tokens,
                         error_count=a.errors,
                         unpriced_count=a.unpriced,
+                        unpriced_charge_usd=float(from_nanos(a.unpriced_nanos)),
                     )
                     for name, a in sorted(models.items())
                 },
@@ -679,7 +715,9 @@ class QuotaManager:
                         request_count=a.requests,
                         error_count=a.errors,
                         tokens_used=a.tokens,
-                        cost_usd=float(from_nanos(a.cost_nanos)),
+                        cost_usd=_priced_usd(a),
+                        unpriced_count=a.unpriced,
+                        unpriced_charge_usd=float(from_nanos(a.unpriced_nanos)),
                     )
                     for name, a in sorted(methods.items())
                 },
@@ -698,6 +736,9 @@ class QuotaManager:
             provider_limits=self._provider_limits.get(workspace_id, {}),
             thresholds={"warning": float(policy.warning_percent),
                         "critical": float(policy.critical_percent)},
+            unpriced=UnpricedUsage(calls=c.unpriced_month_calls,
+                                   charge_usd=float(from_nanos(c.unpriced_month_nanos)),
+                                   policy=policy.unpriced),
             enhanced_tracking=enhanced,
         )
 
@@ -886,22 +927,32 @@ def _history(
         for name, a in table.items():
             if by == "day" and name < first_day:
                 continue
-            row = sums.setdefault(name, [0] * 7)
+            row = sums.setdefault(name, [0] * 8)
             for i, value in enumerate((a.requests, a.errors, a.tokens, a.input_tokens,
-                                       a.output_tokens, a.cost_nanos, a.unpriced)):
+                                       a.output_tokens, a.cost_nanos, a.unpriced,
+                                       a.unpriced_nanos)):
                 row[i] += value
     rows = {
         name: HistoryRow(
             request_count=r[0], error_count=r[1], tokens_used=r[2], input_tokens=r[3],
-            output_tokens=r[4], cost_usd=float(from_nanos(r[5])), unpriced_count=r[6],
+            output_tokens=r[4], cost_usd=_priced_usd(Aggregate(*r)), unpriced_count=r[6],
+            unpriced_charge_usd=float(from_nanos(r[7])), charged_usd=float(from_nanos(r[5] + r[7])),
         )
         for name, r in sorted(sums.items())
     }
     return History(
         workspace_id=workspace_id, by=by, since=first_day, months=months, rows=rows,
-        total_cost_usd=float(from_nanos(sum(r[5] for r in sums.values()))),
+        total_cost_usd=float(from_nanos(sum(r[5] + r[7] for r in sums.values()))),
         total_requests=sum(r[0] for r in sums.values()),
     )
+
+
+def _priced_usd(a: Aggregate) -> float | None:
+    """What the priced calls of a breakdown row cost; None when it has unpriced calls and
+    nothing priced (a cost that was never known is not $0)."""
+    if a.unpriced and not a.cost_nanos:
+        return None
+    return float(from_nanos(a.cost_nanos))
 
 
 def _activity(record: UsageRecord) -> Activity:

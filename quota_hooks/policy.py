@@ -17,9 +17,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import ConfigurationError
 
-__all__ = ["DEFAULT_MODES", "ENV_VARIABLES", "LIMIT_METRICS", "Mode", "QuotaPolicy"]
+__all__ = [
+    "DEFAULT_MODES", "ENV_VARIABLES", "LIMIT_METRICS", "Mode", "QuotaPolicy", "Unpriced",
+]
 
 Mode = Literal["raise", "wait", "observe"]
+Unpriced = Literal["fallback", "refuse", "allow"]
+"""What a money budget does with a call whose model has no price (see ``QuotaPolicy``)."""
 
 #: The limit metrics, in the order the status report lists them.
 LIMIT_METRICS = ("rpm", "rpd", "tpm", "tpd", "monthly_budget_usd")
@@ -73,6 +77,13 @@ class QuotaPolicy(BaseModel):
             process) stops holding usage.
         default_max_tokens: the output tokens a call is assumed to use when its request sets
             no ``max_tokens``/``max_completion_tokens``/``max_output_tokens``.
+        unpriced: what the money budget does with a call to a model the price book cannot
+            price: ``"fallback"`` (the default) charges it at the book's fallback price (the
+            dearest input and output prices it holds, unless set:
+            :meth:`~quota_hooks.PriceBook.with_fallback`), so the budget keeps its meaning;
+            ``"refuse"`` refuses it before it is sent when a budget is enforced; ``"allow"``
+            lets it pass uncharged (its cost stays unknown). Either way the call is counted
+            as unpriced, and its cost shows as ``null``, never ``0``.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -92,6 +103,7 @@ class QuotaPolicy(BaseModel):
     fail_open: bool = True
     reservation_ttl: float = Field(default=600.0, gt=0, allow_inf_nan=False)
     default_max_tokens: int = Field(default=1024, ge=0)
+    unpriced: Unpriced = "fallback"
 
     @field_validator("modes")
     @classmethod

@@ -18,8 +18,8 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 from decimal import ROUND_HALF_EVEN, Decimal
 from importlib import resources
 from pathlib import Path
@@ -129,10 +129,13 @@ class PriceBook:
         aliases: Mapping[str, str] | None = None,
         source: str = "custom",
         as_of: str | None = None,
+        fallback: ModelPrice | Mapping[str, Any] | None = None,
     ) -> None:
         self._prices: dict[str, ModelPrice] = {
             name.lower(): _parse_price(name, price, source) for name, price in prices.items()
         }
+        self._fallback = None if fallback is None else _parse_price("fallback", fallback, source)
+        self._dearest: ModelPrice | None = None
         self._aliases = {k.lower(): v.lower() for k, v in (aliases or {}).items()}
         self.source = source
         self.as_of = as_of
@@ -219,9 +222,17 @@ class PriceBook:
             overrides = PriceBook(overrides, source="override")
         merged: dict[str, ModelPrice] = dict(self._prices)
         merged.update(overrides._prices)
-        book = PriceBook(merged, aliases={**self._aliases, **overrides._aliases}, as_of=self.as_of)
+        book = PriceBook(merged, aliases={**self._aliases, **overrides._aliases}, as_of=self.as_of,
+                         fallback=overrides._fallback or self._fallback)
         book.source = self.source
         book._sources = {**self._sources, **dict.fromkeys(overrides._prices, overrides.source)}
+        return book
+
+    def with_fallback(self, price: ModelPrice | Mapping[str, Any]) -> PriceBook:
+        """A new book that charges models it cannot price at ``price`` (under a policy with
+        ``unpriced="fallback"``), instead of the dearest prices it holds."""
+        book = self.with_overrides({})
+        book._fallback = _parse_price("fallback", price, "fallback")
         return book
 
     # ------------------------------------------------------------------ lookup
@@ -293,28 +304,65 @@ class PriceBook:
         record = UsageRecord(model=model, input_tokens=input_tokens, output_tokens=output_tokens)
         return self.cost(record).usd
 
-    def estimate_nanos(self, model: str, input_tokens: int, output_tokens: int) -> int:
+    def estimate_nanos(self, model: str, input_tokens: int, output_tokens: int) -> int | None:
         """Nano-dollars a call with these token counts costs at the model's text prices, for
-        reservations: integer arithmetic on rates cached per model, 0 for an unknown model.
-        Equals ``to_nanos(estimate_cost(...))`` whenever the prices have at most 6 decimals
-        (every bundled price); otherwise it falls back to that exact path."""
+        reservations: integer arithmetic on rates cached per model; ``None`` for a model the
+        book does not know (see :meth:`fallback_nanos`). Equals
+        ``to_nanos(estimate_cost(...))`` whenever the prices have at most 6 decimals (every
+        bundled price); otherwise it falls back to that exact path."""
         rates = self._rates.get(model, _MISSING)
         if rates is _MISSING:
             rates = self._pico_rates(model)
             if len(self._rates) > 4096:
                 self._rates.clear()
             self._rates[model] = rates
-        if rates is None:
+        if rates is _UNKNOWN:
+            return None
+        if rates is None:  # a known model: a token kind without a price adds nothing here
             usd = self.estimate_cost(model, input_tokens, output_tokens)
             return 0 if usd is None else to_nanos(usd)
         pico: int = input_tokens * rates[0] + output_tokens * rates[1]  # pico-dollars
         nanos, rest = divmod(pico, 1000)
         return nanos + (rest > 500 or (rest == 500 and nanos % 2 == 1))  # half-even
 
+    # ------------------------------------------------------------------ the unpriced
+    def fallback_price(self) -> ModelPrice:
+        """The price a call of a model the book cannot price is charged at, under a policy
+        with ``unpriced="fallback"``: the one given (:meth:`with_fallback`), else the dearest
+        price of each kind that the book holds (input, cached input, cache write, output,
+        audio, per image, per minute, per character), so that an unknown model can never
+        cost less than a known one."""
+        if self._fallback is not None:
+            return self._fallback
+        if self._dearest is None:
+            self._dearest = _dearest(self._prices.values())
+        return self._dearest
+
+    def fallback_cost(self, record: UsageRecord) -> Decimal:
+        """What ``record`` is charged at :meth:`fallback_price` (an image at the dearest
+        image price of any size; a unit that no model in the book prices counts nothing)."""
+        price = self.fallback_price()
+        if record.images and price.per_image:
+            key = f"{record.image_quality or 'standard'}/{record.image_size or '1024x1024'}"
+            if key not in price.per_image:
+                dearest = max(price.per_image.values())
+                price = price.model_copy(update={"per_image": {**price.per_image, key: dearest}})
+        usd = _cost(price, record)
+        if usd is None:
+            usd = _cost(price, replace(record, images=0, audio_seconds=0.0, characters=0))
+        return usd if usd is not None else Decimal(0)
+
+    def fallback_nanos(self, input_tokens: int, output_tokens: int) -> int:
+        """:meth:`estimate_nanos` at the fallback price, for the reservation of a call whose
+        model the book cannot price."""
+        price = self.fallback_price()
+        total = input_tokens * (price.input or 0) + output_tokens * (price.output or 0)
+        return to_nanos(Decimal(total) / _PER_MILLION)
+
     def _pico_rates(self, model: str) -> tuple[int, int] | None:
         found = self.resolve(model)
         if found is None:
-            return (0, 0)
+            return _UNKNOWN
         price = found[1]
         if price.input is None or price.output is None:
             return None
@@ -339,6 +387,26 @@ class PriceBook:
 
 
 _MISSING: Any = object()
+_UNKNOWN: tuple[int, int] = (-1, -1)  # a model the book cannot price (estimate_nanos)
+
+
+def _dearest(prices: Iterable[ModelPrice]) -> ModelPrice:
+    """The highest price of each kind among ``prices`` (fine-tunes included)."""
+    every = list(prices)
+    every += [p.fine_tuned for p in every if p.fine_tuned is not None]
+    fields: dict[str, Any] = {}
+    for name in ("input", "cached_input", "cache_write", "output", "audio_input",
+                 "audio_output", "per_minute", "per_1m_characters"):
+        values = [v for p in every if (v := getattr(p, name)) is not None]
+        if values:
+            fields[name] = max(values)
+    images: dict[str, Decimal] = {}
+    for p in every:
+        for key, value in p.per_image.items():
+            images[key] = max(value, images.get(key, value))
+    if images:
+        fields["per_image"] = images
+    return ModelPrice(**fields)
 
 
 def _cost(price: ModelPrice, r: UsageRecord) -> Decimal | None:

@@ -33,6 +33,7 @@ __all__ = [
     "ModelUsage",
     "QuotaStatus",
     "StatusReport",
+    "UnpricedUsage",
     "evaluate",
     "limit_usage",
     "used_fraction",
@@ -70,24 +71,43 @@ class LimitUsage(_Model):
 
 
 class ModelUsage(_Model):
-    """One model's usage in the current budget month."""
+    """One model's usage in the current budget month.
+
+    ``cost_usd`` is what its priced calls cost, ``None`` when none could be priced (never a
+    made-up 0); ``unpriced_count`` calls had no price, and the budget charged them
+    ``unpriced_charge_usd`` (the policy's ``unpriced`` setting).
+    """
 
     request_count: int
     tokens_used: int
-    cost_usd: float
+    cost_usd: float | None
     input_tokens: int = 0
     output_tokens: int = 0
     error_count: int = 0
     unpriced_count: int = 0
+    unpriced_charge_usd: float = 0.0
 
 
 class MethodUsage(_Model):
-    """One API method's usage in the current budget month."""
+    """One API method's usage in the current budget month (costs as in
+    :class:`ModelUsage`)."""
 
     request_count: int
     error_count: int
     tokens_used: int = 0
-    cost_usd: float = 0.0
+    cost_usd: float | None = 0.0
+    unpriced_count: int = 0
+    unpriced_charge_usd: float = 0.0
+
+
+class UnpricedUsage(_Model):
+    """The calls of the budget month whose model had no price."""
+
+    calls: int = 0
+    charge_usd: float = 0.0
+    """What the budget charged them (included in ``monthly_budget_usd.current``)."""
+    policy: str = "fallback"
+    """The policy's ``unpriced``: ``fallback``, ``refuse`` or ``allow``."""
 
 
 class Activity(_Model):
@@ -120,8 +140,12 @@ class HistoryRow(_Model):
     tokens_used: int
     input_tokens: int
     output_tokens: int
-    cost_usd: float
+    cost_usd: float | None
+    """What priced calls cost (``None`` when none of them could be priced)."""
     unpriced_count: int = 0
+    unpriced_charge_usd: float = 0.0
+    charged_usd: float = 0.0
+    """What the budget counted: ``cost_usd`` plus ``unpriced_charge_usd``."""
 
 
 class History(_Model):
@@ -137,6 +161,7 @@ class History(_Model):
     rows: dict[str, HistoryRow]
     """Per day (ascending), model or method (by name)."""
     total_cost_usd: float
+    """What the budget counted over the range (priced calls and the charge of unpriced ones)."""
     total_requests: int
 
 
@@ -158,6 +183,8 @@ class StatusReport(_Model):
     """The provider's own latest ``x-ratelimit-*`` headers, per provider."""
     thresholds: dict[str, float] = {}
     """The policy's ``warning`` and ``critical`` percentages."""
+    unpriced: UnpricedUsage = UnpricedUsage()
+    """How much of ``monthly_budget_usd.current`` is charged for calls without a price."""
     enhanced_tracking: EnhancedTracking | None = None
 
     def to_dict(self, *, enhanced: bool = True) -> dict[str, Any]:

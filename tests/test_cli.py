@@ -47,6 +47,7 @@ def test_demo_drives_real_clients_and_prints_the_report(tmp_path: Path) -> None:
         #  + gpt-4o (128 x 2.50 + 512 x 1.25 + 180 x 10) + gpt-4.1-mini (128 x 0.40 + 512 x 0.10
         #  + 180 x 1.60); litellm's price for its two calls equals ours
         "cost_usd": pytest.approx(0.0043096, abs=1e-12),
+        "unpriced_count": 0, "unpriced_charge_usd": 0.0,
     }
     assert methods["models"]["request_count"] == 1
     # the SQLite store keeps usage across runs: a second run adds to the first
@@ -118,7 +119,8 @@ def test_report_command(recorded: str, capsys: pytest.CaptureFixture[str]) -> No
     assert main(["report", "--by", "model", "--format", "csv", "--workspace", "acme",
                  "--store", recorded]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "name,requests,errors,tokens,input_tokens,output_tokens,cost_usd"
+    assert lines[0] == ("name,requests,errors,tokens,input_tokens,output_tokens,cost_usd,"
+                        "unpriced,unpriced_charge_usd")
     assert [line.split(",")[:3] for line in lines[1:]] == [["gpt-4o", "2", "0"],
                                                           ["gpt-4o-mini", "2", "0"]]
     assert main(["report", "--by", "day", "--since", "12h", "--store", recorded]) == 0

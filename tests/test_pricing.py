@@ -183,6 +183,6 @@ def test_estimate_nanos_equals_the_exact_path() -> None:
             exact = book.estimate_cost(model, *tokens)
             expected = 0 if exact is None else to_nanos(exact)
             assert book.estimate_nanos(model, *tokens) == expected, (model, tokens)
-    assert book.estimate_nanos("no-such-model", 100, 100) == 0
+    assert book.estimate_nanos("no-such-model", 100, 100) is None  # unknown, never free
     odd = book.with_overrides({"odd": {"input": "0.0000001", "output": "1"}})
     assert odd.estimate_nanos("odd", 5, 0) == to_nanos(odd.estimate_cost("odd", 5, 0) or 0)

@@ -45,6 +45,7 @@ def test_seed_json_shape_key_by_key(manager: QuotaManager) -> None:
         "updated_at",
         "provider_limits",
         "thresholds",
+        "unpriced",
     }
     for key in (
         "requests_per_minute",
@@ -73,6 +74,8 @@ def test_seed_json_shape_key_by_key(manager: QuotaManager) -> None:
         "error_count": 0,
         "tokens_used": 8,
         "cost_usd": pytest.approx(8 * 0.02 / 1e6),
+        "unpriced_count": 0,
+        "unpriced_charge_usd": 0.0,
     }
     recent = tracking["recent_activity"]
     assert [r["success"] for r in recent] == [False, True, True]  # newest first

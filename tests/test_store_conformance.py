@@ -22,6 +22,7 @@ from quota_hooks.storage import (
     SQLiteStore,
     Store,
     UsageDelta,
+    UsageEntry,
     store_from_url,
 )
 from quota_hooks.windows import month_key
@@ -52,6 +53,30 @@ def test_commit_then_read_everything(store: Store) -> None:
     assert recent[1].model == "gpt-4o" and str(recent[1].cost) == "0.002"
     assert store.workspaces() == ["ws"]
     assert store.counters("workspace:nobody", T0, MONTH).requests_minute == 0
+
+
+def test_unpriced_calls_and_their_fallback_charge(store: Store) -> None:
+    """A call without a price: its fallback charge counts in the month (the budget), apart
+    from the priced cost, and the calls are counted, in the month and per model."""
+    priced = entry(cost="0.003")
+    record = entry(model="my-llm").record
+    unpriced = UsageEntry(record, ("workspace:ws",),
+                          UsageDelta(requests=1, tokens=10, cost_nanos=5_000, calls=1,
+                                     unpriced_nanos=5_000), T0, MONTH, None, "unpriced")
+    store.commit(priced)
+    store.commit(unpriced)
+    store.commit(unpriced)
+    c = store.counters("workspace:ws", T0, MONTH)
+    assert c.cost_month_nanos == 3_000_000 + 10_000
+    assert (c.unpriced_month_calls, c.unpriced_month_nanos) == (2, 10_000)
+    models = store.breakdown("workspace:ws", MONTH, "model")
+    mine = models["my-llm"]
+    assert (mine.requests, mine.cost_nanos, mine.unpriced, mine.unpriced_nanos) == (
+        2, 0, 2, 10_000)
+    assert (models["gpt-4o-mini"].cost_nanos, models["gpt-4o-mini"].unpriced) == (3_000_000, 0)
+    [day] = store.breakdown("workspace:ws", MONTH, "day").values()
+    assert (day.cost_nanos, day.unpriced_nanos) == (3_000_000, 10_000)
+    assert store.recent("workspace:ws", 1)[0].cost is None  # unknown, not $0
 
 
 async def test_async_twins(store: Store) -> None:

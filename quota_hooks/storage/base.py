@@ -60,6 +60,9 @@ class UsageDelta:
     """Failed calls other than rate limiting."""
     rate_limited: int = 0
     """Calls the provider answered with 429."""
+    unpriced_nanos: int = 0
+    """The part of ``cost_nanos`` charged at the price book's fallback price, for a model
+    without a price (the policy's ``unpriced="fallback"``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,11 +114,19 @@ class Counters:
     calls_minute: int = 0
     errors_minute: int = 0
     rate_limited_minute: int = 0
+    unpriced_month_calls: int = 0
+    """Calls in the month whose model had no price."""
+    unpriced_month_nanos: int = 0
+    """The part of ``cost_month_nanos`` charged at the fallback price for those calls."""
 
 
 @dataclass(frozen=True, slots=True)
 class Aggregate:
-    """Totals for one model or API method over a month."""
+    """Totals for one model, API method or day over a month.
+
+    ``cost_nanos`` is what priced calls cost; the calls without a price are counted in
+    ``unpriced``, and what the budget charged them (the fallback price) in ``unpriced_nanos``.
+    """
 
     requests: int = 0
     errors: int = 0
@@ -124,6 +135,7 @@ class Aggregate:
     output_tokens: int = 0
     cost_nanos: int = 0
     unpriced: int = 0
+    unpriced_nanos: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,11 +41,13 @@ class _Totals:
         "requests",
         "tokens",
         "unpriced",
+        "unpriced_nanos",
     )
 
     def __init__(self) -> None:
         self.requests = self.errors = self.tokens = 0
         self.input_tokens = self.output_tokens = self.cost_nanos = self.unpriced = 0
+        self.unpriced_nanos = 0
 
     def freeze(self) -> Aggregate:
         return Aggregate(
@@ -56,6 +58,7 @@ class _Totals:
             output_tokens=self.output_tokens,
             cost_nanos=self.cost_nanos,
             unpriced=self.unpriced,
+            unpriced_nanos=self.unpriced_nanos,
         )
 
 
@@ -65,12 +68,14 @@ class _Scope:
     def __init__(self, recent_capacity: int) -> None:
         self.minute = RollingCounter(MINUTE, 5)
         self.day = RollingCounter(DAY, 2)
-        self.months: dict[str, int] = {}
+        self.months: dict[str, list[int]] = {}
+        """Per budget month: [cost charged, unpriced calls, unpriced charge] (nano-dollars)."""
         self.breakdowns: dict[tuple[str, str], dict[str, _Totals]] = {}
         self.recent: deque[UsageEntry] = deque(maxlen=recent_capacity)
 
 
 _CLAIMS_SWEEP_AT = 10_000
+_NO_MONTH = (0, 0, 0)
 
 
 class MemoryStore:
@@ -121,7 +126,8 @@ class MemoryStore:
                 scope = self._scope(key)
                 scope.minute.add(minute_bucket, minute_counts, now)
                 scope.day.add(day_bucket, minute_counts[:2], now)
-                self._add_cost(scope, entry.month, delta.cost_nanos)
+                self._add_cost(scope, entry.month, delta.cost_nanos, int(entry.unpriced),
+                               delta.unpriced_nanos)
                 for by, name in (("model", record.model), ("api_method", record.api_method),
                                  ("day", day)):
                     table = scope.breakdowns.setdefault((entry.month, by), {})
@@ -133,8 +139,9 @@ class MemoryStore:
                     totals.tokens += record.total_tokens
                     totals.input_tokens += record.input_tokens
                     totals.output_tokens += record.output_tokens
-                    totals.cost_nanos += delta.cost_nanos
+                    totals.cost_nanos += delta.cost_nanos - delta.unpriced_nanos
                     totals.unpriced += entry.unpriced
+                    totals.unpriced_nanos += delta.unpriced_nanos
                 scope.recent.append(entry)
 
     async def acommit(self, entry: UsageEntry, reservation: Reservation | None = None) -> None:
@@ -201,15 +208,18 @@ class MemoryStore:
                 return Counters()
             requests, tokens, calls, errors, limited = state.minute.totals(now)
             requests_day, tokens_day = state.day.totals(now)
+            cost, unpriced_calls, unpriced_nanos = state.months.get(month, _NO_MONTH)
             return Counters(
                 requests_minute=requests,
                 tokens_minute=tokens,
                 requests_day=requests_day,
                 tokens_day=tokens_day,
-                cost_month_nanos=state.months.get(month, 0),
+                cost_month_nanos=cost,
                 calls_minute=calls,
                 errors_minute=errors,
                 rate_limited_minute=limited,
+                unpriced_month_calls=unpriced_calls,
+                unpriced_month_nanos=unpriced_nanos,
             )
 
     async def acounters(self, scope: str, now: float, month: str) -> Counters:
@@ -278,14 +288,23 @@ class MemoryStore:
             scope = self._scopes[key] = _Scope(self._recent_capacity)
         return scope
 
-    def _add_cost(self, scope: _Scope, month: str, nanos: int) -> None:
+    def _add_cost(
+        self, scope: _Scope, month: str, nanos: int, unpriced: int = 0, unpriced_nanos: int = 0
+    ) -> None:
         months = scope.months
-        if month not in months and len(months) >= self._months_kept:
-            oldest = min(months)
-            del months[oldest]
-            for key in [k for k in scope.breakdowns if k[0] == oldest]:
-                del scope.breakdowns[key]
-        months[month] = months.get(month, 0) + nanos
+        totals = months.get(month)
+        if totals is None:
+            if len(months) >= self._months_kept:
+                oldest = min(months)
+                if month < oldest:
+                    return  # older than every month kept: not kept either
+                del months[oldest]
+                for key in [k for k in scope.breakdowns if k[0] == oldest]:
+                    del scope.breakdowns[key]
+            totals = months[month] = [0, 0, 0]
+        totals[0] += nanos
+        totals[1] += unpriced
+        totals[2] += unpriced_nanos
 
     def _apply(self, reservation: Reservation, *, sign: int, now: float) -> None:
         delta = reservation.delta
@@ -322,6 +341,6 @@ class MemoryStore:
             key, limits, delta, now,
             minute=scope.minute.totals(now),
             day=scope.day.totals(now),
-            spent=lambda: scope.months.get(month, 0),
+            spent=lambda: scope.months.get(month, _NO_MONTH)[0],
             first_bucket=lambda window, field: rings[window].first_bucket_with(now, field),
         )

@@ -54,7 +54,7 @@ _SCRIPTS = ("commit", "reserve", "release", "counters", "claim")
 _PARTS = ("m:tot", "m:b", "m:ids", "d:tot", "d:b", "d:ids", "months", "bd:model", "bd:method",
           "recent", "pend", "pexp", "bd:day")
 _BREAKDOWN_KEY = {"model": 7, "api_method": 8, "day": 12}
-_AGGREGATE_FIELDS = 7
+_AGGREGATE_FIELDS = 8
 
 
 def _source(name: str) -> str:
@@ -202,7 +202,7 @@ class RedisStore:
             delta.cost_nanos, record.model, record.api_method, 0 if record.success else 1,
             record.total_tokens, record.input_tokens, record.output_tokens, int(entry.unpriced),
             json.dumps(entry.priced_record().to_dict(), default=str), self.recent_capacity,
-            entry.day_name, *workspaces,
+            entry.day_name, delta.unpriced_nanos, *workspaces,
         ]
         return keys, args
 
@@ -244,10 +244,12 @@ class RedisStore:
 
     @staticmethod
     def _counters(values: Any) -> Counters:
-        m_r, m_t, m_c, m_e, m_l, d_r, d_t, nanos = (int(_text(v)) for v in values)
+        m_r, m_t, m_c, m_e, m_l, d_r, d_t, nanos, u_calls, u_nanos = (
+            int(_text(v)) for v in values)
         return Counters(requests_minute=m_r, tokens_minute=m_t, requests_day=d_r,
                         tokens_day=d_t, cost_month_nanos=nanos, calls_minute=m_c,
-                        errors_minute=m_e, rate_limited_minute=m_l)
+                        errors_minute=m_e, rate_limited_minute=m_l,
+                        unpriced_month_calls=u_calls, unpriced_month_nanos=u_nanos)
 
     @staticmethod
     def _aggregates(raw: Mapping[Any, Any]) -> dict[str, Aggregate]:

@@ -66,7 +66,7 @@ __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
 logger = logging.getLogger("quota_hooks")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _WINDOWS: tuple[Window, Window] = (MINUTE, DAY)
 _MIN, _DAY = 0, 1
 
@@ -100,6 +100,12 @@ MIGRATIONS: Mapping[int, Sequence[str]] = {
         "CREATE INDEX reservations_expiry ON reservations (expires_at)",
         """CREATE TABLE claims (key TEXT PRIMARY KEY, until REAL NOT NULL) WITHOUT ROWID""",
     ),
+    # Calls without a price, and what the budget charged them at the fallback price.
+    2: (
+        "ALTER TABLE months ADD COLUMN unpriced_calls INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE months ADD COLUMN unpriced_nanos INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE breakdowns ADD COLUMN unpriced_nanos INTEGER NOT NULL DEFAULT 0",
+    ),
 }
 
 _ADD_BUCKET = """
@@ -110,17 +116,20 @@ ON CONFLICT (scope, win, bucket) DO UPDATE SET
   calls = calls + excluded.calls, errors = errors + excluded.errors,
   rate_limited = rate_limited + excluded.rate_limited"""
 _ADD_MONTH = """
-INSERT INTO months (scope, month, cost_nanos) VALUES (?, ?, ?)
-ON CONFLICT (scope, month) DO UPDATE SET cost_nanos = cost_nanos + excluded.cost_nanos"""
+INSERT INTO months (scope, month, cost_nanos, unpriced_calls, unpriced_nanos) VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (scope, month) DO UPDATE SET cost_nanos = cost_nanos + excluded.cost_nanos,
+  unpriced_calls = unpriced_calls + excluded.unpriced_calls,
+  unpriced_nanos = unpriced_nanos + excluded.unpriced_nanos"""
 _ADD_BREAKDOWN = """
 INSERT INTO breakdowns (scope, month, by_kind, name, requests, errors, tokens, input_tokens,
-                        output_tokens, cost_nanos, unpriced)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                        output_tokens, cost_nanos, unpriced, unpriced_nanos)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (scope, month, by_kind, name) DO UPDATE SET
   requests = requests + excluded.requests, errors = errors + excluded.errors,
   tokens = tokens + excluded.tokens, input_tokens = input_tokens + excluded.input_tokens,
   output_tokens = output_tokens + excluded.output_tokens,
-  cost_nanos = cost_nanos + excluded.cost_nanos, unpriced = unpriced + excluded.unpriced"""
+  cost_nanos = cost_nanos + excluded.cost_nanos, unpriced = unpriced + excluded.unpriced,
+  unpriced_nanos = unpriced_nanos + excluded.unpriced_nanos"""
 _SUM = """
 SELECT COALESCE(SUM(requests), 0), COALESCE(SUM(tokens), 0), COALESCE(SUM(calls), 0),
        COALESCE(SUM(errors), 0), COALESCE(SUM(rate_limited), 0)
@@ -156,7 +165,7 @@ class _Batch:
 
     def __init__(self) -> None:
         self.buckets: dict[tuple[str, int, int], list[int]] = {}
-        self.months: dict[tuple[str, str], int] = {}
+        self.months: dict[tuple[str, str], list[int]] = {}
         self.breakdowns: dict[tuple[str, str, str, str], list[int]] = {}
         self.touched: set[str] = set()
 
@@ -168,14 +177,21 @@ class _Batch:
             for i, count in enumerate(counts):
                 row[i] += count
 
-    def month(self, scope: str, month: str, nanos: int) -> None:
-        self.months[(scope, month)] = self.months.get((scope, month), 0) + nanos
+    def month(self, scope: str, month: str, nanos: int, unpriced: int = 0,
+              unpriced_nanos: int = 0) -> None:
+        row = self.months.get((scope, month))
+        if row is None:
+            self.months[(scope, month)] = [nanos, unpriced, unpriced_nanos]
+        else:
+            row[0] += nanos
+            row[1] += unpriced
+            row[2] += unpriced_nanos
 
     def apply(self, conn: sqlite3.Connection) -> None:
         if self.buckets:
             conn.executemany(_ADD_BUCKET, [(*k, *v) for k, v in self.buckets.items()])
         if self.months:
-            conn.executemany(_ADD_MONTH, [(*k, v) for k, v in self.months.items()])
+            conn.executemany(_ADD_MONTH, [(*k, *v) for k, v in self.months.items()])
         if self.breakdowns:
             conn.executemany(_ADD_BREAKDOWN, [(*k, *v) for k, v in self.breakdowns.items()])
 
@@ -453,13 +469,15 @@ class SQLiteStore:
             batch.touched.add(scope)
             batch.bucket(scope, _MIN, minute, counts)
             batch.bucket(scope, _DAY, day, (*counts[:2], 0, 0, 0))
-            batch.month(scope, entry.month, delta.cost_nanos)
+            batch.month(scope, entry.month, delta.cost_nanos, int(entry.unpriced),
+                        delta.unpriced_nanos)
             for by, name in (("model", record.model), ("api_method", record.api_method),
                              ("day", day_name)):
                 key = (scope, entry.month, by, name)
                 row = batch.breakdowns.get(key)
                 values = (1, error, record.total_tokens, record.input_tokens,
-                          record.output_tokens, delta.cost_nanos, int(entry.unpriced))
+                          record.output_tokens, delta.cost_nanos - delta.unpriced_nanos,
+                          int(entry.unpriced), delta.unpriced_nanos)
                 if row is None:
                     batch.breakdowns[key] = list(values)
                 else:
@@ -628,10 +646,14 @@ class SQLiteStore:
         return [int(v) for v in row]
 
     def _month(self, conn: sqlite3.Connection, scope: str, month: str) -> int:
+        return self._month_row(conn, scope, month)[0]
+
+    def _month_row(self, conn: sqlite3.Connection, scope: str, month: str) -> tuple[int, int, int]:
         row = conn.execute(
-            "SELECT cost_nanos FROM months WHERE scope = ? AND month = ?", (scope, month)
+            "SELECT cost_nanos, unpriced_calls, unpriced_nanos FROM months "
+            "WHERE scope = ? AND month = ?", (scope, month)
         ).fetchone()
-        return int(row[0]) if row else 0
+        return (int(row[0]), int(row[1]), int(row[2])) if row else (0, 0, 0)
 
     def counters(self, scope: str, now: float, month: str) -> Counters:
         self._caught_up("counters")
@@ -640,12 +662,14 @@ class SQLiteStore:
             conn = self._conn()
             minute = self._sums(conn, scope, _MIN, now)
             day = self._sums(conn, scope, _DAY, now)
+            cost, unpriced_calls, unpriced_nanos = self._month_row(conn, scope, month)
             return Counters(
                 requests_minute=minute[0], tokens_minute=minute[1],
                 requests_day=day[0], tokens_day=day[1],
-                cost_month_nanos=self._month(conn, scope, month),
+                cost_month_nanos=cost,
                 calls_minute=minute[2], errors_minute=minute[3],
                 rate_limited_minute=minute[4],
+                unpriced_month_calls=unpriced_calls, unpriced_month_nanos=unpriced_nanos,
             )
 
         return self._guard(run, what="counters")
@@ -659,7 +683,8 @@ class SQLiteStore:
         def run() -> dict[str, Aggregate]:
             rows = self._conn().execute(
                 "SELECT name, requests, errors, tokens, input_tokens, output_tokens, cost_nanos, "
-                "unpriced FROM breakdowns WHERE scope = ? AND month = ? AND by_kind = ?",
+                "unpriced, unpriced_nanos FROM breakdowns "
+                "WHERE scope = ? AND month = ? AND by_kind = ?",
                 (scope, month, by),
             ).fetchall()
             return {row[0]: Aggregate(*row[1:]) for row in rows}

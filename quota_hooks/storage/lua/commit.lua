@@ -2,15 +2,19 @@
 -- KEYS: workspaces set, then 12 keys per scope.
 -- ARGV: now, use_server, month, reservation id ('' for none), requests, tokens, calls, errors,
 --       rate_limited, cost_nanos, model, api_method, failed (0/1), total, input, output,
---       unpriced (0/1), record json, recent cap, day, then one workspace id ('' if none) per
---       scope.
+--       unpriced (0/1), record json, recent cap, day, unpriced nanos, then one workspace id
+--       ('' if none) per scope.
 local now = now_of(ARGV[1], ARGV[2])
 local month, rid = ARGV[3], ARGV[4]
 local counts = { tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]),
                  tonumber(ARGV[9]) }
 local nanos = tonumber(ARGV[10])
 local model, method = ARGV[11], ARGV[12]
-local bd = { '1', ARGV[13], ARGV[14], ARGV[15], ARGV[16], ARGV[10], ARGV[17] }
+local unpriced_nanos = tonumber(ARGV[21])
+-- Breakdown fields: requests, errors, tokens, input, output, priced cost, unpriced calls,
+-- unpriced charge.
+local bd = { '1', ARGV[13], ARGV[14], ARGV[15], ARGV[16], int(nanos - unpriced_nanos),
+             ARGV[17], ARGV[21] }
 local record, cap, day = ARGV[18], tonumber(ARGV[19]), ARGV[20]
 local scopes = (#KEYS - 1) / PER_SCOPE
 for s = 1, scopes do
@@ -20,7 +24,13 @@ for s = 1, scopes do
   add(base, 1, now, counts, now)
   add(base, 2, now, { counts[1], counts[2], 0, 0, 0 }, now)
   redis.call('HINCRBY', KEYS[base + 7], month, int(nanos))
-  for i = 1, 7 do
+  if ARGV[17] ~= '0' then
+    redis.call('HINCRBY', KEYS[base + 7], month .. ':uc', 1)
+    if unpriced_nanos ~= 0 then
+      redis.call('HINCRBY', KEYS[base + 7], month .. ':un', ARGV[21])
+    end
+  end
+  for i = 1, 8 do
     if bd[i] ~= '0' then
       redis.call('HINCRBY', KEYS[base + 8], (i - 1) .. ':' .. model, bd[i])
       redis.call('HINCRBY', KEYS[base + 9], (i - 1) .. ':' .. method, bd[i])
@@ -31,7 +41,7 @@ for s = 1, scopes do
   redis.call('LTRIM', KEYS[base + 10], 0, cap - 1)
   for k = 7, 10 do redis.call('EXPIRE', KEYS[base + k], LONG_TTL) end
   redis.call('EXPIRE', KEYS[base + 13], LONG_TTL)
-  local ws = ARGV[20 + s]
+  local ws = ARGV[21 + s]
   if ws ~= '' then redis.call('SADD', KEYS[1], ws) end
 end
 redis.call('EXPIRE', KEYS[1], LONG_TTL)
