@@ -616,6 +616,9 @@ class QuotaManager:
             self._provider_limits.setdefault(workspace_id, {})[provider] = limits
 
     def _degraded(self, workspace_id: str, now: float) -> bool:
+        health = getattr(self.store, "health", None)
+        if callable(health) and health() is not None:
+            return True  # the store itself is failing (a full disk, dropped records)
         failures = self._failures
         if not failures:
             return False

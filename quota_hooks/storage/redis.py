@@ -16,6 +16,13 @@
 
 Sync methods use ``redis.Redis``; async ones ``redis.asyncio.Redis``, one client per event
 loop. Redis errors become :class:`~quota_hooks.errors.StorageError`.
+
+A Redis that hangs (SIGSTOPped, a partition) never holds a call for long: connecting and each
+reply are bounded (``socket_connect_timeout`` and ``socket_timeout``, 0.25 s each by default),
+and so is the wait for a free pooled connection in a burst (``timeout``, 2 s); each is
+settable in the URL (``redis://host/0?socket_timeout=0.5``). A timeout is not retried; a
+dropped connection is retried once. A timeout is a store failure like any other:
+``fail_open`` or ``fail_closed`` applies.
 """
 
 from __future__ import annotations
@@ -28,10 +35,13 @@ import weakref
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 try:
     import redis
     import redis.asyncio as aredis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("RedisStore needs redis-py: pip install 'quota-hooks[redis]'") from exc
 
@@ -48,13 +58,50 @@ from .base import (
     UsageEntry,
 )
 
-__all__ = ["RedisStore"]
+__all__ = ["DEFAULT_TIMEOUT", "POOL_TIMEOUT", "RedisStore"]
 
 _SCRIPTS = ("commit", "reserve", "release", "counters", "claim")
 _PARTS = ("m:tot", "m:b", "m:ids", "d:tot", "d:b", "d:ids", "months", "bd:model", "bd:method",
           "recent", "pend", "pexp", "bd:day")
 _BREAKDOWN_KEY = {"model": 7, "api_method": 8, "day": 12}
 _AGGREGATE_FIELDS = 8
+
+
+#: Seconds to connect, to wait for a reply, and to wait for a free pooled connection, unless
+#: the store URL says otherwise. Redis answers in well under a millisecond when it is well.
+DEFAULT_TIMEOUT = 0.25
+#: Seconds a call waits for a free pooled connection when every one is busy (a burst of
+#: calls larger than ``max_connections``), unless the URL says otherwise (``?timeout=``).
+POOL_TIMEOUT = 2.0
+
+
+def _pool_options(max_connections: int, *, asyncio_: bool = False) -> dict[str, Any]:
+    """Pool options for ``from_url`` (the URL's own query options win over these)."""
+    if asyncio_:
+        from redis.asyncio.retry import Retry as ARetry
+
+        retry: Any = ARetry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
+    else:
+        retry = Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
+    return {
+        "max_connections": max_connections,
+        "socket_timeout": DEFAULT_TIMEOUT,
+        "socket_connect_timeout": DEFAULT_TIMEOUT,
+        "timeout": POOL_TIMEOUT,
+        # A dropped connection is tried once more; a timeout is not (it would double it).
+        "retry": retry,
+    }
+
+
+def _redacted(url: str) -> str:
+    """``url`` without its password."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}"
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _source(name: str) -> str:
@@ -116,12 +163,17 @@ class RedisStore:
     @classmethod
     def from_url(cls, url: str, *, max_connections: int = 50, **kwargs: Any) -> RedisStore:
         """A store on ``redis://host:port/db`` (``rediss://`` for TLS), with pools of at most
-        ``max_connections`` connections that make callers wait rather than fail."""
+        ``max_connections`` connections that make callers wait, briefly, rather than fail.
+
+        The URL's query sets redis-py's connection options, e.g.
+        ``?socket_timeout=0.5&socket_connect_timeout=0.5&timeout=1``; unset, the socket
+        timeouts are :data:`DEFAULT_TIMEOUT` and the pool's :data:`POOL_TIMEOUT`.
+        """
         try:
-            pool = redis.BlockingConnectionPool.from_url(url, max_connections=max_connections)
+            pool = redis.BlockingConnectionPool.from_url(url, **_pool_options(max_connections))
             client = redis.Redis(connection_pool=pool)
-        except ValueError as exc:
-            raise ConfigurationError(f"store URL {url!r}: {exc}") from exc
+        except (ValueError, TypeError) as exc:
+            raise ConfigurationError(f"store URL {_redacted(url)!r}: {exc}") from exc
         return cls(client, url=url, max_connections=max_connections, **kwargs)
 
     def __repr__(self) -> str:
@@ -166,7 +218,7 @@ class RedisStore:
             # A blocking pool: a burst of tasks waits for a connection instead of failing.
             if self.url is not None:
                 pool = aredis.BlockingConnectionPool.from_url(
-                    self.url, max_connections=self.max_connections
+                    self.url, **_pool_options(self.max_connections, asyncio_=True)
                 )
             else:
                 kwargs = dict(self.client.connection_pool.connection_kwargs)

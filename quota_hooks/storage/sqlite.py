@@ -204,8 +204,16 @@ class SQLiteStore:
         durability: ``"batched"`` (a writer thread, :meth:`flush` to wait) or ``"sync"``.
         synchronous: SQLite's ``PRAGMA synchronous``: ``"NORMAL"`` or ``"FULL"``.
         batch_size: records written per transaction at most.
-        queue_size: records queued for the writer before ``commit()`` waits.
-        busy_timeout: seconds to wait for another process's write lock.
+        queue_size: records queued for the writer at most. While the writer is healthy a
+            ``commit()`` waits for room at most ``lock_timeout``; while it is failing (a full,
+            read-only or locked disk) a record that finds no room is dropped at once, counted
+            in :attr:`dropped_records` and raised as :class:`StorageError` (the manager shows
+            ``degraded``): the caller is never held.
+        busy_timeout: seconds the writer thread waits for another process's write lock.
+        lock_timeout: seconds a caller waits at most, for the write lock (reserve, release,
+            claim, a ``sync`` commit) or for the writer to catch up before a read.
+        write_timeout: seconds the writer keeps retrying a batch that fails with a transient
+            error (busy, locked, full, I/O) before it drops the batch (counted, logged).
     """
 
     def __init__(
@@ -217,6 +225,8 @@ class SQLiteStore:
         batch_size: int = 2000,
         queue_size: int = 20_000,
         busy_timeout: float = 30.0,
+        lock_timeout: float = 2.0,
+        write_timeout: float = 30.0,
     ) -> None:
         if durability not in ("batched", "sync"):
             raise ConfigurationError(
@@ -227,11 +237,19 @@ class SQLiteStore:
         for name, value in [("batch_size", batch_size), ("queue_size", queue_size)]:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigurationError(f"{name} must be a whole number >= 1, got {value!r}")
+        for name, number in [("busy_timeout", busy_timeout), ("lock_timeout", lock_timeout),
+                             ("write_timeout", write_timeout)]:
+            if isinstance(number, bool) or not isinstance(number, (int, float)) or not (
+                    0 < number < 86_400):
+                raise ConfigurationError(
+                    f"{name} must be a number of seconds above 0, got {number!r}")
         self.path = Path(path)
         self.durability = durability
         self.synchronous = str(synchronous).upper()
         self.batch_size = batch_size
         self.busy_timeout = float(busy_timeout)
+        self.lock_timeout = float(lock_timeout)
+        self.write_timeout = float(write_timeout)
         self._local = threading.local()
         self._connections: weakref.WeakSet[_Owned] = weakref.WeakSet()
         self._conn_lock = threading.Lock()
@@ -240,7 +258,11 @@ class SQLiteStore:
         self.write_errors = 0
         """Writer transactions that failed (each was retried, or its records dropped)."""
         self.dropped_records = 0
-        """Records the writer could not write at all (see :meth:`_write_items`); logged."""
+        """Records that could not be written at all, logged: a batch the writer gave up on,
+        or a record that found the queue full while the writer was failing."""
+        self._failing_since: float | None = None  # monotonic; the writer's first failure
+        self._last_drop: float | None = None  # monotonic
+        self._writer: threading.Thread | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._migrate()
@@ -257,7 +279,6 @@ class SQLiteStore:
         self._enqueued = 0
         self._processed = 0
         self._stopping = False
-        self._writer: threading.Thread | None = None
         if durability == "batched":
             self._writer = threading.Thread(
                 target=self._write_loop, name="quota-hooks-sqlite-writer", daemon=True
@@ -280,6 +301,9 @@ class SQLiteStore:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
             conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
+            if threading.current_thread() is not self._writer:
+                # A caller's thread: it waits for another process's lock at most lock_timeout.
+                conn.execute(f"PRAGMA busy_timeout={int(self.lock_timeout * 1000)}")
             owned = self._local.owned = _Owned(conn)
             with self._conn_lock:
                 self._connections.add(owned)
@@ -287,18 +311,34 @@ class SQLiteStore:
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """A ``BEGIN IMMEDIATE`` transaction, serialized with this process's other writers."""
+        """A ``BEGIN IMMEDIATE`` transaction, serialized with this process's other writers.
+
+        A caller's thread waits for them at most ``lock_timeout`` (then ``StorageError``); the
+        writer thread waits as long as it takes. A failed ``COMMIT`` (a full disk) is rolled
+        back, so the connection is never left inside a transaction.
+        """
         conn = self._conn()
-        with self._write_lock:
+        writer = threading.current_thread() is self._writer
+        if not self._write_lock.acquire(timeout=-1 if writer else self.lock_timeout):
+            raise StorageError(
+                f"SQLite store {str(self.path)!r}: this process's writer held the write lock "
+                f"longer than lock_timeout={self.lock_timeout:g}s"
+            )
+        try:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
+                conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
                 raise
-            conn.execute("COMMIT")
+        finally:
+            self._write_lock.release()
 
     def _migrate(self) -> None:
+        # Opening waits for other processes as long as the writer does, not lock_timeout.
+        self._conn().execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
         with self._transaction() as c:
             c.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
             row = c.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
@@ -316,6 +356,7 @@ class SQLiteStore:
                     "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
                     (str(SCHEMA_VERSION),),
                 )
+        self._conn().execute(f"PRAGMA busy_timeout={int(self.lock_timeout * 1000)}")
 
     def schema_version(self) -> int:
         """The schema version of the file."""
@@ -330,7 +371,10 @@ class SQLiteStore:
             self._guard(self._write_batch, [(entry, reservation)], what="commit")
             return
         self._check_open()
-        self._slots.acquire()
+        if not self._slots.acquire(blocking=False):
+            wait = 0.0 if self._failing_since is not None else self.lock_timeout
+            if not self._slots.acquire(timeout=wait):
+                self._queue_full(entry)
         self._enqueue((entry, reservation))
 
     async def acommit(self, entry: UsageEntry, reservation: Reservation | None = None) -> None:
@@ -338,6 +382,35 @@ class SQLiteStore:
             self._enqueue((entry, reservation))
             return
         await anyio.to_thread.run_sync(self.commit, entry, reservation)
+
+    def _queue_full(self, entry: UsageEntry) -> None:
+        with self._lock:
+            self.dropped_records += 1
+            self._last_drop = time.monotonic()
+            first = self.dropped_records == 1
+        if first:
+            logger.error("quota-hooks: the SQLite writer of %s is behind (%s); records that "
+                         "find its queue full are dropped and counted in dropped_records",
+                         self.path, self._writer_state())
+        raise StorageError(
+            f"SQLite store {str(self.path)!r}: the record was dropped, the writer's queue is "
+            f"full ({self._writer_state()})"
+        )
+
+    def _writer_state(self) -> str:
+        if self._failing_since is None:
+            return "the writer is slower than the calls"
+        return (f"writes failing for {time.monotonic() - self._failing_since:.0f}s, "
+                f"{self.write_errors} failed so far")
+
+    def health(self) -> str | None:
+        """None while every record reaches the file; else why not (the writer failing, or
+        records dropped in the last five minutes): the manager shows ``degraded``."""
+        if self._failing_since is not None:
+            return f"SQLite writes failing: {self._writer_state()}"
+        if self._last_drop is not None and time.monotonic() - self._last_drop < 300:
+            return f"SQLite store dropped {self.dropped_records} record(s)"
+        return None
 
     def _check_open(self) -> None:
         if self._stopping or self._closed:
@@ -361,19 +434,25 @@ class SQLiteStore:
             target = self._enqueued
             return self._progress.wait_for(lambda: self._processed >= target, timeout)
 
+    def _flush_while_healthy(self, timeout: float) -> None:
+        """:meth:`flush`, giving up as soon as the writer starts failing."""
+        with self._lock:
+            target = self._enqueued
+            self._progress.wait_for(
+                lambda: self._processed >= target or self._failing_since is not None, timeout)
+
     async def aflush(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109
         """Async :meth:`flush`."""
         return await anyio.to_thread.run_sync(self.flush, timeout)
 
     def _caught_up(self, what: str) -> None:
-        """Flush before a read or a reservation; a writer stuck for ``busy_timeout`` is a
-        store failure (``StorageError``), not a hang."""
-        if not self.flush(self.busy_timeout):
-            raise StorageError(
-                f"SQLite store {str(self.path)!r}: {what} failed: the writer has not caught "
-                f"up after busy_timeout={self.busy_timeout:g}s ({self.write_errors} failed "
-                f"writes so far)"
-            )
+        """Flush before a read or a reservation, so a process sees its own records: waiting
+        at most ``lock_timeout``, and not at all while the writer is failing (a read then
+        sees the file as it is; :meth:`health` says why). Reservations stay exact either way:
+        a record's reservation holds its estimate until the record itself is written."""
+        if self._writer is None or self._failing_since is not None:
+            return
+        self._flush_while_healthy(self.lock_timeout)
 
     def _write_loop(self) -> None:
         while True:
@@ -394,26 +473,35 @@ class SQLiteStore:
                     self._slots.release()
 
     def _write_items(self, items: list[_Item]) -> None:
-        """Write ``items``; nothing acknowledged is dropped while it can still be written.
+        """Write ``items``.
 
-        A transient error (``OperationalError``: busy, locked, I/O) retries the batch with
-        backoff for as long as the store is open. Any other error means some record can never
-        be written (a value SQLite cannot bind): the batch is split, each record tried alone,
-        and only the ones that fail are dropped, logged and counted in ``dropped_records``.
+        A transient error (``OperationalError``: busy, locked, full, I/O) retries the batch
+        with backoff for up to ``write_timeout`` (a few attempts while closing), then drops
+        it: counted in ``dropped_records``, logged, and shown by :meth:`health`. Any other
+        error means some record can never be written (a value SQLite cannot bind): the batch
+        is split, each record tried alone, and only the ones that fail are dropped.
         """
-        delay, attempts = 0.01, 0
+        delay, attempts, started = 0.01, 0, time.monotonic()
         while True:
             try:
                 self._write_batch(items)
+                self._failing_since = None
                 return
             except sqlite3.OperationalError as exc:
                 self.write_errors += 1
                 attempts += 1
-                if self._stopping and attempts >= _CLOSING_ATTEMPTS:
+                if self._failing_since is None:
+                    with self._lock:
+                        self._failing_since = time.monotonic()
+                        self._progress.notify_all()  # reads stop waiting for the writer
+                    logger.warning("quota-hooks: SQLite write failed, retrying for up to "
+                                   "%gs: %s", self.write_timeout, exc)
+                if (self._stopping and attempts >= _CLOSING_ATTEMPTS) or (
+                        time.monotonic() - started >= self.write_timeout):
                     self._drop(items, exc)
                     return
-                logger.warning("quota-hooks: SQLite write failed, retrying: %s", exc)
-                time.sleep(delay)
+                with self._lock:  # sleep, but wake for close()
+                    self._has_work.wait_for(lambda: self._stopping, delay)
                 delay = min(delay * 2, 1.0)
             except Exception as exc:
                 self.write_errors += 1
@@ -426,6 +514,7 @@ class SQLiteStore:
 
     def _drop(self, items: list[_Item], exc: BaseException) -> None:
         self.dropped_records += len(items)
+        self._last_drop = time.monotonic()
         logger.error(
             "quota-hooks: %d usage record(s) could not be written to %s and were dropped "
             "(workspace %r): %r",
@@ -737,11 +826,13 @@ class SQLiteStore:
         return int(row[0])
 
     # ------------------------------------------------------------------ lifecycle
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> None:
         """Write what is queued, stop the writer and close every connection.
 
         A record that still meets a transient error after a few attempts while closing is
         dropped and counted in :attr:`dropped_records` (logged), so ``close()`` always ends.
+        ``timeout`` bounds the wait for the writer (it may be waiting on another process's
+        lock); what it has not written by then is logged as lost.
         """
         if self._closed:
             return
@@ -749,7 +840,15 @@ class SQLiteStore:
             self._stopping = True
             self._has_work.notify_all()
         if self._writer is not None:
-            self._writer.join()
+            self._writer.join(timeout)
+            if self._writer.is_alive():
+                with self._lock:
+                    left = self._enqueued - self._processed
+                self.dropped_records += left
+                logger.error("quota-hooks: closing %s: %d queued record(s) not written within "
+                             "%gs were lost", self.path, left, timeout)
+                self._closed = True
+                return  # the writer's connection is its own; it goes with the process
         self._closed = True
         with self._conn_lock:
             connections = list(self._connections)
