@@ -544,9 +544,11 @@ class QuotaManager:
         if record.scopes:
             scopes += tuple(f"{kind}:{value}" for kind, value in record.scopes.items())
         now = self.clock()
-        month = month_key(now, policy.timezone)
-        day = day_key(now, policy.timezone)
-        return UsageEntry(record, scopes, delta, now, month, cost, source, day)
+        # The record's own time decides its minute, day and month (never after now).
+        at = now if record.timestamp is None else min(record.timestamp.timestamp(), now)
+        month = month_key(at, policy.timezone)
+        day = day_key(at, policy.timezone)
+        return UsageEntry(record, scopes, delta, now, month, cost, source, day, at)
 
     def record(self, record: UsageRecord, reservation: Reservation | None = None) -> None:
         """Count one call (and settle its ``reservation``, if it had one).
@@ -960,7 +962,7 @@ def _priced_usd(a: Aggregate) -> float | None:
 
 def _activity(record: UsageRecord) -> Activity:
     return Activity(
-        timestamp=_iso(record.timestamp),
+        timestamp=_iso(record.timestamp or datetime.now(timezone.utc)),
         model=record.model,
         api_method=record.api_method,
         tokens_used=record.total_tokens,

@@ -76,10 +76,6 @@ def storable(text: str) -> str:
     return text
 
 
-def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
 @dataclass(frozen=True, slots=True)
 class UsageRecord:
     """One LLM call (one HTTP attempt, for adapters that see attempts), normalized.
@@ -98,7 +94,10 @@ class UsageRecord:
     api_method: str = "chat.completions"
     provider: str = "openai"
     source: str = "manual"
-    timestamp: datetime = field(default_factory=_utcnow)
+    timestamp: datetime | None = None
+    """When the call happened (UTC); ``None``: when it is recorded, by the manager's clock
+    (records read back from a store always have it). It decides the minute, day and budget
+    month the call counts in."""
     scopes: Mapping[str, str] = field(default_factory=dict, hash=False)
     tags: tuple[str, ...] = ()
     # tokens
@@ -198,7 +197,9 @@ class UsageRecord:
             put(self, "total_tokens", parts)
 
         timestamp = self.timestamp
-        if timestamp.tzinfo is None:
+        if timestamp is None:
+            pass
+        elif timestamp.tzinfo is None:
             put(self, "timestamp", timestamp.replace(tzinfo=timezone.utc))
         elif timestamp.tzinfo is not timezone.utc:
             put(self, "timestamp", timestamp.astimezone(timezone.utc))
@@ -231,26 +232,32 @@ class UsageRecord:
         """True when the provider answered 429 (rate limited)."""
         return self.status_code == 429
 
-    def with_cost(self, cost: Decimal | None, price_source: str | None) -> UsageRecord:
-        """Return a copy of this record with ``cost`` and ``price_source`` set.
+    def with_cost(
+        self, cost: Decimal | None, price_source: str | None, timestamp: datetime | None = None
+    ) -> UsageRecord:
+        """Return a copy of this record with ``cost`` and ``price_source`` set (and
+        ``timestamp``, when given).
 
         ``cost`` must be a finite, non-negative ``Decimal`` or ``None``; the copy skips the
         validation the original already passed (this runs once per call, on the hot path).
         """
         if cost is not None and not (type(cost) is Decimal and cost.is_finite() and cost >= 0):
-            return replace(self, cost=cost, price_source=price_source)
+            return replace(self, cost=cost, price_source=price_source,
+                           timestamp=timestamp or self.timestamp)
         copy = object.__new__(UsageRecord)
         put = object.__setattr__
         for name in _FIELD_NAMES:
             put(copy, name, getattr(self, name))
         put(copy, "cost", cost)
         put(copy, "price_source", price_source)
+        if timestamp is not None:
+            put(copy, "timestamp", timestamp.astimezone(timezone.utc))
         return copy
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of every field (timestamp as ISO 8601, cost as a string)."""
         out: dict[str, Any] = {name: getattr(self, name) for name in self.__dataclass_fields__}
-        out["timestamp"] = self.timestamp.isoformat()
+        out["timestamp"] = None if self.timestamp is None else self.timestamp.isoformat()
         out["scopes"] = dict(self.scopes)
         out["tags"] = list(self.tags)
         out["invalid_fields"] = list(self.invalid_fields)

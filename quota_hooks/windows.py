@@ -9,6 +9,12 @@ Time is a float of epoch seconds from an injected clock (``time.time`` by defaul
 * Budget: the calendar month in the policy's time zone (``"2026-02"``).
 
 Memory is bounded and independent of traffic: a window is a fixed ring of buckets.
+
+The wall clock may step back (an NTP correction, a VM resumed from a snapshot). Usage is never
+written into the future, and buckets that a step back has left in the future (more than
+:attr:`Window.tolerance` buckets ahead of now) are folded into now's bucket, so they keep
+counting for one more whole window from now: a window never switches off, and never stays
+frozen until the clock catches up.
 """
 
 from __future__ import annotations
@@ -36,6 +42,9 @@ class Window:
     name: str
     bucket_seconds: int
     buckets: int
+    tolerance: int = 2
+    """Buckets ahead of now that still count as the present (the jitter of concurrent
+    callers' clocks); newer ones are a clock that stepped back, and are folded into now."""
 
     @property
     def seconds(self) -> int:
@@ -57,8 +66,8 @@ class Window:
 
 _NEVER = -(2**62)
 
-MINUTE = Window("minute", 1, 60)
-DAY = Window("day", 60, 1440)
+MINUTE = Window("minute", 1, 60, tolerance=2)
+DAY = Window("day", 60, 1440, tolerance=1)
 
 
 @lru_cache(maxsize=64)
@@ -135,7 +144,7 @@ class RollingCounter:
     buckets per minute, 1440 per day) on every read. Not thread-safe: the owning store locks.
     """
 
-    __slots__ = ("_cursor", "_ids", "_sums", "_values", "fields", "window")
+    __slots__ = ("_cursor", "_ids", "_newest", "_sums", "_values", "fields", "window")
 
     def __init__(self, window: Window, fields: int) -> None:
         self.window = window
@@ -145,6 +154,38 @@ class RollingCounter:
         # Invariant: _sums is the sum of every slot whose bucket id is >= _cursor.
         self._sums = [0] * fields
         self._cursor = _NEVER
+        self._newest = _NEVER
+
+    def _present(self, now: float) -> int:
+        """Now's bucket, after folding buckets that a clock step back left in the future."""
+        current = self.window.bucket(now)
+        if current < self._newest - self.window.tolerance:
+            self._fold(current)
+        return current
+
+    def _fold(self, current: int) -> None:
+        """The clock went back: every bucket newer than ``current`` joins ``current`` (it
+        counts for a whole window from now); buckets older than the window are dropped."""
+        buckets = self.window.buckets
+        oldest = current - buckets + 1
+        kept: dict[int, list[int]] = {}
+        for bucket_id, values in zip(self._ids, self._values, strict=True):
+            if bucket_id < oldest:
+                continue
+            into = kept.setdefault(min(bucket_id, current), [0] * self.fields)
+            for i, value in enumerate(values):
+                into[i] += value
+        self._ids = [_NEVER] * buckets
+        self._values = [[0] * self.fields for _ in range(buckets)]
+        self._sums = [0] * self.fields
+        for bucket_id, values in kept.items():
+            slot = bucket_id % buckets
+            self._ids[slot] = bucket_id
+            self._values[slot] = values
+            for i, value in enumerate(values):
+                self._sums[i] += value
+        self._cursor = oldest
+        self._newest = max(kept, default=current)
 
     def _advance(self, oldest: int) -> None:
         """Slide the window's start to ``oldest``, dropping older buckets from the sums."""
@@ -169,8 +210,11 @@ class RollingCounter:
         self._cursor = oldest
 
     def add(self, bucket: int, counts: Sequence[int], now: float) -> bool:
-        """Add ``counts`` to ``bucket``; False (nothing added) if it has left the window."""
-        oldest = self.window.oldest(now)
+        """Add ``counts`` to ``bucket`` (at most now's: never into the future); False
+        (nothing added) if it has left the window."""
+        current = self._present(now)
+        bucket = min(bucket, current)
+        oldest = current - self.window.buckets + 1
         if bucket < oldest:
             return False
         self._advance(oldest)
@@ -191,17 +235,21 @@ class RollingCounter:
         for i, count in enumerate(counts):
             values[i] += count
             sums[i] += count
+        if bucket > self._newest:
+            self._newest = bucket
         return True
 
     def totals(self, now: float) -> list[int]:
         """The sum of each count over the buckets inside the window at ``now``."""
+        self._present(now)
         self._advance(self.window.oldest(now))
         return list(self._sums)
 
     def first_bucket_with(self, now: float, field: int) -> int | None:
         """The oldest in-window bucket with a non-zero ``field``: when room frees up next."""
+        self._present(now)
         oldest = self.window.oldest(now)
-        newest = self.window.bucket(now)
+        newest = self.window.bucket(now) + self.window.tolerance
         found: int | None = None
         for bucket_id, values in zip(self._ids, self._values, strict=True):
             if (

@@ -100,16 +100,20 @@ def test_server_time_ignores_client_clock_skew(url: str) -> None:
         store.clear()
 
 
-def test_an_unreachable_server_is_a_storage_error_and_calls_go_on() -> None:
+def test_an_unreachable_server_holds_commits_and_reads_fail() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    store = RedisStore.from_url(f"redis://127.0.0.1:{port}/0")
-    with pytest.raises(StorageError, match="commit failed"):
-        store.commit(entry())
+    store = RedisStore.from_url(f"redis://127.0.0.1:{port}/0", backlog_size=2)
+    store.commit(entry())  # held for replay, not lost, not raised
+    assert store.health() == "Redis did not answer: 1 commit(s) held for replay"
+    with pytest.raises(StorageError, match="counters failed"):  # a read never guesses
+        store.counters("workspace:ws", T0, "2026-01")
     manager = QuotaManager(QuotaPolicy(), store=store, clock=ManualClock(T0))
     manager.record(UsageRecord(workspace_id="ws"))  # never raises
-    assert manager.tracking_errors == 1
+    manager.record(UsageRecord(workspace_id="ws"))  # the backlog is full: dropped, counted
+    assert store.dropped_records == 1 and manager.tracking_errors == 0
+    assert manager._degraded("ws", T0)
 
 
 def test_redis_restart(tmp_path: Path) -> None:
@@ -143,16 +147,17 @@ def test_redis_restart(tmp_path: Path) -> None:
         manager.record(UsageRecord(workspace_id="ws", input_tokens=5))
         proc.terminate()  # a clean restart: the append-only file keeps the data
         proc.wait(10)
-        manager.record(UsageRecord(workspace_id="ws", input_tokens=5))  # lost: server down
-        assert manager.tracking_errors == 1
+        manager.record(UsageRecord(workspace_id="ws", input_tokens=5))  # held: server down
+        assert manager.tracking_errors == 0 and store.health() is not None
         with pytest.raises(StorageError):  # a status read says so, it does not guess
             manager.status("ws")
         proc = start()
-        manager.record(UsageRecord(workspace_id="ws", input_tokens=7))  # scripts reload
+        # The next commit reloads the scripts and replays the held one: nothing was lost.
+        manager.record(UsageRecord(workspace_id="ws", input_tokens=7))
         report = manager.status("ws")
-        assert report.tokens_per_minute.current == 12
-        assert report.requests_per_minute.current == 2
-        assert report.status is QuotaStatus.DEGRADED  # the lost record is not hidden
+        assert report.tokens_per_minute.current == 17
+        assert report.requests_per_minute.current == 3
+        assert store.health() is None and report.status is QuotaStatus.NORMAL
     finally:
         proc.terminate()
         proc.wait(10)

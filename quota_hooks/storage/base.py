@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Literal, Protocol, runtime_checkable
 
@@ -82,12 +83,21 @@ class UsageEntry:
     price_source: str | None = None
     day: str = ""
     """The calendar day (``"YYYY-MM-DD"``, in the policy's zone) of the day breakdown;
-    empty: the UTC day of ``now``."""
+    empty: the UTC day of :attr:`when`."""
+    at: float | None = None
+    """When the call happened (epoch seconds, never after ``now``): its minute and day
+    buckets; ``None`` is ``now``. A record older than a window counts only where it belongs
+    (its month, its day), never in today's windows."""
+
+    @property
+    def when(self) -> float:
+        """:attr:`at`, or ``now`` when it is not set."""
+        return self.now if self.at is None else min(self.at, self.now)
 
     @property
     def day_name(self) -> str:
-        """:attr:`day`, or the UTC day of ``now`` when it is empty."""
-        return self.day or day_key(self.now)
+        """:attr:`day`, or the UTC day of :attr:`when` when it is empty."""
+        return self.day or day_key(self.when)
 
     @property
     def unpriced(self) -> bool:
@@ -95,11 +105,15 @@ class UsageEntry:
         return self.cost is None
 
     def priced_record(self) -> UsageRecord:
-        """The record with ``cost`` and ``price_source`` filled in."""
+        """The record as stores keep it: ``cost``, ``price_source`` and ``timestamp`` filled
+        in."""
         record = self.record
-        if record.cost is self.cost and record.price_source == self.price_source:
+        stamp = None
+        if record.timestamp is None:
+            stamp = datetime.fromtimestamp(self.when, timezone.utc)
+        elif record.cost is self.cost and record.price_source == self.price_source:
             return record
-        return record.with_cost(self.cost, self.price_source)
+        return record.with_cost(self.cost, self.price_source, stamp)
 
 
 @dataclass(frozen=True, slots=True)

@@ -114,7 +114,8 @@ class MemoryStore:
             delta.errors,
             delta.rate_limited,
         )
-        minute_bucket, day_bucket = MINUTE.bucket(now), DAY.bucket(now)
+        when = entry.when
+        minute_bucket, day_bucket = MINUTE.bucket(when), DAY.bucket(when)
         with self._lock:
             self._reap(now)
             if reservation is not None:

@@ -18,11 +18,18 @@ Sync methods use ``redis.Redis``; async ones ``redis.asyncio.Redis``, one client
 loop. Redis errors become :class:`~quota_hooks.errors.StorageError`.
 
 A Redis that hangs (SIGSTOPped, a partition) never holds a call for long: connecting and each
-reply are bounded (``socket_connect_timeout`` and ``socket_timeout``, 0.25 s each by default),
+reply are bounded (``socket_connect_timeout`` and ``socket_timeout``, 0.5 s each by default),
 and so is the wait for a free pooled connection in a burst (``timeout``, 2 s); each is
-settable in the URL (``redis://host/0?socket_timeout=0.5``). A timeout is not retried; a
-dropped connection is retried once. A timeout is a store failure like any other:
-``fail_open`` or ``fail_closed`` applies.
+settable in the URL (``redis://host/0?socket_timeout=1``; raise it for a process that runs
+thousands of concurrent calls on one event loop, where a reply can wait that long for its
+turn). A timeout is not retried; a dropped connection is retried once. A timeout is a store
+failure like any other: ``fail_open`` or ``fail_closed`` applies.
+
+Nothing recorded is lost to an outage: a commit that fails is kept in a bounded backlog
+(``backlog_size``) and replayed once Redis answers again. Each commit carries an id that the
+script remembers for a day, so a commit that Redis ran after its reply timed out is never
+counted twice. Records beyond the backlog are dropped, logged and counted in
+``dropped_records``; :meth:`RedisStore.health` says so meanwhile (the status: ``degraded``).
 """
 
 from __future__ import annotations
@@ -30,8 +37,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
+import threading
+import time
 import uuid
 import weakref
+from collections import deque
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Any
@@ -60,6 +71,8 @@ from .base import (
 
 __all__ = ["DEFAULT_TIMEOUT", "POOL_TIMEOUT", "RedisStore"]
 
+logger = logging.getLogger("quota_hooks")
+
 _SCRIPTS = ("commit", "reserve", "release", "counters", "claim")
 _PARTS = ("m:tot", "m:b", "m:ids", "d:tot", "d:b", "d:ids", "months", "bd:model", "bd:method",
           "recent", "pend", "pexp", "bd:day")
@@ -69,7 +82,7 @@ _AGGREGATE_FIELDS = 8
 
 #: Seconds to connect, to wait for a reply, and to wait for a free pooled connection, unless
 #: the store URL says otherwise. Redis answers in well under a millisecond when it is well.
-DEFAULT_TIMEOUT = 0.25
+DEFAULT_TIMEOUT = 0.5
 #: Seconds a call waits for a free pooled connection when every one is busy (a burst of
 #: calls larger than ``max_connections``), unless the URL says otherwise (``?timeout=``).
 POOL_TIMEOUT = 2.0
@@ -127,6 +140,7 @@ class RedisStore:
         recent_capacity: records kept per scope for ``recent()``.
         use_server_time: read the clock from Redis ``TIME`` (default) or trust ``now``.
         max_connections: the size of each async client's connection pool.
+        backlog_size: commits kept while Redis does not answer, replayed when it does.
     """
 
     def __init__(
@@ -138,6 +152,7 @@ class RedisStore:
         recent_capacity: int = 1000,
         use_server_time: bool = True,
         max_connections: int = 50,
+        backlog_size: int = 10_000,
     ) -> None:
         if not prefix or any(c in prefix for c in "{}"):
             raise ConfigurationError(f"prefix must be non-empty, without braces, got {prefix!r}")
@@ -156,6 +171,11 @@ class RedisStore:
         self._tag = "{" + prefix + "}"
         self._sources = {name: _source(name) for name in _SCRIPTS}
         self._scripts = {name: client.register_script(src) for name, src in self._sources.items()}
+        self._backlog: deque[tuple[UsageEntry, Reservation | None, str, float]] = deque()
+        self._backlog_size = backlog_size
+        self._backlog_lock = threading.Lock()
+        self.dropped_records = 0
+        """Commits lost because the backlog was full while Redis did not answer (logged)."""
         self._async: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, tuple[aredis.Redis, dict[str, Any]]
         ] = weakref.WeakKeyDictionary()
@@ -240,21 +260,26 @@ class RedisStore:
 
     # ------------------------------------------------------------------ arguments
     def _commit_call(
-        self, entry: UsageEntry, reservation: Reservation | None
+        self, entry: UsageEntry, reservation: Reservation | None, commit_id: str,
+        late: float = 0.0,
     ) -> tuple[list[str], list[Any]]:
+        """The script's keys and arguments; ``late``: seconds since the commit was first
+        tried (a replay from the backlog)."""
         record, delta = entry.record, entry.delta
         keys = [self._workspaces_key]
         workspaces = []
         for scope in entry.scopes:
             keys += self._month_keys(scope, entry.month)
             workspaces.append(scope[len("workspace:"):] if scope.startswith("workspace:") else "")
+        keys.append(f"{self._tag}:done:{commit_id}")
+        age = entry.now - entry.when + late  # how long ago the call was, at the server's now
         args = [
-            *self._now(entry.now), entry.month, reservation.id if reservation else "",
+            *self._now(entry.now + late), entry.month, reservation.id if reservation else "",
             delta.requests, delta.tokens, delta.calls, delta.errors, delta.rate_limited,
             delta.cost_nanos, record.model, record.api_method, 0 if record.success else 1,
             record.total_tokens, record.input_tokens, record.output_tokens, int(entry.unpriced),
             json.dumps(entry.priced_record().to_dict(), default=str), self.recent_capacity,
-            entry.day_name, delta.unpriced_nanos, *workspaces,
+            entry.day_name, delta.unpriced_nanos, repr(float(age)), *workspaces,
         ]
         return keys, args
 
@@ -313,7 +338,55 @@ class RedisStore:
 
     # ------------------------------------------------------------------ Store: sync
     def commit(self, entry: UsageEntry, reservation: Reservation | None = None) -> None:
-        self._run("commit", *self._commit_call(entry, reservation))
+        commit_id = uuid.uuid4().hex
+        try:
+            self._run("commit", *self._commit_call(entry, reservation, commit_id))
+        except StorageError as exc:
+            if not isinstance(exc.__cause__, (redis.ConnectionError, redis.TimeoutError)):
+                raise
+            self._keep(entry, reservation, commit_id)
+            return
+        if self._backlog:
+            self._replay()
+
+    def _keep(self, entry: UsageEntry, reservation: Reservation | None, commit_id: str) -> None:
+        """Hold a commit that Redis did not take, for :meth:`_replay`."""
+        with self._backlog_lock:
+            if len(self._backlog) >= self._backlog_size:
+                self.dropped_records += 1
+                dropped = True
+            else:
+                self._backlog.append((entry, reservation, commit_id, time.monotonic()))
+                dropped = False
+        if dropped and self.dropped_records == 1:
+            logger.error("quota-hooks: %r: Redis is not answering and the backlog of %d "
+                         "commits is full; more are dropped and counted in dropped_records",
+                         self, self._backlog_size)
+
+    def _take_backlog(self, limit: int = 100) -> list[tuple[UsageEntry, Reservation | None,
+                                                            str, float]]:
+        with self._backlog_lock:
+            return [self._backlog.popleft() for _ in range(min(limit, len(self._backlog)))]
+
+    def _replay(self) -> None:
+        """Replay held commits (a hundred per successful call) now that Redis answers."""
+        for entry, reservation, commit_id, since in self._take_backlog():
+            late = time.monotonic() - since
+            try:
+                self._run("commit", *self._commit_call(entry, reservation, commit_id, late))
+            except StorageError:
+                with self._backlog_lock:
+                    self._backlog.appendleft((entry, reservation, commit_id, since))
+                return
+
+    def health(self) -> str | None:
+        """None while every commit reaches Redis; else how many wait in the backlog or were
+        dropped (the manager shows ``degraded``)."""
+        if self._backlog:
+            return f"Redis did not answer: {len(self._backlog)} commit(s) held for replay"
+        if self.dropped_records:
+            return f"Redis did not answer: {self.dropped_records} commit(s) dropped"
+        return None
 
     def reserve(
         self,
@@ -377,7 +450,24 @@ class RedisStore:
 
     # ------------------------------------------------------------------ Store: async
     async def acommit(self, entry: UsageEntry, reservation: Reservation | None = None) -> None:
-        await self._arun("commit", *self._commit_call(entry, reservation))
+        commit_id = uuid.uuid4().hex
+        try:
+            await self._arun("commit", *self._commit_call(entry, reservation, commit_id))
+        except StorageError as exc:
+            if not isinstance(exc.__cause__, (redis.ConnectionError, redis.TimeoutError)):
+                raise
+            self._keep(entry, reservation, commit_id)
+            return
+        if self._backlog:
+            for held, held_reservation, held_id, since in self._take_backlog():
+                late = time.monotonic() - since
+                try:
+                    await self._arun("commit", *self._commit_call(held, held_reservation,
+                                                                  held_id, late))
+                except StorageError:
+                    with self._backlog_lock:
+                        self._backlog.appendleft((held, held_reservation, held_id, since))
+                    break
 
     async def areserve(
         self,

@@ -130,10 +130,20 @@ ON CONFLICT (scope, month, by_kind, name) DO UPDATE SET
   output_tokens = output_tokens + excluded.output_tokens,
   cost_nanos = cost_nanos + excluded.cost_nanos, unpriced = unpriced + excluded.unpriced,
   unpriced_nanos = unpriced_nanos + excluded.unpriced_nanos"""
+# Buckets from the window's start on, a future one too (a clock that stepped back: it keeps
+# counting until a writer folds it into now's bucket).
 _SUM = """
 SELECT COALESCE(SUM(requests), 0), COALESCE(SUM(tokens), 0), COALESCE(SUM(calls), 0),
        COALESCE(SUM(errors), 0), COALESCE(SUM(rate_limited), 0)
-FROM buckets WHERE scope = ? AND win = ? AND bucket BETWEEN ? AND ?"""
+FROM buckets WHERE scope = ? AND win = ? AND bucket >= ?"""
+_FOLD = """
+INSERT INTO buckets (scope, win, bucket, requests, tokens, calls, errors, rate_limited)
+SELECT scope, win, ?, SUM(requests), SUM(tokens), SUM(calls), SUM(errors), SUM(rate_limited)
+FROM buckets WHERE scope = ? AND win = ? AND bucket > ? GROUP BY scope, win
+ON CONFLICT (scope, win, bucket) DO UPDATE SET
+  requests = requests + excluded.requests, tokens = tokens + excluded.tokens,
+  calls = calls + excluded.calls, errors = errors + excluded.errors,
+  rate_limited = rate_limited + excluded.rate_limited"""
 
 _T = TypeVar("_T")
 _Item = tuple[UsageEntry, "Reservation | None"]
@@ -530,10 +540,10 @@ class SQLiteStore:
             self._reap(conn, batch, now)
             for entry, reservation in items:
                 if reservation is not None:
-                    self._settle(conn, batch, reservation.id)
+                    self._settle(conn, batch, reservation.id, now)
                 self._add_entry(batch, entry)
                 history.append(
-                    (entry.now, json.dumps(entry.priced_record().to_dict(), default=str))
+                    (entry.when, json.dumps(entry.priced_record().to_dict(), default=str))
                 )
                 links.append(list(entry.scopes))
             batch.apply(conn)
@@ -551,7 +561,7 @@ class SQLiteStore:
     def _add_entry(self, batch: _Batch, entry: UsageEntry) -> None:
         record, delta = entry.record, entry.delta
         counts = (delta.requests, delta.tokens, delta.calls, delta.errors, delta.rate_limited)
-        minute, day = MINUTE.bucket(entry.now), DAY.bucket(entry.now)
+        minute, day = MINUTE.bucket(entry.when), DAY.bucket(entry.when)
         error = 0 if record.success else 1
         day_name = entry.day_name
         for scope in entry.scopes:
@@ -575,15 +585,18 @@ class SQLiteStore:
 
     def _apply_reservation(
         self, batch: _Batch, scopes: Sequence[str], requests: int, tokens: int, nanos: int,
-        at: float, month: str, sign: int,
+        at: float, month: str, sign: int, now: float,
     ) -> None:
         counts = (sign * requests, sign * tokens, 0, 0, 0)
+        at = min(at, now)  # never into the future (a clock that stepped back)
         for scope in scopes:
             batch.bucket(scope, _MIN, MINUTE.bucket(at), counts)
             batch.bucket(scope, _DAY, DAY.bucket(at), counts)
             batch.month(scope, month, sign * nanos)
 
-    def _settle(self, conn: sqlite3.Connection, batch: _Batch, reservation_id: str) -> bool:
+    def _settle(
+        self, conn: sqlite3.Connection, batch: _Batch, reservation_id: str, now: float
+    ) -> bool:
         row = conn.execute(
             "DELETE FROM reservations WHERE id = ? "
             "RETURNING scopes, requests, tokens, cost_nanos, at, month",
@@ -592,7 +605,8 @@ class SQLiteStore:
         if row is None:
             return False
         scopes, requests, tokens, nanos, at, month = row
-        self._apply_reservation(batch, json.loads(scopes), requests, tokens, nanos, at, month, -1)
+        self._apply_reservation(batch, json.loads(scopes), requests, tokens, nanos, at, month, -1,
+                                now)
         return True
 
     def _reap(self, conn: sqlite3.Connection, batch: _Batch, now: float) -> None:
@@ -603,16 +617,31 @@ class SQLiteStore:
         ).fetchall()
         for scopes, requests, tokens, nanos, at, month in rows:
             self._apply_reservation(
-                batch, json.loads(scopes), requests, tokens, nanos, at, month, -1
+                batch, json.loads(scopes), requests, tokens, nanos, at, month, -1, now
             )
 
     def _prune(self, conn: sqlite3.Connection, scopes: set[str], now: float) -> None:
         for scope in scopes:
+            self._fold_future(conn, scope, now)
             for win, window in enumerate(_WINDOWS):
                 conn.execute(
                     "DELETE FROM buckets WHERE scope = ? AND win = ? AND bucket < ?",
                     (scope, win, window.oldest(now) - window.buckets),
                 )
+
+    def _fold_future(self, conn: sqlite3.Connection, scope: str, now: float) -> None:
+        """Buckets that a clock step back left in the future join now's bucket (see
+        :mod:`quota_hooks.windows`): they count for one more window, then expire."""
+        for win, window in enumerate(_WINDOWS):
+            current = window.bucket(now)
+            newest = conn.execute(
+                "SELECT MAX(bucket) FROM buckets WHERE scope = ? AND win = ?", (scope, win)
+            ).fetchone()[0]
+            if newest is None or newest <= current + window.tolerance:
+                continue
+            conn.execute(_FOLD, (current, scope, win, current))
+            conn.execute("DELETE FROM buckets WHERE scope = ? AND win = ? AND bucket > ?",
+                         (scope, win, current))
 
     # ------------------------------------------------------------------ reservations
     def reserve(
@@ -645,6 +674,7 @@ class SQLiteStore:
                 scope_limits = limits.get(scope)
                 if scope_limits is None:
                     continue
+                self._fold_future(conn, scope, now)
                 denial = self._check(conn, scope, delta, scope_limits, now, month)
                 if denial is not None:
                     return denial
@@ -660,7 +690,7 @@ class SQLiteStore:
             )
             held = _Batch()
             self._apply_reservation(held, scopes, delta.requests, delta.tokens,
-                                    delta.cost_nanos, now, month, 1)
+                                    delta.cost_nanos, now, month, 1, now)
             held.apply(conn)
             return reservation
 
@@ -672,8 +702,8 @@ class SQLiteStore:
             column = ("requests", "tokens")[field]
             found = conn.execute(
                 f"SELECT MIN(bucket) FROM buckets WHERE scope = ? AND win = ? "
-                f"AND bucket BETWEEN ? AND ? AND {column} != 0",
-                (scope, _WINDOWS.index(window), window.oldest(now), window.bucket(now)),
+                f"AND bucket >= ? AND {column} != 0",
+                (scope, _WINDOWS.index(window), window.oldest(now)),
             ).fetchone()[0]
             return None if found is None else int(found)
 
@@ -704,7 +734,7 @@ class SQLiteStore:
         def run() -> bool:
             with self._transaction() as conn:
                 batch = _Batch()
-                found = self._settle(conn, batch, reservation.id)
+                found = self._settle(conn, batch, reservation.id, now)
                 batch.apply(conn)
                 return found
 
@@ -731,7 +761,7 @@ class SQLiteStore:
     # ------------------------------------------------------------------ reads
     def _sums(self, conn: sqlite3.Connection, scope: str, win: int, now: float) -> list[int]:
         window = _WINDOWS[win]
-        row = conn.execute(_SUM, (scope, win, window.oldest(now), window.bucket(now))).fetchone()
+        row = conn.execute(_SUM, (scope, win, window.oldest(now))).fetchone()
         return [int(v) for v in row]
 
     def _month(self, conn: sqlite3.Connection, scope: str, month: str) -> int:

@@ -1,9 +1,10 @@
 -- Add one record to every scope, settling its reservation (if still pending) exactly once.
--- KEYS: workspaces set, then 12 keys per scope.
+-- KEYS: workspaces set, then 13 keys per scope, then this commit's done-key (its id: a
+--       commit that ran once, even if its caller timed out, is never counted twice).
 -- ARGV: now, use_server, month, reservation id ('' for none), requests, tokens, calls, errors,
 --       rate_limited, cost_nanos, model, api_method, failed (0/1), total, input, output,
---       unpriced (0/1), record json, recent cap, day, unpriced nanos, then one workspace id
---       ('' if none) per scope.
+--       unpriced (0/1), record json, recent cap, day, unpriced nanos, age (seconds between
+--       the call and now), then one workspace id ('' if none) per scope.
 local now = now_of(ARGV[1], ARGV[2])
 local month, rid = ARGV[3], ARGV[4]
 local counts = { tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]),
@@ -16,13 +17,15 @@ local unpriced_nanos = tonumber(ARGV[21])
 local bd = { '1', ARGV[13], ARGV[14], ARGV[15], ARGV[16], int(nanos - unpriced_nanos),
              ARGV[17], ARGV[21] }
 local record, cap, day = ARGV[18], tonumber(ARGV[19]), ARGV[20]
-local scopes = (#KEYS - 1) / PER_SCOPE
+local scopes = (#KEYS - 2) / PER_SCOPE
+if not redis.call('SET', KEYS[#KEYS], '1', 'NX', 'EX', 86400) then return 0 end
+local at = now - tonumber(ARGV[22])
 for s = 1, scopes do
   local base = 1 + (s - 1) * PER_SCOPE
   reap(base, now)
   if rid ~= '' then undo(base, rid, now) end
-  add(base, 1, now, counts, now)
-  add(base, 2, now, { counts[1], counts[2], 0, 0, 0 }, now)
+  add(base, 1, at, counts, now)
+  add(base, 2, at, { counts[1], counts[2], 0, 0, 0 }, now)
   redis.call('HINCRBY', KEYS[base + 7], month, int(nanos))
   if ARGV[17] ~= '0' then
     redis.call('HINCRBY', KEYS[base + 7], month .. ':uc', 1)
@@ -41,7 +44,7 @@ for s = 1, scopes do
   redis.call('LTRIM', KEYS[base + 10], 0, cap - 1)
   for k = 7, 10 do redis.call('EXPIRE', KEYS[base + k], LONG_TTL) end
   redis.call('EXPIRE', KEYS[base + 13], LONG_TTL)
-  local ws = ARGV[21 + s]
+  local ws = ARGV[22 + s]
   if ws ~= '' then redis.call('SADD', KEYS[1], ws) end
 end
 redis.call('EXPIRE', KEYS[1], LONG_TTL)

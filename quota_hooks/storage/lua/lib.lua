@@ -5,7 +5,9 @@
 --   7 months  8 bd_model  9 bd_method  10 recent  11 pend  12 pexp  13 bd_day
 -- Buckets hold "requests,tokens,calls,errors,rate_limited".
 local PER_SCOPE = 13
-local WINDOWS = { { bs = 1, n = 60, ttl = 180 }, { bs = 60, n = 1440, ttl = 90000 } }
+-- tol: buckets ahead of now that still count as the present; newer ones were left in the
+-- future by a clock that stepped back, and are folded into now's bucket (windows.py).
+local WINDOWS = { { bs = 1, n = 60, ttl = 180, tol = 2 }, { bs = 60, n = 1440, ttl = 90000, tol = 1 } }
 local FIELDS = { 'r', 't', 'c', 'e', 'l' }
 local LONG_TTL = 400 * 86400
 
@@ -52,6 +54,23 @@ local function slide(base, w, now)
     redis.call('HDEL', b, id)
   end
   if #gone > 0 then redis.call('ZREMRANGEBYSCORE', ids, '-inf', '(' .. int(oldest)) end
+  local current = math.floor(now / win.bs)
+  local edge = '(' .. int(current + win.tol)
+  local ahead = redis.call('ZRANGEBYSCORE', ids, edge, '+inf')
+  if #ahead > 0 then  -- the clock stepped back: fold the future into now (totals unchanged)
+    local sum = { 0, 0, 0, 0, 0 }
+    for _, id in ipairs(ahead) do
+      local counts = unpack_counts(redis.call('HGET', b, id))
+      for i = 1, 5 do sum[i] = sum[i] + counts[i] end
+      redis.call('HDEL', b, id)
+    end
+    redis.call('ZREMRANGEBYSCORE', ids, edge, '+inf')
+    local key = int(current)
+    local cur = unpack_counts(redis.call('HGET', b, key))
+    for i = 1, 5 do cur[i] = int(cur[i] + sum[i]) end
+    redis.call('HSET', b, key, table.concat(cur, ','))
+    redis.call('ZADD', ids, current, key)
+  end
   return oldest
 end
 
@@ -60,6 +79,8 @@ local function add(base, w, at, counts, now)
   local tot, b, ids = window_keys(base, w)
   local oldest = slide(base, w, now)
   local bucket = math.floor(at / win.bs)
+  local current = math.floor(now / win.bs)
+  if bucket > current then bucket = current end  -- never into the future
   if bucket < oldest then return end
   local key = int(bucket)
   local cur = unpack_counts(redis.call('HGET', b, key))
