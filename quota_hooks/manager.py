@@ -30,6 +30,7 @@ from typing import Any, Protocol
 import anyio
 import anyio.to_thread
 
+from ._exit import close_at_exit
 from .alerts.engine import AlertEngine
 from .alerts.model import AlertSink, SinkLike
 from .errors import ConfigurationError, QuotaExceededError, RateLimitedError, StorageError
@@ -834,11 +835,16 @@ class QuotaManager:
         return all([await drainer.adrain(timeout) for drainer in list(self._drainers)])
 
     # ------------------------------------------------------------------ lifecycle
-    def close(self) -> None:
-        """Deliver queued alerts (up to 5 s), then flush and close the store."""
+    def close(self, timeout: float = 5.0) -> None:
+        """Deliver queued alerts (up to ``timeout`` seconds), then flush and close the store.
+
+        The process-wide default manager is closed at interpreter exit; so are the SQLite
+        writers and alert senders of any other manager (see ``quota_hooks._exit``).
+        """
+        started = time.monotonic()
         if self.alerts is not None:
-            self.alerts.close()
-        self.store.close()
+            self.alerts.close(timeout)
+        self.store.close(timeout=max(0.05, timeout - (time.monotonic() - started)))
 
     async def aclose(self) -> None:
         """Async :meth:`close`."""
@@ -988,6 +994,7 @@ def get_default_manager() -> QuotaManager:
         with _default_lock:
             if _default_manager is None:
                 _default_manager = QuotaManager.from_env()
+                close_at_exit(_default_manager, 0)  # alerts sent, records written
             manager = _default_manager
     return manager
 

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from .._exit import close_at_exit
 from ..errors import ConfigurationError
 from ..pricing import format_usd, from_nanos
 from ..storage.base import workspace_scope
@@ -151,6 +152,8 @@ class AlertEngine:
         """Alerts another process had already claimed (or this one, when the store was down)."""
         self.evaluation_errors = 0
         """Workspaces whose evaluation failed (logged; the next change evaluates them again)."""
+        self.lost = 0
+        """Alerts still queued when the engine closed (at exit: not sent in time), logged."""
         for sink in sinks:
             self.add_sink(sink)
 
@@ -208,6 +211,7 @@ class AlertEngine:
                 target=asyncio.run, args=(self._main(),), name="quota-hooks-alerts", daemon=True
             )
             self._thread.start()
+        close_at_exit(self, 1)  # a plain exit still sends what is queued
         self._ready.wait(10)
 
     # ------------------------------------------------------------------ waiting
@@ -240,12 +244,19 @@ class AlertEngine:
         return True
 
     def close(self, timeout: float = 5.0) -> None:
-        """Deliver what is queued (up to ``timeout`` seconds), then stop the thread."""
+        """Deliver what is queued (up to ``timeout`` seconds), then stop the thread; alerts
+        not delivered by then are logged as lost and counted in :attr:`lost`."""
         thread = self._thread
-        if thread is None:
+        if thread is None or self._closing:
             return
         self.drain(timeout)
         self._closing = True
+        lost = sum(len(o.queue) + (1 if o.busy else 0) for o in self._outboxes)
+        if lost:
+            self.lost += lost
+            logger.error("quota-hooks: %d alert(s) were not delivered within %gs and are lost "
+                         "(sinks: %s)", lost, timeout,
+                         ", ".join(repr(o.sink) for o in self._outboxes if o.queue or o.busy))
         loop, wake = self._loop, self._wake
         if loop is not None and wake is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):

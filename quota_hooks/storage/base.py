@@ -318,8 +318,9 @@ class Store(Protocol):
         """Async :meth:`claim`."""
         ...
 
-    def close(self) -> None:
-        """Flush and release resources."""
+    def close(self, timeout: float | None = None) -> None:
+        """Flush and release resources, waiting at most ``timeout`` seconds for the flush
+        (what is not written by then is logged as lost)."""
         ...
 
     async def aclose(self) -> None:

@@ -276,7 +276,7 @@ class MemoryStore:
         with self._lock:
             return len(self._pending)
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> None:
         """Nothing to release: memory goes with the process."""
 
     async def aclose(self) -> None:

@@ -445,7 +445,19 @@ class RedisStore:
             removed += int(self.client.delete(key))
         return removed
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> None:
+        """Replay what the backlog holds (within ``timeout``), then close the client."""
+        deadline = time.monotonic() + (5.0 if timeout is None else timeout)
+        while self._backlog and time.monotonic() < deadline:
+            held = len(self._backlog)
+            self._replay()
+            if len(self._backlog) >= held:
+                break  # Redis still does not answer
+        if self._backlog:
+            logger.error("quota-hooks: %r closed with %d commit(s) Redis never took; they "
+                         "are lost", self, len(self._backlog))
+            self.dropped_records += len(self._backlog)
+            self._backlog.clear()
         self.client.close()
 
     # ------------------------------------------------------------------ Store: async

@@ -16,12 +16,13 @@ The embedded default for the CLI, the server and the demo. stdlib ``sqlite3`` in
 
 Durability (``durability=``):
 
-* ``"batched"`` (default): ``commit()`` puts the record on a bounded queue (it blocks, never
-  drops, when the queue is full) and a writer thread writes the queue in batches, one
-  transaction per batch. Once :meth:`SQLiteStore.flush` returns True, every record committed
-  before it was called is in the database file and survives ``kill -9``. Reads and
-  reservations flush first (waiting at most ``busy_timeout``), so a process always sees its
-  own records; records committed while they wait do not hold them up.
+* ``"batched"`` (default): ``commit()`` puts the record on a bounded queue and a writer thread
+  writes the queue in batches, one transaction per batch. Once :meth:`SQLiteStore.flush`
+  returns True, every record committed before it was called is in the database file and
+  survives ``kill -9``; a plain interpreter exit flushes too (within
+  ``quota_hooks._exit.EXIT_TIMEOUT``). Reads and reservations flush first (waiting at most
+  ``lock_timeout``), so a process always sees its own records; records committed while they
+  wait do not hold them up.
 * ``"sync"``: ``commit()`` returns only after its transaction is written: a returned
   ``record()`` survives ``kill -9``.
 
@@ -47,6 +48,7 @@ from typing import Any, Literal, TypeVar
 
 import anyio.to_thread
 
+from .._exit import close_at_exit
 from ..errors import ConfigurationError, StorageError
 from ..usage import UsageRecord
 from ..windows import DAY, MINUTE, Window
@@ -294,6 +296,7 @@ class SQLiteStore:
                 target=self._write_loop, name="quota-hooks-sqlite-writer", daemon=True
             )
             self._writer.start()
+            close_at_exit(self, 2)  # a plain exit still writes what is queued
 
     def __repr__(self) -> str:
         return f"SQLiteStore({str(self.path)!r}, durability={self.durability!r})"
