@@ -598,3 +598,30 @@ def test_a_run_whose_requests_got_no_answer_is_still_recorded_when_paired(
     assert not failed.success and failed.error_type in ("APITimeoutError", "OpenAITimeoutError")
     assert manager.store.recent("workspace:transport-ws", 10) == []
     assert manager.status("lc-ws", enhanced=False).requests_per_minute.current == 1
+
+
+@pytest.mark.usefixtures("clean_litellm_callbacks")
+def test_litellm_unguarded_sync_calls_are_reserved_counted_and_said(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """litellm cannot refuse a sync call from a hook: an unguarded one is still reserved
+    (what others check includes it), recorded, and a would-be refusal is counted and logged
+    once; a guarded call then is refused."""
+    manager = QuotaManager(limits(rpm=3, mode="raise"), clock=ManualClock(T0))
+    quota_logger = QuotaLogger(manager=manager, default_workspace="ws")
+    litellm.callbacks = [quota_logger]
+    fake = FakeOpenAI()
+    with fake.serve() as base_url, caplog.at_level("WARNING", "quota_hooks"):
+        for _ in range(5):
+            litellm.completion(model="openai/gpt-4o-mini", messages=MSG, api_base=base_url,
+                               api_key="sk-test")
+        assert manager.drain()
+        assert len(fake.requests) == 5  # nothing could stop them
+        assert quota_logger.unrefused == 2
+        assert sum("no hook that can refuse a sync call" in r.message
+                   for r in caplog.records) == 1
+        assert manager.status("ws", enhanced=False).requests_per_minute.current == 5
+        with pytest.raises(RateLimitedError):
+            guarded(litellm.completion, quota_logger)(
+                model="openai/gpt-4o-mini", messages=MSG, api_base=base_url, api_key="sk-test")
+    assert len(fake.requests) == 5 and quota_logger._reservations == {}

@@ -20,6 +20,13 @@ scopes. Tokens come from the response's usage (cached and reasoning tokens inclu
 is litellm's own ``response_cost`` when it has one (a float, rounded here to a pico-dollar to
 shed float noise), else quota-hooks' price book.
 
+**Sync calls are limited only through** :func:`guarded`: litellm has no hook that can refuse a
+sync ``litellm.completion`` (it swallows what its pre-call hook raises; read
+``litellm_logging.py``'s ``Logging.pre_call``). Async calls are refused before they are sent,
+in ``async_pre_call_deployment_hook``. An unguarded sync call is still reserved, counted and
+recorded, and one that a limit would have refused is counted in ``QuotaLogger.unrefused``
+and logged once.
+
 LiteLLM runs these callbacks after the call returns, in a background thread (sync calls) or a
 logging worker task (async calls). ``manager.drain()`` / ``await manager.adrain()`` wait until
 they have been recorded.
@@ -34,6 +41,7 @@ import asyncio
 import functools
 import inspect
 import json
+import logging
 import math
 import threading
 import time
@@ -79,6 +87,9 @@ CALL_TYPES: Mapping[str, str] = {
     "atext_completion": "completions",
 }
 _SEEN_FAILURES = 10_000
+_ASYNC_CALL_TYPES = frozenset(name for name in CALL_TYPES if name.startswith("a")
+                              and name[1:] in CALL_TYPES)
+_log = logging.getLogger("quota_hooks")
 _F = TypeVar("_F", bound=Callable[..., Any])
 _PICO = Decimal("1e-12")
 
@@ -106,9 +117,40 @@ class QuotaLogger(CustomLogger):
         self._failures: OrderedDict[str, None] = OrderedDict()
         self._reservations: dict[str, Reservation] = {}
         self._lock = threading.Lock()
+        self.unrefused = 0
+        """Sync calls that a limit would have refused but litellm gave no way to stop (see
+        :meth:`log_pre_api_call`); use :func:`guarded` for those."""
         self.manager.add_drainer(self)
 
     # ------------------------------------------------------------------ enforcement
+    def log_pre_api_call(self, model: Any, messages: Any, kwargs: dict[str, Any]) -> None:
+        """litellm calls this before every attempt of every call, in the caller's thread, but
+        swallows whatever it raises: it cannot refuse a sync call. So a sync call that
+        :func:`guarded` did not reserve is reserved here, so that the limits every other call
+        checks include it, and when a limit would have refused it, that is counted in
+        :attr:`unrefused` and logged once: wrap sync calls with ``guarded()`` to enforce."""
+        call_type = str(kwargs.get("call_type") or "completion")
+        call_id = str(kwargs.get("litellm_call_id") or "")
+        if call_type in _ASYNC_CALL_TYPES or not call_id or call_id in self._reservations:
+            return  # async calls reserve in async_pre_call_deployment_hook
+        try:
+            workspace, scopes, estimate = self._estimate(kwargs, call_type)
+            reservation = self.manager.acquire(workspace, estimate, scopes=scopes, wait=False)
+        except QuotaHooksError as exc:
+            self.unrefused += 1
+            if self.unrefused == 1:
+                _log.warning(
+                    "quota-hooks: a sync litellm.%s call went past a limit (%s): litellm has no "
+                    "hook that can refuse a sync call. Wrap sync calls with "
+                    "quota_hooks.adapters.litellm.guarded() to enforce limits.", call_type, exc)
+            return
+        except Exception as exc:
+            self.manager.note_tracking_failure("litellm:acquire", exc)
+            return
+        if reservation is not None:
+            with self._lock:
+                self._reservations[call_id] = reservation
+
     async def async_pre_call_deployment_hook(
         self, kwargs: dict[str, Any], call_type: Any
     ) -> dict[str, Any] | None:
