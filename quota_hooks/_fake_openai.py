@@ -210,7 +210,8 @@ class FakeOpenAI:
         """Answer one request."""
         path = urlsplit(url).path
         path = re.sub(r"^/openai/deployments/[^/]+", "", path)  # Azure
-        path = re.sub(r"^(/openai)?/v1", "", path)
+        if "/v1/" in path:  # any prefix before the API version: /openai/v1, /api/v1 ...
+            path = path[path.index("/v1/") + 3:]
         payload: Any = None
         if body and headers.get("content-type", "").startswith("application/json"):
             payload = json.loads(body)

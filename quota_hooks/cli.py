@@ -16,6 +16,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC
 from typing import Any
 
 from .errors import ConfigurationError, StorageError
@@ -309,29 +310,85 @@ def _report(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------- prices
+def _price_book() -> PriceBook:
+    try:
+        return PriceBook.default()
+    except ConfigurationError as exc:
+        raise _UsageError(str(exc)) from exc
+
+
 def _prices(args: argparse.Namespace) -> int:
-    book = PriceBook.default()
-    names = book.models()
+    if args.update:
+        return _update_prices(args.url, args.to)
+    book = _price_book()
     if args.model:
-        found = book.resolve(args.model)
-        if found is None:
-            raise _UsageError(f"unknown model {args.model!r} (quota-hooks prices lists them)")
-        names = [found[0]]
-    print(f"prices: USD per 1M tokens (source {book.source})")
-    print(f"{'model':<28}{'input':>10}{'cached':>10}{'output':>10}  other")
-    for name in names:
+        rates = book.rates(args.model, args.provider)
+        if rates is None:
+            where = f" at provider {args.provider!r}" if args.provider else ""
+            raise _UsageError(f"unknown model {args.model!r}{where}: neither the overrides nor "
+                              "genai-prices price it (quota-hooks prices shows the sources)")
+        for line in book.explain(args.model, args.provider):
+            print(line)
+        return 0
+    info = book.info()
+    if info is not None:
+        print(f"prices: {info.source}")
+        print(f"  genai-prices {info.version}: {info.providers} providers, {info.models} models")
+        if info.fetched_at:
+            print(f"  fetched {info.fetched_at} from {info.url}")
+        else:
+            print("  bundled snapshot (refresh: quota-hooks prices --update)")
+    overrides = book.models()
+    print(f"overrides ({book.source}): {len(overrides)} model(s), winning over genai-prices")
+    for name in overrides:
         price = book.price(name)
         assert price is not None
-        other = []
+        parts = [f"{label} ${value}" for label, value in (
+            ("input", price.input), ("cached", price.cached_input), ("output", price.output))
+            if value is not None]
         if price.per_image:
-            other.append("per image " + ", ".join(f"{k} ${v}" for k, v in price.per_image.items()))
-        if price.per_minute is not None:
-            other.append(f"${price.per_minute}/audio minute")
-        if price.per_1m_characters is not None:
-            other.append(f"${price.per_1m_characters}/1M characters")
-        cells = [price.input, price.cached_input, price.output]
-        shown = "".join(f"{'-' if v is None else v:>10}" for v in cells)
-        print(f"{name:<28}{shown}  {'; '.join(other)}")
+            parts.append("per image " + ", ".join(f"{k} ${v}" for k, v in
+                                                  price.per_image.items()))
+        print(f"  {name}: {'; '.join(parts)}")
+    print("one model: quota-hooks prices MODEL [--provider P]")
+    return 0
+
+
+def _update_prices(url: str | None, to: str | None) -> int:
+    """Fetch a genai-prices snapshot (only when asked) and keep it for the price book."""
+    from datetime import datetime
+    from pathlib import Path
+
+    import httpx2
+    from genai_prices import types
+    from genai_prices.update_prices import DEFAULT_UPDATE_URL
+
+    from .pricing import updated_snapshot_path
+
+    source = url or DEFAULT_UPDATE_URL
+    target = Path(to) if to else updated_snapshot_path()
+    try:
+        response = httpx2.get(source, timeout=httpx2.Timeout(30, connect=10),
+                              follow_redirects=True)
+        response.raise_for_status()
+        raw = response.json()
+        providers = types._providers_from_raw(raw)
+    except httpx2.HTTPError as exc:
+        raise _UsageError(f"--url: fetching {source} failed: {exc}") from exc
+    except (ValueError, TypeError) as exc:
+        raise _UsageError(f"--url: {source} is not a genai-prices snapshot: {exc}") from exc
+    target.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"url": source, "providers": len(providers),
+            "models": sum(len(p.models) for p in providers),
+            "fetched_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    partial = target.with_suffix(".partial")
+    partial.write_text(json.dumps(raw), "utf-8")
+    partial.replace(target)
+    target.with_suffix(".meta.json").write_text(json.dumps(meta, indent=2), "utf-8")
+    print(f"prices: {meta['providers']} providers, {meta['models']} models from {source}")
+    print(f"  written to {target}; the price book uses it from now on")
+    if to and not os.environ.get("QUOTA_HOOKS_PRICES_SNAPSHOT"):
+        print(f"  (set QUOTA_HOOKS_PRICES_SNAPSHOT={target} for quota-hooks to read it)")
     return 0
 
 
@@ -402,8 +459,17 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--store", help=store_help)
     report.set_defaults(run=_report)
 
-    prices = commands.add_parser("prices", help="show the price table and its source")
+    prices = commands.add_parser(
+        "prices", help="where prices come from; how one model is priced; --update to refresh")
     prices.add_argument("model", nargs="?", help="one model (dated names and prefixes resolve)")
+    prices.add_argument("--provider", help="the provider of MODEL (openai, anthropic, groq, "
+                        "bedrock ...): the same name can cost differently elsewhere")
+    prices.add_argument("--update", action="store_true",
+                        help="fetch a newer genai-prices snapshot (only ever when asked)")
+    prices.add_argument("--url", help="with --update: the snapshot's URL (an internal mirror); "
+                        "default: genai-prices' own")
+    prices.add_argument("--to", help="with --update: where to keep it (default: "
+                        "$QUOTA_HOOKS_PRICES_SNAPSHOT, else ~/.cache/quota-hooks)")
     prices.set_defaults(run=_prices)
     return parser
 

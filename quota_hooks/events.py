@@ -55,7 +55,7 @@ class Subscription:
         except RuntimeError:  # the listener's loop has closed
             self._hub.unsubscribe(self)
 
-    async def wait(self, timeout: float | None = None) -> tuple[set[str], list[Any]]:
+    async def wait(self, timeout: float | None = None) -> tuple[set[str], list[Any]]:  # noqa: ASYNC109
         """The workspaces changed and the alerts sent since the last call; waits for at
         least one (up to ``timeout`` seconds: then both may be empty)."""
         if timeout is None:

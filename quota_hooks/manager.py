@@ -23,7 +23,7 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Protocol
 
@@ -231,6 +231,7 @@ class QuotaManager:
         self._provider_limits: dict[str, dict[str, dict[str, str]]] = {}
         self._drainers: weakref.WeakSet[Drainer] = weakref.WeakSet()
         self._logged_kinds: set[str] = set()
+        self._cross_checked: set[str] = set()
         self._lock = threading.Lock()
         self.tracking_errors = 0
         """How many failures inside tracking were caught (never raised into a call)."""
@@ -407,7 +408,7 @@ class QuotaManager:
         if not limits:
             return None
         inputs, outputs = _count(estimate.input_tokens), _count(estimate.output_tokens)
-        nanos = self.prices.estimate_nanos(estimate.model, inputs, outputs)
+        nanos = self.prices.estimate_nanos(estimate.model, inputs, outputs, estimate.provider)
         if nanos is None:  # a model without a price: what the policy says, never free
             if policy.unpriced == "refuse" and any(
                 lim.budget_nanos is not None for lim in limits.values()
@@ -506,9 +507,12 @@ class QuotaManager:
         (``invalid_fields``) settles at least at its ``reservation``'s estimate.
         """
         cost, source = record.cost, record.price_source
+        nanos: int | None = None
         if cost is None:
             priced = self.prices.cost(record)
-            cost, source = priced.usd, priced.source
+            cost, source, nanos = priced.usd, priced.source, priced.nanos
+            if record.reported_cost is not None and cost is not None:
+                self._cross_check(record, cost)
         elif source is None:
             source = "provided"
         if cost is not None and cost > MAX_COST:
@@ -516,13 +520,13 @@ class QuotaManager:
                 "quota-hooks: a %s call of model %r priced at %s (over MAX_COST) is counted "
                 "as unpriced", record.api_method, record.model, cost,
             )
-            cost, source = None, None
+            cost, source, nanos = None, None, None
         policy = self.policy_for(record.workspace_id)
         limited = record.status_code == 429
         tokens = record.total_tokens
         unpriced_nanos = 0
         if cost is not None:
-            charge = to_nanos(cost)
+            charge = nanos if nanos is not None else to_nanos(cost)
         elif policy.unpriced == "allow":
             charge = 0
         else:
@@ -550,6 +554,24 @@ class QuotaManager:
         month = month_key(at, policy.timezone)
         day = day_key(at, policy.timezone)
         return UsageEntry(record, scopes, delta, now, month, cost, source, day, at)
+
+    def _cross_check(self, record: UsageRecord, cost: Decimal) -> None:
+        """Warn, once per model, when another layer's cost (litellm's ``response_cost``)
+        differs from the price book's by more than 1 %."""
+        reported = record.reported_cost
+        assert reported is not None
+        if abs(reported - cost) <= cost / 100 or record.model in self._cross_checked:
+            return
+        with self._lock:
+            if record.model in self._cross_checked or len(self._cross_checked) > 4096:
+                return
+            self._cross_checked.add(record.model)
+        logger.warning(
+            "quota-hooks: %s reported %s for a %s call of model %r, the price book %s (%s); "
+            "quota-hooks counts the price book's. QuotaLogger(cost_source=\"litellm\") counts "
+            "litellm's instead.", record.source, reported, record.api_method, record.model,
+            cost, record.provider,
+        )
 
     def record(self, record: UsageRecord, reservation: Reservation | None = None) -> None:
         """Count one call (and settle its ``reservation``, if it had one).
@@ -738,7 +760,7 @@ class QuotaManager:
             tokens_per_day=usages["tpd"],
             monthly_budget_usd=usages["monthly_budget_usd"],
             alert_level=level,
-            updated_at=_iso(datetime.fromtimestamp(now, timezone.utc)),
+            updated_at=_iso(datetime.fromtimestamp(now, UTC)),
             provider_limits=self._provider_limits.get(workspace_id, {}),
             thresholds={"warning": float(policy.warning_percent),
                         "critical": float(policy.critical_percent)},
@@ -968,7 +990,7 @@ def _priced_usd(a: Aggregate) -> float | None:
 
 def _activity(record: UsageRecord) -> Activity:
     return Activity(
-        timestamp=_iso(record.timestamp or datetime.now(timezone.utc)),
+        timestamp=_iso(record.timestamp or datetime.now(UTC)),
         model=record.model,
         api_method=record.api_method,
         tokens_used=record.total_tokens,

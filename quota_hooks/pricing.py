@@ -1,13 +1,24 @@
-"""`PriceBook`: what a call costs, exactly.
+"""`PriceBook`: what a call costs, exactly, for every provider.
 
-Prices are USD per 1M tokens (plus per image, per audio minute and per 1M characters for the
-models billed that way), kept as ``Decimal``. Costs are exact ``Decimal`` USD; running totals are
-kept by the stores as integer nano-dollars (:func:`to_nanos`). Floats never carry money.
+The prices are genai-prices' (pydantic's price data: every provider, ``Decimal``, tiers, cache
+reads and writes, service tiers, batch, and the price in force on each date), with your own
+overrides on top, which win: a dict (:meth:`PriceBook.with_overrides`), a JSON file, or the
+``QUOTA_HOOKS_PRICES_FILE`` environment variable. Overrides are USD per 1M tokens (plus per
+image, per audio minute and per 1M characters); quota-hooks ships a few (``data/
+overrides.json``: the per-image prices genai-prices does not carry), as an example of the
+format.
 
-The bundled table (``quota_hooks/data/prices.json``) has an ``as_of`` date and a source. Override
-it with a dict, a JSON file of the same shape, or the ``QUOTA_HOOKS_PRICES_FILE`` environment
-variable. A model the book does not know is priced ``None`` (``priced=False``), never $0, with one
-warning per model.
+A record is priced by its provider and model (the same model name can cost differently at
+another provider), at its own timestamp, in the service tier it was served (``service_tier``)
+and as a batch call or not. The first call of a (provider, model, price) is resolved and
+compiled into integer rates (:mod:`quota_hooks._rates`); every later one costs a few integer
+multiplications. Costs are exact ``Decimal`` USD; running totals are integer nano-dollars
+(:func:`to_nanos`). Floats never carry money. A model that cannot be priced is ``None``
+(``priced=False``), never $0, with one warning per model; what a budget charges it is the
+policy's ``unpriced`` setting.
+
+Nothing here touches the network: genai-prices prices offline from the snapshot it ships,
+or from one ``quota-hooks prices --update`` fetched when asked.
 """
 
 from __future__ import annotations
@@ -19,25 +30,33 @@ import os
 import re
 import threading
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
+from fractions import Fraction
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ._genai import GenaiSource, SnapshotInfo
+from ._rates import PICO_PER_USD, TOP_FIELDS, Rates, exact, pico_to_usd
 from .errors import ConfigurationError
 from .usage import UsageRecord
 
 __all__ = [
     "NANOS_PER_USD",
+    "PRICES_FILE_ENV",
+    "SNAPSHOT_ENV",
     "Cost",
     "ModelPrice",
     "PriceBook",
+    "SnapshotInfo",
     "estimate_cost",
     "format_usd",
     "from_nanos",
+    "price_context",
     "to_nanos",
 ]
 
@@ -45,17 +64,28 @@ logger = logging.getLogger("quota_hooks")
 
 NANOS_PER_USD = 1_000_000_000
 _PER_MILLION = Decimal(1_000_000)
-_SECONDS_PER_MINUTE = Decimal(60)
 _NANO = Decimal("1e-9")
 PRICES_FILE_ENV = "QUOTA_HOOKS_PRICES_FILE"
+#: A genai-prices snapshot to price with instead of the bundled one (``prices --update``
+#: writes one to :func:`updated_snapshot_path` and uses it from then on).
+SNAPSHOT_ENV = "QUOTA_HOOKS_PRICES_SNAPSHOT"
+_DATED_SUFFIX = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{4})$")
+_MAX_CACHED = 4096
 
 _Price = Decimal | None
-_DATED_SUFFIX = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{4})$")
 
 
 def to_nanos(usd: Decimal) -> int:
     """USD as a ``Decimal`` to integer nano-dollars (half-even rounding below a nano-dollar)."""
     return int((usd / _NANO).to_integral_value(rounding=ROUND_HALF_EVEN))
+
+
+def pico_to_nanos(pico: int | Fraction) -> int:
+    """Pico-dollars to nano-dollars, rounded half-even (integer arithmetic)."""
+    if isinstance(pico, Fraction):
+        return round(pico / 1000)  # Fraction rounds half to even
+    nanos, rest = divmod(pico, 1000)
+    return nanos + (rest > 500 or (rest == 500 and nanos % 2 == 1))
 
 
 def format_usd(amount: int | Decimal) -> str:
@@ -72,8 +102,33 @@ def from_nanos(nanos: int) -> Decimal:
     return Decimal(nanos).scaleb(-9)
 
 
+def updated_snapshot_path() -> Path:
+    """Where ``quota-hooks prices --update`` keeps the snapshot it fetched:
+    ``$QUOTA_HOOKS_PRICES_SNAPSHOT``, else ``$XDG_CACHE_HOME/quota-hooks/genai-prices.json``
+    (``~/.cache`` when unset)."""
+    explicit = os.environ.get(SNAPSHOT_ENV, "").strip()
+    if explicit:
+        return Path(explicit)
+    cache = os.environ.get("XDG_CACHE_HOME", "").strip() or str(Path.home() / ".cache")
+    return Path(cache) / "quota-hooks" / "genai-prices.json"
+
+
+def price_context(record: UsageRecord) -> dict[str, str] | None:
+    """genai-prices' price context of a record: the service tier it was served in
+    (``{"service_tier": "flex"}``) and batch processing (``{"processing": "batch"}``)."""
+    tier, batch = record.service_tier, record.batch
+    if not tier and not batch:
+        return None
+    context = {}
+    if tier:
+        context["service_tier"] = tier.strip().lower()
+    if batch:
+        context["processing"] = "batch"
+    return context
+
+
 class ModelPrice(BaseModel):
-    """The prices of one model. Token prices are USD per 1M tokens.
+    """The prices of one model, in an override. Token prices are USD per 1M tokens.
 
     ``cached_input``, ``cache_write`` and ``audio_input`` fall back to ``input`` when absent;
     ``audio_output`` falls back to ``output``. ``per_image`` is keyed ``"quality/size"``, e.g.
@@ -101,6 +156,9 @@ class Cost:
     usd: Decimal | None
     source: str
     model: str | None = None
+    """The price's key: ``"openai:gpt-4o"`` (genai-prices' provider and model) or an
+    override's name."""
+    pico: int | Fraction | None = None
 
     @property
     def priced(self) -> bool:
@@ -110,51 +168,87 @@ class Cost:
     @property
     def nanos(self) -> int | None:
         """``usd`` as integer nano-dollars."""
+        if self.pico is not None:
+            return pico_to_nanos(self.pico)
         return None if self.usd is None else to_nanos(self.usd)
 
 
-class PriceBook:
-    """Model name to prices, and the cost of a :class:`UsageRecord`.
+_FREE = Cost(Decimal(0), "no billable usage", pico=0)
 
-    Names resolve through, in order: the exact (lower-cased) name, aliases, a provider prefix
-    (``openai/``, ``azure/`` ...), a fine-tune (``ft:gpt-4o-mini:org::id`` uses the base model's
-    fine-tune prices, else its base prices) and a dated snapshot suffix (``gpt-4o-2024-08-06``,
-    ``gpt-4-0613``).
+
+class PriceBook:
+    """Model names to prices, and the exact cost of a :class:`UsageRecord`.
+
+    ``PriceBook.default()`` is genai-prices with the overrides of ``QUOTA_HOOKS_PRICES_FILE``
+    (what a :class:`~quota_hooks.QuotaManager` uses unless given ``prices=``).
+    ``PriceBook(prices)`` is a book of ``prices`` only; ``PriceBook.default().with_overrides(
+    prices)`` puts them on top of genai-prices.
+
+    Override names resolve through, in order: the exact (lower-cased) name, ``aliases``, a
+    provider prefix (``openai/``, ``azure/`` ...), a fine-tune (``ft:gpt-4o-mini:org::id``
+    uses the base model's fine-tune prices, else its base prices) and a dated snapshot suffix
+    (``gpt-4o-2024-08-06``, ``gpt-4-0613``). genai-prices resolves its own names (dated
+    snapshots, fine-tunes, Bedrock regions, provider fallbacks: Azure serves OpenAI's models).
+
+    Args:
+        prices: override prices by model name.
+        aliases: other names of those models.
+        source: what ``price_source`` says for them.
+        as_of: the date of the override prices.
+        fallback: the price of models nobody prices (see :meth:`fallback_price`).
+        genai: the genai-prices snapshot below the overrides; None for a book of overrides
+            only.
     """
 
     def __init__(
         self,
-        prices: Mapping[str, ModelPrice | Mapping[str, Any]],
+        prices: Mapping[str, ModelPrice | Mapping[str, Any]] | None = None,
         *,
         aliases: Mapping[str, str] | None = None,
         source: str = "custom",
         as_of: str | None = None,
         fallback: ModelPrice | Mapping[str, Any] | None = None,
+        genai: GenaiSource | None = None,
     ) -> None:
         self._prices: dict[str, ModelPrice] = {
-            name.lower(): _parse_price(name, price, source) for name, price in prices.items()
+            name.lower(): _parse_price(name, price, source)
+            for name, price in (prices or {}).items()
         }
-        self._fallback = None if fallback is None else _parse_price("fallback", fallback, source)
-        self._dearest: ModelPrice | None = None
         self._aliases = {k.lower(): v.lower() for k, v in (aliases or {}).items()}
         self.source = source
         self.as_of = as_of
+        self.genai = genai
+        self._fallback = None if fallback is None else _parse_price("fallback", fallback, source)
+        self._dearest: ModelPrice | None = None
         self._sources: dict[str, str] = {}
         self._resolved: dict[str, tuple[str, ModelPrice] | None] = {}
+        self._table_rates: dict[str, Rates | None] = {}
         self._warned: set[str] = set()
         self._lock = threading.Lock()
-        self._rates: dict[str, tuple[int, int] | None] = {}
+
+    def __repr__(self) -> str:
+        below = "" if self.genai is None else f" over {self.genai.label}"
+        return f"PriceBook({len(self._prices)} override(s){below})"
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def bundled(cls) -> PriceBook:
-        """The price table shipped with quota-hooks."""
-        text = resources.files("quota_hooks").joinpath("data/prices.json").read_text("utf-8")
-        return cls._from_document(json.loads(text), origin="bundled")
+        """genai-prices (the snapshot it ships, or the one ``quota-hooks prices --update``
+        fetched) under the few overrides quota-hooks ships (``data/overrides.json``)."""
+        text = resources.files("quota_hooks").joinpath("data/overrides.json").read_text("utf-8")
+        book = cls._from_document(json.loads(text), origin="quota-hooks overrides")
+        snapshot = updated_snapshot_path()
+        explicit = bool(os.environ.get(SNAPSHOT_ENV, "").strip())
+        if explicit and not snapshot.exists():
+            raise ConfigurationError(
+                f"{SNAPSHOT_ENV}={str(snapshot)!r}: no such file (write one with "
+                "'quota-hooks prices --update')")
+        book.genai = GenaiSource(snapshot if snapshot.exists() else None)
+        return book
 
     @classmethod
     def default(cls) -> PriceBook:
-        """The bundled table, overridden by ``QUOTA_HOOKS_PRICES_FILE`` when it is set."""
+        """:meth:`bundled`, overridden by ``QUOTA_HOOKS_PRICES_FILE`` when it is set."""
         book = cls.bundled()
         path = os.environ.get(PRICES_FILE_ENV, "").strip()
         if path:
@@ -163,10 +257,8 @@ class PriceBook:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], *, _env: bool = False) -> PriceBook:
-        """A price table from a JSON file: ``{"models": {name: prices}, "aliases": {...}}``.
-
-        A file with no ``models`` key is read as ``{name: prices}`` directly.
-        """
+        """A book of the overrides in a JSON file: ``{"models": {name: prices},
+        "aliases": {...}}`` (a file with no ``models`` key is read as ``{name: prices}``)."""
         where = f"{PRICES_FILE_ENV}={os.fspath(path)!r}" if _env else f"price file {path!s}"
         try:
             document = json.loads(Path(path).read_text("utf-8"))
@@ -182,11 +274,9 @@ class PriceBook:
 
     @classmethod
     def from_litellm(cls) -> PriceBook:
-        """A price table from litellm's model map (``litellm.model_cost``).
-
-        Requires the ``litellm`` extra. Set ``LITELLM_LOCAL_MODEL_COST_MAP=True`` to keep
-        ``import litellm`` off the network.
-        """
+        """A book of litellm's model map (``litellm.model_cost``), for who relies on litellm's
+        own (or customised) prices. Requires the ``litellm`` extra; set
+        ``LITELLM_LOCAL_MODEL_COST_MAP=True`` to keep ``import litellm`` off the network."""
         try:
             import litellm
         except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -217,15 +307,20 @@ class PriceBook:
     def with_overrides(
         self, overrides: PriceBook | Mapping[str, ModelPrice | Mapping[str, Any]]
     ) -> PriceBook:
-        """A new book with ``overrides`` replacing or adding models."""
+        """A new book with ``overrides`` replacing or adding models (on top of the same
+        genai-prices snapshot)."""
         if not isinstance(overrides, PriceBook):
             overrides = PriceBook(overrides, source="override")
         merged: dict[str, ModelPrice] = dict(self._prices)
         merged.update(overrides._prices)
-        book = PriceBook(merged, aliases={**self._aliases, **overrides._aliases}, as_of=self.as_of,
-                         fallback=overrides._fallback or self._fallback)
+        book = PriceBook(merged, aliases={**self._aliases, **overrides._aliases},
+                         as_of=self.as_of, fallback=overrides._fallback or self._fallback,
+                         genai=self.genai)
         book.source = self.source
-        book._sources = {**self._sources, **dict.fromkeys(overrides._prices, overrides.source)}
+        book._sources = {
+            **dict.fromkeys(self._prices, self.source), **self._sources,
+            **dict.fromkeys(overrides._prices, overrides.source), **overrides._sources,
+        }
         return book
 
     def with_fallback(self, price: ModelPrice | Mapping[str, Any]) -> PriceBook:
@@ -237,22 +332,25 @@ class PriceBook:
 
     # ------------------------------------------------------------------ lookup
     def models(self) -> list[str]:
-        """Every model name the book prices, sorted."""
+        """Every override model name, sorted (genai-prices' models: :meth:`info`)."""
         return sorted(self._prices)
 
-    def price(self, model: str) -> ModelPrice | None:
-        """The prices of ``model`` after name resolution, or ``None`` if unknown."""
-        found = self.resolve(model)
-        return None if found is None else found[1]
+    def provider_for_url(self, url: str) -> str | None:
+        """The provider of an API base URL (genai-prices' id), or None when unknown."""
+        return None if self.genai is None else self.genai.provider_for_url(url)
+
+    def info(self) -> SnapshotInfo | None:
+        """The genai-prices snapshot below the overrides (None for overrides only)."""
+        return None if self.genai is None else self.genai.info()
 
     def resolve(self, model: str) -> tuple[str, ModelPrice] | None:
-        """``(price key, prices)`` for ``model``, or ``None`` when the book does not know it."""
+        """``(override key, prices)`` for ``model``, or ``None`` when no override prices it."""
         try:
             return self._resolved[model]
         except KeyError:
             pass
         found = self._lookup(model)
-        if len(self._resolved) < 4096:
+        if len(self._resolved) < _MAX_CACHED:
             self._resolved[model] = found
         return found
 
@@ -279,23 +377,86 @@ class PriceBook:
         return None
 
     def source_of(self, key: str) -> str:
-        """Where the prices of a resolved key came from."""
+        """Where the prices of an override key came from."""
         base = key.removeprefix("ft:").split("(")[0]
         return self._sources.get(base, self.source)
+
+    def rates(self, model: str, provider: str | None = None, *,
+              when: datetime | None = None,
+              context: Mapping[str, str] | None = None) -> Rates | None:
+        """The compiled price of ``model`` at ``provider`` in force at ``when`` (now) under
+        ``context``, or None when nothing prices it. Overrides win."""
+        try:
+            rates = self._table_rates[model]
+        except KeyError:
+            found = self.resolve(model)
+            rates = None if found is None else _compile_table(found[1], found[0],
+                                                              self.source_of(found[0]))
+            if len(self._table_rates) >= _MAX_CACHED:
+                self._table_rates.clear()
+            self._table_rates[model] = rates
+        if rates is not None or self.genai is None:
+            return rates
+        resolved = self.genai.model(model, provider)
+        if resolved is None:
+            return None
+        return self.genai.rates(resolved, when or datetime.now(UTC), context)
+
+    def price(self, model: str, provider: str | None = None) -> ModelPrice | None:
+        """The prices of ``model`` per 1M tokens (at its base tier; see :meth:`explain`),
+        or ``None`` if unknown."""
+        found = self.resolve(model)
+        if found is not None:
+            return found[1]
+        rates = self.rates(model, provider)
+        return None if rates is None else _as_model_price(rates, 0)
+
+    def explain(self, model: str, provider: str | None = None, *,
+                when: datetime | None = None) -> list[str]:
+        """How ``model`` is priced, for people: its key and source, and per tier its rates
+        per 1M units; the service tiers and batch prices genai-prices lists for it."""
+        rates = self.rates(model, provider, when=when)
+        if rates is None:
+            return [f"{model}: no price (unknown to the overrides and to genai-prices)"]
+        lines = [f"{model}: priced as {rates.key}, from {rates.source}"]
+        for level in range(len(rates.starts) + 1):
+            label = "" if not rates.starts else (
+                f"  input up to {rates.starts[0]:,} tokens:" if level == 0 else
+                f"  input above {rates.starts[level - 1]:,} tokens (the whole request):")
+            if label:
+                lines.append(label)
+            lines += [f"    {text}" for text in _rate_lines(rates, level)]
+        if self.genai is not None and self.resolve(model) is None:
+            found = self.genai.model(model, provider)
+            variants = [] if found is None else (found[1].price_variants or [])
+            for variant in variants:
+                assert found is not None
+                when_text = ", ".join(f"{k}={v}" for k, v in variant.when.items())
+                try:
+                    varied = self.genai.rates(found, when or datetime.now(UTC),
+                                              dict(variant.when))
+                except Exception:  # an odd variant must not break an explanation
+                    continue
+                shown = "; ".join(line for line in _rate_lines(varied, 0)
+                                  if line.startswith(("input", "output")))
+                lines.append(f"  with {when_text}: {shown}")
+        return lines
 
     # ------------------------------------------------------------------ cost
     def cost(self, record: UsageRecord) -> Cost:
         """The exact USD cost of ``record``; ``usd is None`` when it cannot be priced."""
         if not (record.total_tokens or record.images or record.audio_seconds or record.characters):
-            return Cost(Decimal(0), "no billable usage")
-        found = self.resolve(record.model)
-        if found is None:
-            return self._unpriced(record.model, "unknown model")
-        key, price = found
-        usd = _cost(price, record)
-        if usd is None:
-            return self._unpriced(record.model, f"no price for the units used ({key})")
-        return Cost(usd, self.source_of(key), key)
+            return _FREE
+        context = price_context(record) if (record.service_tier or record.batch) else None
+        rates = self.rates(record.model, record.provider, when=record.timestamp,
+                           context=context)
+        if rates is None:
+            return self._unpriced(record.model, record.provider, "unknown model")
+        pico = rates.pico(record)
+        if pico is None:
+            return self._unpriced(record.model, record.provider,
+                                  f"no price for the units used ({rates.key})")
+        return Cost(pico_to_usd(pico), rates.source, rates.key, pico)
 
     def estimate_cost(
         self, model: str, input_tokens: int, output_tokens: int = 0
@@ -304,90 +465,183 @@ class PriceBook:
         record = UsageRecord(model=model, input_tokens=input_tokens, output_tokens=output_tokens)
         return self.cost(record).usd
 
-    def estimate_nanos(self, model: str, input_tokens: int, output_tokens: int) -> int | None:
+    def estimate_nanos(self, model: str, input_tokens: int, output_tokens: int,
+                       provider: str | None = None) -> int | None:
         """Nano-dollars a call with these token counts costs at the model's text prices, for
-        reservations: integer arithmetic on rates cached per model; ``None`` for a model the
-        book does not know (see :meth:`fallback_nanos`). Equals
-        ``to_nanos(estimate_cost(...))`` whenever the prices have at most 6 decimals (every
-        bundled price); otherwise it falls back to that exact path."""
-        rates = self._rates.get(model, _MISSING)
-        if rates is _MISSING:
-            rates = self._pico_rates(model)
-            if len(self._rates) > 4096:
-                self._rates.clear()
-            self._rates[model] = rates
-        if rates is _UNKNOWN:
+        reservations (integer arithmetic on the compiled rates); ``None`` for a model that
+        nothing prices (see :meth:`fallback_nanos`), 0 for a known model without token
+        prices."""
+        rates = self.rates(model, provider)
+        if rates is None:
             return None
-        if rates is None:  # a known model: a token kind without a price adds nothing here
-            usd = self.estimate_cost(model, input_tokens, output_tokens)
-            return 0 if usd is None else to_nanos(usd)
-        pico: int = input_tokens * rates[0] + output_tokens * rates[1]  # pico-dollars
-        nanos, rest = divmod(pico, 1000)
-        return nanos + (rest > 500 or (rest == 500 and nanos % 2 == 1))  # half-even
+        pico = rates.tokens_pico(input_tokens, output_tokens)
+        return 0 if pico is None else pico_to_nanos(pico)
 
     # ------------------------------------------------------------------ the unpriced
     def fallback_price(self) -> ModelPrice:
-        """The price a call of a model the book cannot price is charged at, under a policy
-        with ``unpriced="fallback"``: the one given (:meth:`with_fallback`), else the dearest
-        price of each kind that the book holds (input, cached input, cache write, output,
-        audio, per image, per minute, per character), so that an unknown model can never
-        cost less than a known one."""
+        """The price a call of a model nobody prices is charged at, under a policy with
+        ``unpriced="fallback"``: the one given (:meth:`with_fallback`), else the dearest
+        price of each kind in the book, overrides and genai-prices alike (input, cached
+        input, cache write, output, audio, per image, per minute, per character), so that an
+        unknown model can never cost less than a known one."""
         if self._fallback is not None:
             return self._fallback
         if self._dearest is None:
-            self._dearest = _dearest(self._prices.values())
+            prices = list(self._prices.values())
+            if self.genai is not None:
+                prices += self.genai.current_prices()
+            self._dearest = _dearest(prices)
         return self._dearest
 
     def fallback_cost(self, record: UsageRecord) -> Decimal:
         """What ``record`` is charged at :meth:`fallback_price` (an image at the dearest
-        image price of any size; a unit that no model in the book prices counts nothing)."""
+        image price of any size; a unit that nothing in the book prices counts nothing)."""
         price = self.fallback_price()
         if record.images and price.per_image:
             key = f"{record.image_quality or 'standard'}/{record.image_size or '1024x1024'}"
             if key not in price.per_image:
                 dearest = max(price.per_image.values())
                 price = price.model_copy(update={"per_image": {**price.per_image, key: dearest}})
-        usd = _cost(price, record)
-        if usd is None:
-            usd = _cost(price, replace(record, images=0, audio_seconds=0.0, characters=0))
-        return usd if usd is not None else Decimal(0)
+        rates = _compile_table(price, "fallback", "fallback")
+        pico = rates.pico(record)
+        if pico is None:  # some unit has no price at all: count the rest
+            fields = {name: 0 for name in ("images", "characters") if name not in rates.priced}
+            if "audio_seconds" not in rates.priced:
+                fields["audio_seconds"] = 0.0  # type: ignore[assignment]
+            pico = rates.pico(_replace(record, fields)) or 0
+        return pico_to_usd(pico)
 
     def fallback_nanos(self, input_tokens: int, output_tokens: int) -> int:
         """:meth:`estimate_nanos` at the fallback price, for the reservation of a call whose
-        model the book cannot price."""
+        model nothing prices."""
         price = self.fallback_price()
         total = input_tokens * (price.input or 0) + output_tokens * (price.output or 0)
         return to_nanos(Decimal(total) / _PER_MILLION)
 
-    def _pico_rates(self, model: str) -> tuple[int, int] | None:
-        found = self.resolve(model)
-        if found is None:
-            return _UNKNOWN
-        price = found[1]
-        if price.input is None or price.output is None:
-            return None
-        rates = (price.input * _PER_MILLION, price.output * _PER_MILLION)  # USD/1M -> pico/token
-        if any(r != r.to_integral_value() for r in rates):
-            return None
-        return int(rates[0]), int(rates[1])
-
-    def _unpriced(self, model: str, why: str) -> Cost:
-        if model not in self._warned:
+    def _unpriced(self, model: str, provider: str, why: str) -> Cost:
+        key = f"{provider}:{model}"
+        if key not in self._warned:
             with self._lock:
-                if model not in self._warned:
-                    self._warned.add(model)
+                if key not in self._warned:
+                    if len(self._warned) >= _MAX_CACHED:
+                        self._warned.clear()
+                    self._warned.add(key)
                     logger.warning(
-                        "quota-hooks: cannot price model %r (%s); its cost is recorded as unknown, "
-                        "not $0. Add it with PriceBook.with_overrides() or %s.",
-                        model,
-                        why,
-                        PRICES_FILE_ENV,
+                        "quota-hooks: cannot price model %r of provider %r (%s); its cost is "
+                        "recorded as unknown, not $0, and a money budget charges it as the "
+                        "policy's unpriced= says. Add it with PriceBook.with_overrides() or %s.",
+                        model, provider, why, PRICES_FILE_ENV,
                     )
         return Cost(None, "unpriced")
 
 
-_MISSING: Any = object()
-_UNKNOWN: tuple[int, int] = (-1, -1)  # a model the book cannot price (estimate_nanos)
+_FIELDS_OF_TABLE = (
+    ("input_tokens", "input", None),
+    ("cached_input_tokens", "cached_input", "input"),
+    ("cache_write_tokens", "cache_write", "input"),
+    ("audio_input_tokens", "audio_input", "input"),
+    ("output_tokens", "output", None),
+    ("audio_output_tokens", "audio_output", "output"),
+)
+
+
+def _compile_table(price: ModelPrice, key: str, source: str) -> Rates:
+    """An override's prices as :class:`Rates`: pico-dollars per token are its USD per 1M
+    tokens times 10**6 (a part, like cached input, is priced as its difference from its
+    parent, which it is counted in)."""
+    coefficients: list[tuple[str, int | Fraction]] = []
+    for name, attribute, parent in _FIELDS_OF_TABLE:
+        value = getattr(price, attribute)
+        if value is None:
+            continue
+        base = getattr(price, parent) if parent is not None else Decimal(0)
+        if parent is not None and base is None:
+            continue
+        per = exact(Fraction(value - base) * 1_000_000)
+        if per:
+            coefficients.append((name, per))
+    if price.per_1m_characters is not None:
+        coefficients.append(("characters", exact(Fraction(price.per_1m_characters) * 10**6)))
+    priced = {"input_tokens"} if price.input is not None else set()
+    for unit, present in (("output_tokens", price.output is not None),
+                          ("characters", price.per_1m_characters is not None),
+                          ("audio_seconds", price.per_minute is not None),
+                          ("images", bool(price.per_image))):
+        if present:
+            priced.add(unit)
+    per_second = None if price.per_minute is None else (
+        Fraction(price.per_minute) * PICO_PER_USD / 60)
+    return Rates(key=key, source=source, starts=(), tables=(tuple(coefficients),),
+                 constants=(0,), priced=frozenset(priced), per_second=per_second,
+                 per_image=dict(price.per_image))
+
+
+def _replace(record: UsageRecord, fields: Mapping[str, Any]) -> UsageRecord:
+    from dataclasses import replace
+
+    return replace(record, **fields)
+
+
+def _as_model_price(rates: Rates, level: int) -> ModelPrice:
+    """The per-1M prices of one tier level of compiled rates."""
+    per = dict(rates.tables[level])
+
+    def usd(value: int | Fraction) -> Decimal:
+        return (pico_to_usd(value) * _PER_MILLION).normalize()
+
+    fields: dict[str, Any] = {}
+    inputs = per.get("input_tokens", 0) if "input_tokens" in rates.priced else None
+    outputs = per.get("output_tokens", 0) if "output_tokens" in rates.priced else None
+    if inputs is not None:
+        fields["input"] = usd(inputs)
+        for name, attribute in (("cached_input_tokens", "cached_input"),
+                                ("cache_write_tokens", "cache_write"),
+                                ("audio_input_tokens", "audio_input")):
+            if name in per:
+                fields[attribute] = usd(inputs + per[name])
+    if outputs is not None:
+        fields["output"] = usd(outputs)
+        if "audio_output_tokens" in per:
+            fields["audio_output"] = usd(outputs + per["audio_output_tokens"])
+    if "characters" in per:
+        fields["per_1m_characters"] = usd(per["characters"])
+    if rates.per_second is not None:
+        fields["per_minute"] = (pico_to_usd(rates.per_second * 60)).normalize()
+    if rates.per_image:
+        fields["per_image"] = dict(rates.per_image)
+    return ModelPrice(**fields)
+
+
+# What each coefficient is, for people, and the fields its price builds on (a part is
+# counted in its parent, so its coefficient is its price's difference from the parent's).
+_RATE_NAMES = (
+    ("input_tokens", "input", ()),
+    ("cached_input_tokens", "cache read", ("input_tokens",)),
+    ("cache_write_tokens", "cache write", ("input_tokens",)),
+    ("cache_write_1h_tokens", "cache write, 1 hour", ("input_tokens", "cache_write_tokens")),
+    ("audio_input_tokens", "audio input", ("input_tokens",)),
+    ("output_tokens", "output", ()),
+    ("reasoning_tokens", "reasoning", ("output_tokens",)),
+    ("audio_output_tokens", "audio output", ("output_tokens",)),
+    ("characters", "characters", ()),
+)
+
+
+def _rate_lines(rates: Rates, level: int) -> list[str]:
+    """One line per price of a tier level, in USD per 1M units (absolute prices)."""
+    per = dict(rates.tables[level])
+    lines = []
+    for name, label, parents in _RATE_NAMES:
+        if name in per or (not parents and name in rates.priced):
+            total = per.get(name, 0) + sum(per.get(parent, 0) for parent in parents)
+            lines.append(f"{label}: {format_usd(pico_to_usd(total) * _PER_MILLION)} per 1M")
+    if rates.per_second is not None:
+        lines.append(f"audio: {format_usd(pico_to_usd(rates.per_second * 60))} per minute")
+    for key, usd in sorted(rates.per_image.items()):
+        lines.append(f"image {key}: {format_usd(usd)}")
+    if rates.constants[level]:
+        lines.append(f"per request: {format_usd(pico_to_usd(rates.constants[level]))}")
+    return lines
 
 
 def _dearest(prices: Iterable[ModelPrice]) -> ModelPrice:
@@ -407,51 +661,6 @@ def _dearest(prices: Iterable[ModelPrice]) -> ModelPrice:
     if images:
         fields["per_image"] = images
     return ModelPrice(**fields)
-
-
-def _cost(price: ModelPrice, r: UsageRecord) -> Decimal | None:
-    """Exact USD for a record under ``price``, or None when a used unit has no price."""
-    total = Decimal(0)
-    tokens = Decimal(0)
-    if r.input_tokens:
-        if price.input is None:
-            return None
-        text_in = max(
-            0, r.input_tokens - r.cached_input_tokens - r.cache_write_tokens - r.audio_input_tokens
-        )
-        tokens += text_in * price.input
-        tokens += r.cached_input_tokens * _or(price.cached_input, price.input)
-        tokens += r.cache_write_tokens * _or(price.cache_write, price.input)
-        tokens += r.audio_input_tokens * _or(price.audio_input, price.input)
-    if r.output_tokens:
-        if price.output is None:
-            return None
-        tokens += (r.output_tokens - r.audio_output_tokens) * price.output
-        tokens += r.audio_output_tokens * _or(price.audio_output, price.output)
-    if tokens:
-        total += tokens / _PER_MILLION
-    if r.images and not (r.input_tokens or r.output_tokens):
-        per_image = price.per_image.get(
-            f"{r.image_quality or 'standard'}/{r.image_size or '1024x1024'}"
-        )
-        if per_image is None:
-            return None
-        total += r.images * per_image
-    if r.audio_seconds and not r.input_tokens:
-        if price.per_minute is None:
-            return None
-        total += Decimal(repr(r.audio_seconds)) / _SECONDS_PER_MINUTE * price.per_minute
-    if r.characters and not r.output_tokens:
-        if price.per_1m_characters is None:
-            return None
-        total += r.characters * price.per_1m_characters / _PER_MILLION
-    return total
-
-
-def _or(value: Decimal | None, fallback: Decimal | None) -> Decimal:
-    chosen = value if value is not None else fallback
-    assert chosen is not None  # callers checked the fallback
-    return chosen
 
 
 def _parse_price(name: str, price: ModelPrice | Mapping[str, Any], origin: str) -> ModelPrice:
@@ -485,7 +694,7 @@ def _price_from_litellm(entry: Mapping[str, Any]) -> ModelPrice | None:
     }
     per_second = entry.get("input_cost_per_second")
     if isinstance(per_second, (int, float)) and per_second > 0:
-        fields["per_minute"] = Decimal(repr(float(per_second))) * _SECONDS_PER_MINUTE
+        fields["per_minute"] = Decimal(repr(float(per_second))) * 60
     if all(v is None for v in fields.values()):
         return None
     return ModelPrice.model_validate({k: v for k, v in fields.items() if v is not None})
@@ -501,7 +710,9 @@ def estimate_cost(
 ) -> Decimal | None:
     """The seed guide's helper: the USD cost of ``tokens`` input (and ``output_tokens``) tokens.
 
-    Uses the bundled prices unless ``prices`` is given; ``None`` for an unknown model.
+    Uses the default prices unless ``prices`` is given; ``None`` for an unknown model.
     """
-
     return (prices or _default_book()).estimate_cost(model, tokens, output_tokens)
+
+
+__all__ += ["TOP_FIELDS", "pico_to_nanos", "updated_snapshot_path"]

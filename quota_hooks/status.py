@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 
-class QuotaStatus(str, Enum):
+class QuotaStatus(str, Enum):  # noqa: UP042 - str() as in 0.1
     """The seed guide's status levels."""
 
     NORMAL = "normal"
@@ -50,7 +50,7 @@ class QuotaStatus(str, Enum):
     DEGRADED = "degraded"
 
 
-class AlertLevel(str, Enum):
+class AlertLevel(str, Enum):  # noqa: UP042 - str() as in 0.1
     """How close the most used limit is to its maximum."""
 
     NONE = "none"

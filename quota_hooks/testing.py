@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from ._fake_openai import FakeOpenAI, FakeReply, FakeUsage
 from .alerts.model import Alert
@@ -80,7 +80,7 @@ class ManualClock:
 
     def datetime(self) -> datetime:
         """The current time as an aware UTC datetime."""
-        return datetime.fromtimestamp(self._now, timezone.utc)
+        return datetime.fromtimestamp(self._now, UTC)
 
 
 def _epoch(moment: float | datetime) -> float:

@@ -25,7 +25,7 @@ import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -48,12 +48,14 @@ MAX_COUNT = 2**40
 MAX_COST = Decimal(1_000_000)
 
 _NAME_FIELDS = ("workspace_id", "model", "api_method", "provider", "source")
+_COST_FIELDS = ("cost", "reported_cost")
 _INT_FIELDS = (
     "input_tokens",
     "output_tokens",
     "total_tokens",
     "cached_input_tokens",
     "cache_write_tokens",
+    "cache_write_1h_tokens",
     "reasoning_tokens",
     "audio_input_tokens",
     "audio_output_tokens",
@@ -106,6 +108,9 @@ class UsageRecord:
     total_tokens: int = 0
     cached_input_tokens: int = 0
     cache_write_tokens: int = 0
+    #: The part of ``cache_write_tokens`` written for an hour (Anthropic prices it higher
+    #: than the 5-minute writes).
+    cache_write_1h_tokens: int = 0
     reasoning_tokens: int = 0
     audio_input_tokens: int = 0
     audio_output_tokens: int = 0
@@ -123,11 +128,19 @@ class UsageRecord:
     request_id: str | None = None
     stream: bool = False
     attempt: int = 0
+    service_tier: str | None = None
+    """The service tier the provider says it served (OpenAI's ``service_tier``: ``default``,
+    ``flex``, ``priority``): the one billed."""
+    batch: bool = False
+    """A Batch API call (billed at the batch price)."""
     estimated: bool = False
     #: Why the tokens are an estimate (``"no usage reported"``, ``"untrusted usage: ..."``).
     estimate_reason: str | None = None
     cost: Decimal | None = None
     price_source: str | None = None
+    reported_cost: Decimal | None = None
+    """The cost another layer reported (litellm's ``response_cost``), kept as a cross-check of
+    ``cost``."""
     #: Names of fields whose reported value was not trusted and was replaced (see module doc).
     invalid_fields: tuple[str, ...] = ()
 
@@ -163,14 +176,15 @@ class UsageRecord:
             bad.append("latency_ms")
             put(self, "latency_ms", None)
 
-        cost = self.cost
-        if cost is not None and not (
-            type(cost) is Decimal and cost.is_finite() and 0 <= cost <= MAX_COST
-        ):
-            clean_cost = _clean_cost(cost)
-            if clean_cost is None:
-                bad.append("cost")
-            put(self, "cost", clean_cost)
+        for name in _COST_FIELDS:
+            cost = getattr(self, name)
+            if cost is not None and not (
+                type(cost) is Decimal and cost.is_finite() and 0 <= cost <= MAX_COST
+            ):
+                clean_cost = _clean_cost(cost)
+                if clean_cost is None:
+                    bad.append(name)
+                put(self, name, clean_cost)
 
         # Sub-counts are parts of their totals: never larger.
         inputs = self.input_tokens
@@ -180,6 +194,9 @@ class UsageRecord:
         if self.cache_write_tokens > inputs - self.cached_input_tokens:
             bad.append("cache_write_tokens")
             put(self, "cache_write_tokens", inputs - self.cached_input_tokens)
+        if self.cache_write_1h_tokens > self.cache_write_tokens:
+            bad.append("cache_write_1h_tokens")
+            put(self, "cache_write_1h_tokens", self.cache_write_tokens)
         if self.audio_input_tokens > inputs:
             bad.append("audio_input_tokens")
             put(self, "audio_input_tokens", inputs)
@@ -200,9 +217,9 @@ class UsageRecord:
         if timestamp is None:
             pass
         elif timestamp.tzinfo is None:
-            put(self, "timestamp", timestamp.replace(tzinfo=timezone.utc))
-        elif timestamp.tzinfo is not timezone.utc:
-            put(self, "timestamp", timestamp.astimezone(timezone.utc))
+            put(self, "timestamp", timestamp.replace(tzinfo=UTC))
+        elif timestamp.tzinfo is not UTC:
+            put(self, "timestamp", timestamp.astimezone(UTC))
         if type(self.tags) is not tuple:
             put(self, "tags", tuple(self.tags))
         if type(self.scopes) is not dict:
@@ -251,7 +268,7 @@ class UsageRecord:
         put(copy, "cost", cost)
         put(copy, "price_source", price_source)
         if timestamp is not None:
-            put(copy, "timestamp", timestamp.astimezone(timezone.utc))
+            put(copy, "timestamp", timestamp.astimezone(UTC))
         return copy
 
     def to_dict(self) -> dict[str, Any]:
@@ -261,7 +278,9 @@ class UsageRecord:
         out["scopes"] = dict(self.scopes)
         out["tags"] = list(self.tags)
         out["invalid_fields"] = list(self.invalid_fields)
-        out["cost"] = None if self.cost is None else str(self.cost)
+        for name in _COST_FIELDS:
+            value = getattr(self, name)
+            out[name] = None if value is None else str(value)
         return out
 
     @classmethod
@@ -273,8 +292,9 @@ class UsageRecord:
             raise ValueError(f"unknown UsageRecord fields: {sorted(unknown)}")
         if isinstance(fields.get("timestamp"), str):
             fields["timestamp"] = datetime.fromisoformat(fields["timestamp"])
-        if isinstance(fields.get("cost"), str):
-            fields["cost"] = Decimal(fields["cost"])
+        for name in _COST_FIELDS:
+            if isinstance(fields.get(name), str):
+                fields[name] = Decimal(fields[name])
         for name in ("tags", "invalid_fields"):
             if name in fields:
                 fields[name] = tuple(fields[name])
@@ -297,6 +317,8 @@ class Estimate:
     api_method: str = "chat.completions"
     input_tokens: int = 0
     output_tokens: int = 0
+    provider: str | None = None
+    """The provider the call goes to, when known (the price of a model depends on it)."""
 
 
 def estimate_tokens(text: str | bytes) -> int:
@@ -314,6 +336,7 @@ TOKEN_FIELDS = (
     "output_tokens",
     "cached_input_tokens",
     "cache_write_tokens",
+    "cache_write_1h_tokens",
     "audio_input_tokens",
     "reasoning_tokens",
     "audio_output_tokens",
@@ -362,6 +385,8 @@ def reported_usage(
     inputs, outputs = clean.get("input_tokens", 0), clean.get("output_tokens", 0)
     if "input_tokens" in clean and sum(clean.get(p, 0) for p in _INPUT_PARTS[:2]) > inputs:
         bad.append("cached and cache-write tokens above input_tokens")
+    if clean.get("cache_write_1h_tokens", 0) > clean.get("cache_write_tokens", 0):
+        bad.append("1-hour cache writes above cache_write_tokens")
     if "output_tokens" in clean and clean.get("reasoning_tokens", 0) > outputs:
         bad.append("reasoning_tokens above output_tokens")
     if not bad and inputs == 0 and outputs == 0 and _count_of(estimate.input_tokens) > 0:
@@ -398,6 +423,9 @@ def _estimated(
         if part:
             fields[name] = part
             room -= part
+    hour = min(clean.get("cache_write_1h_tokens", 0), fields.get("cache_write_tokens", 0))
+    if hour:
+        fields["cache_write_1h_tokens"] = hour
     for name, limit in (("audio_input_tokens", inputs), ("reasoning_tokens", outputs),
                         ("audio_output_tokens", outputs)):
         part = min(clean.get(name, 0), limit)

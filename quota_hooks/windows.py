@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone, tzinfo
+from datetime import UTC, datetime, tzinfo
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
@@ -72,7 +72,7 @@ DAY = Window("day", 60, 1440, tolerance=1)
 
 @lru_cache(maxsize=64)
 def _zone(name: str) -> tzinfo:
-    return timezone.utc if name == "UTC" else ZoneInfo(name)
+    return UTC if name == "UTC" else ZoneInfo(name)
 
 
 def month_key(now: float, tz: str = "UTC") -> str:
@@ -121,7 +121,7 @@ def parse_since(text: str, now: float) -> float:
 def _iso_seconds(value: str) -> float:
     moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()
 
 

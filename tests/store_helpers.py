@@ -88,7 +88,8 @@ def make_store(kind: str, tmp_path: Path) -> Store:
 
     # Tests that fire thousands of concurrent calls at one event loop measure exactness, not
     # timeouts: give replies and the pool room to wait their turn.
-    patient = url + ("&" if "?" in url else "?") + "socket_timeout=10&timeout=30"
+    patient = url + ("&" if "?" in url else "?") + (
+        "socket_timeout=10&socket_connect_timeout=10&timeout=30")
     return RedisStore.from_url(patient, prefix=f"qh-test-{uuid.uuid4().hex[:8]}",
                                use_server_time=False)
 

@@ -15,7 +15,7 @@ import textwrap
 import threading
 from collections import Counter
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -638,7 +638,7 @@ async def test_a_send_cancelled_before_its_thread_starts_does_not_block_the_sink
     sink = CallbackSink(lambda alert: got.append(alert.message))
     alert = Alert(kind=AlertKind.WARNING, workspace_id="ws", scope="workspace:ws",
                   metric="rpm", current=8, limit=10, percentage=80.0, message="first",
-                  at=datetime.now(timezone.utc), dedupe_key="k")
+                  at=datetime.now(UTC), dedupe_key="k")
     with anyio.move_on_after(0):  # cancelled at once, before the worker thread runs
         await sink.send(alert)
     for text in ("second", "third"):

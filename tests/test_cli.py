@@ -66,11 +66,63 @@ def test_demo_store_option(tmp_path: Path) -> None:
 
 
 def test_prices_command(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["prices", "openai/gpt-4o-2024-08-06"]) == 0
+    assert main(["prices"]) == 0
     out = capsys.readouterr().out
-    assert "gpt-4o" in out and "2.50" in out and "10.00" in out
+    assert "genai-prices" in out and "providers" in out and "models" in out
+    assert "dall-e-3" in out  # the overrides, winning over genai-prices
+    assert main(["prices", "gpt-4o-2024-08-06", "--provider", "openai"]) == 0
+    out = capsys.readouterr().out
+    assert "openai:gpt-4o" in out and "$2.50 per 1M" in out and "$10.00 per 1M" in out
+    assert main(["prices", "gemini-2.5-pro", "--provider", "google"]) == 0
+    out = capsys.readouterr().out
+    assert "above 200,000 tokens" in out and "processing=batch" in out
     assert main(["prices", "no-such-model"]) == 2
     assert "unknown model 'no-such-model'" in capsys.readouterr().err
+
+
+def test_prices_update_from_a_mirror(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """--update fetches only when asked, from the URL given (an internal mirror); the price
+    book then prices from it."""
+    import http.server
+    import threading
+
+    snapshot = [{"id": "acme", "name": "Acme AI", "api_pattern": r"https://api\.acme\.ai",
+                 "model_match": {"starts_with": "acme-"},
+                 "models": [{"id": "acme-1", "match": {"equals": "acme-1"},
+                             "prices": {"input_mtok": 1, "output_mtok": 2}}]}]
+    body = json.dumps(snapshot).encode()
+
+    class Mirror(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Mirror)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    target = tmp_path / "snapshot.json"
+    monkeypatch.setenv("QUOTA_HOOKS_PRICES_SNAPSHOT", str(target))
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/data.json"
+        assert main(["prices", "--update", "--url", url]) == 0
+        assert "1 providers, 1 models" in capsys.readouterr().out
+        assert main(["prices"]) == 0
+        out = capsys.readouterr().out
+        assert str(target) in out and url in out and "fetched" in out
+        from quota_hooks import PriceBook, UsageRecord
+        cost = PriceBook.default().cost(UsageRecord(model="acme-1", input_tokens=1_000_000))
+        assert cost.usd == 1 and cost.source.endswith("(updated)")
+        server.shutdown()
+        assert main(["prices", "--update", "--url", url]) == 2  # the mirror is gone
+        assert "--url: fetching" in capsys.readouterr().err
+    finally:
+        server.server_close()
 
 
 def test_unknown_command_exits_2(capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import litellm
 import pytest
 
-from quota_hooks import QuotaManager, QuotaPolicy, QuotaStatus, UsageRecord
+from quota_hooks import ConfigurationError, QuotaManager, QuotaPolicy, QuotaStatus, UsageRecord
 from quota_hooks.adapters.litellm import QuotaLogger
 from quota_hooks.testing import FakeOpenAI, FakeUsage, ManualClock
 
@@ -49,9 +49,36 @@ def test_sync_completion(manager: QuotaManager, logger: QuotaLogger) -> None:
     assert record.api_method == "chat.completions" and record.provider == "openai"
     assert record.source == "litellm" and record.success and not record.stream
     assert record.scopes == {"team": "ml", "user": "u-1"} and record.tags == ("team:ml", "x")
+    # Priced by the price book, as a call any adapter saw; litellm's figure is kept.
+    assert record.price_source is not None and record.price_source.startswith("genai-prices")
+    assert record.cost == manager.prices.cost(record.with_cost(None, None)).usd
+    litellm_cost = Decimal(repr(response._hidden_params["response_cost"]))
+    assert record.reported_cost is not None
+    assert abs(record.reported_cost - litellm_cost) < Decimal("1e-12")
+
+
+def test_cost_source_litellm_keeps_litellms_price(manager: QuotaManager) -> None:
+    litellm.callbacks = [QuotaLogger(manager=manager, default_workspace="ws",
+                                     cost_source="litellm")]
+    response = litellm.completion(model="gpt-4o-mini", messages=MSG, mock_response="hi there")
+    assert manager.drain()
+    [record] = records(manager)
     assert record.price_source == "litellm"
     litellm_cost = Decimal(repr(response._hidden_params["response_cost"]))
     assert record.cost is not None and abs(record.cost - litellm_cost) < Decimal("1e-12")
+    with pytest.raises(ConfigurationError, match="cost_source"):
+        QuotaLogger(manager=manager, cost_source="mine")  # type: ignore[arg-type]
+
+
+def test_a_cost_that_differs_from_litellms_is_said_once_per_model(
+    manager: QuotaManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    litellm.callbacks = [QuotaLogger(manager=manager, default_workspace="ws")]
+    with caplog.at_level("WARNING", "quota_hooks"):
+        for _ in range(3):
+            manager.record(UsageRecord(workspace_id="ws", model="gpt-4o", input_tokens=1_000,
+                                       source="litellm", reported_cost=Decimal("1")))
+    assert sum("reported 1 for a" in r.getMessage() for r in caplog.records) == 1
 
 
 async def test_async_completion_and_drain(manager: QuotaManager, logger: QuotaLogger) -> None:

@@ -113,7 +113,7 @@ def test_cost_from_provider_is_kept(manager: QuotaManager) -> None:
     assert report.monthly_budget_usd.current == 0.5025
     stored = manager.store.recent("workspace:ws", 2)
     assert [(r.cost, r.price_source) for r in stored] == [
-        (Decimal("0.0025"), manager.prices.source),
+        (Decimal("0.0025"), manager.prices.cost(stored[0].with_cost(None, None)).source),
         (Decimal("0.5"), "litellm"),
     ]
 

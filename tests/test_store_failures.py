@@ -124,12 +124,12 @@ def test_a_sigstopped_redis_holds_no_call_for_long(
 
 
 def test_redis_timeouts_come_from_the_url() -> None:
-    from quota_hooks.storage.redis import DEFAULT_TIMEOUT, RedisStore
+    from quota_hooks.storage.redis import CONNECT_TIMEOUT, RedisStore
 
     store = RedisStore.from_url("redis://127.0.0.1:1/0?socket_timeout=0.5&timeout=2")
     kwargs = store.client.connection_pool.connection_kwargs
     assert kwargs["socket_timeout"] == 0.5
-    assert kwargs["socket_connect_timeout"] == DEFAULT_TIMEOUT
+    assert kwargs["socket_connect_timeout"] == CONNECT_TIMEOUT
     assert store.client.connection_pool.timeout == 2
     started = time.perf_counter()
     with pytest.raises(StorageError):  # nothing listens on port 1: refused at once

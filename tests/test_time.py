@@ -3,7 +3,7 @@ it until the clock catches up), and a record's own timestamp decides where it co
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from store_helpers import T0
@@ -60,7 +60,7 @@ def test_the_daily_window_holds_across_a_step_back(store: Store) -> None:
 def test_a_record_counts_where_its_timestamp_says(store: Store) -> None:
     """A record dated 25 days ago counts in its month and its day, never in today's
     windows; one dated in the future counts now."""
-    clock = ManualClock(datetime(2026, 1, 28, 12, 0, tzinfo=timezone.utc))
+    clock = ManualClock(datetime(2026, 1, 28, 12, 0, tzinfo=UTC))
     m = QuotaManager(QuotaPolicy.unlimited(), store=store, clock=clock)
     old = clock.datetime() - timedelta(days=25)
     m.record(UsageRecord(workspace_id="ws", model="gpt-4o-mini", input_tokens=1_000,
@@ -73,7 +73,7 @@ def test_a_record_counts_where_its_timestamp_says(store: Store) -> None:
     assert list(days) == ["2026-01-03"] and days["2026-01-03"].tokens_used == 1_000
     # Last month's record counts in last month's budget, not this one's.
     m.record(UsageRecord(workspace_id="ws", model="gpt-4o-mini", input_tokens=1_000,
-                         timestamp=datetime(2025, 12, 31, 23, 0, tzinfo=timezone.utc)))
+                         timestamp=datetime(2025, 12, 31, 23, 0, tzinfo=UTC)))
     assert m.status("ws").monthly_budget_usd.current == status.monthly_budget_usd.current
     # A record from the future (another host's clock) counts now.
     m.record(UsageRecord(workspace_id="ws", model="gpt-4o-mini", input_tokens=7,

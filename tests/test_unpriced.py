@@ -59,9 +59,10 @@ def test_the_issues_measurement_an_unknown_model_cannot_pass_a_tiny_budget() -> 
 def test_the_fallback_is_the_dearest_price_and_can_be_set() -> None:
     book = PriceBook.default()
     dearest = book.fallback_price()
-    known = [book.price(name) for name in book.models()]
-    assert dearest.input == max(p.input for p in known if p and p.input is not None)
-    assert dearest.output == max(p.output for p in known if p and p.output is not None)
+    # genai-prices' dearest today: o1-pro, $150 in and $600 out per 1M.
+    o1_pro = book.price("o1-pro", "openai")
+    assert o1_pro is not None and (o1_pro.input, o1_pro.output) == (150, 600)
+    assert (dearest.input, dearest.output) == (o1_pro.input, o1_pro.output)
     record = UsageRecord(model="nobody-knows", input_tokens=1_000_000, output_tokens=1_000_000)
     assert book.fallback_cost(record) == dearest.input + dearest.output  # per 1M each
     cheap = book.with_fallback({"input": "1", "output": "2"})

@@ -5,7 +5,7 @@ settles it at its estimate, says so on the record, and the budget holds."""
 from __future__ import annotations
 
 import math
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 from uuid import uuid4
@@ -129,7 +129,7 @@ def test_litellm_untrusted_usage_and_a_bool_response_cost(clean_litellm_callback
     logger = QuotaLogger(manager=m, default_workspace="ws")
     response = ModelResponse(model="gpt-4o-mini")
     response.usage = Usage(prompt_tokens=None, completion_tokens=None, total_tokens=None)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     kwargs = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "y" * 80}],
               "max_tokens": 32, "litellm_call_id": "c1",
               "standard_logging_object": {"model": "gpt-4o-mini", "response_cost": True,

@@ -3,7 +3,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
@@ -70,11 +70,11 @@ def test_bad_cost_is_dropped_never_credited() -> None:
 
 def test_timestamps_are_utc() -> None:
     naive = UsageRecord(timestamp=datetime(2026, 1, 1, 12, 0))
-    assert naive.timestamp.tzinfo is timezone.utc
+    assert naive.timestamp.tzinfo is UTC
     plus2 = timezone(timedelta(hours=2))
     shifted = UsageRecord(timestamp=datetime(2026, 1, 1, 12, 0, tzinfo=plus2))
-    assert shifted.timestamp == datetime(2026, 1, 1, 10, 0, tzinfo=timezone.utc)
-    assert shifted.timestamp.tzinfo is timezone.utc
+    assert shifted.timestamp == datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
+    assert shifted.timestamp.tzinfo is UTC
 
 
 def test_to_dict_is_json_ready_and_has_no_payload_fields() -> None:

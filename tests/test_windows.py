@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime, timezone
 
 import pytest
 
@@ -9,7 +9,7 @@ from quota_hooks.testing import ManualClock
 from quota_hooks.windows import DAY, MINUTE, RollingCounter, month_bounds, month_key
 
 
-def ts(*args: int, tz: timezone = timezone.utc) -> float:
+def ts(*args: int, tz: timezone = UTC) -> float:
     return datetime(*args, tzinfo=tz).timestamp()
 
 

@@ -50,6 +50,16 @@ def usage_fields(usage: Mapping[str, Any]) -> dict[str, Any]:
             write if write is not None else inputs.get("cache_creation_tokens")
         )
         fields["audio_input_tokens"] = inputs.get("audio_tokens")
+    # Anthropic's cache counts, as litellm passes them on (its prompt_tokens include both).
+    if fields.get("cache_write_tokens") is None and usage.get(
+            "cache_creation_input_tokens") is not None:
+        fields["cache_write_tokens"] = usage.get("cache_creation_input_tokens")
+    if fields.get("cached_input_tokens") is None and usage.get(
+            "cache_read_input_tokens") is not None:
+        fields["cached_input_tokens"] = usage.get("cache_read_input_tokens")
+    creation = usage.get("cache_creation")
+    if isinstance(creation, Mapping) and creation.get("ephemeral_1h_input_tokens") is not None:
+        fields["cache_write_1h_tokens"] = creation.get("ephemeral_1h_input_tokens")
     if isinstance(outputs, Mapping):
         fields["reasoning_tokens"] = outputs.get("reasoning_tokens")
         fields["audio_output_tokens"] = outputs.get("audio_tokens")

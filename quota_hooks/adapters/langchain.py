@@ -23,7 +23,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -192,7 +192,7 @@ class QuotaCallbackHandler(BaseCallbackHandler):
                 scopes=scopes,
                 tags=tuple(str(t) for t in tags or ()),
                 model=str(model) if model else None,
-                provider=str(metadata.get("ls_provider") or ""),
+                provider=str(metadata.get("ls_provider") or params.get("_type") or ""),
                 chat=chat,
                 prompt_chars=prompt_chars,
             )
@@ -247,6 +247,7 @@ class QuotaCallbackHandler(BaseCallbackHandler):
             api_method="chat.completions" if run.chat else "completions",
             input_tokens=-(-run.prompt_chars // CHARS_PER_TOKEN),
             output_tokens=output,
+            provider=run.provider or None,
         )
         reservation = self.manager.acquire(
             run.workspace_id, estimate, scopes=run.scopes, wait=not _in_event_loop()
@@ -310,7 +311,7 @@ class QuotaCallbackHandler(BaseCallbackHandler):
     def to_record(self, run: _Run | None, response: LLMResult) -> UsageRecord:
         """The record of one finished run (``run`` is None if its start was not seen)."""
         usage: dict[str, Any] | None = None
-        model = provider = None
+        model = provider = tier = None
         streamed = responses_api = False
         output_chars = 0
         for candidates in response.generations:  # one list per prompt; n>1 choices share usage
@@ -323,6 +324,7 @@ class QuotaCallbackHandler(BaseCallbackHandler):
                 meta = gen.message.response_metadata or {}
                 model = model or meta.get("model_name") or meta.get("model")
                 provider = provider or meta.get("model_provider")
+                tier = tier or meta.get("service_tier")
                 responses_api = responses_api or meta.get("object") == "response" or str(
                     meta.get("id") or gen.message.id or ""
                 ).startswith("resp_")
@@ -352,6 +354,7 @@ class QuotaCallbackHandler(BaseCallbackHandler):
             success=True,
             status_code=200,
             request_id=_request_id(response),
+            service_tier=str(tier) if tier else None,
             **usage,
         )
 
@@ -378,14 +381,14 @@ class QuotaCallbackHandler(BaseCallbackHandler):
                 "workspace_id": self.workspace_id,
                 "scopes": dict(self.scopes),
                 "source": "langchain",
-                "timestamp": datetime.fromtimestamp(self.manager.now(), timezone.utc),
+                "timestamp": datetime.fromtimestamp(self.manager.now(), UTC),
             }
         return {
             "workspace_id": run.workspace_id,
             "scopes": run.scopes,
             "tags": run.tags,
             "source": "langchain",
-            "timestamp": datetime.fromtimestamp(self.manager.now(), timezone.utc),
+            "timestamp": datetime.fromtimestamp(self.manager.now(), UTC),
             "latency_ms": (time.perf_counter() - run.started) * 1000,
         }
 
@@ -435,6 +438,8 @@ def _from_usage_metadata(usage: Mapping[str, Any]) -> dict[str, Any]:
         "total_tokens": usage.get("total_tokens"),
         "cached_input_tokens": inputs.get("cache_read"),
         "cache_write_tokens": inputs.get("cache_creation"),
+        # langchain-anthropic tells the 1-hour cache writes apart.
+        "cache_write_1h_tokens": inputs.get("ephemeral_1h_input_tokens"),
         "audio_input_tokens": inputs.get("audio"),
         "reasoning_tokens": outputs.get("reasoning"),
         "audio_output_tokens": outputs.get("audio"),

@@ -16,9 +16,10 @@ or the plain function form::
 
 The workspace comes from ``metadata["workspace_id"]``, then ``default_workspace``, then
 ``"default"``. ``user=`` and tags of the form ``"kind:value"`` (``metadata["tags"]``) become
-scopes. Tokens come from the response's usage (cached and reasoning tokens included); the cost
-is litellm's own ``response_cost`` when it has one (a float, rounded here to a pico-dollar to
-shed float noise), else quota-hooks' price book.
+scopes. Tokens come from the response's usage (cached and reasoning tokens included). The cost
+is the price book's, by ``custom_llm_provider`` and model, as for a call any other adapter saw;
+litellm's own ``response_cost`` is kept as ``reported_cost`` (``cost_source="litellm"`` counts
+litellm's instead).
 
 **Sync calls are limited only through** :func:`guarded`: litellm has no hook that can refuse a
 sync ``litellm.completion`` (it swallows what its pre-call hook raises; read
@@ -48,9 +49,9 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 try:
     import litellm
@@ -61,7 +62,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "quota_hooks.adapters.litellm needs litellm: pip install 'quota-hooks[litellm]'"
     ) from exc
 
-from ..errors import QuotaHooksError
+from ..errors import ConfigurationError, QuotaHooksError
 from ..manager import QuotaManager, get_default_manager
 from ..storage.base import Reservation
 from ..usage import Estimate, UsageRecord, reported_usage
@@ -101,6 +102,11 @@ class QuotaLogger(CustomLogger):
         manager: where calls are recorded; the process-wide default when omitted.
         default_workspace: the workspace of calls whose metadata names none.
         workspace_key: the metadata key that names the workspace.
+        cost_source: ``"book"`` (default): the call is priced by the manager's price book,
+            like a call any other adapter saw, and litellm's ``response_cost`` is kept on the
+            record as ``reported_cost`` (a warning, once per model, when they differ by more
+            than 1 %); ``"litellm"``: litellm's ``response_cost`` is the cost (for prices
+            customised in litellm).
     """
 
     def __init__(
@@ -109,8 +115,13 @@ class QuotaLogger(CustomLogger):
         default_workspace: str | None = None,
         *,
         workspace_key: str = "workspace_id",
+        cost_source: Literal["book", "litellm"] = "book",
     ) -> None:
+        if cost_source not in ("book", "litellm"):
+            raise ConfigurationError(
+                f"cost_source must be 'book' or 'litellm', got {cost_source!r}")
         super().__init__()
+        self.cost_source = cost_source
         self.manager = manager if manager is not None else get_default_manager()
         self.default_workspace = default_workspace or "default"
         self.workspace_key = workspace_key
@@ -291,13 +302,13 @@ class QuotaLogger(CustomLogger):
             time.sleep(0.002)
         return True
 
-    async def adrain(self, timeout: float = 5.0) -> bool:
+    async def adrain(self, timeout: float = 5.0) -> bool:  # noqa: ASYNC109 - mirrors drain()
         """Wait until litellm's logging worker and threads have run every callback."""
         worker = _logging_worker()
         if worker is not None:
             try:
                 await asyncio.wait_for(worker.flush(), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return False
         deadline = time.monotonic() + timeout
         while _sync_backlog() > 0:
@@ -356,9 +367,10 @@ class QuotaLogger(CustomLogger):
                 _, _, estimate = self._estimate(kwargs, call_type)
                 fields = reported_usage(reported, estimate)
 
-        cost = _litellm_cost(slo.get("response_cost", kwargs.get("response_cost")))
+        litellm_cost = _litellm_cost(slo.get("response_cost", kwargs.get("response_cost")))
         if not success:
-            cost = None
+            litellm_cost = None
+        cost = litellm_cost if self.cost_source == "litellm" else None
 
         status_code: int | None = 200 if success else None
         error_type = None
@@ -379,7 +391,7 @@ class QuotaLogger(CustomLogger):
             model=str(slo.get("model") or kwargs.get("model") or "unknown"),
             api_method=method,
             source="litellm",
-            timestamp=datetime.fromtimestamp(self.manager.now(), timezone.utc),
+            timestamp=datetime.fromtimestamp(self.manager.now(), UTC),
             latency_ms=_latency_ms(start, end),
             success=success,
             status_code=status_code,
@@ -388,6 +400,7 @@ class QuotaLogger(CustomLogger):
             stream=bool(slo.get("stream") or kwargs.get("stream")),
             cost=cost,
             price_source="litellm" if cost is not None else None,
+            reported_cost=litellm_cost,
             **fields,
         )
 

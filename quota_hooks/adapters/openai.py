@@ -34,7 +34,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import quote, unquote
 
@@ -130,7 +130,21 @@ class _Hub:
         self.manager = manager
         self.inject_stream_usage = inject_stream_usage
         self._runs: OrderedDict[str, None] = OrderedDict()
+        self._providers: dict[tuple[str, str, int | None], str] = {}
         self._lock = threading.Lock()
+
+    def provider_of(self, url: Any) -> str:
+        """The provider a request goes to, from its URL, once per host: genai-prices' id
+        when it knows the API (``groq``, ``azure``, ``openrouter``, ``deepseek`` ...),
+        else ``openai-compatible`` (a model server of your own)."""
+        key = (url.scheme, url.host, url.port)
+        found = self._providers.get(key)
+        if found is None:
+            found = self.manager.prices.provider_for_url(str(url)) or (
+                "openai" if (url.host or "").endswith("openai.com") else "openai-compatible")
+            if len(self._providers) < 256:
+                self._providers[key] = found
+        return found
 
     def first_sight_of_terminal_run(self, run_id: str) -> bool:
         """True the first time a run is seen in a terminal state (its usage counts once)."""
@@ -167,14 +181,8 @@ class _Call:
         except ValueError:
             self.attempt = 0
         url = request.url
-        host = url.host or ""
-        self.provider = (
-            "azure"
-            if "azure" in host
-            else "openai"
-            if host.endswith("openai.com")
-            else "openai-compatible"
-        )
+        self.provider = hub.provider_of(url)
+        self.service_tier: str | None = None
         self.method = api_method_for(request.method, url.path)
         self.model: str | None = None
         self.stream = False
@@ -291,7 +299,8 @@ class _Call:
             else:
                 output = self.hub.manager.policy_for(self.workspace_id).default_max_tokens
         return Estimate(model=self.model or "unknown", api_method=self.method,
-                        input_tokens=self.prompt_tokens, output_tokens=output)
+                        input_tokens=self.prompt_tokens, output_tokens=output,
+                        provider=self.provider)
 
     def outer_reservation(self) -> tuple[bool, Reservation | None]:
         """``(True, its reservation)`` when this attempt takes an outer run's reservation
@@ -445,7 +454,7 @@ class _Call:
             scopes=self.scopes,
             provider=self.provider,
             source="openai",
-            timestamp=datetime.fromtimestamp(self.hub.manager.now(), timezone.utc),
+            timestamp=datetime.fromtimestamp(self.hub.manager.now(), UTC),
             model=self.response_model or self.model or "unknown",
             api_method=self.method,
             latency_ms=latency,
@@ -455,6 +464,7 @@ class _Call:
             request_id=self.headers.get("x-request-id") if self.headers is not None else None,
             stream=self.stream,
             attempt=self.attempt,
+            service_tier=self.service_tier,
             **fields,
         )
 
@@ -466,7 +476,7 @@ class _Call:
             workspace_id=self.workspace_id, scopes=self.scopes, provider=self.provider,
             source="openai", model=self.model or "unknown", api_method=self.method,
             status_code=self.status or None, success=not self.status or self.status < 400,
-            timestamp=datetime.fromtimestamp(self.hub.manager.now(), timezone.utc),
+            timestamp=datetime.fromtimestamp(self.hub.manager.now(), UTC),
             attempt=self.attempt, **fields,
         )
 
@@ -494,6 +504,9 @@ class _Call:
         model = data.get("model")
         if isinstance(model, str) and model:
             self.response_model = model
+        tier = data.get("service_tier")
+        if isinstance(tier, str) and tier:
+            self.service_tier = tier  # the tier actually served is the one billed
         if data.get("object") == "thread.run":
             if data.get("status") in _TERMINAL_RUN_STATES and isinstance(data.get("usage"), dict):
                 self.run = (str(data.get("id")), data["usage"])

@@ -35,7 +35,7 @@ import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
@@ -468,7 +468,7 @@ class AlertEngine:
             limit=float(limit),
             percentage=round(float(percent), 2),
             message=message,
-            at=datetime.fromtimestamp(now, timezone.utc),
+            at=datetime.fromtimestamp(now, UTC),
             dedupe_key=":".join(
                 part for part in ("alert", workspace_id, metric, kind.value, period) if part
             ),
@@ -487,6 +487,6 @@ class AlertEngine:
             workspace_id=workspace_id,
             scope=workspace_scope(workspace_id),
             message=message,
-            at=datetime.fromtimestamp(now, timezone.utc),
+            at=datetime.fromtimestamp(now, UTC),
             dedupe_key=f"alert:{workspace_id}:{kind.value}",
         )

@@ -18,7 +18,7 @@ from ..errors import ConfigurationError
 __all__ = ["Alert", "AlertKind", "AlertSink", "CallbackSink", "SinkLike", "as_sink"]
 
 
-class AlertKind(str, Enum):
+class AlertKind(str, Enum):  # noqa: UP042 - str() stays "AlertKind.WARNING"
     """What an alert is about."""
 
     WARNING = "warning"

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Literal, Protocol, runtime_checkable
 
@@ -110,7 +110,7 @@ class UsageEntry:
         record = self.record
         stamp = None
         if record.timestamp is None:
-            stamp = datetime.fromtimestamp(self.when, timezone.utc)
+            stamp = datetime.fromtimestamp(self.when, UTC)
         elif record.cost is self.cost and record.price_source == self.price_source:
             return record
         return record.with_cost(self.cost, self.price_source, stamp)

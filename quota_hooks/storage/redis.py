@@ -18,8 +18,8 @@ Sync methods use ``redis.Redis``; async ones ``redis.asyncio.Redis``, one client
 loop. Redis errors become :class:`~quota_hooks.errors.StorageError`.
 
 A Redis that hangs (SIGSTOPped, a partition) never holds a call for long: connecting and each
-reply are bounded (``socket_connect_timeout`` and ``socket_timeout``, 0.5 s each by default),
-and so is the wait for a free pooled connection in a burst (``timeout``, 2 s); each is
+reply are bounded (``socket_connect_timeout``, 1 s, and ``socket_timeout``, 0.5 s by default),
+and so is the wait for a free pooled connection in a burst (``timeout``, 1 s); each is
 settable in the URL (``redis://host/0?socket_timeout=1``; raise it for a process that runs
 thousands of concurrent calls on one event loop, where a reply can wait that long for its
 turn). A timeout is not retried; a dropped connection is retried once. A timeout is a store
@@ -69,7 +69,7 @@ from .base import (
     UsageEntry,
 )
 
-__all__ = ["DEFAULT_TIMEOUT", "POOL_TIMEOUT", "RedisStore"]
+__all__ = ["CONNECT_TIMEOUT", "DEFAULT_TIMEOUT", "POOL_TIMEOUT", "RedisStore"]
 
 logger = logging.getLogger("quota_hooks")
 
@@ -83,9 +83,12 @@ _AGGREGATE_FIELDS = 8
 #: Seconds to connect, to wait for a reply, and to wait for a free pooled connection, unless
 #: the store URL says otherwise. Redis answers in well under a millisecond when it is well.
 DEFAULT_TIMEOUT = 0.5
+#: Seconds to open a connection (a burst opens many at once on a busy event loop; a server
+#: that hangs still accepts connections, so this bounds only an unreachable host).
+CONNECT_TIMEOUT = 1.0
 #: Seconds a call waits for a free pooled connection when every one is busy (a burst of
 #: calls larger than ``max_connections``), unless the URL says otherwise (``?timeout=``).
-POOL_TIMEOUT = 2.0
+POOL_TIMEOUT = 1.0
 
 
 def _pool_options(max_connections: int, *, asyncio_: bool = False) -> dict[str, Any]:
@@ -99,7 +102,7 @@ def _pool_options(max_connections: int, *, asyncio_: bool = False) -> dict[str, 
     return {
         "max_connections": max_connections,
         "socket_timeout": DEFAULT_TIMEOUT,
-        "socket_connect_timeout": DEFAULT_TIMEOUT,
+        "socket_connect_timeout": CONNECT_TIMEOUT,
         "timeout": POOL_TIMEOUT,
         # A dropped connection is tried once more; a timeout is not (it would double it).
         "retry": retry,
@@ -186,8 +189,8 @@ class RedisStore:
         ``max_connections`` connections that make callers wait, briefly, rather than fail.
 
         The URL's query sets redis-py's connection options, e.g.
-        ``?socket_timeout=0.5&socket_connect_timeout=0.5&timeout=1``; unset, the socket
-        timeouts are :data:`DEFAULT_TIMEOUT` and the pool's :data:`POOL_TIMEOUT`.
+        ``?socket_timeout=0.5&socket_connect_timeout=1&timeout=1``; unset, they are
+        :data:`DEFAULT_TIMEOUT`, :data:`CONNECT_TIMEOUT` and :data:`POOL_TIMEOUT`.
         """
         try:
             pool = redis.BlockingConnectionPool.from_url(url, **_pool_options(max_connections))

@@ -1,0 +1,129 @@
+"""A price compiled for the hot path: integer pico-dollars per unit of each record field.
+
+A model's price is linear in its usage within an input-size tier (genai-prices prices a whole
+request at the tier its input reaches: Gemini above 200k input tokens, say). So once per
+(provider, model, price in force, service tier) it is compiled into one coefficient per
+:class:`~quota_hooks.UsageRecord` field and tier level, and a call is priced by a few integer
+multiplications: exact (``Fraction`` where a price has more than six decimals), and far
+cheaper than resolving the model again.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from fractions import Fraction
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .usage import UsageRecord
+
+__all__ = ["PICO_PER_USD", "TOP_FIELDS", "Rates", "pico_to_usd"]
+
+PICO_PER_USD = 10**12
+#: Record fields that are billed on their own (the others are parts of input or output).
+TOP_FIELDS = ("input_tokens", "output_tokens", "images", "audio_seconds", "characters")
+#: Record fields a coefficient can apply to, parts included.
+FIELDS = (
+    "input_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
+    "cache_write_1h_tokens",
+    "audio_input_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+    "audio_output_tokens",
+    "characters",
+)
+
+Coefficient = int | Fraction
+
+
+@dataclass(frozen=True, slots=True)
+class Rates:
+    """A compiled price (see the module doc).
+
+    Attributes:
+        key: the name the price was found under (``"openai:gpt-4o"``, ``"my-llm"``).
+        source: where it comes from (``"genai-prices 0.2.3"``, an override file ...).
+        starts: input-token thresholds of the tiers; level ``i`` applies above ``starts[i-1]``.
+        tables: per level, ``(field, pico-dollars per unit)`` pairs.
+        constants: per level, pico-dollars per request.
+        per_second: pico-dollars per second of audio (``audio_seconds`` is a float).
+        per_image: USD per image by ``"quality/size"`` (override tables only).
+        priced: the :data:`TOP_FIELDS` that have a price; a record using another is unpriced.
+    """
+
+    key: str
+    source: str
+    starts: tuple[int, ...]
+    tables: tuple[tuple[tuple[str, Coefficient], ...], ...]
+    constants: tuple[Coefficient, ...]
+    priced: frozenset[str]
+    per_second: Fraction | None = None
+    per_image: Mapping[str, Decimal] = field(default_factory=dict)
+
+    def level(self, input_tokens: int) -> int:
+        """The tier level of a request with ``input_tokens`` (0 below every threshold)."""
+        return bisect_left(self.starts, input_tokens) if self.starts else 0
+
+    def pico(self, record: UsageRecord) -> Coefficient | None:
+        """The cost of ``record`` in pico-dollars; None when it used a unit without a price.
+
+        A record with token usage is priced by its tokens: the images, audio seconds or
+        characters it also reports (an image model billed by tokens, a transcription billed
+        by tokens) are then what it produced, not what it is billed for.
+        """
+        priced = self.priced
+        tokens = record.input_tokens or record.output_tokens
+        for name in TOP_FIELDS[:2] if tokens else TOP_FIELDS:
+            if name not in priced and getattr(record, name):
+                return None
+        level = self.level(record.input_tokens) if self.starts else 0
+        total: Coefficient = self.constants[level]
+        for name, coefficient in self.tables[level]:
+            count = getattr(record, name)
+            if count and not (tokens and name == "characters"):
+                total += coefficient * count
+        if tokens:
+            return total
+        if record.audio_seconds and self.per_second is not None:
+            total += self.per_second * Fraction(repr(record.audio_seconds))
+        if record.images:
+            key = f"{record.image_quality or 'standard'}/{record.image_size or '1024x1024'}"
+            per_image = self.per_image.get(key)
+            if per_image is None:
+                return None
+            total += Fraction(per_image) * PICO_PER_USD * record.images
+        return total
+
+    def tokens_pico(self, input_tokens: int, output_tokens: int) -> Coefficient | None:
+        """The cost of this many text tokens (a reservation's estimate), or None when the
+        model has no token price."""
+        if (input_tokens and "input_tokens" not in self.priced) or (
+                output_tokens and "output_tokens" not in self.priced):
+            return None
+        level = self.level(input_tokens)
+        total: Coefficient = self.constants[level]
+        for name, coefficient in self.tables[level]:
+            if name == "input_tokens":
+                total += coefficient * input_tokens
+            elif name == "output_tokens":
+                total += coefficient * output_tokens
+        return total
+
+
+def pico_to_usd(pico: Coefficient) -> Decimal:
+    """Pico-dollars as exact USD (a ``Fraction`` to 28 significant digits)."""
+    if isinstance(pico, int):
+        return Decimal(pico).scaleb(-12)
+    if pico.denominator == 1:
+        return Decimal(pico.numerator).scaleb(-12)
+    return (Decimal(pico.numerator) / Decimal(pico.denominator)).scaleb(-12)
+
+
+def exact(value: Fraction) -> Coefficient:
+    """``value`` as an int when it is whole (the common, fast case)."""
+    return value.numerator if value.denominator == 1 else value
