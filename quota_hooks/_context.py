@@ -75,6 +75,9 @@ class RunMark:
     """False once the outer run has ended (or was abandoned)."""
     claimed: bool = False
     """True once an HTTP request has claimed the run: the inner adapter records it."""
+    recorded: bool = False
+    """True once the inner adapter has recorded an attempt of the run (an HTTP answer came,
+    even one cut short): the outer adapter must then record nothing for it."""
 
     def live(self, now: float) -> bool:
         """Open, and not older than its ttl."""

@@ -408,7 +408,7 @@ class QuotaManager:
         if not limits:
             return None
         inputs, outputs = _count(estimate.input_tokens), _count(estimate.output_tokens)
-        nanos = self.prices.estimate_nanos(estimate.model, inputs, outputs, estimate.provider)
+        nanos = self._estimate_nanos(estimate, inputs, outputs)
         if nanos is None:  # a model without a price: what the policy says, never free
             if policy.unpriced == "refuse" and any(
                 lim.budget_nanos is not None for lim in limits.values()
@@ -422,7 +422,8 @@ class QuotaManager:
                     f"sent. Give it a price (PriceBook.with_overrides, QUOTA_HOOKS_PRICES_FILE) "
                     f"or set unpriced='fallback'",
                 )
-            nanos = 0 if policy.unpriced == "allow" else self.prices.fallback_nanos(inputs, outputs)
+            nanos = 0 if policy.unpriced == "allow" else to_nanos(self.prices.fallback_cost(
+                _units_of(estimate, inputs, outputs)))
         delta = UsageDelta(
             requests=0 if estimate.api_method in policy.unmetered_methods else 1,
             tokens=inputs + outputs,
@@ -431,6 +432,29 @@ class QuotaManager:
         if not (delta.requests or delta.tokens or delta.cost_nanos):
             return None
         return _Plan(keys, delta, limits, policies)
+
+    def _estimate_nanos(self, estimate: Estimate, inputs: int, outputs: int) -> int | None:
+        """What a call is expected to cost, from the facts of its request: its tokens, and
+        the images or characters it asks for (priced per image, per character, or, for an
+        image model billed by tokens, at :data:`IMAGE_OUTPUT_TOKENS` each). None when no
+        price is known."""
+        if not (estimate.images or estimate.characters):
+            return self.prices.estimate_nanos(estimate.model, inputs, outputs, estimate.provider)
+        rates = self.prices.rates(estimate.model, estimate.provider)
+        if rates is None:
+            return None
+        if estimate.images and "images" in rates.priced:
+            record = UsageRecord(model=estimate.model, provider=estimate.provider or "unknown",
+                                 images=_count(estimate.images),
+                                 image_size=estimate.image_size,
+                                 image_quality=estimate.image_quality)
+        elif estimate.characters and "characters" in rates.priced:
+            record = UsageRecord(model=estimate.model, provider=estimate.provider or "unknown",
+                                 characters=_count(estimate.characters))
+        else:
+            record = _units_of(estimate, inputs, outputs)
+        cost = self.prices.cost(record)
+        return cost.nanos if cost.nanos is not None else None
 
     def _enforced_limits(self, policy: QuotaPolicy) -> Limits | None:
         """The limits of ``policy`` that may refuse a call, or None; worked out once per
@@ -914,6 +938,22 @@ class WorkspaceTracker:
     async def aget_enhanced_status_data(self, recent: int | None = None) -> dict[str, Any]:
         """Async :meth:`get_enhanced_status_data`."""
         return (await self.manager.astatus(self.workspace_id, recent=recent)).to_dict()
+
+
+#: Output tokens an image is assumed to take, for the reservation of an image model billed
+#: by tokens (gpt-image-1 at high quality, 1536x1024: 6,208).
+IMAGE_OUTPUT_TOKENS = 6_240
+
+
+def _units_of(estimate: Estimate, inputs: int, outputs: int) -> UsageRecord:
+    """An estimate as token usage: images at :data:`IMAGE_OUTPUT_TOKENS` of output each."""
+    images = _count(estimate.images)
+    return UsageRecord(model=estimate.model, provider=estimate.provider or "unknown",
+                       input_tokens=inputs,
+                       output_tokens=outputs + images * IMAGE_OUTPUT_TOKENS,
+                       images=images, image_size=estimate.image_size,
+                       image_quality=estimate.image_quality,
+                       characters=_count(estimate.characters))
 
 
 def _iso(moment: datetime) -> str:

@@ -73,8 +73,10 @@ class QuotaPolicy(BaseModel):
         max_wait: the longest a call waits for a window to free up, in seconds.
         fail_open: when the store is unreachable, let the call go on (and show ``degraded``);
             ``False`` refuses it with :class:`~quota_hooks.StorageError`.
-        reservation_ttl: seconds after which a reservation that was never settled (a crashed
-            process) stops holding usage.
+        reservation_ttl: seconds a reservation waits for its call to be recorded. One never
+            recorded by then (a stream nobody read to its end or closed, a crashed process)
+            keeps what it held, as if the call had used its estimate (default an hour; a
+            record arriving later than that counts on its own).
         default_max_tokens: the output tokens a call is assumed to use when its request sets
             no ``max_tokens``/``max_completion_tokens``/``max_output_tokens``.
         unpriced: what the money budget does with a call to a model the price book cannot
@@ -101,7 +103,7 @@ class QuotaPolicy(BaseModel):
     modes: dict[str, Mode] = Field(default_factory=dict)
     max_wait: float = Field(default=30.0, ge=0, allow_inf_nan=False)
     fail_open: bool = True
-    reservation_ttl: float = Field(default=600.0, gt=0, allow_inf_nan=False)
+    reservation_ttl: float = Field(default=3600.0, gt=0, allow_inf_nan=False)
     default_max_tokens: int = Field(default=1024, ge=0)
     unpriced: Unpriced = "fallback"
 

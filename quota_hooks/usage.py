@@ -319,6 +319,12 @@ class Estimate:
     output_tokens: int = 0
     provider: str | None = None
     """The provider the call goes to, when known (the price of a model depends on it)."""
+    images: int = 0
+    """Images the request asks for (``n`` of an image generation)."""
+    image_size: str | None = None
+    image_quality: str | None = None
+    characters: int = 0
+    """Characters of text to speak (a speech request)."""
 
 
 def estimate_tokens(text: str | bytes) -> int:
@@ -356,8 +362,8 @@ def reported_usage(
     ``output_tokens`` are whole numbers in ``[0, 2**40]`` (``output_tokens`` may be absent for
     APIs without output, like embeddings), every detail count present is one too, and each
     part fits its total (cached + cache-write tokens within the input, reasoning within the
-    output) and the request, if it was not empty, used some tokens (a provider or framework
-    that lost the usage often fills in zeros). Otherwise the call settles at its estimate:
+    output) and the request, if it was not empty, used some input tokens (a provider or
+    framework that lost the usage often fills in zeros). Otherwise the call settles at its estimate:
     the estimate's input and output
     tokens (the output at least ``observed_output``, what the caller was seen to receive), but
     never below a count that was itself valid; ``estimated`` is True and ``estimate_reason``
@@ -389,8 +395,8 @@ def reported_usage(
         bad.append("1-hour cache writes above cache_write_tokens")
     if "output_tokens" in clean and clean.get("reasoning_tokens", 0) > outputs:
         bad.append("reasoning_tokens above output_tokens")
-    if not bad and inputs == 0 and outputs == 0 and _count_of(estimate.input_tokens) > 0:
-        bad.append("0 tokens for a request that was not empty")  # a filler, not a count
+    if not bad and inputs == 0 and _count_of(estimate.input_tokens) > 0:
+        bad.append("0 input tokens for a request that was not empty")  # a filler, not a count
     if bad:
         return _estimated(estimate, observed_output, clean, "untrusted usage: " + ", ".join(bad))
     fields: dict[str, Any] = dict(clean)

@@ -113,10 +113,15 @@ def test_reservations_hold_limits_and_expire(store: Store) -> None:
     assert (denied.scope, denied.limit, denied.used, denied.maximum) == (
         "workspace:ws", "tpm", 60, 100)
     assert denied.retry_after == 60.0  # the held bucket leaves the window at T0 + 60
-    # the reservation was never settled: after its TTL it no longer holds anything
-    again = store.reserve(["workspace:ws"], one_request(60), limits, T0 + 10, MONTH, ttl=10)
-    assert isinstance(again, Reservation)
+    # Never settled: past its ttl it is forgotten, but what it held stays counted (a call
+    # nobody recorded used its estimate), and leaves the windows as usage does.
+    still = store.reserve(["workspace:ws"], one_request(60), limits, T0 + 10, MONTH, ttl=10)
+    assert isinstance(still, Denial) and still.used == 60
     assert store.counters("workspace:ws", T0 + 10, MONTH).tokens_minute == 60
+    assert not store.release(first, T0 + 10)  # forgotten: nothing to give back
+    again = store.reserve(["workspace:ws"], one_request(60), limits, T0 + 60, MONTH, ttl=10)
+    assert isinstance(again, Reservation)
+    assert store.counters("workspace:ws", T0 + 60, MONTH).tokens_minute == 60
 
 
 def test_budget_denial(store: Store) -> None:

@@ -120,7 +120,9 @@ def test_a_sigstopped_redis_holds_no_call_for_long(
     assert m.store.health() is None
     records = m.store.recent("workspace:ws", 100)
     assert len(records) == 3 + 5 + 1
-    assert m.status("ws").requests_per_minute.current >= 9  # never fewer
+    # And exactly: a reserve that timed out but ran once Redis resumed had its hold given
+    # back, so no call counts twice.
+    assert m.status("ws").requests_per_minute.current == 9
 
 
 def test_redis_timeouts_come_from_the_url() -> None:

@@ -289,8 +289,9 @@ class QuotaCallbackHandler(BaseCallbackHandler):
         if inner:
             self.manager.release(reservation)
             reservation = None
-            if not _below_http(error):
-                return  # the transport recorded every attempt that got an HTTP answer
+            if run is not None and run.mark is not None and (
+                    run.mark.recorded or _stream_closed(error)):
+                return  # the transport recorded (or will record) the attempts it saw
             # No attempt got an answer (connection refused, timeouts): the transport records
             # none, so the run's failure is recorded here, as without the transport.
         try:
@@ -359,7 +360,20 @@ class QuotaCallbackHandler(BaseCallbackHandler):
         )
 
     def error_record(self, run: _Run | None, error: BaseException) -> UsageRecord:
-        """The record of one failed run."""
+        """The record of one failed run; a stream the caller closed early is no failure: the
+        provider worked for it, so it settles at the run's estimate."""
+        if _stream_closed(error):
+            estimate = run.estimate if run is not None and run.estimate is not None else (
+                Estimate(input_tokens=-(-(run.prompt_chars if run else 0) // CHARS_PER_TOKEN)))
+            fields = reported_usage(None, estimate)
+            fields["estimate_reason"] = "the stream was closed before it ended"
+            return UsageRecord(
+                **self._identity(run),
+                provider=(run.provider if run else "") or "unknown",
+                model=(run.model if run else None) or "unknown",
+                api_method="chat.completions" if (run.chat if run else True) else "completions",
+                stream=True, success=True, status_code=200, **fields,
+            )
         status = getattr(error, "status_code", None)
         if not isinstance(status, int):
             status = getattr(getattr(error, "response", None), "status_code", None)
@@ -401,11 +415,10 @@ def _close(run: _Run | None) -> tuple[Reservation | None, bool]:
     return run.mark.close(), run.mark.claimed
 
 
-def _below_http(error: BaseException) -> bool:
-    """True for the OpenAI SDK's connection errors and timeouts: no HTTP answer came back."""
-    return isinstance(error, Exception) and any(
-        cls.__name__ == "APIConnectionError" for cls in type(error).__mro__
-    )
+def _stream_closed(error: BaseException) -> bool:
+    """True when the run "failed" because its caller stopped reading a stream (``break`` in
+    ``stream()``, a cancelled ``astream()``): the provider was still called."""
+    return isinstance(error, (GeneratorExit, asyncio.CancelledError))
 
 
 def _group(parent_run_id: UUID | None, kwargs: Mapping[str, Any]) -> RunGroup:

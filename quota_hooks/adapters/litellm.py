@@ -370,7 +370,10 @@ class QuotaLogger(CustomLogger):
         litellm_cost = _litellm_cost(slo.get("response_cost", kwargs.get("response_cost")))
         if not success:
             litellm_cost = None
-        cost = litellm_cost if self.cost_source == "litellm" else None
+        # litellm's cost of usage we do not trust is not trusted either: the book prices the
+        # estimate instead.
+        cost = litellm_cost if self.cost_source == "litellm" and not fields.get(
+            "estimated") else None
 
         status_code: int | None = 200 if success else None
         error_type = None

@@ -45,7 +45,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "quota_hooks.adapters.openai needs the OpenAI SDK: pip install 'quota-hooks[openai]'"
     ) from exc
 
-from .._context import claim
+from .._context import RunMark, claim
 from ..errors import ConfigurationError, QuotaHooksError
 from ..manager import QuotaManager, get_default_manager
 from ..storage.base import Reservation
@@ -67,7 +67,7 @@ logger = logging.getLogger("quota_hooks")
 WORKSPACE_HEADER = "x-quota-hooks-workspace"
 SCOPES_HEADER = "x-quota-hooks-scopes"
 _RETRY_HEADER = "x-stainless-retry-count"
-_PARSE_LIMIT = 512 * 1024  # bodies up to this size are parsed whole; larger ones by key
+_PARSE_LIMIT = 16 * 1024 * 1024  # bodies up to this size are parsed whole; larger by key
 _RUN_MEMORY = 10_000
 _TERMINAL_RUN_STATES = {"completed", "failed", "cancelled", "expired", "incomplete"}
 
@@ -211,6 +211,8 @@ class _Call:
         """True once reading the body failed: the attempt settles at its estimate."""
         self.complete = False
         """True when the whole body was known when the response arrived (read already)."""
+        self.mark: RunMark | None = None
+        """The outer run (LangChain) this attempt belongs to, if any."""
         self.done = False
         self.request = self._read_request(request)
 
@@ -298,16 +300,18 @@ class _Call:
                 output = self.max_output
             else:
                 output = self.hub.manager.policy_for(self.workspace_id).default_max_tokens
+        images = self.images_requested if self.method.startswith("images.") else 0
         return Estimate(model=self.model or "unknown", api_method=self.method,
                         input_tokens=self.prompt_tokens, output_tokens=output,
-                        provider=self.provider)
+                        provider=self.provider, images=images, image_size=self.image_size,
+                        image_quality=self.image_quality, characters=self.characters)
 
     def outer_reservation(self) -> tuple[bool, Reservation | None]:
         """``(True, its reservation)`` when this attempt takes an outer run's reservation
         (see :mod:`quota_hooks._context`); ``(False, None)`` when it must reserve for itself,
         which retries inside an outer run do too."""
         found = claim(self.model, self.method, self.attempt, self.prompts)
-        mark = found.mark
+        mark = self.mark = found.mark
         if mark is None:
             return False, None
         if mark.workspace_id is not None:  # the outer run says who pays
@@ -340,7 +344,11 @@ class _Call:
         """
         self.status = response.status_code
         self.headers = headers = response.headers
-        if headers.get("content-type", "").startswith("text/event-stream"):
+        content_type = headers.get("content-type", "").lower()
+        # An event stream as the SDK sees one: by its type, or because the request asked for
+        # a stream and a success came back that is not JSON (ndjson, text/plain, no type).
+        if "event-stream" in content_type or (self.stream and 200 <= self.status < 300
+                                               and not content_type.startswith("application/json")):
             self.stream = True
             self.sse = _SSE(self, filtering=self.inject)
         filtering = self.sse is not None and self.sse.filtering
@@ -348,9 +356,10 @@ class _Call:
             content = response.content
             shown = self._read_plain(content) + self._take_end()
             self.complete = True
-            if filtering and shown != content:
+            if filtering and shown != content:  # decoded and cut: no encoding, another length
                 response = self.lib.Response(
-                    response.status_code, headers=_without(headers, "content-length"),
+                    response.status_code,
+                    headers=_without(headers, "content-length", "content-encoding"),
                     content=shown, extensions=response.extensions,
                 )
             return response
@@ -485,6 +494,7 @@ class _Call:
             return
         body = b"".join(self.body) if len(self.body) > 1 else self.body[0]
         self.body = []
+        body = body.lstrip().removeprefix(b"\xef\xbb\xbf")  # a UTF-8 BOM is not JSON
         if not body.lstrip().startswith(b"{"):
             return
         data: Any
@@ -553,13 +563,13 @@ class _SSE:
         buffer = self.buffer + data if self.buffer else data
         out: list[bytes] = []
         start = 0
-        scan = max(0, self.scanned - 3)  # a separator may straddle the previous chunk
+        scan = max(0, self.scanned - 4)  # a blank line may straddle the previous chunk
         while True:
-            end, size = _event_end(buffer, max(scan, start))
+            end = _event_end(buffer, max(scan, start))
             if end < 0:
                 break
-            out.append(self._event(buffer[start : end + size]))
-            start = scan = end + size
+            out.append(self._event(buffer[start:end]))
+            start = scan = end
         self.buffer = buffer[start:]
         self.scanned = len(self.buffer)
         return b"".join(out)
@@ -577,7 +587,7 @@ class _SSE:
             return raw
         name = b""
         data_lines = []
-        for line in raw.splitlines():
+        for line in raw.removeprefix(b"\xef\xbb\xbf").splitlines():  # a stream may open with a BOM
             if line.startswith(b"data:"):
                 data_lines.append(line[6:] if line[5:6] == b" " else line[5:])
             elif line.startswith(b"event:"):
@@ -641,15 +651,17 @@ def _without_null_usage(raw: bytes) -> bytes:
     return _NULL_USAGE.sub(b"", raw, count=1)
 
 
-def _event_end(buffer: bytes, start: int = 0) -> tuple[int, int]:
-    """Index and length of the first event separator (a blank line) in ``buffer`` at or
-    after ``start``."""
-    best, size = -1, 0
-    for separator in (b"\n\n", b"\r\n\r\n", b"\r\r"):
-        at = buffer.find(separator, start)
-        if at >= 0 and (best < 0 or at < best):
-            best, size = at, len(separator)
-    return best, size
+# An event ends at a blank line: two line ends in a row, each of CRLF, LF or CR (any mix:
+# "\n\r\n" is an LF line end and a CRLF blank line). A CR last in the buffer may be the start
+# of a CRLF still on its way, so it waits for the next byte.
+_BLANK_LINE = re.compile(rb"(?:\r\n|\n|\r(?=[^\n]))(?:\r\n|\n|\r(?=[^\n]))")
+
+
+def _event_end(buffer: bytes, start: int = 0) -> int:
+    """The index just after the first event of ``buffer`` at or after ``start`` (its blank
+    line included), or -1 when no event is complete yet."""
+    found = _BLANK_LINE.search(buffer, start)
+    return -1 if found is None else found.end()
 
 
 _BODY_LIMIT = 64 * 1024 * 1024  # a non-stream body kept for its usage, at most
@@ -678,10 +690,11 @@ def _joined(out: bytes | Iterable[bytes]) -> bytes:
     return out if isinstance(out, bytes) else b"".join(out)
 
 
-def _without(headers: Any, name: str) -> Any:
+def _without(headers: Any, *names: str) -> Any:
     copy = headers.copy()
-    if name in copy:
-        del copy[name]
+    for name in names:
+        if name in copy:
+            del copy[name]
     return copy
 
 
@@ -890,6 +903,8 @@ def _finish_sync(call: _Call) -> None:
     if record is None:
         call.hub.manager.release(call.reservation)  # recorded already, or unrecordable
         return
+    if call.mark is not None:
+        call.mark.recorded = True  # the outer run is recorded here: it adds nothing
     call.hub.manager.record(record, call.reservation)
     try:
         _note_limits(call)
@@ -902,6 +917,8 @@ async def _finish_async(call: _Call) -> None:
     if record is None:
         await call.hub.manager.arelease(call.reservation)
         return
+    if call.mark is not None:
+        call.mark.recorded = True
     await call.hub.manager.arecord(record, call.reservation)
     try:
         _note_limits(call)

@@ -6,7 +6,6 @@ a capped list of recent records, and per-month totals for the last ``months_kept
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import threading
 import uuid
@@ -92,9 +91,9 @@ class MemoryStore:
         self._recent_capacity = recent_capacity
         self._months_kept = months_kept
         self._scopes: dict[str, _Scope] = {}
+        # Pending reservations in the order they were made, which is (nearly) the order they
+        # expire in: reaping pops from the front, a settle deletes its own entry at once.
         self._pending: dict[str, Reservation] = {}
-        self._expiry: list[tuple[float, int, str]] = []
-        self._seq = itertools.count()
         # Reservation ids: unique per store (a counter is cheaper than a uuid4 per call).
         self._ids = itertools.count(1)
         self._id_prefix = f"m{uuid.uuid4().hex[:12]}-"
@@ -176,7 +175,6 @@ class MemoryStore:
             )
             self._apply(reservation, sign=1, now=now)
             self._pending[reservation.id] = reservation
-            heapq.heappush(self._expiry, (reservation.expires_at, next(self._seq), reservation.id))
             return reservation
 
     async def areserve(
@@ -321,12 +319,14 @@ class MemoryStore:
         self._apply(reservation, sign=-1, now=now)
 
     def _reap(self, now: float) -> None:
-        expiry = self._expiry
-        while expiry and expiry[0][0] <= now:
-            _, _, rid = heapq.heappop(expiry)
-            pending = self._pending.pop(rid, None)
-            if pending is not None:
-                self._undo(pending, now)
+        """Forget reservations past their ttl. What they held stays counted: a call that was
+        never recorded (a stream nobody closed, a crashed process) used its estimate."""
+        pending = self._pending
+        while pending:
+            rid = next(iter(pending))
+            if pending[rid].expires_at > now:
+                return
+            del pending[rid]
 
     def _check(
         self,

@@ -56,6 +56,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("RedisStore needs redis-py: pip install 'quota-hooks[redis]'") from exc
 
+from .._exit import close_at_exit
 from ..errors import ConfigurationError, StorageError
 from ..usage import UsageRecord
 from .base import (
@@ -177,6 +178,9 @@ class RedisStore:
         self._backlog: deque[tuple[UsageEntry, Reservation | None, str, float]] = deque()
         self._backlog_size = backlog_size
         self._backlog_lock = threading.Lock()
+        self._orphans: deque[tuple[Reservation, float]] = deque()
+        self._closed = False
+        close_at_exit(self, 2)  # a plain exit still replays what the backlog holds
         self.dropped_records = 0
         """Commits lost because the backlog was full while Redis did not answer (logged)."""
         self._async: weakref.WeakKeyDictionary[
@@ -349,7 +353,7 @@ class RedisStore:
                 raise
             self._keep(entry, reservation, commit_id)
             return
-        if self._backlog:
+        if self._backlog or self._orphans:
             self._replay()
 
     def _keep(self, entry: UsageEntry, reservation: Reservation | None, commit_id: str) -> None:
@@ -372,7 +376,20 @@ class RedisStore:
             return [self._backlog.popleft() for _ in range(min(limit, len(self._backlog)))]
 
     def _replay(self) -> None:
-        """Replay held commits (a hundred per successful call) now that Redis answers."""
+        """Replay held commits (a hundred per successful call) now that Redis answers, and
+        give back the holds of reserves that timed out."""
+        while self._orphans:
+            with self._backlog_lock:
+                if not self._orphans:
+                    break
+                orphan, since = self._orphans.popleft()
+            now = orphan.at + (time.monotonic() - since)
+            try:
+                self._run("release", self._release_keys(orphan), [*self._now(now), orphan.id])
+            except StorageError:
+                with self._backlog_lock:
+                    self._orphans.appendleft((orphan, since))
+                return
         for entry, reservation, commit_id, since in self._take_backlog():
             late = time.monotonic() - since
             try:
@@ -401,9 +418,26 @@ class RedisStore:
         ttl: float,
     ) -> Reservation | Denial:
         rid = uuid.uuid4().hex
-        result = self._run("reserve", *self._reserve_call(scopes, delta, limits, now, month,
-                                                          ttl, rid))
+        try:
+            result = self._run("reserve", *self._reserve_call(scopes, delta, limits, now,
+                                                              month, ttl, rid))
+        except StorageError as exc:
+            self._orphaned(exc, rid, scopes, month, now)
+            raise
+        if self._backlog or self._orphans:
+            self._replay()
         return self._reservation(result, scopes, delta, month, rid)
+
+    def _orphaned(self, exc: StorageError, rid: str, scopes: Sequence[str], month: str,
+                  now: float) -> None:
+        """A reserve whose reply never came may still run (Redis reads what was sent once it
+        answers again): its hold is given back then, so the call (let through or refused
+        without it) is not counted twice."""
+        if isinstance(exc.__cause__, (redis.ConnectionError, redis.TimeoutError)):
+            with self._backlog_lock:
+                if len(self._orphans) < self._backlog_size:
+                    self._orphans.append((Reservation(rid, tuple(scopes), UsageDelta(), now,
+                                                      month, now), time.monotonic()))
 
     def release(self, reservation: Reservation, now: float) -> bool:
         keys = self._release_keys(reservation)
@@ -450,11 +484,14 @@ class RedisStore:
 
     def close(self, timeout: float | None = None) -> None:
         """Replay what the backlog holds (within ``timeout``), then close the client."""
+        if self._closed:
+            return
+        self._closed = True
         deadline = time.monotonic() + (5.0 if timeout is None else timeout)
-        while self._backlog and time.monotonic() < deadline:
-            held = len(self._backlog)
+        while (self._backlog or self._orphans) and time.monotonic() < deadline:
+            held = len(self._backlog) + len(self._orphans)
             self._replay()
-            if len(self._backlog) >= held:
+            if len(self._backlog) + len(self._orphans) >= held:
                 break  # Redis still does not answer
         if self._backlog:
             logger.error("quota-hooks: %r closed with %d commit(s) Redis never took; they "
@@ -494,8 +531,12 @@ class RedisStore:
         ttl: float,
     ) -> Reservation | Denial:
         rid = uuid.uuid4().hex
-        result = await self._arun("reserve", *self._reserve_call(scopes, delta, limits, now,
-                                                                 month, ttl, rid))
+        try:
+            result = await self._arun("reserve", *self._reserve_call(scopes, delta, limits,
+                                                                     now, month, ttl, rid))
+        except StorageError as exc:
+            self._orphaned(exc, rid, scopes, month, now)
+            raise
         return self._reservation(result, scopes, delta, month, rid)
 
     async def arelease(self, reservation: Reservation, now: float) -> bool:
@@ -538,6 +579,7 @@ class RedisStore:
         return sorted(_name(m) for m in members)
 
     async def aclose(self) -> None:
+        self._closed = True
         loop = asyncio.get_running_loop()
         found = self._async.pop(loop, None)
         if found is not None:

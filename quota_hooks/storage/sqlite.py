@@ -613,15 +613,9 @@ class SQLiteStore:
         return True
 
     def _reap(self, conn: sqlite3.Connection, batch: _Batch, now: float) -> None:
-        rows = conn.execute(
-            "DELETE FROM reservations WHERE expires_at <= ? "
-            "RETURNING scopes, requests, tokens, cost_nanos, at, month",
-            (now,),
-        ).fetchall()
-        for scopes, requests, tokens, nanos, at, month in rows:
-            self._apply_reservation(
-                batch, json.loads(scopes), requests, tokens, nanos, at, month, -1, now
-            )
+        """Forget reservations past their ttl; what they held stays counted (a call that was
+        never recorded used its estimate)."""
+        conn.execute("DELETE FROM reservations WHERE expires_at <= ?", (now,))
 
     def _prune(self, conn: sqlite3.Connection, scopes: set[str], now: float) -> None:
         for scope in scopes:

@@ -121,7 +121,10 @@ local function undo(base, id, now)
   return true
 end
 
+-- Forget reservations past their ttl; what they held stays counted (a call never recorded
+-- used its estimate).
 local function reap(base, now)
   local expired = redis.call('ZRANGEBYSCORE', KEYS[base + 12], '-inf', now)
-  for _, id in ipairs(expired) do undo(base, id, now) end
+  for _, id in ipairs(expired) do redis.call('HDEL', KEYS[base + 11], id) end
+  if #expired > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[base + 12], '-inf', now) end
 end
