@@ -193,6 +193,59 @@ def core(quick: bool) -> None:
            ratio <= 1.10, spread)
 
 
+# ---------------------------------------------------------------------- pricing
+def pricing(quick: bool) -> None:
+    """What pricing adds to record(): record() of records that still need a price against
+    the same records priced already (cost given), alternating rounds, in microseconds."""
+    from quota_hooks import PriceBook
+
+    cases = [("openai", "gpt-4o-mini"), ("anthropic", "claude-sonnet-4-20250514"),
+             ("google", "gemini-2.5-pro"), ("groq", "llama-3.3-70b-versatile")]
+    unpriced = [UsageRecord(workspace_id="ws", provider=p, model=m, input_tokens=1_200,
+                            cached_input_tokens=1_024, output_tokens=300) for p, m in cases]
+    manager = QuotaManager(QuotaPolicy.unlimited())
+    priced = [r.with_cost(manager.prices.cost(r).usd, "preset") for r in unpriced]
+    n = 2_000 if quick else 5_000
+    state = {"i": 0}
+
+    def with_cost() -> None:
+        state["i"] += 1
+        manager.record(priced[state["i"] % 4])
+
+    def needs_cost() -> None:
+        state["i"] += 1
+        manager.record(unpriced[state["i"] % 4])
+
+    times = []
+    for r in range(7 if quick else 41):
+        pair = []
+        for fn in ((with_cost, needs_cost) if r % 2 == 0 else (needs_cost, with_cost)):
+            gc.collect()
+            start = time.perf_counter()
+            for _ in range(n):
+                fn()
+            pair.append((fn, time.perf_counter() - start))
+        by = dict(pair)
+        times.append((by[needs_cost] - by[with_cost]) / n * 1e6)
+    added = statistics.median(times)
+    report("pricing: added to record() after warm-up", added, "us", "<= 3", added <= 3,
+           (min(times), max(times)))
+    book = manager.prices
+    calls = 20_000
+    start = time.perf_counter()
+    for i in range(calls):
+        book.cost(unpriced[i % 4])
+    per_call = (time.perf_counter() - start) / calls * 1e6
+    report("pricing: PriceBook.cost() alone", per_call, "us", "-", None)
+    book = PriceBook.default()
+    for i in range(10_000):
+        book.cost(UsageRecord(model=f"model-{i}", provider="groq", input_tokens=1))
+    assert book.genai is not None
+    held = max(len(book.genai._models), len(book.genai._rates), len(book._table_rates))
+    report("pricing: cache entries after 10,000 distinct models", held, "entries",
+           "<= 4,096", held <= 4_096)
+
+
 # ---------------------------------------------------------------------- adapters
 def openai_overhead(quick: bool) -> None:
     import httpx2
@@ -320,11 +373,12 @@ def litellm_overhead(quick: bool) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer rounds, for a smoke run")
-    parser.add_argument("--only", choices=["core", "openai", "langchain", "litellm"])
+    parser.add_argument("--only", choices=["core", "pricing", "openai", "langchain",
+                                           "litellm"])
     args = parser.parse_args()
     print(f"machine: {machine()}\n")
     print(f"{'benchmark':<58} {'value':>12} {'unit':<10} {'goal':<18} result  [spread]")
-    suites = {"core": core, "openai": openai_overhead, "langchain": langchain_overhead,
+    suites = {"core": core, "pricing": pricing, "openai": openai_overhead, "langchain": langchain_overhead,
               "litellm": litellm_overhead}
     for name, suite in suites.items():
         if args.only in (None, name):

@@ -11,11 +11,12 @@ cheaper than resolving the model again.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from fractions import Fraction
-from typing import TYPE_CHECKING
+from operator import attrgetter
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .usage import UsageRecord
@@ -64,6 +65,26 @@ class Rates:
     priced: frozenset[str]
     per_second: Fraction | None = None
     per_image: Mapping[str, Decimal] = field(default_factory=dict)
+    # The hot path: the token fields a level prices, read from a record in one C call, with
+    # each level's coefficients lined up with them.
+    _read: Callable[[Any], Any] = field(init=False, repr=False, compare=False)
+    _columns: tuple[tuple[Coefficient, ...], ...] = field(init=False, repr=False,
+                                                          compare=False)
+    _unpriced_top: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    _unpriced_tokens: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        fields = tuple(sorted({name for table in self.tables for name, _ in table}
+                              - {"characters"}))
+        put = object.__setattr__
+        if len(fields) > 1:
+            put(self, "_read", attrgetter(*fields))
+        else:
+            put(self, "_read", lambda record: tuple(getattr(record, n) for n in fields))
+        put(self, "_columns", tuple(tuple(dict(table).get(name, 0) for name in fields)
+                                    for table in self.tables))
+        put(self, "_unpriced_top", tuple(n for n in TOP_FIELDS if n not in self.priced))
+        put(self, "_unpriced_tokens", tuple(n for n in TOP_FIELDS[:2] if n not in self.priced))
 
     def level(self, input_tokens: int) -> int:
         """The tier level of a request with ``input_tokens`` (0 below every threshold)."""
@@ -76,19 +97,20 @@ class Rates:
         characters it also reports (an image model billed by tokens, a transcription billed
         by tokens) are then what it produced, not what it is billed for.
         """
-        priced = self.priced
         tokens = record.input_tokens or record.output_tokens
-        for name in TOP_FIELDS[:2] if tokens else TOP_FIELDS:
-            if name not in priced and getattr(record, name):
+        for name in self._unpriced_tokens if tokens else self._unpriced_top:
+            if getattr(record, name):
                 return None
-        level = self.level(record.input_tokens) if self.starts else 0
+        level = bisect_left(self.starts, record.input_tokens) if self.starts else 0
         total: Coefficient = self.constants[level]
-        for name, coefficient in self.tables[level]:
-            count = getattr(record, name)
-            if count and not (tokens and name == "characters"):
+        for coefficient, count in zip(self._columns[level], self._read(record)):  # noqa: B905
+            if count:
                 total += coefficient * count
         if tokens:
             return total
+        for name, coefficient in self.tables[level]:
+            if name == "characters" and record.characters:
+                total += coefficient * record.characters
         if record.audio_seconds and self.per_second is not None:
             total += self.per_second * Fraction(repr(record.audio_seconds))
         if record.images:
@@ -115,10 +137,13 @@ class Rates:
         return total
 
 
+_PICO = Decimal("1e-12")
+
+
 def pico_to_usd(pico: Coefficient) -> Decimal:
     """Pico-dollars as exact USD (a ``Fraction`` to 28 significant digits)."""
-    if isinstance(pico, int):
-        return Decimal(pico).scaleb(-12)
+    if type(pico) is int:
+        return Decimal(pico) * _PICO  # exact: an integer times a power of ten
     if pico.denominator == 1:
         return Decimal(pico.numerator).scaleb(-12)
     return (Decimal(pico.numerator) / Decimal(pico.denominator)).scaleb(-12)

@@ -29,14 +29,14 @@ import logging
 import os
 import re
 import threading
+import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from fractions import Fraction
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -82,10 +82,12 @@ def to_nanos(usd: Decimal) -> int:
 
 def pico_to_nanos(pico: int | Fraction) -> int:
     """Pico-dollars to nano-dollars, rounded half-even (integer arithmetic)."""
-    if isinstance(pico, Fraction):
-        return round(pico / 1000)  # Fraction rounds half to even
+    if type(pico) is not int:
+        return round(pico / 1000)  # a Fraction rounds half to even
     nanos, rest = divmod(pico, 1000)
-    return nanos + (rest > 500 or (rest == 500 and nanos % 2 == 1))
+    if rest > 500 or (rest == 500 and nanos & 1):
+        return nanos + 1
+    return nanos
 
 
 def format_usd(amount: int | Decimal) -> str:
@@ -100,6 +102,18 @@ def format_usd(amount: int | Decimal) -> str:
 def from_nanos(nanos: int) -> Decimal:
     """Integer nano-dollars back to exact USD."""
     return Decimal(nanos).scaleb(-9)
+
+
+_clock: list[Any] = [0, None]
+
+
+def _now() -> datetime:
+    """Now as an aware datetime, made once a second (the price in force changes by day)."""
+    second = int(time.time())
+    if _clock[0] != second:
+        _clock[0], _clock[1] = second, datetime.fromtimestamp(second, UTC)
+    moment: datetime = _clock[1]
+    return moment
 
 
 def updated_snapshot_path() -> Path:
@@ -149,8 +163,7 @@ class ModelPrice(BaseModel):
     fine_tuned: ModelPrice | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Cost:
+class Cost(NamedTuple):
     """The price of one record: ``usd`` is ``None`` when the model could not be priced."""
 
     usd: Decimal | None
@@ -223,6 +236,7 @@ class PriceBook:
         self._sources: dict[str, str] = {}
         self._resolved: dict[str, tuple[str, ModelPrice] | None] = {}
         self._table_rates: dict[str, Rates | None] = {}
+        self._fast: dict[tuple[str | None, str], tuple[Any, Any, Rates]] = {}
         self._warned: set[str] = set()
         self._lock = threading.Lock()
 
@@ -397,10 +411,20 @@ class PriceBook:
             self._table_rates[model] = rates
         if rates is not None or self.genai is None:
             return rates
+        moment = when or _now()
+        if not context:  # the common case: one lookup, and the price in force by identity
+            fast = self._fast.get((provider, model))
+            if fast is not None and fast[0].get_prices(moment) is fast[1]:
+                return fast[2]
         resolved = self.genai.model(model, provider)
         if resolved is None:
             return None
-        return self.genai.rates(resolved, when or datetime.now(UTC), context)
+        rates = self.genai.rates(resolved, moment, context)
+        if not context:
+            if len(self._fast) >= _MAX_CACHED:
+                self._fast.clear()
+            self._fast[(provider, model)] = (resolved[1], resolved[1].get_prices(moment), rates)
+        return rates
 
     def price(self, model: str, provider: str | None = None) -> ModelPrice | None:
         """The prices of ``model`` per 1M tokens (at its base tier; see :meth:`explain`),
