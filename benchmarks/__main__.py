@@ -378,8 +378,8 @@ def main() -> int:
     args = parser.parse_args()
     print(f"machine: {machine()}\n")
     print(f"{'benchmark':<58} {'value':>12} {'unit':<10} {'goal':<18} result  [spread]")
-    suites = {"core": core, "pricing": pricing, "openai": openai_overhead, "langchain": langchain_overhead,
-              "litellm": litellm_overhead}
+    suites = {"core": core, "pricing": pricing, "openai": openai_overhead,
+              "langchain": langchain_overhead, "litellm": litellm_overhead}
     for name, suite in suites.items():
         if args.only in (None, name):
             suite(args.quick)
