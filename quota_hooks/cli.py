@@ -1,4 +1,5 @@
-"""The ``quota-hooks`` command: ``demo``, ``serve``, ``status``, ``report`` and ``prices``.
+"""The ``quota-hooks`` command: ``demo``, ``serve``, ``status``, ``report``, ``prices`` and
+``reprice``.
 
 Exit codes: 0 done, 1 the store could not be read, 2 a bad flag or value (named in the
 message).
@@ -392,6 +393,37 @@ def _update_prices(url: str | None, to: str | None) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- reprice
+def _reprice(args: argparse.Namespace) -> int:
+    from .pricing import format_usd, from_nanos
+    from .windows import parse_since
+
+    manager = _manager(args.store, existing=True)
+    try:
+        try:
+            since = parse_since(args.since, manager.now())
+        except ValueError as exc:
+            raise _UsageError(f"--since: {exc}") from exc
+        try:
+            report = manager.reprice(since, dry_run=args.dry_run)
+        except ConfigurationError as exc:
+            raise _UsageError(f"--store: {exc}") from exc
+    finally:
+        manager.close()
+    verb = "would change" if args.dry_run else "changed"
+    print(f"repriced {report.records} record(s) since {args.since} with today's prices "
+          f"({manager.prices.info().source if manager.prices.info() else 'overrides'}); "
+          f"{report.changed} {verb}")
+    for month, (before, after) in sorted(report.months.items()):
+        if before != after:
+            print(f"  {month}: {format_usd(from_nanos(before))} -> "
+                  f"{format_usd(from_nanos(after))} charged; the month's totals {verb} "
+                  "accordingly")
+    if not report.changed:
+        print("  nothing to change: every record already costs what today's prices say")
+    return 0
+
+
 # ---------------------------------------------------------------------- parser
 def _port(text: str) -> int:
     try:
@@ -471,6 +503,14 @@ def build_parser() -> argparse.ArgumentParser:
     prices.add_argument("--to", help="with --update: where to keep it (default: "
                         "$QUOTA_HOOKS_PRICES_SNAPSHOT, else ~/.cache/quota-hooks)")
     prices.set_defaults(run=_prices)
+
+    reprice = commands.add_parser(
+        "reprice", help="price stored usage again with today's prices (SQLite)")
+    reprice.add_argument("--since", required=True,
+                         help="30d, 12h, 2026-01-05 or epoch seconds: the records to reprice")
+    reprice.add_argument("--dry-run", action="store_true", help="report, change nothing")
+    reprice.add_argument("--store", help=store_help)
+    reprice.set_defaults(run=_reprice)
     return parser
 
 

@@ -125,6 +125,12 @@ def _litellm_traffic(
 
             asyncio.run(run_async())
             say("litellm async  acompletion       gpt-4o-mini")
+        # Another provider: priced by genai-prices at Anthropic's own rates.
+        litellm.completion(model="anthropic/claude-sonnet-4-5", messages=messages,
+                           mock_response="Billing question.", api_key="sk-ant-demo")
+        manager.drain()
+        claude = manager.prices.explain("claude-sonnet-4-5", "anthropic")[2].strip()
+        say(f"litellm sync   completion        claude-sonnet-4-5 (anthropic: {claude})")
         try:
             litellm.completion(model="gpt-4o-mini", messages=messages,
                                mock_response=RateLimitError(

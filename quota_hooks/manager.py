@@ -62,6 +62,7 @@ from .storage.base import (
     UsageEntry,
     workspace_scope,
 )
+from .storage.sqlite import RepriceReport
 from .usage import MAX_COST, MAX_COUNT, Estimate, UsageRecord, estimate_tokens, storable
 from .windows import day_key, month_bounds, month_key
 
@@ -530,31 +531,10 @@ class QuotaManager:
         price by default); its cost stays unknown. A record whose counts could not be trusted
         (``invalid_fields``) settles at least at its ``reservation``'s estimate.
         """
-        cost, source = record.cost, record.price_source
-        nanos: int | None = None
-        if cost is None:
-            priced = self.prices.cost(record)
-            cost, source, nanos = priced.usd, priced.source, priced.nanos
-            if record.reported_cost is not None and cost is not None:
-                self._cross_check(record, cost)
-        elif source is None:
-            source = "provided"
-        if cost is not None and cost > MAX_COST:
-            logger.warning(
-                "quota-hooks: a %s call of model %r priced at %s (over MAX_COST) is counted "
-                "as unpriced", record.api_method, record.model, cost,
-            )
-            cost, source, nanos = None, None, None
         policy = self.policy_for(record.workspace_id)
+        cost, source, charge, unpriced_nanos = self._price(record, policy)
         limited = record.status_code == 429
         tokens = record.total_tokens
-        unpriced_nanos = 0
-        if cost is not None:
-            charge = nanos if nanos is not None else to_nanos(cost)
-        elif policy.unpriced == "allow":
-            charge = 0
-        else:
-            charge = unpriced_nanos = to_nanos(self.prices.fallback_cost(record))
         if reservation is not None and record.invalid_fields:
             tokens = max(tokens, reservation.delta.tokens)
             if charge < reservation.delta.cost_nanos:
@@ -578,6 +558,50 @@ class QuotaManager:
         month = month_key(at, policy.timezone)
         day = day_key(at, policy.timezone)
         return UsageEntry(record, scopes, delta, now, month, cost, source, day, at)
+
+    def _price(self, record: UsageRecord, policy: QuotaPolicy
+               ) -> tuple[Decimal | None, str | None, int, int]:
+        """``(cost, price source, charge, unpriced part of the charge)`` of a record: its own
+        cost if it has one, else the price book's; a model without a price is charged as the
+        policy's ``unpriced`` says (nano-dollars)."""
+        cost, source = record.cost, record.price_source
+        nanos: int | None = None
+        if cost is None:
+            priced = self.prices.cost(record)
+            cost, source, nanos = priced.usd, priced.source, priced.nanos
+            if record.reported_cost is not None and cost is not None:
+                self._cross_check(record, cost)
+        elif source is None:
+            source = "provided"
+        if cost is not None and cost > MAX_COST:
+            logger.warning(
+                "quota-hooks: a %s call of model %r priced at %s (over MAX_COST) is counted "
+                "as unpriced", record.api_method, record.model, cost,
+            )
+            cost, source, nanos = None, None, None
+        if cost is not None:
+            return cost, source, nanos if nanos is not None else to_nanos(cost), 0
+        if policy.unpriced == "allow":
+            return None, source, 0, 0
+        charge = to_nanos(self.prices.fallback_cost(record))
+        return None, source, charge, charge
+
+    def reprice(self, since: float, *, dry_run: bool = False) -> RepriceReport:
+        """Price again, with today's price book, every record since ``since`` (epoch
+        seconds): its stored tokens at its own time, provider and service tier. Month totals
+        and breakdowns move by the difference. Needs a store that keeps every record
+        (:class:`~quota_hooks.storage.SQLiteStore`)."""
+        reprice = getattr(self.store, "reprice", None)
+        if reprice is None:
+            raise ConfigurationError(
+                f"reprice needs a store that keeps every record (SQLite); {self.store!r} "
+                "keeps totals and the latest records only")
+
+        def price(record: UsageRecord) -> tuple[Decimal | None, str | None, int, int]:
+            return self._price(record, self.policy_for(record.workspace_id))
+
+        report: RepriceReport = reprice(since, price, dry_run=dry_run)
+        return report
 
     def _cross_check(self, record: UsageRecord, cost: Decimal) -> None:
         """Warn, once per model, when another layer's cost (litellm's ``response_cost``)

@@ -37,16 +37,21 @@ def test_demo_drives_real_clients_and_prints_the_report(tmp_path: Path) -> None:
     assert report["workspace_id"] == "demo"
     assert report["status"] == "rate_limited"  # the demo's 429
     # OpenAI: 8 calls reached the fake, 7 metered (models.list is exempt), 2 of them the 429
-    # and its retry. LiteLLM: 2 calls to the loopback fake and one mocked 429. LangChain: a
-    # batch of two chains and one stream, counted once each (by the handler, not twice).
-    assert report["requests_per_minute"]["current"] == 7 + 3 + 3
+    # and its retry. LiteLLM: 2 calls to the loopback fake, one to Claude (mocked) and one
+    # mocked 429. LangChain: a batch of two chains and one stream, counted once each (by the
+    # handler, not twice).
+    assert report["requests_per_minute"]["current"] == 7 + 4 + 3
+    models = report["enhanced_tracking"]["models_breakdown"]
+    claude = models["claude-sonnet-4-5"]  # another provider, priced at its own rates
+    assert claude["request_count"] == 1 and claude["cost_usd"] > 0
     methods = report["enhanced_tracking"]["api_methods_breakdown"]
     assert methods["chat.completions"] == {
-        "request_count": 5 + 3 + 3, "error_count": 1 + 1, "tokens_used": (4 + 2 + 3) * 820,
+        "request_count": 5 + 4 + 3, "error_count": 1 + 1,
+        "tokens_used": (4 + 2 + 3) * 820 + claude["tokens_used"],
         # per 1M: gpt-4o-mini 7 x (128 x 0.15 + 512 x 0.075 + 180 x 0.60)
         #  + gpt-4o (128 x 2.50 + 512 x 1.25 + 180 x 10) + gpt-4.1-mini (128 x 0.40 + 512 x 0.10
-        #  + 180 x 1.60); litellm's price for its two calls equals ours
-        "cost_usd": pytest.approx(0.0043096, abs=1e-12),
+        #  + 180 x 1.60), and Claude's own
+        "cost_usd": pytest.approx(0.0043096 + claude["cost_usd"], abs=1e-12),
         "unpriced_count": 0, "unpriced_charge_usd": 0.0,
     }
     assert methods["models"]["request_count"] == 1
@@ -54,7 +59,7 @@ def test_demo_drives_real_clients_and_prints_the_report(tmp_path: Path) -> None:
     again = demo(tmp_path)
     assert "refused after 0 calls" in again  # the budget stays spent
     report = json.loads(again[again.index("{"):])
-    assert report["requests_per_minute"]["current"] == 2 * 13
+    assert report["requests_per_minute"]["current"] == 2 * 14
 
 
 def test_demo_store_option(tmp_path: Path) -> None:
@@ -251,3 +256,43 @@ def test_a_busy_port_is_named_and_exits_2(tmp_path: Path,
         assert main(["demo", "--serve", "--port", str(port), "--store", "memory://",
                      "--plain"]) == 2
         assert f"--port {port}" in capsys.readouterr().err
+
+
+def test_reprice_recomputes_stored_costs(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """Records priced by an old override are priced again by today's book: the records, the
+    month total and the breakdowns move by the difference, and the output says so."""
+    from decimal import Decimal
+
+    from quota_hooks import PriceBook, QuotaManager, QuotaPolicy, UsageRecord
+    from quota_hooks.storage import SQLiteStore
+
+    db = tmp_path / "usage.db"
+    old = PriceBook.default().with_overrides({"gpt-4o": {"input": "100", "output": "100"}})
+    manager = QuotaManager(QuotaPolicy.unlimited(), store=SQLiteStore(db), prices=old)
+    for _ in range(3):
+        manager.record(UsageRecord(workspace_id="acme", model="gpt-4o", provider="openai",
+                                   input_tokens=1_000_000, output_tokens=0))
+    manager.record(UsageRecord(workspace_id="acme", model="gpt-4o-mini", provider="openai",
+                               input_tokens=1_000_000))
+    assert manager.status("acme").monthly_budget_usd.current == pytest.approx(300.15)
+    manager.close()
+    url = f"sqlite:///{db}"
+    assert main(["reprice", "--since", "1d", "--dry-run", "--store", url]) == 0
+    out = capsys.readouterr().out
+    assert "repriced 4 record(s)" in out and "3 would change" in out
+    assert main(["reprice", "--since", "1d", "--store", url]) == 0
+    out = capsys.readouterr().out
+    assert "3 changed" in out and "$300.15 -> $7.65" in out and "totals changed" in out
+    after = QuotaManager(QuotaPolicy.unlimited(), store=SQLiteStore(db))
+    status = after.status("acme")
+    assert status.monthly_budget_usd.current == pytest.approx(7.65)  # 3 x $2.50 + $0.15
+    model = status.enhanced_tracking.models_breakdown["gpt-4o"]  # type: ignore[union-attr]
+    assert model.cost_usd == pytest.approx(7.5)
+    assert {r.cost for r in after.store.recent("workspace:acme", 10)} == {
+        Decimal("2.5"), Decimal("0.15")}
+    after.close()
+    assert main(["reprice", "--since", "1d", "--store", url]) == 0
+    assert "0 changed" in capsys.readouterr().out  # idempotent
+    assert main(["reprice", "--since", "1d", "--store", "memory://"]) == 2
+    assert "keeps every record" in capsys.readouterr().err

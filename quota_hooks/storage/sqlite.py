@@ -43,6 +43,8 @@ import uuid
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -64,11 +66,11 @@ from .base import (
     first_denial,
 )
 
-__all__ = ["SCHEMA_VERSION", "SQLiteStore"]
+__all__ = ["SCHEMA_VERSION", "RepriceReport", "SQLiteStore"]
 
 logger = logging.getLogger("quota_hooks")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _WINDOWS: tuple[Window, Window] = (MINUTE, DAY)
 _MIN, _DAY = 0, 1
 
@@ -107,6 +109,14 @@ MIGRATIONS: Mapping[int, Sequence[str]] = {
         "ALTER TABLE months ADD COLUMN unpriced_calls INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE months ADD COLUMN unpriced_nanos INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE breakdowns ADD COLUMN unpriced_nanos INTEGER NOT NULL DEFAULT 0",
+    ),
+    # What each record was charged and where it counted, so that it can be repriced.
+    3: (
+        "ALTER TABLE history ADD COLUMN charge_nanos INTEGER",
+        "ALTER TABLE history ADD COLUMN unpriced_nanos INTEGER",
+        "ALTER TABLE history ADD COLUMN month TEXT",
+        "ALTER TABLE history ADD COLUMN day TEXT",
+        "CREATE INDEX history_at ON history (at)",
     ),
 }
 
@@ -148,6 +158,29 @@ ON CONFLICT (scope, win, bucket) DO UPDATE SET
   rate_limited = rate_limited + excluded.rate_limited"""
 
 _T = TypeVar("_T")
+#: ``price(record) -> (cost, price source, charge nano-dollars, unpriced part of it)``.
+Repricer = Callable[[UsageRecord], tuple["Decimal | None", "str | None", int, int]]
+
+
+@dataclass
+class RepriceReport:
+    """What :meth:`SQLiteStore.reprice` did: records seen and changed, and per budget month
+    the total charged before and after (nano-dollars, summed over every scope's record)."""
+
+    records: int = 0
+    changed: int = 0
+    months: dict[str, list[int]] = field(default_factory=dict)
+
+    def add(self, month: str, before: int, after: int) -> None:
+        totals = self.months.setdefault(month, [0, 0])
+        totals[0] += before
+        totals[1] += after
+
+
+def _nanos(usd: Decimal) -> int:
+    from ..pricing import to_nanos
+
+    return to_nanos(usd)
 _Item = tuple[UsageEntry, "Reservation | None"]
 #: Write attempts for a batch that meets a transient error (busy, locked, I/O) while the store
 #: is closing; before that the writer retries for as long as the store is open.
@@ -536,7 +569,7 @@ class SQLiteStore:
 
     def _write_batch(self, items: Sequence[_Item]) -> None:
         batch = _Batch()
-        history: list[tuple[float, str]] = []
+        history: list[tuple[float, str, int, int, str, str]] = []
         links: list[list[str]] = []
         now = max(entry.now for entry, _ in items)
         with self._transaction() as conn:
@@ -546,14 +579,17 @@ class SQLiteStore:
                     self._settle(conn, batch, reservation.id, now)
                 self._add_entry(batch, entry)
                 history.append(
-                    (entry.when, json.dumps(entry.priced_record().to_dict(), default=str))
+                    (entry.when, json.dumps(entry.priced_record().to_dict(), default=str),
+                     entry.delta.cost_nanos, entry.delta.unpriced_nanos, entry.month,
+                     entry.day_name)
                 )
                 links.append(list(entry.scopes))
             batch.apply(conn)
             first = conn.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM history").fetchone()[0]
             conn.executemany(
-                "INSERT INTO history (id, at, record) VALUES (?, ?, ?)",
-                [(first + i, at, text) for i, (at, text) in enumerate(history)],
+                "INSERT INTO history (id, at, record, charge_nanos, unpriced_nanos, month, day) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(first + i, *row) for i, row in enumerate(history)],
             )
             conn.executemany(
                 "INSERT INTO history_scopes (scope, id) VALUES (?, ?)",
@@ -842,6 +878,70 @@ class SQLiteStore:
 
     async def aworkspaces(self) -> list[str]:
         return await anyio.to_thread.run_sync(self.workspaces)
+
+    def reprice(self, since: float, price: Repricer, *, dry_run: bool = False) -> RepriceReport:
+        """Price again every record since ``since`` (epoch seconds), with ``price(record) ->
+        (cost, source, charge_nanos, unpriced_nanos)``: the record's cost and source, what the
+        budget is charged, and the part of that charged for an unpriced model. The month
+        totals and the breakdowns move by the difference, in one transaction; the records
+        keep their new cost. ``dry_run`` reports without writing."""
+        self._caught_up("reprice")
+
+        def run() -> RepriceReport:
+            report = RepriceReport()
+            batch = _Batch()
+            updates: list[tuple[str, int, int, str, str, int]] = []
+            with self._transaction() as conn:
+                rows = conn.execute(
+                    "SELECT id, record, charge_nanos, unpriced_nanos, month, day FROM history "
+                    "WHERE at >= ? ORDER BY id", (since,)).fetchall()
+                scopes_of: dict[int, list[str]] = {}
+                for row_id, scope in conn.execute(
+                        "SELECT s.id, s.scope FROM history_scopes s JOIN history h ON h.id = "
+                        "s.id WHERE h.at >= ?", (since,)):
+                    scopes_of.setdefault(row_id, []).append(scope)
+                for row_id, text, old_charge, old_unpriced, month, day in rows:
+                    record = UsageRecord.from_dict(json.loads(text))
+                    stamp = record.timestamp
+                    month = month or (stamp.strftime("%Y-%m") if stamp else "")
+                    day = day or (stamp.strftime("%Y-%m-%d") if stamp else "")
+                    if old_charge is None:  # written before charges were kept: its cost
+                        old_charge = 0 if record.cost is None else _nanos(record.cost)
+                        old_unpriced = 0
+                    cost, source, charge, unpriced = price(record.with_cost(None, None))
+                    report.records += 1
+                    report.add(month, old_charge, charge)
+                    if charge == old_charge and unpriced == old_unpriced and (
+                            cost == record.cost):
+                        continue
+                    report.changed += 1
+                    was_unpriced = record.cost is None
+                    now_unpriced = cost is None
+                    priced_delta = (charge - unpriced) - (old_charge - old_unpriced)
+                    for scope in scopes_of.get(row_id, []):
+                        batch.month(scope, month, charge - old_charge,
+                                    int(now_unpriced) - int(was_unpriced),
+                                    unpriced - old_unpriced)
+                        for by, name in (("model", record.model),
+                                         ("api_method", record.api_method), ("day", day)):
+                            key = (scope, month, by, name)
+                            row = batch.breakdowns.setdefault(key, [0] * 8)
+                            row[5] += priced_delta
+                            row[6] += int(now_unpriced) - int(was_unpriced)
+                            row[7] += unpriced - old_unpriced
+                    updated = record.with_cost(cost, source)
+                    updates.append((json.dumps(updated.to_dict(), default=str), charge,
+                                    unpriced, month, day, row_id))
+                if not dry_run:
+                    batch.apply(conn)
+                    conn.executemany(
+                        "UPDATE history SET record = ?, charge_nanos = ?, unpriced_nanos = ?, "
+                        "month = ?, day = ? WHERE id = ?", updates)
+                else:
+                    conn.execute("SELECT 1")  # nothing written; the transaction ends
+            return report
+
+        return self._guard(run, what="reprice")
 
     def history_count(self) -> int:
         """How many records the history holds."""
