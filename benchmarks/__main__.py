@@ -246,6 +246,53 @@ def pricing(quick: bool) -> None:
            "<= 4,096", held <= 4_096)
 
 
+# ---------------------------------------------------------------------- tenants
+def tenants(quick: bool) -> None:
+    """Memory per tenant, and whether status() and acquire() stay flat as tenants grow."""
+    import random
+
+    count = 10_000 if quick else 100_000
+    policy = QuotaPolicy(rpm=1_000, rpd=None, tpm=None, tpd=None, monthly_budget_usd=None)
+    one = Estimate(model="gpt-4o-mini", input_tokens=10, output_tokens=10)
+
+    def fill(manager: QuotaManager, n: int) -> None:
+        for i in range(n):
+            ws = f"ws-{i}"
+            manager.record(UsageRecord(workspace_id=ws, model="gpt-4o-mini", input_tokens=10,
+                                       output_tokens=5), manager.acquire(ws, one))
+
+    def p50(manager: QuotaManager, n: int) -> tuple[float, float]:
+        rng = random.Random(5)
+        picks = [f"ws-{rng.randrange(n)}" for _ in range(2_000)]
+        status, acquire = [], []
+        for ws in picks:
+            start = time.perf_counter()
+            manager.status(ws)
+            status.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            manager.release(manager.acquire(ws, one))
+            acquire.append(time.perf_counter() - start)
+        return statistics.median(status) * 1e6, statistics.median(acquire) * 1e6
+
+    gc.collect()
+    before = rss_mb()
+    big = QuotaManager(policy)
+    fill(big, count)
+    gc.collect()
+    total = rss_mb()
+    report(f"tenants: RSS with {count:,} workspaces, one call each", total, "MB",
+           "<= 400", total <= 400)
+    report("tenants: memory per workspace", (total - before) * 1024 / count, "KB", "-", None)
+    small = QuotaManager(policy)
+    fill(small, 1_000)
+    small_status, small_acquire = p50(small, 1_000)
+    big_status, big_acquire = p50(big, count)
+    report(f"tenants: status() p50, {count:,} / 1,000 workspaces", big_status / small_status,
+           "x", "<= 1.5 (flat)", big_status / small_status <= 1.5)
+    report(f"tenants: acquire() p50, {count:,} / 1,000 workspaces",
+           big_acquire / small_acquire, "x", "<= 1.5 (flat)", big_acquire / small_acquire <= 1.5)
+
+
 # ---------------------------------------------------------------------- adapters
 def openai_overhead(quick: bool) -> None:
     import httpx2
@@ -373,12 +420,12 @@ def litellm_overhead(quick: bool) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer rounds, for a smoke run")
-    parser.add_argument("--only", choices=["core", "pricing", "openai", "langchain",
-                                           "litellm"])
+    parser.add_argument("--only", choices=["core", "pricing", "tenants", "openai",
+                                           "langchain", "litellm"])
     args = parser.parse_args()
     print(f"machine: {machine()}\n")
     print(f"{'benchmark':<58} {'value':>12} {'unit':<10} {'goal':<18} result  [spread]")
-    suites = {"core": core, "pricing": pricing, "openai": openai_overhead,
+    suites = {"core": core, "pricing": pricing, "tenants": tenants, "openai": openai_overhead,
               "langchain": langchain_overhead, "litellm": litellm_overhead}
     for name, suite in suites.items():
         if args.only in (None, name):

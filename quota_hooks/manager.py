@@ -63,7 +63,7 @@ from .storage.base import (
     workspace_scope,
 )
 from .storage.sqlite import RepriceReport
-from .usage import MAX_COST, MAX_COUNT, Estimate, UsageRecord, estimate_tokens, storable
+from .usage import MAX_COST, MAX_COUNT, Estimate, UsageRecord, bounded, estimate_tokens
 from .windows import day_key, month_bounds, month_key
 
 __all__ = [
@@ -159,6 +159,8 @@ class QuotaManager:
         scope_policies: policies of other scopes, keyed ``"kind:value"``:
             ``{"team:ml": QuotaPolicy(rpm=50), "user:u-7": QuotaPolicy(tpd=100_000)}``. A call
             with ``scopes={"team": "ml"}`` must fit its workspace's and its team's limits.
+            ``"kind:*"`` is the policy of every scope of that kind without its own
+            (``{"user:*": QuotaPolicy(rpd=100)}``: each user, 100 requests a day).
         store: where usage lives; a :class:`~quota_hooks.storage.MemoryStore` by default.
         prices: the :class:`~quota_hooks.pricing.PriceBook`; ``PriceBook.default()`` by default.
         clock: returns epoch seconds; inject one in tests (``quota_hooks.testing.ManualClock``).
@@ -392,13 +394,16 @@ class QuotaManager:
     def _plan(
         self, workspace_id: str, estimate: Estimate, scopes: Mapping[str, str] | None
     ) -> _Plan | None:
+        _check_estimate(workspace_id, estimate, scopes)
         policy = self.policy_for(workspace_id)
         keys = [workspace_scope(workspace_id)]
         policies = {keys[0]: policy}
         for kind, value in (scopes or {}).items():
-            key = f"{storable(kind)}:{storable(value)}"
+            kind = bounded(str(kind))
+            key = f"{kind}:{bounded(str(value))}"
             keys.append(key)
-            found = self._scope_policies.get(key)
+            # A policy of this scope, else the default of its kind ("user:*": every user).
+            found = self._scope_policies.get(key) or self._scope_policies.get(f"{kind}:*")
             if found is not None:
                 policies[key] = found
         limits = {}
@@ -624,9 +629,12 @@ class QuotaManager:
     def record(self, record: UsageRecord, reservation: Reservation | None = None) -> None:
         """Count one call (and settle its ``reservation``, if it had one).
 
-        Never raises: a failure inside tracking is logged, counted and shown as ``degraded``.
-        The priced record shows in ``status()``; ``prices.cost(record)`` prices one directly.
+        Never raises on a failure inside tracking: it is logged, counted and shown as
+        ``degraded``. A wrong argument (not a :class:`UsageRecord`) is a
+        :class:`ConfigurationError` naming it. The priced record shows in ``status()``;
+        ``prices.cost(record)`` prices one directly.
         """
+        _check_record(record, reservation)
         try:
             self.store.commit(self.prepare(record, reservation), reservation)
         except Exception as exc:
@@ -638,7 +646,9 @@ class QuotaManager:
         self.events.changed(record.workspace_id)
 
     async def arecord(self, record: UsageRecord, reservation: Reservation | None = None) -> None:
-        """Async :meth:`record`: never blocks the event loop, never raises."""
+        """Async :meth:`record`: never blocks the event loop, never raises on a failure
+        inside tracking."""
+        _check_record(record, reservation)
         try:
             await self.store.acommit(self.prepare(record, reservation), reservation)
         except Exception as exc:
@@ -978,6 +988,27 @@ def _units_of(estimate: Estimate, inputs: int, outputs: int) -> UsageRecord:
                        images=images, image_size=estimate.image_size,
                        image_quality=estimate.image_quality,
                        characters=_count(estimate.characters))
+
+
+def _check_record(record: object, reservation: object) -> None:
+    if not isinstance(record, UsageRecord):
+        raise ConfigurationError(
+            f"record must be a UsageRecord, got {type(record).__name__}: {record!r:.80}")
+    if reservation is not None and not isinstance(reservation, Reservation):
+        raise ConfigurationError(
+            f"reservation must be the Reservation acquire() returned, or None, got "
+            f"{type(reservation).__name__}")
+
+
+def _check_estimate(workspace_id: object, estimate: object,
+                    scopes: object) -> None:
+    if not isinstance(workspace_id, str) or not workspace_id:
+        raise ConfigurationError(f"workspace_id must be a non-empty string, got {workspace_id!r}")
+    if not isinstance(estimate, Estimate):
+        raise ConfigurationError(
+            f"estimate must be an Estimate, got {type(estimate).__name__}: {estimate!r:.80}")
+    if scopes is not None and not isinstance(scopes, Mapping):
+        raise ConfigurationError(f"scopes must be a mapping of kind to value, got {scopes!r:.80}")
 
 
 def _iso(moment: datetime) -> str:

@@ -16,11 +16,13 @@ such a record at its reservation's estimate. A bad value never credits a budget 
 into the caller.
 
 Names (workspace, model, method, tags, scopes) are kept as given, except that lone surrogates,
-which no store can encode, are escaped (``"\\ud800"``); see :func:`storable`.
+which no store can encode, are escaped (``"\\ud800"``; see :func:`storable`), and a name longer
+than :data:`MAX_NAME_LENGTH` keeps its start and a hash of the whole (see :func:`bounded`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from collections.abc import Mapping
@@ -29,12 +31,16 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from .errors import ConfigurationError
+
 __all__ = [
     "MAX_COST",
     "MAX_COUNT",
+    "MAX_NAME_LENGTH",
     "TOKEN_FIELDS",
     "Estimate",
     "UsageRecord",
+    "bounded",
     "estimate_tokens",
     "reported_usage",
     "storable",
@@ -63,6 +69,22 @@ _INT_FIELDS = (
     "characters",
     "attempt",
 )
+
+
+#: Longest name kept as given (a workspace, model, API method, provider, scope or tag); a
+#: longer one keeps its first characters and a hash of the whole (see :func:`bounded`).
+MAX_NAME_LENGTH = 200
+_HASH_LENGTH = 12
+
+
+def bounded(text: str) -> str:
+    """``text`` as a store keeps it: :func:`storable`, and at most :data:`MAX_NAME_LENGTH`
+    characters. A longer name keeps its start, then ``~`` and 12 hex digits of its SHA-256,
+    so that distinct names stay distinct while no name can make a status or a key huge."""
+    if len(text) <= MAX_NAME_LENGTH:
+        return storable(text)
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:_HASH_LENGTH]
+    return storable(text[: MAX_NAME_LENGTH - _HASH_LENGTH - 1]) + "~" + digest
 
 
 def storable(text: str) -> str:
@@ -226,12 +248,16 @@ class UsageRecord:
             put(self, "scopes", dict(self.scopes))
         for name in _NAME_FIELDS:
             text = getattr(self, name)
-            if not text.isascii():
-                put(self, name, storable(text))
-        if self.tags and not all(tag.isascii() for tag in self.tags):
-            put(self, "tags", tuple(storable(tag) for tag in self.tags))
-        if self.scopes and not all(k.isascii() and v.isascii() for k, v in self.scopes.items()):
-            put(self, "scopes", {storable(k): storable(v) for k, v in self.scopes.items()})
+            if type(text) is not str:
+                raise ConfigurationError(
+                    f"UsageRecord.{name} must be a string, got {type(text).__name__}")
+            if len(text) > MAX_NAME_LENGTH or not text.isascii():
+                put(self, name, bounded(text))
+        if self.tags and not all(_plain(tag) for tag in self.tags):
+            put(self, "tags", tuple(bounded(str(tag)) for tag in self.tags))
+        if self.scopes and not all(_plain(k) and _plain(v) for k, v in self.scopes.items()):
+            put(self, "scopes", {bounded(str(k)): bounded(str(v))
+                                 for k, v in self.scopes.items()})
 
         if bad:
             put(self, "invalid_fields", (*self.invalid_fields, *bad))
@@ -448,6 +474,11 @@ def _count_of(value: int) -> int:
 def _shown(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 24 else text[:21] + "..."
+
+
+def _plain(text: object) -> bool:
+    """A name kept as it is: a short ASCII string."""
+    return type(text) is str and len(text) <= MAX_NAME_LENGTH and text.isascii()
 
 
 def _clean_int(value: object) -> int | None:

@@ -8,7 +8,8 @@ Time is a float of epoch seconds from an injected clock (``time.time`` by defaul
 * Per day: a rolling 24 h window of 1-minute buckets, by the same rule.
 * Budget: the calendar month in the policy's time zone (``"2026-02"``).
 
-Memory is bounded and independent of traffic: a window is a fixed ring of buckets.
+Memory is bounded by the window, not by traffic: a window holds at most its buckets, and only
+those that hold counts.
 
 The wall clock may step back (an NTP correction, a VM resumed from a snapshot). Usage is never
 written into the future, and buckets that a step back has left in the future (more than
@@ -19,6 +20,7 @@ frozen until the clock catches up.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
@@ -136,25 +138,30 @@ def month_bounds(now: float, tz: str = "UTC") -> tuple[float, float]:
 
 
 class RollingCounter:
-    """A fixed ring of buckets holding several integer counts per bucket.
+    """The buckets of a rolling window that hold counts, several integers per bucket.
 
     ``add`` puts counts into a bucket (ignored when the bucket has left the window); ``totals``
-    sums the buckets still inside the window. Running sums make both O(1) amortized: buckets
-    are subtracted once, as the window slides past them, instead of re-summing the ring (60
-    buckets per minute, 1440 per day) on every read. Not thread-safe: the owning store locks.
+    sums the buckets still inside the window. Only buckets that hold something exist (two
+    parallel lists, ids ascending), so an idle scope costs a few hundred bytes rather than a
+    ring of 1,440 buckets; running sums make both O(1) amortized: a bucket is subtracted
+    once, when the window slides past it. Not thread-safe: the owning store locks.
     """
 
-    __slots__ = ("_cursor", "_ids", "_newest", "_sums", "_values", "fields", "window")
+    __slots__ = ("_counts", "_cursor", "_ids", "_newest", "_sums", "fields", "window")
 
     def __init__(self, window: Window, fields: int) -> None:
         self.window = window
         self.fields = fields
-        self._ids = [_NEVER] * window.buckets
-        self._values = [[0] * fields for _ in range(window.buckets)]
-        # Invariant: _sums is the sum of every slot whose bucket id is >= _cursor.
+        self._ids: list[int] = []  # ascending
+        self._counts: list[list[int]] = []  # the counts of each id, in the same order
+        # Invariant: _sums is the sum of every bucket held, and every one is >= _cursor.
         self._sums = [0] * fields
         self._cursor = _NEVER
         self._newest = _NEVER
+
+    def __len__(self) -> int:
+        """Buckets held."""
+        return len(self._ids)
 
     def _present(self, now: float) -> int:
         """Now's bucket, after folding buckets that a clock step back left in the future."""
@@ -166,47 +173,33 @@ class RollingCounter:
     def _fold(self, current: int) -> None:
         """The clock went back: every bucket newer than ``current`` joins ``current`` (it
         counts for a whole window from now); buckets older than the window are dropped."""
-        buckets = self.window.buckets
-        oldest = current - buckets + 1
+        oldest = current - self.window.buckets + 1
         kept: dict[int, list[int]] = {}
-        for bucket_id, values in zip(self._ids, self._values, strict=True):
+        for bucket_id, counts in zip(self._ids, self._counts, strict=True):
             if bucket_id < oldest:
                 continue
             into = kept.setdefault(min(bucket_id, current), [0] * self.fields)
-            for i, value in enumerate(values):
+            for i, value in enumerate(counts):
                 into[i] += value
-        self._ids = [_NEVER] * buckets
-        self._values = [[0] * self.fields for _ in range(buckets)]
-        self._sums = [0] * self.fields
-        for bucket_id, values in kept.items():
-            slot = bucket_id % buckets
-            self._ids[slot] = bucket_id
-            self._values[slot] = values
-            for i, value in enumerate(values):
-                self._sums[i] += value
+        self._ids = sorted(kept)
+        self._counts = [kept[bucket_id] for bucket_id in self._ids]
+        self._sums = [sum(values[i] for values in self._counts) for i in range(self.fields)]
         self._cursor = oldest
-        self._newest = max(kept, default=current)
+        self._newest = self._ids[-1] if self._ids else current
 
     def _advance(self, oldest: int) -> None:
         """Slide the window's start to ``oldest``, dropping older buckets from the sums."""
-        cursor = self._cursor
-        if oldest <= cursor:
+        if oldest <= self._cursor:
             return
-        buckets = self.window.buckets
-        if oldest - cursor >= buckets:  # a long gap: every slot may be stale, recount
-            sums = [0] * self.fields
-            for bucket_id, values in zip(self._ids, self._values, strict=True):
-                if bucket_id >= oldest:
-                    for i, value in enumerate(values):
-                        sums[i] += value
-            self._sums = sums
-        else:
-            ids, sums = self._ids, self._sums
-            for bucket_id in range(cursor, oldest):
-                slot = bucket_id % buckets
-                if ids[slot] == bucket_id:
-                    for i, value in enumerate(self._values[slot]):
-                        sums[i] -= value
+        ids = self._ids
+        gone = bisect_left(ids, oldest)
+        if gone:
+            sums = self._sums
+            for counts in self._counts[:gone]:
+                for i, value in enumerate(counts):
+                    sums[i] -= value
+            del ids[:gone]
+            del self._counts[:gone]
         self._cursor = oldest
 
     def add(self, bucket: int, counts: Sequence[int], now: float) -> bool:
@@ -220,17 +213,17 @@ class RollingCounter:
         self._advance(oldest)
         if bucket < self._cursor:  # an older ``now`` than the window has already seen
             return False
-        slot = bucket % self.window.buckets
-        values = self._values[slot]
-        held = self._ids[slot]
-        if held != bucket:
-            if held > bucket:  # the slot was reused by a newer bucket
-                return False
-            if held >= self._cursor:  # still counted: take it out before reusing the slot
-                for i, value in enumerate(values):
-                    self._sums[i] -= value
-            self._ids[slot] = bucket
-            values[:] = [0] * self.fields
+        ids = self._ids
+        if ids and ids[-1] == bucket:  # the usual case: now's bucket, again
+            values = self._counts[-1]
+        else:
+            at = bisect_left(ids, bucket)
+            if at < len(ids) and ids[at] == bucket:
+                values = self._counts[at]
+            else:
+                values = [0] * self.fields
+                ids.insert(at, bucket)
+                self._counts.insert(at, values)
         sums = self._sums
         for i, count in enumerate(counts):
             values[i] += count
@@ -248,14 +241,11 @@ class RollingCounter:
     def first_bucket_with(self, now: float, field: int) -> int | None:
         """The oldest in-window bucket with a non-zero ``field``: when room frees up next."""
         self._present(now)
-        oldest = self.window.oldest(now)
+        self._advance(self.window.oldest(now))
         newest = self.window.bucket(now) + self.window.tolerance
-        found: int | None = None
-        for bucket_id, values in zip(self._ids, self._values, strict=True):
-            if (
-                oldest <= bucket_id <= newest
-                and values[field]
-                and (found is None or bucket_id < found)
-            ):
-                found = bucket_id
-        return found
+        for bucket_id, counts in zip(self._ids, self._counts, strict=True):
+            if bucket_id > newest:
+                return None
+            if counts[field]:
+                return bucket_id
+        return None

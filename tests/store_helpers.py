@@ -12,7 +12,15 @@ from urllib.parse import urlsplit
 import pytest
 
 from quota_hooks.pricing import to_nanos
-from quota_hooks.storage import Limits, MemoryStore, SQLiteStore, Store, UsageDelta, UsageEntry
+from quota_hooks.storage import (
+    Limits,
+    MemoryStore,
+    SQLiteStore,
+    Store,
+    UsageDelta,
+    UsageEntry,
+    workspace_scope,
+)
 from quota_hooks.usage import UsageRecord
 from quota_hooks.windows import month_key
 
@@ -38,7 +46,7 @@ def entry(
     limited = status == 429
     delta = UsageDelta(requests=1, tokens=tokens, cost_nanos=nanos, calls=1,
                        errors=0 if success or limited else 1, rate_limited=int(limited))
-    return UsageEntry(record, (f"workspace:{ws}", *extra_scopes), delta, now, month_key(now),
+    return UsageEntry(record, (workspace_scope(ws), *extra_scopes), delta, now, month_key(now),
                       Decimal(cost), "test")
 
 

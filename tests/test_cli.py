@@ -217,14 +217,14 @@ def test_demo_serve_opens_the_dashboard_while_it_runs(tmp_path: Path) -> None:
         assert first.strip() == f"dashboard: http://127.0.0.1:{port}/dashboard/demo"
         seen = 0
         deadline = time.monotonic() + 120
-        while seen < 13 and time.monotonic() < deadline:  # the demo's 13 requests arrive
+        while seen < 14 and time.monotonic() < deadline:  # the demo's 14 requests arrive
             try:
                 reply = httpx.get(f"http://127.0.0.1:{port}/api/quota/status/demo", timeout=5)
                 seen = reply.json()["requests_per_minute"]["current"]
             except httpx.TransportError:
                 pass
             time.sleep(0.1)
-        assert seen == 13
+        assert seen == 14
         page = httpx.get(f"http://127.0.0.1:{port}/dashboard/demo", timeout=5)
         assert page.status_code == 200 and "quota-hooks" in page.text
     finally:

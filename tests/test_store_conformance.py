@@ -24,7 +24,9 @@ from quota_hooks.storage import (
     UsageDelta,
     UsageEntry,
     store_from_url,
+    workspace_scope,
 )
+from quota_hooks.usage import bounded
 from quota_hooks.windows import month_key
 
 MONTH = month_key(T0)
@@ -166,14 +168,15 @@ def test_claims(store: Store) -> None:
 def test_tenant_ids_are_opaque(store: Store, tenant: str) -> None:
     store.commit(entry(ws=tenant))
     store.commit(entry(ws="ws"))
-    assert store.counters(f"workspace:{tenant}", T0, MONTH).requests_minute == 1
+    scope, kept = workspace_scope(tenant), bounded(tenant)  # a 1 MB id: its start and a hash
+    assert len(kept) <= 200 and (kept == tenant) is (len(tenant) <= 200)
+    assert store.counters(scope, T0, MONTH).requests_minute == 1
     assert store.counters("workspace:ws", T0, MONTH).requests_minute == 1
     assert store.counters("workspace:ws*", T0, MONTH).requests_minute == 0
-    assert sorted(store.workspaces()) == sorted([tenant, "ws"])
-    [record] = store.recent(f"workspace:{tenant}", 5)
-    assert record.workspace_id == tenant
-    held = store.reserve([f"workspace:{tenant}"], one_request(), rpm(1, f"workspace:{tenant}"),
-                         T0, MONTH, 30)
+    assert sorted(store.workspaces()) == sorted([kept, "ws"])
+    [record] = store.recent(scope, 5)
+    assert record.workspace_id == kept
+    held = store.reserve([scope], one_request(), rpm(1, scope), T0, MONTH, 30)
     assert isinstance(held, Denial)  # its own limit, its own count
 
 

@@ -21,10 +21,12 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Literal, Protocol, runtime_checkable
 
-from ..usage import UsageRecord, storable
+from ..usage import UsageRecord, bounded
 from ..windows import DAY, MINUTE, Window, day_key
 
 __all__ = [
+    "MAX_BREAKDOWN_NAMES",
+    "OTHER",
     "Aggregate",
     "Breakdown",
     "Counters",
@@ -41,10 +43,17 @@ __all__ = [
 Breakdown = Literal["model", "api_method", "day"]
 """What a month's totals can be broken down by: model, API method, or calendar day."""
 
+#: Distinct models (and, apart, API methods) a scope's month keeps by name; the calls of
+#: any more are counted under :data:`OTHER`, so that no traffic can make a breakdown, a status
+#: read or a WebSocket update grow without bound.
+MAX_BREAKDOWN_NAMES = 200
+#: The breakdown row of the names beyond :data:`MAX_BREAKDOWN_NAMES`.
+OTHER = "(other)"
+
 
 def workspace_scope(workspace_id: str) -> str:
-    """The scope key of a workspace (lone surrogates escaped, as in records)."""
-    return f"workspace:{storable(workspace_id)}"
+    """The scope key of a workspace (its name bounded and escaped, as in records)."""
+    return f"workspace:{bounded(workspace_id)}"
 
 
 @dataclass(frozen=True, slots=True)

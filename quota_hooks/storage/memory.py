@@ -9,12 +9,15 @@ from __future__ import annotations
 import itertools
 import threading
 import uuid
-from collections import deque
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
 
 from ..usage import UsageRecord
 from ..windows import DAY, MINUTE, RollingCounter
 from .base import (
+    MAX_BREAKDOWN_NAMES,
+    OTHER,
     Aggregate,
     Breakdown,
     Counters,
@@ -69,11 +72,24 @@ class _Scope:
         self.day = RollingCounter(DAY, 2)
         self.months: dict[str, list[int]] = {}
         """Per budget month: [cost charged, unpriced calls, unpriced charge] (nano-dollars)."""
-        self.breakdowns: dict[tuple[str, str], dict[str, _Totals]] = {}
-        self.recent: deque[UsageEntry] = deque(maxlen=recent_capacity)
+        # Every breakdown of every month in one dict, keyed (month, "model", name) ...
+        self.breakdowns: dict[tuple[str, str, str], _Totals] = {}
+
+        # (record, cost, price source, when), oldest first: a list trimmed as it grows (a
+        # deque costs 600 bytes even with one entry); priced copies are made when read.
+        self.recent: list[tuple[UsageRecord, Decimal | None, str | None, float]] = []
 
 
 _CLAIMS_SWEEP_AT = 10_000
+
+
+def _priced(record: UsageRecord, cost: Decimal | None, source: str | None,
+            when: float) -> UsageRecord:
+    """A kept record as ``recent()`` returns it: priced, and with its timestamp."""
+    stamp = None if record.timestamp is not None else datetime.fromtimestamp(when, UTC)
+    if stamp is None and record.cost is cost and record.price_source == source:
+        return record
+    return record.with_cost(cost, source, stamp)
 _NO_MONTH = (0, 0, 0)
 
 
@@ -130,10 +146,15 @@ class MemoryStore:
                                delta.unpriced_nanos)
                 for by, name in (("model", record.model), ("api_method", record.api_method),
                                  ("day", day)):
-                    table = scope.breakdowns.setdefault((entry.month, by), {})
-                    totals = table.get(name)
+                    table = scope.breakdowns
+                    totals = table.get((entry.month, by, name))
                     if totals is None:
-                        totals = table[name] = _Totals()
+                        if by != "day" and sum(1 for k in table if k[1] == by and (
+                                k[0] == entry.month)) >= MAX_BREAKDOWN_NAMES:
+                            name = OTHER  # a name too many: counted, not kept by name
+                            totals = table.get((entry.month, by, name))
+                        if totals is None:
+                            totals = table[(entry.month, by, name)] = _Totals()
                     totals.requests += 1
                     totals.errors += 0 if record.success else 1
                     totals.tokens += record.total_tokens
@@ -142,7 +163,10 @@ class MemoryStore:
                     totals.cost_nanos += delta.cost_nanos - delta.unpriced_nanos
                     totals.unpriced += entry.unpriced
                     totals.unpriced_nanos += delta.unpriced_nanos
-                scope.recent.append(entry)
+                recent = scope.recent
+                recent.append((record, entry.cost, entry.price_source, entry.when))
+                if len(recent) > self._recent_capacity + 32:  # trimmed in steps, not per call
+                    del recent[: len(recent) - self._recent_capacity]
 
     async def acommit(self, entry: UsageEntry, reservation: Reservation | None = None) -> None:
         self.commit(entry, reservation)
@@ -229,8 +253,8 @@ class MemoryStore:
             state = self._scopes.get(scope)
             if state is None:
                 return {}
-            table = state.breakdowns.get((month, by), {})
-            return {name: totals.freeze() for name, totals in table.items()}
+            return {key[2]: totals.freeze() for key, totals in state.breakdowns.items()
+                    if key[0] == month and key[1] == by}
 
     async def abreakdown(self, scope: str, month: str, by: Breakdown) -> dict[str, Aggregate]:
         return self.breakdown(scope, month, by)
@@ -240,8 +264,8 @@ class MemoryStore:
             state = self._scopes.get(scope)
             if state is None or n <= 0:
                 return []
-            entries = list(state.recent)[: -n - 1 : -1]
-        return [entry.priced_record() for entry in entries]
+            entries = state.recent[-min(n, self._recent_capacity):][::-1]
+        return [_priced(*entry) for entry in entries]
 
     async def arecent(self, scope: str, n: int) -> list[UsageRecord]:
         return self.recent(scope, n)

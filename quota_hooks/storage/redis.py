@@ -60,6 +60,7 @@ from .._exit import close_at_exit
 from ..errors import ConfigurationError, StorageError
 from ..usage import UsageRecord
 from .base import (
+    MAX_BREAKDOWN_NAMES,
     Aggregate,
     Breakdown,
     Counters,
@@ -84,6 +85,8 @@ _AGGREGATE_FIELDS = 8
 #: Seconds to connect, to wait for a reply, and to wait for a free pooled connection, unless
 #: the store URL says otherwise. Redis answers in well under a millisecond when it is well.
 DEFAULT_TIMEOUT = 0.5
+#: Seconds after Redis failed to answer during which commits go straight to the backlog.
+_QUIET_AFTER_FAILURE = 1.0
 #: Seconds to open a connection (a burst opens many at once on a busy event loop; a server
 #: that hangs still accepts connections, so this bounds only an unreachable host).
 CONNECT_TIMEOUT = 1.0
@@ -179,6 +182,7 @@ class RedisStore:
         self._backlog_size = backlog_size
         self._backlog_lock = threading.Lock()
         self._orphans: deque[tuple[Reservation, float]] = deque()
+        self._unanswered_at: float | None = None
         self._closed = False
         close_at_exit(self, 2)  # a plain exit still replays what the backlog holds
         self.dropped_records = 0
@@ -234,9 +238,23 @@ class RedisStore:
     # ------------------------------------------------------------------ script calls
     def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         try:
-            return self._scripts[name](keys=list(keys), args=list(args))
+            result = self._scripts[name](keys=list(keys), args=list(args))
         except redis.RedisError as exc:
+            self._failed(exc)
             raise StorageError(f"{self!r}: {name} failed: {exc}") from exc
+        self._unanswered_at = None
+        return result
+
+    def _failed(self, exc: redis.RedisError) -> None:
+        if isinstance(exc, redis.TimeoutError):  # a refused connection fails fast anyway
+            self._unanswered_at = time.monotonic()
+
+    def _unanswered(self) -> bool:
+        """True within a second of Redis leaving a call unanswered (a timeout): a commit
+        then goes straight to the backlog instead of waiting out another timeout (a reserve
+        still tries, so that limits are checked whenever Redis can check them)."""
+        since = self._unanswered_at
+        return since is not None and time.monotonic() - since < _QUIET_AFTER_FAILURE
 
     def _aclient(self) -> tuple[aredis.Redis, dict[str, Any]]:
         loop = asyncio.get_running_loop()
@@ -261,9 +279,12 @@ class RedisStore:
     async def _arun(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         _, scripts = self._aclient()
         try:
-            return await scripts[name](keys=list(keys), args=list(args))
+            result = await scripts[name](keys=list(keys), args=list(args))
         except redis.RedisError as exc:
+            self._failed(exc)
             raise StorageError(f"{self!r}: {name} failed: {exc}") from exc
+        self._unanswered_at = None
+        return result
 
     # ------------------------------------------------------------------ arguments
     def _commit_call(
@@ -286,7 +307,8 @@ class RedisStore:
             delta.cost_nanos, record.model, record.api_method, 0 if record.success else 1,
             record.total_tokens, record.input_tokens, record.output_tokens, int(entry.unpriced),
             json.dumps(entry.priced_record().to_dict(), default=str), self.recent_capacity,
-            entry.day_name, delta.unpriced_nanos, repr(float(age)), *workspaces,
+            entry.day_name, delta.unpriced_nanos, repr(float(age)), MAX_BREAKDOWN_NAMES,
+            *workspaces,
         ]
         return keys, args
 
@@ -346,6 +368,9 @@ class RedisStore:
     # ------------------------------------------------------------------ Store: sync
     def commit(self, entry: UsageEntry, reservation: Reservation | None = None) -> None:
         commit_id = uuid.uuid4().hex
+        if self._unanswered():
+            self._keep(entry, reservation, commit_id)
+            return
         try:
             self._run("commit", *self._commit_call(entry, reservation, commit_id))
         except StorageError as exc:
@@ -503,6 +528,9 @@ class RedisStore:
     # ------------------------------------------------------------------ Store: async
     async def acommit(self, entry: UsageEntry, reservation: Reservation | None = None) -> None:
         commit_id = uuid.uuid4().hex
+        if self._unanswered():
+            self._keep(entry, reservation, commit_id)
+            return
         try:
             await self._arun("commit", *self._commit_call(entry, reservation, commit_id))
         except StorageError as exc:

@@ -55,6 +55,8 @@ from ..errors import ConfigurationError, StorageError
 from ..usage import UsageRecord
 from ..windows import DAY, MINUTE, Window
 from .base import (
+    MAX_BREAKDOWN_NAMES,
+    OTHER,
     Aggregate,
     Breakdown,
     Counters,
@@ -306,6 +308,7 @@ class SQLiteStore:
         """Records that could not be written at all, logged: a batch the writer gave up on,
         or a record that found the queue full while the writer was failing."""
         self._failing_since: float | None = None  # monotonic; the writer's first failure
+        self._names: dict[tuple[str, str, str], set[str]] = {}  # breakdown names, per writer
         self._last_drop: float | None = None  # monotonic
         self._writer: threading.Thread | None = None
         try:
@@ -577,7 +580,7 @@ class SQLiteStore:
             for entry, reservation in items:
                 if reservation is not None:
                     self._settle(conn, batch, reservation.id, now)
-                self._add_entry(batch, entry)
+                self._add_entry(batch, entry, conn)
                 history.append(
                     (entry.when, json.dumps(entry.priced_record().to_dict(), default=str),
                      entry.delta.cost_nanos, entry.delta.unpriced_nanos, entry.month,
@@ -597,7 +600,30 @@ class SQLiteStore:
             )
             self._prune(conn, batch.touched, now)
 
-    def _add_entry(self, batch: _Batch, entry: UsageEntry) -> None:
+    def _name(self, conn: sqlite3.Connection, scope: str, month: str, by: str,
+              name: str) -> str:
+        """``name`` as the breakdown keeps it: :data:`OTHER` once the scope's month holds
+        :data:`MAX_BREAKDOWN_NAMES` others (the names known are cached per writer; several
+        processes may each add a few more, never without bound)."""
+        if by == "day":
+            return name
+        key = (scope, month, by)
+        names = self._names.get(key)
+        if names is None:
+            if len(self._names) >= 4096:
+                self._names.clear()
+            names = self._names[key] = {row[0] for row in conn.execute(
+                "SELECT name FROM breakdowns WHERE scope = ? AND month = ? AND by_kind = ?",
+                key)}
+        if name in names:
+            return name
+        if len(names) >= MAX_BREAKDOWN_NAMES:
+            return OTHER
+        names.add(name)
+        return name
+
+    def _add_entry(self, batch: _Batch, entry: UsageEntry,
+                   conn: sqlite3.Connection | None = None) -> None:
         record, delta = entry.record, entry.delta
         counts = (delta.requests, delta.tokens, delta.calls, delta.errors, delta.rate_limited)
         minute, day = MINUTE.bucket(entry.when), DAY.bucket(entry.when)
@@ -611,6 +637,8 @@ class SQLiteStore:
                         delta.unpriced_nanos)
             for by, name in (("model", record.model), ("api_method", record.api_method),
                              ("day", day_name)):
+                if conn is not None:
+                    name = self._name(conn, scope, entry.month, by, name)
                 key = (scope, entry.month, by, name)
                 row = batch.breakdowns.get(key)
                 values = (1, error, record.total_tokens, record.input_tokens,
@@ -924,7 +952,7 @@ class SQLiteStore:
                                     unpriced - old_unpriced)
                         for by, name in (("model", record.model),
                                          ("api_method", record.api_method), ("day", day)):
-                            key = (scope, month, by, name)
+                            key = (scope, month, by, self._name(conn, scope, month, by, name))
                             row = batch.breakdowns.setdefault(key, [0] * 8)
                             row[5] += priced_delta
                             row[6] += int(now_unpriced) - int(was_unpriced)

@@ -4,7 +4,8 @@
 -- ARGV: now, use_server, month, reservation id ('' for none), requests, tokens, calls, errors,
 --       rate_limited, cost_nanos, model, api_method, failed (0/1), total, input, output,
 --       unpriced (0/1), record json, recent cap, day, unpriced nanos, age (seconds between
---       the call and now), then one workspace id ('' if none) per scope.
+--       the call and now), breakdown names cap, then one workspace id ('' if none) per
+--       scope.
 local now = now_of(ARGV[1], ARGV[2])
 local month, rid = ARGV[3], ARGV[4]
 local counts = { tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]),
@@ -20,6 +21,14 @@ local record, cap, day = ARGV[18], tonumber(ARGV[19]), ARGV[20]
 local scopes = (#KEYS - 2) / PER_SCOPE
 if not redis.call('SET', KEYS[#KEYS], '1', 'NX', 'EX', 86400) then return 0 end
 local at = now - tonumber(ARGV[22])
+-- A name beyond the cap of a month's breakdown counts under '(other)' (each name holds up to
+-- 8 fields; 5 on most calls).
+local names_cap = tonumber(ARGV[23]) * 5
+local function kept(key, name)
+  if redis.call('HEXISTS', key, '0:' .. name) == 1 then return name end
+  if redis.call('HLEN', key) >= names_cap then return '(other)' end
+  return name
+end
 for s = 1, scopes do
   local base = 1 + (s - 1) * PER_SCOPE
   reap(base, now)
@@ -33,10 +42,11 @@ for s = 1, scopes do
       redis.call('HINCRBY', KEYS[base + 7], month .. ':un', ARGV[21])
     end
   end
+  local m_name, a_name = kept(KEYS[base + 8], model), kept(KEYS[base + 9], method)
   for i = 1, 8 do
     if bd[i] ~= '0' then
-      redis.call('HINCRBY', KEYS[base + 8], (i - 1) .. ':' .. model, bd[i])
-      redis.call('HINCRBY', KEYS[base + 9], (i - 1) .. ':' .. method, bd[i])
+      redis.call('HINCRBY', KEYS[base + 8], (i - 1) .. ':' .. m_name, bd[i])
+      redis.call('HINCRBY', KEYS[base + 9], (i - 1) .. ':' .. a_name, bd[i])
       redis.call('HINCRBY', KEYS[base + 13], (i - 1) .. ':' .. day, bd[i])
     end
   end
@@ -44,7 +54,7 @@ for s = 1, scopes do
   redis.call('LTRIM', KEYS[base + 10], 0, cap - 1)
   for k = 7, 10 do redis.call('EXPIRE', KEYS[base + k], LONG_TTL) end
   redis.call('EXPIRE', KEYS[base + 13], LONG_TTL)
-  local ws = ARGV[22 + s]
+  local ws = ARGV[23 + s]
   if ws ~= '' then redis.call('SADD', KEYS[1], ws) end
 end
 redis.call('EXPIRE', KEYS[1], LONG_TTL)

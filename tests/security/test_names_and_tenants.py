@@ -1,0 +1,133 @@
+"""Attacks on the core by the names and the number of tenants: no name, however long, and no
+number of distinct names makes a key, a status read or a WebSocket update grow without bound,
+and distinct names stay distinct. Policies of a kind of scope apply; wrong arguments are
+refused with the argument named."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from quota_hooks import (
+    ConfigurationError,
+    Estimate,
+    QuotaManager,
+    QuotaPolicy,
+    RateLimitedError,
+    UsageRecord,
+)
+from quota_hooks.storage import Store
+from quota_hooks.storage.base import MAX_BREAKDOWN_NAMES, OTHER
+from quota_hooks.usage import MAX_NAME_LENGTH, bounded
+
+HUGE = "m" * 10_000_000  # the 10 MB model name that made each status read 11.7 MiB
+
+
+def test_a_10mb_model_name_keeps_the_status_small(store: Store) -> None:
+    m = QuotaManager(QuotaPolicy.unlimited(), store=store)
+    m.record(UsageRecord(workspace_id="ws", model=HUGE, input_tokens=5))
+    m.record(UsageRecord(workspace_id="ws", model=HUGE[:-1] + "n", input_tokens=7))
+    data = json.dumps(m.status("ws").to_dict())
+    assert len(data) < 10_000, len(data)
+    models = m.status("ws").enhanced_tracking.models_breakdown  # type: ignore[union-attr]
+    assert len(models) == 2  # two names that differ only at their end stay two
+    assert all(len(name) <= MAX_NAME_LENGTH for name in models)
+
+
+@pytest.mark.parametrize("field", ["workspace_id", "api_method", "provider"])
+def test_every_name_field_is_bounded(field: str) -> None:
+    record = UsageRecord(**{field: "x" * 1_000_000})  # type: ignore[arg-type]
+    kept = getattr(record, field)
+    assert len(kept) == MAX_NAME_LENGTH and kept.startswith("x" * 100) and "~" in kept
+    assert kept == bounded("x" * 1_000_000) != bounded("x" * 999_999)
+
+
+def test_long_scopes_and_tags_are_bounded_too() -> None:
+    record = UsageRecord(scopes={"user": "u" * 50_000}, tags=("t" * 50_000,))
+    assert all(len(v) <= MAX_NAME_LENGTH for v in record.scopes.values())
+    assert all(len(t) <= MAX_NAME_LENGTH for t in record.tags)
+
+
+def test_distinct_models_beyond_the_cap_count_under_other(store: Store) -> None:
+    m = QuotaManager(QuotaPolicy.unlimited(), store=store)
+    for i in range(MAX_BREAKDOWN_NAMES + 50):
+        m.record(UsageRecord(workspace_id="ws", model=f"model-{i}", api_method=f"method-{i}",
+                             input_tokens=1))
+    status = m.status("ws")
+    models = status.enhanced_tracking.models_breakdown  # type: ignore[union-attr]
+    methods = status.enhanced_tracking.api_methods_breakdown  # type: ignore[union-attr]
+    assert OTHER in models and OTHER in methods
+    assert len(models) <= MAX_BREAKDOWN_NAMES * 2 and len(methods) <= MAX_BREAKDOWN_NAMES * 2
+    total = sum(row.request_count for row in models.values())
+    assert total == MAX_BREAKDOWN_NAMES + 50  # nothing lost: the rest is in (other)
+    assert status.requests_per_minute.current == MAX_BREAKDOWN_NAMES + 50
+
+
+def test_a_default_policy_for_every_user_applies() -> None:
+    """``"user:*"`` was accepted and ignored: every user passed its limit."""
+    m = QuotaManager(QuotaPolicy.unlimited(),
+                     scope_policies={"user:*": QuotaPolicy(rpm=2, mode="raise")})
+    one = Estimate(model="gpt-4o-mini", input_tokens=1)
+    for user in ("alice", "bob"):
+        for _ in range(2):
+            m.record(UsageRecord(workspace_id="ws", scopes={"user": user}),
+                     m.acquire("ws", one, scopes={"user": user}))
+        with pytest.raises(RateLimitedError, match="user:" + user):
+            m.acquire("ws", one, scopes={"user": user})
+    # A user's own policy wins over the default of the kind.
+    own = QuotaManager(QuotaPolicy.unlimited(), scope_policies={
+        "user:*": QuotaPolicy(rpm=1, mode="raise"), "user:vip": QuotaPolicy(rpm=5)})
+    for _ in range(5):
+        own.acquire("ws", one, scopes={"user": "vip"})
+
+
+@pytest.mark.parametrize("value", [None, "a record", {"model": "gpt-4o"}, 42])
+def test_a_wrong_record_is_refused_with_the_argument_named(value: object) -> None:
+    m = QuotaManager()
+    with pytest.raises(ConfigurationError, match="record must be a UsageRecord"):
+        m.record(value)  # type: ignore[arg-type]
+
+
+async def test_a_wrong_record_is_refused_async_too() -> None:
+    with pytest.raises(ConfigurationError, match="record must be a UsageRecord"):
+        await QuotaManager().arecord(None)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("args", "named"), [
+    (("ws", None), "estimate must be an Estimate"),
+    (("", Estimate()), "workspace_id must be a non-empty string"),
+    ((None, Estimate()), "workspace_id must be a non-empty string"),
+])
+def test_wrong_acquire_arguments_are_refused(args: tuple[object, object], named: str) -> None:
+    with pytest.raises(ConfigurationError, match=named):
+        QuotaManager().acquire(*args)  # type: ignore[arg-type]
+
+
+def test_a_non_string_name_is_refused_with_the_field_named() -> None:
+    with pytest.raises(ConfigurationError, match="UsageRecord.model must be a string"):
+        UsageRecord(model=None)  # type: ignore[arg-type]
+
+
+def test_an_idle_tenant_costs_a_few_kilobytes() -> None:
+    """Before, a scope built 1,440 bucket lists up front: about 148 KiB per workspace."""
+    import tracemalloc
+
+    m = QuotaManager(QuotaPolicy(rpm=1000, rpd=None, tpm=None, tpd=None,
+                                 monthly_budget_usd=None))
+    one = Estimate(model="gpt-4o-mini", input_tokens=10, output_tokens=10)
+
+    def tenant(i: int) -> None:
+        ws = f"ws-{i}"
+        m.record(UsageRecord(workspace_id=ws, model="gpt-4o-mini", input_tokens=10),
+                 m.acquire(ws, one))
+
+    for i in range(50):
+        tenant(i)
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    for i in range(50, 2_050):
+        tenant(i)
+    grown = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(before, "filename"))
+    tracemalloc.stop()
+    assert grown / 2_000 < 5_000, grown / 2_000  # bytes per workspace
