@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from ..errors import ConfigurationError
 from .base import (
@@ -38,11 +38,27 @@ __all__ = [
     "Store",
     "UsageDelta",
     "UsageEntry",
+    "redacted",
     "store_from_url",
     "workspace_scope",
 ]
 
 SCHEMES = ("memory", "sqlite", "redis", "rediss")
+
+
+def redacted(url: str) -> str:
+    """``url`` fit for a message or a log: its password (and its query, where tokens go)
+    replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+        if "@" not in parts.netloc:
+            return url
+        user = parts.username or ""
+        host, _, port = parts.netloc.rpartition("@")[2].partition(":")
+        netloc = f"{user}:***@{host}" + (f":{port}" if port else "")
+        return urlunsplit(parts._replace(netloc=netloc, query="***" if parts.query else ""))
+    except ValueError:
+        return "<a store URL that could not be parsed>"
 
 
 def store_from_url(url: str) -> Store:
@@ -53,22 +69,23 @@ def store_from_url(url: str) -> Store:
     """
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
+    shown = redacted(url)
     if scheme == "memory":
         return MemoryStore()
     if scheme == "sqlite":
         if parts.netloc or not parts.path.startswith("/") or parts.path == "/":
             raise ConfigurationError(
-                f"store URL {url!r}: write sqlite:///relative.db or sqlite:////absolute.db"
+                f"store URL {shown!r}: write sqlite:///relative.db or sqlite:////absolute.db"
             )
         options = dict(parse_qsl(parts.query))
         durability = options.pop("durability", "batched")
         if options:
             raise ConfigurationError(
-                f"store URL {url!r}: unknown option(s) {sorted(options)}; known: durability"
+                f"store URL {shown!r}: unknown option(s) {sorted(options)}; known: durability"
             )
         if durability not in ("batched", "sync"):
             raise ConfigurationError(
-                f"store URL {url!r}: durability must be batched or sync, got {durability!r}"
+                f"store URL {shown!r}: durability must be batched or sync, got {durability!r}"
             )
         return SQLiteStore(parts.path[1:], durability=durability)  # type: ignore[arg-type]
     if scheme in ("redis", "rediss"):
@@ -76,6 +93,6 @@ def store_from_url(url: str) -> Store:
 
         return RedisStore.from_url(url)
     raise ConfigurationError(
-        f"store URL {url!r}: unknown scheme {scheme!r}; use one of "
+        f"store URL {shown!r}: unknown scheme {scheme!r}; use one of "
         + ", ".join(f"{s}://" for s in SCHEMES)
     )

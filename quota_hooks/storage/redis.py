@@ -46,7 +46,6 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 try:
     import redis
@@ -114,14 +113,9 @@ def _pool_options(max_connections: int, *, asyncio_: bool = False) -> dict[str, 
 
 
 def _redacted(url: str) -> str:
-    """``url`` without its password."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}"
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
+    from . import redacted
+
+    return redacted(url)
 
 
 def _source(name: str) -> str:

@@ -131,3 +131,25 @@ def test_an_idle_tenant_costs_a_few_kilobytes() -> None:
     grown = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(before, "filename"))
     tracemalloc.stop()
     assert grown / 2_000 < 5_000, grown / 2_000  # bytes per workspace
+
+
+@pytest.mark.parametrize("url", [
+    "redis://:CANARY-PW@127.0.0.1:6379/0?socket_timeout=nonsense",
+    "rediss://user:CANARY-PW@example.invalid:notaport/0",
+    "mysql://root:CANARY-PW@db/quota",
+    "sqlite://:CANARY-PW@host/x.db",
+])
+def test_a_store_url_password_never_reaches_an_error(url: str) -> None:
+    from quota_hooks.storage import store_from_url
+
+    with pytest.raises(ConfigurationError) as caught:
+        store_from_url(url)
+    assert "CANARY-PW" not in str(caught.value)
+    assert "CANARY-PW" not in repr(caught.value)
+
+
+def test_a_redis_store_repr_names_no_password() -> None:
+    from quota_hooks.storage.redis import RedisStore
+
+    store = RedisStore.from_url("redis://:CANARY-PW@127.0.0.1:1/0")
+    assert "CANARY-PW" not in repr(store) and "CANARY-PW" not in str(store)
