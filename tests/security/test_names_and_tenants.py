@@ -105,7 +105,7 @@ def test_wrong_acquire_arguments_are_refused(args: tuple[object, object], named:
 
 
 def test_a_non_string_name_is_refused_with_the_field_named() -> None:
-    with pytest.raises(ConfigurationError, match="UsageRecord.model must be a string"):
+    with pytest.raises(ConfigurationError, match=r"UsageRecord\.model must be a string"):
         UsageRecord(model=None)  # type: ignore[arg-type]
 
 
