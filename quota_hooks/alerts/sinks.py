@@ -2,25 +2,30 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import ipaddress
 import json
 import logging
+import math
 import smtplib
 import socket
 import ssl
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from email.message import EmailMessage
-from typing import Any
-from urllib.parse import urljoin, urlsplit
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
 
 import anyio
 import anyio.to_thread
 
 from ..errors import ConfigurationError
 from .model import Alert, AlertKind, OneThread
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = [
     "AlertDeliveryError",
@@ -104,23 +109,150 @@ def verify_signature(
     now: float | None = None,
 ) -> bool:
     """For webhook receivers: True if ``signature`` signs ``body`` at ``timestamp`` and the
-    timestamp is within ``tolerance`` seconds of now (replays are refused)."""
-    try:
-        age = abs((time.time() if now is None else now) - float(timestamp))
-    except ValueError:
+    timestamp is within ``tolerance`` seconds of now (replays are refused).
+
+    The arguments come in the order ``verify_signature(secret, body, timestamp, signature)``:
+    the body before the two header values (``X-Quota-Hooks-Timestamp``, then
+    ``X-Quota-Hooks-Signature``).
+
+    Anything but a genuine, fresh signature is False, never an exception: a missing
+    (``None``), empty, garbled or non-hex header, a non-numeric, non-finite or stale
+    timestamp, a wrongly typed value, and an empty ``secret`` (an unset secret must not
+    accept what anyone can sign with an empty key).
+    """
+    if not isinstance(secret, (str, bytes)) or not secret:
         return False
-    return age <= tolerance and hmac.compare_digest(sign(secret, timestamp, body), signature)
+    if not isinstance(body, (bytes, bytearray, memoryview)):
+        return False
+    if not (isinstance(timestamp, str) and isinstance(signature, str)
+            and timestamp.isascii() and signature.isascii()):
+        return False  # what the signer sends is ASCII (and compare_digest wants it so)
+    clock = time.time() if now is None else now
+    if not all(_is_number(value) for value in (tolerance, clock)):
+        return False
+    try:
+        sent = float(timestamp)
+        expected = sign(secret, timestamp, bytes(body))
+    except ValueError:  # not a number (or a str secret that does not encode)
+        return False
+    if not (math.isfinite(sent) and abs(clock - sent) <= tolerance):  # NaN compares False
+        return False
+    return hmac.compare_digest(expected, signature)
+
+
+def _is_number(value: object) -> bool:
+    """True for an int or a float (not a bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_SHARED = ipaddress.IPv4Network("100.64.0.0/10")
+_DOCUMENTATION_V6 = ipaddress.IPv6Network("3fff::/20")  # RFC 9637, unknown to Python 3.11
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> tuple[str, ipaddress.IPv4Address] | None:
+    """The IPv4 address that an IPv4-mapped, 6to4 or NAT64 address reaches, with its kind."""
+    if ip.ipv4_mapped is not None:
+        return "IPv4-mapped", ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return "6to4", ip.sixtofour
+    if ip in _NAT64:
+        return "NAT64", ipaddress.IPv4Address(int(ip) & 0xFFFF_FFFF)
+    return None
+
+
+def _refusal_reason(address: str) -> str | None:
+    """Why the private-address guard refuses ``address`` (an IP literal, as ``getaddrinfo``
+    gives it, a ``%scope`` allowed), or None for a public address.
+
+    Only globally reachable unicast addresses pass: ``ipaddress``'s ``is_global``, and not
+    multicast or site-local either (Python 3.11 calls some of those global). An IPv4-mapped
+    (``::ffff:0:0/96``), 6to4 (``2002::/16``) or NAT64 (``64:ff9b::/96``) address is judged
+    by the IPv4 address inside it, which is where its packets end up.
+    """
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return "not an IP address"
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = _embedded_ipv4(ip)
+        if embedded is not None:
+            kind, inner = embedded
+            reason = _refusal_reason(str(inner))
+            return None if reason is None else f"{kind} {inner}: {reason}"
+    site_local = isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local
+    for refused, reason in (
+        (ip.is_unspecified, "unspecified"),
+        (ip.is_loopback, "loopback"),
+        (ip.is_link_local, "link-local"),
+        (ip.is_multicast, "multicast"),
+        (site_local, "site-local"),
+        (ip in _SHARED, "shared address space (100.64.0.0/10)"),
+        (ip.is_reserved, "reserved"),
+        (ip.is_private, "private"),
+        (not ip.is_global or ip in _DOCUMENTATION_V6, "not globally reachable"),
+    ):
+        if refused:
+            return reason
+    return None
 
 
 def _forbidden_address(address: str) -> bool:
-    """True for loopback, link-local, private, multicast, reserved and unspecified IPs."""
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return (
-        ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast
-        or ip.is_reserved or ip.is_unspecified
-    )
+    """True for every address that is not public (see :func:`_refusal_reason`)."""
+    return _refusal_reason(address) is not None
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_REDACTED = "[redacted]"
+
+
+def _redact(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with each of ``secrets`` (longest first) replaced by ``[redacted]``."""
+    for secret in sorted(set(secrets), key=len, reverse=True):
+        if secret:
+            text = text.replace(secret, _REDACTED)
+    return text
+
+
+def _url_secrets(url: str, parsed: httpx.URL) -> list[str]:
+    """The parts of a webhook URL that may be credentials, as given, percent-decoded and as
+    httpx normalizes them: its user info and password, whatever their length, and its path
+    and query, from 4 characters on (a path of "/" is none)."""
+    raw_path = parsed.raw_path.decode("ascii")
+    credentials = [parsed.userinfo.decode("ascii"), parsed.password]
+    pieces = [parsed.path, raw_path, raw_path.partition("?")[0], parsed.query.decode("ascii")]
+    try:
+        parts = urlsplit(url)
+        credentials += [parts.netloc.rpartition("@")[0], parts.password or ""]
+        pieces += [parts.path, parts.query]
+    except ValueError:  # httpx parsed it; what urlsplit makes of it is only a bonus
+        pass
+    found = {piece for piece in credentials if piece} | {p for p in pieces if len(p) >= 4}
+    return sorted(found | {unquote(piece) for piece in found})
+
+
+def _describe_url(url: str) -> str:
+    """``url`` for an error message: its scheme and host only, never what follows (for a
+    Slack webhook the path is the credential)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        return "an unparseable URL"
+    if not parts.scheme or not host:
+        return "a URL without a scheme and a host"
+    rest = "/..." if parts.path.strip("/") or parts.query or parts.fragment else ""
+    return repr(f"{parts.scheme}://{host}{rest}")
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    """The origin of ``url``: scheme, host (IDNA-encoded) and port (the default filled in)."""
+    return url.scheme, url.raw_host.decode("ascii"), url.port or _DEFAULT_PORTS.get(url.scheme)
+
+
+def _show_origin(url: httpx.URL) -> str:
+    """``scheme://host[:port]`` of ``url``: never its user info, path or query."""
+    return f"{url.scheme}://{url.netloc.decode('ascii')}"
 
 
 class WebhookSink:
@@ -135,9 +267,29 @@ class WebhookSink:
         retries: further attempts after a connection error, a timeout, a 429 or a 5xx.
         backoff: seconds before the first retry, doubled each time.
         headers: extra request headers.
-        block_private_addresses: refuse to send to (or be redirected to) loopback,
-            link-local and private addresses, checked on every hop. Off by default.
-        max_redirects: redirects followed (each re-checked by the guard).
+        block_private_addresses: only send to public addresses. Each hop's host is resolved
+            once, every address it resolves to must be public (not loopback, private,
+            link-local, shared 100.64.0.0/10, multicast, reserved or unspecified, IPv4 inside
+            IPv6 judged by that IPv4), and the connection goes to the checked address (the
+            request keeps the name in ``Host`` and, over https, as TLS SNI and the name the
+            certificate must match), so DNS rebinding between check and connect gets nowhere.
+            Off by default (a receiver on 127.0.0.1 in tests, on a private network in some
+            deployments).
+        max_redirects: same-origin redirects followed.
+        transport: the httpx async transport to send through (tests: ``httpx.MockTransport``);
+            by default a new ``httpx.AsyncHTTPTransport`` per delivery, with no proxy or TLS
+            settings taken from the environment.
+
+    Redirects: a redirect to the same origin (scheme, host and port) is followed, up to
+    ``max_redirects`` times, each hop checked by the guard again; a redirect to any other
+    origin is refused -- not followed and a failed delivery (:class:`AlertDeliveryError`
+    naming both origins), so the Authorization, the user info of ``url``, the signature
+    headers and the custom headers never reach an origin other than ``url``'s.
+
+    Secrets stay out of ``repr()`` (the scheme, host and port only: for Slack the path is the
+    credential), out of error messages (whatever the network error says, the URL's user
+    info, path and query, the secret and the header values are redacted) and out of logs
+    (requests go to the transport directly, so httpx logs no request line).
 
     ``attempts``, ``retries_made`` and ``failures`` count what happened.
     """
@@ -153,22 +305,30 @@ class WebhookSink:
         headers: Mapping[str, str] | None = None,
         block_private_addresses: bool = False,
         max_redirects: int = 3,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigurationError(f"webhook url must be an http(s) URL, got {url!r}")
-        for name, value in [("timeout", timeout), ("backoff", backoff)]:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ConfigurationError(f"{name} must be a number >= 0, got {value!r}")
-        for name, value in [("retries", retries), ("max_redirects", max_redirects)]:
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigurationError(f"{name} must be a whole number >= 0, got {value!r}")
         try:
             import httpx
         except ImportError as exc:  # pragma: no cover - depends on the environment
             raise ImportError(
                 "WebhookSink needs httpx: pip install 'quota-hooks[alerts]'"
             ) from exc
+        try:
+            parsed = httpx.URL(url)
+        except (httpx.InvalidURL, TypeError):
+            raise ConfigurationError(
+                f"webhook url is not a valid URL, got {_describe_url(str(url))}"
+            ) from None
+        if parsed.scheme not in _DEFAULT_PORTS or not parsed.host:
+            raise ConfigurationError(
+                f"webhook url must be an http(s) URL, got {_describe_url(url)}"
+            )
+        for name, value in [("timeout", timeout), ("backoff", backoff)]:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ConfigurationError(f"{name} must be a number >= 0, got {value!r}")
+        for name, value in [("retries", retries), ("max_redirects", max_redirects)]:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigurationError(f"{name} must be a whole number >= 0, got {value!r}")
         self._httpx = httpx
         self.url = url
         self.secret = secret
@@ -181,10 +341,20 @@ class WebhookSink:
         self.attempts = 0
         self.retries_made = 0
         self.failures = 0
+        self._url = parsed.copy_with(userinfo=b"", fragment=None)
+        self._authorization: str | None = None
+        if parsed.userinfo:  # as httpx does: the URL's user info is Basic auth
+            token = f"{parsed.username}:{parsed.password}".encode()
+            self._authorization = "Basic " + base64.b64encode(token).decode("ascii")
+        self._transport = transport
+        self._secrets = _url_secrets(url, parsed) + [
+            value for value in self.headers.values() if len(value) >= 4]
+        if secret:
+            self._secrets.append(secret if isinstance(secret, str)
+                                 else secret.decode("utf-8", "replace"))
 
-    def __repr__(self) -> str:  # never the URL's query or credentials
-        parts = urlsplit(self.url)
-        return f"{type(self).__name__}({parts.scheme}://{parts.hostname}{parts.path})"
+    def __repr__(self) -> str:  # never the URL's user info, path or query
+        return f"{type(self).__name__}({_show_origin(self._url)})"
 
     def payload(self, alert: Alert) -> dict[str, Any]:
         """The JSON body for ``alert``."""
@@ -210,7 +380,7 @@ class WebhookSink:
                 self.failures += 1
                 raise
             except (self._httpx.TransportError, OSError) as exc:
-                last = f"{type(exc).__name__}: {exc}"
+                last = f"{type(exc).__name__}: {self._scrub(str(exc))}"
                 continue
             if status < 300:
                 return
@@ -218,40 +388,112 @@ class WebhookSink:
             if status != 429 and status < 500:
                 break  # a 4xx will not get better by retrying
         self.failures += 1
-        raise AlertDeliveryError(f"{self!r}: {last}")
+        raise self._error(last)
 
-    async def _post(self, body: bytes, headers: dict[str, str]) -> int:
-        url = self.url
-        async with self._httpx.AsyncClient(
-            timeout=self.timeout, follow_redirects=False, trust_env=False
-        ) as client:
+    def _error(self, problem: str) -> AlertDeliveryError:
+        """An :class:`AlertDeliveryError` for ``problem`` (which names no secret: origins,
+        hosts and addresses only, and foreign text through :meth:`_scrub`)."""
+        return AlertDeliveryError(f"{self!r}: {problem}")
+
+    def _scrub(self, text: str) -> str:
+        """``text`` from elsewhere (an exception of the network stack), with the URL's user
+        info, path and query, the secret and the custom header values redacted."""
+        return _redact(text, self._secrets)
+
+    async def _post(self, body: bytes, headers: Mapping[str, str]) -> int:
+        """POST ``body`` to the URL, following same-origin redirects; the final status."""
+        url = self._url
+        transport = self._transport or self._httpx.AsyncHTTPTransport(trust_env=False)
+        try:
             for _ in range(self.max_redirects + 1):
-                await self._check(url)
-                response = await client.post(url, content=body, headers=headers)
-                location = response.headers.get("location")
-                if response.is_redirect and location:
-                    url = urljoin(url, location)
-                    continue
-                return response.status_code
-        raise AlertDeliveryError(f"{self!r}: more than {self.max_redirects} redirects")
+                status, location = await self._post_once(transport, url, body, headers)
+                if location is None:
+                    return status
+                url = self._follow(url, location)
+        finally:
+            if self._transport is None:
+                await transport.aclose()
+        raise self._error(f"more than {self.max_redirects} redirects")
 
-    async def _check(self, url: str) -> None:
+    def _follow(self, url: httpx.URL, location: str) -> httpx.URL:
+        """Where a redirect from ``url`` to ``location`` goes, if it stays on the origin."""
+        try:
+            target = url.join(location)
+        except self._httpx.InvalidURL:
+            raise self._error(f"a redirect from {_show_origin(url)} to an invalid URL "
+                              f"was not followed") from None
+        if _origin(target) != _origin(url):
+            raise self._error(
+                f"a redirect from {_show_origin(url)} to {_show_origin(target)} was not "
+                f"followed: cross-origin redirects are refused, so that no credential, "
+                f"signature or header reaches another origin")
+        return target.copy_with(userinfo=b"", fragment=None)
+
+    async def _post_once(
+        self, transport: httpx.AsyncBaseTransport, url: httpx.URL, body: bytes,
+        headers: Mapping[str, str],
+    ) -> tuple[int, str | None]:
+        """One POST to ``url``: its status, and the Location of a redirect (else None).
+
+        With the guard on, the connection goes to an address that was checked (the next one
+        if connecting fails: nothing was sent then), the name staying in ``Host`` and SNI."""
+        addresses = await self._pin(url)
+        for address in addresses[:-1]:
+            try:
+                return await self._exchange(transport, url, address, body, headers)
+            except self._httpx.ConnectError:
+                continue
+        return await self._exchange(transport, url, addresses[-1], body, headers)
+
+    async def _exchange(
+        self, transport: httpx.AsyncBaseTransport, url: httpx.URL, address: str | None,
+        body: bytes, headers: Mapping[str, str],
+    ) -> tuple[int, str | None]:
+        """POST to ``url`` over a connection to ``address`` (None: to its host)."""
+        httpx = self._httpx
+        request_headers = httpx.Headers(headers)
+        request_headers.setdefault("Host", url.netloc.decode("ascii"))
+        request_headers.setdefault("Accept", "*/*")
+        request_headers.setdefault("User-Agent", f"python-httpx/{httpx.__version__}")
+        if self._authorization is not None:
+            request_headers["Authorization"] = self._authorization
+        extensions: dict[str, Any] = {"timeout": httpx.Timeout(self.timeout).as_dict()}
+        if url.scheme == "https":  # TLS checks the name, whatever address is connected to
+            extensions["sni_hostname"] = url.raw_host.decode("ascii")
+        target = url if address is None else url.copy_with(host=address)
+        request = httpx.Request("POST", target, headers=request_headers, content=body,
+                                extensions=extensions)
+        # the transport itself, not a client: httpx's client logs the URL of every request
+        response = await transport.handle_async_request(request)
+        try:
+            location = response.headers.get("location") if response.is_redirect else None
+            return response.status_code, location
+        finally:
+            await response.aclose()
+
+    async def _pin(self, url: httpx.URL) -> list[str | None]:
+        """The addresses to connect to for ``url``, in order: with the guard on, every
+        address its host resolves to (resolved once, here), after checking that all of them
+        are public; with the guard off ``[None]``, the transport resolving the name."""
         if not self.block_private_addresses:
-            return
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+            return [None]
+        host = url.raw_host.decode("ascii")
+        port = url.port or _DEFAULT_PORTS[url.scheme]
         try:
             infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except OSError as exc:
-            raise AlertDeliveryError(f"cannot resolve webhook host {host!r}: {exc}") from exc
-        for info in infos:
-            address = str(info[4][0])
+            raise self._error(f"cannot resolve {host!r}: {self._scrub(str(exc))}") from None
+        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+        if not addresses:
+            raise self._error(f"cannot resolve {host!r}: no address")
+        for address in addresses:
             if _forbidden_address(address):
-                raise AlertDeliveryError(
-                    f"refusing to send an alert to {host!r} ({address}): a loopback, "
-                    f"link-local or private address (block_private_addresses=True)"
-                )
+                reason = _refusal_reason(address) or "refused"
+                raise self._error(
+                    f"refusing to send an alert to {host!r} ({address}: {reason}): only "
+                    f"public addresses are allowed, not a loopback, link-local or private "
+                    f"address (block_private_addresses=True)")
+        return [address.split("%", 1)[0] for address in addresses]
 
 
 class SlackSink(WebhookSink):
@@ -348,9 +590,14 @@ class EmailSink:
         return msg
 
     async def send(self, alert: Alert) -> None:
-        """Send the email in a worker thread."""
+        """Send the email in a worker thread; raises :class:`AlertDeliveryError` (the error
+        of the connection or of the SMTP server, the password redacted)."""
         message = self.message(alert)
-        await self._thread.run(self._send, message)  # a hung server holds one thread
+        try:
+            await self._thread.run(self._send, message)  # a hung server holds one thread
+        except OSError as exc:  # smtplib.SMTPException included
+            detail = _redact(str(exc), [self._password] if self._password else [])
+            raise AlertDeliveryError(f"{self!r}: {type(exc).__name__}: {detail}") from None
 
     def _send(self, message: EmailMessage) -> None:
         smtp_class = smtplib.SMTP_SSL if self.use_ssl else smtplib.SMTP
