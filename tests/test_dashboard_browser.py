@@ -1,12 +1,20 @@
 """The dashboard in a real browser: Debian's chromium driven by Playwright, against the server
-on 127.0.0.1. In CI (``CI`` set) a missing browser fails the run; locally it skips."""
+on 127.0.0.1. In CI (``CI`` set) a missing browser fails the run; locally it skips.
+
+The page runs under the server's Content-Security-Policy (never bypassed here): any policy
+violation, console error or uncaught exception fails the test (apart from the connection
+errors of the outage the first test causes on purpose).
+"""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,6 +26,21 @@ CHROMIUM = os.environ.get("QUOTA_HOOKS_TEST_CHROMIUM", "/usr/bin/chromium")
 TOKEN = "browser-token-1"
 SCREENSHOTS = Path(os.environ.get("QUOTA_HOOKS_SCREENSHOTS", "")) if os.environ.get(
     "QUOTA_HOOKS_SCREENSHOTS") else None
+#: Headless, and nothing but 127.0.0.1: no update checks, sync, metrics or safe-browsing calls.
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--headless", "--disable-background-networking",
+    "--disable-component-update", "--disable-default-apps", "--disable-sync",
+    "--disable-domain-reliability", "--disable-client-side-phishing-detection",
+    "--disable-breakpad", "--metrics-recording-only", "--no-first-run", "--no-pings",
+    "--disable-features=OptimizationHints,MediaRouter,Translate,AutofillServerCommunication",
+]
+#: What the browser logs while the server is down, on purpose, in the first test.
+OUTAGE = re.compile(r"ERR_CONNECTION_REFUSED|ERR_CONNECTION_RESET|ERR_EMPTY_RESPONSE"
+                    r"|WebSocket connection to '.*' failed")
+WATCH_CSP = """document.addEventListener("securitypolicyviolation", (e) => {
+  window.__quotaHooksCspViolation([e.effectiveDirective, e.blockedURI, e.sourceFile,
+                                   e.lineNumber, e.sample].join(" | "));
+});"""
 
 
 def _browser_or_skip() -> str:
@@ -29,15 +52,36 @@ def _browser_or_skip() -> str:
     return CHROMIUM
 
 
-def serve(manager: QuotaManager, port: int = 0) -> BackgroundServer:
+def serve(manager: QuotaManager, port: int = 0, **options: Any) -> BackgroundServer:
     return BackgroundServer(create_app(manager, tokens=f"acme:{TOKEN}", max_updates_per_second=10,
-                                       poll_interval=0.5), port=port)
+                                       poll_interval=0.5, **options), port=port)
 
 
 def call(manager: QuotaManager, n: int = 1, model: str = "gpt-4o-mini") -> None:
     for _ in range(n):
         manager.record(UsageRecord(workspace_id="acme", model=model, input_tokens=400,
                                    output_tokens=100))
+
+
+@dataclass
+class Problems:
+    """What a page reported: CSP violations, console errors and uncaught exceptions."""
+
+    violations: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def watch(self, page: Any) -> None:
+        page.expose_binding("__quotaHooksCspViolation",
+                            lambda source, text: self.violations.append(text))
+        page.add_init_script(WATCH_CSP)
+        page.on("console", lambda message: self.errors.append(message.text)
+                if message.type == "error" else None)
+        page.on("pageerror", lambda error: self.errors.append(f"uncaught: {error}"))
+
+    def assert_none(self, *, outage: bool = False) -> None:
+        assert self.violations == [], self.violations
+        errors = [e for e in self.errors if not (outage and OUTAGE.search(e))]
+        assert errors == [], errors
 
 
 @pytest.fixture
@@ -47,50 +91,147 @@ def manager() -> Iterator[QuotaManager]:
     manager.close()
 
 
-def test_the_dashboard_updates_live_shows_disconnects_and_reconnects(
-    manager: QuotaManager, tmp_path: Path
-) -> None:
+@pytest.fixture
+def browser() -> Iterator[Any]:
     executable = _browser_or_skip()
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, headless=True,
+                                             args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def test_the_dashboard_updates_live_shows_disconnects_and_reconnects(
+    manager: QuotaManager, browser: Any, tmp_path: Path
+) -> None:
+    """The whole page under its CSP: gauges, bars, tables, alerts and the chart render, an
+    outage shows and heals, another workspace is refused, the picker lists workspaces; the
+    browser reports no violation and no error (but the outage's connection errors)."""
+    from playwright.sync_api import expect
 
     call(manager, 3)
     server = serve(manager)
     port = server.port
+    problems = Problems()
     try:
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(
-                executable_path=executable, headless=True, args=["--no-sandbox", "--headless"]
-            )
-            page = browser.new_page(viewport={"width": 1200, "height": 900})
-            page.goto(f"http://127.0.0.1:{port}/dashboard/acme#token={TOKEN}")
-            expect(page.get_by_test_id("connection")).to_have_text("live")
-            rpm = page.get_by_test_id("current-rpm")
-            expect(rpm).to_have_text("3")
-            expect(page.get_by_test_id("status")).to_have_text("normal")
-            expect(page.get_by_test_id("recent-row")).to_have_count(3)
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        problems.watch(page)
+        response = page.goto(f"http://127.0.0.1:{port}/dashboard/acme#token={TOKEN}")
+        assert response is not None
+        policy = response.headers.get("content-security-policy", "")
+        assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy, policy
+        expect(page.get_by_test_id("connection")).to_have_text("live")
+        rpm = page.get_by_test_id("current-rpm")
+        expect(rpm).to_have_text("3")
+        expect(page.get_by_test_id("status")).to_have_text("normal")
+        expect(page.get_by_test_id("recent-row")).to_have_count(3)
 
-            call(manager, 14, model="gpt-4o")  # 17 of 20: past the 80% warning
-            expect(rpm).to_have_text("17")  # no reload: the WebSocket brought it
-            expect(page.get_by_test_id("status")).to_have_text("warning")
-            expect(page.get_by_test_id("model-row")).to_have_count(2)
-            expect(page.get_by_test_id("alert").first).to_contain_text("warning")
-            expect(page.locator("#chart rect")).to_have_count(30)
-            page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
-            assert (tmp_path / "dashboard.png").stat().st_size > 10_000
-            if SCREENSHOTS is not None:
-                SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-                page.screenshot(path=str(SCREENSHOTS / "dashboard.png"), full_page=True)
+        call(manager, 14, model="gpt-4o")  # 17 of 20: past the 80% warning
+        expect(rpm).to_have_text("17")  # no reload: the WebSocket brought it
+        expect(page.get_by_test_id("status")).to_have_text("warning")
+        expect(page.get_by_test_id("model-row")).to_have_count(2)
+        expect(page.get_by_test_id("alert").first).to_contain_text("warning")
+        expect(page.locator("#chart rect")).to_have_count(30)
+        gauge = page.get_by_test_id("gauge-rpm").locator(".fill")
+        expect(gauge).to_have_class(re.compile(r"\bwarning\b"))
+        assert gauge.evaluate("e => e.style.width") == "85%"  # styled without inline style
+        page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
+        assert (tmp_path / "dashboard.png").stat().st_size > 10_000
+        if SCREENSHOTS is not None:
+            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(SCREENSHOTS / "dashboard.png"), full_page=True)
+        problems.assert_none()
 
-            server.stop()
-            expect(page.get_by_test_id("connection")).to_contain_text("disconnected")
-            assert page.evaluate("document.body.dataset.connected") == "no"
-            server = serve(manager, port)  # the same address: the page reconnects
-            expect(page.get_by_test_id("connection")).to_have_text("live", timeout=20_000)
-            call(manager)
-            expect(rpm).to_have_text("18")
+        server.stop()
+        expect(page.get_by_test_id("connection")).to_contain_text("disconnected")
+        assert page.evaluate("document.body.dataset.connected") == "no"
+        server = serve(manager, port)  # the same address: the page reconnects
+        expect(page.get_by_test_id("connection")).to_have_text("live", timeout=20_000)
+        call(manager)
+        expect(rpm).to_have_text("18")
+        problems.assert_none(outage=True)
+        problems.errors.clear()
 
-            page.goto(f"http://127.0.0.1:{port}/dashboard/other#token={TOKEN}")
-            expect(page.get_by_test_id("connection")).to_contain_text("may not read other")
-            browser.close()
+        page.goto(f"http://127.0.0.1:{port}/dashboard/other#token={TOKEN}")
+        expect(page.get_by_test_id("connection")).to_contain_text("may not read other")
+        page.goto(f"http://127.0.0.1:{port}/#token={TOKEN}")
+        expect(page.locator("#workspaces a")).to_have_text(["acme"])
+        page.locator("#workspaces a").click()
+        expect(page.get_by_test_id("connection")).to_have_text("live")
+        expect(rpm).to_have_text("18")
+        problems.assert_none()
+    finally:
+        server.stop()
+
+
+def test_an_injected_inline_script_is_refused_by_the_page_policy(
+    manager: QuotaManager, browser: Any
+) -> None:
+    """The attack the CSP is for: markup that reaches the page (say, through a bug in a
+    renderer) cannot run script. The browser refuses an inline script, an inline handler
+    and a markup sink, and reports each; the page keeps working."""
+    from playwright.sync_api import expect
+
+    call(manager)
+    server = serve(manager)
+    problems = Problems()
+    try:
+        page = browser.new_page()
+        problems.watch(page)
+        page.goto(f"http://127.0.0.1:{server.port}/dashboard/acme#token={TOKEN}")
+        expect(page.get_by_test_id("connection")).to_have_text("live")
+        problems.assert_none()
+        outcome = page.evaluate("""() => {
+          const tried = [];
+          const script = document.createElement("script");
+          try { script.text = "window.__pwned = 'inline script'"; tried.push("script text"); }
+          catch (e) { tried.push("script text refused"); }
+          document.body.append(script);
+          const img = document.createElement("img");
+          try { img.setAttribute("onerror", "window.__pwned = 'handler'"); tried.push("handler"); }
+          catch (e) { tried.push("handler refused"); }
+          img.src = "data:,";
+          document.body.append(img);
+          try { document.body.insertAdjacentHTML("beforeend", "<b>hi</b>"); tried.push("sink"); }
+          catch (e) { tried.push("sink refused"); }
+          return tried;
+        }""")
+        assert "sink refused" in outcome, outcome
+        page.wait_for_timeout(300)
+        assert page.evaluate("window.__pwned") is None
+        assert problems.violations, "the browser reported no violation"
+        assert all(v.split(" | ")[0] in {"script-src-elem", "script-src-attr",
+                                          "require-trusted-types-for"}
+                   for v in problems.violations), problems.violations
+        call(manager)
+        expect(page.get_by_test_id("current-rpm")).to_have_text("2")
+    finally:
+        server.stop()
+
+
+def test_too_many_dashboards_for_one_token_are_told_so(
+    manager: QuotaManager, browser: Any
+) -> None:
+    """Past the token's socket cap, the page says why it gets no updates instead of
+    reconnecting in a loop."""
+    from playwright.sync_api import expect
+
+    call(manager)
+    server = serve(manager, max_connections_per_token=1)
+    problems = Problems()
+    try:
+        first, second = browser.new_page(), browser.new_page()
+        problems.watch(first)
+        problems.watch(second)
+        url = f"http://127.0.0.1:{server.port}/dashboard/acme#token={TOKEN}"
+        first.goto(url)
+        expect(first.get_by_test_id("connection")).to_have_text("live")
+        second.goto(url)
+        expect(second.get_by_test_id("connection")).to_contain_text(
+            "too many open dashboards for this token")
+        expect(first.get_by_test_id("connection")).to_have_text("live")
+        problems.assert_none()
     finally:
         server.stop()

@@ -319,7 +319,13 @@ def test_dashboard_pages_are_served(client: TestClient) -> None:
     for path in ("/", "/dashboard/a"):
         page = client.get(path)
         assert page.status_code == 200
-        assert "<title>quota-hooks</title>" in page.text and "/api/quota/ws/" in page.text
+        assert "<title>quota-hooks</title>" in page.text
+        assert '<script src="/quota-hooks/static/dashboard.js"' in page.text  # not inline
+    script = client.get("/quota-hooks/static/dashboard.js")
+    assert script.status_code == 200 and "/api/quota/ws/" in script.text
+    assert client.get("/quota-hooks/static/dashboard.css").status_code == 200
+    assert client.get("/quota-hooks/static/dashboard.html").status_code == 404
+    assert client.get("/quota-hooks/static/..%2Fapp.py").status_code == 404
 
 
 def test_a_stuck_client_slows_neither_the_others_nor_the_calls(manager: QuotaManager) -> None:

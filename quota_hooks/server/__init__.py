@@ -12,7 +12,14 @@ is a standalone app (what ``quota-hooks serve`` runs)::
 Routes: ``GET /api/quota/status/{workspace_id}`` (the seed JSON; ``?enhanced=true`` adds
 ``enhanced_tracking``), ``GET /api/quota/workspaces``, ``GET /api/quota/history/{workspace_id}
 ?since=30d&by=day|model|method``, ``GET /healthz``, ``WS /api/quota/ws/{workspace_id}``, and
-the dashboard at ``GET /`` and ``GET /dashboard/{workspace_id}``.
+the dashboard at ``GET /`` and ``GET /dashboard/{workspace_id}`` (its script and style sheet at
+``GET /quota-hooks/static/dashboard.js`` and ``.css``).
+
+Hardening: every response carries a Content-Security-Policy (no inline script; ``frame-ancestors``
+from ``frame_ancestors=`` or ``QUOTA_HOOKS_FRAME_ANCESTORS``, ``'none'`` by default),
+``X-Content-Type-Options: nosniff`` and ``Referrer-Policy: no-referrer``; ``?token=`` values are
+redacted from uvicorn's log lines; WebSockets are capped per token and per workspace (close code
+4429), and a client that does not read its updates is closed (4408) rather than queued for.
 """
 
 from __future__ import annotations

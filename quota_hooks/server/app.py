@@ -6,18 +6,15 @@ import contextlib
 import hmac
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Annotated, Any, Literal
 
-import anyio
-
 try:
-    from fastapi import APIRouter, FastAPI, HTTPException, Query, Request, WebSocket
+    from fastapi import APIRouter, FastAPI, HTTPException, Query, Request, Response, WebSocket
     from fastapi.middleware.cors import CORSMiddleware
     from fastapi.responses import HTMLResponse, JSONResponse
-    from starlette.websockets import WebSocketDisconnect
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "quota_hooks.server needs FastAPI: pip install 'quota-hooks[server]'"
@@ -26,15 +23,47 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 from ..errors import ConfigurationError, StorageError
 from ..manager import QuotaManager
 from ..windows import parse_since
+from .headers import (
+    FRAME_ANCESTORS_ENV,
+    BrowserHeaders,
+    SecurityHeadersMiddleware,
+    parse_frame_ancestors,
+    secured_route_class,
+)
+from .live import (
+    STORE_UNAVAILABLE,
+    WS_TOO_MANY,
+    WS_TOO_SLOW,
+    ConnectionSlots,
+    LiveHub,
+    LiveSettings,
+    serve_socket,
+)
+from .logs import install_token_redaction
 
-__all__ = ["TOKENS_ENV", "ApiTokens", "create_app", "quota_router"]
+__all__ = [
+    "ASSETS_PATH",
+    "FRAME_ANCESTORS_ENV",
+    "TOKENS_ENV",
+    "WS_TOO_MANY",
+    "WS_TOO_SLOW",
+    "ApiTokens",
+    "create_app",
+    "quota_router",
+]
 
 logger = logging.getLogger("quota_hooks")
 
 TOKENS_ENV = "QUOTA_HOOKS_API_TOKENS"
 CORS_ENV = "QUOTA_HOOKS_CORS_ORIGINS"
-#: WebSocket close codes: no or unknown token, and a token of another workspace.
+#: WebSocket close codes: no or unknown token, and a token of another workspace (and, from
+#: :mod:`.live`, ``WS_TOO_MANY`` 4429 over a socket cap, ``WS_TOO_SLOW`` 4408 for a client
+#: that does not read its updates).
 WS_UNAUTHORIZED, WS_FORBIDDEN = 4401, 4403
+#: Where the dashboard's script and style sheet are served (the page has neither inline).
+ASSETS_PATH = "/quota-hooks/static"
+_ASSETS = {"dashboard.js": "text/javascript; charset=utf-8",
+           "dashboard.css": "text/css; charset=utf-8"}
 _SUBPROTOCOL = "quota-hooks"
 _BEARER_PROTOCOL = "bearer."
 
@@ -141,7 +170,7 @@ def _unavailable_on_store_errors() -> Iterator[None]:
         yield
     except StorageError as exc:
         logger.warning("quota-hooks: the API could not read the store: %s", exc)
-        raise HTTPException(503, "the usage store cannot be read right now") from exc
+        raise HTTPException(503, STORE_UNAVAILABLE) from exc
 
 
 def _bearer(request: Request) -> str | None:
@@ -168,6 +197,19 @@ def _check(
     return access
 
 
+def _positive(name: str, value: object, *, integer: bool = False) -> None:
+    """Raise :class:`ConfigurationError` unless ``value`` is a number (an int with
+    ``integer``) above 0."""
+    positive = False
+    if isinstance(value, int) and not isinstance(value, bool):
+        positive = value > 0
+    elif isinstance(value, float) and not integer:
+        positive = value > 0  # NaN is not
+    if not positive:
+        what = "an integer" if integer else "a number"
+        raise ConfigurationError(f"{name} must be {what} > 0, got {value!r}")
+
+
 def quota_router(
     manager: QuotaManager,
     *,
@@ -176,32 +218,61 @@ def quota_router(
     poll_interval: float = 2.0,
     dashboard: bool = True,
     allowed_origins: list[str] | None = None,
+    frame_ancestors: str | Sequence[str] | None = None,
+    max_connections_per_token: int = 32,
+    max_connections_per_workspace: int = 32,
+    send_timeout: float = 10.0,
+    max_pending: int = 32,
 ) -> APIRouter:
     """The API, WebSocket and (with ``dashboard``) the dashboard routes for ``manager``.
 
+    Every response of these routes carries ``X-Content-Type-Options: nosniff``,
+    ``Referrer-Policy: no-referrer`` and a Content-Security-Policy (see
+    :mod:`quota_hooks.server.headers`); ``?token=`` values are redacted from uvicorn's logs
+    (see :mod:`quota_hooks.server.logs`).
+
     Args:
         tokens: :class:`ApiTokens`, their text form, or None for ``QUOTA_HOOKS_API_TOKENS``.
-        max_updates_per_second: WebSocket updates per connection at most (changes between
+        max_updates_per_second: WebSocket updates per workspace at most (changes between
             two updates are coalesced into the second).
-        poll_interval: seconds between status reads on a quiet WebSocket, which catch usage
+        poll_interval: seconds between status reads of a quiet workspace, which catch usage
             that other processes sharing the store record.
-        dashboard: serve the dashboard page at ``/`` and ``/dashboard/{workspace_id}``.
+        dashboard: serve the dashboard page at ``/`` and ``/dashboard/{workspace_id}`` (and
+            its script and style sheet under ``/quota-hooks/static/``).
         allowed_origins: browser origins, besides the server's own pages, that may use a
             server without tokens (``create_app`` passes its ``cors_origins``).
+        frame_ancestors: the sites that may frame the pages (CSP ``frame-ancestors``):
+            ``'none'`` (the default), ``'self'`` or origins, space-separated or a list; None
+            reads ``QUOTA_HOOKS_FRAME_ANCESTORS``.
+        max_connections_per_token: WebSockets open at once with one token (on a server
+            without tokens: in all); past it a socket is closed with 4429.
+        max_connections_per_workspace: WebSockets open at once on one workspace, whatever
+            their tokens; past it a socket is closed with 4429.
+        send_timeout: seconds one WebSocket frame may take to send; a client that reads
+            slower is closed with 4408.
+        max_pending: alerts that may wait for one WebSocket (status updates never queue:
+            the newest replaces the one not sent yet); past it the socket is closed with 4408.
     """
     if isinstance(tokens, str):
         tokens = ApiTokens.parse(tokens, source="tokens")
     elif tokens is None:
         tokens = ApiTokens.from_env()
     for name, value in [("max_updates_per_second", max_updates_per_second),
-                        ("poll_interval", poll_interval)]:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise ConfigurationError(f"{name} must be a number > 0, got {value!r}")
+                        ("poll_interval", poll_interval), ("send_timeout", send_timeout)]:
+        _positive(name, value)
+    for name, value in [("max_connections_per_token", max_connections_per_token),
+                        ("max_connections_per_workspace", max_connections_per_workspace),
+                        ("max_pending", max_pending)]:
+        _positive(name, value, integer=True)
     auth: ApiTokens = tokens
     origins = frozenset(allowed_origins or ())
-    gap = 1.0 / max_updates_per_second
+    headers = BrowserHeaders.build(parse_frame_ancestors(frame_ancestors))
+    slots = ConnectionSlots(max_connections_per_token, max_connections_per_workspace)
+    hub = LiveHub(manager, LiveSettings(gap=1.0 / max_updates_per_second, poll=poll_interval,
+                                        send_timeout=send_timeout, max_pending=max_pending))
+    install_token_redaction()
     manager.publish_alerts()
-    router = APIRouter()
+    router = APIRouter(route_class=secured_route_class(headers))
 
     @router.get("/healthz")
     async def healthz() -> Any:
@@ -210,7 +281,7 @@ def quota_router(
             await manager.aworkspaces()
         except StorageError:  # the details (store address) are in the log, not here
             logger.warning("quota-hooks: /healthz: the store cannot be read", exc_info=True)
-            return JSONResponse({"status": "degraded", "error": "the store cannot be read"},
+            return JSONResponse({"status": "degraded", "error": STORE_UNAVAILABLE},
                                 status_code=503)
         return {"status": "ok", "tracking_errors": manager.tracking_errors}
 
@@ -253,7 +324,8 @@ def quota_router(
 
     @router.websocket("/api/quota/ws/{workspace_id:path}")
     async def live(websocket: WebSocket, workspace_id: str) -> None:
-        """``quota_update`` snapshots (on connect, then on change) and ``quota_alert``s."""
+        """``quota_update`` snapshots (on connect, then on change) and ``quota_alert``s; a
+        ``quota_error`` with a fixed message while the store cannot be read."""
         offered = websocket.scope.get("subprotocols") or []
         token = websocket.query_params.get("token") or next(
             (p[len(_BEARER_PROTOCOL):] for p in offered if p.startswith(_BEARER_PROTOCOL)), None
@@ -272,11 +344,18 @@ def quota_router(
                 else "this token may not read this workspace",
             )
             return
-        await _stream(manager, websocket, workspace_id, gap, poll_interval)
+        # Over a cap: closed after the handshake too, with a reason the page shows. Sockets
+        # of a server without tokens share one count.
+        with slots.hold(None if auth.open else token, workspace_id) as refusal:
+            if refusal is not None:
+                await websocket.close(WS_TOO_MANY, refusal)
+                return
+            await serve_socket(hub, websocket, workspace_id)
 
     if dashboard:
-        page = resources.files("quota_hooks.server").joinpath("static/dashboard.html")
-        html = page.read_text(encoding="utf-8")
+        static = resources.files("quota_hooks.server").joinpath("static")
+        html = static.joinpath("dashboard.html").read_text(encoding="utf-8")
+        assets = {name: static.joinpath(name).read_bytes() for name in _ASSETS}
 
         @router.get("/", response_class=HTMLResponse, include_in_schema=False)
         async def index() -> str:
@@ -287,53 +366,15 @@ def quota_router(
         async def dashboard_page(workspace_id: str) -> str:
             return html
 
+        @router.get(ASSETS_PATH + "/{name}", include_in_schema=False)
+        async def asset(name: str) -> Response:
+            """The page's script and style sheet (those two files only)."""
+            if name not in assets:
+                raise HTTPException(404, "Not Found")
+            return Response(assets[name], media_type=_ASSETS[name],
+                            headers={"Cache-Control": "no-cache"})
+
     return router
-
-
-async def _stream(
-    manager: QuotaManager, websocket: WebSocket, workspace_id: str, gap: float, poll: float
-) -> None:
-    """Send updates until the client goes: a change wakes the sender, which sends at most one
-    update per ``gap`` seconds, and only when the status differs from the last one sent."""
-    async with anyio.create_task_group() as tasks:
-
-        async def receive() -> None:  # notices the client leaving while nothing changes
-            try:
-                while (await websocket.receive())["type"] != "websocket.disconnect":
-                    pass  # whatever a client sends (text, bytes) is ignored
-            except (WebSocketDisconnect, RuntimeError):
-                pass
-            tasks.cancel_scope.cancel()
-
-        tasks.start_soon(receive)
-        subscription = manager.events.subscribe(frozenset({workspace_id}))
-        try:
-            last: dict[str, Any] | None = None
-            first = True
-            while True:
-                if not first:
-                    _, alerts = await subscription.wait(timeout=poll)
-                    for alert in alerts:
-                        await websocket.send_json(
-                            {"type": "quota_alert", "data": alert.model_dump(mode="json")}
-                        )
-                first = False
-                try:
-                    data = (await manager.astatus(workspace_id, enhanced=True)).to_dict()
-                except StorageError as exc:
-                    await websocket.send_json({"type": "quota_error", "data": str(exc)})
-                    await anyio.sleep(poll)
-                    continue
-                seen = {k: v for k, v in data.items() if k != "updated_at"}
-                if seen != last:
-                    last = seen
-                    await websocket.send_json({"type": "quota_update", "data": data})
-                await anyio.sleep(gap)  # coalesce: changes meanwhile go in the next update
-        except (WebSocketDisconnect, RuntimeError):
-            pass
-        finally:
-            subscription.close()
-            tasks.cancel_scope.cancel()
 
 
 def create_app(
@@ -343,29 +384,46 @@ def create_app(
     cors_origins: list[str] | None = None,
     max_updates_per_second: float = 4.0,
     poll_interval: float = 2.0,
+    frame_ancestors: str | Sequence[str] | None = None,
+    max_connections_per_token: int = 32,
+    max_connections_per_workspace: int = 32,
+    send_timeout: float = 10.0,
+    max_pending: int = 32,
 ) -> FastAPI:
-    """A standalone app: :func:`quota_router` plus CORS.
+    """A standalone app: :func:`quota_router` plus CORS, and the browser security headers on
+    every response (404s and validation errors included).
 
     Args:
         manager: the manager to serve (the process default when omitted).
         tokens: as for :func:`quota_router`.
         cors_origins: origins allowed to call the API from a browser (None: from
             ``QUOTA_HOOKS_CORS_ORIGINS``, comma-separated; none by default).
+        frame_ancestors: the sites that may frame the dashboard (None: from
+            ``QUOTA_HOOKS_FRAME_ANCESTORS``; none by default); see :func:`quota_router`.
+        max_updates_per_second, poll_interval, max_connections_per_token,
+        max_connections_per_workspace, send_timeout, max_pending: as for
+            :func:`quota_router`.
     """
     from ..manager import get_default_manager
 
     manager = manager if manager is not None else get_default_manager()
     if cors_origins is None:
         cors_origins = [o.strip() for o in os.environ.get(CORS_ENV, "").split(",") if o.strip()]
+    ancestors = parse_frame_ancestors(frame_ancestors)
     app = FastAPI(title="quota-hooks", summary="LLM usage, limits and alerts, live")
     app.include_router(quota_router(
         manager, tokens=tokens, max_updates_per_second=max_updates_per_second,
-        poll_interval=poll_interval, allowed_origins=cors_origins,
+        poll_interval=poll_interval, allowed_origins=cors_origins, frame_ancestors=ancestors,
+        max_connections_per_token=max_connections_per_token,
+        max_connections_per_workspace=max_connections_per_workspace,
+        send_timeout=send_timeout, max_pending=max_pending,
     ))
     if cors_origins:
         app.add_middleware(
             CORSMiddleware, allow_origins=cors_origins, allow_methods=["GET"],
             allow_headers=["Authorization"],
         )
+    app.add_middleware(SecurityHeadersMiddleware,  # outermost: CORS answers get them too
+                       headers=BrowserHeaders.build(ancestors))
     app.state.manager = manager
     return app

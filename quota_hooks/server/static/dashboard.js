@@ -1,0 +1,217 @@
+// The quota-hooks dashboard. Served as a file of its own: the page's Content-Security-Policy
+// allows no inline script, no eval, no inline style or handler, and (Trusted Types) no HTML
+// sink, so every node below is built with createElement and filled with text, never markup.
+"use strict";
+
+(() => {
+  // Token: #token=... in the URL (kept in this tab's sessionStorage), for servers with tokens.
+  const params = new URLSearchParams(location.hash.slice(1));
+  if (params.get("token")) sessionStorage.setItem("quota-hooks-token", params.get("token"));
+  const token = sessionStorage.getItem("quota-hooks-token");
+  const headers = token ? { Authorization: "Bearer " + token } : {};
+  const match = location.pathname.match(/\/dashboard\/(.+?)\/?$/);
+  const workspace = match ? decodeURIComponent(match[1]) : null;
+  const $ = (id) => document.getElementById(id);
+  const num = (v) => Number(v).toLocaleString("en-US");
+  const usd = (v) => v === null || v === undefined ? "unpriced"
+    : "$" + (v >= 1 ? v.toFixed(2) : v.toFixed(v >= 0.01 ? 4 : 6));
+  // What the budget counted for a row: priced cost plus the charge of its unpriced calls.
+  const charged = (m) => (m.cost_usd || 0) + (m.unpriced_charge_usd || 0);
+  const costOf = (m) => usd(m.cost_usd) + (m.unpriced_count ? ` (+${num(m.unpriced_count)} unpriced)` : "");
+  const LIMITS = [["requests_per_minute", "requests / minute", "rpm"],
+                  ["requests_per_day", "requests / day", "rpd"],
+                  ["tokens_per_minute", "tokens / minute", "tpm"],
+                  ["tokens_per_day", "tokens / day", "tpd"],
+                  ["monthly_budget_usd", "budget this month", "budget"]];
+  let thresholds = { warning: 80, critical: 95 };
+
+  // h("div", { class: "row", dataset: { testid: "x" }, style: { width: "5%" } }, child, "text"):
+  // an element whose children are nodes or text (strings become text nodes, never markup).
+  function h(tag, props, ...children) {
+    const el = document.createElement(tag);
+    for (const [key, value] of Object.entries(props || {})) {
+      if (key === "class") el.className = value;
+      else if (key === "dataset") Object.assign(el.dataset, value);
+      else if (key === "style") Object.assign(el.style, value);  // CSSOM: allowed by the CSP
+      else el.setAttribute(key, String(value));
+    }
+    el.append(...children.flat().filter((c) => c !== null && c !== undefined));
+    return el;
+  }
+
+  // The same for SVG elements, whose attributes are all plain values.
+  function svg(tag, attributes, ...children) {
+    const el = document.createElementNS("http://www.w3.org/2000/svg", tag);
+    for (const [key, value] of Object.entries(attributes || {})) el.setAttribute(key, String(value));
+    el.append(...children);
+    return el;
+  }
+
+  async function getJSON(path) {
+    const response = await fetch(path, { headers });
+    if (!response.ok) throw new Error(path + ": HTTP " + response.status);
+    return response.json();
+  }
+
+  function gauge([key, label, id], data) {
+    const u = data[key];
+    const pct = Math.min(100, u.percentage);
+    const level = pct >= thresholds.critical ? "critical" : pct >= thresholds.warning ? "warning" : "";
+    const fmt = key === "monthly_budget_usd" ? usd : num;
+    const limit = u.limit === null ? "no limit" : fmt(u.limit);
+    return h("div", { class: "gauge", dataset: { testid: `gauge-${id}` } },
+      h("div", { class: "label" }, h("span", null, label),
+        h("span", null, h("b", { dataset: { testid: `current-${id}` } }, fmt(u.current)),
+          ` of ${limit} (${u.percentage.toFixed(1)}%)`)),
+      h("div", { class: "track" },
+        h("div", { class: `fill ${level}`.trim(), style: { width: `${pct}%` } }),
+        h("div", { class: "mark", title: "warning", style: { left: `${thresholds.warning}%` } }),
+        h("div", { class: "mark", title: "critical", style: { left: `${thresholds.critical}%` } })));
+  }
+
+  function renderStatus(data) {
+    if (data.thresholds && data.thresholds.warning) thresholds = data.thresholds;
+    const badge = $("status");
+    badge.textContent = data.status.replace("_", " ");
+    badge.className = "badge " + data.status;
+    $("gauges").replaceChildren(...LIMITS.map((limit) => gauge(limit, data)));
+    const extra = data.enhanced_tracking || { models_breakdown: {}, api_methods_breakdown: {},
+                                              recent_activity: [] };
+    const models = Object.entries(extra.models_breakdown);
+    const top = Math.max(1e-12, ...models.map(([, m]) => charged(m)));
+    $("models").replaceChildren(...(models.length ? models.map(([name, m]) =>
+      h("div", { class: "row", dataset: { testid: "model-row" } },
+        h("span", { title: name }, name),
+        h("div", { class: "bar", style: { width: `${(100 * charged(m) / top).toFixed(1)}%` } }),
+        h("span", { class: "num" }, `${costOf(m)} · ${num(m.tokens_used)} tok`)))
+      : [h("p", { class: "empty" }, "no calls yet")]));
+    $("methods").replaceChildren(...Object.entries(extra.api_methods_breakdown).map(([name, m]) =>
+      h("tr", null, h("td", null, name),
+        h("td", { class: "num", dataset: { testid: "method-requests" } }, num(m.request_count)),
+        h("td", { class: m.error_count ? "num err" : "num" }, num(m.error_count)),
+        h("td", { class: "num" }, num(m.tokens_used)),
+        h("td", { class: "num" }, costOf(m)))));
+    $("recent").replaceChildren(...extra.recent_activity.map((a) =>
+      h("tr", { dataset: { testid: "recent-row" } },
+        h("td", null, a.timestamp.slice(11, 19)), h("td", null, a.model), h("td", null, a.api_method),
+        h("td", { class: "num" }, num(a.tokens_used) + (a.estimated ? "~" : "")),
+        h("td", { class: "num" }, a.cost_usd === null ? "?" : usd(a.cost_usd)),
+        h("td", { class: a.success ? "" : "err" }, a.success ? "ok" : String(a.status_code || "error")))));
+  }
+
+  function renderChart(history) {
+    // Days as the server counts them (the policy's time zone): 30 calendar days from `since`.
+    const days = [];
+    const first = Date.parse(history.since + "T00:00:00Z");
+    for (let i = 0; i < 30; i++) {
+      days.push(new Date(first + i * 86400000).toISOString().slice(0, 10));
+    }
+    const costs = days.map((d) => (history.rows[d] || { charged_usd: 0 }).charged_usd);
+    const top = Math.max(1e-12, ...costs);
+    const w = 1000 / days.length;
+    const bars = costs.map((c, i) => {
+      const height = Math.round(130 * c / top);
+      return svg("rect", { x: (i * w + 2).toFixed(1), y: 140 - height, width: (w - 4).toFixed(1),
+                           height, fill: "#0969da" },
+                 svg("title", null, `${days[i]}: ${usd(c)}`));
+    });
+    $("chart").replaceChildren(svg("svg", { viewBox: "0 0 1000 160", preserveAspectRatio: "none",
+                                            "data-testid": "chart" },
+      ...bars,
+      svg("line", { x1: 0, y1: 140, x2: 1000, y2: 140, stroke: "#d0d7de" }),
+      svg("text", { x: 4, y: 156, "font-size": 11, fill: "#6e7781" }, days[0]),
+      svg("text", { x: 996, y: 156, "font-size": 11, fill: "#6e7781", "text-anchor": "end" },
+          `${days[29]} · total ${usd(history.total_cost_usd)}`)));
+  }
+
+  function addAlert(alert) {
+    const list = $("alerts");
+    if (list.classList.contains("empty")) { list.classList.remove("empty"); list.replaceChildren(); }
+    list.prepend(h("li", { class: alert.kind, dataset: { testid: "alert" } },
+                   `${alert.at.slice(11, 19)} ${alert.kind}: ${alert.message}`));
+    while (list.children.length > 20) list.lastChild.remove();
+  }
+
+  let retry = 500, chartTimer = null, chartShown = false;
+  function setConnection(up, text) {
+    const el = $("connection");
+    el.textContent = text;
+    el.className = up ? "" : "down";
+    document.body.dataset.connected = up ? "yes" : "no";
+  }
+
+  async function loadChart() {
+    try {
+      renderChart(await getJSON(`/api/quota/history/${encodeURIComponent(workspace)}?since=29d&by=day`));
+    } catch (error) { $("chart").replaceChildren(h("p", { class: "empty" }, error.message)); }
+  }
+
+  function onMessage(event) {
+    const message = JSON.parse(event.data);
+    if (message.type === "quota_update") {
+      setConnection(true, "live");
+      renderStatus(message.data);
+      // The chart once the socket is let in (no request a refused token would fail), then at
+      // most once a second as updates come.
+      clearTimeout(chartTimer);
+      if (chartShown) chartTimer = setTimeout(loadChart, 1000);
+      else { chartShown = true; loadChart(); }
+    } else if (message.type === "quota_alert") {
+      addAlert(message.data);
+    } else if (message.type === "quota_error") {
+      const el = $("connection");
+      el.textContent = "live, but " + message.data;  // a fixed message: the store is down
+      el.className = "down";
+    }
+  }
+
+  function onClose(event) {
+    if (event.code === 4401 || event.code === 4403) {
+      setConnection(false, event.code === 4401 ? "not signed in (add #token=… to the URL)"
+                                               : "this token may not read " + workspace);
+      return;
+    }
+    if (event.code === 4429) {  // over the server's cap of sockets per token or workspace
+      const why = /^too many open dashboards for this (token|workspace)$/.test(event.reason)
+        ? event.reason : "too many open dashboards";
+      setConnection(false, `${why}: close one; retrying in 30 s`);
+      setTimeout(connect, 30000);
+      return;
+    }
+    setConnection(false, `disconnected, reconnecting in ${(retry / 1000).toFixed(1)} s`);
+    setTimeout(connect, retry);
+    retry = Math.min(retry * 2, 10000);
+  }
+
+  function connect() {
+    const scheme = location.protocol === "https:" ? "wss://" : "ws://";
+    const url = scheme + location.host + "/api/quota/ws/" + encodeURIComponent(workspace);
+    const socket = new WebSocket(url, token ? ["quota-hooks", "bearer." + token] : ["quota-hooks"]);
+    socket.addEventListener("open", () => { retry = 500; setConnection(true, "live"); });
+    socket.addEventListener("message", onMessage);
+    socket.addEventListener("close", onClose);
+  }
+
+  async function pickWorkspace() {
+    $("workspace").textContent = "all workspaces";
+    $("status").hidden = true;
+    for (const el of document.querySelectorAll("main > section:not(#picker)")) el.hidden = true;
+    $("picker").hidden = false;
+    try {
+      const { workspaces } = await getJSON("/api/quota/workspaces");
+      $("workspaces").replaceChildren(...(workspaces.length ? workspaces.map((w) =>
+        h("a", { href: `/dashboard/${encodeURIComponent(w)}${location.hash}` }, w))
+        : ["no usage recorded yet"]));
+      $("workspaces").classList.toggle("empty", !workspaces.length);
+      setConnection(true, "");
+    } catch (error) { setConnection(false, error.message); }
+  }
+
+  if (workspace === null) {
+    pickWorkspace();
+  } else {
+    $("workspace").textContent = workspace;
+    document.title = "quota-hooks · " + workspace;
+    connect();
+  }
+})();
