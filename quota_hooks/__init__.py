@@ -7,6 +7,7 @@ The core is framework-free; adapters for OpenAI, LiteLLM and LangChain live in
 from __future__ import annotations
 
 from .alerts import Alert, AlertKind, AlertSink
+from .compat import WorkspaceTracker, get_default_manager, set_default_manager
 from .errors import (
     ConfigurationError,
     QuotaExceededError,
@@ -14,7 +15,7 @@ from .errors import (
     RateLimitedError,
     StorageError,
 )
-from .manager import QuotaManager, WorkspaceTracker, get_default_manager, set_default_manager
+from .manager import QuotaManager
 from .policy import QuotaPolicy
 from .pricing import PriceBook, estimate_cost
 from .status import AlertLevel, QuotaStatus, StatusReport

@@ -8,6 +8,7 @@ minute, 2,000,000 per day, a $100 monthly budget, warning at 80 % and critical a
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
@@ -16,26 +17,23 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigurationError
+from .metrics import METRIC_NAMES, METRICS, Mode
+from .metrics import metric as metric_named
 
 __all__ = [
-    "DEFAULT_MODES", "ENV_VARIABLES", "LIMIT_METRICS", "Mode", "QuotaPolicy", "Unpriced",
+    "DEFAULT_MODES", "ENV_VARIABLES", "LIMIT_METRICS", "Mode", "Policies", "QuotaPolicy",
+    "Unpriced",
 ]
 
-Mode = Literal["raise", "wait", "observe"]
 Unpriced = Literal["fallback", "refuse", "allow"]
 """What a money budget does with a call whose model has no price (see ``QuotaPolicy``)."""
 
-#: The limit metrics, in the order the status report lists them.
-LIMIT_METRICS = ("rpm", "rpd", "tpm", "tpd", "monthly_budget_usd")
+#: The limit metrics, in the order the status report lists them (see :mod:`quota_hooks.metrics`).
+LIMIT_METRICS = METRIC_NAMES
 #: What a limit does when a call does not fit, unless the policy says otherwise: wait (for up
 #: to ``max_wait``) on the per-minute limits, raise on the per-day limits and the budget.
-DEFAULT_MODES: Mapping[str, Mode] = {
-    "rpm": "wait",
-    "tpm": "wait",
-    "rpd": "raise",
-    "tpd": "raise",
-    "monthly_budget_usd": "raise",
-}
+DEFAULT_MODES: Mapping[str, Mode] = {m.name: m.default_mode for m in METRICS}
+_RATE_FIELDS = frozenset(m.name for m in METRICS if not m.is_budget)
 
 #: Seed environment variable -> (policy field, default).
 ENV_VARIABLES: Mapping[str, tuple[str, int]] = {
@@ -157,10 +155,11 @@ class QuotaPolicy(BaseModel):
 
     def limit(self, metric: str) -> int | Decimal | None:
         """The limit for one of :data:`LIMIT_METRICS`."""
-        if metric not in LIMIT_METRICS:
-            raise ConfigurationError(f"unknown limit metric {metric!r}; use one of {LIMIT_METRICS}")
-        value: int | Decimal | None = getattr(self, metric)
-        return value
+        try:
+            return metric_named(metric).limit(self)
+        except KeyError:
+            raise ConfigurationError(
+                f"unknown limit metric {metric!r}; use one of {LIMIT_METRICS}") from None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> QuotaPolicy:
@@ -190,7 +189,7 @@ def _parse_env(variable: str, field: str, raw: str) -> int | float | Decimal | N
         if field.endswith("_percent"):
             raise ConfigurationError(f"{variable}={raw!r}: a threshold cannot be unlimited")
         return None
-    if field in ("rpm", "rpd", "tpm", "tpd"):
+    if field in _RATE_FIELDS:
         try:
             value = int(raw.replace("_", ""))
         except ValueError:
@@ -223,3 +222,71 @@ def _config_error(exc: ValidationError, source: str | None = None) -> Configurat
         shown = "" if isinstance(value, dict) else f"={value!r}"
         parts.append(f"{name}{shown}: {error['msg']}")
     return ConfigurationError("invalid QuotaPolicy: " + "; ".join(parts))
+
+
+class Policies:
+    """Which policy applies where: a default, one per workspace, and one per scope.
+
+    Scope policies are keyed ``"kind:value"`` (``"team:ml"``); ``"kind:*"`` is the policy of
+    every scope of that kind without its own (``"user:*"``: each user). Lookups are dict reads;
+    changes replace the table (copy on write), so readers never lock.
+
+    Raises:
+        ConfigurationError: for anything that is not a :class:`QuotaPolicy`, or a scope key
+            that is not ``"kind:value"``, naming it.
+    """
+
+    __slots__ = ("_lock", "_scopes", "_workspaces", "default")
+
+    def __init__(
+        self,
+        default: QuotaPolicy | None = None,
+        workspaces: Mapping[str, QuotaPolicy] | None = None,
+        scopes: Mapping[str, QuotaPolicy] | None = None,
+    ) -> None:
+        for name, value in [
+            ("policy", default),
+            *((f"policies[{k!r}]", v) for k, v in (workspaces or {}).items()),
+        ]:
+            if value is not None and not isinstance(value, QuotaPolicy):
+                raise ConfigurationError(
+                    f"{name} must be a QuotaPolicy, got {type(value).__name__}")
+        for key, value in (scopes or {}).items():
+            kind, sep, rest = str(key).partition(":")
+            if not (isinstance(key, str) and sep and kind and rest) or not isinstance(
+                    value, QuotaPolicy):
+                raise ConfigurationError(
+                    f"scope_policies[{key!r}] must map 'kind:value' to a QuotaPolicy, "
+                    f"got {type(value).__name__}")
+        self.default: QuotaPolicy = default if default is not None else QuotaPolicy()
+        self._workspaces: dict[str, QuotaPolicy] = dict(workspaces or {})
+        self._scopes: dict[str, QuotaPolicy] = dict(scopes or {})
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._workspaces)
+
+    def for_workspace(self, workspace_id: str) -> QuotaPolicy:
+        """The policy of ``workspace_id``: its own, else the default."""
+        return self._workspaces.get(workspace_id, self.default)
+
+    def for_scope(self, kind: str, value: str) -> QuotaPolicy | None:
+        """The policy of scope ``kind:value``: its own, else its kind's ``kind:*``, else None
+        (a scope without a policy is counted, never limited)."""
+        scopes = self._scopes
+        if not scopes:
+            return None
+        return scopes.get(f"{kind}:{value}") or scopes.get(f"{kind}:*")
+
+    def set(self, workspace_id: str, policy: QuotaPolicy | None) -> None:
+        """Give ``workspace_id`` its own policy (``None``: back to the default)."""
+        if policy is not None and not isinstance(policy, QuotaPolicy):
+            raise ConfigurationError(
+                f"policy must be a QuotaPolicy or None, got {type(policy).__name__}")
+        with self._lock:
+            table = dict(self._workspaces)
+            if policy is None:
+                table.pop(workspace_id, None)
+            else:
+                table[workspace_id] = policy
+            self._workspaces = table

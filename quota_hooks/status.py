@@ -16,11 +16,21 @@ Precedence of the status: ``quota_exceeded`` > ``rate_limited`` > ``degraded`` >
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from decimal import Decimal
 from enum import Enum
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict
+
+from .metrics import BUDGET, METRICS, percent_of
+from .policy import QuotaPolicy
+from .pricing import from_nanos
+from .storage.base import Aggregate, Counters
+from .usage import UsageRecord
+from .windows import day_key, month_bounds, month_key
 
 __all__ = [
     "Activity",
@@ -33,9 +43,17 @@ __all__ = [
     "ModelUsage",
     "QuotaStatus",
     "StatusReport",
+    "StatusSource",
     "UnpricedUsage",
+    "WorkspaceTracker",
+    "activity",
+    "build_history",
+    "build_status",
     "evaluate",
+    "history_months",
     "limit_usage",
+    "percent_of",
+    "priced_usd",
     "used_fraction",
 ]
 
@@ -197,23 +215,13 @@ class StatusReport(_Model):
     @property
     def limits(self) -> dict[str, LimitUsage]:
         """The five limit usages keyed by policy metric (``rpm`` ... ``monthly_budget_usd``)."""
-        return {
-            "rpm": self.requests_per_minute,
-            "rpd": self.requests_per_day,
-            "tpm": self.tokens_per_minute,
-            "tpd": self.tokens_per_day,
-            "monthly_budget_usd": self.monthly_budget_usd,
-        }
+        usage: dict[str, LimitUsage] = {m.name: getattr(self, m.report_field) for m in METRICS}
+        return usage
 
 
 def used_fraction(current: int | Decimal, limit: int | Decimal) -> float:
-    """``current / limit`` computed exactly, then as a float (1.0 is at the limit).
-
-    A limit of 0 allows nothing, so it is always fully used.
-    """
-    if limit <= 0:
-        return 1.0
-    return float(Decimal(current) / Decimal(limit))
+    """``current / limit`` as a float (1.0 is at the limit): :func:`percent_of` / 100."""
+    return float(percent_of(current, limit) / 100)
 
 
 def limit_usage(current: int | Decimal, limit: int | Decimal | None) -> LimitUsage:
@@ -232,35 +240,36 @@ def limit_usage(current: int | Decimal, limit: int | Decimal | None) -> LimitUsa
     return LimitUsage(
         current=shown_current,
         limit=shown_limit,
-        percentage=round(used_fraction(current, limit) * 100, 2),
+        percentage=round(float(percent_of(current, limit)), 2),
     )
 
 
 def evaluate(
-    fractions: dict[str, float],
+    percents: Mapping[str, Decimal],
     *,
     warning_percent: float,
     critical_percent: float,
     rate_limited_recently: bool,
     degraded: bool,
 ) -> tuple[QuotaStatus, AlertLevel]:
-    """The status and alert level from each limit's used fraction (1.0 = at the limit).
+    """The status and alert level from each limit's exact :func:`percent_of` (100 is at the
+    limit), keyed by metric name; unlimited metrics are left out.
 
-    ``fractions`` maps ``rpm``/``rpd``/``tpm``/``tpd``/``monthly_budget_usd`` to exact used
-    fractions; unlimited metrics are left out.
+    The thresholds compare exactly as the alerts do (:mod:`quota_hooks.alerts.rules`), so a
+    status and an alert never disagree about a level.
     """
-    highest = max(fractions.values(), default=0.0)
-    if highest * 100 >= critical_percent:
+    highest = max(percents.values(), default=Decimal(0))
+    if highest >= Decimal(str(critical_percent)):
         level = AlertLevel.CRITICAL
-    elif highest * 100 >= warning_percent:
+    elif highest >= Decimal(str(warning_percent)):
         level = AlertLevel.WARNING
     else:
         level = AlertLevel.NONE
 
-    if fractions.get("monthly_budget_usd", 0.0) >= 1.0:
+    if percents.get(BUDGET.name, 0) >= 100:
         status = QuotaStatus.QUOTA_EXCEEDED
     elif rate_limited_recently or any(
-        fractions.get(metric, 0.0) >= 1.0 for metric in ("rpm", "rpd", "tpm", "tpd")
+        percent >= 100 for name, percent in percents.items() if name != BUDGET.name
     ):
         status = QuotaStatus.RATE_LIMITED
     elif degraded:
@@ -270,3 +279,197 @@ def evaluate(
     else:
         status = QuotaStatus.NORMAL
     return status, level
+
+
+# ---------------------------------------------------------------------- building reports
+Extra = tuple[Mapping[str, "Aggregate"], Mapping[str, "Aggregate"], Sequence["UsageRecord"]]
+"""What an enhanced report adds: the month per model, per API method, and the recent calls."""
+
+
+def build_status(
+    workspace_id: str,
+    policy: QuotaPolicy,
+    now: float,
+    counters: Counters,
+    extra: Extra | None = None,
+    *,
+    degraded: bool = False,
+    provider_limits: Mapping[str, Mapping[str, str]] | None = None,
+) -> StatusReport:
+    """The :class:`StatusReport` of a workspace from its counters and its policy. Pure.
+
+    ``degraded``: tracking failed recently (the report says so unless a limit is reached);
+    a minute in which most calls failed is degraded too.
+    """
+    c = counters
+    usages: dict[str, LimitUsage] = {}
+    percents: dict[str, Decimal] = {}
+    for m in METRICS:
+        current, limit = m.current(c), m.limit(policy)
+        usages[m.report_field] = limit_usage(current, limit)
+        if limit is not None:
+            percents[m.name] = percent_of(current, limit)
+    failing = c.calls_minute > 0 and c.errors_minute * 2 > c.calls_minute
+    status, level = evaluate(
+        percents,
+        warning_percent=policy.warning_percent,
+        critical_percent=policy.critical_percent,
+        rate_limited_recently=c.rate_limited_minute > 0,
+        degraded=failing or degraded,
+    )
+    enhanced = None
+    if extra is not None:
+        models, methods, recent = extra
+        enhanced = EnhancedTracking(
+            models_breakdown={
+                name: ModelUsage(
+                    request_count=a.requests, tokens_used=a.tokens, cost_usd=priced_usd(a),
+                    input_tokens=a.input_tokens, output_tokens=a.output_tokens,
+                    error_count=a.errors, unpriced_count=a.unpriced,
+                    unpriced_charge_usd=float(from_nanos(a.unpriced_nanos)),
+                )
+                for name, a in sorted(models.items())
+            },
+            api_methods_breakdown={
+                name: MethodUsage(
+                    request_count=a.requests, error_count=a.errors, tokens_used=a.tokens,
+                    cost_usd=priced_usd(a), unpriced_count=a.unpriced,
+                    unpriced_charge_usd=float(from_nanos(a.unpriced_nanos)),
+                )
+                for name, a in sorted(methods.items())
+            },
+            recent_activity=[activity(r) for r in recent],
+        )
+    return StatusReport(
+        workspace_id=workspace_id,
+        status=status,
+        **usages,
+        alert_level=level,
+        updated_at=iso(now),
+        provider_limits={k: dict(v) for k, v in (provider_limits or {}).items()},
+        thresholds={"warning": float(policy.warning_percent),
+                    "critical": float(policy.critical_percent)},
+        unpriced=UnpricedUsage(calls=c.unpriced_month_calls,
+                               charge_usd=float(from_nanos(c.unpriced_month_nanos)),
+                               policy=policy.unpriced),
+        enhanced_tracking=enhanced,
+    )
+
+
+def history_months(now: float, since: float | None, zone: str) -> tuple[list[str], str]:
+    """The budget months a history from ``since`` (30 days ago by default) to ``now`` reads,
+    and its first day. Stores keep about 13 months: older starts are cut there.
+
+    Raises:
+        ValueError: ``since`` is not a time in the past.
+    """
+    start = now - 30 * 86_400 if since is None else since
+    if not math.isfinite(start) or start > now:
+        raise ValueError(f"since must be a time in the past, got {since!r}")
+    months: list[str] = []
+    start = moment = max(start, now - 400 * 86_400)
+    while moment <= now:
+        months.append(month_key(moment, zone))
+        moment = month_bounds(moment, zone)[1]
+    last = month_key(now, zone)
+    if months[-1] != last:
+        months.append(last)
+    return months, day_key(start, zone)
+
+
+def build_history(
+    workspace_id: str, by: str, first_day: str, months: list[str],
+    tables: Sequence[Mapping[str, Aggregate]],
+) -> History:
+    """A :class:`History` from the breakdown tables of ``months``. Pure."""
+    sums: dict[str, list[int]] = {}
+    for table in tables:
+        for name, a in table.items():
+            if by == "day" and name < first_day:
+                continue
+            row = sums.setdefault(name, [0] * 8)
+            for i, value in enumerate((a.requests, a.errors, a.tokens, a.input_tokens,
+                                       a.output_tokens, a.cost_nanos, a.unpriced,
+                                       a.unpriced_nanos)):
+                row[i] += value
+    rows = {
+        name: HistoryRow(
+            request_count=r[0], error_count=r[1], tokens_used=r[2], input_tokens=r[3],
+            output_tokens=r[4], cost_usd=priced_usd(Aggregate(*r)), unpriced_count=r[6],
+            unpriced_charge_usd=float(from_nanos(r[7])), charged_usd=float(from_nanos(r[5] + r[7])),
+        )
+        for name, r in sorted(sums.items())
+    }
+    return History(
+        workspace_id=workspace_id, by=by, since=first_day, months=months, rows=rows,
+        total_cost_usd=float(from_nanos(sum(r[5] + r[7] for r in sums.values()))),
+        total_requests=sum(r[0] for r in sums.values()),
+    )
+
+
+def priced_usd(a: Aggregate) -> float | None:
+    """What the priced calls of a breakdown row cost; None when it has unpriced calls and
+    nothing priced (a cost that was never known is not $0)."""
+    if a.unpriced and not a.cost_nanos:
+        return None
+    return float(from_nanos(a.cost_nanos))
+
+
+def activity(record: UsageRecord) -> Activity:
+    """One record as a ``recent_activity`` entry (metadata only)."""
+    stamp = record.timestamp or datetime.now(UTC)
+    return Activity(
+        timestamp=stamp.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        model=record.model,
+        api_method=record.api_method,
+        tokens_used=record.total_tokens,
+        success=record.success,
+        cost_usd=None if record.cost is None else float(record.cost),
+        status_code=record.status_code,
+        latency_ms=record.latency_ms,
+        estimated=record.estimated,
+    )
+
+
+def iso(moment: float) -> str:
+    """Epoch seconds as the report's UTC timestamp, ``2025-09-05T09:31:27Z``."""
+    return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class StatusSource(Protocol):
+    """What a :class:`WorkspaceTracker` reads (a :class:`~quota_hooks.QuotaManager`)."""
+
+    def status(self, workspace_id: str, *, enhanced: bool = True,
+               recent: int | None = None) -> StatusReport: ...
+
+    async def astatus(self, workspace_id: str, *, enhanced: bool = True,
+                      recent: int | None = None) -> StatusReport: ...
+
+
+class WorkspaceTracker:
+    """One workspace's view of a manager (the seed guide's tracker:
+    ``quota_manager.get_tracker(ws).get_status_data()``)."""
+
+    def __init__(self, manager: StatusSource, workspace_id: str) -> None:
+        self.manager = manager
+        self.workspace_id = workspace_id
+
+    def __repr__(self) -> str:
+        return f"WorkspaceTracker({self.workspace_id!r})"
+
+    def get_status_data(self) -> dict[str, Any]:
+        """The seed status JSON as a dict, without ``enhanced_tracking``."""
+        return self.manager.status(self.workspace_id, enhanced=False).to_dict(enhanced=False)
+
+    def get_enhanced_status_data(self, recent: int | None = None) -> dict[str, Any]:
+        """The seed status JSON with ``enhanced_tracking`` (models, methods, recent calls)."""
+        return self.manager.status(self.workspace_id, recent=recent).to_dict()
+
+    async def aget_status_data(self) -> dict[str, Any]:
+        """Async :meth:`get_status_data`."""
+        report = await self.manager.astatus(self.workspace_id, enhanced=False)
+        return report.to_dict(enhanced=False)
+
+    async def aget_enhanced_status_data(self, recent: int | None = None) -> dict[str, Any]:
+        """Async :meth:`get_enhanced_status_data`."""
+        return (await self.manager.astatus(self.workspace_id, recent=recent)).to_dict()

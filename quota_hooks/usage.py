@@ -334,15 +334,21 @@ _FIELD_NAMES = tuple(UsageRecord.__dataclass_fields__)
 class Estimate:
     """What a call is expected to use, before it is sent: what ``acquire`` reserves.
 
-    Adapters build it from the request: prompt tokens from its size (see
-    :func:`estimate_tokens`) and output tokens from ``max_tokens`` or the policy's
-    ``default_max_tokens``.
+    Give the token counts yourself (``input_tokens``/``output_tokens``; one left out is 0),
+    or give none and the facts of the request, and the manager works the counts out
+    (:meth:`QuotaManager.estimate <quota_hooks.QuotaManager.estimate>`): ``prompt_size`` (its
+    bytes or characters; prompt tokens come from the manager's ``token_estimator``) and
+    ``max_tokens`` (the output it asks for at most; unset, the policy's ``default_max_tokens``
+    for a method that generates text).
     """
 
     model: str = "unknown"
     api_method: str = "chat.completions"
-    input_tokens: int = 0
-    output_tokens: int = 0
+    input_tokens: int | None = None
+    """Prompt tokens; with both counts ``None``, from ``prompt_size``."""
+    output_tokens: int | None = None
+    """Output tokens; with both counts ``None``, ``max_tokens``, else the policy's
+    ``default_max_tokens`` for chat completions, completions and responses, else 0."""
     provider: str | None = None
     """The provider the call goes to, when known (the price of a model depends on it)."""
     images: int = 0
@@ -351,15 +357,28 @@ class Estimate:
     image_quality: str | None = None
     characters: int = 0
     """Characters of text to speak (a speech request)."""
+    prompt_size: int = 0
+    """Bytes (or characters) of the request's prompt."""
+    max_tokens: int | None = None
+    """The output tokens the request asks for at most (``max_tokens``,
+    ``max_completion_tokens``, ``max_output_tokens``)."""
+
+    @property
+    def tokens(self) -> int:
+        """Input plus output tokens (0 for a count not worked out yet)."""
+        return (self.input_tokens or 0) + (self.output_tokens or 0)
 
 
-def estimate_tokens(text: str | bytes) -> int:
-    """The default prompt-token estimator: one token per 4 characters (bytes), rounded up.
+def estimate_tokens(text: str | bytes | int) -> int:
+    """The default prompt-token estimator: one token per 4 bytes (or characters), rounded up.
 
-    Replace it with ``QuotaManager.token_estimator = ...``, e.g. a tiktoken encoder that you
-    have working offline; quota-hooks never downloads one.
+    Takes the prompt's size (or the prompt itself). Replace it with
+    ``QuotaManager.token_estimator = ...`` (a function of the size); quota-hooks never
+    downloads a tokenizer. The estimate only sizes a reservation: the call is counted at the
+    provider's own numbers.
     """
-    return -(-len(text) // 4)
+    size = text if isinstance(text, int) else len(text)
+    return -(-size // 4)
 
 
 #: The token fields of a record, in :func:`reported_usage`'s order.
@@ -466,7 +485,7 @@ def _estimated(
     return fields
 
 
-def _count_of(value: int) -> int:
+def _count_of(value: int | None) -> int:
     clean = _clean_int(value)
     return 0 if clean is None else clean
 

@@ -10,7 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from store_helpers import BACKENDS, dispose, make_store
+from anyio.from_thread import start_blocking_portal
+from store_helpers import BACKENDS, Ops, dispose, make_store
 
 from quota_hooks import QuotaManager, QuotaPolicy
 from quota_hooks._context import current_run
@@ -62,3 +63,13 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     backend = make_store(request.param, tmp_path)
     yield backend
     dispose(backend)
+
+
+@pytest.fixture(params=["sync", "async"])
+def ops(request: pytest.FixtureRequest, store: Store) -> Iterator[Ops]:
+    """Every backend in both modes: its sync face, and its async face on one event loop."""
+    if request.param == "sync":
+        yield Ops(store)
+        return
+    with start_blocking_portal() as portal:
+        yield Ops(store, portal)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import uuid
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -21,6 +23,7 @@ from quota_hooks.storage import (
     UsageEntry,
     workspace_scope,
 )
+from quota_hooks.storage.base import as_async
 from quota_hooks.usage import UsageRecord
 from quota_hooks.windows import month_key
 
@@ -108,3 +111,28 @@ def dispose(store: Store) -> None:
     if clear is not None:
         clear()
     store.close()
+
+
+class Ops:
+    """A store under test, driven through its sync face (``mode="sync"``) or through its async
+    face (:func:`~quota_hooks.storage.base.as_async`) on one event loop (``mode="async"``),
+    with the same calls: ``ops.commit(...)`` is ``store.commit(...)`` or
+    ``await as_async(store).acommit(...)``. Methods outside the protocols (``health``,
+    ``flush`` ...) are the store's own."""
+
+    def __init__(self, store: Store, portal: Any = None) -> None:
+        self.store = store
+        self.mode = "sync" if portal is None else "async"
+        self.portal = portal
+        self.astore = as_async(store)
+
+    def __getattr__(self, name: str) -> Any:
+        if self.portal is None or not hasattr(self.astore, "a" + name):
+            return getattr(self.store, name)
+        method = getattr(self.astore, "a" + name)
+        portal = self.portal
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return portal.call(functools.partial(method, *args, **kwargs))
+
+        return call

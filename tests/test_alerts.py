@@ -593,7 +593,7 @@ def test_one_workspace_failing_evaluation_does_not_cost_the_others_their_alerts(
         for _ in range(8):
             manager.store.commit(manager.prepare(UsageRecord(workspace_id="ws")))
         engine._dirty.update({"broken": None, "ws": None})
-    engine._kick()
+    engine._dispatch.kick()
     assert manager.drain()
     assert sink.kinds == ["warning"]
     assert engine.evaluation_errors == 1

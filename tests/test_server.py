@@ -180,7 +180,7 @@ def test_a_store_failure_is_503_without_details(manager: QuotaManager,
     def down(*args: Any) -> Any:
         raise StorageError("redis://10.0.0.5:6379 refused")
 
-    for name in ("acounters", "aworkspaces", "abreakdown"):
+    for name in ("counters", "workspaces", "breakdown"):  # the sync and the async face
         monkeypatch.setattr(manager.store, name, down)
     with TestClient(create_app(manager, tokens=TOKENS)) as broken:
         for path in ("/api/quota/status/a", "/api/quota/workspaces", "/api/quota/history/a"):

@@ -122,7 +122,7 @@ def test_precedence(
     level: AlertLevel,
 ) -> None:
     got = evaluate(
-        fractions,
+        {metric: Decimal(str(fraction)) * 100 for metric, fraction in fractions.items()},
         warning_percent=80,
         critical_percent=95,
         rate_limited_recently=limited,

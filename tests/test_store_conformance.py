@@ -1,8 +1,10 @@
 """One conformance suite for every Store backend: memory, SQLite and Redis.
 
-Every test takes the ``store`` fixture (tests/conftest.py), which runs it once per backend
-(like ``limits``' storage table). Backend-only behaviour (kill -9, several processes, Redis
-restart) lives in tests/test_sqlite_store.py and tests/test_redis_store.py.
+Every test takes the ``ops`` fixture (tests/conftest.py), which runs it once per backend
+(like ``limits``' storage table) and mode: through the store's sync face (``Store``) and
+through its async face (``AsyncStore``, ``as_async``), with the same assertions.
+Backend-only behaviour (kill -9, several processes, Redis restart) lives in
+tests/test_sqlite_store.py and tests/test_redis_store.py.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from store_helpers import T0, entry, one_request, rpm
+from store_helpers import T0, Ops, entry, one_request, rpm
 
 from quota_hooks.storage import (
     Denial,
@@ -26,38 +28,39 @@ from quota_hooks.storage import (
     store_from_url,
     workspace_scope,
 )
+from quota_hooks.storage.base import as_async
 from quota_hooks.usage import bounded
 from quota_hooks.windows import month_key
 
 MONTH = month_key(T0)
 
 
-def test_commit_then_read_everything(store: Store) -> None:
-    store.commit(entry(tokens=10, cost="0.001", extra_scopes=("team:ml",)))
-    store.commit(entry(tokens=5, cost="0.002", model="gpt-4o", success=False, status=500))
-    store.commit(entry(tokens=0, cost="0", status=429, success=False))
-    c = store.counters("workspace:ws", T0, MONTH)
+def test_commit_then_read_everything(ops: Ops) -> None:
+    ops.commit(entry(tokens=10, cost="0.001", extra_scopes=("team:ml",)))
+    ops.commit(entry(tokens=5, cost="0.002", model="gpt-4o", success=False, status=500))
+    ops.commit(entry(tokens=0, cost="0", status=429, success=False))
+    c = ops.counters("workspace:ws", T0, MONTH)
     assert (c.requests_minute, c.tokens_minute, c.requests_day, c.tokens_day) == (3, 15, 3, 15)
     assert c.cost_month_nanos == 3_000_000
     assert (c.calls_minute, c.errors_minute, c.rate_limited_minute) == (3, 1, 1)
-    team = store.counters("team:ml", T0, MONTH)
+    team = ops.counters("team:ml", T0, MONTH)
     assert (team.requests_minute, team.cost_month_nanos) == (1, 1_000_000)
-    models = store.breakdown("workspace:ws", MONTH, "model")
+    models = ops.breakdown("workspace:ws", MONTH, "model")
     assert models["gpt-4o-mini"].requests == 2 and models["gpt-4o-mini"].errors == 1
     assert models["gpt-4o"].cost_nanos == 2_000_000 and models["gpt-4o"].tokens == 5
-    assert store.breakdown("workspace:ws", MONTH, "api_method")["chat.completions"].requests == 3
-    store.commit(entry(tokens=7, cost="0.004", now=T0 + 86_400))  # the next day
-    days = store.breakdown("workspace:ws", MONTH, "day")
+    assert ops.breakdown("workspace:ws", MONTH, "api_method")["chat.completions"].requests == 3
+    ops.commit(entry(tokens=7, cost="0.004", now=T0 + 86_400))  # the next day
+    days = ops.breakdown("workspace:ws", MONTH, "day")
     assert {d: (a.requests, a.tokens, a.cost_nanos) for d, a in days.items()} == {
         "2026-01-01": (3, 15, 3_000_000), "2026-01-02": (1, 7, 4_000_000)}
-    recent = store.recent("workspace:ws", 3)[1:]
+    recent = ops.recent("workspace:ws", 3)[1:]
     assert [r.status_code for r in recent] == [429, 500]  # newest first
     assert recent[1].model == "gpt-4o" and str(recent[1].cost) == "0.002"
-    assert store.workspaces() == ["ws"]
-    assert store.counters("workspace:nobody", T0, MONTH).requests_minute == 0
+    assert ops.workspaces() == ["ws"]
+    assert ops.counters("workspace:nobody", T0, MONTH).requests_minute == 0
 
 
-def test_unpriced_calls_and_their_fallback_charge(store: Store) -> None:
+def test_unpriced_calls_and_their_fallback_charge(ops: Ops) -> None:
     """A call without a price: its fallback charge counts in the month (the budget), apart
     from the priced cost, and the calls are counted, in the month and per model."""
     priced = entry(cost="0.003")
@@ -65,97 +68,83 @@ def test_unpriced_calls_and_their_fallback_charge(store: Store) -> None:
     unpriced = UsageEntry(record, ("workspace:ws",),
                           UsageDelta(requests=1, tokens=10, cost_nanos=5_000, calls=1,
                                      unpriced_nanos=5_000), T0, MONTH, None, "unpriced")
-    store.commit(priced)
-    store.commit(unpriced)
-    store.commit(unpriced)
-    c = store.counters("workspace:ws", T0, MONTH)
+    ops.commit(priced)
+    ops.commit(unpriced)
+    ops.commit(unpriced)
+    c = ops.counters("workspace:ws", T0, MONTH)
     assert c.cost_month_nanos == 3_000_000 + 10_000
     assert (c.unpriced_month_calls, c.unpriced_month_nanos) == (2, 10_000)
-    models = store.breakdown("workspace:ws", MONTH, "model")
+    models = ops.breakdown("workspace:ws", MONTH, "model")
     mine = models["my-llm"]
     assert (mine.requests, mine.cost_nanos, mine.unpriced, mine.unpriced_nanos) == (
         2, 0, 2, 10_000)
     assert (models["gpt-4o-mini"].cost_nanos, models["gpt-4o-mini"].unpriced) == (3_000_000, 0)
-    [day] = store.breakdown("workspace:ws", MONTH, "day").values()
+    [day] = ops.breakdown("workspace:ws", MONTH, "day").values()
     assert (day.cost_nanos, day.unpriced_nanos) == (3_000_000, 10_000)
-    assert store.recent("workspace:ws", 1)[0].cost is None  # unknown, not $0
+    assert ops.recent("workspace:ws", 1)[0].cost is None  # unknown, not $0
 
 
-async def test_async_twins(store: Store) -> None:
-    await store.acommit(entry())
-    assert (await store.acounters("workspace:ws", T0, MONTH)).requests_minute == 1
-    assert list(await store.abreakdown("workspace:ws", MONTH, "model")) == ["gpt-4o-mini"]
-    assert len(await store.arecent("workspace:ws", 5)) == 1
-    assert await store.aworkspaces() == ["ws"]
-    held = await store.areserve(["workspace:ws"], one_request(), rpm(2), T0, MONTH, 30)
-    assert isinstance(held, Reservation)
-    assert isinstance(await store.areserve(["workspace:ws"], one_request(), rpm(2), T0, MONTH,
-                                           30), Denial)
-    assert await store.arelease(held, T0)
-    assert await store.aclaim("k", T0, 10) and not await store.aclaim("k", T0 + 1, 10)
-
-
-def test_minute_and_day_window_boundaries(store: Store) -> None:
-    store.commit(entry(now=T0 + 10.7))  # bucket 10: counts until T0 + 70.0
-    assert store.counters("workspace:ws", T0 + 69.999, MONTH).requests_minute == 1
-    assert store.counters("workspace:ws", T0 + 70.0, MONTH).requests_minute == 0
+def test_minute_and_day_window_boundaries(ops: Ops) -> None:
+    ops.commit(entry(now=T0 + 10.7))  # bucket 10: counts until T0 + 70.0
+    assert ops.counters("workspace:ws", T0 + 69.999, MONTH).requests_minute == 1
+    assert ops.counters("workspace:ws", T0 + 70.0, MONTH).requests_minute == 0
     # the day window: 1-minute buckets, so the call counts until T0 + 24 h (bucket 0)
-    assert store.counters("workspace:ws", T0 + 86_399.9, MONTH).requests_day == 1
-    assert store.counters("workspace:ws", T0 + 86_400.0, MONTH).requests_day == 0
+    assert ops.counters("workspace:ws", T0 + 86_399.9, MONTH).requests_day == 1
+    assert ops.counters("workspace:ws", T0 + 86_400.0, MONTH).requests_day == 0
     # the month total stays for the month
-    assert store.counters("workspace:ws", T0 + 86_400.0, MONTH).cost_month_nanos == 1_000_000
+    assert ops.counters("workspace:ws", T0 + 86_400.0, MONTH).cost_month_nanos == 1_000_000
 
 
-def test_reservations_hold_limits_and_expire(store: Store) -> None:
+def test_reservations_hold_limits_and_expire(ops: Ops) -> None:
     limits = {"workspace:ws": Limits(rpm=2, tpm=100)}
-    first = store.reserve(["workspace:ws"], one_request(60), limits, T0, MONTH, ttl=10)
+    first = ops.reserve(["workspace:ws"], one_request(60), limits, T0, MONTH, ttl=10)
     assert isinstance(first, Reservation)
-    denied = store.reserve(["workspace:ws"], one_request(60), limits, T0, MONTH, ttl=10)
+    denied = ops.reserve(["workspace:ws"], one_request(60), limits, T0, MONTH, ttl=10)
     assert isinstance(denied, Denial)
     assert (denied.scope, denied.limit, denied.used, denied.maximum) == (
         "workspace:ws", "tpm", 60, 100)
     assert denied.retry_after == 60.0  # the held bucket leaves the window at T0 + 60
     # Never settled: past its ttl it is forgotten, but what it held stays counted (a call
     # nobody recorded used its estimate), and leaves the windows as usage does.
-    still = store.reserve(["workspace:ws"], one_request(60), limits, T0 + 10, MONTH, ttl=10)
+    still = ops.reserve(["workspace:ws"], one_request(60), limits, T0 + 10, MONTH, ttl=10)
     assert isinstance(still, Denial) and still.used == 60
-    assert store.counters("workspace:ws", T0 + 10, MONTH).tokens_minute == 60
-    assert not store.release(first, T0 + 10)  # forgotten: nothing to give back
-    again = store.reserve(["workspace:ws"], one_request(60), limits, T0 + 60, MONTH, ttl=10)
+    assert ops.counters("workspace:ws", T0 + 10, MONTH).tokens_minute == 60
+    assert not ops.release(first, T0 + 10)  # forgotten: nothing to give back
+    again = ops.reserve(["workspace:ws"], one_request(60), limits, T0 + 60, MONTH, ttl=10)
     assert isinstance(again, Reservation)
-    assert store.counters("workspace:ws", T0 + 60, MONTH).tokens_minute == 60
+    assert ops.counters("workspace:ws", T0 + 60, MONTH).tokens_minute == 60
 
 
-def test_budget_denial(store: Store) -> None:
+def test_budget_denial(ops: Ops) -> None:
     limits = {"workspace:ws": Limits(budget_nanos=1_500_000)}
-    store.commit(entry(cost="0.001"))
+    ops.commit(entry(cost="0.001"))
     delta = UsageDelta(requests=1, cost_nanos=400_000)
-    assert isinstance(store.reserve(["workspace:ws"], delta, limits, T0, MONTH, 30), Reservation)
-    denied = store.reserve(["workspace:ws"], delta, limits, T0, MONTH, 30)
+    assert isinstance(ops.reserve(["workspace:ws"], delta, limits, T0, MONTH, 30), Reservation)
+    denied = ops.reserve(["workspace:ws"], delta, limits, T0, MONTH, 30)
     assert isinstance(denied, Denial) and denied.limit == "monthly_budget_usd"
     assert (denied.used, denied.maximum) == (1_400_000, 1_500_000)
 
 
-def test_settle_exactly_once(store: Store) -> None:
-    held = store.reserve(["workspace:ws"], one_request(500), rpm(10), T0, MONTH, 30)
+def test_settle_exactly_once(ops: Ops) -> None:
+    held = ops.reserve(["workspace:ws"], one_request(500), rpm(10), T0, MONTH, 30)
     assert isinstance(held, Reservation)
-    assert store.counters("workspace:ws", T0, MONTH).tokens_minute == 500
-    store.commit(entry(tokens=42), held)
-    store.commit(entry(tokens=42), held)  # a second settle of the same reservation
-    c = store.counters("workspace:ws", T0, MONTH)
+    assert ops.counters("workspace:ws", T0, MONTH).tokens_minute == 500
+    ops.commit(entry(tokens=42), held)
+    ops.commit(entry(tokens=42), held)  # a second settle of the same reservation
+    c = ops.counters("workspace:ws", T0, MONTH)
     assert (c.requests_minute, c.tokens_minute) == (2, 84)  # two records, one estimate undone
-    assert not store.release(held, T0)  # already settled
-    other = store.reserve(["workspace:ws"], one_request(7), rpm(10), T0, MONTH, 30)
+    assert not ops.release(held, T0)  # already settled
+    other = ops.reserve(["workspace:ws"], one_request(7), rpm(10), T0, MONTH, 30)
     assert isinstance(other, Reservation)
-    assert store.release(other, T0) and not store.release(other, T0)
-    assert store.counters("workspace:ws", T0, MONTH).tokens_minute == 84
+    assert ops.release(other, T0) and not ops.release(other, T0)
+    assert ops.counters("workspace:ws", T0, MONTH).tokens_minute == 84
 
 
-def test_claims(store: Store) -> None:
-    assert store.claim("alert:ws:rpm:warning", T0, 60)
-    assert not store.claim("alert:ws:rpm:warning", T0 + 59, 60)
-    assert store.claim("alert:ws:rpm:critical", T0, 60)
-    assert store.claim("alert:ws:rpm:warning", T0 + 60, 60)
+def test_claims(ops: Ops) -> None:
+    assert ops.claim("alert:ws:rpm:warning", T0, 60)
+    assert not ops.claim("alert:ws:rpm:warning", T0 + 59, 60)
+    assert ops.claim("alert:ws:rpm:critical", T0, 60)
+    assert ops.claim("alert:ws:rpm:warning", T0 + 60, 60)
 
 
 @pytest.mark.parametrize("tenant", [
@@ -165,29 +154,29 @@ def test_claims(store: Store) -> None:
     "ünïcødé 🚀",
     "x" * 1_000_000,
 ])
-def test_tenant_ids_are_opaque(store: Store, tenant: str) -> None:
-    store.commit(entry(ws=tenant))
-    store.commit(entry(ws="ws"))
+def test_tenant_ids_are_opaque(ops: Ops, tenant: str) -> None:
+    ops.commit(entry(ws=tenant))
+    ops.commit(entry(ws="ws"))
     scope, kept = workspace_scope(tenant), bounded(tenant)  # a 1 MB id: its start and a hash
     assert len(kept) <= 200 and (kept == tenant) is (len(tenant) <= 200)
-    assert store.counters(scope, T0, MONTH).requests_minute == 1
-    assert store.counters("workspace:ws", T0, MONTH).requests_minute == 1
-    assert store.counters("workspace:ws*", T0, MONTH).requests_minute == 0
-    assert sorted(store.workspaces()) == sorted([kept, "ws"])
-    [record] = store.recent(scope, 5)
+    assert ops.counters(scope, T0, MONTH).requests_minute == 1
+    assert ops.counters("workspace:ws", T0, MONTH).requests_minute == 1
+    assert ops.counters("workspace:ws*", T0, MONTH).requests_minute == 0
+    assert sorted(ops.workspaces()) == sorted([kept, "ws"])
+    [record] = ops.recent(scope, 5)
     assert record.workspace_id == kept
-    held = store.reserve([scope], one_request(), rpm(1, scope), T0, MONTH, 30)
+    held = ops.reserve([scope], one_request(), rpm(1, scope), T0, MONTH, 30)
     assert isinstance(held, Denial)  # its own limit, its own count
 
 
-def test_10000_concurrent_reservations_admit_exactly_the_limit_threads(store: Store) -> None:
+def test_10000_concurrent_reservations_admit_exactly_the_limit_threads(ops: Ops) -> None:
     granted: list[int] = []
     lock = threading.Lock()
 
     def worker() -> None:
         mine = 0
         for _ in range(10_000 // 8):
-            result = store.reserve(["workspace:ws"], one_request(), rpm(1000), T0, MONTH, 300)
+            result = ops.reserve(["workspace:ws"], one_request(), rpm(1000), T0, MONTH, 300)
             mine += isinstance(result, Reservation)
         with lock:
             granted.append(mine)
@@ -198,12 +187,14 @@ def test_10000_concurrent_reservations_admit_exactly_the_limit_threads(store: St
     for t in threads:
         t.join()
     assert sum(granted) == 1000
-    assert store.counters("workspace:ws", T0, MONTH).requests_minute == 1000
+    assert ops.counters("workspace:ws", T0, MONTH).requests_minute == 1000
 
 
 async def test_10000_concurrent_reservations_admit_exactly_the_limit_tasks(store: Store) -> None:
+    astore = as_async(store)
+
     async def one() -> bool:
-        result = await store.areserve(["workspace:ws"], one_request(), rpm(1000), T0, MONTH, 300)
+        result = await astore.areserve(["workspace:ws"], one_request(), rpm(1000), T0, MONTH, 300)
         return isinstance(result, Reservation)
 
     results: list[bool] = []

@@ -44,8 +44,9 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from .._context import RunGroup, RunMark, group_for, open_marks, push_mark
+from ..compat import get_default_manager
 from ..errors import QuotaHooksError
-from ..manager import QuotaManager, get_default_manager
+from ..manager import QuotaManager
 from ..storage.base import Reservation
 from ..usage import Estimate, UsageRecord, reported_usage
 from ._usage import usage_fields

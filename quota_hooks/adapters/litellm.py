@@ -62,8 +62,9 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "quota_hooks.adapters.litellm needs litellm: pip install 'quota-hooks[litellm]'"
     ) from exc
 
+from ..compat import get_default_manager
 from ..errors import ConfigurationError, QuotaHooksError
-from ..manager import QuotaManager, get_default_manager
+from ..manager import QuotaManager
 from ..storage.base import Reservation
 from ..usage import Estimate, UsageRecord, reported_usage
 from ._usage import as_mapping, usage_fields
@@ -225,7 +226,7 @@ class QuotaLogger(CustomLogger):
             output = found if isinstance(found, int) and found >= 0 else (
                 self.manager.policy_for(workspace).default_max_tokens)
         estimate = Estimate(model=str(kwargs.get("model") or "unknown"), api_method=method,
-                            input_tokens=self.manager.token_estimator(text),
+                            input_tokens=self.manager.token_estimator(len(text)),
                             output_tokens=output)
         return workspace, scopes, estimate
 

@@ -46,8 +46,9 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from .._context import RunMark, claim
+from ..compat import get_default_manager
 from ..errors import ConfigurationError, QuotaHooksError
-from ..manager import QuotaManager, get_default_manager
+from ..manager import QuotaManager
 from ..storage.base import Reservation
 from ..usage import Estimate, UsageRecord, reported_usage
 from ._usage import usage_fields
@@ -327,7 +328,7 @@ class _Call:
         if reservation is None:
             return False
         estimate = self.estimate()
-        wanted = estimate.input_tokens + estimate.output_tokens
+        wanted = estimate.tokens
         return wanted > 2 * reservation.delta.tokens + 256
 
     # ---------------------------------------------------------------- response

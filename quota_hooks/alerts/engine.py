@@ -3,116 +3,141 @@ path.
 
 How it works:
 
-* ``record()`` only marks the workspace as changed (a dict insert) and wakes one background
-  thread, ``quota-hooks-alerts``. Nothing else happens on the caller's path.
-* That thread reads the workspace's counters, runs each metric's state machine and claims each
-  new alert's ``dedupe_key`` in the store (so several processes sharing a store send it once).
-* Each sink has its own bounded queue and delivery task. A full queue drops its oldest alert
-  (counted in ``dropped``); each send has a timeout; a sink that raises or hangs affects no
-  other sink and no call.
+* ``record()`` only marks the workspace as changed (a dict insert) and wakes the background
+  thread of :mod:`quota_hooks.alerts._dispatch`. Nothing else happens on the caller's path, and
+  nothing at all while no sink and no live listener wants alerts.
+* That thread reads the workspace's counters through a narrow :class:`UsageReader` (counters,
+  policy, clock and claims: never the manager), runs each metric's state machine
+  (:mod:`quota_hooks.alerts.rules`) and claims each new alert's ``dedupe_key`` in the store (so
+  several processes sharing a store send it once).
+* Each sink has its own bounded queue and delivery task; live listeners (the WebSocket) get
+  every alert sent too.
 
-The state machine of a metric (rpm, rpd, tpm, tpd, monthly_budget_usd) fires ``warning`` when
-usage reaches the warning threshold, ``critical`` at the critical threshold and, for the
-budget, ``quota_exceeded`` at 100 %: each once per crossing. A level re-arms only after usage
-falls below its threshold minus ``hysteresis_percent`` points, or when a new budget month
-starts; ``recovered`` is sent when a metric that had alerted falls below warning minus the
-margin. A 429 from the provider sends ``rate_limited`` and a failure inside tracking sends
-``degraded``.
-
+A 429 from the provider sends ``rate_limited`` and a failure inside tracking sends ``degraded``.
 Across processes, an alert is claimed in the store for a while: an alert of one kind for one
 metric goes out at most once per minute for per-minute limits, once per hour for per-day
-limits, once per month for the budget, once per minute for ``rate_limited`` and once per five
-minutes for ``degraded``.
+limits, once per month for the budget (:data:`~quota_hooks.metrics.METRICS`), once per minute
+for ``rate_limited`` and once per five minutes for ``degraded``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import threading
-import time
-from collections import deque
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-import anyio
-
-from .._exit import close_at_exit
 from ..errors import ConfigurationError
-from ..pricing import format_usd, from_nanos
-from ..storage.base import workspace_scope
+from ..metrics import METRICS, Metric, percent_of
+from ..policy import QuotaPolicy
+from ..storage.base import AsyncStore, Counters, workspace_scope
 from ..windows import month_key
-from .model import Alert, AlertKind, AlertSink, SinkLike, as_sink
+from ._dispatch import Dispatcher
+from .model import Alert, AlertKind, AlertSink, SinkLike
+from .rules import Thresholds, step
 
-if TYPE_CHECKING:
-    from ..manager import QuotaManager
-
-__all__ = ["AlertEngine"]
+__all__ = ["AlertEngine", "AlertListeners", "StoreReader", "UsageReader"]
 
 logger = logging.getLogger("quota_hooks.alerts")
 
-_LEVEL_KINDS = {1: AlertKind.WARNING, 2: AlertKind.CRITICAL, 3: AlertKind.QUOTA_EXCEEDED}
-#: How long a claimed alert stays claimed across processes, per metric.
-CLAIM_SECONDS = {
-    "rpm": 60.0,
-    "tpm": 60.0,
-    "rpd": 3600.0,
-    "tpd": 3600.0,
-    "monthly_budget_usd": 32 * 86400.0,  # the key names the month
-    "rate_limited": 60.0,
-    "degraded": 300.0,
-}
-_NAMES = {
-    "rpm": "requests-per-minute limit",
-    "rpd": "requests-per-day limit",
-    "tpm": "tokens-per-minute limit",
-    "tpd": "tokens-per-day limit",
-    "monthly_budget_usd": "monthly budget",
-}
+#: How long an event alert stays claimed across processes.
+EVENT_CLAIM_SECONDS = {AlertKind.RATE_LIMITED: 60.0, AlertKind.DEGRADED: 300.0}
 
 
-@dataclass(slots=True)
-class _Outbox:
-    sink: AlertSink
-    queue: deque[Alert]
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-    busy: bool = False
-    started: bool = False
-    failures: int = 0
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """What the engine reads of one workspace: its policy, budget period and counters."""
+
+    policy: QuotaPolicy
+    month: str
+    counters: Counters
 
 
-@dataclass(slots=True)
-class _Armed:
-    level: int
-    period: str
+class UsageReader(Protocol):
+    """All the alert engine reads: the clock, a workspace's usage, and claims."""
+
+    def now(self) -> float:
+        """Epoch seconds."""
+        ...
+
+    async def usage(self, workspace_id: str, now: float) -> Usage:
+        """The workspace's policy, its budget month at ``now`` and its counters."""
+        ...
+
+    async def claim(self, key: str, now: float, ttl: float) -> bool:
+        """Take ``key`` for ``ttl`` seconds, once among every process sharing the store."""
+        ...
+
+
+class AlertListeners(Protocol):
+    """Live listeners of sent alerts (:class:`quota_hooks.events.Events`)."""
+
+    @property
+    def listeners(self) -> int:
+        """How many are listening."""
+        ...
+
+    def alert(self, alert: Alert) -> None:
+        """Pass on a sent alert."""
+        ...
+
+
+class StoreReader:
+    """A :class:`UsageReader` over a store's async face, a policy lookup and a clock."""
+
+    __slots__ = ("_clock", "_policy_for", "_store")
+
+    def __init__(
+        self,
+        store: AsyncStore,
+        policy_for: Callable[[str], QuotaPolicy],
+        clock: Callable[[], float],
+    ) -> None:
+        self._store = store
+        self._policy_for = policy_for
+        self._clock = clock
+
+    def now(self) -> float:
+        return self._clock()
+
+    async def usage(self, workspace_id: str, now: float) -> Usage:
+        policy = self._policy_for(workspace_id)
+        month = month_key(now, policy.timezone)
+        counters = await self._store.acounters(workspace_scope(workspace_id), now, month)
+        return Usage(policy, month, counters)
+
+    async def claim(self, key: str, now: float, ttl: float) -> bool:
+        return await self._store.aclaim(key, now, ttl)
 
 
 class AlertEngine:
-    """Evaluates a manager's workspaces and delivers alerts to sinks.
+    """Evaluates workspaces and delivers alerts to sinks and live listeners.
 
-    Built by :class:`~quota_hooks.QuotaManager` when it is given ``sinks``; use
+    Every :class:`~quota_hooks.QuotaManager` has one (``manager.alerts``); use
     ``manager.add_sink()`` and ``manager.drain()`` rather than this class directly.
 
     Args:
-        manager: the manager whose usage is watched.
+        reader: what the engine reads (a :class:`StoreReader`).
         sinks: alert sinks, or plain sync/async callables.
         queue_size: alerts held per sink before the oldest is dropped.
         sink_timeout: seconds one ``send`` may take (retries included).
         hysteresis_percent: points below a threshold that usage must fall to re-arm it.
+        listeners: live listeners that get every alert sent too; while they have none and
+            there is no sink, nothing is evaluated.
     """
 
     def __init__(
         self,
-        manager: QuotaManager,
+        reader: UsageReader,
         sinks: Iterable[SinkLike] = (),
         *,
         queue_size: int = 1000,
         sink_timeout: float = 30.0,
         hysteresis_percent: float = 5.0,
+        listeners: AlertListeners | None = None,
     ) -> None:
         for name, value, low in [
             ("queue_size", queue_size, 1),
@@ -123,197 +148,118 @@ class AlertEngine:
                 raise ConfigurationError(f"{name} must be a number >= {low}, got {value!r}")
         if isinstance(queue_size, float):
             raise ConfigurationError(f"queue_size must be a whole number, got {queue_size!r}")
-        self.manager = manager
-        self.queue_size = queue_size
-        self.sink_timeout = float(sink_timeout)
+        self.reader = reader
         self.hysteresis = Decimal(str(hysteresis_percent))
-        self._outboxes: list[_Outbox] = []
+        self._listeners = listeners
         self._dirty: dict[str, None] = {}
         # Events coalesce per (workspace, kind): a store outage or a burst of 429s is one
         # claim per evaluation round, not one per failed call.
         self._events: dict[tuple[str, AlertKind], None] = {}
         self._local_claims: dict[str, float] = {}
-        self._armed: dict[tuple[str, str], _Armed] = {}
+        self._armed: dict[tuple[str, str], tuple[int, str]] = {}
         self._lock = threading.Lock()
-        self._kicked = False
-        self._evaluating = False
-        self._closing = False
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._wake: asyncio.Event | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self.sent = 0
-        """Alerts delivered, counted per sink."""
-        self.failed = 0
-        """Deliveries that raised or timed out, counted per sink."""
-        self.dropped = 0
-        """Alerts dropped because a sink's queue was full."""
+        self._dispatch = Dispatcher(self._evaluate_pending, self._has_pending,
+                                    queue_size=queue_size, sink_timeout=float(sink_timeout))
         self.suppressed = 0
         """Alerts another process had already claimed (or this one, when the store was down)."""
         self.evaluation_errors = 0
         """Workspaces whose evaluation failed (logged; the next change evaluates them again)."""
-        self.lost = 0
-        """Alerts still queued when the engine closed (at exit: not sent in time), logged."""
         for sink in sinks:
             self.add_sink(sink)
 
+    # ------------------------------------------------------------------ sinks and counters
     @property
     def sinks(self) -> list[AlertSink]:
         """The sinks, in the order they were added."""
-        return [outbox.sink for outbox in self._outboxes]
+        return self._dispatch.sinks
 
     def add_sink(self, sink: SinkLike) -> AlertSink:
         """Add a sink (an :class:`AlertSink` or a callable); returns it as an AlertSink."""
-        resolved = as_sink(sink)
-        outbox = _Outbox(resolved, deque(maxlen=self.queue_size))
-        with self._lock:
-            self._outboxes = [*self._outboxes, outbox]
-        loop = self._loop
-        if loop is not None:
-            loop.call_soon_threadsafe(self._start_delivery, outbox)
-        return resolved
+        return self._dispatch.add_sink(sink)
+
+    @property
+    def active(self) -> bool:
+        """True when someone wants alerts: a sink, or a live listener."""
+        listeners = self._listeners
+        return bool(self._dispatch.sinks) or (listeners is not None and listeners.listeners > 0)
+
+    @property
+    def sent(self) -> int:
+        """Alerts delivered, counted per sink."""
+        return self._dispatch.sent
+
+    @property
+    def failed(self) -> int:
+        """Deliveries that raised or timed out, counted per sink."""
+        return self._dispatch.failed
+
+    @property
+    def dropped(self) -> int:
+        """Alerts dropped because a sink's queue was full."""
+        return self._dispatch.dropped
+
+    @property
+    def lost(self) -> int:
+        """Alerts still queued when the engine closed (at exit: not sent in time), logged."""
+        return self._dispatch.lost
 
     # ------------------------------------------------------------------ hot path
     def notify(self, workspace_id: str, *, rate_limited: bool = False) -> None:
         """Note that ``workspace_id`` has new usage. Cheap, thread-safe, never blocks."""
-        if self._closing:
+        if self._dispatch.closing or not self.active:
             return
         with self._lock:
             self._dirty[workspace_id] = None
             if rate_limited:
                 self._events[(workspace_id, AlertKind.RATE_LIMITED)] = None
-        self._kick()
+        self._dispatch.kick()
 
     def note_degraded(self, workspace_id: str | None) -> None:
         """Note a failure inside tracking (sends ``degraded``)."""
-        if self._closing:
+        if self._dispatch.closing or not self.active:
             return
         with self._lock:
             self._events[(workspace_id or "*", AlertKind.DEGRADED)] = None
-        self._kick()
+        self._dispatch.kick()
 
-    def _kick(self) -> None:
-        if self._kicked or self._closing:
-            return
-        self._kicked = True
-        if self._thread is None:
-            self._start_thread()
-        loop, wake = self._loop, self._wake
-        if loop is not None and wake is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):  # the loop stopped after close()
-                loop.call_soon_threadsafe(wake.set)
-
-    def _start_thread(self) -> None:
-        with self._lock:
-            if self._thread is not None:
-                return
-            self._thread = threading.Thread(
-                target=asyncio.run, args=(self._main(),), name="quota-hooks-alerts", daemon=True
-            )
-            self._thread.start()
-        close_at_exit(self, 1)  # a plain exit still sends what is queued
-        self._ready.wait(10)
+    def _has_pending(self) -> bool:
+        return bool(self._dirty or self._events)
 
     # ------------------------------------------------------------------ waiting
     def idle(self) -> bool:
         """True when every noted change has been evaluated and every alert delivered."""
-        if self._kicked or self._evaluating or self._dirty or self._events:
-            return False
-        return all(not o.queue and not o.busy for o in self._outboxes)
+        return self._dispatch.idle()
 
     def drain(self, timeout: float = 5.0) -> bool:
         """Block until :meth:`idle` (False on timeout)."""
-        deadline = time.monotonic() + timeout
-        pause = 0.0002
-        while not self.idle():
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(pause)
-            pause = min(pause * 2, 0.01)
-        return True
+        return self._dispatch.drain(timeout)
 
     async def adrain(self, timeout: float = 5.0) -> bool:  # noqa: ASYNC109 - mirrors drain()
         """Async :meth:`drain`."""
-        deadline = time.monotonic() + timeout
-        pause = 0.0002
-        while not self.idle():
-            if time.monotonic() >= deadline:
-                return False
-            await anyio.sleep(pause)
-            pause = min(pause * 2, 0.01)
-        return True
+        return await self._dispatch.adrain(timeout)
 
     def close(self, timeout: float = 5.0) -> None:
         """Deliver what is queued (up to ``timeout`` seconds), then stop the thread; alerts
         not delivered by then are logged as lost and counted in :attr:`lost`."""
-        thread = self._thread
-        if thread is None or self._closing:
-            return
-        self.drain(timeout)
-        self._closing = True
-        lost = sum(len(o.queue) + (1 if o.busy else 0) for o in self._outboxes)
-        if lost:
-            self.lost += lost
-            logger.error("quota-hooks: %d alert(s) were not delivered within %gs and are lost "
-                         "(sinks: %s)", lost, timeout,
-                         ", ".join(repr(o.sink) for o in self._outboxes if o.queue or o.busy))
-        loop, wake = self._loop, self._wake
-        if loop is not None and wake is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(wake.set)
-        thread.join(timeout)
-        with self._lock:  # noted after the final drain: nothing is left to evaluate them
-            self._kicked = False
-            self._dirty.clear()
-            self._events.clear()
+        if self._dispatch.running:
+            self._dispatch.close(timeout)
+            with self._lock:  # noted after the final drain: nothing is left to evaluate them
+                self._dirty.clear()
+                self._events.clear()
 
-    # ------------------------------------------------------------------ the thread
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._wake = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
-        for outbox in self._outboxes:
-            self._start_delivery(outbox)
-        self._ready.set()
-        self._wake.set()  # a kick may have come before the loop existed
-        try:
-            while not self._closing:
-                await self._wake.wait()
-                self._wake.clear()
-                self._evaluating = True
-                self._kicked = False
-                try:
-                    await self._evaluate_pending()
-                except Exception:  # never let the thread die
-                    logger.exception("quota-hooks: evaluating alerts failed")
-                finally:
-                    self._evaluating = False
-        finally:
-            for task in self._tasks:
-                task.cancel()
-
-    def _start_delivery(self, outbox: _Outbox) -> None:
-        if outbox.started:
-            return
-        outbox.started = True
-        outbox.wake = asyncio.Event()
-        task = asyncio.get_running_loop().create_task(self._deliver(outbox))
-        self._tasks.add(task)
-        if outbox.queue:
-            outbox.wake.set()
-
+    # ------------------------------------------------------------------ evaluation
     async def _evaluate_pending(self) -> None:
         with self._lock:
             dirty, self._dirty = self._dirty, {}
             events, self._events = self._events, {}
-        now = self.manager.clock()
+        now = self.reader.now()
         for workspace_id, kind in events:
             alert = self._event_alert(workspace_id, kind, now)
-            await self._claim_and_dispatch(alert, CLAIM_SECONDS[kind.value], now)
+            await self._claim_and_send(alert, EVENT_CLAIM_SECONDS[kind], now)
         for workspace_id in dirty:  # one workspace failing never costs the others their alerts
             try:
                 for alert, ttl in await self._evaluate(workspace_id, now):
-                    await self._claim_and_dispatch(alert, ttl, now)
+                    await self._claim_and_send(alert, ttl, now)
             except Exception as exc:
                 self.evaluation_errors += 1
                 logger.log(
@@ -322,9 +268,9 @@ class AlertEngine:
                     workspace_id, exc,
                 )
 
-    async def _claim_and_dispatch(self, alert: Alert, ttl: float, now: float) -> None:
+    async def _claim_and_send(self, alert: Alert, ttl: float, now: float) -> None:
         try:
-            mine = await self.manager.store.aclaim(alert.dedupe_key, now, ttl)
+            mine = await self.reader.claim(alert.dedupe_key, now, ttl)
         except Exception as exc:
             # An unreachable store must not silence alerts, nor repeat one on every failed
             # call: this process dedupes on its own until the store answers again.
@@ -333,11 +279,10 @@ class AlertEngine:
         if not mine:
             self.suppressed += 1
             return
-        for outbox in self._outboxes:
-            if len(outbox.queue) == outbox.queue.maxlen:
-                self.dropped += 1  # deque(maxlen) drops the oldest on append
-            outbox.queue.append(alert)
-            outbox.wake.set()
+        self._dispatch.enqueue(alert)
+        listeners = self._listeners
+        if listeners is not None and listeners.listeners:
+            listeners.alert(alert)
 
     def _claim_locally(self, key: str, now: float, ttl: float) -> bool:
         claims = self._local_claims
@@ -349,93 +294,36 @@ class AlertEngine:
         claims[key] = now + ttl
         return True
 
-    async def _deliver(self, outbox: _Outbox) -> None:
-        while True:
-            await outbox.wake.wait()
-            outbox.wake.clear()
-            while outbox.queue:
-                outbox.busy = True
-                alert = outbox.queue.popleft()
-                try:
-                    with anyio.fail_after(self.sink_timeout):
-                        await outbox.sink.send(alert)
-                    self.sent += 1
-                except Exception as exc:
-                    self.failed += 1
-                    outbox.failures += 1
-                    logger.log(
-                        logging.WARNING if outbox.failures == 1 else logging.DEBUG,
-                        "quota-hooks: alert sink %r failed on %s: %r%s",
-                        outbox.sink, alert.kind.value, exc,
-                        " (further failures of this sink are counted in failed)"
-                        if outbox.failures == 1 else "",
-                    )
-                finally:
-                    outbox.busy = False
-
-    # ------------------------------------------------------------------ evaluation
     async def _evaluate(self, workspace_id: str, now: float) -> list[tuple[Alert, float]]:
-        manager = self.manager
-        policy = manager.policy_for(workspace_id)
-        month = month_key(now, policy.timezone)
-        scope = workspace_scope(workspace_id)
-        c = await manager.store.acounters(scope, now, month)
-        metrics: list[tuple[str, int | Decimal, int | Decimal | None]] = [
-            ("rpm", c.requests_minute, policy.rpm),
-            ("rpd", c.requests_day, policy.rpd),
-            ("tpm", c.tokens_minute, policy.tpm),
-            ("tpd", c.tokens_day, policy.tpd),
-            ("monthly_budget_usd", from_nanos(c.cost_month_nanos), policy.monthly_budget_usd),
-        ]
-        warning = Decimal(str(policy.warning_percent))
-        critical = Decimal(str(policy.critical_percent))
-        thresholds = {1: warning, 2: critical, 3: Decimal(100)}
-        alerts: list[Alert] = []
-        for metric, current, limit in metrics:
+        usage = await self.reader.usage(workspace_id, now)
+        policy = usage.policy
+        thresholds = Thresholds.of(policy.warning_percent, policy.critical_percent)
+        alerts: list[tuple[Alert, float]] = []
+        for m in METRICS:
+            limit = m.limit(policy)
             if limit is None:
                 continue
-            budget = metric == "monthly_budget_usd"
-            period = month if budget else ""
-            if limit > 0:
-                percent = Decimal(current) * 100 / Decimal(limit)
+            current = m.current(usage.counters)
+            percent = percent_of(current, limit)
+            period = usage.month if m.is_budget else ""
+            key = (workspace_id, m.name)
+            armed_level, armed_period = self._armed.get(key, (0, period))
+            armed = armed_level if armed_period == period else 0
+            moved = step(m, percent, armed, thresholds, self.hysteresis)
+            for kind, threshold in moved.fired:
+                alert = self._threshold_alert(workspace_id, m, kind, current, limit, percent,
+                                              threshold, period, now)
+                alerts.append((alert, m.claim_seconds))
+            if moved.level == 0:
+                self._armed.pop(key, None)
             else:
-                percent = Decimal(100) if current > 0 else Decimal(0)
-            reached = 0
-            for level in (3, 2, 1) if budget else (2, 1):
-                if percent >= thresholds[level]:
-                    reached = level
-                    break
-            armed = self._armed.get((workspace_id, metric))
-            level = armed.level if armed is not None and armed.period == period else 0
-            new_level = level
-            if reached > level:
-                for crossed in range(level + 1, reached + 1):
-                    alerts.append(self._threshold_alert(
-                        workspace_id, metric, _LEVEL_KINDS[crossed], current, limit, percent,
-                        thresholds[crossed], period, now))
-                new_level = reached
-            elif reached < level:
-                keep = 0
-                for candidate in range(level, 0, -1):
-                    if percent >= thresholds[candidate] - self.hysteresis:
-                        keep = candidate
-                        break
-                new_level = keep
-                if keep == 0:
-                    alerts.append(self._threshold_alert(
-                        workspace_id, metric, AlertKind.RECOVERED, current, limit, percent,
-                        warning, period, now))
-            if new_level != level or armed is None or armed.period != period:
-                if new_level == 0:
-                    self._armed.pop((workspace_id, metric), None)
-                else:
-                    self._armed[(workspace_id, metric)] = _Armed(new_level, period)
-        return [(alert, CLAIM_SECONDS[alert.metric or ""]) for alert in alerts]
+                self._armed[key] = (moved.level, period)
+        return alerts
 
+    @staticmethod
     def _threshold_alert(
-        self,
         workspace_id: str,
-        metric: str,
+        metric: Metric,
         kind: AlertKind,
         current: int | Decimal,
         limit: int | Decimal,
@@ -444,12 +332,8 @@ class AlertEngine:
         period: str,
         now: float,
     ) -> Alert:
-        name = _NAMES[metric]
-        if metric == "monthly_budget_usd":
-            amount = f"{format_usd(current)} of {format_usd(limit)}"
-        else:
-            unit = "requests" if metric in ("rpm", "rpd") else "tokens"
-            amount = f"{current} of {limit} {unit}"
+        name = metric.title
+        amount = metric.amount(current, limit)
         shown = f"{percent:.1f}%"
         if kind is AlertKind.RECOVERED:
             message = (f"Workspace {workspace_id!r} is back to normal on its {name}: "
@@ -463,18 +347,19 @@ class AlertEngine:
             kind=kind,
             workspace_id=workspace_id,
             scope=workspace_scope(workspace_id),
-            metric=metric,
+            metric=metric.name,
             current=float(current),
             limit=float(limit),
             percentage=round(float(percent), 2),
             message=message,
             at=datetime.fromtimestamp(now, UTC),
             dedupe_key=":".join(
-                part for part in ("alert", workspace_id, metric, kind.value, period) if part
+                part for part in ("alert", workspace_id, metric.name, kind.value, period) if part
             ),
         )
 
-    def _event_alert(self, workspace_id: str, kind: AlertKind, now: float) -> Alert:
+    @staticmethod
+    def _event_alert(workspace_id: str, kind: AlertKind, now: float) -> Alert:
         if kind is AlertKind.RATE_LIMITED:
             message = (f"Workspace {workspace_id!r} got a 429 from its provider: requests are "
                        f"being rate limited.")

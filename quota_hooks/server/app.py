@@ -271,7 +271,6 @@ def quota_router(
     hub = LiveHub(manager, LiveSettings(gap=1.0 / max_updates_per_second, poll=poll_interval,
                                         send_timeout=send_timeout, max_pending=max_pending))
     install_token_redaction()
-    manager.publish_alerts()
     router = APIRouter(route_class=secured_route_class(headers))
 
     @router.get("/healthz")
@@ -404,7 +403,7 @@ def create_app(
         max_connections_per_workspace, send_timeout, max_pending: as for
             :func:`quota_router`.
     """
-    from ..manager import get_default_manager
+    from ..compat import get_default_manager
 
     manager = manager if manager is not None else get_default_manager()
     if cors_origins is None:

@@ -10,17 +10,23 @@ Stores know numbers, not policy: the manager turns a policy into :class:`Limits`
 store to check them and reserve atomically (:meth:`Store.reserve`), then replaces the estimate
 with the actual usage exactly once (:meth:`Store.commit`). Status reads never scan history.
 
-Every method has an async twin (``a``-prefixed). Stores that do I/O run it off the event loop.
+:class:`Store` is the sync protocol, :class:`AsyncStore` the async one (like httpx's
+``BaseTransport`` and ``AsyncBaseTransport``); :func:`as_async` gives a sync-only store its
+async face, on worker threads.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, cast, runtime_checkable
 
+import anyio.to_thread
+
+from ..metrics import BUDGET, CHECK_ORDER
 from ..usage import UsageRecord, bounded
 from ..windows import DAY, MINUTE, Window, day_key
 
@@ -28,6 +34,7 @@ __all__ = [
     "MAX_BREAKDOWN_NAMES",
     "OTHER",
     "Aggregate",
+    "AsyncStore",
     "Breakdown",
     "Counters",
     "Denial",
@@ -36,6 +43,7 @@ __all__ = [
     "Store",
     "UsageDelta",
     "UsageEntry",
+    "as_async",
     "first_denial",
     "workspace_scope",
 ]
@@ -215,13 +223,14 @@ def first_denial(
     bucket whose requests (field 0) or tokens (field 1) are not zero, for ``retry_after``.
     A call that could never fit (it alone exceeds the limit) gets no ``retry_after``.
     """
-    checks = (
-        ("rpm", limits.rpm, minute[0], delta.requests, MINUTE, 0),
-        ("tpm", limits.tpm, minute[1], delta.tokens, MINUTE, 1),
-        ("rpd", limits.rpd, day[0], delta.requests, DAY, 0),
-        ("tpd", limits.tpd, day[1], delta.tokens, DAY, 1),
-    )
-    for name, maximum, used, wanted, window, field_index in checks:
+    for metric in CHECK_ORDER:
+        maximum: int | None = getattr(limits, metric.name)
+        field_index = 0 if metric.counts == "requests" else 1
+        wanted = delta.requests if field_index == 0 else delta.tokens
+        if metric.window == "minute":
+            window, used = MINUTE, minute[field_index]
+        else:
+            window, used = DAY, day[field_index]
         if maximum is None or not wanted or used + wanted <= maximum:
             continue
         retry_after: float | None = None
@@ -229,18 +238,22 @@ def first_denial(
             first = first_bucket(window, field_index)
             if first is not None:
                 retry_after = max(0.0, window.expires_at(first) - now)
-        return Denial(scope, name, used, maximum, retry_after)
+        return Denial(scope, metric.name, used, maximum, retry_after)
     budget = limits.budget_nanos
     if budget is not None and (delta.cost_nanos or delta.requests):
         cost = spent()
         if cost + delta.cost_nanos > budget or cost >= budget:
-            return Denial(scope, "monthly_budget_usd", cost, budget, None)
+            return Denial(scope, BUDGET.name, cost, budget, None)
     return None
 
 
 @runtime_checkable
 class Store(Protocol):
-    """Storage of usage counters, breakdowns, recent records and reservations."""
+    """Storage of usage counters, breakdowns, recent records and reservations (sync).
+
+    A store that does no blocking I/O (it only touches memory) sets ``blocking = False``:
+    :func:`as_async` then calls it inline rather than on a worker thread.
+    """
 
     def commit(self, entry: UsageEntry, reservation: Reservation | None = None) -> None:
         """Add a record's usage to every scope, window and breakdown.
@@ -248,10 +261,6 @@ class Store(Protocol):
         With a ``reservation``, its estimate is removed first if it is still pending (it is
         removed at most once, whoever commits or however often).
         """
-        ...
-
-    async def acommit(self, entry: UsageEntry, reservation: Reservation | None = None) -> None:
-        """Async :meth:`commit`."""
         ...
 
     def reserve(
@@ -266,6 +275,47 @@ class Store(Protocol):
         """Check every limit of every scope and hold ``delta`` in one atomic step."""
         ...
 
+    def release(self, reservation: Reservation, now: float) -> bool:
+        """Drop a pending reservation (the call never happened). False if already gone."""
+        ...
+
+    def counters(self, scope: str, now: float, month: str) -> Counters:
+        """The scope's window totals at ``now`` and its cost in ``month``."""
+        ...
+
+    def breakdown(self, scope: str, month: str, by: Breakdown) -> dict[str, Aggregate]:
+        """The scope's usage in ``month`` per model, API method or day."""
+        ...
+
+    def recent(self, scope: str, n: int) -> list[UsageRecord]:
+        """The scope's last ``n`` records, newest first."""
+        ...
+
+    def workspaces(self) -> list[str]:
+        """Every workspace id that has usage, sorted."""
+        ...
+
+    def claim(self, key: str, now: float, ttl: float) -> bool:
+        """Take ``key`` for ``ttl`` seconds: True for exactly one caller among every process
+        sharing the store until the claim expires (alerts use it to fire once)."""
+        ...
+
+    def close(self, timeout: float | None = None) -> None:
+        """Flush and release resources, waiting at most ``timeout`` seconds for the flush
+        (what is not written by then is logged as lost)."""
+        ...
+
+
+@runtime_checkable
+class AsyncStore(Protocol):
+    """The async face of a store: :class:`Store`'s methods, ``a``-prefixed, never blocking
+    the event loop. A store may implement both (``RedisStore`` does, natively); wrap a
+    sync-only store with :func:`as_async`."""
+
+    async def acommit(self, entry: UsageEntry, reservation: Reservation | None = None) -> None:
+        """:meth:`Store.commit`."""
+        ...
+
     async def areserve(
         self,
         scopes: Sequence[str],
@@ -275,63 +325,87 @@ class Store(Protocol):
         month: str,
         ttl: float,
     ) -> Reservation | Denial:
-        """Async :meth:`reserve`."""
-        ...
-
-    def release(self, reservation: Reservation, now: float) -> bool:
-        """Drop a pending reservation (the call never happened). False if already gone."""
+        """:meth:`Store.reserve`."""
         ...
 
     async def arelease(self, reservation: Reservation, now: float) -> bool:
-        """Async :meth:`release`."""
-        ...
-
-    def counters(self, scope: str, now: float, month: str) -> Counters:
-        """The scope's window totals at ``now`` and its cost in ``month``."""
+        """:meth:`Store.release`."""
         ...
 
     async def acounters(self, scope: str, now: float, month: str) -> Counters:
-        """Async :meth:`counters`."""
-        ...
-
-    def breakdown(self, scope: str, month: str, by: Breakdown) -> dict[str, Aggregate]:
-        """The scope's usage in ``month`` per model or per API method."""
+        """:meth:`Store.counters`."""
         ...
 
     async def abreakdown(self, scope: str, month: str, by: Breakdown) -> dict[str, Aggregate]:
-        """Async :meth:`breakdown`."""
-        ...
-
-    def recent(self, scope: str, n: int) -> list[UsageRecord]:
-        """The scope's last ``n`` records, newest first."""
+        """:meth:`Store.breakdown`."""
         ...
 
     async def arecent(self, scope: str, n: int) -> list[UsageRecord]:
-        """Async :meth:`recent`."""
-        ...
-
-    def workspaces(self) -> list[str]:
-        """Every workspace id that has usage, sorted."""
+        """:meth:`Store.recent`."""
         ...
 
     async def aworkspaces(self) -> list[str]:
-        """Async :meth:`workspaces`."""
-        ...
-
-    def claim(self, key: str, now: float, ttl: float) -> bool:
-        """Take ``key`` for ``ttl`` seconds: True for exactly one caller among every process
-        sharing the store until the claim expires (alerts use it to fire once)."""
+        """:meth:`Store.workspaces`."""
         ...
 
     async def aclaim(self, key: str, now: float, ttl: float) -> bool:
-        """Async :meth:`claim`."""
-        ...
-
-    def close(self, timeout: float | None = None) -> None:
-        """Flush and release resources, waiting at most ``timeout`` seconds for the flush
-        (what is not written by then is logged as lost)."""
+        """:meth:`Store.claim`."""
         ...
 
     async def aclose(self) -> None:
-        """Async :meth:`close`."""
+        """:meth:`Store.close`."""
         ...
+
+
+_ASYNC_METHODS = ("acommit", "areserve", "arelease", "acounters", "abreakdown", "arecent",
+                  "aworkspaces", "aclaim", "aclose")
+
+
+def as_async(store: Store) -> AsyncStore:
+    """The async face of ``store``: the store itself when it implements :class:`AsyncStore`;
+    else a wrapper that runs each call on a worker thread (inline for a store that says
+    ``blocking = False``), using any ``a``-method the store has natively."""
+    if isinstance(store, AsyncStore):
+        return store
+    if not isinstance(store, Store):
+        raise TypeError(f"{type(store).__name__} is not a Store")
+    return cast(AsyncStore, _AsyncFace(store))
+
+
+class _AsyncFace:
+    """:func:`as_async` of a store without a whole async face. Methods are looked up on the
+    store at each call, so the face always calls what the store has now."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        inline = getattr(store, "blocking", True) is False
+        for name in _ASYNC_METHODS:
+            if hasattr(store, name):
+                setattr(self, name, _native(store, name))
+            else:
+                setattr(self, name, (_inline if inline else _threaded)(store, name[1:]))
+
+    def __repr__(self) -> str:
+        return f"as_async({self.store!r})"
+
+
+def _native(store: Store, name: str) -> Callable[..., Any]:
+    async def run(*args: Any, **kwargs: Any) -> Any:
+        return await getattr(store, name)(*args, **kwargs)
+
+    return run
+
+
+def _threaded(store: Store, name: str) -> Callable[..., Any]:
+    async def run(*args: Any, **kwargs: Any) -> Any:
+        method = functools.partial(getattr(store, name), *args, **kwargs)
+        return await anyio.to_thread.run_sync(method)
+
+    return run
+
+
+def _inline(store: Store, name: str) -> Callable[..., Any]:
+    async def run(*args: Any, **kwargs: Any) -> Any:
+        return getattr(store, name)(*args, **kwargs)
+
+    return run

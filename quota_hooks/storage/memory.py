@@ -99,7 +99,12 @@ class MemoryStore:
     Args:
         recent_capacity: records kept per scope for ``recent()``.
         months_kept: budget months whose totals and breakdowns are kept per scope.
+
+    It does no blocking I/O, so its async face (:func:`~quota_hooks.storage.base.as_async`)
+    calls it inline.
     """
+
+    blocking = False
 
     def __init__(self, *, recent_capacity: int = 100, months_kept: int = 13) -> None:
         if recent_capacity < 1:
@@ -168,8 +173,6 @@ class MemoryStore:
                 if len(recent) > self._recent_capacity + 32:  # trimmed in steps, not per call
                     del recent[: len(recent) - self._recent_capacity]
 
-    async def acommit(self, entry: UsageEntry, reservation: Reservation | None = None) -> None:
-        self.commit(entry, reservation)
 
     def reserve(
         self,
@@ -201,16 +204,6 @@ class MemoryStore:
             self._pending[reservation.id] = reservation
             return reservation
 
-    async def areserve(
-        self,
-        scopes: Sequence[str],
-        delta: UsageDelta,
-        limits: Mapping[str, Limits],
-        now: float,
-        month: str,
-        ttl: float,
-    ) -> Reservation | Denial:
-        return self.reserve(scopes, delta, limits, now, month, ttl)
 
     def release(self, reservation: Reservation, now: float) -> bool:
         with self._lock:
@@ -220,8 +213,6 @@ class MemoryStore:
             self._undo(pending, now)
             return True
 
-    async def arelease(self, reservation: Reservation, now: float) -> bool:
-        return self.release(reservation, now)
 
     # ------------------------------------------------------------------ reads
     def counters(self, scope: str, now: float, month: str) -> Counters:
@@ -245,8 +236,6 @@ class MemoryStore:
                 unpriced_month_nanos=unpriced_nanos,
             )
 
-    async def acounters(self, scope: str, now: float, month: str) -> Counters:
-        return self.counters(scope, now, month)
 
     def breakdown(self, scope: str, month: str, by: Breakdown) -> dict[str, Aggregate]:
         with self._lock:
@@ -256,8 +245,6 @@ class MemoryStore:
             return {key[2]: totals.freeze() for key, totals in state.breakdowns.items()
                     if key[0] == month and key[1] == by}
 
-    async def abreakdown(self, scope: str, month: str, by: Breakdown) -> dict[str, Aggregate]:
-        return self.breakdown(scope, month, by)
 
     def recent(self, scope: str, n: int) -> list[UsageRecord]:
         with self._lock:
@@ -267,16 +254,12 @@ class MemoryStore:
             entries = state.recent[-min(n, self._recent_capacity):][::-1]
         return [_priced(*entry) for entry in entries]
 
-    async def arecent(self, scope: str, n: int) -> list[UsageRecord]:
-        return self.recent(scope, n)
 
     def workspaces(self) -> list[str]:
         with self._lock:
             keys = list(self._scopes)
         return sorted(key[len("workspace:") :] for key in keys if key.startswith("workspace:"))
 
-    async def aworkspaces(self) -> list[str]:
-        return self.workspaces()
 
     def claim(self, key: str, now: float, ttl: float) -> bool:
         with self._lock:
@@ -290,8 +273,6 @@ class MemoryStore:
             claims[key] = now + ttl
             return True
 
-    async def aclaim(self, key: str, now: float, ttl: float) -> bool:
-        return self.claim(key, now, ttl)
 
     def pending(self) -> int:
         """Reservations not yet committed, released or expired."""
@@ -299,9 +280,6 @@ class MemoryStore:
             return len(self._pending)
 
     def close(self, timeout: float | None = None) -> None:
-        """Nothing to release: memory goes with the process."""
-
-    async def aclose(self) -> None:
         """Nothing to release: memory goes with the process."""
 
     # ------------------------------------------------------------------ internals (locked)

@@ -490,9 +490,6 @@ class SQLiteStore:
             self._progress.wait_for(
                 lambda: self._processed >= target or self._failing_since is not None, timeout)
 
-    async def aflush(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109
-        """Async :meth:`flush`."""
-        return await anyio.to_thread.run_sync(self.flush, timeout)
 
     def _caught_up(self, what: str) -> None:
         """Flush before a read or a reservation, so a process sees its own records: waiting
@@ -776,18 +773,6 @@ class SQLiteStore:
             first_bucket=first_bucket,
         )
 
-    async def areserve(
-        self,
-        scopes: Sequence[str],
-        delta: UsageDelta,
-        limits: Mapping[str, Limits],
-        now: float,
-        month: str,
-        ttl: float,
-    ) -> Reservation | Denial:
-        return await anyio.to_thread.run_sync(
-            self.reserve, scopes, delta, limits, now, month, ttl
-        )
 
     def release(self, reservation: Reservation, now: float) -> bool:
         self._caught_up("release")
@@ -801,8 +786,6 @@ class SQLiteStore:
 
         return self._guard(run, what="release")
 
-    async def arelease(self, reservation: Reservation, now: float) -> bool:
-        return await anyio.to_thread.run_sync(self.release, reservation, now)
 
     def claim(self, key: str, now: float, ttl: float) -> bool:
         def run() -> bool:
@@ -816,8 +799,6 @@ class SQLiteStore:
 
         return self._guard(run, what="claim")
 
-    async def aclaim(self, key: str, now: float, ttl: float) -> bool:
-        return await anyio.to_thread.run_sync(self.claim, key, now, ttl)
 
     # ------------------------------------------------------------------ reads
     def _sums(self, conn: sqlite3.Connection, scope: str, win: int, now: float) -> list[int]:
@@ -854,8 +835,6 @@ class SQLiteStore:
 
         return self._guard(run, what="counters")
 
-    async def acounters(self, scope: str, now: float, month: str) -> Counters:
-        return await anyio.to_thread.run_sync(self.counters, scope, now, month)
 
     def breakdown(self, scope: str, month: str, by: Breakdown) -> dict[str, Aggregate]:
         self._caught_up("breakdown")
@@ -871,8 +850,6 @@ class SQLiteStore:
 
         return self._guard(run, what="breakdown")
 
-    async def abreakdown(self, scope: str, month: str, by: Breakdown) -> dict[str, Aggregate]:
-        return await anyio.to_thread.run_sync(self.breakdown, scope, month, by)
 
     def recent(self, scope: str, n: int) -> list[UsageRecord]:
         if n <= 0:
@@ -889,8 +866,6 @@ class SQLiteStore:
 
         return self._guard(run, what="recent")
 
-    async def arecent(self, scope: str, n: int) -> list[UsageRecord]:
-        return await anyio.to_thread.run_sync(self.recent, scope, n)
 
     def workspaces(self) -> list[str]:
         self._caught_up("workspaces")
@@ -904,8 +879,6 @@ class SQLiteStore:
 
         return self._guard(run, what="workspaces")
 
-    async def aworkspaces(self) -> list[str]:
-        return await anyio.to_thread.run_sync(self.workspaces)
 
     def reprice(self, since: float, price: Repricer, *, dry_run: bool = False) -> RepriceReport:
         """Price again every record since ``since`` (epoch seconds), with ``price(record) ->
@@ -1011,8 +984,6 @@ class SQLiteStore:
         for owned in connections:
             owned.close()
 
-    async def aclose(self) -> None:
-        await anyio.to_thread.run_sync(self.close)
 
     def _guard(self, fn: Callable[..., _T], *args: Any, what: str = "") -> _T:
         try:

@@ -134,7 +134,7 @@ def test_api_responses_cannot_be_sniffed_framed_or_leak_a_referer(
     def down(*args: Any) -> Any:
         raise StorageError("redis://10.0.0.5:6379 refused")
 
-    monkeypatch.setattr(manager.store, "acounters", down)
+    monkeypatch.setattr(manager.store, "counters", down)  # both faces
     broken = client.get("/api/quota/status/a", headers=auth)
     assert broken.status_code == 503
     assert_browser_headers(broken.headers)

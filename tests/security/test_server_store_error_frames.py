@@ -40,13 +40,13 @@ def manager() -> Iterator[QuotaManager]:
 def break_the_store(manager: QuotaManager, monkeypatch: pytest.MonkeyPatch) -> dict[str, bool]:
     """The store's reads fail with ``DETAIL`` while ``state["down"]``."""
     state = {"down": True}
-    for name in ("acounters", "abreakdown", "aworkspaces"):
+    for name in ("counters", "breakdown", "workspaces"):  # the sync and the async face
         real = getattr(manager.store, name)
 
-        async def read(*args: Any, _real: Any = real, **kwargs: Any) -> Any:
+        def read(*args: Any, _real: Any = real, **kwargs: Any) -> Any:
             if state["down"]:
                 raise StorageError(DETAIL)
-            return await _real(*args, **kwargs)
+            return _real(*args, **kwargs)
 
         monkeypatch.setattr(manager.store, name, read)
     return state

@@ -180,7 +180,7 @@ def test_no_close_reason_or_frame_carries_the_token(
         def down(*args: Any) -> Any:
             raise StorageError(f"store refused token {CANARY}")
 
-        monkeypatch.setattr(manager.store, "acounters", down)
+        monkeypatch.setattr(manager.store, "counters", down)  # both faces
         with client.websocket_connect(f"/api/quota/ws/a?token={CANARY}") as failing:
             said.append(json.dumps(failing.receive_json()))
     assert len(said) == 5 and all(said)

@@ -106,16 +106,18 @@ def test_a_workspace_cap_holds_across_tokens(manager: QuotaManager) -> None:
 
 
 def unlimited_manager() -> QuotaManager:
+    """A manager without limits, its alert engine on (a sink that keeps nothing), so that two
+    of them differ only in their listeners."""
     return QuotaManager(QuotaPolicy(rpm=None, rpd=None, tpm=None, tpd=None,
-                                    monthly_budget_usd=None))
+                                    monthly_budget_usd=None), sinks=[lambda alert: None])
 
 
 def test_capped_sockets_do_not_slow_tracked_calls() -> None:
     """``record()`` p50 with the capped sockets of one token connected (after 1,000 attempts)
     stays within 1.2x of no listener at all.
 
-    Two managers alike, each served by an app (which turns on their alert engines), one with
-    the sockets and one with none, record the same calls in turn (blocks of one call, in
+    Two managers alike, each served by an app, their alert engines on, one with the sockets
+    and one with none, record the same calls in turn (blocks of one call, in
     alternating order), 3 x 2,000 calls each: other load on this 2-core machine then slows
     both alike, where blocks seconds apart differ by far more than the listeners cost.
     """

@@ -1,0 +1,375 @@
+"""The manager's decisions, sans-IO: no store, no locks on the call path, no clock reads.
+
+* :meth:`Core.estimate` turns the facts of a request (model, method, prompt size, requested
+  max tokens, images, characters) into an :class:`~quota_hooks.usage.Estimate` in tokens.
+* :meth:`Core.plan` turns an estimate into what one ``acquire`` reserves (:class:`Plan`), or
+  refuses it at once (an unpriced model under ``unpriced="refuse"``).
+* :meth:`Core.outcome` turns a store's answer into a reservation, a wait, or a refusal.
+* :meth:`Core.entry` prices a record and works out what it adds to its scopes.
+
+:class:`~quota_hooks.QuotaManager` runs these around its store calls, sync and async alike.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from decimal import Decimal
+
+from .errors import ConfigurationError, QuotaExceededError, RateLimitedError
+from .metrics import BUDGET, METRICS
+from .policy import Policies, QuotaPolicy
+from .pricing import PriceBook, format_usd, from_nanos, to_nanos
+from .storage.base import Denial, Limits, Reservation, UsageDelta, UsageEntry, workspace_scope
+from .usage import MAX_COST, MAX_COUNT, Estimate, UsageRecord, bounded
+from .windows import day_key, month_key
+
+__all__ = ["GENERATING_METHODS", "IMAGE_OUTPUT_TOKENS", "Core", "Plan", "Priced", "limits_of"]
+
+logger = logging.getLogger("quota_hooks")
+
+#: Output tokens an image is assumed to take, for the reservation of an image model billed
+#: by tokens (gpt-image-1 at high quality, 1536x1024: 6,208).
+IMAGE_OUTPUT_TOKENS = 6_240
+#: API methods whose calls generate text: without a requested maximum, their output is
+#: assumed to be the policy's ``default_max_tokens``.
+GENERATING_METHODS = frozenset({"chat.completions", "completions", "responses"})
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What one ``acquire`` reserves: its scopes, the usage held and each scope's limits."""
+
+    keys: list[str]
+    delta: UsageDelta
+    limits: dict[str, Limits]
+    policies: dict[str, QuotaPolicy]
+
+    @property
+    def policy(self) -> QuotaPolicy:
+        """The workspace's policy (the first scope): its time zone, TTL and fail policy."""
+        return self.policies[self.keys[0]]
+
+    def reserve_args(
+        self, now: float
+    ) -> tuple[list[str], UsageDelta, dict[str, Limits], float, str, float]:
+        """The arguments of ``Store.reserve`` at ``now``."""
+        policy = self.policy
+        return (self.keys, self.delta, self.limits, now, month_key(now, policy.timezone),
+                policy.reservation_ttl)
+
+
+@dataclass(frozen=True, slots=True)
+class Priced:
+    """A record's price: ``cost`` is ``None`` when unknown; ``charge`` is what the budget
+    counts (nano-dollars), of which ``unpriced`` nano-dollars were charged at the fallback."""
+
+    cost: Decimal | None
+    source: str | None
+    charge: int
+    unpriced: int = 0
+
+
+def limits_of(policy: QuotaPolicy) -> Limits:
+    """The limits of ``policy`` that may refuse a call (``observe`` ones left out)."""
+    enforced = {
+        m.name: m.limit(policy) if policy.mode_for(m.name) != "observe" else None
+        for m in METRICS
+    }
+    budget = enforced.pop(BUDGET.name)
+    return Limits(**enforced, budget_nanos=None if budget is None else to_nanos(budget))  # type: ignore[arg-type]
+
+
+class Core:
+    """Estimates, plans, refusals and pricing for one manager (see the module doc).
+
+    Args:
+        policies: the manager's policies.
+        prices: the price book.
+        token_estimator: prompt tokens of a prompt of this many bytes (or characters).
+    """
+
+    def __init__(
+        self, policies: Policies, prices: PriceBook, token_estimator: Callable[[int], int]
+    ) -> None:
+        self.policies = policies
+        self.prices = prices
+        self.token_estimator = token_estimator
+        self.denials = 0
+        """Calls refused by an enforced limit."""
+        self._limits: dict[int, tuple[QuotaPolicy, Limits | None]] = {}
+        self._cross_checked: set[str] = set()
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ before a call
+    def estimate(self, workspace_id: str, estimate: Estimate) -> Estimate:
+        """``estimate`` with both token counts set.
+
+        Counts given are kept (one left out is 0). Without any, they come from the facts:
+        input tokens from the prompt size (``token_estimator``), output tokens from the
+        requested ``max_tokens``, else the policy's ``default_max_tokens`` for a method that
+        generates text, else 0.
+        """
+        inputs, outputs = estimate.input_tokens, estimate.output_tokens
+        if inputs is not None and outputs is not None:
+            return estimate
+        if inputs is not None or outputs is not None:
+            return replace(estimate, input_tokens=inputs or 0, output_tokens=outputs or 0)
+        size = count(estimate.prompt_size)
+        inputs = self.token_estimator(size) if size else 0
+        if estimate.max_tokens is not None:
+            outputs = count(estimate.max_tokens)
+        elif estimate.api_method in GENERATING_METHODS:
+            outputs = self.policies.for_workspace(workspace_id).default_max_tokens
+        else:
+            outputs = 0
+        return replace(estimate, input_tokens=count(inputs), output_tokens=outputs)
+
+    def plan(
+        self, workspace_id: str, estimate: Estimate, scopes: Mapping[str, str] | None
+    ) -> Plan | None:
+        """What ``acquire`` reserves, or None when nothing is enforced.
+
+        Raises:
+            ConfigurationError: a wrong argument, naming it.
+            QuotaExceededError: an unpriced model under a money budget with
+                ``unpriced="refuse"``.
+        """
+        check_estimate(workspace_id, estimate, scopes)
+        policies = self.policies
+        policy = policies.for_workspace(workspace_id)
+        keys = [workspace_scope(workspace_id)]
+        by_key = {keys[0]: policy}
+        for kind, value in (scopes or {}).items():
+            kind, value = bounded(str(kind)), bounded(str(value))
+            key = f"{kind}:{value}"
+            keys.append(key)
+            found = policies.for_scope(kind, value)
+            if found is not None:
+                by_key[key] = found
+        limits = {}
+        for key, scope_policy in by_key.items():
+            enforced = self.enforced_limits(scope_policy)
+            if enforced is not None:
+                limits[key] = enforced
+        if not limits:
+            return None
+        estimate = self.estimate(workspace_id, estimate)
+        inputs, outputs = count(estimate.input_tokens), count(estimate.output_tokens)
+        nanos = self._estimate_nanos(estimate, inputs, outputs)
+        if nanos is None:  # a model without a price: what the policy says, never free
+            if policy.unpriced == "refuse" and any(
+                lim.budget_nanos is not None for lim in limits.values()
+            ):
+                self.denials += 1
+                raise QuotaExceededError(
+                    keys[0], BUDGET.name, 0.0, float(policy.monthly_budget_usd or 0), None,
+                    f"{keys[0]}: model {estimate.model!r} has no price, and the policy refuses "
+                    f"unpriced calls under a money budget (unpriced='refuse'); the call was not "
+                    f"sent. Give it a price (PriceBook.with_overrides, QUOTA_HOOKS_PRICES_FILE) "
+                    f"or set unpriced='fallback'",
+                )
+            nanos = 0 if policy.unpriced == "allow" else to_nanos(self.prices.fallback_cost(
+                units_of(estimate, inputs, outputs)))
+        delta = UsageDelta(
+            requests=0 if estimate.api_method in policy.unmetered_methods else 1,
+            tokens=inputs + outputs,
+            cost_nanos=nanos,
+        )
+        if not (delta.requests or delta.tokens or delta.cost_nanos):
+            return None
+        return Plan(keys, delta, limits, by_key)
+
+    def enforced_limits(self, policy: QuotaPolicy) -> Limits | None:
+        """The limits of ``policy`` that may refuse a call, or None; worked out once per
+        policy (policies are frozen), not on every call."""
+        cached = self._limits.get(id(policy))
+        if cached is None or cached[0] is not policy:
+            if len(self._limits) > 1024:
+                self._limits.clear()
+            cached = (policy, limits_of(policy) if policy.enforced else None)
+            self._limits[id(policy)] = cached
+        return cached[1]
+
+    def _estimate_nanos(self, estimate: Estimate, inputs: int, outputs: int) -> int | None:
+        """What a call is expected to cost: its tokens, and the images or characters it asks
+        for (priced per image, per character, or, for an image model billed by tokens, at
+        :data:`IMAGE_OUTPUT_TOKENS` each). None when no price is known."""
+        prices = self.prices
+        if not (estimate.images or estimate.characters):
+            return prices.estimate_nanos(estimate.model, inputs, outputs, estimate.provider)
+        rates = prices.rates(estimate.model, estimate.provider)
+        if rates is None:
+            return None
+        if estimate.images and "images" in rates.priced:
+            record = UsageRecord(model=estimate.model, provider=estimate.provider or "unknown",
+                                 images=count(estimate.images), image_size=estimate.image_size,
+                                 image_quality=estimate.image_quality)
+        elif estimate.characters and "characters" in rates.priced:
+            record = UsageRecord(model=estimate.model, provider=estimate.provider or "unknown",
+                                 characters=count(estimate.characters))
+        else:
+            record = units_of(estimate, inputs, outputs)
+        return prices.cost(record).nanos
+
+    def outcome(
+        self, result: Reservation | Denial, plan: Plan, waited: float, wait: bool
+    ) -> Reservation | float:
+        """The reservation, or the seconds to wait before trying again.
+
+        Raises:
+            RateLimitedError: a rate limit refused the call.
+            QuotaExceededError: the budget refused it.
+        """
+        if isinstance(result, Reservation):
+            return result
+        policy = plan.policies[result.scope]
+        if (
+            wait
+            and policy.mode_for(result.limit) == "wait"
+            and result.retry_after is not None
+            and waited + result.retry_after <= policy.max_wait
+        ):
+            return result.retry_after
+        self.denials += 1
+        raise refusal(result, policy)
+
+    # ------------------------------------------------------------------ after a call
+    def entry(self, record: UsageRecord, reservation: Reservation | None, now: float) -> UsageEntry:
+        """Price ``record`` and work out what it adds to its scopes at ``now``.
+
+        A model without a price is charged as the policy's ``unpriced`` says (the fallback
+        price by default); its cost stays unknown. A record whose counts could not be trusted
+        (``invalid_fields``) settles at least at its ``reservation``'s estimate.
+        """
+        policy = self.policies.for_workspace(record.workspace_id)
+        priced = self.price(record, policy)
+        charge, unpriced = priced.charge, priced.unpriced
+        limited = record.status_code == 429
+        tokens = record.total_tokens
+        if reservation is not None and record.invalid_fields:
+            tokens = max(tokens, reservation.delta.tokens)
+            if charge < reservation.delta.cost_nanos:
+                unpriced += (reservation.delta.cost_nanos - charge) if priced.cost is None else 0
+                charge = reservation.delta.cost_nanos
+        delta = UsageDelta(
+            requests=0 if record.api_method in policy.unmetered_methods else 1,
+            tokens=tokens,
+            cost_nanos=charge,
+            calls=1,
+            errors=0 if record.success or limited else 1,
+            rate_limited=1 if limited else 0,
+            unpriced_nanos=unpriced,
+        )
+        scopes: tuple[str, ...] = (workspace_scope(record.workspace_id),)
+        if record.scopes:
+            scopes += tuple(f"{kind}:{value}" for kind, value in record.scopes.items())
+        # The record's own time decides its minute, day and month (never after now).
+        at = now if record.timestamp is None else min(record.timestamp.timestamp(), now)
+        zone = policy.timezone
+        return UsageEntry(record, scopes, delta, now, month_key(at, zone), priced.cost,
+                          priced.source, day_key(at, zone), at)
+
+    def price(self, record: UsageRecord, policy: QuotaPolicy) -> Priced:
+        """The price of a record: its own cost if it has one, else the price book's; a model
+        without a price is charged as ``policy.unpriced`` says."""
+        cost, source = record.cost, record.price_source
+        nanos: int | None = None
+        if cost is None:
+            found = self.prices.cost(record)
+            cost, source, nanos = found.usd, found.source, found.nanos
+            if record.reported_cost is not None and cost is not None:
+                self._cross_check(record, cost)
+        elif source is None:
+            source = "provided"
+        if cost is not None and cost > MAX_COST:
+            logger.warning(
+                "quota-hooks: a %s call of model %r priced at %s (over MAX_COST) is counted "
+                "as unpriced", record.api_method, record.model, cost,
+            )
+            cost, source, nanos = None, None, None
+        if cost is not None:
+            return Priced(cost, source, nanos if nanos is not None else to_nanos(cost))
+        if policy.unpriced == "allow":
+            return Priced(None, source, 0)
+        charge = to_nanos(self.prices.fallback_cost(record))
+        return Priced(None, source, charge, charge)
+
+    def _cross_check(self, record: UsageRecord, cost: Decimal) -> None:
+        """Warn, once per model, when another layer's cost (litellm's ``response_cost``)
+        differs from the price book's by more than 1 %."""
+        reported = record.reported_cost
+        assert reported is not None
+        if abs(reported - cost) <= cost / 100 or record.model in self._cross_checked:
+            return
+        with self._lock:
+            if record.model in self._cross_checked or len(self._cross_checked) > 4096:
+                return
+            self._cross_checked.add(record.model)
+        logger.warning(
+            "quota-hooks: %s reported %s for a %s call of model %r, the price book %s (%s); "
+            "quota-hooks counts the price book's. QuotaLogger(cost_source=\"litellm\") counts "
+            "litellm's instead.", record.source, reported, record.api_method, record.model,
+            cost, record.provider,
+        )
+
+
+def refusal(denial: Denial, policy: QuotaPolicy) -> QuotaExceededError:
+    """The error of a refused reservation, naming the scope, the limit and the numbers."""
+    if denial.limit == BUDGET.name:
+        used, maximum = from_nanos(denial.used), from_nanos(denial.maximum)
+        return QuotaExceededError(
+            denial.scope, denial.limit, float(used), float(maximum), None,
+            f"{denial.scope}: the monthly budget of {format_usd(maximum)} has no room for "
+            f"this call ({format_usd(used)} spent or held); the call was not sent",
+        )
+    message = (f"{denial.scope}: {denial.limit} limit reached ({denial.used} of "
+               f"{denial.maximum} used); the call was not sent")
+    if denial.retry_after is not None:
+        message += f", retry after {denial.retry_after:.1f}s"
+        if policy.mode_for(denial.limit) == "wait":
+            message += f" (more than max_wait={policy.max_wait:g}s)"
+    return RateLimitedError(
+        denial.scope, denial.limit, denial.used, denial.maximum, denial.retry_after, message)
+
+
+def units_of(estimate: Estimate, inputs: int, outputs: int) -> UsageRecord:
+    """An estimate as token usage: images at :data:`IMAGE_OUTPUT_TOKENS` of output each."""
+    images = count(estimate.images)
+    return UsageRecord(model=estimate.model, provider=estimate.provider or "unknown",
+                       input_tokens=inputs,
+                       output_tokens=outputs + images * IMAGE_OUTPUT_TOKENS,
+                       images=images, image_size=estimate.image_size,
+                       image_quality=estimate.image_quality,
+                       characters=count(estimate.characters))
+
+
+def count(value: object) -> int:
+    """An estimate's count, trusted like a record's (see :mod:`quota_hooks.usage`)."""
+    if type(value) is int and 0 <= value <= MAX_COUNT:
+        return value
+    return UsageRecord(input_tokens=value).input_tokens  # type: ignore[arg-type]
+
+
+def check_record(record: object, reservation: object) -> None:
+    """A :class:`ConfigurationError` naming a wrong argument of ``record()``."""
+    if not isinstance(record, UsageRecord):
+        raise ConfigurationError(
+            f"record must be a UsageRecord, got {type(record).__name__}: {record!r:.80}")
+    if reservation is not None and not isinstance(reservation, Reservation):
+        raise ConfigurationError(
+            f"reservation must be the Reservation acquire() returned, or None, got "
+            f"{type(reservation).__name__}")
+
+
+def check_estimate(workspace_id: object, estimate: object, scopes: object) -> None:
+    """A :class:`ConfigurationError` naming a wrong argument of ``acquire()``."""
+    if not isinstance(workspace_id, str) or not workspace_id:
+        raise ConfigurationError(f"workspace_id must be a non-empty string, got {workspace_id!r}")
+    if not isinstance(estimate, Estimate):
+        raise ConfigurationError(
+            f"estimate must be an Estimate, got {type(estimate).__name__}: {estimate!r:.80}")
+    if scopes is not None and not isinstance(scopes, Mapping):
+        raise ConfigurationError(f"scopes must be a mapping of kind to value, got {scopes!r:.80}")
