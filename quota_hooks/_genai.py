@@ -16,6 +16,7 @@ Only public names of genai-prices are used: ``DataSnapshot.find_provider`` /
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,7 +30,9 @@ from ._rates import PICO_PER_USD, Rates, exact
 if TYPE_CHECKING:
     from genai_prices.data_snapshot import DataSnapshot
 
-__all__ = ["GenaiSource", "SnapshotInfo"]
+__all__ = ["GenaiSource", "SnapshotInfo", "check_snapshot"]
+
+logger = logging.getLogger("quota_hooks")
 
 #: Provider names that say nothing about which provider it is.
 _ANONYMOUS = frozenset({"", "unknown", "openai-compatible", "litellm", "none"})
@@ -45,6 +48,8 @@ _USAGE_KEYS = {
     "output_tokens": "output_tokens",
     "reasoning_tokens": "output_reasoning_tokens",
     "audio_output_tokens": "output_audio_tokens",
+    "image_input_tokens": "input_image_tokens",
+    "image_output_tokens": "output_image_tokens",
     "characters": "input_characters",
 }
 #: The parents each part must sit inside, in a probe.
@@ -55,6 +60,8 @@ _PARTS: dict[str, tuple[str, ...]] = {
     "audio_input_tokens": ("input_tokens",),
     "reasoning_tokens": ("output_tokens",),
     "audio_output_tokens": ("output_tokens",),
+    "image_input_tokens": ("input_tokens",),
+    "image_output_tokens": ("output_tokens",),
 }
 #: Price keys of genai-prices that put a top-level record field under a price.
 _PRICED_BY = {
@@ -63,6 +70,36 @@ _PRICED_BY = {
     "characters": ("input_mchars",),
     "audio_seconds": ("audio_hours", "input_audio_hours"),
 }
+#: A model every usable snapshot prices (``check_snapshot``): a snapshot without it is not a
+#: genai-prices snapshot, or not one of this version.
+_PROBE_MODEL = ("openai", "gpt-4o-mini")
+
+
+def _why(exc: BaseException) -> str:
+    """An exception as a short reason for a log line (its text cut at 200 characters)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    text = text if len(text) <= 200 else text[:197] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def check_snapshot(snapshot: DataSnapshot) -> None:
+    """Raise ``ValueError`` saying why ``snapshot`` cannot price calls: it has no providers, or
+    it does not find and price (above $0) a model every genai-prices snapshot has
+    (OpenAI's gpt-4o-mini)."""
+    if not snapshot.providers:
+        raise ValueError("it holds no providers")
+    provider, name = _PROBE_MODEL
+    try:
+        _, model = snapshot.find_provider_model(name, None, provider, None)
+        price = model.get_prices(datetime.now(UTC)).calc_price(
+            {"input_tokens": _M, "output_tokens": _M})["total_price"]
+    except LookupError as exc:
+        raise ValueError(f"it does not list {provider}:{name}") from exc
+    except Exception as exc:  # a snapshot of another genai-prices version, say
+        raise ValueError(f"it cannot price {provider}:{name} "
+                         f"({type(exc).__name__}: {exc})") from exc
+    if not price > 0:
+        raise ValueError(f"it prices {provider}:{name} at ${price}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,8 +130,13 @@ class GenaiSource:
         self._meta: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._models: dict[tuple[str, str], tuple[Any, Any, bool] | None] = {}
-        self._rates: dict[tuple[int, int, tuple[tuple[str, str], ...], str], tuple[Any, Rates]] = {}
+        self._rates: dict[tuple[int, int, int, tuple[tuple[str, str], ...], str],
+                          tuple[Any, Rates]] = {}
         self._max = max_cached
+        self.problem: str | None = None
+        """Why the updated snapshot is not used (it did not load or price), or None."""
+        self.broken: str | None = None
+        """Why no snapshot at all could be loaded, or None."""
 
     # ------------------------------------------------------------------ snapshot
     def snapshot(self) -> DataSnapshot:
@@ -107,20 +149,49 @@ class GenaiSource:
         return snapshot
 
     def _load(self) -> DataSnapshot:
+        """The snapshot to price with; never raises. An updated snapshot that does not load
+        or cannot price (truncated, hand-edited, written by another genai-prices version)
+        gives way to the bundled one, with a warning; if even that fails, the snapshot is
+        empty and :attr:`broken` says why (the price book then charges every model its
+        fallback price, never $0)."""
         from genai_prices import data_snapshot
 
-        if self.snapshot_file is None:
-            return data_snapshot.get_snapshot()  # bundled (or one the app set in genai-prices)
-        from genai_prices import types
+        if self.snapshot_file is not None:
+            try:
+                snapshot = self._read_file()
+                check_snapshot(snapshot)
+                return snapshot
+            except Exception as exc:
+                self.problem = f"{self.snapshot_file}: {_why(exc)}"
+                self._meta = {}
+                logger.warning(
+                    "quota-hooks: the genai-prices snapshot %s cannot be used (%s); pricing "
+                    "with the snapshot bundled with genai-prices instead. Fetch it again with "
+                    "'quota-hooks prices --update', or remove the file.",
+                    self.snapshot_file, _why(exc))
+        try:
+            snapshot = data_snapshot.get_snapshot()  # bundled (or one the app set in genai-prices)
+            if not snapshot.providers:
+                raise ValueError("it holds no providers")
+            return snapshot
+        except Exception as exc:
+            self.broken = f"genai-prices' own snapshot: {_why(exc)}"
+            logger.error(
+                "quota-hooks: genai-prices' snapshot cannot be loaded (%s); every model "
+                "without an override is charged the price book's fallback price.", _why(exc))
+            return data_snapshot.DataSnapshot([], from_auto_update=False)
 
+    def _read_file(self) -> DataSnapshot:
+        from genai_prices import data_snapshot, types
+
+        assert self.snapshot_file is not None
         raw = json.loads(self.snapshot_file.read_text("utf-8"))
         meta_file = self.snapshot_file.with_suffix(".meta.json")
-        if meta_file.exists():
-            self._meta = json.loads(meta_file.read_text("utf-8"))
         if not isinstance(raw, list):
-            raise ValueError(f"{self.snapshot_file}: not a genai-prices snapshot (a JSON list "
-                             "of providers)")
+            raise ValueError("not a genai-prices snapshot (a JSON list of providers)")
         providers = types._providers_from_raw(raw)
+        meta = json.loads(meta_file.read_text("utf-8")) if meta_file.exists() else {}
+        self._meta = meta if isinstance(meta, dict) else {}
         return data_snapshot.DataSnapshot(providers, from_auto_update=True)
 
     def info(self) -> SnapshotInfo:
@@ -128,8 +199,12 @@ class GenaiSource:
 
         snapshot = self.snapshot()
         models = sum(len(p.models) for p in snapshot.providers)
-        if self.snapshot_file is None:
+        if self.snapshot_file is None or self.problem is not None:
             source, fetched, url = f"genai-prices {__version__} (bundled)", None, None
+            if self.problem is not None:
+                source += f"; the updated snapshot is not used: {self.problem}"
+            if self.broken is not None:
+                source = f"none: {self.broken}"
         else:
             source = str(self.snapshot_file)
             fetched, url = self._meta.get("fetched_at"), self._meta.get("url")
@@ -140,7 +215,9 @@ class GenaiSource:
         """The source of a price, on records (``price_source``)."""
         from genai_prices import __version__
 
-        return f"genai-prices {__version__}" + ("" if self.snapshot_file is None else " (updated)")
+        self.snapshot()
+        updated = self.snapshot_file is not None and self.problem is None
+        return f"genai-prices {__version__}" + (" (updated)" if updated else "")
 
     # ------------------------------------------------------------------ resolution
     def provider_id(self, provider: str | None) -> str | None:
@@ -175,6 +252,7 @@ class GenaiSource:
         found = self._find(model, provider)
         if len(self._models) >= self._max:
             self._models.clear()
+            _trim_lookups(self.snapshot(), self._max)
         self._models[key] = found
         return found
 
@@ -186,12 +264,19 @@ class GenaiSource:
             pid = "openai"  # an OpenAI fine-tune; genai-prices needs the provider for it
         bare = name.split("/", 1)[1] if "/" in name else None  # "openai/gpt-4o", "models/..."
         attempts = [(name, pid)] + ([(bare, pid)] if bare else [])
-        # Then the model's own name decides (genai-prices knows whose "claude-*" or
-        # "gemini-*" is), and last OpenAI's catalogue: what an OpenAI-compatible client
-        # most often calls ("text-embedding-3-small" names no provider by itself).
-        for fallback in (None, "openai"):
-            if fallback != pid:
-                attempts += [(name, fallback)] + ([(bare, fallback)] if bare else [])
+        # A provider that is known prices its own models (and those genai-prices says it
+        # serves for another provider: Azure's OpenAI models); a model it does not list is
+        # unpriced, never priced at another provider's (cheaper) price: hosts of the same
+        # open-weight model charge very differently.
+        # Without a provider the model's own name decides (genai-prices knows whose
+        # "claude-*" or "gemini-*" is), and last OpenAI's catalogue: what an
+        # OpenAI-compatible client most often calls ("text-embedding-3-small"). "openai" is
+        # no better than none here: it is what a UsageRecord says by default, and what every
+        # OpenAI-shaped client reports, so a model that OpenAI does not list goes by its name.
+        if pid is None or pid == "openai":
+            for fallback in (None, "openai"):
+                if fallback != pid:
+                    attempts += [(name, fallback)] + ([(bare, fallback)] if bare else [])
         for ref, provider_id in attempts:
             try:
                 info, found = snapshot.find_provider_model(ref, None, provider_id, None)
@@ -239,19 +324,67 @@ class GenaiSource:
             context and own and model.price_variants) else ()
         # The price in force is ``standard`` (by identity), unless a variant applies, whose
         # own start dates go by day.
-        key = (id(model), id(standard), items, when.date().isoformat() if items else "")
+        # The provider is part of the key: a model reached through another provider's
+        # fallback is priced (and named) as that provider's.
+        key = (id(info), id(model), id(standard), items,
+               when.date().isoformat() if items else "")
         hit = self._rates.get(key)
         if hit is not None and hit[0] is standard:
             return hit[1]
         price = model.get_prices(when, dict(items)) if items else standard
         rates = compile_price(price, f"{info.id}:{model.id}", self.label)
+        if rates.per_second:
+            minimum = _minimum_seconds(info, model, when, dict(items), rates.per_second)
+            if minimum is not None:
+                rates = compile_price(price, rates.key, rates.source, min_seconds=minimum)
         if len(self._rates) >= self._max:
             self._rates.clear()
         self._rates[key] = (standard, rates)  # holds ``standard``: its id stays its own
         return rates
 
 
-def compile_price(price: Any, key: str, source: str) -> Rates:
+#: genai-prices' own memo of lookups on a snapshot (private names of genai-prices 0.2; a
+#: version without them is left alone): they keep every name ever looked up, unbounded.
+_SNAPSHOT_MEMOS = ("_lookup_cache", "_provider_cache", "_provider_misses")
+
+
+def _trim_lookups(snapshot: Any, most: int) -> None:
+    """Empty genai-prices' lookup memos of ``snapshot`` that hold more than ``most`` names:
+    model names come from request bodies, and a client that sends a new one on every call
+    must not grow the process without bound."""
+    for name in _SNAPSHOT_MEMOS:
+        memo = getattr(snapshot, name, None)
+        if memo is not None and hasattr(memo, "clear") and len(memo) > most:
+            memo.clear()
+
+
+def _minimum_seconds(info: Any, model: Any, when: datetime, context: dict[str, str],
+                     per_second: Fraction) -> Fraction | None:
+    """The least seconds of audio genai-prices bills a request of this model for (Groq's
+    Whisper: 10 s), or None. It sits in ``ModelInfo.calc_price``, not in the price the rates
+    are compiled from, so it is found by pricing one second there."""
+    def cost(seconds: int) -> Fraction:
+        found = model.calc_price({"audio_seconds": seconds}, info, genai_request_timestamp=when,
+                                 price_context=context or None)
+        return Fraction(found.total_price) * PICO_PER_USD
+
+    try:
+        one = cost(1)
+        # genai-prices rounds to 28 digits: a floor shows as a whole ratio, give or take that.
+        minimum = (one / per_second).limit_denominator(1000)
+        if minimum <= 1 or abs(one - per_second * minimum) > per_second / 10**9:
+            return None
+        # A floor, not a different price: above it, each second costs one second.
+        above = int(minimum) + 2
+        if abs(cost(above) - per_second * above) > per_second / 10**9:
+            return None
+    except Exception:  # an odd price must not stop the pricing of everything else
+        return None
+    return minimum
+
+
+def compile_price(price: Any, key: str, source: str, *,
+                  min_seconds: Fraction | None = None) -> Rates:
     """Compile a genai-prices ``ModelPrice`` by pricing probe usages with it (see the module
     doc): a field's coefficient is what a million more of it adds, at each tier."""
     from genai_prices.types import TieredPrices
@@ -290,4 +423,5 @@ def compile_price(price: Any, key: str, source: str) -> Rates:
                        if any(getattr(price, k, None) is not None for k in keys))
     per_second = cost({"audio_seconds": 3600}) / 3600 if "audio_seconds" in priced else None
     return Rates(key=key, source=source, starts=tuple(starts), tables=tuple(tables),
-                 constants=tuple(constants), priced=priced, per_second=per_second)
+                 constants=tuple(constants), priced=priced, per_second=per_second,
+                 min_seconds=min_seconds)

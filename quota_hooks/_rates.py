@@ -36,6 +36,8 @@ FIELDS = (
     "output_tokens",
     "reasoning_tokens",
     "audio_output_tokens",
+    "image_input_tokens",
+    "image_output_tokens",
     "characters",
 )
 
@@ -54,6 +56,8 @@ class Rates:
         constants: per level, pico-dollars per request.
         per_second: pico-dollars per second of audio (``audio_seconds`` is a float).
         per_image: USD per image by ``"quality/size"`` (override tables only).
+        min_seconds: the least seconds of audio a request is billed for (Groq bills a
+            Whisper request at least 10 s).
         priced: the :data:`TOP_FIELDS` that have a price; a record using another is unpriced.
     """
 
@@ -65,6 +69,7 @@ class Rates:
     priced: frozenset[str]
     per_second: Fraction | None = None
     per_image: Mapping[str, Decimal] = field(default_factory=dict)
+    min_seconds: Fraction | None = None
     # The hot path: the token fields a level prices, read from a record in one C call, with
     # each level's coefficients lined up with them.
     _read: Callable[[Any], Any] = field(init=False, repr=False, compare=False)
@@ -112,7 +117,10 @@ class Rates:
             if name == "characters" and record.characters:
                 total += coefficient * record.characters
         if record.audio_seconds and self.per_second is not None:
-            total += self.per_second * Fraction(repr(record.audio_seconds))
+            seconds = Fraction(repr(record.audio_seconds))
+            if self.min_seconds is not None and seconds < self.min_seconds:
+                seconds = self.min_seconds
+            total += self.per_second * seconds
         if record.images:
             key = f"{record.image_quality or 'standard'}/{record.image_size or '1024x1024'}"
             per_image = self.per_image.get(key)

@@ -361,9 +361,10 @@ def _update_prices(url: str | None, to: str | None) -> int:
     from pathlib import Path
 
     import httpx2
-    from genai_prices import types
+    from genai_prices import data_snapshot, types
     from genai_prices.update_prices import DEFAULT_UPDATE_URL
 
+    from ._genai import check_snapshot
     from .pricing import updated_snapshot_path
 
     source = url or DEFAULT_UPDATE_URL
@@ -378,6 +379,12 @@ def _update_prices(url: str | None, to: str | None) -> int:
         raise _UsageError(f"--url: fetching {source} failed: {exc}") from exc
     except (ValueError, TypeError) as exc:
         raise _UsageError(f"--url: {source} is not a genai-prices snapshot: {exc}") from exc
+    try:
+        # One that loads but cannot price would make every model unpriced: refused, and the
+        # snapshot in use is left as it is.
+        check_snapshot(data_snapshot.DataSnapshot(providers, from_auto_update=True))
+    except ValueError as exc:
+        raise _UsageError(f"--url: {source} was refused, {exc}; {target} is unchanged") from exc
     target.parent.mkdir(parents=True, exist_ok=True)
     meta = {"url": source, "providers": len(providers),
             "models": sum(len(p.models) for p in providers),

@@ -43,7 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ._genai import GenaiSource, SnapshotInfo
 from ._rates import PICO_PER_USD, TOP_FIELDS, Rates, exact, pico_to_usd
 from .errors import ConfigurationError
-from .usage import UsageRecord
+from .usage import MAX_NAME_LENGTH, UsageRecord, bounded
 
 __all__ = [
     "NANOS_PER_USD",
@@ -71,6 +71,24 @@ PRICES_FILE_ENV = "QUOTA_HOOKS_PRICES_FILE"
 SNAPSHOT_ENV = "QUOTA_HOOKS_PRICES_SNAPSHOT"
 _DATED_SUFFIX = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{4})$")
 _MAX_CACHED = 4096
+#: The least fallback price (USD per 1M units): the dearest prices of the genai-prices
+#: snapshot quota-hooks is tested with (o1-pro's $150 input and $600 output per 1M tokens,
+#: and the dearest audio, per-minute and per-character prices). A book over genai-prices
+#: never charges an unpriced model less, whatever snapshot it reads (an empty or cut-down
+#: one included); a book of overrides only gets it for a kind of price it has none of.
+FALLBACK_FLOOR: dict[str, Decimal] = {
+    "input": Decimal(150),
+    "cached_input": Decimal("37.5"),
+    "cache_write": Decimal("37.5"),
+    "output": Decimal(600),
+    "audio_input": Decimal(40),
+    "audio_output": Decimal(80),
+    "per_minute": Decimal("0.08"),
+    "per_1m_characters": Decimal(40),
+}
+#: The kinds of price a book of overrides only is given the floor for when it has none (the
+#: others fall back to these in a price table: cached input to input, say).
+_FLOORED_WHEN_MISSING = ("input", "output", "per_minute", "per_1m_characters")
 
 _Price = Decimal | None
 
@@ -239,6 +257,7 @@ class PriceBook:
         self._fast: dict[tuple[str | None, str], tuple[Any, Any, Rates]] = {}
         self._warned: set[str] = set()
         self._lock = threading.Lock()
+        self._failsafe_rates: Rates | None = None
 
     def __repr__(self) -> str:
         below = "" if self.genai is None else f" over {self.genai.label}"
@@ -400,6 +419,10 @@ class PriceBook:
               context: Mapping[str, str] | None = None) -> Rates | None:
         """The compiled price of ``model`` at ``provider`` in force at ``when`` (now) under
         ``context``, or None when nothing prices it. Overrides win."""
+        if len(model) > MAX_NAME_LENGTH:  # a name from a request body: never cached whole
+            model = bounded(model)
+        if provider is not None and len(provider) > MAX_NAME_LENGTH:
+            provider = bounded(provider)
         try:
             rates = self._table_rates[model]
         except KeyError:
@@ -416,15 +439,44 @@ class PriceBook:
             fast = self._fast.get((provider, model))
             if fast is not None and fast[0].get_prices(moment) is fast[1]:
                 return fast[2]
-        resolved = self.genai.model(model, provider)
-        if resolved is None:
-            return None
-        rates = self.genai.rates(resolved, moment, context)
+        try:
+            resolved = self.genai.model(model, provider)
+            if resolved is None:
+                return self._failsafe() if self.genai.broken is not None else None
+            rates = self.genai.rates(resolved, moment, context)
+        except Exception as exc:
+            # A price that genai-prices cannot work out must not make the call free (nor
+            # break it): it is charged the fallback price.
+            self._pricing_failed(model, provider, exc)
+            return self._failsafe()
         if not context:
             if len(self._fast) >= _MAX_CACHED:
                 self._fast.clear()
             self._fast[(provider, model)] = (resolved[1], resolved[1].get_prices(moment), rates)
         return rates
+
+    def _failsafe(self) -> Rates:
+        """The fallback price as rates: for a model that genai-prices cannot price because
+        of a fault (no snapshot could be loaded, a price it cannot work out), never $0."""
+        rates = self._failsafe_rates
+        if rates is None:
+            why = "no genai-prices snapshot" if self.genai is not None and (
+                self.genai.broken is not None) else "genai-prices failed"
+            rates = _compile_table(self.fallback_price(), "fallback", f"fallback ({why})")
+            self._failsafe_rates = rates
+        return rates
+
+    def _pricing_failed(self, model: str, provider: str | None, exc: BaseException) -> None:
+        key = f"{provider}:{model}"
+        if key in self._warned:
+            return
+        with self._lock:
+            if len(self._warned) >= _MAX_CACHED:
+                self._warned.clear()
+            self._warned.add(key)
+        logger.error(
+            "quota-hooks: genai-prices failed pricing model %r of provider %r (%s: %s); it is "
+            "charged the fallback price", model, provider, type(exc).__name__, exc)
 
     def price(self, model: str, provider: str | None = None) -> ModelPrice | None:
         """The prices of ``model`` per 1M tokens (at its base tier; see :meth:`explain`),
@@ -451,7 +503,10 @@ class PriceBook:
                 lines.append(label)
             lines += [f"    {text}" for text in _rate_lines(rates, level)]
         if self.genai is not None and self.resolve(model) is None:
-            found = self.genai.model(model, provider)
+            try:
+                found = self.genai.model(model, provider)
+            except Exception:  # priced at the fallback (see rates): nothing more to say
+                found = None
             variants = [] if found is None else (found[1].price_variants or [])
             for variant in variants:
                 assert found is not None
@@ -513,8 +568,13 @@ class PriceBook:
         if self._dearest is None:
             prices = list(self._prices.values())
             if self.genai is not None:
-                prices += self.genai.current_prices()
-            self._dearest = _dearest(prices)
+                try:
+                    prices += self.genai.current_prices()
+                except Exception as exc:  # an odd snapshot: the floor still holds
+                    logger.warning("quota-hooks: the dearest genai-prices prices could not "
+                                   "be read (%s: %s); the fallback price is the floor",
+                                   type(exc).__name__, exc)
+            self._dearest = _dearest(prices, floor=self.genai is not None)
         return self._dearest
 
     def fallback_cost(self, record: UsageRecord) -> Decimal:
@@ -668,14 +728,17 @@ def _rate_lines(rates: Rates, level: int) -> list[str]:
     return lines
 
 
-def _dearest(prices: Iterable[ModelPrice]) -> ModelPrice:
-    """The highest price of each kind among ``prices`` (fine-tunes included)."""
+def _dearest(prices: Iterable[ModelPrice], *, floor: bool = True) -> ModelPrice:
+    """The highest price of each kind among ``prices`` (fine-tunes included), never below
+    :data:`FALLBACK_FLOOR` (``floor=False``: only for a kind that none of ``prices`` has), so
+    that the fallback is never $0, even over an empty book."""
     every = list(prices)
     every += [p.fine_tuned for p in every if p.fine_tuned is not None]
     fields: dict[str, Any] = {}
-    for name in ("input", "cached_input", "cache_write", "output", "audio_input",
-                 "audio_output", "per_minute", "per_1m_characters"):
+    for name, least in FALLBACK_FLOOR.items():
         values = [v for p in every if (v := getattr(p, name)) is not None]
+        if floor or (not values and name in _FLOORED_WHEN_MISSING):
+            values.append(least)
         if values:
             fields[name] = max(values)
     images: dict[str, Decimal] = {}

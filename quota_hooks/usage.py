@@ -65,6 +65,8 @@ _INT_FIELDS = (
     "reasoning_tokens",
     "audio_input_tokens",
     "audio_output_tokens",
+    "image_input_tokens",
+    "image_output_tokens",
     "images",
     "characters",
     "attempt",
@@ -136,6 +138,12 @@ class UsageRecord:
     reasoning_tokens: int = 0
     audio_input_tokens: int = 0
     audio_output_tokens: int = 0
+    #: The image tokens of the input (an image edit's input images, an image sent to a chat
+    #: model): part of ``input_tokens``, priced at the image input price where one exists.
+    image_input_tokens: int = 0
+    #: The image tokens of the output (gpt-image-1, Gemini's image models): part of
+    #: ``output_tokens``, priced at the image output price where one exists.
+    image_output_tokens: int = 0
     # units
     images: int = 0
     image_size: str | None = None
@@ -391,6 +399,8 @@ TOKEN_FIELDS = (
     "audio_input_tokens",
     "reasoning_tokens",
     "audio_output_tokens",
+    "image_input_tokens",
+    "image_output_tokens",
 )
 _INPUT_PARTS = ("cached_input_tokens", "cache_write_tokens", "audio_input_tokens")
 _OUTPUT_PARTS = ("reasoning_tokens", "audio_output_tokens")
@@ -406,13 +416,13 @@ def reported_usage(
     ``None`` where it sent null or nothing. It is trusted when ``input_tokens`` and
     ``output_tokens`` are whole numbers in ``[0, 2**40]`` (``output_tokens`` may be absent for
     APIs without output, like embeddings), every detail count present is one too, and each
-    part fits its total (cached + cache-write tokens within the input, reasoning within the
-    output) and the request, if it was not empty, used some input tokens (a provider or
-    framework that lost the usage often fills in zeros). Otherwise the call settles at its estimate:
-    the estimate's input and output
-    tokens (the output at least ``observed_output``, what the caller was seen to receive), but
-    never below a count that was itself valid; ``estimated`` is True and ``estimate_reason``
-    says why.
+    part fits its total (cached + cache-write tokens and audio + image tokens within the
+    input, reasoning and audio + image tokens within the output) and the request, if it was
+    not empty, used some input tokens (a provider or framework that lost the usage often
+    fills in zeros). Otherwise the call settles at its estimate: the estimate's input and
+    output tokens (the output at least ``observed_output``, what the caller was seen to
+    receive), but never below a count that was itself valid; ``estimated`` is True and
+    ``estimate_reason`` says why.
 
     Returns :class:`UsageRecord` keyword arguments.
     """
@@ -440,6 +450,12 @@ def reported_usage(
         bad.append("1-hour cache writes above cache_write_tokens")
     if "output_tokens" in clean and clean.get("reasoning_tokens", 0) > outputs:
         bad.append("reasoning_tokens above output_tokens")
+    if "input_tokens" in clean and clean.get("audio_input_tokens", 0) + clean.get(
+            "image_input_tokens", 0) > inputs:
+        bad.append("audio and image input tokens above input_tokens")
+    if "output_tokens" in clean and clean.get("audio_output_tokens", 0) + clean.get(
+            "image_output_tokens", 0) > outputs:
+        bad.append("audio and image output tokens above output_tokens")
     if not bad and inputs == 0 and _count_of(estimate.input_tokens) > 0:
         bad.append("0 input tokens for a request that was not empty")  # a filler, not a count
     if bad:
@@ -478,7 +494,8 @@ def _estimated(
     if hour:
         fields["cache_write_1h_tokens"] = hour
     for name, limit in (("audio_input_tokens", inputs), ("reasoning_tokens", outputs),
-                        ("audio_output_tokens", outputs)):
+                        ("audio_output_tokens", outputs), ("image_input_tokens", inputs),
+                        ("image_output_tokens", outputs)):
         part = min(clean.get(name, 0), limit)
         if part:
             fields[name] = part

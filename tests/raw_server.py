@@ -30,10 +30,14 @@ def chat_events(model: str = "gpt-4o-mini", *, prompt: int = 1_000, completion: 
 
 
 def response(body: bytes, *, content_type: str | None = "text/event-stream",
-             chunked: bool = True, cut_after: int | None = None) -> bytes:
+             chunked: bool = True, cut_after: int | None = None,
+             headers: dict[str, str] | None = None) -> bytes:
     """The bytes of an HTTP/1.1 answer; ``cut_after``: the connection drops after that many
-    body bytes (mid-stream)."""
+    body bytes (mid-stream); ``headers``: more header lines (``content-encoding``, say: the
+    body is then given already encoded)."""
     head = b"HTTP/1.1 200 OK\r\nconnection: close\r\n"
+    for name, value in (headers or {}).items():
+        head += f"{name}: {value}\r\n".encode()
     if content_type is not None:
         head += f"content-type: {content_type}\r\n".encode()
     if cut_after is not None:
@@ -56,6 +60,8 @@ class RawServer:
     def __init__(self, answer: Answer) -> None:
         self.answer = answer
         self.requests: list[dict[str, Any]] = []
+        self.lines: list[str] = []
+        """The request line of each request (``"GET /v1/responses/r1 HTTP/1.1"``)."""
         self._sock = socket.socket()
         self._sock.bind(("127.0.0.1", 0))
         self._sock.listen(64)
@@ -86,6 +92,7 @@ class RawServer:
                     return
                 data += more
             head, _, body = data.partition(b"\r\n\r\n")
+            self.lines.append(head.split(b"\r\n", 1)[0].decode("latin-1"))
             length = 0
             for line in head.split(b"\r\n")[1:]:
                 name, _, value = line.partition(b":")
@@ -93,7 +100,10 @@ class RawServer:
                     length = int(value)
             while len(body) < length:
                 body += conn.recv(65536)
-            request = json.loads(body) if body else {}
+            try:
+                request = json.loads(body) if body else {}
+            except ValueError:  # a multipart upload (audio, image edits)
+                request = {"raw_bytes": len(body)}
             self.requests.append(request)
             answer = self.answer(request)
             for piece in _pieces(answer, 64):

@@ -95,7 +95,11 @@ def test_prices_update_from_a_mirror(tmp_path: Path, capsys: pytest.CaptureFixtu
     snapshot = [{"id": "acme", "name": "Acme AI", "api_pattern": r"https://api\.acme\.ai",
                  "model_match": {"starts_with": "acme-"},
                  "models": [{"id": "acme-1", "match": {"equals": "acme-1"},
-                             "prices": {"input_mtok": 1, "output_mtok": 2}}]}]
+                             "prices": {"input_mtok": 1, "output_mtok": 2}}]},
+                # Every snapshot prices OpenAI's gpt-4o-mini: one that does not is refused.
+                {"id": "openai", "name": "OpenAI", "api_pattern": r"https://api\.openai\.com",
+                 "models": [{"id": "gpt-4o-mini", "match": {"equals": "gpt-4o-mini"},
+                             "prices": {"input_mtok": 0.15, "output_mtok": 0.6}}]}]
     body = json.dumps(snapshot).encode()
 
     class Mirror(http.server.BaseHTTPRequestHandler):
@@ -116,12 +120,13 @@ def test_prices_update_from_a_mirror(tmp_path: Path, capsys: pytest.CaptureFixtu
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/data.json"
         assert main(["prices", "--update", "--url", url]) == 0
-        assert "1 providers, 1 models" in capsys.readouterr().out
+        assert "2 providers, 2 models" in capsys.readouterr().out
         assert main(["prices"]) == 0
         out = capsys.readouterr().out
         assert str(target) in out and url in out and "fetched" in out
         from quota_hooks import PriceBook, UsageRecord
-        cost = PriceBook.default().cost(UsageRecord(model="acme-1", input_tokens=1_000_000))
+        cost = PriceBook.default().cost(UsageRecord(model="acme-1", provider="acme",
+                                                    input_tokens=1_000_000))
         assert cost.usd == 1 and cost.source.endswith("(updated)")
         server.shutdown()
         assert main(["prices", "--update", "--url", url]) == 2  # the mirror is gone

@@ -78,9 +78,9 @@ ClientT = TypeVar("ClientT", bound="openai.OpenAI | openai.AsyncOpenAI")
 _ROUTES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
     (re.compile(pattern), name)
     for pattern, name in (
-        (r"chat/completions(/.*)?", "chat.completions"),
+        (r"chat/completions", "chat.completions"),
         (r"completions", "completions"),
-        (r"responses(/.*)?", "responses"),
+        (r"responses", "responses"),
         (r"embeddings", "embeddings"),
         (r"images/generations", "images.generate"),
         (r"images/edits", "images.edit"),
@@ -97,10 +97,40 @@ _ROUTES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
 _PREFIX = re.compile(r"^/*(?:openai/deployments/[^/]+/|openai/)?(?:v1/)?")
 
 
+#: Calls on a stored response or chat completion (``GET /responses/{id}``, ``DELETE``, its
+#: input items, a cancel, a token count): housekeeping, which uses no tokens. Only the
+#: ``POST`` of ``/responses`` and ``/chat/completions`` themselves generate.
+_ITEMS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile(pattern), name)
+    for pattern, name in (
+        (r"responses/input_tokens", "responses.input_tokens"),
+        (r"responses/[^/]+/input_items", "responses.input_items"),
+        (r"responses/[^/]+/cancel", "responses.cancel"),
+        (r"responses/[^/]+", "responses.{verb}"),
+        (r"responses/.+", "responses.other"),
+        (r"chat/completions/[^/]+/messages", "chat.completions.messages"),
+        (r"chat/completions/[^/]+", "chat.completions.{verb}"),
+        (r"batches(/[^/]+(/cancel)?)?", "batches"),
+    )
+)
+_VERBS = {"GET": "retrieve", "DELETE": "delete", "POST": "update"}
+#: The housekeeping methods: their usage is never counted (a batch's once, when it completes;
+#: a response's once, see :meth:`_Call.record`).
+_HOUSEKEEPING = frozenset({
+    "responses.input_tokens", "responses.input_items", "responses.cancel", "responses.retrieve",
+    "responses.delete", "responses.update", "responses.other", "chat.completions.messages",
+    "chat.completions.retrieve", "chat.completions.delete", "chat.completions.update",
+    "batches"})
+
+
 def api_method_for(method: str, path: str) -> str:
-    """The API method of an OpenAI HTTP call, from its path (``chat.completions``,
-    ``images.generate`` ...). An unknown path gives its first segment, never an error."""
+    """The API method of an OpenAI HTTP call, from its verb and path (``chat.completions``,
+    ``images.generate``, ``responses.retrieve`` ...). An unknown path gives its first
+    segment, never an error."""
     rest = _PREFIX.sub("", path.split("?", 1)[0]).strip("/")
+    for pattern, name in _ITEMS:
+        if pattern.fullmatch(rest):
+            return name.format(verb=_VERBS.get(method.upper(), method.lower()))
     for pattern, name in _ROUTES:
         if pattern.fullmatch(rest):
             return name
@@ -130,7 +160,7 @@ class _Hub:
     def __init__(self, manager: QuotaManager, inject_stream_usage: bool) -> None:
         self.manager = manager
         self.inject_stream_usage = inject_stream_usage
-        self._runs: OrderedDict[str, None] = OrderedDict()
+        self._runs: OrderedDict[str, tuple[int, int]] = OrderedDict()
         self._providers: dict[tuple[str, str, int | None], str] = {}
         self._lock = threading.Lock()
 
@@ -149,13 +179,25 @@ class _Hub:
 
     def first_sight_of_terminal_run(self, run_id: str) -> bool:
         """True the first time a run is seen in a terminal state (its usage counts once)."""
+        return self.counted(run_id) is None
+
+    def counted(self, object_id: str, settled: tuple[int, int] = (0, 0)
+                ) -> tuple[int, int] | None:
+        """What was already counted for a run, batch or response (its input and output
+        tokens, ``(0, 0)`` when its own usage was), or None the first time: it is then
+        remembered at ``settled`` (the last 10,000 ids)."""
         with self._lock:
-            if run_id in self._runs:
-                return False
-            self._runs[run_id] = None
+            before = self._runs.get(object_id)
+            self._runs[object_id] = settled if before is None else before
             if len(self._runs) > _RUN_MEMORY:
                 self._runs.popitem(last=False)
-            return True
+            return before
+
+    def settle(self, object_id: str) -> None:
+        """A response whose own usage has now been counted (its estimate topped up)."""
+        with self._lock:
+            if object_id in self._runs:
+                self._runs[object_id] = (0, 0)
 
     def failed(self, stage: str, exc: BaseException, workspace_id: str | None) -> None:
         self.manager.note_tracking_failure(f"openai:{stage}", exc, workspace_id)
@@ -194,6 +236,8 @@ class _Call:
         self.inject = False
         self.request_bytes = 0
         self.characters = 0
+        self.duration: float | None = None
+        """The seconds of audio a transcription's response gave (verbose_json), if any."""
         self.image_size: str | None = None
         self.image_quality: str | None = None
         self.images_requested = 1
@@ -205,6 +249,9 @@ class _Call:
         self.response_model: str | None = None
         self.events = 0
         self.run: tuple[str, Mapping[str, Any]] | None = None
+        """A run or batch in a terminal state and its usage: counted once, by its id."""
+        self.response: tuple[str, bool] | None = None
+        """The id of the Responses API object of the body, and whether it is finished."""
         self.error: Mapping[str, Any] | None = None
         self.sse: _SSE | None = None
         self.decoder: _Decoder | None = None
@@ -232,6 +279,10 @@ class _Call:
                         self.image_quality = str(item.value)
                     elif item.name == "n":
                         self.images_requested = int(item.value)
+            try:  # the size of the upload, for a transcription without usage (never read)
+                self.request_bytes = int(request.headers.get("content-length") or 0)
+            except ValueError:
+                self.request_bytes = 0
             return request
         try:
             content = request.content
@@ -446,15 +497,30 @@ class _Call:
             usage = self.run[1]  # a run's tokens count once, however often it is polled
         success = 200 <= self.status < 400
         fields: dict[str, Any] = {}
-        if success and self.method in _TOKEN_METHODS:
+        if success and self.method == "responses.retrieve" and self.response is not None:
+            fields = self._retrieved_response(usage)
+        elif self.method in _HOUSEKEEPING and not (self.run and self.method == "batches"):
+            pass  # no tokens: a stored object's own call counted them
+        elif success and self.method in _TOKEN_METHODS:
             reported = usage_fields(usage) if usage and not self.unreadable else None
             fields = reported_usage(reported, self.estimate(), observed_output=self.events)
             if self.unreadable and reported is None:
                 fields["estimate_reason"] = "the response body could not be read"
+            if self.method == "responses" and self.response is not None:
+                # Counted now; a background response (queued, no usage yet) at its
+                # estimate, topped up when it is retrieved finished.
+                rid, done = self.response
+                settled = (0, 0) if done else (fields.get("input_tokens", 0),
+                                               fields.get("output_tokens", 0))
+                self.hub.counted(rid, settled)
         elif usage and not self.unreadable:
             fields = {k: v for k, v in usage_fields(usage).items() if v is not None}
+            if self.method == "batches":
+                fields["batch"] = True  # a batch's tokens, at the Batch API's price
         elif success and self.method == "audio.speech":
             fields["characters"] = self.characters
+        elif success and self.method in _AUDIO_IN_METHODS:
+            fields = self._audio_seconds()
         elif success and self.method.startswith("images.") and (self.body_size or self.complete):
             fields["images"] = self.images_requested
             fields["image_size"] = self.image_size
@@ -518,15 +584,54 @@ class _Call:
         tier = data.get("service_tier")
         if isinstance(tier, str) and tier:
             self.service_tier = tier  # the tier actually served is the one billed
-        if data.get("object") == "thread.run":
-            if data.get("status") in _TERMINAL_RUN_STATES and isinstance(data.get("usage"), dict):
-                self.run = (str(data.get("id")), data["usage"])
+        kind = data.get("object")
+        if kind in ("thread.run", "batch"):
+            done = _TERMINAL_RUN_STATES if kind == "thread.run" else {"completed"}
+            if data.get("status") in done and isinstance(data.get("usage"), dict):
+                self.run = (f"{kind}:{data.get('id')}", data["usage"])
             return
+        if kind == "response" and isinstance(data.get("id"), str):
+            self.response = (data["id"], data.get("status") in _TERMINAL_RUN_STATES)
         usage = data.get("usage")
         if isinstance(usage, dict):
             self.usage = usage
         elif self.status >= 400 and isinstance(data.get("error"), dict):
             self.error = data["error"]
+        duration = data.get("duration")  # a transcription's verbose_json (OpenAI, Groq)
+        if isinstance(duration, (int, float)) and not isinstance(duration, bool) and (
+                0 <= duration < 10**7):
+            self.duration = float(duration)
+
+    def _retrieved_response(self, usage: Mapping[str, Any] | None) -> dict[str, Any]:
+        """A retrieved response: nothing while it runs; once finished, its usage if it was
+        never counted here (created by another client), or what its usage adds to the
+        estimate it was counted at (a background response), else nothing."""
+        assert self.response is not None
+        rid, done = self.response
+        if not done or not usage or self.unreadable:
+            return {}
+        before = self.hub.counted(rid)
+        if before == (0, 0):
+            return {}
+        fields = {k: v for k, v in usage_fields(usage).items() if v is not None}
+        if before is not None:  # the estimate was counted: only what the usage adds to it
+            self.hub.settle(rid)
+            fields = {"input_tokens": max(0, _count(fields.get("input_tokens")) - before[0]),
+                      "output_tokens": max(0, _count(fields.get("output_tokens")) - before[1])}
+        return reported_usage(fields, Estimate(model=self.model or "unknown",
+                                               api_method=self.method, input_tokens=0,
+                                               output_tokens=0))
+
+    def _audio_seconds(self) -> dict[str, Any]:
+        """A transcription or translation without usage (Groq, local Whisper servers): the
+        duration its response gave, else seconds estimated from the upload's size, as if it
+        were audio at :data:`_AUDIO_BYTES_PER_SECOND` (compressed speech), never 0."""
+        if self.duration is not None:
+            return {"audio_seconds": self.duration}
+        seconds = max(1.0, round(self.request_bytes / _AUDIO_BYTES_PER_SECOND, 3))
+        return {"audio_seconds": seconds, "estimated": True,
+                "estimate_reason": f"no usage reported: {seconds:g} s of audio estimated from "
+                                   f"an upload of {self.request_bytes} bytes"}
 
     def _error_type(self) -> str:
         error = self.error
@@ -537,8 +642,17 @@ class _Call:
         return {429: "rate_limited"}.get(self.status, f"http_{self.status}")
 
 
+def _count(value: Any) -> int:
+    return value if type(value) is int and value >= 0 else 0
+
+
 _TOKEN_METHODS = {"chat.completions", "completions", "responses", "embeddings"}
 _GENERATING_METHODS = {"chat.completions", "completions", "responses"}
+_AUDIO_IN_METHODS = {"audio.transcriptions", "audio.translations"}
+#: Bytes per second of the audio a transcription without usage is assumed to be: 32 kbit/s,
+#: low-bitrate speech (Opus, MP3). Denser audio (WAV) is charged more than it used, never less
+#: than audio at that rate.
+_AUDIO_BYTES_PER_SECOND = 4000
 
 
 class _SSE:

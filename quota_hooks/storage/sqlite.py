@@ -243,6 +243,17 @@ class _Batch:
             conn.executemany(_ADD_BREAKDOWN, [(*k, *v) for k, v in self.breakdowns.items()])
 
 
+#: ``price_source`` of a cost that came with the record, not from the price book: the
+#: caller's own (``provided``) or litellm's ``response_cost`` (``QuotaLogger(cost_source=
+#: "litellm")``). ``reprice`` keeps these costs.
+PROVIDED_SOURCES = frozenset({"provided", "litellm"})
+
+
+def _provided(record: UsageRecord) -> bool:
+    """True when ``record``'s cost was given with it (see :data:`PROVIDED_SOURCES`)."""
+    return record.cost is not None and record.price_source in PROVIDED_SOURCES
+
+
 class SQLiteStore:
     """The :class:`~quota_hooks.storage.base.Store` in one SQLite file (see the module doc).
 
@@ -909,7 +920,19 @@ class SQLiteStore:
                     if old_charge is None:  # written before charges were kept: its cost
                         old_charge = 0 if record.cost is None else _nanos(record.cost)
                         old_unpriced = 0
+                    if _provided(record):
+                        # A cost the caller or litellm gave is kept as it was: the book's
+                        # price is not the bill it reported.
+                        report.records += 1
+                        report.add(month, old_charge, old_charge)
+                        continue
                     cost, source, charge, unpriced = price(record.with_cost(None, None))
+                    if record.invalid_fields and charge < old_charge:
+                        # Counts that could not be trusted settled at least at their
+                        # reservation: a new price never takes that floor back.
+                        if cost is None:
+                            unpriced += old_charge - charge
+                        charge = old_charge
                     report.records += 1
                     report.add(month, old_charge, charge)
                     if charge == old_charge and unpriced == old_unpriced and (
