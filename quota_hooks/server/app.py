@@ -79,7 +79,7 @@ class Access:
         return self.admin or workspace_id in self.workspaces
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class ApiTokens:
     """Bearer tokens of the API: ``*`` tokens see every workspace, the others their own.
 
@@ -95,17 +95,18 @@ class ApiTokens:
     def parse(cls, text: str, *, source: str = TOKENS_ENV) -> ApiTokens:
         """Tokens from ``workspace:token`` pairs (see the class doc)."""
         found: dict[str, Access] = {}
-        for item in filter(None, (part.strip() for part in text.split(","))):
+        for number, item in enumerate(filter(None, (p.strip() for p in text.split(","))), 1):
             workspace, sep, token = (part.strip() for part in item.rpartition(":"))
             if not sep or not workspace or not token:
+                # The entry is not shown: a malformed one is most likely a token ("acme=tok").
                 raise ConfigurationError(
-                    f"{source}: each entry must be workspace:token (or *:token for an admin), "
-                    f"got {item!r}"
+                    f"{source}: each entry must be workspace:token (or *:token for an admin); "
+                    f"entry {number} ({len(item)} characters) is not"
                 )
             if len(token) < 8 or not token.isascii() or not token.isprintable():
                 raise ConfigurationError(
-                    f"{source}: the token of {workspace!r} must be at least 8 printable ASCII "
-                    f"characters"
+                    f"{source}: the token of entry {number} must be at least 8 printable "
+                    f"ASCII characters"
                 )
             seen = found.get(token, Access())
             if workspace == "*":
@@ -113,6 +114,13 @@ class ApiTokens:
             else:
                 found[token] = Access(seen.admin, seen.workspaces | {workspace})
         return cls(found)
+
+    def __repr__(self) -> str:
+        """Counts only: a repr (in a traceback's locals, an error reporter) shows no token."""
+        admins = sum(1 for access in self.tokens.values() if access.admin)
+        workspaces = sorted({w for access in self.tokens.values() for w in access.workspaces})
+        return (f"ApiTokens({len(self.tokens)} token(s), {admins} admin, "
+                f"workspaces={workspaces!r})")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ApiTokens:

@@ -3,10 +3,13 @@
 The WebSocket takes its token as ``?token=`` (browsers cannot set headers on a WebSocket), and
 uvicorn writes every request line, WebSocket handshakes included, with its query:
 ``uvicorn.access`` for HTTP (the path is one of the record's ``args``) and ``uvicorn.error``
-for ``"WebSocket /path?query" [accepted]``. :class:`TokenRedactingFilter` replaces the value
-of every query parameter whose name holds ``token`` with ``[redacted]`` before any handler
-sees the record; :func:`install_token_redaction` puts one on each of those loggers, once per
-process (:func:`~quota_hooks.server.quota_router` calls it).
+for ``"WebSocket /path?query" [accepted]``; at debug level, the WebSocket library also writes
+every handshake header there, the dashboard's ``Sec-WebSocket-Protocol: quota-hooks,
+bearer.<token>`` and an ``Authorization: Bearer <token>`` included.
+:class:`TokenRedactingFilter` replaces the value of every query parameter whose name holds
+``token``, and the token of a ``bearer.`` subprotocol or a ``Bearer``/``Basic`` credential,
+with ``[redacted]`` before any handler sees the record; :func:`install_token_redaction` puts
+one on each of those loggers, once per process (:func:`~quota_hooks.server.quota_router` calls it).
 """
 
 from __future__ import annotations
@@ -26,6 +29,11 @@ UVICORN_LOGGERS = ("uvicorn.access", "uvicorn.error")
 #: ``?name=value`` or ``&name=value``: the value runs to the next ``&`` or blank, whatever
 #: printable characters a token holds.
 _PARAMETER = re.compile(r"(?P<lead>[?&](?P<name>[^=&\s?#]*)=)(?P<value>[^&\s]*)")
+#: ``bearer.<token>`` in a subprotocol list (the token runs to a comma or blank), and the
+#: credentials of an ``Authorization`` header (``Bearer <token>``, ``Basic <base64>``).
+_CREDENTIAL = re.compile(
+    r"(?P<lead>\bbearer\.)(?P<value>[^\s,;\"']+)|"
+    r"(?P<scheme>\b(?:bearer|basic)\s+)(?P<credential>[^\s,;\"']{8,})", re.IGNORECASE)
 _lock = threading.Lock()
 
 
@@ -35,12 +43,22 @@ def _secret(name: str) -> bool:
 
 def redact_tokens(text: str) -> str:
     """``text`` with the values of its ``token`` query parameters (any case, percent-encoded
-    names included, and names such as ``access_token``) replaced by ``[redacted]``."""
-    if "=" not in text:
-        return text
-    return _PARAMETER.sub(
-        lambda m: m["lead"] + REDACTED if m["value"] and _secret(m["name"]) else m[0], text
-    )
+    names included, and names such as ``access_token``), the token of a ``bearer.<token>``
+    WebSocket subprotocol and ``Bearer``/``Basic`` credentials replaced by ``[redacted]``."""
+    if "=" in text:
+        text = _PARAMETER.sub(
+            lambda m: m["lead"] + REDACTED if m["value"] and _secret(m["name"]) else m[0], text
+        )
+    lowered = text.lower()
+    if "bearer" in lowered or "basic" in lowered:
+        text = _CREDENTIAL.sub(_redact_credential, text)
+    return text
+
+
+def _redact_credential(match: re.Match[str]) -> str:
+    lead = match["lead"] or match["scheme"]
+    value = match["value"] or match["credential"]
+    return match[0] if value == REDACTED else lead + REDACTED
 
 
 def _redacted(value: Any) -> Any:

@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote_plus, urlsplit
 
 from ..errors import ConfigurationError
 from .base import (
@@ -46,19 +46,64 @@ __all__ = [
 SCHEMES = ("memory", "sqlite", "redis", "rediss")
 
 
+#: Query keys whose values are secrets (``?password=``, which redis-py accepts, ``?token=``,
+#: ``api_key`` ...): a key holding any of these, in any case, is shown as ``***``.
+_SECRET_KEYS = ("password", "pass", "pwd", "token", "secret", "key", "auth")
+_UNPARSABLE = "<a store URL that could not be parsed>"
+
+
+def _secret_key(name: str) -> bool:
+    lowered = unquote_plus(name).lower()
+    return any(word in lowered for word in _SECRET_KEYS)
+
+
 def redacted(url: str) -> str:
-    """``url`` fit for a message or a log: its password (and its query, where tokens go)
-    replaced by ``***``."""
+    """``url`` fit for a message or a log: any user info shown as ``user:***@`` (``***@``
+    without a user name), the values of query keys that look like secrets (``password``,
+    ``token``, ``key`` ...) as ``***``, a port that is not a number as ``***``.
+
+    It does not trust ``urlsplit``: a password with an unencoded ``#``, ``/``, ``?`` or
+    ``[`` cuts a URL in the wrong place there (redis-py then reads part of the password as
+    the port), so the user info runs here to the last ``@``, wherever it is."""
     try:
-        parts = urlsplit(url)
-        if "@" not in parts.netloc:
-            return url
-        user = parts.username or ""
-        host, _, port = parts.netloc.rpartition("@")[2].partition(":")
-        netloc = f"{user}:***@{host}" + (f":{port}" if port else "")
-        return urlunsplit(parts._replace(netloc=netloc, query="***" if parts.query else ""))
-    except ValueError:
-        return "<a store URL that could not be parsed>"
+        scheme, sep, rest = url.partition("://")
+        if not sep:
+            return _redacted_query(url)
+        at = rest.rfind("@")
+        userinfo, hostpart = (rest[:at], rest[at + 1:]) if at >= 0 else (None, rest)
+        cut = min((i for i in (hostpart.find(c) for c in "/?#") if i >= 0), default=len(hostpart))
+        authority, tail = hostpart[:cut], hostpart[cut:]
+        if authority.startswith("["):  # an IPv6 address
+            close = authority.find("]")
+            host, port = (authority[:close + 1], authority[close + 1:].removeprefix(":")) if (
+                close >= 0) else (authority, "")
+        else:
+            host, _, port = authority.partition(":")
+        shown = f"{scheme}://"
+        if userinfo is not None:
+            user, colon, _ = userinfo.partition(":")
+            shown += f"{user}:***@" if colon else "***@"  # no colon: it may be the password
+        shown += host + (f":{port if port.isdigit() else '***'}" if port else "")
+        return shown + _redacted_query(tail)
+    except Exception:
+        return _UNPARSABLE
+
+
+def _redacted_query(text: str) -> str:
+    """A path, query and fragment with the values of its secret query keys as ``***``
+    (a value runs to the next ``&``: an unencoded ``#`` does not end it); a fragment of
+    the path (a URL has none of use here) is shown as ``#***``."""
+    path, qmark, query = text.partition("?")
+    path, hashmark, _ = path.partition("#")
+    if hashmark:
+        path += "#***"
+    if not qmark:
+        return path
+    items = []
+    for item in query.split("&"):
+        name, eq, _ = item.partition("=")
+        items.append(f"{name}=***" if eq and _secret_key(name) else item)
+    return f"{path}?" + "&".join(items)
 
 
 def store_from_url(url: str) -> Store:
@@ -67,9 +112,14 @@ def store_from_url(url: str) -> Store:
 
     Raises :class:`ConfigurationError` naming the URL for an unknown scheme or a bad option.
     """
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
     shown = redacted(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # an unencoded "[" in a password, say: "Invalid IPv6 URL"
+        raise ConfigurationError(
+            f"store URL {shown!r}: cannot be parsed (percent-encode the special characters "
+            f"of a password: # / ? [ ] @ as %23 %2F %3F %5B %5D %40)") from exc
+    scheme = parts.scheme.lower()
     if scheme == "memory":
         return MemoryStore()
     if scheme == "sqlite":

@@ -38,6 +38,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import re
 import threading
 import time
 import uuid
@@ -46,6 +47,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Any
+from urllib.parse import unquote
 
 try:
     import redis
@@ -116,6 +118,61 @@ def _redacted(url: str) -> str:
     from . import redacted
 
     return redacted(url)
+
+
+#: redis-py's messages about a URL that quote nothing of it but an option's name.
+_SAFE_URL_ERRORS = re.compile(
+    r"Invalid value for '[A-Za-z_]{1,64}' in connection URL\.|"
+    r"Redis URL must specify one of the following schemes \(redis://, rediss://, unix://\)|"
+    r"Invalid IPv6 URL")
+#: Characters that cut an unencoded password into pieces a parser may show on their own.
+_CUTS = re.compile(r"[#/?:@\[\]&=]")
+
+
+def _url_error(exc: BaseException) -> str:
+    text = str(exc)
+    if _SAFE_URL_ERRORS.fullmatch(text):
+        return text
+    return (f"redis-py cannot use it ({type(exc).__name__}; its message is not shown, as it "
+            "may quote the password): check the host, port and database, and percent-encode "
+            "the special characters of a password (# / ? [ ] @ as %23 %2F %3F %5B %5D %40)")
+
+
+def _secrets(url: str | None, kwargs: Mapping[str, Any]) -> tuple[str, ...]:
+    """The password of a store's URL and connection options, and the pieces of it a message
+    could show (3 characters or more), longest first: what an error must not say. A user
+    name is not a secret (it is often part of the host's name: ``quota@quota-redis``), but
+    user info without a colon may be a password, and is one here."""
+    found: set[str] = set()
+    value = kwargs.get("password")
+    if isinstance(value, str):
+        found.add(value)
+    if url:
+        rest = url.partition("://")[2]
+        at = rest.rfind("@")
+        if at >= 0:
+            userinfo = rest[:at]
+            user, colon, password = userinfo.partition(":")
+            secret = password if colon else user
+            found.update((secret, unquote(secret), *_CUTS.split(secret),
+                          *_CUTS.split(unquote(secret))))
+        for item in url.partition("?")[2].split("&"):
+            name, eq, value = item.partition("=")
+            if eq and any(word in name.lower() for word in _SECRET_WORDS):
+                found.update((value, unquote(value), *_CUTS.split(value)))
+    return tuple(sorted((s for s in found if len(s) >= 3), key=len, reverse=True))
+
+
+def _scrub(text: str, secrets: Sequence[str]) -> str:
+    """``text`` with each of ``secrets`` replaced by ``***``, in any case (redis-py shows a
+    host in lower case)."""
+    if not secrets:
+        return text
+    return re.sub("|".join(map(re.escape, secrets)), "***", text, flags=re.IGNORECASE)
+
+
+#: Query keys whose values are secrets (as :func:`quota_hooks.storage.redacted` has them).
+_SECRET_WORDS = ("password", "pass", "pwd", "token", "secret", "key", "auth")
 
 
 def _source(name: str) -> str:
@@ -198,13 +255,19 @@ class RedisStore:
             pool = redis.BlockingConnectionPool.from_url(url, **_pool_options(max_connections))
             client = redis.Redis(connection_pool=pool)
         except (ValueError, TypeError) as exc:
-            raise ConfigurationError(f"store URL {_redacted(url)!r}: {exc}") from exc
+            # redis-py's own text can quote part of the URL (a password with an unencoded
+            # "#" is read as the port): only its fixed messages are shown.
+            error = ConfigurationError(f"store URL {_redacted(url)!r}: {_url_error(exc)}")
+            error.__suppress_context__ = True
+            raise error from None
         return cls(client, url=url, max_connections=max_connections, **kwargs)
 
     def __repr__(self) -> str:
         kwargs = self.client.connection_pool.connection_kwargs
-        return (f"RedisStore({kwargs.get('host', '?')}:{kwargs.get('port', '?')}/"
+        text = (f"RedisStore({kwargs.get('host', '?')}:{kwargs.get('port', '?')}/"
                 f"{kwargs.get('db', 0)}, prefix={self.prefix!r})")
+        # In error messages and logs: a host read from a badly encoded password is not shown.
+        return _scrub(text, self._secrets())
 
     # ------------------------------------------------------------------ keys
     def _scope_keys(self, scope: str) -> list[str]:
@@ -235,9 +298,34 @@ class RedisStore:
             result = self._scripts[name](keys=list(keys), args=list(args))
         except redis.RedisError as exc:
             self._failed(exc)
-            raise StorageError(f"{self!r}: {name} failed: {exc}") from exc
+            raise self._error(name, exc) from self._cause(exc)
         self._unanswered_at = None
         return result
+
+    def _error(self, what: str, exc: BaseException) -> StorageError:
+        """The :class:`StorageError` of a failed Redis call: redis-py's text, with every
+        piece of the URL's credentials in it (a host read from a badly encoded password,
+        say) replaced by ``***`` (raise it ``from`` :meth:`_cause`)."""
+        text = f"{self!r}: {what} failed: {exc}" if str(exc) else (
+            f"{self!r}: {what} failed: {type(exc).__name__}")
+        return StorageError(_scrub(text, self._secrets()))
+
+    def _cause(self, exc: BaseException) -> BaseException | None:
+        """``exc`` to chain to a :class:`StorageError`; when its own text holds a piece of the
+        credentials (a traceback or an error reporter would show it), an error of its type
+        with that text scrubbed: :meth:`commit` and :meth:`reserve` tell a connection failure
+        by the type of the cause."""
+        text = str(exc)
+        clean = _scrub(text, self._secrets())
+        if clean == text:
+            return exc
+        try:
+            return type(exc)(clean)
+        except Exception:
+            return None
+
+    def _secrets(self) -> tuple[str, ...]:
+        return _secrets(self.url, self.client.connection_pool.connection_kwargs)
 
     def _failed(self, exc: redis.RedisError) -> None:
         if isinstance(exc, redis.TimeoutError):  # a refused connection fails fast anyway
@@ -276,7 +364,7 @@ class RedisStore:
             result = await scripts[name](keys=list(keys), args=list(args))
         except redis.RedisError as exc:
             self._failed(exc)
-            raise StorageError(f"{self!r}: {name} failed: {exc}") from exc
+            raise self._error(name, exc) from self._cause(exc)
         self._unanswered_at = None
         return result
 
@@ -474,7 +562,7 @@ class RedisStore:
         try:
             raw = self.client.hgetall(key)
         except redis.RedisError as exc:
-            raise StorageError(f"{self!r}: breakdown failed: {exc}") from exc
+            raise self._error("breakdown", exc) from self._cause(exc)
         return self._aggregates(raw)
 
     def recent(self, scope: str, n: int) -> list[UsageRecord]:
@@ -483,14 +571,14 @@ class RedisStore:
         try:
             rows = self.client.lrange(self._scope_keys(scope)[9], 0, n - 1)
         except redis.RedisError as exc:
-            raise StorageError(f"{self!r}: recent failed: {exc}") from exc
+            raise self._error("recent", exc) from self._cause(exc)
         return [UsageRecord.from_dict(json.loads(row)) for row in rows]
 
     def workspaces(self) -> list[str]:
         try:
             members = self.client.smembers(self._workspaces_key)
         except redis.RedisError as exc:
-            raise StorageError(f"{self!r}: workspaces failed: {exc}") from exc
+            raise self._error("workspaces", exc) from self._cause(exc)
         return sorted(_name(m) for m in members)
 
     def clear(self) -> int:
@@ -579,7 +667,7 @@ class RedisStore:
         try:
             raw = await client.hgetall(key)
         except redis.RedisError as exc:
-            raise StorageError(f"{self!r}: breakdown failed: {exc}") from exc
+            raise self._error("breakdown", exc) from self._cause(exc)
         return self._aggregates(raw)
 
     async def arecent(self, scope: str, n: int) -> list[UsageRecord]:
@@ -589,7 +677,7 @@ class RedisStore:
         try:
             rows = await client.lrange(self._scope_keys(scope)[9], 0, n - 1)
         except redis.RedisError as exc:
-            raise StorageError(f"{self!r}: recent failed: {exc}") from exc
+            raise self._error("recent", exc) from self._cause(exc)
         return [UsageRecord.from_dict(json.loads(row)) for row in rows]
 
     async def aworkspaces(self) -> list[str]:
@@ -597,7 +685,7 @@ class RedisStore:
         try:
             members = await client.smembers(self._workspaces_key)
         except redis.RedisError as exc:
-            raise StorageError(f"{self!r}: workspaces failed: {exc}") from exc
+            raise self._error("workspaces", exc) from self._cause(exc)
         return sorted(_name(m) for m in members)
 
     async def aclose(self) -> None:

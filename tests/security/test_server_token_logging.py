@@ -9,16 +9,20 @@ which uvicorn writes for every request and every WebSocket handshake.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
 import logging.config
 import secrets
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 import websockets
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -28,6 +32,7 @@ from quota_hooks import QuotaManager, QuotaPolicy, UsageRecord
 from quota_hooks.errors import StorageError
 from quota_hooks.server import create_app, quota_router
 from quota_hooks.server.background import BackgroundServer
+from quota_hooks.server.logs import TokenRedactingFilter, redact_tokens
 
 CANARY = "canary-" + secrets.token_hex(12)
 ADMIN = "admin-token-1"
@@ -185,3 +190,127 @@ def test_no_close_reason_or_frame_carries_the_token(
             said.append(json.dumps(failing.receive_json()))
     assert len(said) == 5 and all(said)
     assert not [s for s in said if CANARY in s], said
+
+
+# ---------------------------------------------------------------------- bearer credentials
+#: ``Authorization: Basic`` of user ``a`` with the canary as its password.
+BASIC = base64.b64encode(f"a:{CANARY}".encode()).decode()
+
+
+@pytest.mark.parametrize(("line", "expected"), [
+    pytest.param(f"< sec-websocket-protocol: quota-hooks, bearer.{CANARY}",
+                 "< sec-websocket-protocol: quota-hooks, bearer.[redacted]", id="subprotocol"),
+    pytest.param(f"Sec-WebSocket-Protocol: bearer.{CANARY}, quota-hooks",
+                 "Sec-WebSocket-Protocol: bearer.[redacted], quota-hooks",
+                 id="subprotocol-first"),
+    pytest.param(f"< authorization: Bearer {CANARY}", "< authorization: Bearer [redacted]",
+                 id="bearer"),
+    pytest.param(f"Authorization: basic {BASIC}", "Authorization: basic [redacted]",
+                 id="basic"),
+    pytest.param(f"headers={{'authorization': 'Bearer {CANARY}'}}",
+                 "headers={'authorization': 'Bearer [redacted]'}", id="quoted"),
+    pytest.param(f"GET /api/quota/ws/a?token={CANARY} offered BEARER.{CANARY}",
+                 "GET /api/quota/ws/a?token=[redacted] offered BEARER.[redacted]",
+                 id="query-and-subprotocol"),
+])
+def test_redact_tokens_redacts_bearer_subprotocols_and_authorization(
+    line: str, expected: str
+) -> None:
+    assert redact_tokens(line) == expected
+    assert redact_tokens(expected) == expected  # redacting again changes nothing
+
+
+def test_the_filter_redacts_credentials_in_a_records_arguments() -> None:
+    """The WebSocket library logs each handshake header as ``"< %s: %s"`` with the name and
+    value as arguments; a mapping of arguments is redacted too. Lines with no credential in
+    them (a scheme without one, prose) are left as they are."""
+    make = logging.getLogger("uvicorn.error").makeRecord
+    records = [
+        make("uvicorn.error", logging.DEBUG, __file__, 1, "< %s: %s",
+             ("sec-websocket-protocol", f"quota-hooks, bearer.{CANARY}"), None),
+        make("uvicorn.error", logging.DEBUG, __file__, 1, "< %s: %s",
+             ("authorization", f"Bearer {CANARY}"), None),
+        make("uvicorn.error", logging.DEBUG, __file__, 1, "< proxy-authorization: %(v)s",
+             ({"v": f"Basic {BASIC}"},), None),
+    ]
+    for record in records:
+        assert TokenRedactingFilter().filter(record) is True  # redacted, never dropped
+    said = [record.getMessage() for record in records]
+    assert said == ["< sec-websocket-protocol: quota-hooks, bearer.[redacted]",
+                    "< authorization: Bearer [redacted]",
+                    "< proxy-authorization: Basic [redacted]"]
+    for prose in ("> WWW-Authenticate: Bearer", "a valid bearer token is required",
+                  "> Sec-WebSocket-Protocol: quota-hooks"):
+        assert redact_tokens(prose) == prose
+
+
+@contextlib.contextmanager
+def debug_server(app: Any, ws: str) -> Iterator[tuple[int, Lines]]:
+    """``app`` on a real uvicorn server on 127.0.0.1 at log level debug (which makes the
+    WebSocket implementation log every handshake header), with ``ws`` as its WebSocket
+    implementation and a handler keeping every line of uvicorn's loggers; levels restored."""
+    lines = Lines()
+    names = (*UVICORN_LOGGERS, "uvicorn.asgi")
+    saved = {name: logging.getLogger(name).level for name in names}
+    for name in UVICORN_LOGGERS:
+        logging.getLogger(name).addHandler(lines)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="debug",
+                                           lifespan="off", ws=ws, log_config=None))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started and thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert server.started, "uvicorn did not start"
+        yield server.servers[0].sockets[0].getsockname()[1], lines
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+        for name in UVICORN_LOGGERS:
+            logging.getLogger(name).removeHandler(lines)
+
+
+@pytest.mark.filterwarnings("ignore:The `websockets` implementation is deprecated",
+                            "ignore::DeprecationWarning:websockets.legacy")
+@pytest.mark.parametrize("ws", ["websockets", "websockets-sansio"])
+def test_bearer_subprotocols_and_authorization_never_reach_the_debug_log(
+    manager: QuotaManager, ws: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """What the dashboard sends (``Sec-WebSocket-Protocol: quota-hooks, bearer.<token>``),
+    a refused token sent the same way, and ``Authorization: Bearer``/``Basic`` headers, to a
+    real uvicorn server at debug level: the handshake headers are logged, the token never."""
+
+    async def sockets(port: int) -> list[Any]:
+        seen = []
+        for protocols, headers in (
+            (["quota-hooks", f"bearer.{CANARY}"], {}),
+            ([f"bearer.{CANARY}x", "quota-hooks"], {}),
+            (["quota-hooks", f"bearer.{CANARY}"], {"Authorization": f"Bearer {CANARY}"}),
+            (["quota-hooks", f"bearer.{CANARY}"], {"Authorization": f"Basic {BASIC}"}),
+        ):
+            async with websockets.connect(f"ws://127.0.0.1:{port}/api/quota/ws/a",
+                                          subprotocols=protocols,
+                                          additional_headers=headers) as socket:
+                assert socket.subprotocol == "quota-hooks"
+                try:
+                    seen.append(json.loads(await asyncio.wait_for(socket.recv(), 5))["type"])
+                except websockets.ConnectionClosed as closed:
+                    seen.append(closed.rcvd.code if closed.rcvd else None)
+        return seen
+
+    with debug_server(create_app(manager, tokens=TOKENS), ws) as (port, lines):
+        assert asyncio.run(sockets(port)) == [
+            "quota_update", 4401, "quota_update", "quota_update"]
+    out, err = capfd.readouterr()
+    logged = "\n".join([out, err, *lines.lines])
+    # Not one line holds the token ...
+    leaks = [line for line in logged.splitlines() if CANARY in line or BASIC in line]
+    assert not leaks, leaks
+    # ... and the handshake headers were logged (so the test looked at real debug lines).
+    assert "< sec-websocket-protocol: quota-hooks, bearer.[redacted]" in logged
+    assert "< sec-websocket-protocol: bearer.[redacted], quota-hooks" in logged
+    assert "< authorization: Bearer [redacted]" in logged
+    assert "< authorization: Basic [redacted]" in logged
