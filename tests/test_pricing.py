@@ -285,3 +285,20 @@ def test_the_caches_are_bounded() -> None:
         book.cost(UsageRecord(model=f"nobody-{i}", provider="groq", input_tokens=1))
     assert book.genai is not None
     assert len(book.genai._models) <= 4096 and len(book._table_rates) <= 4096
+    # genai-prices' own memos of lookups are trimmed with ours.
+    snapshot = book.genai.snapshot()
+    assert all(len(getattr(snapshot, name)) <= 4096 for name in
+               ("_lookup_cache", "_provider_cache", "_provider_misses"))
+
+
+def test_a_huge_model_name_is_never_kept_whole() -> None:
+    """A model name is whatever a request body says: a 1 MB one is bounded before any cache
+    sees it, and still prices nothing (its bounded form matches no model)."""
+    book = PriceBook.bundled()
+    for i in range(20):
+        huge = "gpt-4o" + "x" * 1_000_000 + str(i)
+        assert book.estimate_nanos(huge, 10, 10) is None
+        assert book.rates(huge, "p" * 10_000) is None
+    assert book.genai is not None
+    cached = [*book._table_rates, *book._resolved, *(m for _, m in book.genai._models)]
+    assert cached and max(map(len, cached)) <= 200
