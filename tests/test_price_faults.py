@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import genai_prices
-import httpx2
 import openai
 import pytest
 
