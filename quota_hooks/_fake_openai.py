@@ -88,7 +88,8 @@ class FakeOpenAI:
 
     ``raw_usage={"prompt_tokens": None, ...}`` sends that usage object, as it is, in place of
     the one built from ``usage`` (chat, completions and responses): for tests of the usage
-    a provider gets wrong.
+    a provider gets wrong. ``created=`` fixes every object's creation time (two servers then
+    send equal bodies, byte for byte, compressed too).
     """
 
     def __init__(
@@ -104,6 +105,7 @@ class FakeOpenAI:
         chunked: bool | None = None,
         split: Split = "event",
         raw_usage: dict[str, Any] | None = None,
+        created: int | None = None,
     ) -> None:
         if compress is not None and compress not in ENCODINGS:
             raise ValueError(f"compress must be one of {ENCODINGS} or None, got {compress!r}")
@@ -117,6 +119,7 @@ class FakeOpenAI:
         self.split = split
         self.usage = usage or FakeUsage()
         self.raw_usage = raw_usage
+        self.created = created
         self.reply = reply
         self.chunks = max(1, chunks)
         self.run_polls = run_polls
@@ -147,6 +150,10 @@ class FakeOpenAI:
             self._failures.extend(_Failure(status, headers) for _ in range(times))
 
     # ------------------------------------------------------------------ transports
+    def _created(self) -> int:
+        """The ``created`` time of an object: ``created=`` when given, else now."""
+        return int(time.time()) if self.created is None else self.created
+
     def transport(self, library: str = "httpx2") -> Any:
         """A mock transport (sync and async) for ``httpx2`` or the legacy ``httpx``."""
         if library == "httpx2":
@@ -258,7 +265,7 @@ class FakeOpenAI:
             )
         if path in ("/images/generations", "/images/edits", "/images/variations"):
             n = int(body.get("n") or 1)
-            created = int(time.time())
+            created = self._created()
             if model.startswith("gpt-image"):
                 return self._json(
                     {
@@ -423,7 +430,7 @@ class FakeOpenAI:
         return {
             "id": f"chatcmpl-{next(self._ids)}",
             "object": "chat.completion",
-            "created": int(time.time()),
+            "created": self._created(),
             "model": _snapshot(model),
             "choices": [
                 {
@@ -447,7 +454,7 @@ class FakeOpenAI:
         base = {
             "id": f"chatcmpl-{next(self._ids)}",
             "object": "chat.completion.chunk",
-            "created": int(time.time()),
+            "created": self._created(),
             "model": _snapshot(model),
             "service_tier": "default",
             "system_fingerprint": "fp_fake0001",
@@ -473,7 +480,7 @@ class FakeOpenAI:
         return {
             "id": f"cmpl-{next(self._ids)}",
             "object": "text_completion",
-            "created": int(time.time()),
+            "created": self._created(),
             "model": model,
             "choices": [
                 {"text": self.reply, "index": 0, "logprobs": None, "finish_reason": "stop"}
@@ -488,7 +495,7 @@ class FakeOpenAI:
         return {
             "id": rid,
             "object": "response",
-            "created_at": int(time.time()),
+            "created_at": self._created(),
             "status": status,
             "error": None,
             "incomplete_details": None,
@@ -572,7 +579,7 @@ class FakeOpenAI:
         return {
             "id": run_id,
             "object": "thread.run",
-            "created_at": int(time.time()),
+            "created_at": self._created(),
             "assistant_id": body.get("assistant_id", "asst_fake"),
             "thread_id": thread_id,
             "status": status,

@@ -365,7 +365,7 @@ def test_the_caller_gets_the_wire_chunk_for_chunk(lib: str, shape: str) -> None:
         return made if m is None else track_openai(made, workspace_id="ws", manager=m)
 
     m = manager()
-    wire = {"compress": "gzip", "split": "odd", "chunks": 9}
+    wire = {"compress": "gzip", "split": "odd", "chunks": 9, "created": 1_767_225_600}
     # gzip output depends only on the input: equal bodies give equal chunks.
     tracked = raw_chunks(client(FakeOpenAI(USAGE, **wire), m))
     assert len(tracked) > 10
