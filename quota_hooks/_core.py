@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 from collections.abc import Callable, Mapping
@@ -23,7 +24,7 @@ from .metrics import BUDGET, METRICS
 from .policy import Policies, QuotaPolicy
 from .pricing import PriceBook, format_usd, from_nanos, to_nanos
 from .storage.base import Denial, Limits, Reservation, UsageDelta, UsageEntry, workspace_scope
-from .usage import MAX_COST, MAX_COUNT, Estimate, UsageRecord, bounded
+from .usage import MAX_COST, MAX_COUNT, MAX_SCOPES, Estimate, UsageRecord, bounded
 from .windows import day_key, month_key
 
 __all__ = ["GENERATING_METHODS", "IMAGE_OUTPUT_TOKENS", "Core", "Plan", "Priced", "limits_of"]
@@ -142,7 +143,7 @@ class Core:
         policy = policies.for_workspace(workspace_id)
         keys = [workspace_scope(workspace_id)]
         by_key = {keys[0]: policy}
-        for kind, value in (scopes or {}).items():
+        for kind, value in itertools.islice((scopes or {}).items(), MAX_SCOPES):
             kind, value = bounded(str(kind)), bounded(str(value))
             key = f"{kind}:{value}"
             keys.append(key)

@@ -147,7 +147,8 @@ class RollingCounter:
     once, when the window slides past it. Not thread-safe: the owning store locks.
     """
 
-    __slots__ = ("_counts", "_cursor", "_ids", "_newest", "_sums", "fields", "window")
+    __slots__ = ("_counts", "_cursor", "_hot", "_hot_end", "_hot_start", "_ids", "_newest",
+                 "_sums", "fields", "window")
 
     def __init__(self, window: Window, fields: int) -> None:
         self.window = window
@@ -158,6 +159,10 @@ class RollingCounter:
         self._sums = [0] * fields
         self._cursor = _NEVER
         self._newest = _NEVER
+        # The fast path: while ``now`` stays inside the newest bucket (``_hot``, from
+        # ``_hot_start`` to ``_hot_end``), nothing slides or folds: counts go straight in.
+        self._hot = _NEVER
+        self._hot_start = self._hot_end = 0.0
 
     def __len__(self) -> int:
         """Buckets held."""
@@ -186,6 +191,7 @@ class RollingCounter:
         self._sums = [sum(values[i] for values in self._counts) for i in range(self.fields)]
         self._cursor = oldest
         self._newest = self._ids[-1] if self._ids else current
+        self._hot = _NEVER
 
     def _advance(self, oldest: int) -> None:
         """Slide the window's start to ``oldest``, dropping older buckets from the sums."""
@@ -205,6 +211,12 @@ class RollingCounter:
     def add(self, bucket: int, counts: Sequence[int], now: float) -> bool:
         """Add ``counts`` to ``bucket`` (at most now's: never into the future); False
         (nothing added) if it has left the window."""
+        if bucket == self._hot and self._hot_start <= now < self._hot_end:
+            values, sums = self._counts[-1], self._sums
+            for i, count in enumerate(counts):
+                values[i] += count
+                sums[i] += count
+            return True
         current = self._present(now)
         bucket = min(bucket, current)
         oldest = current - self.window.buckets + 1
@@ -230,10 +242,16 @@ class RollingCounter:
             sums[i] += count
         if bucket > self._newest:
             self._newest = bucket
+        if bucket == current and ids[-1] == bucket:
+            width = self.window.bucket_seconds
+            self._hot, self._hot_start, self._hot_end = bucket, bucket * width, (
+                bucket + 1) * width
         return True
 
     def totals(self, now: float) -> list[int]:
         """The sum of each count over the buckets inside the window at ``now``."""
+        if self._hot_start <= now < self._hot_end and self._ids and self._ids[-1] == self._hot:
+            return list(self._sums)
         self._present(now)
         self._advance(self.window.oldest(now))
         return list(self._sums)

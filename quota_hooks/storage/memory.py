@@ -29,7 +29,10 @@ from .base import (
     first_denial,
 )
 
-__all__ = ["MemoryStore"]
+__all__ = ["SCOPE_RECENT", "MemoryStore"]
+
+#: Records a scope other than a workspace (``user:u-1``, ``team:ml``) keeps for ``recent()``.
+SCOPE_RECENT = 10
 
 # Fields of the minute ring: requests, tokens, calls, errors, rate_limited. Day ring: the first two.
 
@@ -50,6 +53,16 @@ class _Totals:
         self.requests = self.errors = self.tokens = 0
         self.input_tokens = self.output_tokens = self.cost_nanos = self.unpriced = 0
         self.unpriced_nanos = 0
+
+    def add(self, record: UsageRecord, delta: UsageDelta, unpriced: bool) -> None:
+        self.requests += 1
+        self.errors += 0 if record.success else 1
+        self.tokens += record.total_tokens
+        self.input_tokens += record.input_tokens
+        self.output_tokens += record.output_tokens
+        self.cost_nanos += delta.cost_nanos - delta.unpriced_nanos
+        self.unpriced += unpriced
+        self.unpriced_nanos += delta.unpriced_nanos
 
     def freeze(self) -> Aggregate:
         return Aggregate(
@@ -72,8 +85,8 @@ class _Scope:
         self.day = RollingCounter(DAY, 2)
         self.months: dict[str, list[int]] = {}
         """Per budget month: [cost charged, unpriced calls, unpriced charge] (nano-dollars)."""
-        # Every breakdown of every month in one dict, keyed (month, "model", name) ...
-        self.breakdowns: dict[tuple[str, str, str], _Totals] = {}
+        # Per month, per kind ("model", "api_method", "day"), per name.
+        self.breakdowns: dict[str, dict[str, dict[str, _Totals]]] = {}
 
         # (record, cost, price source, when), oldest first: a list trimmed as it grows (a
         # deque costs 600 bytes even with one entry); priced copies are made when read.
@@ -97,7 +110,9 @@ class MemoryStore:
     """The in-process :class:`~quota_hooks.storage.base.Store`. Thread-safe and task-safe.
 
     Args:
-        recent_capacity: records kept per scope for ``recent()``.
+        recent_capacity: records kept per workspace for ``recent()`` (other scopes, a
+            workspace's users and tags, keep their last :data:`SCOPE_RECENT`: a workspace
+            with 20,000 end users must not keep 100 records for each).
         months_kept: budget months whose totals and breakdowns are kept per scope.
 
     It does no blocking I/O, so its async face (:func:`~quota_hooks.storage.base.as_async`)
@@ -110,6 +125,7 @@ class MemoryStore:
         if recent_capacity < 1:
             raise ValueError(f"recent_capacity must be at least 1, got {recent_capacity!r}")
         self._recent_capacity = recent_capacity
+        self._scope_recent = min(recent_capacity, SCOPE_RECENT)
         self._months_kept = months_kept
         self._scopes: dict[str, _Scope] = {}
         # Pending reservations in the order they were made, which is (nearly) the order they
@@ -127,52 +143,50 @@ class MemoryStore:
     # ------------------------------------------------------------------ writes
     def commit(self, entry: UsageEntry, reservation: Reservation | None = None) -> None:
         record, delta, now = entry.record, entry.delta, entry.now
-        minute_counts = (
-            delta.requests,
-            delta.tokens,
-            delta.calls,
-            delta.errors,
-            delta.rate_limited,
-        )
-        when = entry.when
+        counts = [delta.requests, delta.tokens, delta.calls, delta.errors, delta.rate_limited]
+        when, month, cost = entry.when, entry.month, delta.cost_nanos
         minute_bucket, day_bucket = MINUTE.bucket(when), DAY.bucket(when)
+        names = (("model", record.model), ("api_method", record.api_method),
+                 ("day", entry.day_name))
+        kept = (record, entry.cost, entry.price_source, when)
         with self._lock:
             self._reap(now)
-            if reservation is not None:
-                pending = self._pending.pop(reservation.id, None)
-                if pending is not None:
+            pending = None if reservation is None else self._pending.pop(reservation.id, None)
+            if pending is not None:
+                held = pending.delta
+                if (pending.scopes == entry.scopes and pending.month == month
+                        and MINUTE.bucket(pending.at) == minute_bucket
+                        and DAY.bucket(pending.at) == day_bucket):
+                    # The usual case: settle in the reservation's own buckets, by difference.
+                    counts[0] -= held.requests
+                    counts[1] -= held.tokens
+                    cost -= held.cost_nanos
+                else:
                     self._undo(pending, now)
-            day = entry.day_name
+            day_counts = counts[:2]
             for key in entry.scopes:
                 scope = self._scope(key)
-                scope.minute.add(minute_bucket, minute_counts, now)
-                scope.day.add(day_bucket, minute_counts[:2], now)
-                self._add_cost(scope, entry.month, delta.cost_nanos, int(entry.unpriced),
-                               delta.unpriced_nanos)
-                for by, name in (("model", record.model), ("api_method", record.api_method),
-                                 ("day", day)):
-                    table = scope.breakdowns
-                    totals = table.get((entry.month, by, name))
-                    if totals is None:
-                        if by != "day" and sum(1 for k in table if k[1] == by and (
-                                k[0] == entry.month)) >= MAX_BREAKDOWN_NAMES:
-                            name = OTHER  # a name too many: counted, not kept by name
-                            totals = table.get((entry.month, by, name))
+                scope.minute.add(minute_bucket, counts, now)
+                scope.day.add(day_bucket, day_counts, now)
+                by_kind = self._add_cost(scope, month, cost, int(entry.unpriced),
+                                         delta.unpriced_nanos)
+                if by_kind is not None:  # None: a month older than every month kept
+                    for by, name in names:
+                        table = by_kind[by]
+                        totals = table.get(name)
                         if totals is None:
-                            totals = table[(entry.month, by, name)] = _Totals()
-                    totals.requests += 1
-                    totals.errors += 0 if record.success else 1
-                    totals.tokens += record.total_tokens
-                    totals.input_tokens += record.input_tokens
-                    totals.output_tokens += record.output_tokens
-                    totals.cost_nanos += delta.cost_nanos - delta.unpriced_nanos
-                    totals.unpriced += entry.unpriced
-                    totals.unpriced_nanos += delta.unpriced_nanos
+                            if by != "day" and len(table) >= MAX_BREAKDOWN_NAMES:
+                                name = OTHER  # a name too many: counted, not kept by name
+                                totals = table.get(name)
+                            if totals is None:
+                                totals = table[name] = _Totals()
+                        totals.add(record, delta, entry.unpriced)
                 recent = scope.recent
-                recent.append((record, entry.cost, entry.price_source, entry.when))
-                if len(recent) > self._recent_capacity + 32:  # trimmed in steps, not per call
-                    del recent[: len(recent) - self._recent_capacity]
-
+                recent.append(kept)
+                capacity = self._recent_capacity if key.startswith(
+                    "workspace:") else self._scope_recent
+                if len(recent) > capacity + capacity // 3:  # trimmed in steps, not per call
+                    del recent[: len(recent) - capacity]
 
     def reserve(
         self,
@@ -242,8 +256,8 @@ class MemoryStore:
             state = self._scopes.get(scope)
             if state is None:
                 return {}
-            return {key[2]: totals.freeze() for key, totals in state.breakdowns.items()
-                    if key[0] == month and key[1] == by}
+            table = state.breakdowns.get(month, {}).get(by, {})
+            return {name: totals.freeze() for name, totals in table.items()}
 
 
     def recent(self, scope: str, n: int) -> list[UsageRecord]:
@@ -251,7 +265,8 @@ class MemoryStore:
             state = self._scopes.get(scope)
             if state is None or n <= 0:
                 return []
-            entries = state.recent[-min(n, self._recent_capacity):][::-1]
+            entries = state.recent[-min(n, self._recent_capacity if scope.startswith(
+                "workspace:") else self._scope_recent):][::-1]
         return [_priced(*entry) for entry in entries]
 
 
@@ -291,21 +306,26 @@ class MemoryStore:
 
     def _add_cost(
         self, scope: _Scope, month: str, nanos: int, unpriced: int = 0, unpriced_nanos: int = 0
-    ) -> None:
+    ) -> dict[str, dict[str, _Totals]] | None:
+        """Add to the month's totals; its breakdown tables, or None for a month older than
+        every month kept (not kept either)."""
         months = scope.months
         totals = months.get(month)
         if totals is None:
             if len(months) >= self._months_kept:
                 oldest = min(months)
                 if month < oldest:
-                    return  # older than every month kept: not kept either
+                    return None
                 del months[oldest]
-                for key in [k for k in scope.breakdowns if k[0] == oldest]:
-                    del scope.breakdowns[key]
+                scope.breakdowns.pop(oldest, None)
             totals = months[month] = [0, 0, 0]
         totals[0] += nanos
         totals[1] += unpriced
         totals[2] += unpriced_nanos
+        tables = scope.breakdowns.get(month)
+        if tables is None:
+            tables = scope.breakdowns[month] = {"model": {}, "api_method": {}, "day": {}}
+        return tables
 
     def _apply(self, reservation: Reservation, *, sign: int, now: float) -> None:
         delta = reservation.delta

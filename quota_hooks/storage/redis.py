@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import re
 import threading
@@ -60,6 +59,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from .._exit import close_at_exit
 from ..errors import ConfigurationError, StorageError
 from ..usage import UsageRecord
+from ._rows import decode, encode
 from .base import (
     MAX_BREAKDOWN_NAMES,
     Aggregate,
@@ -388,7 +388,7 @@ class RedisStore:
             delta.requests, delta.tokens, delta.calls, delta.errors, delta.rate_limited,
             delta.cost_nanos, record.model, record.api_method, 0 if record.success else 1,
             record.total_tokens, record.input_tokens, record.output_tokens, int(entry.unpriced),
-            json.dumps(entry.priced_record().to_dict(), default=str), self.recent_capacity,
+            encode(entry), self.recent_capacity,
             entry.day_name, delta.unpriced_nanos, repr(float(age)), MAX_BREAKDOWN_NAMES,
             *workspaces,
         ]
@@ -572,7 +572,7 @@ class RedisStore:
             rows = self.client.lrange(self._scope_keys(scope)[9], 0, n - 1)
         except redis.RedisError as exc:
             raise self._error("recent", exc) from self._cause(exc)
-        return [UsageRecord.from_dict(json.loads(row)) for row in rows]
+        return [decode(row) for row in rows]
 
     def workspaces(self) -> list[str]:
         try:
@@ -678,7 +678,7 @@ class RedisStore:
             rows = await client.lrange(self._scope_keys(scope)[9], 0, n - 1)
         except redis.RedisError as exc:
             raise self._error("recent", exc) from self._cause(exc)
-        return [UsageRecord.from_dict(json.loads(row)) for row in rows]
+        return [decode(row) for row in rows]
 
     async def aworkspaces(self) -> list[str]:
         client, _ = self._aclient()

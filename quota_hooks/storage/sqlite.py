@@ -54,6 +54,7 @@ from .._exit import close_at_exit
 from ..errors import ConfigurationError, StorageError
 from ..usage import UsageRecord
 from ..windows import DAY, MINUTE, Window
+from ._rows import decode, encode
 from .base import (
     MAX_BREAKDOWN_NAMES,
     OTHER,
@@ -590,7 +591,7 @@ class SQLiteStore:
                     self._settle(conn, batch, reservation.id, now)
                 self._add_entry(batch, entry, conn)
                 history.append(
-                    (entry.when, json.dumps(entry.priced_record().to_dict(), default=str),
+                    (entry.when, encode(entry),
                      entry.delta.cost_nanos, entry.delta.unpriced_nanos, entry.month,
                      entry.day_name)
                 )
@@ -873,7 +874,7 @@ class SQLiteStore:
                 "WHERE s.scope = ? ORDER BY s.id DESC LIMIT ?",
                 (scope, n),
             ).fetchall()
-            return [UsageRecord.from_dict(json.loads(row[0])) for row in rows]
+            return [decode(row[0]) for row in rows]
 
         return self._guard(run, what="recent")
 

@@ -133,6 +133,50 @@ def test_an_idle_tenant_costs_a_few_kilobytes() -> None:
     assert grown / 2_000 < 5_000, grown / 2_000  # bytes per workspace
 
 
+def test_a_busy_end_user_costs_a_few_kilobytes() -> None:
+    """One workspace, many end users: each user's scope keeps its last SCOPE_RECENT records,
+    not 100 (2,000 users of 100 calls each took 176 MB before, about 88 KB per user)."""
+    import tracemalloc
+
+    from quota_hooks.storage.memory import SCOPE_RECENT
+
+    m = QuotaManager(QuotaPolicy.unlimited())
+
+    def calls(user: int) -> None:
+        for _ in range(100):
+            m.record(UsageRecord(workspace_id="one", model="gpt-4o-mini", input_tokens=10,
+                                 output_tokens=10, scopes={"user": f"u-{user}"}))
+
+    for user in range(20):
+        calls(user)
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    for user in range(20, 220):
+        calls(user)
+    grown = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(before, "filename"))
+    tracemalloc.stop()
+    assert grown / 200 < 24_000, grown / 200  # bytes per user
+    assert len(m.store.recent("user:u-5", 100)) == SCOPE_RECENT
+    assert len(m.store.recent("workspace:one", 1_000)) == 100
+
+
+def test_a_call_naming_thousands_of_scopes_is_charged_to_the_first_16() -> None:
+    from quota_hooks.usage import MAX_SCOPES
+
+    scopes = {f"k{i}": "v" for i in range(5_000)}
+    m = QuotaManager(QuotaPolicy(rpm=10, rpd=None, tpm=None, tpd=None,
+                                 monthly_budget_usd=None))
+    held = m.acquire("w", Estimate(model="gpt-4o-mini", input_tokens=1, output_tokens=1),
+                     scopes=scopes)
+    record = UsageRecord(workspace_id="w", model="gpt-4o-mini", input_tokens=1,
+                         scopes=scopes)
+    assert len(record.scopes) == MAX_SCOPES == 16
+    assert list(record.scopes) == [f"k{i}" for i in range(16)]
+    assert set(held.scopes) == {"workspace:w", *(f"k{i}:v" for i in range(16))}
+    m.record(record, held)
+    assert len(m.store._scopes) == 17  # type: ignore[attr-defined]
+
+
 @pytest.mark.parametrize("url", [
     "redis://:CANARY-PW@127.0.0.1:6379/0?socket_timeout=nonsense",
     "rediss://user:CANARY-PW@example.invalid:notaport/0",
