@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test bench
+.PHONY: demo test test-fast bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,15 @@ test: $(VENV)/.dev-installed
 	$(BIN)/mypy quota_hooks
 	$(BIN)/python -m pytest -q
 
+# The core and store units only (about a minute): for the edit-test loop, not for CI.
+test-fast: $(VENV)/.dev-installed
+	$(BIN)/python -m pytest -q -m "unit and not slow"
+
 # Overhead ratios and throughputs, printed and written to benchmarks/results.json.
-bench: $(VENV)/.dev-installed
+# Installs the peers it compares against (the bench extra) first.
+$(VENV)/.bench-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $@
+
+bench: $(VENV)/.bench-installed
 	LITELLM_LOCAL_MODEL_COST_MAP=True LITELLM_OFFLINE_MODE=true $(BIN)/python -m benchmarks

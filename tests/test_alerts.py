@@ -44,6 +44,8 @@ from quota_hooks.errors import ConfigurationError, StorageError
 from quota_hooks.storage import MemoryStore
 from quota_hooks.testing import CaptureSink, FakeOpenAI, FakeUsage, ManualClock
 
+pytestmark = pytest.mark.unit
+
 
 def policy(**limits: Any) -> QuotaPolicy:
     return QuotaPolicy.unlimited().model_copy(update=limits)
@@ -382,6 +384,7 @@ async def test_webhook_gives_up_after_its_retries() -> None:
         server.close()
 
 
+@pytest.mark.slow
 def test_a_failing_webhook_never_slows_the_calls(clock: ManualClock) -> None:
     server = Hook("hang", "500", "reset")
     try:

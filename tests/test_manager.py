@@ -23,6 +23,8 @@ from quota_hooks.storage import MemoryStore
 from quota_hooks.storage.base import UsageEntry
 from quota_hooks.testing import ManualClock
 
+pytestmark = pytest.mark.unit
+
 
 def test_import_pulls_in_no_framework() -> None:
     code = (
@@ -153,6 +155,7 @@ async def test_tracking_failure_never_raises_and_shows_degraded(
     assert manager.status("ws", enhanced=False).status is QuotaStatus.NORMAL
 
 
+@pytest.mark.slow
 def test_concurrency_totals_are_exact(clock: ManualClock) -> None:
     manager = QuotaManager(QuotaPolicy.unlimited(), clock=clock)
     per_worker = 10_000

@@ -7,6 +7,8 @@ from pydantic import ValidationError
 
 from quota_hooks import ConfigurationError, QuotaPolicy
 
+pytestmark = pytest.mark.unit
+
 
 def test_defaults_are_the_seed_guides() -> None:
     policy = QuotaPolicy.from_env({})

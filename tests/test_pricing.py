@@ -17,6 +17,8 @@ from genai_prices import Usage, calc_price
 from quota_hooks import ConfigurationError, PriceBook, UsageRecord, estimate_cost
 from quota_hooks.pricing import from_nanos, to_nanos
 
+pytestmark = pytest.mark.unit
+
 BOOK = PriceBook.bundled()
 T = datetime(2026, 11, 15, 12, tzinfo=UTC)  # after the 2026-10 tier prices start
 NIGHT = datetime(2026, 11, 15, 20, tzinfo=UTC)
@@ -253,6 +255,7 @@ def test_nanos_round_trip_is_exact() -> None:
     assert from_nanos(to_nanos(Decimal("12.345678901"))) == Decimal("12.345678901")
 
 
+@pytest.mark.slow
 def test_from_litellm_matches_litellm_map() -> None:
     import litellm
     book = PriceBook.from_litellm()

@@ -8,6 +8,8 @@ from quota_hooks import QuotaManager, QuotaPolicy, QuotaStatus, UsageRecord
 from quota_hooks.status import AlertLevel, evaluate
 from quota_hooks.testing import ManualClock
 
+pytestmark = pytest.mark.unit
+
 LIMIT_KEYS = {"current", "limit", "percentage"}
 
 

@@ -32,6 +32,8 @@ from quota_hooks.storage.base import as_async
 from quota_hooks.usage import bounded
 from quota_hooks.windows import month_key
 
+pytestmark = pytest.mark.unit
+
 MONTH = month_key(T0)
 
 
@@ -169,6 +171,7 @@ def test_tenant_ids_are_opaque(ops: Ops, tenant: str) -> None:
     assert isinstance(held, Denial)  # its own limit, its own count
 
 
+@pytest.mark.slow
 def test_10000_concurrent_reservations_admit_exactly_the_limit_threads(ops: Ops) -> None:
     granted: list[int] = []
     lock = threading.Lock()
@@ -190,6 +193,7 @@ def test_10000_concurrent_reservations_admit_exactly_the_limit_threads(ops: Ops)
     assert ops.counters("workspace:ws", T0, MONTH).requests_minute == 1000
 
 
+@pytest.mark.slow
 async def test_10000_concurrent_reservations_admit_exactly_the_limit_tasks(store: Store) -> None:
     astore = as_async(store)
 

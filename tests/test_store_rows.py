@@ -13,6 +13,8 @@ import pytest
 from quota_hooks import QuotaManager, QuotaPolicy, UsageRecord
 from quota_hooks.storage._rows import decode, encode
 
+pytestmark = pytest.mark.unit
+
 RECORDS = [
     UsageRecord(workspace_id="w", model="gpt-4o", input_tokens=10, output_tokens=3),
     UsageRecord(workspace_id="w", model="gpt-4o", input_tokens=1_000, cached_input_tokens=512,

@@ -13,6 +13,8 @@ from quota_hooks.storage import Store
 from quota_hooks.testing import ManualClock
 from quota_hooks.windows import DAY, MINUTE, RollingCounter
 
+pytestmark = pytest.mark.unit
+
 ONE = Estimate(model="gpt-4o-mini", input_tokens=1)
 
 

@@ -15,6 +15,8 @@ from quota_hooks.adapters.openai import track_openai
 from quota_hooks.pricing import PriceBook, to_nanos
 from quota_hooks.testing import FakeOpenAI, FakeUsage
 
+pytestmark = pytest.mark.unit
+
 MSG = [{"role": "user", "content": "hi"}]
 ONLY_BUDGET = {"rpm": None, "rpd": None, "tpm": None, "tpd": None}
 

@@ -11,6 +11,8 @@ import pytest
 from quota_hooks import UsageRecord
 from quota_hooks.usage import MAX_COST, storable
 
+pytestmark = pytest.mark.unit
+
 
 def test_total_defaults_to_input_plus_output() -> None:
     record = UsageRecord(input_tokens=10, output_tokens=5)

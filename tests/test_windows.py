@@ -8,6 +8,8 @@ from quota_hooks import QuotaManager, QuotaPolicy, UsageRecord
 from quota_hooks.testing import ManualClock
 from quota_hooks.windows import DAY, MINUTE, RollingCounter, month_bounds, month_key
 
+pytestmark = pytest.mark.unit
+
 
 def ts(*args: int, tz: timezone = UTC) -> float:
     return datetime(*args, tzinfo=tz).timestamp()
