@@ -219,16 +219,14 @@ class QuotaLogger(CustomLogger):
         method = CALL_TYPES.get(str(kind or "completion"), str(kind or "completion"))
         prompt = kwargs.get("messages") or kwargs.get("input") or kwargs.get("prompt") or ""
         text = prompt if isinstance(prompt, str) else json.dumps(prompt, default=str)
-        output = 0
-        if method in ("chat.completions", "completions", "responses"):
-            found = kwargs.get("max_tokens") or kwargs.get("max_completion_tokens") or (
-                kwargs.get("max_output_tokens"))
-            output = found if isinstance(found, int) and found >= 0 else (
-                self.manager.policy_for(workspace).default_max_tokens)
-        estimate = Estimate(model=str(kwargs.get("model") or "unknown"), api_method=method,
-                            input_tokens=self.manager.token_estimator(len(text)),
-                            output_tokens=output)
-        return workspace, scopes, estimate
+        found = kwargs.get("max_tokens") or kwargs.get("max_completion_tokens") or (
+            kwargs.get("max_output_tokens"))
+        # The facts of the request: the manager works out the tokens (its token estimator,
+        # the policy's default_max_tokens for a method that generates text).
+        facts = Estimate(model=str(kwargs.get("model") or "unknown"), api_method=method,
+                         prompt_size=len(text),
+                         max_tokens=found if type(found) is int and found >= 0 else None)
+        return workspace, scopes, facts
 
     @staticmethod
     def _scopes(tags: list[str], user: Any) -> dict[str, str]:
@@ -365,8 +363,8 @@ class QuotaLogger(CustomLogger):
                 fields = dict(reported or {})
             elif method in _TOKEN_METHODS or reported:
                 # Missing or untrusted usage settles at the call's estimate, never at 0.
-                _, _, estimate = self._estimate(kwargs, call_type)
-                fields = reported_usage(reported, estimate)
+                workspace, _, facts = self._estimate(kwargs, call_type)
+                fields = reported_usage(reported, self.manager.estimate(workspace, facts))
 
         litellm_cost = _litellm_cost(slo.get("response_cost", kwargs.get("response_cost")))
         if not success:
