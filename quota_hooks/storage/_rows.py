@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from operator import attrgetter
-from typing import Any
 
 from ..usage import UsageRecord
 from .base import UsageEntry
@@ -26,22 +25,19 @@ _values = attrgetter(*_NAMES)
 _DEFAULTS = _values(UsageRecord())
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, check_circular=False).encode
 _AS_LIST = frozenset({"tags", "invalid_fields"})
-_COSTS = frozenset({"cost", "reported_cost"})
 
 
 def encode(entry: UsageEntry) -> str:
     """The stored form of ``entry``'s record, priced (its ``cost``/``price_source``) and
     timed (its ``timestamp``, else when it was recorded)."""
     record = entry.record
-    out: dict[str, Any] = {}
-    for name, value, default in zip(_NAMES, _values(record), _DEFAULTS, strict=True):
-        if value is default or value == default:
-            continue
-        if name in _COSTS:
-            value = str(value)
-        elif name in _AS_LIST:
-            value = list(value)
-        out[name] = value
+    out = {name: value for name, value, default in zip(_NAMES, _values(record), _DEFAULTS,
+                                                       strict=True)
+           if value is not default and value != default}
+    for name in _AS_LIST.intersection(out):
+        out[name] = list(out[name])
+    if "reported_cost" in out:
+        out["reported_cost"] = str(out["reported_cost"])
     stamp = record.timestamp
     out["timestamp"] = (datetime.fromtimestamp(entry.when, UTC) if stamp is None
                         else stamp).isoformat()

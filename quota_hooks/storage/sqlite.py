@@ -45,6 +45,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from operator import add
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -222,8 +223,7 @@ class _Batch:
         if row is None:
             self.buckets[(scope, win, bucket)] = list(counts)
         else:
-            for i, count in enumerate(counts):
-                row[i] += count
+            row[:] = map(add, row, counts)
 
     def month(self, scope: str, month: str, nanos: int, unpriced: int = 0,
               unpriced_nanos: int = 0) -> None:
@@ -634,30 +634,30 @@ class SQLiteStore:
     def _add_entry(self, batch: _Batch, entry: UsageEntry,
                    conn: sqlite3.Connection | None = None) -> None:
         record, delta = entry.record, entry.delta
+        when, month = entry.when, entry.month
         counts = (delta.requests, delta.tokens, delta.calls, delta.errors, delta.rate_limited)
-        minute, day = MINUTE.bucket(entry.when), DAY.bucket(entry.when)
-        error = 0 if record.success else 1
-        day_name = entry.day_name
+        day_counts = (delta.requests, delta.tokens, 0, 0, 0)
+        minute, day = MINUTE.bucket(when), DAY.bucket(when)
+        unpriced = int(entry.unpriced)
+        values = (1, 0 if record.success else 1, record.total_tokens, record.input_tokens,
+                  record.output_tokens, delta.cost_nanos - delta.unpriced_nanos, unpriced,
+                  delta.unpriced_nanos)
+        names = (("model", record.model), ("api_method", record.api_method))
+        breakdowns = batch.breakdowns
         for scope in entry.scopes:
             batch.touched.add(scope)
             batch.bucket(scope, _MIN, minute, counts)
-            batch.bucket(scope, _DAY, day, (*counts[:2], 0, 0, 0))
-            batch.month(scope, entry.month, delta.cost_nanos, int(entry.unpriced),
-                        delta.unpriced_nanos)
-            for by, name in (("model", record.model), ("api_method", record.api_method),
-                             ("day", day_name)):
-                if conn is not None:
-                    name = self._name(conn, scope, entry.month, by, name)
-                key = (scope, entry.month, by, name)
-                row = batch.breakdowns.get(key)
-                values = (1, error, record.total_tokens, record.input_tokens,
-                          record.output_tokens, delta.cost_nanos - delta.unpriced_nanos,
-                          int(entry.unpriced), delta.unpriced_nanos)
+            batch.bucket(scope, _DAY, day, day_counts)
+            batch.month(scope, month, delta.cost_nanos, unpriced, delta.unpriced_nanos)
+            keys = [(scope, month, by, name if conn is None else
+                     self._name(conn, scope, month, by, name)) for by, name in names]
+            keys.append((scope, month, "day", entry.day_name))
+            for key in keys:
+                row = breakdowns.get(key)
                 if row is None:
-                    batch.breakdowns[key] = list(values)
+                    breakdowns[key] = list(values)
                 else:
-                    for i, value in enumerate(values):
-                        row[i] += value
+                    row[:] = map(add, row, values)
 
     def _apply_reservation(
         self, batch: _Batch, scopes: Sequence[str], requests: int, tokens: int, nanos: int,
