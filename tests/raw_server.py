@@ -4,6 +4,7 @@ in the middle), which a well-behaved server library would tidy up."""
 
 from __future__ import annotations
 
+import http.server
 import json
 import socket
 import threading
@@ -109,3 +110,44 @@ class RawServer:
             for piece in _pieces(answer, 64):
                 conn.sendall(piece)
                 time.sleep(0.0005)
+
+
+class Mirror:
+    """A 127.0.0.1 HTTP server that answers every GET with :attr:`body` as JSON: a mirror
+    of a published file. ``with Mirror(body) as mirror:`` then ``mirror.url``; assign
+    ``mirror.body`` to serve another; :meth:`stop` takes it away before the block ends."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        mirror = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = mirror.body
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/data.json"
+        self._running = False
+
+    def __enter__(self) -> Mirror:
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._running = True
+        return self
+
+    def stop(self) -> None:
+        """Stop answering (the port is closed)."""
+        if self._running:
+            self._server.shutdown()
+            self._running = False
+        self._server.server_close()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

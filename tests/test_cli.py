@@ -89,8 +89,7 @@ def test_prices_update_from_a_mirror(tmp_path: Path, capsys: pytest.CaptureFixtu
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """--update fetches only when asked, from the URL given (an internal mirror); the price
     book then prices from it."""
-    import http.server
-    import threading
+    from raw_server import Mirror
 
     snapshot = [{"id": "acme", "name": "Acme AI", "api_pattern": r"https://api\.acme\.ai",
                  "model_match": {"starts_with": "acme-"},
@@ -100,25 +99,10 @@ def test_prices_update_from_a_mirror(tmp_path: Path, capsys: pytest.CaptureFixtu
                 {"id": "openai", "name": "OpenAI", "api_pattern": r"https://api\.openai\.com",
                  "models": [{"id": "gpt-4o-mini", "match": {"equals": "gpt-4o-mini"},
                              "prices": {"input_mtok": 0.15, "output_mtok": 0.6}}]}]
-    body = json.dumps(snapshot).encode()
-
-    class Mirror(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.HTTPServer(("127.0.0.1", 0), Mirror)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     target = tmp_path / "snapshot.json"
     monkeypatch.setenv("QUOTA_HOOKS_PRICES_SNAPSHOT", str(target))
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/data.json"
+    with Mirror(json.dumps(snapshot).encode()) as mirror:
+        url = mirror.url
         assert main(["prices", "--update", "--url", url]) == 0
         assert "2 providers, 2 models" in capsys.readouterr().out
         assert main(["prices"]) == 0
@@ -128,11 +112,9 @@ def test_prices_update_from_a_mirror(tmp_path: Path, capsys: pytest.CaptureFixtu
         cost = PriceBook.default().cost(UsageRecord(model="acme-1", provider="acme",
                                                     input_tokens=1_000_000))
         assert cost.usd == 1 and cost.source.endswith("(updated)")
-        server.shutdown()
+        mirror.stop()
         assert main(["prices", "--update", "--url", url]) == 2  # the mirror is gone
         assert "--url: fetching" in capsys.readouterr().err
-    finally:
-        server.server_close()
 
 
 def test_unknown_command_exits_2(capsys: pytest.CaptureFixture[str]) -> None:

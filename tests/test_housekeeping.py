@@ -13,10 +13,10 @@ from typing import Any
 import genai_prices
 import openai
 import pytest
+from raw_server import RawServer, response
 
 from quota_hooks import QuotaManager, QuotaPolicy
 from quota_hooks.adapters.openai import track_openai
-from tests.raw_server import RawServer, response
 
 USAGE = {"input_tokens": 1_000, "output_tokens": 2_000, "total_tokens": 3_000,
          "input_tokens_details": {"cached_tokens": 0},

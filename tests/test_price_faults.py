@@ -5,12 +5,9 @@ a provider that does not list a model. Every case is one a call could otherwise 
 from __future__ import annotations
 
 import gzip
-import http.server
 import json
 import logging
-import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -19,6 +16,7 @@ from typing import Any
 import genai_prices
 import openai
 import pytest
+from raw_server import Mirror, RawServer, response
 
 from quota_hooks import (
     Estimate,
@@ -34,7 +32,6 @@ from quota_hooks.cli import main
 from quota_hooks.pricing import FALLBACK_FLOOR
 from quota_hooks.storage import SQLiteStore
 from quota_hooks.usage import reported_usage
-from tests.raw_server import RawServer, response
 
 T = datetime(2026, 11, 15, 12, tzinfo=UTC)
 NO_RATES = {"rpm": None, "rpd": None, "tpm": None, "tpd": None}
@@ -131,52 +128,25 @@ def test_no_snapshot_at_all_still_charges_the_floor(monkeypatch: pytest.MonkeyPa
     assert book.fallback_price().input >= FALLBACK_FLOOR["input"]
 
 
-@pytest.fixture
-def mirror() -> Iterator[dict[str, bytes]]:
-    """A 127.0.0.1 mirror of the genai-prices snapshot: ``mirror["body"]`` is what it serves."""
-    served = {"body": b"[]"}
-
-    class Mirror(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = served["body"]
-            self.send_response(200)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.HTTPServer(("127.0.0.1", 0), Mirror)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    served["url"] = f"http://127.0.0.1:{server.server_address[1]}/data.json".encode()
-    try:
-        yield served
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 def test_prices_update_refuses_a_snapshot_that_cannot_price(
-        mirror: dict[str, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     target = tmp_path / "genai-prices.json"
     monkeypatch.setenv("QUOTA_HOOKS_PRICES_SNAPSHOT", str(target))
-    url = mirror["url"].decode()
-    assert main(["prices", "--update", "--url", url]) == 2  # "[]": no providers
-    err = capsys.readouterr().err
-    assert "was refused, it holds no providers" in err and "unchanged" in err
-    assert not target.exists()
-    # One that loads but does not price a model every snapshot has is refused too, and the
-    # snapshot in use stays as it was.
-    target.write_text("[]")
-    mirror["body"] = json.dumps([{"id": "acme", "name": "Acme", "api_pattern": "x",
-                                  "models": [{"id": "a", "match": {"equals": "a"},
-                                              "prices": {"input_mtok": 1}}]}]).encode()
-    assert main(["prices", "--update", "--url", url]) == 2
-    assert "does not list openai:gpt-4o-mini" in capsys.readouterr().err
-    assert target.read_text() == "[]"
+    with Mirror(b"[]") as mirror:
+        assert main(["prices", "--update", "--url", mirror.url]) == 2  # no providers
+        err = capsys.readouterr().err
+        assert "was refused, it holds no providers" in err and "unchanged" in err
+        assert not target.exists()
+        # One that loads but does not price a model every snapshot has is refused too, and
+        # the snapshot in use stays as it was.
+        target.write_text("[]")
+        mirror.body = json.dumps([{"id": "acme", "name": "Acme", "api_pattern": "x",
+                                   "models": [{"id": "a", "match": {"equals": "a"},
+                                               "prices": {"input_mtok": 1}}]}]).encode()
+        assert main(["prices", "--update", "--url", mirror.url]) == 2
+        assert "does not list openai:gpt-4o-mini" in capsys.readouterr().err
+        assert target.read_text() == "[]"
 
 
 # --------------------------------------------------------------------------- reprice

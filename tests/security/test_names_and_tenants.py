@@ -6,6 +6,8 @@ refused with the argument named."""
 from __future__ import annotations
 
 import json
+import tracemalloc
+from collections.abc import Callable
 
 import pytest
 
@@ -109,10 +111,21 @@ def test_a_non_string_name_is_refused_with_the_field_named() -> None:
         UsageRecord(model=None)  # type: ignore[arg-type]
 
 
+def bytes_each(make: Callable[[int], None], *, warm: int, measured: int) -> float:
+    """Bytes that each of ``measured`` more calls of ``make(i)`` keeps, after ``warm`` calls."""
+    for i in range(warm):
+        make(i)
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    for i in range(warm, warm + measured):
+        make(i)
+    grown = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(before, "filename"))
+    tracemalloc.stop()
+    return grown / measured
+
+
 def test_an_idle_tenant_costs_a_few_kilobytes() -> None:
     """Before, a scope built 1,440 bucket lists up front: about 148 KiB per workspace."""
-    import tracemalloc
-
     m = QuotaManager(QuotaPolicy(rpm=1000, rpd=None, tpm=None, tpd=None,
                                  monthly_budget_usd=None))
     one = Estimate(model="gpt-4o-mini", input_tokens=10, output_tokens=10)
@@ -122,22 +135,13 @@ def test_an_idle_tenant_costs_a_few_kilobytes() -> None:
         m.record(UsageRecord(workspace_id=ws, model="gpt-4o-mini", input_tokens=10),
                  m.acquire(ws, one))
 
-    for i in range(50):
-        tenant(i)
-    tracemalloc.start()
-    before = tracemalloc.take_snapshot()
-    for i in range(50, 2_050):
-        tenant(i)
-    grown = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(before, "filename"))
-    tracemalloc.stop()
-    assert grown / 2_000 < 5_000, grown / 2_000  # bytes per workspace
+    per_workspace = bytes_each(tenant, warm=50, measured=2_000)
+    assert per_workspace < 5_000, per_workspace
 
 
 def test_a_busy_end_user_costs_a_few_kilobytes() -> None:
     """One workspace, many end users: each user's scope keeps its last SCOPE_RECENT records,
     not 100 (2,000 users of 100 calls each took 176 MB before, about 88 KB per user)."""
-    import tracemalloc
-
     from quota_hooks.storage.memory import SCOPE_RECENT
 
     m = QuotaManager(QuotaPolicy.unlimited())
@@ -147,15 +151,8 @@ def test_a_busy_end_user_costs_a_few_kilobytes() -> None:
             m.record(UsageRecord(workspace_id="one", model="gpt-4o-mini", input_tokens=10,
                                  output_tokens=10, scopes={"user": f"u-{user}"}))
 
-    for user in range(20):
-        calls(user)
-    tracemalloc.start()
-    before = tracemalloc.take_snapshot()
-    for user in range(20, 220):
-        calls(user)
-    grown = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(before, "filename"))
-    tracemalloc.stop()
-    assert grown / 200 < 24_000, grown / 200  # bytes per user
+    per_user = bytes_each(calls, warm=20, measured=200)
+    assert per_user < 24_000, per_user
     assert len(m.store.recent("user:u-5", 100)) == SCOPE_RECENT
     assert len(m.store.recent("workspace:one", 1_000)) == 100
 
