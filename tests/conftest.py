@@ -14,7 +14,7 @@ from anyio.from_thread import start_blocking_portal
 from store_helpers import BACKENDS, Ops, dispose, make_store
 
 from quota_hooks import QuotaManager, QuotaPolicy
-from quota_hooks._context import current_run
+from quota_hooks.adapters._pairing import no_marks
 from quota_hooks.storage import Store
 from quota_hooks.testing import ManualClock
 
@@ -24,9 +24,8 @@ def _own_run_marks() -> Iterator[None]:
     """Each test starts with no open LangChain run marks in its context: pytest runs every
     test in one thread, and a test that starts runs it never ends (on purpose) would otherwise
     hand them to the next test."""
-    token = current_run.set(())
-    yield
-    current_run.reset(token)
+    with no_marks():
+        yield
 
 
 @pytest.fixture

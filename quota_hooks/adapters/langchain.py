@@ -43,18 +43,19 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "pip install 'quota-hooks[langchain]'"
     ) from exc
 
-from .._context import RunGroup, RunMark, group_for, open_marks, push_mark
 from ..compat import get_default_manager
 from ..errors import QuotaHooksError
 from ..manager import QuotaManager
 from ..storage.base import Reservation
 from ..usage import Estimate, UsageRecord, reported_usage
+from ._pairing import RunGroup, RunMark, group_for, open_marks, push_mark
 from ._usage import usage_fields
 
 __all__ = ["CHARS_PER_TOKEN", "QuotaCallbackHandler"]
 
-#: The stated estimate for a run whose model reported no usage: one token per 4 characters
-#: of prompt and of output (OpenAI's rule of thumb for English text).
+#: Output tokens a run is known to have produced when its model reported no usage: one per 4
+#: characters of output (OpenAI's rule of thumb for English text). A run's estimate itself
+#: (its prompt and requested output) is the manager's (:meth:`QuotaManager.estimate`).
 CHARS_PER_TOKEN = 4
 #: Runs started but never ended (a crashed worker, a dropped generator) are forgotten, oldest
 #: first, beyond this many; per-run state never grows without bound.
@@ -233,30 +234,32 @@ class QuotaCallbackHandler(BaseCallbackHandler):
     def _acquire(self, run: _Run, params: Mapping[str, Any], group: RunGroup) -> RunMark:
         """Reserve the run's estimate and open its mark for an inner OpenAI transport.
 
+        The handler hands the manager the facts of the run (its model, kind of API, prompt
+        characters and the output it asks for at most); the manager works out the token
+        counts, which the run settles at when its model reports no usage it can trust.
+
         Inside a running event loop the handler cannot wait without blocking it, so there
         ``wait`` limits refuse at once (the inner transport, if any, waits properly).
         """
-        output = next(
+        requested = next(
             (v for k in ("max_tokens", "max_completion_tokens", "max_output_tokens")
              if isinstance(v := params.get(k), int) and not isinstance(v, bool)),
             None,
         )
-        if output is None:
-            output = self.manager.policy_for(run.workspace_id).default_max_tokens
-        estimate = run.estimate = Estimate(
+        facts = Estimate(
             model=run.model or "unknown",
             api_method="chat.completions" if run.chat else "completions",
-            input_tokens=-(-run.prompt_chars // CHARS_PER_TOKEN),
-            output_tokens=output,
             provider=run.provider or None,
+            prompt_size=run.prompt_chars,
+            max_tokens=requested,
         )
+        estimate = run.estimate = self.manager.estimate(run.workspace_id, facts)
         reservation = self.manager.acquire(
             run.workspace_id, estimate, scopes=run.scopes, wait=not _in_event_loop()
         )
         mark = RunMark(
             reservation, workspace_id=run.workspace_id, scopes=run.scopes,
             model=run.model, chat=run.chat, group=group,
-            ttl=self.manager.policy_for(run.workspace_id).reservation_ttl,
         )
         push_mark(mark)
         return mark

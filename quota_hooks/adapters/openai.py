@@ -45,12 +45,12 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "quota_hooks.adapters.openai needs the OpenAI SDK: pip install 'quota-hooks[openai]'"
     ) from exc
 
-from .._context import RunMark, claim
 from ..compat import get_default_manager
 from ..errors import ConfigurationError, QuotaHooksError
 from ..manager import QuotaManager
 from ..storage.base import Reservation
 from ..usage import Estimate, UsageRecord, reported_usage
+from ._pairing import RunMark, claim
 from ._usage import usage_fields
 
 __all__ = [
@@ -230,7 +230,8 @@ class _Call:
         self.model: str | None = None
         self.stream = False
         self.max_output: int | None = None
-        self.prompt_tokens = 0
+        self.prompt_size = 0
+        """Bytes of the JSON request body: the prompt size the manager estimates from."""
         self.reservation: Reservation | None = None
         self.prompts = 1
         self.inject = False
@@ -307,7 +308,7 @@ class _Call:
             if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
                 self.max_output = value
                 break
-        self.prompt_tokens = self.hub.manager.token_estimator(content)
+        self.prompt_size = len(content)
         prompt = body.get("prompt")
         if self.method == "completions" and isinstance(prompt, list) and prompt and not isinstance(
             prompt[0], int
@@ -344,24 +345,27 @@ class _Call:
         return request
 
     # ---------------------------------------------------------------- enforcement
-    def estimate(self) -> Estimate:
-        """What this request is expected to use."""
-        output = 0
-        if self.method in _GENERATING_METHODS:
-            if self.max_output is not None:
-                output = self.max_output
-            else:
-                output = self.hub.manager.policy_for(self.workspace_id).default_max_tokens
+    def facts(self) -> Estimate:
+        """What this request asks for, as facts (its model, method, body size, requested
+        output, images, characters to speak): the manager turns them into token counts."""
+        generating = self.method in _GENERATING_METHODS
         images = self.images_requested if self.method.startswith("images.") else 0
         return Estimate(model=self.model or "unknown", api_method=self.method,
-                        input_tokens=self.prompt_tokens, output_tokens=output,
-                        provider=self.provider, images=images, image_size=self.image_size,
+                        provider=self.provider, prompt_size=self.prompt_size,
+                        max_tokens=self.max_output if generating else None,
+                        images=images, image_size=self.image_size,
                         image_quality=self.image_quality, characters=self.characters)
+
+    def estimate(self) -> Estimate:
+        """What this request is expected to use: its facts with the manager's token counts
+        (for the workspace that pays), where it settles when its usage cannot be trusted."""
+        return self.hub.manager.estimate(self.workspace_id, self.facts())
 
     def outer_reservation(self) -> tuple[bool, Reservation | None]:
         """``(True, its reservation)`` when this attempt takes an outer run's reservation
-        (see :mod:`quota_hooks._context`); ``(False, None)`` when it must reserve for itself,
-        which retries inside an outer run do too."""
+        (see :mod:`quota_hooks.adapters._pairing`); ``(False, None)`` when it must reserve
+        for itself, which retries inside an outer run do too. An attempt that belongs to an
+        outer run is charged to that run's workspace and scopes either way."""
         found = claim(self.model, self.method, self.attempt, self.prompts)
         mark = self.mark = found.mark
         if mark is None:
@@ -369,7 +373,7 @@ class _Call:
         if mark.workspace_id is not None:  # the outer run says who pays
             self.workspace_id = mark.workspace_id
             self.scopes = dict(mark.scopes)
-        return found.reservation is not None, found.reservation
+        return found.takes_reservation, found.reservation
 
     def outgrows(self, reservation: Reservation | None) -> bool:
         """True when this request is clearly bigger than the outer run's reservation, which
@@ -886,7 +890,7 @@ def _build_classes(lib: Any) -> dict[str, Any]:
                     outer = False
                 if not outer:
                     call.reservation = _guarded(self.hub, call, lambda: self.hub.manager.acquire(
-                        call.workspace_id, call.estimate(), scopes=call.scopes))
+                        call.workspace_id, call.facts(), scopes=call.scopes))
             try:
                 response = self.inner.handle_request(request)
             except BaseException:
@@ -933,7 +937,7 @@ def _build_classes(lib: Any) -> dict[str, Any]:
                 if not outer:
                     try:
                         call.reservation = await self.hub.manager.aacquire(
-                            call.workspace_id, call.estimate(), scopes=call.scopes)
+                            call.workspace_id, call.facts(), scopes=call.scopes)
                     except QuotaHooksError:
                         raise
                     except Exception as exc:  # a bug of ours never stops the call
