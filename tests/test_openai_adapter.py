@@ -320,6 +320,28 @@ def test_sdk_retries_are_attempts(fake: FakeOpenAI, manager: QuotaManager) -> No
     assert report.provider_limits["openai-compatible"]["remaining_requests"] == "499"
 
 
+def test_rate_limit_headers_are_read_once_a_second_and_on_every_429(
+        fake: FakeOpenAI, manager: QuotaManager, monkeypatch: pytest.MonkeyPatch) -> None:
+    noted: list[str] = []
+    real = manager.note_provider_limits
+
+    def note(workspace_id: str, provider: str, headers: Any) -> None:
+        noted.append(headers["x-ratelimit-remaining-requests"])
+        real(workspace_id, provider, headers)
+
+    monkeypatch.setattr(manager, "note_provider_limits", note)
+    client = make(fake, manager, max_retries=0)
+    for _ in range(50):
+        client.chat.completions.create(model="gpt-4o-mini", messages=MSG)
+    assert noted == ["499"]  # 50 calls well inside a second: read once
+    fake.fail_next(429, times=1)
+    with pytest.raises(openai.RateLimitError):
+        client.chat.completions.create(model="gpt-4o-mini", messages=MSG)
+    assert noted == ["499", "0"]  # a 429 is always read
+    assert manager.status("ws").provider_limits["openai-compatible"]["remaining_requests"] == "0"
+    assert len(records(manager)) == 51  # every call still counted
+
+
 def test_server_error_is_a_failure(fake: FakeOpenAI, manager: QuotaManager) -> None:
     fake.fail_next(500, times=1)
     with pytest.raises(openai.InternalServerError):

@@ -70,29 +70,32 @@ SCOPES_HEADER = "x-quota-hooks-scopes"
 _RETRY_HEADER = "x-stainless-retry-count"
 _PARSE_LIMIT = 16 * 1024 * 1024  # bodies up to this size are parsed whole; larger by key
 _RUN_MEMORY = 10_000
+_LIMITS_EVERY = 1.0  # seconds between two reads of a workspace's x-ratelimit-* headers
 _TERMINAL_RUN_STATES = {"completed", "failed", "cancelled", "expired", "incomplete"}
 
 ClientT = TypeVar("ClientT", bound="openai.OpenAI | openai.AsyncOpenAI")
 
 # ---------------------------------------------------------------------------------- api methods
-_ROUTES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
-    (re.compile(pattern), name)
-    for pattern, name in (
-        (r"chat/completions", "chat.completions"),
-        (r"completions", "completions"),
-        (r"responses", "responses"),
-        (r"embeddings", "embeddings"),
-        (r"images/generations", "images.generate"),
-        (r"images/edits", "images.edit"),
-        (r"images/variations", "images.variation"),
-        (r"audio/speech", "audio.speech"),
-        (r"audio/transcriptions", "audio.transcriptions"),
-        (r"audio/translations", "audio.translations"),
-        (r"threads(/[^/]+)?/runs(/.*)?", "threads.runs"),
-        (r"threads/[^/]+/messages(/.*)?", "threads.messages"),
-        (r"fine_tuning(/.*)?", "fine_tuning"),
-        (r"vector_stores(/.*)?", "vector_stores"),
-    )
+def _routes(*pairs: tuple[str, str]) -> tuple[tuple[re.Pattern[str], str], ...]:
+    """``(path pattern, method name)`` pairs, compiled, tried in order."""
+    return tuple((re.compile(pattern), name) for pattern, name in pairs)
+
+
+_ROUTES = _routes(
+    (r"chat/completions", "chat.completions"),
+    (r"completions", "completions"),
+    (r"responses", "responses"),
+    (r"embeddings", "embeddings"),
+    (r"images/generations", "images.generate"),
+    (r"images/edits", "images.edit"),
+    (r"images/variations", "images.variation"),
+    (r"audio/speech", "audio.speech"),
+    (r"audio/transcriptions", "audio.transcriptions"),
+    (r"audio/translations", "audio.translations"),
+    (r"threads(/[^/]+)?/runs(/.*)?", "threads.runs"),
+    (r"threads/[^/]+/messages(/.*)?", "threads.messages"),
+    (r"fine_tuning(/.*)?", "fine_tuning"),
+    (r"vector_stores(/.*)?", "vector_stores"),
 )
 _PREFIX = re.compile(r"^/*(?:openai/deployments/[^/]+/|openai/)?(?:v1/)?")
 
@@ -100,18 +103,15 @@ _PREFIX = re.compile(r"^/*(?:openai/deployments/[^/]+/|openai/)?(?:v1/)?")
 #: Calls on a stored response or chat completion (``GET /responses/{id}``, ``DELETE``, its
 #: input items, a cancel, a token count): housekeeping, which uses no tokens. Only the
 #: ``POST`` of ``/responses`` and ``/chat/completions`` themselves generate.
-_ITEMS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
-    (re.compile(pattern), name)
-    for pattern, name in (
-        (r"responses/input_tokens", "responses.input_tokens"),
-        (r"responses/[^/]+/input_items", "responses.input_items"),
-        (r"responses/[^/]+/cancel", "responses.cancel"),
-        (r"responses/[^/]+", "responses.{verb}"),
-        (r"responses/.+", "responses.other"),
-        (r"chat/completions/[^/]+/messages", "chat.completions.messages"),
-        (r"chat/completions/[^/]+", "chat.completions.{verb}"),
-        (r"batches(/[^/]+(/cancel)?)?", "batches"),
-    )
+_ITEMS = _routes(
+    (r"responses/input_tokens", "responses.input_tokens"),
+    (r"responses/[^/]+/input_items", "responses.input_items"),
+    (r"responses/[^/]+/cancel", "responses.cancel"),
+    (r"responses/[^/]+", "responses.{verb}"),
+    (r"responses/.+", "responses.other"),
+    (r"chat/completions/[^/]+/messages", "chat.completions.messages"),
+    (r"chat/completions/[^/]+", "chat.completions.{verb}"),
+    (r"batches(/[^/]+(/cancel)?)?", "batches"),
 )
 _VERBS = {"GET": "retrieve", "DELETE": "delete", "POST": "update"}
 #: The housekeeping methods: their usage is never counted (a batch's once, when it completes;
@@ -162,6 +162,7 @@ class _Hub:
         self.inject_stream_usage = inject_stream_usage
         self._runs: OrderedDict[str, tuple[int, int]] = OrderedDict()
         self._providers: dict[tuple[str, str, int | None], str] = {}
+        self._limits_read: dict[tuple[str, str], float] = {}
         self._lock = threading.Lock()
 
     def provider_of(self, url: Any) -> str:
@@ -176,6 +177,18 @@ class _Hub:
             if len(self._providers) < 256:
                 self._providers[key] = found
         return found
+
+    def limits_due(self, workspace_id: str, provider: str) -> bool:
+        """True when a workspace's rate-limit headers from ``provider`` were last read a
+        second ago or more (:data:`_LIMITS_EVERY`): then they are read again."""
+        key, now = (workspace_id, provider), time.monotonic()
+        last = self._limits_read.get(key)
+        if last is not None and now - last < _LIMITS_EVERY:
+            return False
+        if len(self._limits_read) >= _RUN_MEMORY:
+            self._limits_read.clear()
+        self._limits_read[key] = now
+        return True
 
     def first_sight_of_terminal_run(self, run_id: str) -> bool:
         """True the first time a run is seen in a terminal state (its usage counts once)."""
@@ -1052,12 +1065,17 @@ _LIMIT_HEADERS = tuple(
 
 
 def _note_limits(call: _Call) -> None:
+    """Hand the provider's ``x-ratelimit-*`` headers to the manager: at most once a second
+    per workspace and provider (the status shows them; a second is fresh enough), and
+    always on a 429."""
     headers = call.headers
     if headers is None or (
         "x-ratelimit-remaining-requests" not in headers
         and "x-ratelimit-remaining-tokens" not in headers
     ):
         return  # the usual case for compatible servers: no scan of every header
+    if call.status != 429 and not call.hub.limits_due(call.workspace_id, call.provider):
+        return
     limits = {name: headers[name] for name in _LIMIT_HEADERS if name in headers}
     if limits:
         call.hub.manager.note_provider_limits(call.workspace_id, call.provider, limits)
