@@ -24,7 +24,7 @@ from ._core import Core, Plan, check_record
 from ._health import DEGRADED_SECONDS, Health
 from .alerts.engine import AlertEngine, StoreReader
 from .alerts.model import AlertSink, SinkLike
-from .errors import ConfigurationError, StorageError
+from .errors import ConfigurationError, QuotaExceededError, StorageError
 from .events import Events
 from .policy import Policies, QuotaPolicy
 from .pricing import PriceBook
@@ -33,7 +33,7 @@ from .status import history_months as _history_months
 from .storage import MemoryStore, Store, store_from_url
 from .storage.base import Breakdown, Reservation, UsageEntry, as_async, workspace_scope
 from .storage.sqlite import RepriceReport
-from .typing import AsyncSleeper, Clock, Drainer, Sleeper, TokenEstimator
+from .typing import AsyncSleeper, Clock, Decision, Drainer, Observer, Sleeper, TokenEstimator
 from .usage import Estimate, UsageRecord, estimate_tokens
 from .windows import month_key
 
@@ -118,6 +118,7 @@ class QuotaManager:
         """The alert engine: it evaluates only while a sink or a live listener wants alerts."""
         self._drainers: weakref.WeakSet[Drainer] = weakref.WeakSet()
         self._drainers.add(self.alerts)
+        self._observers: tuple[Observer, ...] = ()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **kwargs: Any) -> QuotaManager:
@@ -211,21 +212,26 @@ class QuotaManager:
         would be exceeded; :class:`StorageError` when the store fails and not ``fail_open``.
         ``wait=False`` treats ``wait`` limits as ``raise`` (for callers that must not block).
         """
-        plan = self.core.plan(workspace_id, estimate, scopes)
-        if plan is None:
-            return None
-        waited = 0.0
-        for _ in range(_MAX_WAIT_ROUNDS):
-            try:
-                result = self.store.reserve(*plan.reserve_args(self.clock()))
-            except Exception as exc:
-                self._store_failed(workspace_id, plan, exc)  # raises unless fail_open
+        try:
+            plan = self.core.plan(workspace_id, estimate, scopes)
+            if plan is None:
                 return None
-            outcome = self.core.outcome(result, plan, waited, wait)
-            if isinstance(outcome, Reservation):
-                return outcome
-            self.sleep(outcome)
-            waited += outcome
+            waited = 0.0
+            for _ in range(_MAX_WAIT_ROUNDS):
+                try:
+                    result = self.store.reserve(*plan.reserve_args(self.clock()))
+                except Exception as exc:
+                    self._store_failed(workspace_id, plan, exc)  # raises unless fail_open
+                    return None
+                outcome = self.core.outcome(result, plan, waited, wait)
+                if isinstance(outcome, Reservation):
+                    self._decided(workspace_id, estimate, outcome, waited)
+                    return outcome
+                self.sleep(outcome)
+                waited += outcome
+        except (QuotaExceededError, StorageError) as exc:
+            self._decided(workspace_id, estimate, exc)
+            raise
         raise RuntimeError(f"acquire for {workspace_id!r} did not settle in {_MAX_WAIT_ROUNDS} "
                            "waits")
 
@@ -233,23 +239,45 @@ class QuotaManager:
                        scopes: Mapping[str, str] | None = None,
                        wait: bool = True) -> Reservation | None:
         """Async :meth:`acquire`: waits with ``await``, never blocks the event loop."""
-        plan = self.core.plan(workspace_id, estimate, scopes)
-        if plan is None:
-            return None
-        waited = 0.0
-        for _ in range(_MAX_WAIT_ROUNDS):
-            try:
-                result = await self._astore.areserve(*plan.reserve_args(self.clock()))
-            except Exception as exc:
-                self._store_failed(workspace_id, plan, exc)  # raises unless fail_open
+        try:
+            plan = self.core.plan(workspace_id, estimate, scopes)
+            if plan is None:
                 return None
-            outcome = self.core.outcome(result, plan, waited, wait)
-            if isinstance(outcome, Reservation):
-                return outcome
-            await self.asleep(outcome)
-            waited += outcome
+            waited = 0.0
+            for _ in range(_MAX_WAIT_ROUNDS):
+                try:
+                    result = await self._astore.areserve(*plan.reserve_args(self.clock()))
+                except Exception as exc:
+                    self._store_failed(workspace_id, plan, exc)  # raises unless fail_open
+                    return None
+                outcome = self.core.outcome(result, plan, waited, wait)
+                if isinstance(outcome, Reservation):
+                    self._decided(workspace_id, estimate, outcome, waited)
+                    return outcome
+                await self.asleep(outcome)
+                waited += outcome
+        except (QuotaExceededError, StorageError) as exc:
+            self._decided(workspace_id, estimate, exc)
+            raise
         raise RuntimeError(f"acquire for {workspace_id!r} did not settle in {_MAX_WAIT_ROUNDS} "
                            "waits")
+
+    def _decided(self, workspace_id: str, estimate: Estimate,
+                 outcome: Reservation | BaseException, waited: float = 0.0) -> None:
+        """Tell the observers what ``acquire`` decided (a reservation, or the refusal)."""
+        if not self._observers:
+            return
+        decision: Decision
+        if isinstance(outcome, Reservation):
+            decision, limit, held = ("waited" if waited else "admitted"), None, outcome
+        else:
+            decision, held = "refused", None
+            limit = outcome.limit if isinstance(outcome, QuotaExceededError) else None
+        for observer in self._observers:
+            try:
+                observer.decided(workspace_id, estimate, decision, limit, held)
+            except Exception as exc:
+                self.note_tracking_failure("observer", exc, workspace_id)
 
     def release(self, reservation: Reservation | None) -> None:
         """Give a reservation back: the call was never made (it failed before the provider
@@ -294,11 +322,12 @@ class QuotaManager:
         """
         check_record(record, reservation)
         try:
-            self.store.commit(self.core.entry(record, reservation, self.clock()), reservation)
+            entry = self.core.entry(record, reservation, self.clock())
+            self.store.commit(entry, reservation)
         except Exception as exc:
             self.note_tracking_failure("record", exc, record.workspace_id)
             return
-        self._recorded(record)
+        self._recorded(entry, reservation)
 
     async def arecord(self, record: UsageRecord, reservation: Reservation | None = None) -> None:
         """Async :meth:`record`: never blocks the event loop, never raises on a failure
@@ -310,11 +339,29 @@ class QuotaManager:
         except Exception as exc:
             self.note_tracking_failure("record", exc, record.workspace_id)
             return
-        self._recorded(record)
+        self._recorded(entry, reservation)
 
-    def _recorded(self, record: UsageRecord) -> None:
-        self.alerts.notify(record.workspace_id, rate_limited=record.status_code == 429)
-        self.events.changed(record.workspace_id)
+    def _recorded(self, entry: UsageEntry, reservation: Reservation | None) -> None:
+        workspace_id = entry.record.workspace_id
+        self.alerts.notify(workspace_id, rate_limited=entry.record.status_code == 429)
+        self.events.changed(workspace_id)
+        for observer in self._observers:
+            try:
+                observer.recorded(entry, reservation)
+            except Exception as exc:
+                self.note_tracking_failure("observer", exc, workspace_id)
+
+    def add_observer(self, observer: Observer) -> None:
+        """Tell ``observer`` of every call recorded and every ``acquire`` decision from now
+        on (:class:`~quota_hooks.typing.Observer`; :func:`quota_hooks.otel.instrument` adds
+        one). Adding one twice is a :class:`ConfigurationError`."""
+        if observer in self._observers:
+            raise ConfigurationError(f"observer {observer!r} is already added")
+        self._observers += (observer,)
+
+    def remove_observer(self, observer: Observer) -> None:
+        """Stop telling ``observer``; one that was never added is ignored."""
+        self._observers = tuple(o for o in self._observers if o is not observer)
 
     def reprice(self, since: float, *, dry_run: bool = False) -> RepriceReport:
         """Price again, with today's price book, every record since ``since`` (epoch
