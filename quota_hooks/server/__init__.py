@@ -11,7 +11,9 @@ is a standalone app (what ``quota-hooks serve`` runs)::
 
 Routes: ``GET /api/quota/status/{workspace_id}`` (the seed JSON; ``?enhanced=true`` adds
 ``enhanced_tracking``), ``GET /api/quota/workspaces``, ``GET /api/quota/history/{workspace_id}
-?since=30d&by=day|model|method``, ``GET /healthz``, ``WS /api/quota/ws/{workspace_id}``, and
+?since=30d&by=day|model|method``, ``GET /healthz``, ``GET /metrics`` (the store in the
+Prometheus text format: the admin token or ``QUOTA_HOOKS_METRICS_TOKEN``; see
+:mod:`quota_hooks.server.metrics`), ``WS /api/quota/ws/{workspace_id}``, and
 the dashboard at ``GET /`` and ``GET /dashboard/{workspace_id}`` (its script and style sheet at
 ``GET /quota-hooks/static/dashboard.js`` and ``.css``).
 
@@ -25,5 +27,6 @@ redacted from uvicorn's log lines; WebSockets are capped per token and per works
 from __future__ import annotations
 
 from .app import ApiTokens, create_app, quota_router
+from .metrics import METRICS_TOKEN_ENV, PrometheusMetrics
 
-__all__ = ["ApiTokens", "create_app", "quota_router"]
+__all__ = ["METRICS_TOKEN_ENV", "ApiTokens", "PrometheusMetrics", "create_app", "quota_router"]

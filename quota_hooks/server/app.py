@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Annotated, Any, Literal
 
+import anyio.to_thread
+
 try:
     from fastapi import APIRouter, FastAPI, HTTPException, Query, Request, Response, WebSocket
     from fastapi.middleware.cors import CORSMiddleware
@@ -40,14 +42,18 @@ from .live import (
     serve_socket,
 )
 from .logs import install_token_redaction
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .metrics import METRICS_TOKEN_ENV, PrometheusMetrics
 
 __all__ = [
     "ASSETS_PATH",
     "FRAME_ANCESTORS_ENV",
+    "METRICS_TOKEN_ENV",
     "TOKENS_ENV",
     "WS_TOO_MANY",
     "WS_TOO_SLOW",
     "ApiTokens",
+    "PrometheusMetrics",
     "create_app",
     "quota_router",
 ]
@@ -205,6 +211,44 @@ def _check(
     return access
 
 
+def _metrics_token(value: str | None) -> str | None:
+    """The ``/metrics`` token: ``value``, else ``QUOTA_HOOKS_METRICS_TOKEN`` (None: only the
+    admin tokens, or loopback on a server without tokens). At least 8 printable ASCII
+    characters, like the API tokens."""
+    source = "metrics_token"
+    if value is None:
+        value = os.environ.get(METRICS_TOKEN_ENV, "").strip()
+        source = METRICS_TOKEN_ENV
+        if not value:
+            return None
+    if not isinstance(value, str) or len(value) < 8 or not value.isascii() \
+            or not value.isprintable() or " " in value:
+        raise ConfigurationError(
+            f"{source} must be at least 8 printable ASCII characters without spaces")
+    return value
+
+
+def _check_metrics(tokens: ApiTokens, metrics_token: str | None, request: Request,
+                   origins: frozenset[str]) -> None:
+    """``/metrics`` answers the metrics token, an admin token, or, on a server without any
+    token at all, a loopback request (as every route of such a server)."""
+    given = _bearer(request)
+    if metrics_token is not None and given is not None and hmac.compare_digest(
+            metrics_token.encode(), given.encode()):
+        return
+    if tokens.open and metrics_token is None:
+        _check(tokens, request, None, origins)
+        return
+    access = None if tokens.open else tokens.access(given)
+    if access is None:
+        raise HTTPException(
+            401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"}
+        )
+    if not access.admin:
+        raise HTTPException(
+            403, f"/metrics needs an admin token or the {METRICS_TOKEN_ENV} token")
+
+
 def _positive(name: str, value: object, *, integer: bool = False) -> None:
     """Raise :class:`ConfigurationError` unless ``value`` is a number (an int with
     ``integer``) above 0."""
@@ -231,6 +275,8 @@ def quota_router(
     max_connections_per_workspace: int = 32,
     send_timeout: float = 10.0,
     max_pending: int = 32,
+    metrics: bool | PrometheusMetrics = True,
+    metrics_token: str | None = None,
 ) -> APIRouter:
     """The API, WebSocket and (with ``dashboard``) the dashboard routes for ``manager``.
 
@@ -260,6 +306,11 @@ def quota_router(
             slower is closed with 4408.
         max_pending: alerts that may wait for one WebSocket (status updates never queue:
             the newest replaces the one not sent yet); past it the socket is closed with 4408.
+        metrics: serve ``GET /metrics`` (the store in the Prometheus text format, see
+            :mod:`quota_hooks.server.metrics`); a :class:`PrometheusMetrics` to set its label
+            limits; False for none.
+        metrics_token: a bearer token that may read ``/metrics`` only (None reads
+            ``QUOTA_HOOKS_METRICS_TOKEN``); admin tokens may read it too.
     """
     if isinstance(tokens, str):
         tokens = ApiTokens.parse(tokens, source="tokens")
@@ -273,6 +324,15 @@ def quota_router(
                         ("max_pending", max_pending)]:
         _positive(name, value, integer=True)
     auth: ApiTokens = tokens
+    scrape_token = _metrics_token(metrics_token)
+    if not isinstance(metrics, (bool, PrometheusMetrics)):
+        raise ConfigurationError(
+            f"metrics must be True, False or a PrometheusMetrics, got {metrics!r}")
+    exporter: PrometheusMetrics | None = None
+    if isinstance(metrics, PrometheusMetrics):
+        exporter = metrics
+    elif metrics:
+        exporter = PrometheusMetrics(manager)
     origins = frozenset(allowed_origins or ())
     headers = BrowserHeaders.build(parse_frame_ancestors(frame_ancestors))
     slots = ConnectionSlots(max_connections_per_token, max_connections_per_workspace)
@@ -328,6 +388,18 @@ def quota_router(
         except ValueError as exc:
             raise HTTPException(422, f"since: {exc}") from exc
         return result.model_dump(mode="json")
+
+    if exporter is not None:
+        scraped: PrometheusMetrics = exporter
+
+        @router.get("/metrics", include_in_schema=False)
+        async def prometheus_metrics(request: Request) -> Response:
+            """The store's usage in the Prometheus text format (every process's)."""
+            _check_metrics(auth, scrape_token, request, origins)
+            with _unavailable_on_store_errors():
+                body = await anyio.to_thread.run_sync(scraped.render)
+            return Response(body, media_type=METRICS_CONTENT_TYPE,
+                            headers={"Cache-Control": "no-store"})
 
     @router.websocket("/api/quota/ws/{workspace_id:path}")
     async def live(websocket: WebSocket, workspace_id: str) -> None:
@@ -396,6 +468,8 @@ def create_app(
     max_connections_per_workspace: int = 32,
     send_timeout: float = 10.0,
     max_pending: int = 32,
+    metrics: bool | PrometheusMetrics = True,
+    metrics_token: str | None = None,
 ) -> FastAPI:
     """A standalone app: :func:`quota_router` plus CORS, and the browser security headers on
     every response (404s and validation errors included).
@@ -408,8 +482,8 @@ def create_app(
         frame_ancestors: the sites that may frame the dashboard (None: from
             ``QUOTA_HOOKS_FRAME_ANCESTORS``; none by default); see :func:`quota_router`.
         max_updates_per_second, poll_interval, max_connections_per_token,
-        max_connections_per_workspace, send_timeout, max_pending: as for
-            :func:`quota_router`.
+        max_connections_per_workspace, send_timeout, max_pending, metrics, metrics_token: as
+            for :func:`quota_router`.
     """
     from ..compat import get_default_manager
 
@@ -423,7 +497,8 @@ def create_app(
         poll_interval=poll_interval, allowed_origins=cors_origins, frame_ancestors=ancestors,
         max_connections_per_token=max_connections_per_token,
         max_connections_per_workspace=max_connections_per_workspace,
-        send_timeout=send_timeout, max_pending=max_pending,
+        send_timeout=send_timeout, max_pending=max_pending, metrics=metrics,
+        metrics_token=metrics_token,
     ))
     if cors_origins:
         app.add_middleware(
