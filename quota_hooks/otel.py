@@ -183,10 +183,10 @@ class _Attrs:
     """The attribute dicts of one kind of call, built once."""
 
     key: _Key
-    base: dict[str, str]
-    duration: dict[str, str]
-    input: dict[str, str]
-    output: dict[str, str]
+    base: dict[str, str | int]
+    duration: dict[str, str | int]
+    input: dict[str, str | int]
+    output: dict[str, str | int]
 
 
 def _latest(environ: Mapping[str, str]) -> bool:
@@ -291,6 +291,7 @@ class Instrumentation:
         self._providers = BoundedLabels(_SMALL_LIMIT, "providers (gen_ai.provider.name)")
         self._errors = BoundedLabels(_SMALL_LIMIT, "error types (error.type)", other="_OTHER")
         self._tiers = BoundedLabels(_SMALL_LIMIT, "service tiers")
+        self._servers = BoundedLabels(_SMALL_LIMIT, "servers (server.address)")
         self._attrs: dict[_Key, _Attrs] = {}
         self._pending: deque[_Pending] = deque()
         self._flush_lock = threading.Lock()
@@ -449,7 +450,9 @@ class Instrumentation:
         tier = self._tiers(record.service_tier) if (
             record.service_tier and provider == "openai") else ""
         workspace = self._workspaces(record.workspace_id) if self.workspace_attribute else ""
-        key = (operation, provider, request_model, response_model, error, tier, workspace)
+        server = self._servers(record.server_address) if record.server_address else ""
+        key = (operation, provider, request_model, response_model, error, tier, workspace,
+               server)
         attrs = self._attrs.get(key) or self._attributes(key)
 
         if record.latency_ms is not None:
@@ -516,13 +519,21 @@ class Instrumentation:
 
     def _attributes(self, key: _Key) -> _Attrs:
         if len(self._attrs) >= _MAX_ATTRIBUTE_SETS:
-            key = (OTHER, OTHER, OTHER, "", "", "", OTHER if self.workspace_attribute else "")
+            key = (OTHER, OTHER, OTHER, "", "", "", OTHER if self.workspace_attribute else "",
+                   "")
             found = self._attrs.get(key)
             if found is not None:
                 return found
-        operation, provider, request_model, response_model, error, tier, workspace = key
-        base = {"gen_ai.operation.name": operation, "gen_ai.provider.name": provider,
-                "gen_ai.request.model": request_model}
+        operation, provider, request_model, response_model, error, tier, workspace, server = key
+        base: dict[str, str | int] = {
+            "gen_ai.operation.name": operation, "gen_ai.provider.name": provider,
+            "gen_ai.request.model": request_model}
+        if server:  # "host" or "host:port" (the port only when it is not the scheme's)
+            host, colon, port = server.rpartition(":")
+            if colon and port.isdigit() and (":" not in host or host.endswith("]")):
+                base["server.address"], base["server.port"] = host, int(port)
+            else:
+                base["server.address"] = server
         if response_model:
             base["gen_ai.response.model"] = response_model
         if tier:

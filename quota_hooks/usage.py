@@ -192,6 +192,9 @@ class UsageRecord:
     ``cost``."""
     #: Names of fields whose reported value was not trusted and was replaced (see module doc).
     invalid_fields: tuple[str, ...] = ()
+    server_address: str | None = None
+    """The host the call went to (``api.openai.com``, ``10.0.0.5:8000``: a port only when it
+    is not the scheme's), for OpenTelemetry's ``server.address``; never a path or a query."""
 
     @property
     def is_rate_limited(self) -> bool:
@@ -340,6 +343,12 @@ def _clean(d: Any, given: Mapping[str, Any]) -> None:
                 if clean_cost is None:
                     bad.append(name)
                 setattr(d, name, clean_cost)
+        elif name == "server_address":
+            if value is not None:
+                if type(value) is not str:
+                    raise ConfigurationError(f"UsageRecord.server_address must be a string or "
+                                             f"None, got {type(value).__name__}")
+                d.server_address = bounded(value)
         elif name == "audio_seconds":
             if not (type(value) is float and 0.0 <= value <= MAX_COUNT):
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and (

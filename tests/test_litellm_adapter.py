@@ -38,6 +38,18 @@ def rate_limit_error() -> Exception:
     return litellm.RateLimitError(message="slow down", llm_provider="openai", model="gpt-4o-mini")
 
 
+def test_the_server_address_is_the_api_base_host(manager: QuotaManager,
+                                                 logger: QuotaLogger) -> None:
+    with FakeOpenAI(FakeUsage(input_tokens=9, output_tokens=4)).serve() as base_url:
+        litellm.completion(model="openai/gpt-4o-mini", api_base=base_url, api_key="sk-test",
+                           messages=MSG)
+    assert manager.drain()
+    [record] = records(manager)
+    host_port = base_url.split("//", 1)[1].split("/", 1)[0]
+    assert record.server_address == host_port and host_port.startswith("127.0.0.1:")
+    assert (record.input_tokens, record.output_tokens) == (9, 4)
+
+
 def test_sync_completion(manager: QuotaManager, logger: QuotaLogger) -> None:
     response = litellm.completion(model="gpt-4o-mini", messages=MSG, mock_response="hi there",
                                   metadata={"workspace_id": "acme", "tags": ["team:ml", "x"]},

@@ -119,7 +119,7 @@ def test_openai_calls_give_the_exact_token_counts_and_attributes(
     assert response_model == "gpt-4o-mini-2024-07-18"
     chat = {"gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai",
             "gen_ai.request.model": "gpt-4o-mini", "gen_ai.response.model": response_model,
-            "openai.response.service_tier": "default"}
+            "openai.response.service_tier": "default", "server.address": "fake.test"}
     assert {**chat, "gen_ai.token.type": "input"} in seen.attributes("gen_ai.client.token.usage")
     tokens_in = seen.one("gen_ai.client.token.usage", gen_ai__operation__name="chat",
                          gen_ai__token__type="input")
@@ -148,6 +148,23 @@ def test_openai_calls_give_the_exact_token_counts_and_attributes(
     total = sum(p.value for _, p in seen.points["quota_hooks.cost"])
     assert nanos > 0 and total == pytest.approx(float(from_nanos(nanos)), abs=1e-15)
     assert seen.units["quota_hooks.cost"] == "USD"
+
+
+def test_server_address_and_port_come_from_the_request(
+    manager: QuotaManager, provider: MeterProvider, reader: InMemoryMetricReader
+) -> None:
+    instrument(manager, provider, environ={})
+    fake = FakeOpenAI(FakeUsage(input_tokens=7, output_tokens=3))
+    with fake.serve() as url:
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        client = track_openai(openai.OpenAI(api_key="sk-test", base_url=url, max_retries=0),
+                              workspace_id="ws", manager=manager)
+        client.chat.completions.create(model="gpt-4o-mini", messages=MSG)
+    assert stored(manager)[0].server_address == f"127.0.0.1:{port}"
+    point = Seen(reader).one("gen_ai.client.token.usage", gen_ai__token__type="input")
+    assert point.sum == 7
+    attributes = Seen(reader).attributes("gen_ai.client.operation.duration")[0]
+    assert (attributes["server.address"], attributes["server.port"]) == ("127.0.0.1", port)
 
 
 def test_a_failed_call_has_error_type_and_no_token_usage(

@@ -52,6 +52,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 try:
     import litellm
@@ -403,6 +404,7 @@ class QuotaLogger(CustomLogger):
             cost=cost,
             price_source="litellm" if cost is not None else None,
             reported_cost=litellm_cost,
+            server_address=_host(slo.get("api_base") or kwargs.get("api_base")),
             **fields,
         )
 
@@ -523,3 +525,19 @@ def _sync_backlog() -> int:
     if isinstance(cap, int) and isinstance(value, int):
         return cap - value
     return 0
+
+
+def _host(api_base: Any) -> str | None:
+    """The host (and a port that is not the scheme's) of litellm's ``api_base``, or None."""
+    if not isinstance(api_base, str) or "://" not in api_base:
+        return None
+    try:
+        parts = urlsplit(api_base)
+        port = parts.port
+    except ValueError:
+        return None
+    host = parts.hostname
+    if not host:
+        return None
+    default = {"http": 80, "https": 443}.get(parts.scheme)
+    return host if port is None or port == default else f"{host}:{port}"

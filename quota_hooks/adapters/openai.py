@@ -238,6 +238,7 @@ class _Call:
             self.attempt = 0
         url = request.url
         self.provider = hub.provider_of(url)
+        self.server = url.host if url.port is None else f"{url.host}:{url.port}"
         self.service_tier: str | None = None
         self.method = api_method_for(request.method, url.path)
         self.model: str | None = None
@@ -558,6 +559,7 @@ class _Call:
             stream=self.stream,
             attempt=self.attempt,
             service_tier=self.service_tier,
+            server_address=self.server,
             **fields,
         )
 
@@ -570,7 +572,7 @@ class _Call:
             source="openai", model=self.model or "unknown", api_method=self.method,
             status_code=self.status or None, success=not self.status or self.status < 400,
             timestamp=datetime.fromtimestamp(self.hub.manager.now(), UTC),
-            attempt=self.attempt, **fields,
+            attempt=self.attempt, server_address=self.server, **fields,
         )
 
     def _parse_json(self) -> None:
