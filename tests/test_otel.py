@@ -482,16 +482,3 @@ def test_a_full_queue_is_measured_in_the_background(
     seen = Seen(reader)
     assert seen.one("gen_ai.client.token.usage", gen_ai__token__type="input").count == 25
     otel.uninstrument()
-
-
-def test_the_readme_block_runs(manager: QuotaManager) -> None:
-    import re
-    from pathlib import Path
-
-    text = (Path(__file__).parent.parent / "README.md").read_text()
-    section = text[text.index("## Observability"):]
-    code = re.findall(r"```python\n(.*?)```", section, re.S)[0]
-    namespace: dict[str, Any] = {"manager": manager}
-    exec(code, namespace)
-    assert isinstance(namespace["otel"], Instrumentation)
-    namespace["otel"].uninstrument()
