@@ -24,6 +24,7 @@ from quota_hooks.server.background import BackgroundServer
 
 CHROMIUM = os.environ.get("QUOTA_HOOKS_TEST_CHROMIUM", "/usr/bin/chromium")
 TOKEN = "browser-token-1"
+ADMIN = "browser-admin-1"
 SCREENSHOTS = Path(os.environ.get("QUOTA_HOOKS_SCREENSHOTS", "")) if os.environ.get(
     "QUOTA_HOOKS_SCREENSHOTS") else None
 #: Headless, and nothing but 127.0.0.1: no update checks, sync, metrics or safe-browsing calls.
@@ -232,6 +233,75 @@ def test_too_many_dashboards_for_one_token_are_told_so(
         expect(second.get_by_test_id("connection")).to_contain_text(
             "too many open dashboards for this token")
         expect(first.get_by_test_id("connection")).to_have_text("live")
+        problems.assert_none()
+    finally:
+        server.stop()
+
+
+def test_the_dashboard_mounted_under_a_prefix_in_another_app(
+    manager: QuotaManager, browser: Any
+) -> None:
+    """``quota_router(..., dashboard=True)`` under ``/internal/quota`` in an app with its own
+    ``/`` and ``/healthz``: the picker, the live page (WebSocket, history chart) and a workspace
+    id with a ``/`` all work there, under the router's CSP, and the app's routes are its own."""
+    from fastapi import FastAPI
+    from playwright.sync_api import expect
+
+    from quota_hooks.server import quota_router
+
+    app = FastAPI()
+
+    @app.get("/")
+    async def home() -> dict[str, str]:
+        return {"app": "home"}
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"app": "healthy"}
+
+    app.include_router(quota_router(manager, tokens=f"acme:{TOKEN},*:{ADMIN}", dashboard=True,
+                                    max_updates_per_second=10, poll_interval=0.5),
+                       prefix="/internal/quota")
+    call(manager, 2)
+    manager.record(UsageRecord(workspace_id="team/b", model="gpt-4o", input_tokens=10,
+                               output_tokens=5))
+    server = BackgroundServer(app)
+    base = f"http://127.0.0.1:{server.port}"
+    problems = Problems()
+    try:
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        problems.watch(page)
+        for path, body in (("/", {"app": "home"}), ("/healthz", {"app": "healthy"})):
+            answer = page.request.get(base + path)
+            assert answer.status == 200 and answer.json() == body, path
+        assert page.request.get(base + "/api/quota/workspaces").status == 404
+
+        response = page.goto(f"{base}/internal/quota/#token={ADMIN}")
+        assert response is not None
+        policy = response.headers.get("content-security-policy", "")
+        assert "script-src 'self'" in policy and "trusted-types 'none'" in policy, policy
+        expect(page.locator("#workspaces a")).to_have_text(["acme", "team/b"])
+        page.locator("#workspaces a", has_text="acme").click()
+        page.wait_for_url(f"{base}/internal/quota/dashboard/acme#token={ADMIN}")
+        expect(page.get_by_test_id("connection")).to_have_text("live")
+        rpm = page.get_by_test_id("current-rpm")
+        expect(rpm).to_have_text("2")
+        expect(page.locator("#chart rect")).to_have_count(30)  # the history API, relative
+        call(manager, 3)
+        expect(rpm).to_have_text("5")  # the WebSocket, relative
+
+        page.goto(f"{base}/internal/quota/#token={ADMIN}")
+        page.locator("#workspaces a", has_text="team/b").click()
+        page.wait_for_url(f"{base}/internal/quota/dashboard/team%2Fb#token={ADMIN}")
+        expect(page.get_by_test_id("connection")).to_have_text("live")
+        expect(page.locator("#workspace")).to_have_text("team/b")
+        expect(rpm).to_have_text("1")
+        expect(page.locator("#chart rect")).to_have_count(30)
+        # The same page with a trailing slash: the files are two levels up, and still found.
+        page.goto(f"{base}/internal/quota/dashboard/acme/#token={TOKEN}")
+        expect(page.get_by_test_id("connection")).to_have_text("live")
+        expect(page.locator("#workspace")).to_have_text("acme")
+        expect(rpm).to_have_text("5")
         problems.assert_none()
     finally:
         server.stop()

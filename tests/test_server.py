@@ -316,13 +316,18 @@ def test_websocket_token_in_a_subprotocol(client: TestClient) -> None:
 
 
 def test_dashboard_pages_are_served(client: TestClient) -> None:
-    for path in ("/", "/dashboard/a"):
+    for path, root in (("/", "./"), ("/dashboard/a", "../"), ("/dashboard/a/", "../../"),
+                       ("/dashboard/team%2Fa", "../"), ("/dashboard/team/a", "../../")):
         page = client.get(path)
         assert page.status_code == 200
         assert "<title>quota-hooks</title>" in page.text
-        assert '<script src="/quota-hooks/static/dashboard.js"' in page.text  # not inline
+        # not inline, and relative: the page works under any prefix
+        assert f'<script src="{root}quota-hooks/static/dashboard.js"' in page.text, path
+        assert f'href="{root}quota-hooks/static/dashboard.css"' in page.text, path
+        assert "{{" not in page.text
     script = client.get("/quota-hooks/static/dashboard.js")
-    assert script.status_code == 200 and "/api/quota/ws/" in script.text
+    assert script.status_code == 200 and '"api/quota/ws/"' in script.text
+    assert "/api/quota" not in script.text  # no absolute path to the API
     assert client.get("/quota-hooks/static/dashboard.css").status_code == 200
     assert client.get("/quota-hooks/static/dashboard.html").status_code == 404
     assert client.get("/quota-hooks/static/..%2Fapp.py").status_code == 404

@@ -10,6 +10,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Annotated, Any, Literal
+from urllib.parse import unquote
 
 import anyio.to_thread
 
@@ -70,6 +71,8 @@ WS_UNAUTHORIZED, WS_FORBIDDEN = 4401, 4403
 ASSETS_PATH = "/quota-hooks/static"
 _ASSETS = {"dashboard.js": "text/javascript; charset=utf-8",
            "dashboard.css": "text/css; charset=utf-8"}
+#: Where dashboard.html says "the router's root" (replaced by a relative ./ or ../../).
+_ROOT_MARK = "{{root}}"
 _SUBPROTOCOL = "quota-hooks"
 _BEARER_PROTOCOL = "bearer."
 
@@ -92,7 +95,9 @@ class ApiTokens:
     From text (``QUOTA_HOOKS_API_TOKENS``): comma-separated ``workspace:token`` pairs, with
     ``*`` as the workspace of an admin token, e.g. ``*:s3cret,acme:tok-a,beta:tok-b``. A
     workspace may have several tokens, and a token several workspaces. Tokens are compared in
-    constant time. No tokens at all means an open server, which must listen on loopback only.
+    constant time. No tokens at all means an open API: :func:`create_app` (what ``quota-hooks
+    serve`` runs) then answers loopback requests only; a mounted :func:`quota_router` leaves
+    access to the app that mounts it.
     """
 
     tokens: Mapping[str, Access] = field(default_factory=dict)
@@ -164,18 +169,46 @@ def _hostname(authority: str) -> str:
     return authority.rpartition(":")[0] if authority.count(":") == 1 else authority
 
 
-def _open_server_allows(headers: Mapping[str, str], origins: frozenset[str]) -> bool:
-    """Without tokens, only pages of this server (or of ``origins``) on a loopback name may
-    read it: a ``Host`` that is not loopback is DNS rebinding, and a foreign ``Origin`` is
-    another site's page (browsers apply no CORS to WebSockets)."""
-    host = headers.get("host", "")
-    if _hostname(host) not in _LOOPBACK_NAMES:
-        return False
+def _same_site(headers: Mapping[str, str], origins: frozenset[str]) -> bool:
+    """No ``Origin`` (not a browser page), one of ``origins``, or a page of this very host."""
     origin = headers.get("origin")
     if origin is None or origin in origins:
         return True
     scheme, _, rest = origin.partition("://")
-    return rest.lower() == host.strip().lower() and scheme in ("http", "https")
+    return rest.lower() == headers.get("host", "").strip().lower() and scheme in ("http", "https")
+
+
+def _open_server_allows(headers: Mapping[str, str], origins: frozenset[str]) -> bool:
+    """Without tokens, only pages of this server (or of ``origins``) on a loopback name may
+    read it: a ``Host`` that is not loopback is DNS rebinding, and a foreign ``Origin`` is
+    another site's page (browsers apply no CORS to WebSockets)."""
+    if _hostname(headers.get("host", "")) not in _LOOPBACK_NAMES:
+        return False
+    return _same_site(headers, origins)
+
+
+def _relative_root(scope: Mapping[str, Any], tail: str) -> str:
+    """The relative URL (``./``, ``../``, ``../../``...) from a page of the router back to the
+    router's root, whatever prefix it is mounted under (and whatever a proxy strips).
+
+    ``tail`` is the part of the decoded path after the root (``""`` for the index page,
+    ``dashboard/<workspace id>`` for a workspace's page). The raw path is read from its end,
+    so that a workspace id with an encoded ``/`` (``team%2Fa``) counts as one segment, as the
+    browser sees it.
+    """
+    raw = scope.get("raw_path")
+    path = raw.decode("latin-1") if isinstance(raw, bytes) else str(scope.get("path", ""))
+    segments = path.split("/")
+    decoded: list[str] = []
+    length = -1
+    for segment in reversed(segments[1:]):
+        decoded.append(unquote(segment))
+        length += len(decoded[-1]) + 1
+        if length >= len(tail):
+            if length == len(tail) and "/".join(reversed(decoded)) == tail:
+                return "../" * (len(decoded) - 1) or "./"
+            break
+    return "../" * tail.count("/") or "./"  # not found: as many levels as the decoded path
 
 
 @contextlib.contextmanager
@@ -194,9 +227,10 @@ def _bearer(request: Request) -> str | None:
 
 
 def _check(
-    tokens: ApiTokens, request: Request, workspace_id: str | None, origins: frozenset[str]
+    tokens: ApiTokens, request: Request, workspace_id: str | None, origins: frozenset[str],
+    loopback_only: bool,
 ) -> Access:
-    if tokens.open and not _open_server_allows(request.headers, origins):
+    if tokens.open and loopback_only and not _open_server_allows(request.headers, origins):
         raise HTTPException(
             403, "this server has no API tokens: it answers its own pages on a loopback "
                  "address only (set QUOTA_HOOKS_API_TOKENS to serve others)"
@@ -229,15 +263,16 @@ def _metrics_token(value: str | None) -> str | None:
 
 
 def _check_metrics(tokens: ApiTokens, metrics_token: str | None, request: Request,
-                   origins: frozenset[str]) -> None:
+                   origins: frozenset[str], loopback_only: bool) -> None:
     """``/metrics`` answers the metrics token, an admin token, or, on a server without any
-    token at all, a loopback request (as every route of such a server)."""
+    token at all, what every route of such a server answers (with ``loopback_only``: a
+    loopback request)."""
     given = _bearer(request)
     if metrics_token is not None and given is not None and hmac.compare_digest(
             metrics_token.encode(), given.encode()):
         return
     if tokens.open and metrics_token is None:
-        _check(tokens, request, None, origins)
+        _check(tokens, request, None, origins, loopback_only)
         return
     access = None if tokens.open else tokens.access(given)
     if access is None:
@@ -268,17 +303,27 @@ def quota_router(
     tokens: ApiTokens | str | None = None,
     max_updates_per_second: float = 4.0,
     poll_interval: float = 2.0,
-    dashboard: bool = True,
+    dashboard: bool = False,
+    healthz: bool = False,
     allowed_origins: list[str] | None = None,
     frame_ancestors: str | Sequence[str] | None = None,
     max_connections_per_token: int = 32,
     max_connections_per_workspace: int = 32,
     send_timeout: float = 10.0,
     max_pending: int = 32,
-    metrics: bool | PrometheusMetrics = True,
+    metrics: bool | PrometheusMetrics = False,
     metrics_token: str | None = None,
+    loopback_only: bool = False,
 ) -> APIRouter:
-    """The API, WebSocket and (with ``dashboard``) the dashboard routes for ``manager``.
+    """The API routes for ``manager`` (``/api/quota/...``: status, workspaces, history and the
+    live WebSocket); the dashboard page, ``/healthz`` and ``/metrics`` when asked for.
+
+    Mount it under any prefix (``app.include_router(quota_router(m, dashboard=True),
+    prefix="/internal/quota")``): every path below is relative to that prefix, and the page
+    finds its script, style sheet and API relative to where it is served. Without tokens the
+    routes answer every request that reaches them (use ``include_router(...,
+    dependencies=[...])`` for your app's own auth), but a WebSocket from another site's page
+    (an ``Origin`` that is neither this host nor one of ``allowed_origins``) is refused.
 
     Every response of these routes carries ``X-Content-Type-Options: nosniff``,
     ``Referrer-Policy: no-referrer`` and a Content-Security-Policy (see
@@ -293,6 +338,7 @@ def quota_router(
             that other processes sharing the store record.
         dashboard: serve the dashboard page at ``/`` and ``/dashboard/{workspace_id}`` (and
             its script and style sheet under ``/quota-hooks/static/``).
+        healthz: serve ``GET /healthz`` (no token: whether the store can be read).
         allowed_origins: browser origins, besides the server's own pages, that may use a
             server without tokens (``create_app`` passes its ``cors_origins``).
         frame_ancestors: the sites that may frame the pages (CSP ``frame-ancestors``):
@@ -306,11 +352,15 @@ def quota_router(
             slower is closed with 4408.
         max_pending: alerts that may wait for one WebSocket (status updates never queue:
             the newest replaces the one not sent yet); past it the socket is closed with 4408.
-        metrics: serve ``GET /metrics`` (the store in the Prometheus text format, see
+        metrics: True to serve ``GET /metrics`` (the store in the Prometheus text format, see
             :mod:`quota_hooks.server.metrics`); a :class:`PrometheusMetrics` to set its label
-            limits; False for none.
+            limits; False (the default) for none.
         metrics_token: a bearer token that may read ``/metrics`` only (None reads
             ``QUOTA_HOOKS_METRICS_TOKEN``); admin tokens may read it too.
+        loopback_only: without tokens, answer only requests to a loopback host name
+            (``127.0.0.1``, ``localhost``, ``::1``) from this server's own pages or
+            ``allowed_origins``: the DNS-rebinding guard of a standalone server without tokens
+            (:func:`create_app` sets it). No effect when tokens are configured.
     """
     if isinstance(tokens, str):
         tokens = ApiTokens.parse(tokens, source="tokens")
@@ -324,6 +374,7 @@ def quota_router(
                         ("max_pending", max_pending)]:
         _positive(name, value, integer=True)
     auth: ApiTokens = tokens
+    guard = bool(loopback_only)
     scrape_token = _metrics_token(metrics_token)
     if not isinstance(metrics, (bool, PrometheusMetrics)):
         raise ConfigurationError(
@@ -341,23 +392,25 @@ def quota_router(
     install_token_redaction()
     router = APIRouter(route_class=secured_route_class(headers))
 
-    @router.get("/healthz")
-    async def healthz() -> Any:
-        """Liveness: the server answers and its store can be read."""
-        try:
-            await manager.aworkspaces()
-        except StorageError:  # the details (store address) are in the log, not here
-            logger.warning("quota-hooks: /healthz: the store cannot be read", exc_info=True)
-            return JSONResponse({"status": "degraded", "error": STORE_UNAVAILABLE},
-                                status_code=503)
-        return {"status": "ok", "tracking_errors": manager.tracking_errors}
+    if healthz:
+        @router.get("/healthz")
+        async def health() -> Any:
+            """Liveness: the server answers and its store can be read."""
+            try:
+                await manager.aworkspaces()
+            except StorageError:  # the details (store address) are in the log, not here
+                logger.warning("quota-hooks: /healthz: the store cannot be read",
+                               exc_info=True)
+                return JSONResponse({"status": "degraded", "error": STORE_UNAVAILABLE},
+                                    status_code=503)
+            return {"status": "ok", "tracking_errors": manager.tracking_errors}
 
     @router.get("/api/quota/status/{workspace_id:path}")
     async def status(
         workspace_id: str, request: Request, enhanced: bool = False
     ) -> dict[str, Any]:
         """The seed status JSON of one workspace (``?enhanced=true``: with the breakdowns)."""
-        _check(auth, request, workspace_id, origins)
+        _check(auth, request, workspace_id, origins, guard)
         with _unavailable_on_store_errors():
             report = await manager.astatus(workspace_id, enhanced=enhanced)
         return report.to_dict(enhanced=enhanced)
@@ -365,7 +418,7 @@ def quota_router(
     @router.get("/api/quota/workspaces")
     async def workspaces(request: Request) -> dict[str, list[str]]:
         """The workspaces with usage that this token may read."""
-        access = _check(auth, request, None, origins)
+        access = _check(auth, request, None, origins, guard)
         with _unavailable_on_store_errors():
             names = await manager.aworkspaces()
         return {"workspaces": [w for w in names if access.allows(w)]}
@@ -378,7 +431,7 @@ def quota_router(
         by: Literal["day", "model", "method", "api_method"] = "day",
     ) -> dict[str, Any]:
         """Usage over time, per day, model or API method."""
-        _check(auth, request, workspace_id, origins)
+        _check(auth, request, workspace_id, origins, guard)
         try:
             start = parse_since(since, manager.now())
             with _unavailable_on_store_errors():
@@ -395,7 +448,7 @@ def quota_router(
         @router.get("/metrics", include_in_schema=False)
         async def prometheus_metrics(request: Request) -> Response:
             """The store's usage in the Prometheus text format (every process's)."""
-            _check_metrics(auth, scrape_token, request, origins)
+            _check_metrics(auth, scrape_token, request, origins, guard)
             with _unavailable_on_store_errors():
                 body = await anyio.to_thread.run_sync(scraped.render)
             return Response(body, media_type=METRICS_CONTENT_TYPE,
@@ -409,7 +462,8 @@ def quota_router(
         token = websocket.query_params.get("token") or next(
             (p[len(_BEARER_PROTOCOL):] for p in offered if p.startswith(_BEARER_PROTOCOL)), None
         )
-        if auth.open and not _open_server_allows(websocket.headers, origins):
+        if auth.open and not (_open_server_allows(websocket.headers, origins) if guard
+                              else _same_site(websocket.headers, origins)):
             await websocket.close(WS_FORBIDDEN)  # another site's page: refuse the handshake
             return
         access = auth.access(token)
@@ -433,17 +487,21 @@ def quota_router(
 
     if dashboard:
         static = resources.files("quota_hooks.server").joinpath("static")
-        html = static.joinpath("dashboard.html").read_text(encoding="utf-8")
+        template = static.joinpath("dashboard.html").read_text(encoding="utf-8")
         assets = {name: static.joinpath(name).read_bytes() for name in _ASSETS}
 
+        def page(request: Request, tail: str) -> str:
+            # Only "./" or "../" repeated can go in: nothing of the request's own text.
+            return template.replace(_ROOT_MARK, _relative_root(request.scope, tail))
+
         @router.get("/", response_class=HTMLResponse, include_in_schema=False)
-        async def index() -> str:
-            return html
+        async def index(request: Request) -> str:
+            return page(request, "")
 
         @router.get("/dashboard/{workspace_id:path}", response_class=HTMLResponse,
                     include_in_schema=False)
-        async def dashboard_page(workspace_id: str) -> str:
-            return html
+        async def dashboard_page(workspace_id: str, request: Request) -> str:
+            return page(request, "dashboard/" + workspace_id)
 
         @router.get(ASSETS_PATH + "/{name}", include_in_schema=False)
         async def asset(name: str) -> Response:
@@ -471,8 +529,10 @@ def create_app(
     metrics: bool | PrometheusMetrics = True,
     metrics_token: str | None = None,
 ) -> FastAPI:
-    """A standalone app: :func:`quota_router` plus CORS, and the browser security headers on
-    every response (404s and validation errors included).
+    """A standalone app (what ``quota-hooks serve`` runs): :func:`quota_router` with every
+    route (the API, the dashboard at ``/``, ``/healthz`` and ``/metrics``), CORS, and the
+    browser security headers on every response (404s and validation errors included).
+    Without tokens it answers loopback requests only (``loopback_only``).
 
     Args:
         manager: the manager to serve (the process default when omitted).
@@ -494,11 +554,12 @@ def create_app(
     app = FastAPI(title="quota-hooks", summary="LLM usage, limits and alerts, live")
     app.include_router(quota_router(
         manager, tokens=tokens, max_updates_per_second=max_updates_per_second,
-        poll_interval=poll_interval, allowed_origins=cors_origins, frame_ancestors=ancestors,
+        poll_interval=poll_interval, dashboard=True, healthz=True,
+        allowed_origins=cors_origins, frame_ancestors=ancestors,
         max_connections_per_token=max_connections_per_token,
         max_connections_per_workspace=max_connections_per_workspace,
         send_timeout=send_timeout, max_pending=max_pending, metrics=metrics,
-        metrics_token=metrics_token,
+        metrics_token=metrics_token, loopback_only=True,
     ))
     if cors_origins:
         app.add_middleware(

@@ -9,7 +9,14 @@
   if (params.get("token")) sessionStorage.setItem("quota-hooks-token", params.get("token"));
   const token = sessionStorage.getItem("quota-hooks-token");
   const headers = token ? { Authorization: "Bearer " + token } : {};
-  const match = location.pathname.match(/\/dashboard\/(.+?)\/?$/);
+  // Every URL is relative to the router's root, wherever it is mounted: this script is served
+  // at <root>quota-hooks/static/dashboard.js, so the root is two levels up from it.
+  const root = new URL("../../", document.currentScript.src);
+  const at = (path) => new URL(path, root);
+  // The page is <root> (the workspace picker) or <root>dashboard/<workspace id>.
+  const rest = location.pathname.startsWith(root.pathname)
+    ? location.pathname.slice(root.pathname.length) : "";
+  const match = rest.match(/^dashboard\/(.+?)\/?$/);
   const workspace = match ? decodeURIComponent(match[1]) : null;
   const $ = (id) => document.getElementById(id);
   const num = (v) => Number(v).toLocaleString("en-US");
@@ -48,7 +55,7 @@
   }
 
   async function getJSON(path) {
-    const response = await fetch(path, { headers });
+    const response = await fetch(at(path), { headers });
     if (!response.ok) throw new Error(path + ": HTTP " + response.status);
     return response.json();
   }
@@ -142,7 +149,7 @@
 
   async function loadChart() {
     try {
-      renderChart(await getJSON(`/api/quota/history/${encodeURIComponent(workspace)}?since=29d&by=day`));
+      renderChart(await getJSON(`api/quota/history/${encodeURIComponent(workspace)}?since=29d&by=day`));
     } catch (error) { $("chart").replaceChildren(h("p", { class: "empty" }, error.message)); }
   }
 
@@ -184,8 +191,8 @@
   }
 
   function connect() {
-    const scheme = location.protocol === "https:" ? "wss://" : "ws://";
-    const url = scheme + location.host + "/api/quota/ws/" + encodeURIComponent(workspace);
+    const url = at("api/quota/ws/" + encodeURIComponent(workspace));
+    url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
     const socket = new WebSocket(url, token ? ["quota-hooks", "bearer." + token] : ["quota-hooks"]);
     socket.addEventListener("open", () => { retry = 500; setConnection(true, "live"); });
     socket.addEventListener("message", onMessage);
@@ -198,9 +205,9 @@
     for (const el of document.querySelectorAll("main > section:not(#picker)")) el.hidden = true;
     $("picker").hidden = false;
     try {
-      const { workspaces } = await getJSON("/api/quota/workspaces");
+      const { workspaces } = await getJSON("api/quota/workspaces");
       $("workspaces").replaceChildren(...(workspaces.length ? workspaces.map((w) =>
-        h("a", { href: `/dashboard/${encodeURIComponent(w)}${location.hash}` }, w))
+        h("a", { href: at(`dashboard/${encodeURIComponent(w)}`).href + location.hash }, w))
         : ["no usage recorded yet"]));
       $("workspaces").classList.toggle("empty", !workspaces.length);
       setConnection(true, "");
