@@ -14,7 +14,13 @@ $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
-demo: $(VENV)/.dev-installed
+# The demo needs only the demo extra (the three frameworks, langchain-openai, the server),
+# not the development tools; --no-compile: modules are compiled as the demo imports them.
+$(VENV)/.demo-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --no-compile -e '.[demo]'
+	touch $@
+
+demo: $(VENV)/.demo-installed
 	$(BIN)/quota-hooks demo
 
 test: $(VENV)/.dev-installed

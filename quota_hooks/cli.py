@@ -2,7 +2,7 @@
 ``reprice``.
 
 Exit codes: 0 done, 1 the store could not be read, 2 a bad flag or value (named in the
-message).
+message), 130 interrupted (Ctrl-C), 141 the reader of the output went away (``| head``).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC
 from typing import Any
 
+from . import __version__
 from .errors import ConfigurationError, StorageError
 from .pricing import PriceBook
 
@@ -56,19 +57,40 @@ def _manager(store_url: str | None, *, existing: bool = False) -> Any:
 
 
 # ---------------------------------------------------------------------- demo
-def _demo(args: argparse.Namespace) -> int:
-    from .demo import WORKSPACE, run_demo
-    from .storage import store_from_url
+def _store_url(store_url: str | None) -> tuple[str, str]:
+    """The store URL of a command and the flag or variable it came from."""
+    from .manager import STORE_ENV
 
+    if store_url:
+        return store_url, "--store"
+    env = os.environ.get(STORE_ENV, "").strip()
+    return (env, STORE_ENV) if env else (DEFAULT_STORE, "--store")
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import WORKSPACE, enhanced_json, fresh_store, run_demo
+
+    url, flag = _store_url(args.store)
     try:
-        store = store_from_url(args.store)
+        store, note = fresh_store(url)
     except ConfigurationError as exc:
-        raise _UsageError(f"--store: {exc}") from exc
+        raise _UsageError(f"{flag}: {exc}") from exc
+    # --json: stdout is the JSON alone; the traffic log goes to stderr.
+    out = sys.stderr if args.json else sys.stdout
+
+    def say(line: str) -> None:
+        print(line, file=out, flush=True)
+
     server = None
-    if args.serve:
-        server = _start_server(args.port)
-        print(f"dashboard: http://127.0.0.1:{server.port}/dashboard/{WORKSPACE}", flush=True)
-    view = _LiveView.start(WORKSPACE) if sys.stdout.isatty() and not args.plain else None
+    try:
+        if args.serve:
+            server = _start_server(args.port)
+            say(f"dashboard: http://127.0.0.1:{server.port}/dashboard/{WORKSPACE}")
+    except BaseException:
+        store.close()
+        raise
+    view = (_LiveView.start(WORKSPACE) if out.isatty() and not args.plain and not args.json
+            else None)
 
     def attach(manager: Any) -> None:
         if server is not None:
@@ -76,22 +98,42 @@ def _demo(args: argparse.Namespace) -> int:
         if view is not None:
             view.watch(manager)
 
+    (view.say if view is not None else say)(note)
     try:
-        manager = run_demo(
-            say=view.say if view is not None else print,
+        run = run_demo(
+            say=view.say if view is not None else say,
             store=store,
             pace=args.pace if args.pace is not None else (0.4 if args.serve else 0.0),
             on_manager=attach,
-            keep_open=server is not None,
+            keep_open=True,
+            summary=not args.json,
         )
     finally:
         if view is not None:
             view.stop()
-    if server is not None:
-        print(f"serving the dashboard until Ctrl-C (or {args.hold:g} s)", flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            time.sleep(args.hold)
-        server.stop()
+    manager = run.manager
+    try:
+        if args.json:
+            print(enhanced_json(manager))
+        else:
+            say("")
+            say("next:")
+            say("  quota-hooks demo --serve   # the same traffic, live on the dashboard "
+                f"(http://127.0.0.1:{args.port}/dashboard/{WORKSPACE})")
+            # report reads the same store by default unless --store chose another one.
+            where = ("" if flag != "--store" or url in (DEFAULT_STORE, "memory://")
+                     else f" --store {url}")
+            kept = ("   # the usage just recorded, by model (--by method, --since 1h)"
+                    if not url.startswith("memory://") else
+                    "   # (memory:// keeps nothing: run the demo without --store to report)")
+            say(f"  quota-hooks report{where}{kept}")
+        if server is not None:
+            say(f"serving the dashboard until Ctrl-C (or {args.hold:g} s)")
+            with contextlib.suppress(KeyboardInterrupt):
+                time.sleep(args.hold)
+    finally:
+        if server is not None:
+            server.stop()
         manager.close()
     return 0
 
@@ -99,13 +141,14 @@ def _demo(args: argparse.Namespace) -> int:
 class _LiveView:
     """The demo's live terminal view (rich): the workspace's gauges above the traffic log."""
 
-    def __init__(self, workspace: str) -> None:
+    def __init__(self, workspace: str, console: Any = None) -> None:
         from rich.console import Console
         from rich.live import Live
 
         self.workspace = workspace
         self.manager: Any = None
-        self.console = Console()
+        self.console = console if console is not None else Console(markup=False,
+                                                                   highlight=False)
         self.live = Live(self._render(), console=self.console, refresh_per_second=8)
 
     @classmethod
@@ -130,8 +173,9 @@ class _LiveView:
 
     def _render(self) -> Any:
         from rich.table import Table
+        from rich.text import Text
 
-        table = Table(title=f"workspace {self.workspace!r}", expand=False)
+        table = Table(title=Text(f"workspace {self.workspace!r}"), expand=False)
         for column in ("limit", "used", "of", "%"):
             table.add_column(column, justify="right" if column != "limit" else "left")
         if self.manager is None:
@@ -143,9 +187,11 @@ class _LiveView:
         for metric, usage in report.limits.items():
             style = ("red" if usage.percentage >= 95 else
                      "yellow" if usage.percentage >= 80 else "green")
-            table.add_row(metric, f"{usage.current}", "-" if usage.limit is None else
-                          f"{usage.limit}", f"[{style}]{usage.percentage:.1f}[/]")
-        table.caption = f"status: {report.status.value}"
+            # Text, never markup: nothing here is parsed for [tags], whatever the terminal.
+            table.add_row(Text(metric), Text(f"{usage.current}"),
+                          Text("-" if usage.limit is None else f"{usage.limit}"),
+                          Text(f"{usage.percentage:.1f}", style=style))
+        table.caption = Text(f"status: {report.status.value}")
         return table
 
 
@@ -241,7 +287,15 @@ def _serve(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     manager = _manager(args.store, existing=True)
     try:
+        known = manager.workspaces()
+        if args.workspace not in known:
+            # A typo, or a workspace that never made a call here: not "normal".
+            shown = ", ".join(repr(w) for w in known[:10]) + (" ..." if len(known) > 10 else "")
+            raise _UsageError(
+                f"workspace {args.workspace!r} has no usage in {manager.store!r} "
+                f"({'workspaces with usage: ' + shown if known else 'no workspace has usage'})")
         report = manager.status(args.workspace, enhanced=args.json)
+        why = [] if args.json else _explain(manager, args.workspace, report)
     finally:
         manager.close()
     if args.json:
@@ -252,7 +306,18 @@ def _status(args: argparse.Namespace) -> int:
     for metric, usage in report.limits.items():
         limit = "unlimited" if usage.limit is None else usage.limit
         print(f"  {metric:<20} {usage.current:>12} / {limit:<10} ({usage.percentage:.1f}%)")
+    for line in why:
+        print(f"  {line}")
     return 0
+
+
+def _explain(manager: Any, workspace: str, report: Any) -> list[str]:
+    from .demo import explain_status
+
+    try:
+        return explain_status(manager, workspace, report)
+    except StorageError:
+        return []
 
 
 # ---------------------------------------------------------------------- report
@@ -261,29 +326,123 @@ _COLUMNS = ("name", "requests", "errors", "tokens", "input_tokens", "output_toke
 _MONEY = ("cost_usd", "unpriced_charge_usd")
 
 
+def _fine(text: str, since: float, zone: str) -> bool:
+    """True when ``--since`` asks for a finer start than a whole day: hours or minutes, or a
+    time of day that is not midnight (in the policy's zone)."""
+    from datetime import datetime
+
+    from .windows import _zone
+
+    value = text.strip()
+    if value[-1:].lower() in ("h", "m") and value[:-1].isdigit():
+        return True
+    if value[-1:].lower() in ("d", "w") and value[:-1].isdigit():
+        return False  # whole days, counted back from today
+    local = datetime.fromtimestamp(since, _zone(zone))
+    return (local.hour, local.minute, local.second, local.microsecond) != (0, 0, 0, 0)
+
+
+def _records_since(path: Any, workspace: str | None,
+                   since: float) -> list[tuple[str, Any, int | None, int | None, str | None]]:
+    """Every record of a SQLite store's history since ``since``, with its workspace, what it
+    was charged and its day (read-only, through its own connection)."""
+    import sqlite3
+    from pathlib import Path
+    from urllib.parse import quote
+
+    from .storage._rows import decode
+
+    uri = f"file:{quote(str(Path(path).resolve()))}?mode=ro"
+    where = "s.scope = ?" if workspace is not None else (
+        "s.scope >= 'workspace:' AND s.scope < 'workspace;'")
+    params: tuple[Any, ...] = ((f"workspace:{workspace}", since) if workspace is not None
+                               else (since,))
+    try:
+        conn = sqlite3.connect(uri, uri=True, timeout=30)
+        try:
+            rows = conn.execute(
+                "SELECT s.scope, h.record, h.charge_nanos, h.unpriced_nanos, h.day "
+                f"FROM history_scopes s JOIN history h ON h.id = s.id WHERE {where} "
+                "AND h.at >= ? ORDER BY h.id", params).fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise StorageError(f"reading the history of {str(path)!r} failed: {exc}") from exc
+    return [(scope[len("workspace:"):], decode(text), charge, unpriced, day)
+            for scope, text, charge, unpriced, day in rows]
+
+
 def _report(args: argparse.Namespace) -> int:
-    from .windows import parse_since
+    from .pricing import to_nanos
+    from .status import iso
+    from .windows import day_key, parse_since
 
     manager = _manager(args.store, existing=True)
+    rows: dict[str, list[float]] = {}
+
+    def add(key: str, values: Sequence[float]) -> None:
+        row = rows.setdefault(key, [0, 0, 0, 0, 0, 0.0, 0, 0.0])
+        for i, value in enumerate(values):
+            row[i] += value
+
     try:
+        now = manager.now()
         try:
-            since = parse_since(args.since, manager.now())
+            since = parse_since(args.since, now)
         except ValueError as exc:
             raise _UsageError(f"--since: {exc}") from exc
-        if since > manager.now():
+        if since > now:
             raise _UsageError(f"--since: {args.since!r} is in the future")
-        workspaces = [args.workspace] if args.workspace else manager.workspaces()
-        by = {"method": "api_method", "workspace": "day"}.get(args.by, args.by)
-        rows: dict[str, list[float]] = {}
-        for workspace in workspaces:
-            history = manager.history(workspace, since=since, by=by)
-            for name, r in history.rows.items():
-                key = workspace if args.by == "workspace" else name
-                row = rows.setdefault(key, [0, 0, 0, 0, 0, 0.0, 0, 0.0])
-                for i, value in enumerate((r.request_count, r.error_count, r.tokens_used,
-                                           r.input_tokens, r.output_tokens, r.cost_usd or 0.0,
-                                           r.unpriced_count, r.unpriced_charge_usd)):
-                    row[i] += value
+        path = getattr(manager.store, "path", None)
+        if path is not None:
+            # The store keeps every record: any start, to the second.
+            header = f"usage since {args.since} ({iso(since)}, from each record), by {args.by}"
+            for workspace, record, charge, unpriced, day in _records_since(
+                    path, args.workspace, since):
+                if charge is None:  # written before charges were kept: its cost
+                    charge, unpriced = (0 if record.cost is None else to_nanos(record.cost)), 0
+                unpriced = unpriced or 0
+                if args.by == "workspace":
+                    key = workspace
+                elif args.by == "model":
+                    key = record.model
+                elif args.by == "method":
+                    key = record.api_method
+                else:  # the day it counted in (older rows: its own, in the policy's zone)
+                    key = day or day_key(
+                        record.timestamp.timestamp() if record.timestamp else since,
+                        manager.policies.for_workspace(workspace).timezone)
+                add(key, (1, 0 if record.success else 1, record.total_tokens,
+                          record.input_tokens, record.output_tokens,
+                          (charge - unpriced) / 1e9, int(record.cost is None), unpriced / 1e9))
+        else:
+            # Totals only: whole days (per day, per workspace) or whole budget months (per
+            # model or method). A finer start is refused rather than silently rounded.
+            zone = manager.policies.for_workspace(args.workspace or "").timezone
+            if _fine(args.since, since, zone):
+                raise _UsageError(
+                    f"--since {args.since}: {manager.store!r} keeps totals per day and per "
+                    "month, not each record, so it cannot start a report at an hour or "
+                    "minute; give whole days (--since 1d, --since 2026-12-01), or use a "
+                    "SQLite store, which keeps every record")
+            by = {"method": "api_method", "workspace": "day"}.get(args.by, args.by)
+            months: list[str] = []
+            for workspace in [args.workspace] if args.workspace else manager.workspaces():
+                history = manager.history(workspace, since=since, by=by)
+                months = history.months
+                for name, r in history.rows.items():
+                    add(workspace if args.by == "workspace" else name,
+                        (r.request_count, r.error_count, r.tokens_used, r.input_tokens,
+                         r.output_tokens, r.cost_usd or 0.0, r.unpriced_count,
+                         r.unpriced_charge_usd))
+            if by in ("day",):
+                header = (f"usage since {args.since} (whole days from {day_key(since, zone)}), "
+                          f"by {args.by}")
+            else:
+                span = f"{months[0]} to {months[-1]}" if len(months) > 1 else (
+                    months[0] if months else day_key(since, zone)[:7])
+                header = (f"usage since {args.since}, by {args.by}: whole months {span} (the "
+                          f"store keeps totals per {args.by} and month)")
     finally:
         manager.close()
     table = [
@@ -298,7 +457,7 @@ def _report(args: argparse.Namespace) -> int:
         writer.writeheader()
         writer.writerows(table)
     else:
-        print(f"usage since {args.since}, by {args.by}")
+        print(header)
         print(f"{args.by:<28}{'requests':>10}{'errors':>8}{'tokens':>12}{'cost':>14}"
               f"{'unpriced':>10}")
         for line in table:
@@ -456,6 +615,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``quota-hooks`` command."""
     parser = argparse.ArgumentParser(prog="quota-hooks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"quota-hooks {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     store_help = f"store URL (default: $QUOTA_HOOKS_STORE, else {DEFAULT_STORE})"
 
@@ -463,9 +623,13 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="drive real clients offline through the adapters and print the report"
     )
     demo.add_argument(
-        "--store", default=DEFAULT_STORE,
-        help=f"where usage lives (default: {DEFAULT_STORE}, kept across runs; memory://)",
+        "--store",
+        help=f"where the demo's usage goes (default: $QUOTA_HOOKS_STORE, else {DEFAULT_STORE}); "
+             "emptied at each run's start, refused if it holds any other workspace's usage",
     )
+    demo.add_argument("--json", action="store_true",
+                      help="print the seed's enhanced status JSON instead of the summary "
+                           "(the traffic log goes to stderr)")
     demo.add_argument("--serve", action="store_true",
                       help="open the live dashboard on 127.0.0.1 while the demo runs")
     demo.add_argument("--port", type=_port, default=8765, help="dashboard port (8765)")
@@ -490,7 +654,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = commands.add_parser("report", help="usage over time, as a table, CSV or JSON")
     report.add_argument("--since", default="30d",
-                        help="30d, 12h, 2w, 2026-01-05 or epoch seconds (30d)")
+                        help="30d, 12h, 90m, 2w, 2026-01-05, 2026-01-05T10:00Z or epoch seconds "
+                             "(30d); exact from each record with SQLite; with other stores "
+                             "whole days (--by day) or months, and no hours or minutes")
     report.add_argument("--by", choices=["model", "method", "workspace", "day"],
                         default="model")
     report.add_argument("--format", choices=["table", "csv", "json"], default="table")
@@ -523,16 +689,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``quota-hooks`` console script."""
-    args = build_parser().parse_args(argv)
-    run: Callable[[argparse.Namespace], int] = args.run
     try:
-        return run(args)
-    except _UsageError as exc:
-        print(f"quota-hooks {args.command}: {exc}", file=sys.stderr)
-        return 2
-    except StorageError as exc:
-        print(f"quota-hooks {args.command}: {exc}", file=sys.stderr)
-        return 1
+        args = build_parser().parse_args(argv)
+        run: Callable[[argparse.Namespace], int] = args.run
+        try:
+            return run(args)
+        except _UsageError as exc:
+            print(f"quota-hooks {args.command}: {exc}", file=sys.stderr)
+            return 2
+        except StorageError as exc:
+            print(f"quota-hooks {args.command}: {exc}", file=sys.stderr)
+            return 1
+    except KeyboardInterrupt:
+        # Ctrl-C: a line, not a traceback (what was recorded is written out at exit).
+        with contextlib.suppress(OSError, ValueError):
+            print("quota-hooks: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`quota-hooks prices | head -2`): stop quietly. Point stdout at
+        # /dev/null so that the interpreter's own flush at exit does not complain again.
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return 141  # as a process killed by SIGPIPE
 
 
 if __name__ == "__main__":

@@ -4,24 +4,31 @@ Drives the real OpenAI SDK (sync, async, streaming, retries after a 429) through
 ``track_openai``, real LiteLLM calls through ``QuotaLogger`` and a LangChain chain through
 ``QuotaCallbackHandler``, against
 :class:`~quota_hooks.testing.FakeOpenAI` (an in-process transport, or a loopback server for
-LiteLLM), then prints the status report and the seed's enhanced JSON.
+LiteLLM), then prints a summary: per model and method, the refusal, the alerts, and the status
+with its reason (``--json``: the seed's enhanced status JSON instead).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from decimal import Decimal
 
+from .alerts import Alert
+from .errors import ConfigurationError
 from .manager import QuotaManager
 from .policy import QuotaPolicy
+from .status import QuotaStatus, StatusReport
 from .storage import Store
 from .testing import CaptureSink, FakeOpenAI, FakeUsage
 
-__all__ = ["run_demo"]
+__all__ = ["DemoRun", "enhanced_json", "explain_status", "fresh_store", "run_demo",
+           "summary_lines"]
 
 WORKSPACE = "demo"
 SMALL = "demo-small-budget"
@@ -70,7 +77,8 @@ def _openai_traffic(manager: QuotaManager, fake: FakeOpenAI, say: Callable[[str]
     asyncio.run(run_async())
 
 
-def _refusal(manager: QuotaManager, fake: FakeOpenAI, say: Callable[[str], None]) -> None:
+def _refusal(manager: QuotaManager, fake: FakeOpenAI, say: Callable[[str], None]) -> int:
+    """Calls into the small budget until one is refused; returns how many were refused."""
     import httpx2
     from openai import OpenAI
 
@@ -91,9 +99,10 @@ def _refusal(manager: QuotaManager, fake: FakeOpenAI, say: Callable[[str], None]
             )
         except QuotaExceededError as exc:
             say(f"openai  sync   refused after {sent} calls, before sending: {exc}")
-            return
+            return 1
         sent += 1
     say(f"openai  sync   {sent} calls, none refused")
+    return 0
 
 
 def _litellm_traffic(
@@ -166,6 +175,69 @@ def _langchain_traffic(
     say("langchain stream chat            gpt-4o-mini   (recorded once, at its end)")
 
 
+# ---------------------------------------------------------------------- the demo's store
+DEMO_WORKSPACES = frozenset({WORKSPACE, SMALL})
+
+
+def fresh_store(url: str) -> tuple[Store, str]:
+    """The store of one demo run, empty, and a line saying how: each run starts from a fresh
+    store, so that every run tells the same story. A SQLite file or Redis prefix that holds
+    only the demo's own workspaces is emptied first; one that holds any other workspace's
+    usage is refused (ConfigurationError), never touched.
+
+    Raises:
+        ConfigurationError: ``url`` is not a store URL, or its store holds other usage.
+    """
+    from .storage import store_from_url
+
+    store = store_from_url(url)
+    if url.startswith("memory://"):
+        return store, f"store: {url} (fresh for this run, gone when it ends)"
+    try:
+        others = sorted(set(store.workspaces()) - DEMO_WORKSPACES)
+        existing = bool(store.workspaces())
+    except BaseException:
+        store.close()
+        raise
+    if others:
+        store.close()
+        shown = ", ".join(repr(w) for w in others[:3]) + (" ..." if len(others) > 3 else "")
+        raise ConfigurationError(
+            f"{url} holds usage of other workspaces ({shown}); the demo starts each run "
+            "from an empty store and never deletes anyone's usage: give it its own store "
+            "(--store sqlite:///quota-demo.db, or memory://)")
+    if not existing:
+        return store, f"store: {url} (fresh for this run; kept afterwards for quota-hooks report)"
+    path = getattr(store, "path", None)
+    clear = getattr(store, "clear", None)
+    if path is not None:
+        store.close()
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(f"{path}{suffix}")
+        store = store_from_url(url)
+    elif callable(clear):
+        clear()
+    else:
+        store.close()
+        raise ConfigurationError(
+            f"{url} already holds the demo's usage and {type(store).__name__} cannot be "
+            "emptied: give the demo a fresh store (memory://)")
+    return store, (f"store: {url} (fresh for this run: the previous demo run's usage there "
+                   "was removed; this one's is kept for quota-hooks report)")
+
+
+# ---------------------------------------------------------------------- the run
+@dataclass
+class DemoRun:
+    """What one demo run did: its manager (closed unless ``keep_open``), the alerts sent and
+    the calls refused."""
+
+    manager: QuotaManager
+    alerts: list[Alert] = field(default_factory=list)
+    refusals: int = 0
+
+
 def run_demo(
     say: Callable[[str], None] = print,
     store: Store | None = None,
@@ -173,20 +245,21 @@ def run_demo(
     pace: float = 0.0,
     on_manager: Callable[[QuotaManager], object] | None = None,
     keep_open: bool = False,
-) -> QuotaManager:
-    """Run the demo traffic and print the report and the alerts it raised; returns the manager
-    for inspection (closed, unless ``keep_open``). ``store`` defaults to memory;
-    ``quota-hooks demo`` uses SQLite. ``pace``: seconds to pause after each call, to watch
-    them arrive on the dashboard; ``on_manager`` is called with the manager before any call."""
-    alerts = CaptureSink()
+    summary: bool = True,
+) -> DemoRun:
+    """Run the demo traffic, then print the summary (unless not ``summary``); returns what it
+    did (its manager closed, unless ``keep_open``). ``store`` defaults to memory;
+    ``quota-hooks demo`` gives it a fresh SQLite store (:func:`fresh_store`). ``pace``: seconds
+    to pause after each call, to watch them arrive on the dashboard; ``on_manager`` is called
+    with the manager before any call."""
+    sink = CaptureSink()
     manager = QuotaManager(
         QuotaPolicy(rpm=60, tpm=20_000, monthly_budget_usd=Decimal("0.05")),
         policies={SMALL: QuotaPolicy(monthly_budget_usd=Decimal("0.01"))},
-        store=store, sinks=[alerts],
+        store=store, sinks=[sink],
     )
     if on_manager is not None:
         on_manager(manager)
-    say(f"store: {manager.store!r}")
 
     def step(line: str) -> None:
         say("  " + line)
@@ -195,25 +268,106 @@ def run_demo(
 
     fake = FakeOpenAI(FakeUsage(input_tokens=640, output_tokens=180, cached_tokens=512,
                                 reasoning_tokens=64))
-    say("traffic:")
+    say("traffic (offline: a fake OpenAI server in this process, no keys, no network):")
     _openai_traffic(manager, fake, step)
     _litellm_traffic(manager, fake, step)
     _langchain_traffic(manager, fake, step)
     say(f"enforcement (workspace {SMALL!r}, a $0.01 monthly budget):")
-    _refusal(manager, fake, step)
-
+    refusals = _refusal(manager, fake, step)
     manager.drain()
-    say("\nalerts:")
-    for alert in alerts.alerts:
-        say(f"  [{alert.kind.value}] {alert.message}")
-    report = manager.status(WORKSPACE)
-    say(f"\nworkspace {WORKSPACE!r}: status {report.status.value}, "
-        f"alert level {report.alert_level.value}")
-    for metric, usage in report.limits.items():
-        limit = "unlimited" if usage.limit is None else usage.limit
-        say(f"  {metric:<20} {usage.current:>10} / {limit:<8} ({usage.percentage:.2f}%)")
-    say("\nenhanced status JSON (manager.get_tracker('demo').get_enhanced_status_data()):")
-    say(json.dumps(manager.get_tracker(WORKSPACE).get_enhanced_status_data(recent=5), indent=2))
+    run = DemoRun(manager, list(sink.alerts), refusals)
+    if summary:
+        for line in summary_lines(run):
+            say(line)
     if not keep_open:
         manager.close()
-    return manager
+    return run
+
+
+def enhanced_json(manager: QuotaManager) -> str:
+    """The seed's enhanced status JSON of the demo workspace (``demo --json``)."""
+    return json.dumps(manager.get_tracker(WORKSPACE).get_enhanced_status_data(recent=5),
+                      indent=2)
+
+
+# ---------------------------------------------------------------------- the summary
+def _usd(value: float | None) -> str:
+    return "unpriced" if value is None else f"${value:.6f}"
+
+
+def summary_lines(run: DemoRun) -> list[str]:
+    """The demo's summary: per model and per method, the refusals, the alerts, and the
+    status of the demo workspace with the reason for it."""
+    manager = run.manager
+    report = manager.status(WORKSPACE)
+    tracking = report.enhanced_tracking
+    assert tracking is not None
+    lines = ["", f"summary of workspace {WORKSPACE!r}:",
+             f"  {'model':<22}{'calls':>7}{'errors':>8}{'tokens':>9}{'cost':>13}"]
+    calls = tokens = 0
+    cost = 0.0
+    for name, m in tracking.models_breakdown.items():
+        lines.append(f"  {name:<22}{m.request_count:>7}{m.error_count:>8}{m.tokens_used:>9}"
+                     f"{_usd(m.cost_usd):>13}")
+        calls, tokens, cost = (calls + m.request_count, tokens + m.tokens_used,
+                               cost + (m.cost_usd or 0.0))
+    lines.append(f"  {'total':<22}{calls:>7}{'':>8}{tokens:>9}{_usd(cost):>13}")
+    lines.append(f"  {'method':<22}{'calls':>7}{'errors':>8}{'tokens':>9}{'cost':>13}")
+    for name, u in tracking.api_methods_breakdown.items():
+        lines.append(f"  {name:<22}{u.request_count:>7}{u.error_count:>8}{u.tokens_used:>9}"
+                     f"{_usd(u.cost_usd):>13}")
+    small = manager.status(SMALL, enhanced=False).monthly_budget_usd
+    lines.append(f"refusals: {run.refusals} (workspace {SMALL!r}: ${small.current} of its "
+                 f"${small.limit} budget spent, then a call that would not fit was refused "
+                 "before it was sent)")
+    lines.append(f"alerts: {len(run.alerts)}")
+    for alert in run.alerts:
+        lines.append(f"  [{alert.kind.value}] {alert.message}")
+    lines.append(f"status of {WORKSPACE!r}: {report.status.value}, alert level "
+                 f"{report.alert_level.value}")
+    lines.extend("  " + why for why in explain_status(manager, WORKSPACE, report))
+    for metric, usage in report.limits.items():
+        limit = "unlimited" if usage.limit is None else usage.limit
+        lines.append(f"  {metric:<20} {usage.current:>10} / {limit:<8} "
+                     f"({usage.percentage:.2f}%)")
+    return lines
+
+
+def explain_status(manager: QuotaManager, workspace_id: str,
+                   report: StatusReport | None = None) -> list[str]:
+    """Why a workspace has its status and alert level, in a line each."""
+    from .storage.base import workspace_scope
+    from .windows import month_key
+
+    report = report or manager.status(workspace_id, enhanced=False)
+    now = manager.now()
+    policy = manager.policies.for_workspace(workspace_id)
+    counters = manager.store.counters(workspace_scope(workspace_id), now,
+                                      month_key(now, policy.timezone))
+    limited = {m: u for m, u in report.limits.items() if u.limit is not None}
+    top = max(limited.items(), key=lambda item: item[1].percentage, default=None)
+    warning, critical = report.thresholds["warning"], report.thresholds["critical"]
+    status = report.status
+    if status is QuotaStatus.QUOTA_EXCEEDED:
+        why = "the monthly budget is spent: calls are refused until the month turns"
+    elif status is QuotaStatus.RATE_LIMITED and counters.rate_limited_minute:
+        why = (f"a provider answered 429 (rate limited) to {counters.rate_limited_minute} "
+               "call(s) in the last minute; this clears once a minute passes without one")
+    elif status is QuotaStatus.RATE_LIMITED:
+        full = [m for m, u in limited.items() if m != "monthly_budget_usd"
+                and u.percentage >= 100]
+        why = f"the {', '.join(full) or 'rate'} limit is reached: calls wait or are refused"
+    elif status is QuotaStatus.DEGRADED:
+        why = ("tracking failed recently, or most calls of the last minute failed: the "
+               "numbers may be behind")
+    elif status is QuotaStatus.WARNING and top is not None:
+        why = f"{top[0]} is at {top[1].percentage:.1f}% of its limit (warning at {warning:g}%)"
+    else:
+        why = f"every limit is under the {warning:g}% warning threshold"
+    if top is None:
+        level = "alert level: no limit is set"
+    else:
+        level = (f"alert level {report.alert_level.value}: the most used limit is {top[0]} at "
+                 f"{top[1].percentage:.1f}% (warning at {warning:g}%, critical at "
+                 f"{critical:g}%)")
+    return [f"why: {why}", level]

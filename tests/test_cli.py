@@ -25,7 +25,8 @@ def demo(cwd: Path, *args: str) -> str:
 def test_demo_drives_real_clients_and_prints_the_report(tmp_path: Path) -> None:
     out = demo(tmp_path)  # the default store: sqlite:///quota.db in the working directory
     assert (tmp_path / "quota.db").exists()
-    assert "store: SQLiteStore('quota.db'" in out
+    assert out.splitlines()[0] == ("store: sqlite:///quota.db (fresh for this run; kept "
+                                   "afterwards for quota-hooks report)")
     assert "[rate_limited] Workspace 'demo' got a 429" in out
     # gpt-4o, 640 + 180 tokens = $0.00276 a call: the 4th no longer fits a $0.01 budget
     assert ("refused after 3 calls, before sending: workspace:demo-small-budget: the monthly "
@@ -33,13 +34,19 @@ def test_demo_drives_real_clients_and_prints_the_report(tmp_path: Path) -> None:
     assert "openai  sync   chat stream" in out
     assert "litellm async  acompletion" in out
     assert "langchain stream chat" in out
-    report = json.loads(out[out.index("{"):])
+    assert "status of 'demo': rate_limited, alert level none" in out
+    assert "why: a provider answered 429 (rate limited) to 2 call(s) in the last minute" in out
+    assert "{" not in out  # the summary, not the JSON dump
+    assert out.rstrip().splitlines()[-2].startswith("  quota-hooks demo --serve")
+    assert out.rstrip().splitlines()[-1].startswith("  quota-hooks report   #")
+    # --json: the enhanced status JSON alone on stdout (the traffic log on stderr)
+    report = json.loads(demo(tmp_path, "--json"))
     assert report["workspace_id"] == "demo"
     assert report["status"] == "rate_limited"  # the demo's 429
     # OpenAI: 8 calls reached the fake, 7 metered (models.list is exempt), 2 of them the 429
     # and its retry. LiteLLM: 2 calls to the loopback fake, one to Claude (mocked) and one
     # mocked 429. LangChain: a batch of two chains and one stream, counted once each (by the
-    # handler, not twice).
+    # handler, not twice). The store was emptied first: this run's calls only.
     assert report["requests_per_minute"]["current"] == 7 + 4 + 3
     models = report["enhanced_tracking"]["models_breakdown"]
     claude = models["claude-sonnet-4-5"]  # another provider, priced at its own rates
@@ -55,16 +62,11 @@ def test_demo_drives_real_clients_and_prints_the_report(tmp_path: Path) -> None:
         "unpriced_count": 0, "unpriced_charge_usd": 0.0,
     }
     assert methods["models"]["request_count"] == 1
-    # the SQLite store keeps usage across runs: a second run adds to the first
-    again = demo(tmp_path)
-    assert "refused after 0 calls" in again  # the budget stays spent
-    report = json.loads(again[again.index("{"):])
-    assert report["requests_per_minute"]["current"] == 2 * 14
 
 
 def test_demo_store_option(tmp_path: Path) -> None:
     out = demo(tmp_path, "--store", "memory://")
-    assert "store: MemoryStore" in out and not (tmp_path / "quota.db").exists()
+    assert out.startswith("store: memory:// (fresh") and not (tmp_path / "quota.db").exists()
     done = subprocess.run([sys.executable, "-m", "quota_hooks.cli", "demo", "--store", "x://"],
                           capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert done.returncode == 2 and "unknown scheme 'x'" in done.stderr
