@@ -244,24 +244,14 @@ def test_the_dashboard_mounted_under_a_prefix_in_another_app(
     """``quota_router(..., dashboard=True)`` under ``/internal/quota`` in an app with its own
     ``/`` and ``/healthz``: the picker, the live page (WebSocket, history chart) and a workspace
     id with a ``/`` all work there, under the router's CSP, and the app's routes are its own."""
-    from fastapi import FastAPI
     from playwright.sync_api import expect
+    from test_server_mounting import host_app
 
     from quota_hooks.server import quota_router
 
-    app = FastAPI()
-
-    @app.get("/")
-    async def home() -> dict[str, str]:
-        return {"app": "home"}
-
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"app": "healthy"}
-
-    app.include_router(quota_router(manager, tokens=f"acme:{TOKEN},*:{ADMIN}", dashboard=True,
-                                    max_updates_per_second=10, poll_interval=0.5),
-                       prefix="/internal/quota")
+    app = host_app(quota_router(manager, tokens=f"acme:{TOKEN},*:{ADMIN}", dashboard=True,
+                                max_updates_per_second=10, poll_interval=0.5),
+                   "/internal/quota")
     call(manager, 2)
     manager.record(UsageRecord(workspace_id="team/b", model="gpt-4o", input_tokens=10,
                                output_tokens=5))
