@@ -77,6 +77,14 @@ class _Totals:
         )
 
 
+def _names(table: dict[tuple[str, str, str], _Totals], month: str, by: str) -> int:
+    """How many names of kind ``by`` a scope keeps for ``month``: counted only for a table
+    that could hold the cap (it runs when a name is new, not per call)."""
+    if len(table) < MAX_BREAKDOWN_NAMES:
+        return len(table)
+    return sum(1 for key in table if key[1] == by and key[0] == month)
+
+
 class _Scope:
     __slots__ = ("breakdowns", "day", "minute", "months", "recent")
 
@@ -86,7 +94,9 @@ class _Scope:
         self.months: dict[str, list[int]] = {}
         """Per budget month: [cost charged, unpriced calls, unpriced charge] (nano-dollars)."""
         # Per month, per kind ("model", "api_method", "day"), per name.
-        self.breakdowns: dict[str, dict[str, dict[str, _Totals]]] = {}
+        # Every breakdown of every month in one dict, keyed (month, "model", name) ...: one
+        # dict, not one per month and kind (an idle workspace stays a few KB).
+        self.breakdowns: dict[tuple[str, str, str], _Totals] = {}
 
         # (record, cost, price source, when), oldest first: a list trimmed as it grows (a
         # deque costs 600 bytes even with one entry); priced copies are made when read.
@@ -168,18 +178,17 @@ class MemoryStore:
                 scope = self._scope(key)
                 scope.minute.add(minute_bucket, counts, now)
                 scope.day.add(day_bucket, day_counts, now)
-                by_kind = self._add_cost(scope, month, cost, int(entry.unpriced),
-                                         delta.unpriced_nanos)
-                if by_kind is not None:  # None: a month older than every month kept
+                if self._add_cost(scope, month, cost, int(entry.unpriced),
+                                  delta.unpriced_nanos):  # False: older than every month kept
+                    table = scope.breakdowns
                     for by, name in names:
-                        table = by_kind[by]
-                        totals = table.get(name)
+                        totals = table.get((month, by, name))
                         if totals is None:
-                            if by != "day" and len(table) >= MAX_BREAKDOWN_NAMES:
+                            if by != "day" and _names(table, month, by) >= MAX_BREAKDOWN_NAMES:
                                 name = OTHER  # a name too many: counted, not kept by name
-                                totals = table.get(name)
+                                totals = table.get((month, by, name))
                             if totals is None:
-                                totals = table[name] = _Totals()
+                                totals = table[(month, by, name)] = _Totals()
                         totals.add(record, delta, entry.unpriced)
                 recent = scope.recent
                 recent.append(kept)
@@ -256,8 +265,8 @@ class MemoryStore:
             state = self._scopes.get(scope)
             if state is None:
                 return {}
-            table = state.breakdowns.get(month, {}).get(by, {})
-            return {name: totals.freeze() for name, totals in table.items()}
+            return {key[2]: totals.freeze() for key, totals in state.breakdowns.items()
+                    if key[0] == month and key[1] == by}
 
 
     def recent(self, scope: str, n: int) -> list[UsageRecord]:
@@ -306,26 +315,24 @@ class MemoryStore:
 
     def _add_cost(
         self, scope: _Scope, month: str, nanos: int, unpriced: int = 0, unpriced_nanos: int = 0
-    ) -> dict[str, dict[str, _Totals]] | None:
-        """Add to the month's totals; its breakdown tables, or None for a month older than
-        every month kept (not kept either)."""
+    ) -> bool:
+        """Add to the month's totals; False for a month older than every month kept (not
+        kept either)."""
         months = scope.months
         totals = months.get(month)
         if totals is None:
             if len(months) >= self._months_kept:
                 oldest = min(months)
                 if month < oldest:
-                    return None
+                    return False
                 del months[oldest]
-                scope.breakdowns.pop(oldest, None)
+                for key in [k for k in scope.breakdowns if k[0] == oldest]:
+                    del scope.breakdowns[key]
             totals = months[month] = [0, 0, 0]
         totals[0] += nanos
         totals[1] += unpriced
         totals[2] += unpriced_nanos
-        tables = scope.breakdowns.get(month)
-        if tables is None:
-            tables = scope.breakdowns[month] = {"model": {}, "api_method": {}, "day": {}}
-        return tables
+        return True
 
     def _apply(self, reservation: Reservation, *, sign: int, now: float) -> None:
         delta = reservation.delta
