@@ -4,6 +4,8 @@ DNS rebinding between the guard's check and the connection."""
 
 from __future__ import annotations
 
+import os
+
 import httpx
 import pytest
 from webhook_harness import FakeDNS, Receiver, Recorder, alert
@@ -186,6 +188,8 @@ def loopback_pair() -> tuple[Receiver, Receiver]:
         try:
             public = Receiver(host="127.0.0.2")
         except OSError:
+            if os.environ.get("CI"):  # Linux CI always has it: never a silent skip there
+                raise
             pytest.skip("127.0.0.2 is not a loopback address here")
         try:
             return public, Receiver(host="127.0.0.1", port=public.port)
