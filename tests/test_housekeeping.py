@@ -103,6 +103,23 @@ def test_a_background_response_is_counted_at_its_estimate_then_topped_up() -> No
     assert cost == pytest.approx(float(exact), abs=1e-6)
 
 
+def test_a_cancelled_background_response_counts_its_usage_once() -> None:
+    states = iter(["queued", "cancelled", "cancelled"])
+
+    def route(line: str) -> dict[str, Any]:
+        state = next(states)
+        return a_response(state, USAGE if state == "cancelled" else None)
+
+    manager = QuotaManager(QuotaPolicy(monthly_budget_usd=1_000))
+    server, _ = serve(route)
+    with server as url:
+        client = tracked(url, manager)
+        client.responses.create(model="gpt-4o-mini", input="hi", background=True,
+                                max_output_tokens=500)
+        client.responses.cancel("resp_1")  # what it did before the cancel is billed
+    assert tokens(manager)[0] == 3_000  # never retrieved: the cancel's answer tops it up
+
+
 def test_a_stored_chat_completion_is_not_counted_again() -> None:
     completion = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1,
                   "model": "gpt-4o-mini", "choices": [{"index": 0, "finish_reason": "stop",
@@ -132,15 +149,16 @@ def test_a_stored_chat_completion_is_not_counted_again() -> None:
     assert after_create[0] == 3_000 and tokens(manager) == after_create
 
 
-def test_a_batch_is_counted_once_when_it_completes_at_the_batch_price() -> None:
-    states = iter(["validating", "in_progress", "completed", "completed", "completed"])
+@pytest.mark.parametrize("end", ["completed", "cancelled", "expired"])
+def test_a_batch_is_counted_once_when_it_ends_at_the_batch_price(end: str) -> None:
+    states = iter(["validating", "in_progress", end, end, end])
 
     def route(line: str) -> dict[str, Any]:
         state = next(states)
         batch = {"id": "batch_1", "object": "batch", "endpoint": "/v1/chat/completions",
                  "model": "gpt-4o", "input_file_id": "file-1", "completion_window": "24h",
                  "status": state, "created_at": 1}
-        if state == "completed":
+        if state == end:
             batch["usage"] = {"input_tokens": 2_000_000, "output_tokens": 500_000,
                               "total_tokens": 2_500_000,
                               "input_tokens_details": {"cached_tokens": 0},

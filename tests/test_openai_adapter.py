@@ -492,12 +492,11 @@ def test_client_close_is_forwarded(fake: FakeOpenAI, manager: QuotaManager) -> N
         ("/v1/chat/completions", "chat.completions"),
         ("/v1/completions", "completions"),
         ("/v1/responses", "responses"),
-        ("/v1/responses/resp_1/input_items", "responses.input_items"),
         ("/v1/responses/resp_1/cancel", "responses.cancel"),
-        ("/v1/responses/resp_1", "responses.update"),
+        ("/v1/responses/resp_1", "responses"),  # no such POST: counted, not housekeeping
+        ("/v1/responses/compact", "responses"),
         ("/v1/responses/input_tokens", "responses.input_tokens"),
         ("/v1/chat/completions/chatcmpl-1", "chat.completions.update"),
-        ("/v1/chat/completions/chatcmpl-1/messages", "chat.completions.messages"),
         ("/v1/images/edits", "images.edit"),
         ("/v1/images/variations", "images.variation"),
         ("/v1/batches", "batches"),
@@ -517,3 +516,23 @@ def test_client_close_is_forwarded(fake: FakeOpenAI, manager: QuotaManager) -> N
 )
 def test_api_method_for(path: str, method: str) -> None:
     assert api_method_for("POST", path) == method
+
+
+@pytest.mark.parametrize(("verb", "path", "method"), [
+    ("GET", "/v1/responses/resp_1", "responses.retrieve"),
+    ("DELETE", "/v1/responses/resp_1", "responses.delete"),
+    ("GET", "/v1/responses/resp_1/input_items", "responses.input_items"),
+    ("POST", "/v1/responses/resp_1/input_items", "responses"),
+    ("GET", "/v1/chat/completions/chatcmpl-1", "chat.completions.retrieve"),
+    ("GET", "/v1/chat/completions/chatcmpl-1/messages", "chat.completions.messages"),
+    ("DELETE", "/openai/deployments/d/chat/completions/c1?api-version=1",
+     "chat.completions.delete"),
+    ("GET", "/v1/batches/b1", "batches"),
+    ("POST", "/api/v1/chat/completions", "chat.completions"),  # OpenRouter
+    ("POST", "/v1/openai/chat/completions", "chat.completions"),  # DeepInfra
+    ("POST", "/v1beta/openai/chat/completions", "chat.completions"),  # Gemini
+    ("POST", "/api/v1/responses/compact", "responses"),
+    ("GET", "/v1/organization/usage/completions", "organization"),
+])
+def test_housekeeping_is_a_verb_and_a_path(verb: str, path: str, method: str) -> None:
+    assert api_method_for(verb, path) == method

@@ -256,7 +256,9 @@ def _transcription_server(body: bytes, content_type: str) -> RawServer:
     (b"hello\n", "text/plain", 25.0, True),
     # verbose_json: the duration the server measured.
     (b'{"text": "hello", "duration": 7.5, "language": "en"}', "application/json", 7.5, False),
-], ids=["json", "text", "verbose-json"])
+    # A duration of 0 for a 100 kB upload is no duration.
+    (b'{"text": "hello", "duration": 0, "language": "en"}', "application/json", 25.0, True),
+], ids=["json", "text", "verbose-json", "zero-duration"])
 def test_a_transcription_without_usage_is_never_free(body: bytes, content_type: str,
                                                      seconds: float, estimated: bool) -> None:
     manager = QuotaManager(QuotaPolicy(monthly_budget_usd=1, **NO_RATES))

@@ -72,6 +72,10 @@ _PARSE_LIMIT = 16 * 1024 * 1024  # bodies up to this size are parsed whole; larg
 _RUN_MEMORY = 10_000
 _LIMITS_EVERY = 1.0  # seconds between two reads of a workspace's x-ratelimit-* headers
 _TERMINAL_RUN_STATES = {"completed", "failed", "cancelled", "expired", "incomplete"}
+_TERMINAL_BATCH_STATES = {"completed", "failed", "cancelled", "expired"}
+#: Calls that hand back a stored response, finished or not: its usage counts once (a
+#: background response's, on top of its estimate), whichever of them sees it finished.
+_RESPONSE_READS = {"responses.retrieve", "responses.cancel"}
 
 ClientT = TypeVar("ClientT", bound="openai.OpenAI | openai.AsyncOpenAI")
 
@@ -101,40 +105,55 @@ _PREFIX = re.compile(r"^/*(?:openai/deployments/[^/]+/|openai/)?(?:v1/)?")
 
 
 #: Calls on a stored response or chat completion (``GET /responses/{id}``, ``DELETE``, its
-#: input items, a cancel, a token count): housekeeping, which uses no tokens. Only the
-#: ``POST`` of ``/responses`` and ``/chat/completions`` themselves generate.
-_ITEMS = _routes(
-    (r"responses/input_tokens", "responses.input_tokens"),
-    (r"responses/[^/]+/input_items", "responses.input_items"),
-    (r"responses/[^/]+/cancel", "responses.cancel"),
-    (r"responses/[^/]+", "responses.{verb}"),
-    (r"responses/.+", "responses.other"),
-    (r"chat/completions/[^/]+/messages", "chat.completions.messages"),
-    (r"chat/completions/[^/]+", "chat.completions.{verb}"),
-    (r"batches(/[^/]+(/cancel)?)?", "batches"),
+#: input items, a cancel, a token count) and on batches: housekeeping, which generates no
+#: tokens, for the verbs given (None: any). Anything else under ``/responses`` (a ``POST`` of a
+#: new endpoint) is the ``responses`` method itself: counted, never let through as housekeeping.
+_ITEMS: tuple[tuple[re.Pattern[str], str, frozenset[str] | None], ...] = tuple(
+    (re.compile(pattern), name, None if verbs is None else frozenset(verbs.split()))
+    for pattern, name, verbs in (
+        (r"responses/input_tokens", "responses.input_tokens", "POST"),
+        (r"responses/[^/]+/input_items", "responses.input_items", "GET"),
+        (r"responses/[^/]+/cancel", "responses.cancel", "POST"),
+        (r"responses/[^/]+", "responses.retrieve", "GET"),
+        (r"responses/[^/]+", "responses.delete", "DELETE"),
+        (r"chat/completions/[^/]+/messages", "chat.completions.messages", "GET"),
+        (r"chat/completions/[^/]+", "chat.completions.retrieve", "GET"),
+        (r"chat/completions/[^/]+", "chat.completions.update", "POST"),
+        (r"chat/completions/[^/]+", "chat.completions.delete", "DELETE"),
+        (r"batches(/[^/]+(/cancel)?)?", "batches", None),
+    )
 )
-_VERBS = {"GET": "retrieve", "DELETE": "delete", "POST": "update"}
 #: The housekeeping methods: their usage is never counted (a batch's once, when it completes;
 #: a response's once, see :meth:`_Call.record`).
-_HOUSEKEEPING = frozenset({
-    "responses.input_tokens", "responses.input_items", "responses.cancel", "responses.retrieve",
-    "responses.delete", "responses.update", "responses.other", "chat.completions.messages",
-    "chat.completions.retrieve", "chat.completions.delete", "chat.completions.update",
-    "batches"})
+_HOUSEKEEPING = frozenset(name for _, name, _ in _ITEMS)
 
 
 def api_method_for(method: str, path: str) -> str:
     """The API method of an OpenAI HTTP call, from its verb and path (``chat.completions``,
-    ``images.generate``, ``responses.retrieve`` ...). An unknown path gives its first
-    segment, never an error."""
+    ``images.generate``, ``responses.retrieve`` ...), under any base path (``/v1``, Azure's
+    deployments, OpenRouter's ``/api/v1``, Gemini's ``/v1beta/openai``): the first known route
+    at the end of the path wins. An unknown path gives its first segment, never an error."""
     rest = _PREFIX.sub("", path.split("?", 1)[0]).strip("/")
-    for pattern, name in _ITEMS:
-        if pattern.fullmatch(rest):
-            return name.format(verb=_VERBS.get(method.upper(), method.lower()))
-    for pattern, name in _ROUTES:
-        if pattern.fullmatch(rest):
-            return name
-    return rest.split("/", 1)[0] or "unknown"
+    verb = method.upper()
+    segments = [part for part in rest.split("/") if part]
+    # Generating calls are POSTs: only they look past a base path the prefix rule does not
+    # know (a GET of /organization/usage/completions is not a completion).
+    starts = min(len(segments), _MAX_PREFIX_SEGMENTS + 1) if verb == "POST" else 1
+    for start in range(starts):
+        tail = "/".join(segments[start:])
+        for pattern, name, verbs in _ITEMS:
+            if (verbs is None or verb in verbs) and pattern.fullmatch(tail):
+                return name
+        for pattern, name in _ROUTES:
+            if pattern.fullmatch(tail):
+                return name
+        if tail.startswith("responses/"):
+            return "responses"  # a generating endpoint we do not know yet: counted as one
+    return segments[0] if segments else "unknown"
+
+
+#: Path segments of a base URL that are skipped to find a route (``api/v1``, ``v1beta/openai``).
+_MAX_PREFIX_SEGMENTS = 4
 
 
 def _find_key(body: bytes, key: str) -> Any:
@@ -515,7 +534,7 @@ class _Call:
             usage = self.run[1]  # a run's tokens count once, however often it is polled
         success = 200 <= self.status < 400
         fields: dict[str, Any] = {}
-        if success and self.method == "responses.retrieve" and self.response is not None:
+        if success and self.method in _RESPONSE_READS and self.response is not None:
             fields = self._retrieved_response(usage)
         elif self.method in _HOUSEKEEPING and not (self.run and self.method == "batches"):
             pass  # no tokens: a stored object's own call counted them
@@ -605,7 +624,8 @@ class _Call:
             self.service_tier = tier  # the tier actually served is the one billed
         kind = data.get("object")
         if kind in ("thread.run", "batch"):
-            done = _TERMINAL_RUN_STATES if kind == "thread.run" else {"completed"}
+            # A cancelled or expired batch is billed for the requests it finished.
+            done = _TERMINAL_RUN_STATES if kind == "thread.run" else _TERMINAL_BATCH_STATES
             if data.get("status") in done and isinstance(data.get("usage"), dict):
                 self.run = (f"{kind}:{data.get('id')}", data["usage"])
             return
@@ -618,7 +638,7 @@ class _Call:
             self.error = data["error"]
         duration = data.get("duration")  # a transcription's verbose_json (OpenAI, Groq)
         if isinstance(duration, (int, float)) and not isinstance(duration, bool) and (
-                0 <= duration < 10**7):
+                0 < duration < 10**7):  # 0 s for an upload is no duration: estimated instead
             self.duration = float(duration)
 
     def _retrieved_response(self, usage: Mapping[str, Any] | None) -> dict[str, Any]:
