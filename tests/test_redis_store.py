@@ -80,12 +80,20 @@ def test_every_key_has_a_ttl(store: RedisStore) -> None:
     held = store.reserve(["workspace:ws", "team:ml"], one_request(5), rpm(10), T0, MONTH, 30)
     assert isinstance(held, Reservation)
     store.commit(entry(extra_scopes=("team:ml",)), held)
+    store.commit(entry(extra_scopes=("team:ml",)))
     store.claim("alert:ws:rpm:warning", T0, 60)
-    keys = list(store.client.scan_iter(match=r"\{" + store.prefix + r"\}:*"))
-    assert len(keys) > 10
-    assert all(store.client.ttl(key) > 0 for key in keys)
+    keys = sorted(store.client.scan_iter(match=store.prefix + ":*"))
+    # Per scope: its state, month and recent list (its set of pending expiries is gone once
+    # every reservation settled); the done-ids of the commits' window; the workspaces, the
+    # claim and the schema marker.
+    assert len(keys) == 2 * 3 + 1 + 3, keys
+    assert not any(key.endswith(b":x") for key in keys)
+    schema = f"{store.prefix}:schema".encode()
+    assert store.client.get(schema) == b"2" and store.client.ttl(schema) == -1
+    assert all(store.client.ttl(key) > 0 for key in keys if key != schema)
     # tenant ids are values, never key names
-    assert not any(b"ws" in key.split(b":", 2)[-1] for key in keys if b":s:" in key)
+    assert not any(b"ws" in key[len(store.prefix):] or b"ml" in key[len(store.prefix):]
+                   for key in keys)
 
 
 def test_server_time_ignores_client_clock_skew(url: str) -> None:

@@ -38,20 +38,22 @@ import asyncio
 import hashlib
 import logging
 import re
+import struct
 import threading
 import time
 import uuid
 import weakref
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar, cast
 from urllib.parse import unquote
 
 try:
     import redis
     import redis.asyncio as aredis
     from redis.backoff import NoBackoff
+    from redis.cluster import ClusterNode, RedisCluster
     from redis.retry import Retry
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("RedisStore needs redis-py: pip install 'quota-hooks[redis]'") from exc
@@ -59,6 +61,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from .._exit import close_at_exit
 from ..errors import ConfigurationError, StorageError
 from ..usage import UsageRecord
+from ._batch import GroupCommit
 from ._rows import decode, encode
 from .base import (
     MAX_BREAKDOWN_NAMES,
@@ -72,15 +75,48 @@ from .base import (
     UsageEntry,
 )
 
-__all__ = ["CONNECT_TIMEOUT", "DEFAULT_TIMEOUT", "POOL_TIMEOUT", "RedisStore"]
+__all__ = ["CONNECT_TIMEOUT", "DEFAULT_TIMEOUT", "POOL_TIMEOUT", "SCHEMA", "RedisStore"]
 
 logger = logging.getLogger("quota_hooks")
 
 _SCRIPTS = ("commit", "reserve", "release", "counters", "claim")
-_PARTS = ("m:tot", "m:b", "m:ids", "d:tot", "d:b", "d:ids", "months", "bd:model", "bd:method",
-          "recent", "pend", "pexp", "bd:day")
-_BREAKDOWN_KEY = {"model": 7, "api_method": 8, "day": 12}
-_AGGREGATE_FIELDS = 8
+#: The key layout this version reads and writes (``<prefix>:schema`` holds it).
+SCHEMA = "2"
+#: The field prefix of each breakdown in a month's hash.
+_BREAKDOWN_MARK = {"model": "m:", "api_method": "a:", "day": "d:"}
+#: How the scripts pack numbers (lua/lib.lua): window counts, a breakdown row, two times.
+_COUNTS = struct.Struct("<5q")
+_AGGREGATE = struct.Struct("<8q")
+_TIMES = struct.Struct("<2d")
+#: Seconds a commit's id is remembered (in a hash per window, the current and the one
+#: before are checked): a commit replayed within 150 s, and up to 300 s, after it ran is
+#: never counted twice.
+_DONE_WINDOW = 150
+_LONG_TTL = 400 * 86400
+#: Connection options a Cluster's async client takes from the sync one.
+_CLUSTER_OPTIONS = ("username", "password", "socket_timeout", "socket_connect_timeout",
+                    "ssl", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs")
+
+T = TypeVar("T")
+#: A store operation as a generator of calls (name, keys, args): see RedisStore._drive.
+_Plan = Generator[tuple[str, Sequence[str], Sequence[Any]], Any, T]
+
+
+def _command(client: Any, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    """A call that is not a script, on a sync client (its result) or an async one (an
+    awaitable)."""
+    if name == "register":
+        pipe = client.pipeline(transaction=False)
+        pipe.sadd(keys[0], *args)
+        pipe.expire(keys[0], _LONG_TTL)
+        return pipe.execute()
+    if name == "hgetall":
+        return client.hgetall(keys[0])
+    if name == "lrange":
+        return client.lrange(keys[0], *args)
+    if name == "smembers":
+        return client.smembers(keys[0])
+    raise ValueError(f"unknown Redis call {name!r}")  # pragma: no cover - a bug
 
 
 #: Seconds to connect, to wait for a reply, and to wait for a free pooled connection, unless
@@ -112,6 +148,31 @@ def _pool_options(max_connections: int, *, asyncio_: bool = False) -> dict[str, 
         # A dropped connection is tried once more; a timeout is not (it would double it).
         "retry": retry,
     }
+
+
+def _cluster_client(url: str, max_connections: int) -> RedisCluster:
+    """A ``RedisCluster`` on the nodes of a ``redis+cluster://a:1,b:2/?options`` URL."""
+    scheme, _, rest = url.partition("://")
+    plain = scheme.lower().removesuffix("+cluster")
+    userinfo, at, hosts = rest.rpartition("@")
+    hosts, slash, tail = hosts.partition("/")
+    query = tail.partition("?")[2] if slash else hosts.partition("?")[2]
+    hosts = hosts.partition("?")[0]
+    nodes = []
+    for item in hosts.split(","):
+        host, colon, port = item.strip().rpartition(":")
+        if not colon or not host or not port.isdigit():
+            raise ValueError(f"a Cluster node is host:port, got {item.strip()!r:.40}")
+        nodes.append(ClusterNode(host, int(port)))  # type: ignore[no-untyped-call]
+    # redis-py reads the options (and the credentials) of a URL: one of the first node's.
+    first = f"{plain}://{userinfo}{at}{nodes[0].host}:{nodes[0].port}"
+    options = _pool_options(max_connections)
+    options.pop("timeout")  # a Cluster's pools do not block
+    options["retry"] = Retry(NoBackoff(), 0)
+    client = RedisCluster.from_url(first + ("?" + query if query else ""),
+                                   startup_nodes=nodes, cluster_error_retry_attempts=1,
+                                   **options)
+    return client
 
 
 def _redacted(url: str) -> str:
@@ -203,7 +264,7 @@ class RedisStore:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: redis.Redis | RedisCluster,
         *,
         url: str | None = None,
         prefix: str = "quota-hooks",
@@ -226,9 +287,13 @@ class RedisStore:
         self.recent_capacity = recent_capacity
         self.use_server_time = use_server_time
         self.max_connections = max_connections
-        self._tag = "{" + prefix + "}"
+        self._cluster = isinstance(client, RedisCluster)
         self._sources = {name: _source(name) for name in _SCRIPTS}
         self._scripts = {name: client.register_script(src) for name, src in self._sources.items()}
+        self._batch: GroupCommit[tuple[str, Sequence[str], Sequence[Any]]] = GroupCommit(
+            self._send)
+        self._unregistered: set[str] = set()
+        self._schema_ok = False
         self._backlog: deque[tuple[UsageEntry, Reservation | None, str, float]] = deque()
         self._backlog_size = backlog_size
         self._backlog_lock = threading.Lock()
@@ -241,66 +306,182 @@ class RedisStore:
         self._async: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, tuple[aredis.Redis, dict[str, Any]]
         ] = weakref.WeakKeyDictionary()
+        try:  # a store of another layout is refused now, when Redis answers (else at first use)
+            self._check_schema()
+        except StorageError as exc:
+            raise ConfigurationError(str(exc)) from None
+        except redis.RedisError:
+            pass
 
     @classmethod
     def from_url(cls, url: str, *, max_connections: int = 50, **kwargs: Any) -> RedisStore:
         """A store on ``redis://host:port/db`` (``rediss://`` for TLS), with pools of at most
-        ``max_connections`` connections that make callers wait, briefly, rather than fail.
+        ``max_connections`` connections that make callers wait, briefly, rather than fail;
+        or on a Redis Cluster: ``redis+cluster://host:port[,host:port...]`` (``rediss+cluster``
+        for TLS), any of its nodes (the others are found from them).
 
         The URL's query sets redis-py's connection options, e.g.
         ``?socket_timeout=0.5&socket_connect_timeout=1&timeout=1``; unset, they are
         :data:`DEFAULT_TIMEOUT`, :data:`CONNECT_TIMEOUT` and :data:`POOL_TIMEOUT`.
         """
         try:
-            pool = redis.BlockingConnectionPool.from_url(url, **_pool_options(max_connections))
-            client = redis.Redis(connection_pool=pool)
+            client: redis.Redis | RedisCluster
+            if url.partition("://")[0].lower().endswith("+cluster"):
+                client = _cluster_client(url, max_connections)
+            else:
+                pool = redis.BlockingConnectionPool.from_url(url,
+                                                             **_pool_options(max_connections))
+                client = redis.Redis(connection_pool=pool)
         except (ValueError, TypeError) as exc:
             # redis-py's own text can quote part of the URL (a password with an unencoded
             # "#" is read as the port): only its fixed messages are shown.
             error = ConfigurationError(f"store URL {_redacted(url)!r}: {_url_error(exc)}")
             error.__suppress_context__ = True
             raise error from None
+        except redis.RedisError as exc:  # a Cluster's nodes are asked for its slots now
+            error = ConfigurationError(
+                f"store URL {_redacted(url)!r}: no node of the Redis Cluster answered "
+                f"({type(exc).__name__}: {_scrub(str(exc), _secrets(url, {}))})")
+            raise error from None
         return cls(client, url=url, max_connections=max_connections, **kwargs)
 
+    def _connection_kwargs(self) -> Mapping[str, Any]:
+        if self._cluster:
+            return cast(RedisCluster, self.client).nodes_manager.connection_kwargs
+        return cast(redis.Redis, self.client).connection_pool.connection_kwargs
+
     def __repr__(self) -> str:
-        kwargs = self.client.connection_pool.connection_kwargs
-        text = (f"RedisStore({kwargs.get('host', '?')}:{kwargs.get('port', '?')}/"
-                f"{kwargs.get('db', 0)}, prefix={self.prefix!r})")
+        if self._cluster:
+            nodes = ",".join(f"{n.host}:{n.port}"
+                             for n in cast(RedisCluster, self.client).startup_nodes)
+            text = f"RedisStore(cluster {nodes}, prefix={self.prefix!r})"
+        else:
+            kwargs = self._connection_kwargs()
+            text = (f"RedisStore({kwargs.get('host', '?')}:{kwargs.get('port', '?')}/"
+                    f"{kwargs.get('db', 0)}, prefix={self.prefix!r})")
         # In error messages and logs: a host read from a badly encoded password is not shown.
         return _scrub(text, self._secrets())
 
     # ------------------------------------------------------------------ keys
-    def _scope_keys(self, scope: str) -> list[str]:
+    def _base(self, scope: str) -> str:
+        """The start of every key of ``scope``: the prefix, then the scope's hash tag (the
+        first 24 hex digits of its SHA-256), which puts each scope in a slot of its own."""
         digest = hashlib.sha256(scope.encode("utf-8", "surrogatepass")).hexdigest()
-        base = f"{self._tag}:s:{digest}:"
-        return [base + part for part in _PARTS]
+        return f"{self.prefix}:{{{digest[:24]}}}:"
 
-    def _month_keys(self, scope: str, month: str) -> list[str]:
-        keys = self._scope_keys(scope)
-        for index in _BREAKDOWN_KEY.values():
-            keys[index] += ":" + month
-        return keys
+    def _scope_keys(self, scope: str, month: str, settled_month: str | None = None,
+                    ) -> list[str]:
+        """The 5 keys of ``scope`` the scripts take (lua/lib.lua): its state, pending
+        expiries, ``month``, recent list, and the month of the reservation it settles."""
+        base = self._base(scope)
+        return [base + "w", base + "x", f"{base}m:{month}", base + "r",
+                f"{base}m:{settled_month or month}"]
+
+    def _groups(self, scopes: Sequence[str]) -> list[list[int]]:
+        """The scopes one script may take at once, by index: on one Redis every scope of a
+        call (one atomic step); on a Cluster one scope a script (each in its own slot)."""
+        if not self._cluster:
+            return [list(range(len(scopes)))]
+        return [[i] for i in range(len(scopes))]
 
     @property
     def _workspaces_key(self) -> str:
-        return f"{self._tag}:workspaces"
+        return f"{self.prefix}:workspaces"
+
+    @property
+    def _schema_key(self) -> str:
+        return f"{self.prefix}:schema"
 
     def _claim_key(self, key: str) -> str:
-        return f"{self._tag}:claim:" + hashlib.sha256(key.encode("utf-8", "surrogatepass")
-                                                       ).hexdigest()
+        return f"{self.prefix}:claim:" + hashlib.sha256(key.encode("utf-8", "surrogatepass")
+                                                         ).hexdigest()
 
     def _now(self, now: float) -> tuple[str, str]:
         return repr(float(now)), "1" if self.use_server_time else "0"
 
-    # ------------------------------------------------------------------ script calls
+    # ------------------------------------------------------------------ calls
     def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """One call on the sync client: a script (concurrent ones share a round trip, see
+        :class:`~quota_hooks.storage._batch.GroupCommit`) or a plain read."""
         try:
-            result = self._scripts[name](keys=list(keys), args=list(args))
+            if not self._schema_ok:
+                self._check_schema()
+            if name in self._scripts:
+                result = self._batch((name, keys, args))
+            else:
+                result = _command(self.client, name, keys, args)
         except redis.RedisError as exc:
             self._failed(exc)
             raise self._error(name, exc) from self._cause(exc)
         self._unanswered_at = None
         return result
+
+    def _send(self, calls: Sequence[tuple[str, Sequence[str], Sequence[Any]]]) -> list[Any]:
+        """Send a batch of script calls: one alone as it is, more in one pipeline (a
+        Cluster's pipeline sends each node its part); a script a node has not seen yet is
+        loaded and its calls sent again."""
+        if len(calls) == 1:
+            name, keys, args = calls[0]
+            try:
+                return [self._scripts[name](keys=keys, args=args)]
+            except redis.ResponseError as exc:  # a script's error is its caller's alone
+                return [exc]
+        pipe = self.client.pipeline(transaction=False)
+        for name, keys, args in calls:
+            pipe.evalsha(self._scripts[name].sha, len(keys), *keys, *args)
+        outcomes = list(pipe.execute(raise_on_error=False))
+        for i, outcome in enumerate(outcomes):
+            if isinstance(outcome, redis.exceptions.NoScriptError):
+                name, keys, args = calls[i]
+                try:
+                    outcomes[i] = self._scripts[name](keys=keys, args=args)
+                except redis.ResponseError as exc:
+                    outcomes[i] = exc
+        return outcomes
+
+    def _check_schema(self) -> None:
+        """Refuse a store of another key layout (see :data:`SCHEMA`); mark a new one."""
+        value = self.client.get(self._schema_key)
+        legacy = 0 if value is not None else self.client.exists(self._legacy_key)
+        problem = self._schema_problem(value, legacy)
+        if problem is not None:
+            raise StorageError(problem)
+        if value is None:
+            self.client.set(self._schema_key, SCHEMA, nx=True)
+        self._schema_ok = True
+
+    async def _acheck_schema(self, client: Any) -> None:
+        value = await client.get(self._schema_key)
+        legacy = 0 if value is not None else await client.exists(self._legacy_key)
+        problem = self._schema_problem(value, legacy)
+        if problem is not None:
+            raise StorageError(problem)
+        if value is None:
+            await client.set(self._schema_key, SCHEMA, nx=True)
+        self._schema_ok = True
+
+    @property
+    def _legacy_key(self) -> str:
+        return f"{{{self.prefix}}}:workspaces"
+
+    def _schema_problem(self, value: bytes | str | None, legacy: int) -> str | None:
+        """What is wrong with the layout found under the prefix, or None."""
+        if value is None:
+            if not legacy:
+                return None
+            return (f"{self!r}: the prefix {self.prefix!r} holds a store of quota-hooks' first "
+                    f"key layout (keys '{{{self.prefix}}}:*', schema 1), which this version "
+                    f"does not read (schema {SCHEMA}: a hash tag per scope, so that a Redis "
+                    "Cluster spreads workspaces). Give this store another prefix "
+                    "(RedisStore(prefix=...) or ?prefix= in the URL), or delete the old keys "
+                    f"once their month is over (redis-cli --scan --pattern "
+                    f"'{{{self.prefix}}}:*' | xargs redis-cli del)")
+        if _text(value) != SCHEMA:
+            return (f"{self!r}: the prefix {self.prefix!r} holds a store of schema "
+                    f"{_text(value)!r} ({self._schema_key}); this version of quota-hooks "
+                    f"reads schema {SCHEMA} only: upgrade it, or give this store another "
+                    "prefix")
+        return None
 
     def _error(self, what: str, exc: BaseException) -> StorageError:
         """The :class:`StorageError` of a failed Redis call: redis-py's text, with every
@@ -325,7 +506,7 @@ class RedisStore:
             return None
 
     def _secrets(self) -> tuple[str, ...]:
-        return _secrets(self.url, self.client.connection_pool.connection_kwargs)
+        return _secrets(self.url, self._connection_kwargs())
 
     def _failed(self, exc: redis.RedisError) -> None:
         if isinstance(exc, redis.TimeoutError):  # a refused connection fails fast anyway
@@ -338,123 +519,208 @@ class RedisStore:
         since = self._unanswered_at
         return since is not None and time.monotonic() - since < _QUIET_AFTER_FAILURE
 
-    def _aclient(self) -> tuple[aredis.Redis, dict[str, Any]]:
+    def _aclient(self) -> tuple[Any, dict[str, Any]]:
         loop = asyncio.get_running_loop()
         found = self._async.get(loop)
         if found is None:
-            # A blocking pool: a burst of tasks waits for a connection instead of failing.
-            if self.url is not None:
-                pool = aredis.BlockingConnectionPool.from_url(
-                    self.url, **_pool_options(self.max_connections, asyncio_=True)
-                )
-            else:
-                kwargs = dict(self.client.connection_pool.connection_kwargs)
-                kwargs.pop("connection_class", None)
-                pool = aredis.BlockingConnectionPool(
-                    max_connections=self.max_connections, **kwargs
-                )
-            client = aredis.Redis(connection_pool=pool)
+            client = self._make_async_client()
             scripts = {name: client.register_script(src) for name, src in self._sources.items()}
             found = self._async[loop] = (client, scripts)
         return found
 
+    def _make_async_client(self) -> Any:
+        if self._cluster:
+            from redis.asyncio.cluster import ClusterNode as AsyncNode
+            from redis.asyncio.cluster import RedisCluster as AsyncCluster
+
+            cluster = cast(RedisCluster, self.client)
+            kwargs = {k: v for k, v in cluster.nodes_manager.connection_kwargs.items()
+                      if k in _CLUSTER_OPTIONS}
+            nodes = [AsyncNode(node.host, node.port) for node in cluster.startup_nodes]
+            return AsyncCluster(startup_nodes=nodes, max_connections=self.max_connections,
+                                **kwargs)
+        # A blocking pool: a burst of tasks waits for a connection instead of failing.
+        if self.url is not None:
+            pool = aredis.BlockingConnectionPool.from_url(
+                self.url, **_pool_options(self.max_connections, asyncio_=True)
+            )
+        else:
+            kwargs = dict(self._connection_kwargs())
+            kwargs.pop("connection_class", None)
+            pool = aredis.BlockingConnectionPool(max_connections=self.max_connections, **kwargs)
+        return aredis.Redis(connection_pool=pool)
+
     async def _arun(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        _, scripts = self._aclient()
+        client, scripts = self._aclient()
         try:
-            result = await scripts[name](keys=list(keys), args=list(args))
+            if not self._schema_ok:
+                await self._acheck_schema(client)
+            if name in scripts:
+                result = await scripts[name](keys=keys, args=args)
+            else:
+                result = await _command(client, name, keys, args)
         except redis.RedisError as exc:
             self._failed(exc)
             raise self._error(name, exc) from self._cause(exc)
         self._unanswered_at = None
         return result
 
-    # ------------------------------------------------------------------ arguments
-    def _commit_call(
+    # ------------------------------------------------------------------ plans
+    # An operation is a plan: a generator that yields the calls it needs, one at a time, and
+    # is sent each result (or thrown each StorageError). _drive runs a plan on the sync
+    # client and _adrive on the async one: both faces share every rule.
+
+    def _commit_plan(
         self, entry: UsageEntry, reservation: Reservation | None, commit_id: str,
         late: float = 0.0,
-    ) -> tuple[list[str], list[Any]]:
-        """The script's keys and arguments; ``late``: seconds since the commit was first
-        tried (a replay from the backlog)."""
+    ) -> _Plan[None]:
+        """``late``: seconds since the commit was first tried (a replay from the backlog)."""
         record, delta = entry.record, entry.delta
-        keys = [self._workspaces_key]
-        workspaces = []
-        for scope in entry.scopes:
-            keys += self._month_keys(scope, entry.month)
-            workspaces.append(scope[len("workspace:"):] if scope.startswith("workspace:") else "")
-        keys.append(f"{self._tag}:done:{commit_id}")
+        now = entry.now + late
+        window = int(now // _DONE_WINDOW)
         age = entry.now - entry.when + late  # how long ago the call was, at the server's now
         args = [
-            *self._now(entry.now + late), entry.month, reservation.id if reservation else "",
+            *self._now(now), entry.month, reservation.id if reservation else "",
             delta.requests, delta.tokens, delta.calls, delta.errors, delta.rate_limited,
             delta.cost_nanos, record.model, record.api_method, 0 if record.success else 1,
             record.total_tokens, record.input_tokens, record.output_tokens, int(entry.unpriced),
-            encode(entry), self.recent_capacity,
-            entry.day_name, delta.unpriced_nanos, repr(float(age)), MAX_BREAKDOWN_NAMES,
-            *workspaces,
+            encode(entry), self.recent_capacity, entry.day_name, delta.unpriced_nanos,
+            repr(float(age)), MAX_BREAKDOWN_NAMES, commit_id, "1" if late else "0", str(window),
         ]
-        return keys, args
+        settled = reservation.month if reservation is not None else None
+        scopes = entry.scopes
+        for group in self._groups(scopes):
+            keys: list[str] = []
+            for index in group:
+                keys += self._scope_keys(scopes[index], entry.month, settled)
+            base = self._base(scopes[group[0]])
+            keys += [f"{base}d:{window}", f"{base}d:{window - 1}"]
+            if int((yield "commit", keys, args)) == 2:
+                yield from self._register(scopes[group[0]])
+        yield from self._register_held()
 
-    def _reserve_call(
+    def _reserve_plan(
         self, scopes: Sequence[str], delta: UsageDelta, limits: Mapping[str, Limits],
         now: float, month: str, ttl: float, rid: str,
-    ) -> tuple[list[str], list[Any]]:
-        keys = [self._workspaces_key]
-        args: list[Any] = [*self._now(now), month, rid, delta.requests, delta.tokens,
-                           delta.cost_nanos, repr(float(ttl))]
-        for scope in scopes:
-            keys += self._month_keys(scope, month)
-            found = limits.get(scope)
-            ws = scope[len("workspace:"):] if scope.startswith("workspace:") else ""
-            if found is None:
-                args += [ws, 0, "", "", "", "", ""]
-            else:
-                args += [ws, 1, *("" if v is None else v for v in (
-                    found.rpm, found.tpm, found.rpd, found.tpd, found.budget_nanos))]
-        return keys, args
+    ) -> _Plan[Reservation | Denial]:
+        held: list[list[int]] = []
+        at = expires = now
+        for group in self._groups(scopes):
+            keys: list[str] = []
+            args: list[Any] = [*self._now(now), month, rid, delta.requests, delta.tokens,
+                               delta.cost_nanos, repr(float(ttl))]
+            for index in group:
+                keys += self._scope_keys(scopes[index], month)
+                found = limits.get(scopes[index])
+                if found is None:
+                    args += ["0", "", "", "", "", ""]
+                else:
+                    args += ["1", *("" if v is None else v for v in (
+                        found.rpm, found.tpm, found.rpd, found.tpd, found.budget_nanos))]
+            result = yield "reserve", keys, args
+            if int(result[0]) != 1:
+                _, which, limit, used, maximum, retry = (_text(v) for v in result)
+                # On a Cluster, the scopes held before this one give their hold back.
+                for earlier in held:
+                    yield from self._release_group(earlier, scopes, month, rid, now)
+                return Denial(scopes[group[int(which) - 1]], limit, int(used), int(maximum),
+                              float(retry) if retry else None)
+            if not held:
+                expires, at = _TIMES.unpack(result[1])
+            held.append(group)
+            if int(result[2]) == 1:
+                yield from self._register(scopes[group[0]])
+        return Reservation(id=rid, scopes=tuple(scopes), delta=delta, at=at, month=month,
+                           expires_at=expires)
 
-    @staticmethod
-    def _reservation(
-        result: Any, scopes: Sequence[str], delta: UsageDelta, month: str, rid: str,
-    ) -> Reservation | Denial:
-        if int(result[0]) == 1:
-            return Reservation(id=rid, scopes=tuple(scopes), delta=delta,
-                               at=float(_text(result[2])), month=month,
-                               expires_at=float(_text(result[1])))
-        _, index, limit, used, maximum, retry = (_text(v) for v in result)
-        return Denial(scopes[int(index) - 1], limit, int(used), int(maximum),
-                      float(retry) if retry else None)
-
-    def _release_keys(self, reservation: Reservation) -> list[str]:
+    def _release_group(self, group: Sequence[int], scopes: Sequence[str], month: str,
+                       rid: str, now: float) -> _Plan[bool]:
         keys: list[str] = []
-        for scope in reservation.scopes:
-            keys += self._month_keys(scope, reservation.month)
-        return keys
+        for index in group:
+            keys += self._scope_keys(scopes[index], month, month)
+        return bool((yield "release", keys, [*self._now(now), rid]))
+
+    def _release_plan(self, reservation: Reservation, now: float) -> _Plan[bool]:
+        found = False
+        for group in self._groups(reservation.scopes):
+            found |= yield from self._release_group(group, reservation.scopes,
+                                                    reservation.month, reservation.id, now)
+        return found
+
+    def _register(self, scope: str) -> _Plan[None]:
+        """Add a workspace to the set ``workspaces()`` reads (once a month per workspace,
+        when a script says it is new): a failure keeps it for the next call."""
+        if scope.startswith("workspace:"):
+            self._unregistered.add(scope[len("workspace:"):])
+        yield from self._register_held()
+
+    def _register_held(self) -> _Plan[None]:
+        if not self._unregistered:
+            return
+        names = list(self._unregistered)
+        try:
+            yield "register", [self._workspaces_key], names
+        except StorageError:
+            return
+        self._unregistered.difference_update(names)
+
+    def _drive(self, plan: _Plan[T]) -> T:
+        try:
+            step = next(plan)
+            while True:
+                try:
+                    result = self._run(*step)
+                except StorageError as exc:
+                    step = plan.throw(exc)
+                else:
+                    step = plan.send(result)
+        except StopIteration as stop:
+            return cast(T, stop.value)
+
+    async def _adrive(self, plan: _Plan[T]) -> T:
+        try:
+            step = next(plan)
+            while True:
+                try:
+                    result = await self._arun(*step)
+                except StorageError as exc:
+                    step = plan.throw(exc)
+                else:
+                    step = plan.send(result)
+        except StopIteration as stop:
+            return cast(T, stop.value)
 
     @staticmethod
     def _counters(values: Any) -> Counters:
-        m_r, m_t, m_c, m_e, m_l, d_r, d_t, nanos, u_calls, u_nanos = (
-            int(_text(v)) for v in values)
+        m_r, m_t, m_c, m_e, m_l = _COUNTS.unpack(values[0])
+        d_r, d_t, _, _, _ = _COUNTS.unpack(values[1])
+        nanos, u_calls, u_nanos = (int(_text(v)) for v in values[2:])
         return Counters(requests_minute=m_r, tokens_minute=m_t, requests_day=d_r,
                         tokens_day=d_t, cost_month_nanos=nanos, calls_minute=m_c,
                         errors_minute=m_e, rate_limited_minute=m_l,
                         unpriced_month_calls=u_calls, unpriced_month_nanos=u_nanos)
 
     @staticmethod
-    def _aggregates(raw: Mapping[Any, Any]) -> dict[str, Aggregate]:
-        table: dict[str, list[int]] = {}
+    def _aggregates(raw: Mapping[Any, Any], by: Breakdown) -> dict[str, Aggregate]:
+        """The ``by`` rows of a month's hash (``m:<model>``, ``a:<method>``, ``d:<day>``,
+        each packed: requests, errors, tokens, input, output, cost, unpriced, unpriced_nanos,
+        little-endian 64-bit)."""
+        mark = _BREAKDOWN_MARK[by]
+        table: dict[str, Aggregate] = {}
         for field, value in raw.items():
-            index, _, name = _text(field).partition(":")
-            table.setdefault(name, [0] * _AGGREGATE_FIELDS)[int(index)] = int(_text(value))
-        return {name: Aggregate(*values) for name, values in table.items()}
+            name = _name(field)
+            if name.startswith(mark):
+                table[name[len(mark):]] = Aggregate(*_AGGREGATE.unpack(value))
+        return table
 
     # ------------------------------------------------------------------ Store: sync
     def commit(self, entry: UsageEntry, reservation: Reservation | None = None) -> None:
-        commit_id = uuid.uuid4().hex
+        commit_id = uuid.uuid4().hex[:20]
         if self._unanswered():
             self._keep(entry, reservation, commit_id)
             return
         try:
-            self._run("commit", *self._commit_call(entry, reservation, commit_id))
+            self._drive(self._commit_plan(entry, reservation, commit_id))
         except StorageError as exc:
             if not isinstance(exc.__cause__, (redis.ConnectionError, redis.TimeoutError)):
                 raise
@@ -482,7 +748,7 @@ class RedisStore:
         with self._backlog_lock:
             return [self._backlog.popleft() for _ in range(min(limit, len(self._backlog)))]
 
-    def _replay(self) -> None:
+    def _replay_plan(self) -> _Plan[None]:
         """Replay held commits (a hundred per successful call) now that Redis answers, and
         give back the holds of reserves that timed out."""
         while self._orphans:
@@ -490,21 +756,23 @@ class RedisStore:
                 if not self._orphans:
                     break
                 orphan, since = self._orphans.popleft()
-            now = orphan.at + (time.monotonic() - since)
             try:
-                self._run("release", self._release_keys(orphan), [*self._now(now), orphan.id])
+                yield from self._release_plan(orphan, orphan.at + (time.monotonic() - since))
             except StorageError:
                 with self._backlog_lock:
                     self._orphans.appendleft((orphan, since))
                 return
         for entry, reservation, commit_id, since in self._take_backlog():
-            late = time.monotonic() - since
+            late = max(time.monotonic() - since, 1e-6)
             try:
-                self._run("commit", *self._commit_call(entry, reservation, commit_id, late))
+                yield from self._commit_plan(entry, reservation, commit_id, late)
             except StorageError:
                 with self._backlog_lock:
                     self._backlog.appendleft((entry, reservation, commit_id, since))
                 return
+
+    def _replay(self) -> None:
+        self._drive(self._replay_plan())
 
     def health(self) -> str | None:
         """None while every commit reaches Redis; else how many wait in the backlog or were
@@ -524,16 +792,16 @@ class RedisStore:
         month: str,
         ttl: float,
     ) -> Reservation | Denial:
-        rid = uuid.uuid4().hex
+        rid = uuid.uuid4().hex[:20]
         try:
-            result = self._run("reserve", *self._reserve_call(scopes, delta, limits, now,
-                                                              month, ttl, rid))
+            result = self._drive(self._reserve_plan(scopes, delta, limits, now, month, ttl,
+                                                    rid))
         except StorageError as exc:
             self._orphaned(exc, rid, scopes, month, now)
             raise
         if self._backlog or self._orphans:
             self._replay()
-        return self._reservation(result, scopes, delta, month, rid)
+        return result
 
     def _orphaned(self, exc: StorageError, rid: str, scopes: Sequence[str], month: str,
                   now: float) -> None:
@@ -547,46 +815,36 @@ class RedisStore:
                                                       month, now), time.monotonic()))
 
     def release(self, reservation: Reservation, now: float) -> bool:
-        keys = self._release_keys(reservation)
-        return bool(self._run("release", keys, [*self._now(now), reservation.id]))
+        return self._drive(self._release_plan(reservation, now))
 
     def claim(self, key: str, now: float, ttl: float) -> bool:
         return bool(self._run("claim", [self._claim_key(key)], [*self._now(now), repr(ttl)]))
 
     def counters(self, scope: str, now: float, month: str) -> Counters:
-        keys = self._month_keys(scope, month)
-        return self._counters(self._run("counters", keys, [*self._now(now), month]))
+        keys = self._scope_keys(scope, month)
+        return self._counters(self._run("counters", keys, self._now(now)))
 
     def breakdown(self, scope: str, month: str, by: Breakdown) -> dict[str, Aggregate]:
-        key = self._month_keys(scope, month)[_BREAKDOWN_KEY[by]]
-        try:
-            raw = self.client.hgetall(key)
-        except redis.RedisError as exc:
-            raise self._error("breakdown", exc) from self._cause(exc)
-        return self._aggregates(raw)
+        return self._aggregates(self._run("hgetall", [self._scope_keys(scope, month)[2]], ()),
+                                by)
 
     def recent(self, scope: str, n: int) -> list[UsageRecord]:
+        n = min(n, self.recent_capacity)
         if n <= 0:
             return []
-        try:
-            rows = self.client.lrange(self._scope_keys(scope)[9], 0, n - 1)
-        except redis.RedisError as exc:
-            raise self._error("recent", exc) from self._cause(exc)
+        rows = self._run("lrange", [self._base(scope) + "r"], (0, n - 1))
         return [decode(row) for row in rows]
 
     def workspaces(self) -> list[str]:
-        try:
-            members = self.client.smembers(self._workspaces_key)
-        except redis.RedisError as exc:
-            raise self._error("workspaces", exc) from self._cause(exc)
-        return sorted(_name(m) for m in members)
+        return sorted(_name(m) for m in self._run("smembers", [self._workspaces_key], ()))
 
     def clear(self) -> int:
         """Delete every key of this store's prefix (for tests); returns how many."""
         removed = 0
-        for key in self.client.scan_iter(match=f"{self._tag}:*".replace("{", "\\{")
-                                         .replace("}", "\\}"), count=1000):
+        pattern = re.sub(r"([*?\[\]\\])", r"\\\1", self.prefix) + ":*"
+        for key in self.client.scan_iter(match=pattern, count=1000):
             removed += int(self.client.delete(key))
+        self._schema_ok = False
         return removed
 
     def close(self, timeout: float | None = None) -> None:
@@ -609,27 +867,19 @@ class RedisStore:
 
     # ------------------------------------------------------------------ Store: async
     async def acommit(self, entry: UsageEntry, reservation: Reservation | None = None) -> None:
-        commit_id = uuid.uuid4().hex
+        commit_id = uuid.uuid4().hex[:20]
         if self._unanswered():
             self._keep(entry, reservation, commit_id)
             return
         try:
-            await self._arun("commit", *self._commit_call(entry, reservation, commit_id))
+            await self._adrive(self._commit_plan(entry, reservation, commit_id))
         except StorageError as exc:
             if not isinstance(exc.__cause__, (redis.ConnectionError, redis.TimeoutError)):
                 raise
             self._keep(entry, reservation, commit_id)
             return
-        if self._backlog:
-            for held, held_reservation, held_id, since in self._take_backlog():
-                late = time.monotonic() - since
-                try:
-                    await self._arun("commit", *self._commit_call(held, held_reservation,
-                                                                  held_id, late))
-                except StorageError:
-                    with self._backlog_lock:
-                        self._backlog.appendleft((held, held_reservation, held_id, since))
-                    break
+        if self._backlog or self._orphans:
+            await self._adrive(self._replay_plan())
 
     async def areserve(
         self,
@@ -640,52 +890,38 @@ class RedisStore:
         month: str,
         ttl: float,
     ) -> Reservation | Denial:
-        rid = uuid.uuid4().hex
+        rid = uuid.uuid4().hex[:20]
         try:
-            result = await self._arun("reserve", *self._reserve_call(scopes, delta, limits,
-                                                                     now, month, ttl, rid))
+            return await self._adrive(self._reserve_plan(scopes, delta, limits, now, month,
+                                                         ttl, rid))
         except StorageError as exc:
             self._orphaned(exc, rid, scopes, month, now)
             raise
-        return self._reservation(result, scopes, delta, month, rid)
 
     async def arelease(self, reservation: Reservation, now: float) -> bool:
-        keys = self._release_keys(reservation)
-        return bool(await self._arun("release", keys, [*self._now(now), reservation.id]))
+        return await self._adrive(self._release_plan(reservation, now))
 
     async def aclaim(self, key: str, now: float, ttl: float) -> bool:
         return bool(await self._arun("claim", [self._claim_key(key)],
                                      [*self._now(now), repr(ttl)]))
 
     async def acounters(self, scope: str, now: float, month: str) -> Counters:
-        keys = self._month_keys(scope, month)
-        return self._counters(await self._arun("counters", keys, [*self._now(now), month]))
+        keys = self._scope_keys(scope, month)
+        return self._counters(await self._arun("counters", keys, self._now(now)))
 
     async def abreakdown(self, scope: str, month: str, by: Breakdown) -> dict[str, Aggregate]:
-        client, _ = self._aclient()
-        key = self._month_keys(scope, month)[_BREAKDOWN_KEY[by]]
-        try:
-            raw = await client.hgetall(key)
-        except redis.RedisError as exc:
-            raise self._error("breakdown", exc) from self._cause(exc)
-        return self._aggregates(raw)
+        raw = await self._arun("hgetall", [self._scope_keys(scope, month)[2]], ())
+        return self._aggregates(raw, by)
 
     async def arecent(self, scope: str, n: int) -> list[UsageRecord]:
+        n = min(n, self.recent_capacity)
         if n <= 0:
             return []
-        client, _ = self._aclient()
-        try:
-            rows = await client.lrange(self._scope_keys(scope)[9], 0, n - 1)
-        except redis.RedisError as exc:
-            raise self._error("recent", exc) from self._cause(exc)
+        rows = await self._arun("lrange", [self._base(scope) + "r"], (0, n - 1))
         return [decode(row) for row in rows]
 
     async def aworkspaces(self) -> list[str]:
-        client, _ = self._aclient()
-        try:
-            members = await client.smembers(self._workspaces_key)
-        except redis.RedisError as exc:
-            raise self._error("workspaces", exc) from self._cause(exc)
+        members = await self._arun("smembers", [self._workspaces_key], ())
         return sorted(_name(m) for m in members)
 
     async def aclose(self) -> None:

@@ -1,15 +1,29 @@
--- quota-hooks: helpers shared by every script (prepended to each one when it is loaded).
--- A scope is 13 keys, in this order (see redis.py):
---   1 tot_m  2 b_m  3 ids_m    minute window: running totals, buckets, bucket ids
---   4 tot_d  5 b_d  6 ids_d    day window
---   7 months  8 bd_model  9 bd_method  10 recent  11 pend  12 pexp  13 bd_day
--- Buckets hold "requests,tokens,calls,errors,rate_limited".
-local PER_SCOPE = 13
+-- quota-hooks, store schema 2: helpers shared by every script (prepended to each one).
+--
+-- A scope is 5 keys, in this order (see redis.py):
+--   1 w   one hash: both windows (totals, buckets, cursors), pending reservations, markers
+--   2 x   sorted set: pending reservation ids by expiry (reaped once a minute)
+--   3 m   the call's month: cost, unpriced calls and charge, breakdowns (one hash)
+--   4 r   recent records (list, newest first)
+--   5 mr  the month of the reservation being settled or released (= m otherwise)
+--
+-- In w: 't1'/'t2' hold the totals of the minute (1) and day (2) windows with the lowest and
+-- highest bucket id present, a bucket's field is its window's byte and its id, 'p:<id>' is
+-- a pending reservation (requests, tokens, nano-dollars, at, expires), 'mx' the month whose
+-- recent list has had its TTL moved, 'dx' the done-window whose hash has had its TTL set.
+-- Counts are "requests, tokens, calls, errors, rate_limited". Numbers are packed with
+-- struct (little-endian 64-bit): number-to-text conversions cost a microsecond each in
+-- Redis' Lua, struct a tenth of that.
+--
+-- A call reads a scope's state with one HMGET and writes it back with one HSET (and one
+-- HDEL); a bucket is read on its own only when it is not the current one.
+local PER_SCOPE = 5
 -- tol: buckets ahead of now that still count as the present; newer ones were left in the
 -- future by a clock that stepped back, and are folded into now's bucket (windows.py).
-local WINDOWS = { { bs = 1, n = 60, ttl = 180, tol = 2 }, { bs = 60, n = 1440, ttl = 90000, tol = 1 } }
-local FIELDS = { 'r', 't', 'c', 'e', 'l' }
+local WINDOWS = { { bs = 1, n = 60, tol = 2 }, { bs = 60, n = 1440, tol = 1 } }
+local STATE_TTL = 2 * 86400
 local LONG_TTL = 400 * 86400
+local REAP_AT_ONCE = 100
 
 local function now_of(given, use_server)
   if use_server == '1' then
@@ -23,108 +37,234 @@ local function int(x)
   return string.format('%.0f', x)
 end
 
+local C5 = '<i8i8i8i8i8'
+local C7 = '<i8i8i8i8i8i8i8'
+local C8 = '<i8i8i8i8i8i8i8i8'
+local PENDING = '<i8i8i8dd'
+
 local function unpack_counts(packed)
-  local out = { 0, 0, 0, 0, 0 }
-  if packed then
-    local i = 1
-    for v in string.gmatch(packed, '[^,]+') do
-      out[i] = tonumber(v)
-      i = i + 1
-    end
-  end
-  return out
+  if not packed then return { 0, 0, 0, 0, 0 } end
+  local a, b, c, d, e = struct.unpack(C5, packed)
+  return { a, b, c, d, e }
 end
 
-local function window_keys(base, w)
-  local o = base + (w - 1) * 3
-  return KEYS[o + 1], KEYS[o + 2], KEYS[o + 3]
+local function pack_counts(c)
+  return struct.pack(C5, c[1], c[2], c[3], c[4], c[5])
 end
 
--- Drop the buckets that left window w at now; returns the oldest bucket still inside.
-local function slide(base, w, now)
-  local win = WINDOWS[w]
-  local tot, b, ids = window_keys(base, w)
-  local oldest = math.floor(now / win.bs) - win.n + 1
-  local gone = redis.call('ZRANGEBYSCORE', ids, '-inf', '(' .. int(oldest))
-  for _, id in ipairs(gone) do
-    local counts = unpack_counts(redis.call('HGET', b, id))
-    for i = 1, 5 do
-      if counts[i] ~= 0 then redis.call('HINCRBY', tot, FIELDS[i], int(-counts[i])) end
-    end
-    redis.call('HDEL', b, id)
-  end
-  if #gone > 0 then redis.call('ZREMRANGEBYSCORE', ids, '-inf', '(' .. int(oldest)) end
-  local current = math.floor(now / win.bs)
-  local edge = '(' .. int(current + win.tol)
-  local ahead = redis.call('ZRANGEBYSCORE', ids, edge, '+inf')
-  if #ahead > 0 then  -- the clock stepped back: fold the future into now (totals unchanged)
-    local sum = { 0, 0, 0, 0, 0 }
-    for _, id in ipairs(ahead) do
-      local counts = unpack_counts(redis.call('HGET', b, id))
-      for i = 1, 5 do sum[i] = sum[i] + counts[i] end
-      redis.call('HDEL', b, id)
-    end
-    redis.call('ZREMRANGEBYSCORE', ids, edge, '+inf')
-    local key = int(current)
-    local cur = unpack_counts(redis.call('HGET', b, key))
-    for i = 1, 5 do cur[i] = int(cur[i] + sum[i]) end
-    redis.call('HSET', b, key, table.concat(cur, ','))
-    redis.call('ZADD', ids, current, key)
-  end
-  return oldest
+local function bucket_field(w, id)
+  return struct.pack('<Bi8', w, id)
 end
 
-local function add(base, w, at, counts, now)
-  local win = WINDOWS[w]
-  local tot, b, ids = window_keys(base, w)
-  local oldest = slide(base, w, now)
-  local bucket = math.floor(at / win.bs)
-  local current = math.floor(now / win.bs)
-  if bucket > current then bucket = current end  -- never into the future
-  if bucket < oldest then return end
-  local key = int(bucket)
-  local cur = unpack_counts(redis.call('HGET', b, key))
-  for i = 1, 5 do
-    if counts[i] ~= 0 then
-      cur[i] = cur[i] + counts[i]
-      redis.call('HINCRBY', tot, FIELDS[i], int(counts[i]))
-    end
-  end
-  for i = 1, 5 do cur[i] = int(cur[i]) end
-  redis.call('HSET', b, key, table.concat(cur, ','))
-  redis.call('ZADD', ids, bucket, key)
-  redis.call('EXPIRE', tot, win.ttl)
-  redis.call('EXPIRE', b, win.ttl)
-  redis.call('EXPIRE', ids, win.ttl)
-end
-
-local function totals(base, w)
-  local tot = window_keys(base, w)
-  local v = redis.call('HMGET', tot, 'r', 't', 'c', 'e', 'l')
-  for i = 1, 5 do v[i] = tonumber(v[i]) or 0 end
-  return v
-end
-
--- Undo a pending reservation on one scope; false if it is not pending there.
-local function undo(base, id, now)
-  local pend, pexp = KEYS[base + 11], KEYS[base + 12]
-  local packed = redis.call('HGET', pend, id)
-  if not packed then return false end
-  local f = {}
-  for v in string.gmatch(packed, '[^|]+') do f[#f + 1] = v end
-  local r, t, n, at, month = tonumber(f[1]), tonumber(f[2]), tonumber(f[3]), tonumber(f[4]), f[5]
-  add(base, 1, at, { -r, -t, 0, 0, 0 }, now)
-  add(base, 2, at, { -r, -t, 0, 0, 0 }, now)
-  if n ~= 0 then redis.call('HINCRBY', KEYS[base + 7], month, int(-n)) end
-  redis.call('HDEL', pend, id)
-  redis.call('ZREM', pexp, id)
+local function zero(c)
+  for i = 1, #c do if c[i] ~= 0 then return false end end
   return true
 end
 
--- Forget reservations past their ttl; what they held stays counted (a call never recorded
--- used its estimate).
-local function reap(base, now)
-  local expired = redis.call('ZRANGEBYSCORE', KEYS[base + 12], '-inf', now)
-  for _, id in ipairs(expired) do redis.call('HDEL', KEYS[base + 11], id) end
-  if #expired > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[base + 12], '-inf', now) end
+-- A field of the state: from what this script read or wrote, else one HGET.
+local function get(st, f)
+  local v = st.cache[f]
+  if v == nil then
+    v = redis.call('HGET', st.key, f) or false
+    st.cache[f] = v
+  end
+  return v
+end
+
+local function put(st, f, value)
+  st.cache[f] = value
+  st.sets[f] = value
+  st.dels[f] = nil
+end
+
+local function del(st, f)
+  st.cache[f] = false
+  st.sets[f] = nil
+  st.dels[f] = true
+end
+
+-- Read the fields of a bucket range at once (the ones not already read).
+local function get_many(st, fields)
+  local missing = {}
+  for _, f in ipairs(fields) do
+    if st.cache[f] == nil then missing[#missing + 1] = f end
+  end
+  if #missing > 0 then
+    local values = redis.call('HMGET', st.key, unpack(missing))
+    for i, f in ipairs(missing) do st.cache[f] = values[i] or false end
+  end
+end
+
+local function bucket_fields(w, from, to)
+  local out = {}
+  for id = from, to do out[#out + 1] = bucket_field(w, id) end
+  return out
+end
+
+-- Drop the buckets that left window w at now, and fold buckets a backward clock step left in
+-- the future into now's bucket (totals unchanged by the fold).
+local function slide(st, w)
+  local win = WINDOWS[w]
+  local lo, hi, cur = st.lo[w], st.hi[w], st.cur[w]
+  if not lo then return end
+  local total = st.tot[w]
+  if hi > cur + win.tol then
+    local ahead = bucket_fields(w, math.max(lo, cur + win.tol + 1), hi)
+    get_many(st, ahead)
+    local sum = unpack_counts(nil)
+    for _, f in ipairs(ahead) do
+      local c = unpack_counts(st.cache[f])
+      for i = 1, 5 do sum[i] = sum[i] + c[i] end
+      del(st, f)
+    end
+    local here = st.cur_field[w]
+    local c = unpack_counts(get(st, here))
+    for i = 1, 5 do c[i] = c[i] + sum[i] end
+    put(st, here, pack_counts(c))
+    hi = cur
+    if lo > cur then lo = cur end
+  end
+  local oldest = cur - win.n + 1
+  if lo < oldest then
+    if hi < oldest then  -- every bucket left the window
+      for _, f in ipairs(bucket_fields(w, lo, hi)) do del(st, f) end
+      st.tot[w] = unpack_counts(nil)
+      st.lo[w], st.hi[w] = nil, nil
+      return
+    end
+    local gone = bucket_fields(w, lo, oldest - 1)
+    get_many(st, gone)
+    for _, f in ipairs(gone) do
+      if st.cache[f] then
+        local c = unpack_counts(st.cache[f])
+        for i = 1, 5 do total[i] = total[i] - c[i] end
+        del(st, f)
+      end
+    end
+    lo = oldest
+  end
+  st.lo[w], st.hi[w] = lo, hi
+end
+
+-- Add counts to window w in the bucket of time at (never a future bucket; nothing if at has
+-- left the window).
+local function add(st, w, at, counts)
+  local win = WINDOWS[w]
+  local cur = st.cur[w]
+  local bucket = math.floor(at / win.bs)
+  if bucket > cur then bucket = cur end
+  if bucket < cur - win.n + 1 then return end
+  local f = bucket == cur and st.cur_field[w] or bucket_field(w, bucket)
+  local c = unpack_counts(get(st, f))
+  local total = st.tot[w]
+  for i = 1, 5 do
+    c[i] = c[i] + counts[i]
+    total[i] = total[i] + counts[i]
+  end
+  if zero(c) then del(st, f) else put(st, f, pack_counts(c)) end
+  if not st.lo[w] or bucket < st.lo[w] then st.lo[w] = bucket end
+  if not st.hi[w] or bucket > st.hi[w] then st.hi[w] = bucket end
+end
+
+-- Load the state of the scope whose keys start at KEYS[base + 1] (with the extra fields
+-- asked for), slid to now.
+local function load(base, now, extra)
+  local key = KEYS[base + 1]
+  local st = { key = key, base = base, now = now, cache = {}, sets = {}, dels = {},
+               lo = {}, hi = {}, tot = {}, cur = {}, cur_field = {}, raw = {} }
+  local fields = { 't1', 't2', 'mx', 'dx' }
+  for w = 1, 2 do
+    local cur = math.floor(now / WINDOWS[w].bs)
+    st.cur[w] = cur
+    st.cur_field[w] = bucket_field(w, cur)
+    fields[#fields + 1] = st.cur_field[w]
+  end
+  for _, f in ipairs(extra) do fields[#fields + 1] = f end
+  local v = redis.call('HMGET', key, unpack(fields))
+  for w = 1, 2 do
+    st.raw[w] = v[w]
+    if v[w] then
+      local r, t, c, e, l, lo, hi = struct.unpack(C7, v[w])
+      st.tot[w] = { r, t, c, e, l }
+      st.lo[w], st.hi[w] = lo, hi
+    else
+      st.tot[w] = { 0, 0, 0, 0, 0 }
+    end
+  end
+  st.mx, st.dx = v[3], v[4]
+  for i = 5, #fields do st.cache[fields[i]] = v[i] or false end
+  -- The current day bucket is new: the first write of this minute (TTLs move, reaping runs).
+  st.fresh = not v[6]
+  slide(st, 1)
+  slide(st, 2)
+  return st
+end
+
+-- Write what changed back: one HSET and one HDEL at most; the hash's TTL moves once a
+-- minute.
+local function flush(st)
+  local sets = {}
+  for w = 1, 2 do
+    if st.lo[w] then
+      local t = st.tot[w]
+      local packed = struct.pack(C7, t[1], t[2], t[3], t[4], t[5], st.lo[w], st.hi[w])
+      if packed ~= st.raw[w] then
+        sets[#sets + 1] = 't' .. w
+        sets[#sets + 1] = packed
+      end
+    elseif st.raw[w] then
+      st.dels['t' .. w] = true
+    end
+  end
+  for f, value in pairs(st.sets) do
+    sets[#sets + 1] = f
+    sets[#sets + 1] = value
+  end
+  local dels = {}
+  for f in pairs(st.dels) do dels[#dels + 1] = f end
+  if #dels > 0 then redis.call('HDEL', st.key, unpack(dels)) end
+  if #sets > 0 then
+    redis.call('HSET', st.key, unpack(sets))
+    if st.fresh then redis.call('EXPIRE', st.key, STATE_TTL) end
+  end
+end
+
+-- Forget reservations past their ttl, a hundred at a time, once a minute; what they held
+-- stays counted (a call never recorded used its estimate).
+local function reap(st)
+  if not st.fresh then return end
+  local x = KEYS[st.base + 2]
+  local expired = redis.call('ZRANGEBYSCORE', x, '-inf', st.now, 'LIMIT', 0, REAP_AT_ONCE)
+  if #expired > 0 then
+    for _, id in ipairs(expired) do del(st, 'p:' .. id) end
+    redis.call('ZREM', x, unpack(expired))
+  end
+end
+
+-- Once a month per scope (and again after the state hash itself expired) the recent list's
+-- TTL moves: returns true the first time for this month. (A month's hash gets its TTL when
+-- it is created.)
+local function touch_month(st, month)
+  if st.mx == month then return false end
+  redis.call('EXPIRE', KEYS[st.base + 4], LONG_TTL)
+  put(st, 'mx', month)
+  st.mx = month
+  return true
+end
+
+-- Undo a pending reservation on one scope (loaded with its 'p:<id>' field); false if it is
+-- not pending there (settled, released, or past its ttl).
+local function undo(st, id)
+  local f = 'p:' .. id
+  local packed = st.cache[f]
+  if packed == nil then packed = get(st, f) end
+  if not packed then return false end
+  local r, t, n, at, expires = struct.unpack(PENDING, packed)
+  del(st, f)
+  redis.call('ZREM', KEYS[st.base + 2], id)
+  if expires <= st.now then return false end
+  add(st, 1, at, { -r, -t, 0, 0, 0 })
+  add(st, 2, at, { -r, -t, 0, 0, 0 })
+  if n ~= 0 then redis.call('HINCRBY', KEYS[st.base + 5], 'c', int(-n)) end
+  return true
 end

@@ -1,58 +1,63 @@
 -- Check every limit of every scope and hold the usage, in one atomic step.
--- KEYS: workspaces set, then 12 keys per scope.
+-- KEYS: 5 per scope (lib.lua).
 -- ARGV: now, use_server, month, id, requests, tokens, cost_nanos, ttl,
---       then per scope: workspace id ('' if none), has limits (0/1), rpm, tpm, rpd, tpd, budget
---       ('' for unlimited).
--- Returns {1, expires_at} or {0, scope index, limit, used, maximum, retry_after ('' if none)}.
+--       then per scope: has limits (0/1), rpm, tpm, rpd, tpd, budget ('' for unlimited).
+-- Returns {1, packed expires_at and at, new month (0/1)} or
+--         {0, scope index, limit, used, maximum, retry_after ('' if none)}.
 local now = now_of(ARGV[1], ARGV[2])
 local month, id = ARGV[3], ARGV[4]
 local req, tok, nanos, ttl = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]),
                              tonumber(ARGV[8])
-local scopes = (#KEYS - 1) / PER_SCOPE
+local scopes = #KEYS / PER_SCOPE
 
-local function first_bucket_with(base, w, field, now_)
-  local win = WINDOWS[w]
-  local _, b, ids = window_keys(base, w)
-  local oldest = math.floor(now_ / win.bs) - win.n + 1
-  for _, key in ipairs(redis.call('ZRANGEBYSCORE', ids, oldest, '+inf')) do
-    local c = unpack_counts(redis.call('HGET', b, key))
-    if c[field] ~= 0 then return tonumber(key) end
+-- The oldest bucket of window w whose field (1 requests, 2 tokens) is not zero.
+local function first_bucket_with(st, w, field)
+  local oldest = st.cur[w] - WINDOWS[w].n + 1
+  if not st.lo[w] then return nil end
+  local fields = bucket_fields(w, math.max(st.lo[w], oldest), st.hi[w])
+  get_many(st, fields)
+  for i, f in ipairs(fields) do
+    local c = unpack_counts(st.cache[f])
+    if c[field] ~= 0 then return math.max(st.lo[w], oldest) + i - 1 end
   end
   return nil
 end
 
+local states = {}
 for s = 1, scopes do
-  local base = 1 + (s - 1) * PER_SCOPE
-  local a = 9 + (s - 1) * 7
-  reap(base, now)
-  slide(base, 1, now)
-  slide(base, 2, now)
-  if ARGV[a + 1] == '1' then
-    local minute, day = totals(base, 1), totals(base, 2)
+  local base = (s - 1) * PER_SCOPE
+  local st = load(base, now, {})
+  reap(st)
+  states[s] = st
+  local a = 9 + (s - 1) * 6
+  if ARGV[a] == '1' then
+    local minute, day = st.tot[1], st.tot[2]
     local checks = {
-      { 'rpm', ARGV[a + 2], minute[1], req, 1, 1 },
-      { 'tpm', ARGV[a + 3], minute[2], tok, 1, 2 },
-      { 'rpd', ARGV[a + 4], day[1], req, 2, 1 },
-      { 'tpd', ARGV[a + 5], day[2], tok, 2, 2 },
+      { 'rpm', ARGV[a + 1], minute[1], req, 1, 1 },
+      { 'tpm', ARGV[a + 2], minute[2], tok, 1, 2 },
+      { 'rpd', ARGV[a + 3], day[1], req, 2, 1 },
+      { 'tpd', ARGV[a + 4], day[2], tok, 2, 2 },
     }
     for _, c in ipairs(checks) do
       local name, maximum, used, wanted, w, field = c[1], c[2], c[3], c[4], c[5], c[6]
       if maximum ~= '' and wanted ~= 0 and used + wanted > tonumber(maximum) then
         local retry = ''
         if wanted <= tonumber(maximum) then
-          local first = first_bucket_with(base, w, field, now)
+          local first = first_bucket_with(st, w, field)
           if first then
             local win = WINDOWS[w]
             retry = string.format('%.6f', math.max(0, (first + win.n) * win.bs - now))
           end
         end
+        for k = 1, s do flush(states[k]) end  -- what sliding and reaping changed
         return { 0, s, name, int(used), maximum, retry }
       end
     end
-    local budget = ARGV[a + 6]
+    local budget = ARGV[a + 5]
     if budget ~= '' and (nanos ~= 0 or req ~= 0) then
-      local spent = tonumber(redis.call('HGET', KEYS[base + 7], month) or '0')
+      local spent = tonumber(redis.call('HGET', KEYS[base + 3], 'c') or '0')
       if spent + nanos > tonumber(budget) or spent >= tonumber(budget) then
+        for k = 1, s do flush(states[k]) end
         return { 0, s, 'monthly_budget_usd', int(spent), budget, '' }
       end
     end
@@ -60,18 +65,20 @@ for s = 1, scopes do
 end
 
 local expires = now + ttl
-local packed = int(req) .. '|' .. int(tok) .. '|' .. int(nanos) .. '|' ..
-               string.format('%.6f', now) .. '|' .. month
+local packed = struct.pack(PENDING, req, tok, nanos, now, expires)
+local new_month = 0
 for s = 1, scopes do
-  local base = 1 + (s - 1) * PER_SCOPE
-  add(base, 1, now, { req, tok, 0, 0, 0 }, now)
-  add(base, 2, now, { req, tok, 0, 0, 0 }, now)
-  redis.call('HINCRBY', KEYS[base + 7], month, int(nanos))
-  redis.call('HSET', KEYS[base + 11], id, packed)
-  redis.call('ZADD', KEYS[base + 12], expires, id)
-  for k = 7, 12 do redis.call('EXPIRE', KEYS[base + k], LONG_TTL) end
-  local ws = ARGV[9 + (s - 1) * 7]
-  if ws ~= '' then redis.call('SADD', KEYS[1], ws) end
+  local st = states[s]
+  local base = st.base
+  add(st, 1, now, { req, tok, 0, 0, 0 })
+  add(st, 2, now, { req, tok, 0, 0, 0 })
+  put(st, 'p:' .. id, packed)
+  if touch_month(st, month) and s == 1 then new_month = 1 end
+  flush(st)
+  if nanos ~= 0 and redis.call('HINCRBY', KEYS[base + 3], 'c', ARGV[7]) == nanos then
+    redis.call('EXPIRE', KEYS[base + 3], LONG_TTL)  -- most likely new
+  end
+  redis.call('ZADD', KEYS[base + 2], expires, id)
+  redis.call('EXPIRE', KEYS[base + 2], STATE_TTL)
 end
-redis.call('EXPIRE', KEYS[1], LONG_TTL)
-return { 1, string.format('%.6f', expires), string.format('%.6f', now) }
+return { 1, struct.pack('<dd', expires, now), new_month }
