@@ -10,11 +10,12 @@ flight, and a lone call is sent at once, on its own thread, as if there were no 
 
 from __future__ import annotations
 
+import asyncio
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
-__all__ = ["GroupCommit"]
+__all__ = ["AsyncGroupCommit", "GroupCommit"]
 
 Call = TypeVar("Call")
 
@@ -91,3 +92,68 @@ class GroupCommit(Generic[Call]):
         if isinstance(outcome, BaseException):
             raise outcome
         return outcome
+
+
+class AsyncGroupCommit(Generic[Call]):
+    """:class:`GroupCommit` for the tasks of one event loop: ``await batch(call)``.
+
+    A call that finds nobody sending sends at once, alone; calls that arrive while a batch is
+    on the wire wait for the next one, which a task of the batcher's own sends as soon as the
+    current one is answered (so no caller waits for another's batch after its own).
+    """
+
+    def __init__(self, send: Callable[[Sequence[Call]], Awaitable[Sequence[Any]]], *,
+                 max_batch: int = 64) -> None:
+        self._send = send
+        self._max_batch = max_batch
+        self._queue: list[tuple[Call, asyncio.Future[Any]]] = []
+        self._busy = False
+        self._drainer: asyncio.Task[None] | None = None
+        self.batches = 0
+        """Batches sent."""
+
+    async def __call__(self, call: Call) -> Any:
+        if not self._busy:
+            self._busy = True
+            try:
+                outcome = (await self._run([call]))[0]
+            finally:
+                self._release()
+        else:
+            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            self._queue.append((call, future))
+            outcome = await future
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    async def _run(self, calls: Sequence[Call]) -> Sequence[Any]:
+        self.batches += 1
+        try:
+            outcomes = await self._send(calls)
+        except Exception as exc:  # every caller of the batch sees the failure
+            return [exc] * len(calls)
+        return outcomes
+
+    def _release(self) -> None:
+        """The batch on the wire is answered: the queued calls go next, from a task."""
+        if self._queue:
+            self._drainer = asyncio.get_running_loop().create_task(self._drain())
+        else:
+            self._busy = False
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                batch = self._queue[: self._max_batch]
+                del self._queue[: self._max_batch]
+                outcomes = await self._run([call for call, _ in batch])
+                for (_, future), outcome in zip(batch, outcomes, strict=True):
+                    if not future.done():
+                        future.set_result(outcome)
+        finally:
+            self._busy = False
+            for _, future in self._queue:  # cancelled mid-way: nobody is left hanging
+                if not future.done():
+                    future.set_exception(RuntimeError("the batch was cancelled"))
+            self._queue.clear()

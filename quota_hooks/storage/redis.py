@@ -61,7 +61,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from .._exit import close_at_exit
 from ..errors import ConfigurationError, StorageError
 from ..usage import UsageRecord
-from ._batch import GroupCommit
+from ._batch import AsyncGroupCommit, GroupCommit
 from ._rows import decode, encode
 from .base import (
     MAX_BREAKDOWN_NAMES,
@@ -80,6 +80,8 @@ __all__ = ["CONNECT_TIMEOUT", "DEFAULT_TIMEOUT", "POOL_TIMEOUT", "SCHEMA", "Redi
 logger = logging.getLogger("quota_hooks")
 
 _SCRIPTS = ("commit", "reserve", "release", "counters", "claim")
+#: The scripts that run a batch of calls at once (lua/lib.lua's each_call).
+_BATCHED = frozenset({"commit", "reserve", "release", "counters"})
 #: The key layout this version reads and writes (``<prefix>:schema`` holds it).
 SCHEMA = "2"
 #: The field prefix of each breakdown in a month's hash.
@@ -88,6 +90,7 @@ _BREAKDOWN_MARK = {"model": "m:", "api_method": "a:", "day": "d:"}
 _COUNTS = struct.Struct("<5q")
 _AGGREGATE = struct.Struct("<8q")
 _TIMES = struct.Struct("<2d")
+_COMMIT_NUMBERS = struct.Struct("<14qd")
 #: Seconds a commit's id is remembered (in a hash per window, the current and the one
 #: before are checked): a commit replayed within 150 s, and up to 300 s, after it ran is
 #: never counted twice.
@@ -98,8 +101,12 @@ _CLUSTER_OPTIONS = ("username", "password", "socket_timeout", "socket_connect_ti
                     "ssl", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs")
 
 T = TypeVar("T")
-#: A store operation as a generator of calls (name, keys, args): see RedisStore._drive.
-_Plan = Generator[tuple[str, Sequence[str], Sequence[Any]], Any, T]
+#: A call: a script's or a read's name, its keys and its arguments.
+_Call = tuple[str, Sequence[str], Sequence[Any]]
+#: A store operation as a generator of calls: see RedisStore._drive.
+_Plan = Generator[_Call, Any, T]
+#: A script's run for a batch: its name, the calls it answers (their indexes), keys, args.
+_Run = tuple[str, list[int], list[str], list[Any]]
 
 
 def _command(client: Any, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
@@ -290,8 +297,7 @@ class RedisStore:
         self._cluster = isinstance(client, RedisCluster)
         self._sources = {name: _source(name) for name in _SCRIPTS}
         self._scripts = {name: client.register_script(src) for name, src in self._sources.items()}
-        self._batch: GroupCommit[tuple[str, Sequence[str], Sequence[Any]]] = GroupCommit(
-            self._send)
+        self._batch: GroupCommit[_Call] = GroupCommit(self._send)
         self._unregistered: set[str] = set()
         self._schema_ok = False
         self._backlog: deque[tuple[UsageEntry, Reservation | None, str, float]] = deque()
@@ -304,7 +310,7 @@ class RedisStore:
         self.dropped_records = 0
         """Commits lost because the backlog was full while Redis did not answer (logged)."""
         self._async: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, tuple[aredis.Redis, dict[str, Any]]
+            asyncio.AbstractEventLoop, tuple[Any, dict[str, Any], AsyncGroupCommit[_Call]]
         ] = weakref.WeakKeyDictionary()
         try:  # a store of another layout is refused now, when Redis answers (else at first use)
             self._check_schema()
@@ -396,8 +402,9 @@ class RedisStore:
         return f"{self.prefix}:claim:" + hashlib.sha256(key.encode("utf-8", "surrogatepass")
                                                          ).hexdigest()
 
-    def _now(self, now: float) -> tuple[str, str]:
-        return repr(float(now)), "1" if self.use_server_time else "0"
+    @property
+    def _server_time(self) -> str:
+        return "1" if self.use_server_time else "0"
 
     # ------------------------------------------------------------------ calls
     def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
@@ -416,28 +423,84 @@ class RedisStore:
         self._unanswered_at = None
         return result
 
-    def _send(self, calls: Sequence[tuple[str, Sequence[str], Sequence[Any]]]) -> list[Any]:
-        """Send a batch of script calls: one alone as it is, more in one pipeline (a
-        Cluster's pipeline sends each node its part); a script a node has not seen yet is
-        loaded and its calls sent again."""
-        if len(calls) == 1:
-            name, keys, args = calls[0]
-            try:
-                return [self._scripts[name](keys=keys, args=args)]
-            except redis.ResponseError as exc:  # a script's error is its caller's alone
-                return [exc]
-        pipe = self.client.pipeline(transaction=False)
-        for name, keys, args in calls:
-            pipe.evalsha(self._scripts[name].sha, len(keys), *keys, *args)
-        outcomes = list(pipe.execute(raise_on_error=False))
-        for i, outcome in enumerate(outcomes):
-            if isinstance(outcome, redis.exceptions.NoScriptError):
-                name, keys, args = calls[i]
-                try:
-                    outcomes[i] = self._scripts[name](keys=keys, args=args)
-                except redis.ResponseError as exc:
-                    outcomes[i] = exc
+    def _runs(self, calls: Sequence[_Call]) -> list[_Run]:
+        """The runs that send a batch of calls: the calls of one script (and, on a Cluster, of
+        one slot) as one run of it (lua/lib.lua's ``each_call``: each scope is read once and
+        written back once)."""
+        groups: dict[tuple[str, str], list[int]] = {}
+        for i, (name, first_keys, _) in enumerate(calls):
+            tag = first_keys[0].partition("{")[2].partition("}")[0] if self._cluster else ""
+            groups.setdefault((name, tag), []).append(i)
+        runs: list[_Run] = []
+        for (name, _), members in groups.items():
+            if name not in _BATCHED:
+                runs += [(name, [i], list(calls[i][1]), list(calls[i][2])) for i in members]
+                continue
+            run_keys: list[str] = []
+            run_args: list[Any] = [self._server_time]
+            for i in members:
+                _, call_keys, call_args = calls[i]
+                run_keys += call_keys
+                run_args += [len(call_keys), len(call_args), *call_args]
+            runs.append((name, members, run_keys, run_args))
+        return runs
+
+    @staticmethod
+    def _outcomes(runs: Sequence[_Run], replies: Sequence[Any], n: int) -> list[Any]:
+        """Each call's result (or error) from the replies of its run."""
+        outcomes: list[Any] = [None] * n
+        for (name, members, _, _), reply in zip(runs, replies, strict=True):
+            if isinstance(reply, BaseException) or name not in _BATCHED:
+                for i in members:
+                    outcomes[i] = reply
+            else:
+                for i, result in zip(members, reply, strict=True):
+                    outcomes[i] = result
         return outcomes
+
+    def _send(self, calls: Sequence[_Call]) -> list[Any]:
+        """Send a batch of calls: one run alone, more in one pipeline (a Cluster's sends each
+        node its part); a script a node has not seen yet is loaded and its run sent again."""
+        runs = self._runs(calls)
+        replies: list[Any] = []
+        if len(runs) > 1:
+            pipe = self.client.pipeline(transaction=False)
+            for name, _, keys, args in runs:  # a Cluster's pipeline takes no evalsha()
+                pipe.execute_command("EVALSHA", self._scripts[name].sha, len(keys), *keys, *args)
+            replies = list(pipe.execute(raise_on_error=False))
+        for i, (name, _, keys, args) in enumerate(runs):
+            if len(runs) == 1 or isinstance(replies[i], redis.exceptions.NoScriptError):
+                try:
+                    reply = self._scripts[name](keys=keys, args=args)
+                except redis.ResponseError as exc:  # a script's error is its callers' alone
+                    reply = exc
+                if len(runs) == 1:
+                    replies.append(reply)
+                else:
+                    replies[i] = reply
+        return self._outcomes(runs, replies, len(calls))
+
+    async def _asend(self, calls: Sequence[_Call]) -> list[Any]:
+        """:meth:`_send` on this event loop's client."""
+        client, scripts, _ = self._aclient()
+        runs = self._runs(calls)
+        replies: list[Any] = []
+        if len(runs) > 1:
+            pipe = client.pipeline(transaction=False)
+            for name, _, keys, args in runs:
+                pipe.execute_command("EVALSHA", scripts[name].sha, len(keys), *keys, *args)
+            replies = list(await pipe.execute(raise_on_error=False))
+        for i, (name, _, keys, args) in enumerate(runs):
+            if len(runs) == 1 or isinstance(replies[i], redis.exceptions.NoScriptError):
+                try:
+                    reply = await scripts[name](keys=keys, args=args)
+                except redis.ResponseError as exc:
+                    reply = exc
+                if len(runs) == 1:
+                    replies.append(reply)
+                else:
+                    replies[i] = reply
+        return self._outcomes(runs, replies, len(calls))
 
     def _check_schema(self) -> None:
         """Refuse a store of another key layout (see :data:`SCHEMA`); mark a new one."""
@@ -519,13 +582,14 @@ class RedisStore:
         since = self._unanswered_at
         return since is not None and time.monotonic() - since < _QUIET_AFTER_FAILURE
 
-    def _aclient(self) -> tuple[Any, dict[str, Any]]:
+    def _aclient(self) -> tuple[Any, dict[str, Any], AsyncGroupCommit[_Call]]:
+        """This event loop's client, its scripts and its batcher."""
         loop = asyncio.get_running_loop()
         found = self._async.get(loop)
         if found is None:
             client = self._make_async_client()
             scripts = {name: client.register_script(src) for name, src in self._sources.items()}
-            found = self._async[loop] = (client, scripts)
+            found = self._async[loop] = (client, scripts, AsyncGroupCommit(self._asend))
         return found
 
     def _make_async_client(self) -> Any:
@@ -551,12 +615,12 @@ class RedisStore:
         return aredis.Redis(connection_pool=pool)
 
     async def _arun(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        client, scripts = self._aclient()
+        client, scripts, batch = self._aclient()
         try:
             if not self._schema_ok:
                 await self._acheck_schema(client)
             if name in scripts:
-                result = await scripts[name](keys=keys, args=args)
+                result = await batch((name, keys, args))
             else:
                 result = await _command(client, name, keys, args)
         except redis.RedisError as exc:
@@ -579,14 +643,14 @@ class RedisStore:
         now = entry.now + late
         window = int(now // _DONE_WINDOW)
         age = entry.now - entry.when + late  # how long ago the call was, at the server's now
-        args = [
-            *self._now(now), entry.month, reservation.id if reservation else "",
+        numbers = _COMMIT_NUMBERS.pack(
             delta.requests, delta.tokens, delta.calls, delta.errors, delta.rate_limited,
-            delta.cost_nanos, record.model, record.api_method, 0 if record.success else 1,
-            record.total_tokens, record.input_tokens, record.output_tokens, int(entry.unpriced),
-            encode(entry), self.recent_capacity, entry.day_name, delta.unpriced_nanos,
-            repr(float(age)), MAX_BREAKDOWN_NAMES, commit_id, "1" if late else "0", str(window),
-        ]
+            delta.cost_nanos, 0 if record.success else 1, record.total_tokens,
+            record.input_tokens, record.output_tokens, int(entry.unpriced),
+            delta.unpriced_nanos, self.recent_capacity, MAX_BREAKDOWN_NAMES, float(age))
+        args = [repr(float(now)), entry.month, reservation.id if reservation else "", numbers,
+                record.model, record.api_method, encode(entry), entry.day_name, commit_id,
+                "1" if late else "0", window]
         settled = reservation.month if reservation is not None else None
         scopes = entry.scopes
         for group in self._groups(scopes):
@@ -607,7 +671,7 @@ class RedisStore:
         at = expires = now
         for group in self._groups(scopes):
             keys: list[str] = []
-            args: list[Any] = [*self._now(now), month, rid, delta.requests, delta.tokens,
+            args: list[Any] = [repr(float(now)), month, rid, delta.requests, delta.tokens,
                                delta.cost_nanos, repr(float(ttl))]
             for index in group:
                 keys += self._scope_keys(scopes[index], month)
@@ -638,7 +702,7 @@ class RedisStore:
         keys: list[str] = []
         for index in group:
             keys += self._scope_keys(scopes[index], month, month)
-        return bool((yield "release", keys, [*self._now(now), rid]))
+        return bool((yield "release", keys, [repr(float(now)), rid]))
 
     def _release_plan(self, reservation: Reservation, now: float) -> _Plan[bool]:
         found = False
@@ -818,11 +882,12 @@ class RedisStore:
         return self._drive(self._release_plan(reservation, now))
 
     def claim(self, key: str, now: float, ttl: float) -> bool:
-        return bool(self._run("claim", [self._claim_key(key)], [*self._now(now), repr(ttl)]))
+        return bool(self._run("claim", [self._claim_key(key)],
+                              [repr(float(now)), self._server_time, repr(ttl)]))
 
     def counters(self, scope: str, now: float, month: str) -> Counters:
         keys = self._scope_keys(scope, month)
-        return self._counters(self._run("counters", keys, self._now(now)))
+        return self._counters(self._run("counters", keys, [repr(float(now))]))
 
     def breakdown(self, scope: str, month: str, by: Breakdown) -> dict[str, Aggregate]:
         return self._aggregates(self._run("hgetall", [self._scope_keys(scope, month)[2]], ()),
@@ -903,11 +968,11 @@ class RedisStore:
 
     async def aclaim(self, key: str, now: float, ttl: float) -> bool:
         return bool(await self._arun("claim", [self._claim_key(key)],
-                                     [*self._now(now), repr(ttl)]))
+                                     [repr(float(now)), self._server_time, repr(ttl)]))
 
     async def acounters(self, scope: str, now: float, month: str) -> Counters:
         keys = self._scope_keys(scope, month)
-        return self._counters(await self._arun("counters", keys, self._now(now)))
+        return self._counters(await self._arun("counters", keys, [repr(float(now))]))
 
     async def abreakdown(self, scope: str, month: str, by: Breakdown) -> dict[str, Aggregate]:
         raw = await self._arun("hgetall", [self._scope_keys(scope, month)[2]], ())

@@ -166,19 +166,40 @@ local function add(st, w, at, counts)
   if not st.hi[w] or bucket > st.hi[w] then st.hi[w] = bucket end
 end
 
--- Load the state of the scope whose keys start at KEYS[base + 1] (with the extra fields
--- asked for), slid to now.
-local function load(base, now, extra)
-  local key = KEYS[base + 1]
-  local st = { key = key, base = base, now = now, cache = {}, sets = {}, dels = {},
-               lo = {}, hi = {}, tot = {}, cur = {}, cur_field = {}, raw = {} }
-  local fields = { 't1', 't2', 'mx', 'dx' }
+-- The states this script loaded, by their key (a batch of calls reads each scope once and
+-- writes it back once, at the end).
+local STATES, LOADED = {}, {}
+
+local function at_now(st, now)
+  st.now = now
   for w = 1, 2 do
     local cur = math.floor(now / WINDOWS[w].bs)
     st.cur[w] = cur
     st.cur_field[w] = bucket_field(w, cur)
-    fields[#fields + 1] = st.cur_field[w]
   end
+end
+
+-- The state of the scope whose keys start at KEYS[base + 1] (read with the extra fields
+-- asked for, the first time), slid to now.
+local function load(base, now, extra)
+  local key = KEYS[base + 1]
+  local st = STATES[key]
+  if st then
+    st.base = base  -- this call's keys (the same scope; its own month)
+    if st.now ~= now then
+      at_now(st, now)
+      if get(st, st.cur_field[2]) == false then st.fresh = true end
+      slide(st, 1)
+      slide(st, 2)
+    end
+    return st
+  end
+  st = { key = key, base = base, cache = {}, sets = {}, dels = {}, lo = {}, hi = {}, tot = {},
+         cur = {}, cur_field = {}, raw = {} }
+  at_now(st, now)
+  STATES[key] = st
+  LOADED[#LOADED + 1] = st
+  local fields = { 't1', 't2', 'mx', 'dx', st.cur_field[1], st.cur_field[2] }
   for _, f in ipairs(extra) do fields[#fields + 1] = f end
   local v = redis.call('HMGET', key, unpack(fields))
   for w = 1, 2 do
@@ -232,7 +253,8 @@ end
 -- Forget reservations past their ttl, a hundred at a time, once a minute; what they held
 -- stays counted (a call never recorded used its estimate).
 local function reap(st)
-  if not st.fresh then return end
+  if not st.fresh or st.reaped then return end
+  st.reaped = true
   local x = KEYS[st.base + 2]
   local expired = redis.call('ZRANGEBYSCORE', x, '-inf', st.now, 'LIMIT', 0, REAP_AT_ONCE)
   if #expired > 0 then
@@ -252,6 +274,55 @@ local function touch_month(st, month)
   return true
 end
 
+-- A month's hash as this batch sees it: the fields it read, what it will write, and what it
+-- adds to the cost ('c'), unpriced calls ('uc') and unpriced charge ('un').
+local MONTHS, MONTH_LIST = {}, {}
+-- What the batch adds to pending expiries (ZADD), takes from them (ZREM), and pushes to
+-- recent lists, by key.
+local ZADDS, ZREMS, PUSHES, LISTS = {}, {}, {}, {}
+
+local function month_state(key)
+  local m = MONTHS[key]
+  if not m then
+    m = { key = key, cache = {}, sets = {}, add = { c = 0, uc = 0, un = 0 }, ttl = false }
+    MONTHS[key] = m
+    MONTH_LIST[#MONTH_LIST + 1] = m
+  end
+  return m
+end
+
+local function month_fields(m, fields)
+  local missing = {}
+  for _, f in ipairs(fields) do
+    if m.cache[f] == nil then missing[#missing + 1] = f end
+  end
+  if #missing > 0 then
+    local v = redis.call('HMGET', m.key, unpack(missing))
+    for i, f in ipairs(missing) do m.cache[f] = v[i] or false end
+  end
+end
+
+-- The month's cost in nano-dollars, with what this batch added.
+local function month_cost(m)
+  month_fields(m, { 'c' })
+  if not m.cache.c then m.ttl = true end  -- a new hash
+  return (tonumber(m.cache.c) or 0) + m.add.c
+end
+
+local function mput(m, f, value)
+  m.cache[f] = value
+  m.sets[f] = value
+end
+
+local function later(map, key, ...)
+  local list = map[key]
+  if not list then
+    list = {}
+    map[key] = list
+  end
+  for _, v in ipairs({ ... }) do list[#list + 1] = v end
+end
+
 -- Undo a pending reservation on one scope (loaded with its 'p:<id>' field); false if it is
 -- not pending there (settled, released, or past its ttl).
 local function undo(st, id)
@@ -261,10 +332,62 @@ local function undo(st, id)
   if not packed then return false end
   local r, t, n, at, expires = struct.unpack(PENDING, packed)
   del(st, f)
-  redis.call('ZREM', KEYS[st.base + 2], id)
+  later(ZREMS, KEYS[st.base + 2], id)
   if expires <= st.now then return false end
   add(st, 1, at, { -r, -t, 0, 0, 0 })
   add(st, 2, at, { -r, -t, 0, 0, 0 })
-  if n ~= 0 then redis.call('HINCRBY', KEYS[st.base + 5], 'c', int(-n)) end
+  if n ~= 0 then
+    local m = month_state(KEYS[st.base + 5])
+    m.add.c = m.add.c - n
+  end
   return true
+end
+
+-- Write what the batch deferred: each month's hash (one HINCRBY per counter, one HSET),
+-- pending expiries (one ZREM and one ZADD a key), recent lists (one LPUSH a list).
+local function flush_deferred()
+  for _, m in ipairs(MONTH_LIST) do
+    for _, name in ipairs({ 'c', 'uc', 'un' }) do
+      if m.add[name] ~= 0 then redis.call('HINCRBY', m.key, name, int(m.add[name])) end
+    end
+    local sets = {}
+    for f, value in pairs(m.sets) do
+      sets[#sets + 1] = f
+      sets[#sets + 1] = value
+    end
+    if #sets > 0 then redis.call('HSET', m.key, unpack(sets)) end
+    if m.ttl then redis.call('EXPIRE', m.key, LONG_TTL) end
+  end
+  for key, ids in pairs(ZREMS) do redis.call('ZREM', key, unpack(ids)) end
+  for key, members in pairs(ZADDS) do
+    redis.call('ZADD', key, unpack(members))
+    redis.call('EXPIRE', key, STATE_TTL)
+  end
+  for key, records in pairs(PUSHES) do
+    local length = redis.call('LPUSH', key, unpack(records))
+    local cap = LISTS[key]
+    if length == #records then
+      redis.call('EXPIRE', key, LONG_TTL)
+    elseif length > cap + 50 then
+      redis.call('LTRIM', key, 0, cap - 1)
+    end
+  end
+end
+
+-- Run a batch of calls of one kind. ARGV[1] is use_server; then each call is its number of
+-- keys, its number of arguments, and those arguments (its now first). fn(k, a, now) runs
+-- one call whose keys follow KEYS[k] and whose arguments follow ARGV[a] (its now). Every
+-- state is written back at the end; the results are the calls', in order.
+local function each_call(fn)
+  local server_now = nil
+  if ARGV[1] == '1' then server_now = now_of('', '1') end
+  local results, k, a = {}, 0, 2
+  while a <= #ARGV do
+    local nkeys, nargs = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+    results[#results + 1] = fn(k, a + 2, server_now or tonumber(ARGV[a + 2]))
+    k, a = k + nkeys, a + 2 + nargs
+  end
+  for _, st in ipairs(LOADED) do flush(st) end
+  flush_deferred()
+  return results
 end

@@ -1,10 +1,13 @@
--- Drop a pending reservation from every scope. KEYS: 5 per scope. ARGV: now, use_server, id.
-local now = now_of(ARGV[1], ARGV[2])
-local id = ARGV[3]
-local found = 0
-for s = 1, #KEYS / PER_SCOPE do
-  local st = load((s - 1) * PER_SCOPE, now, { 'p:' .. id })
-  if undo(st, id) then found = 1 end
-  flush(st)
+-- Release, for each call of a batch: drop a pending reservation from every scope.
+-- A call's keys: 5 per scope. Its arguments: now, id. Its result: 1 if it was pending.
+local function release(k, a, now)
+  local id = ARGV[a + 1]
+  local found = 0
+  for s = 1, tonumber(ARGV[a - 2]) / PER_SCOPE do
+    local st = load(k + (s - 1) * PER_SCOPE, now, { 'p:' .. id })
+    if undo(st, id) then found = 1 end
+  end
+  return found
 end
-return found
+
+return each_call(release)
