@@ -28,6 +28,7 @@ from quota_hooks.usage import UsageRecord
 from quota_hooks.windows import month_key
 
 REDIS_ENV = "QUOTA_HOOKS_TEST_REDIS_URL"
+CLUSTER_ENV = "QUOTA_HOOKS_TEST_REDIS_CLUSTER_URL"
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 
 
@@ -82,7 +83,19 @@ def redis_host_port(url: str) -> tuple[str, int]:
     return parts.hostname or "127.0.0.1", parts.port or 6379
 
 
-BACKENDS = ["memory", "sqlite", "redis"]
+def redis_cluster_url() -> str | None:
+    """The Redis Cluster of the tests: $QUOTA_HOOKS_TEST_REDIS_CLUSTER_URL
+    (``redis+cluster://host:port,...``; ``.ci/run`` starts a 3-node one with
+    ``.ci/redis-cluster``). In CI a missing cluster is a failure, never a skip."""
+    url = os.environ.get(CLUSTER_ENV)
+    if url:
+        return url
+    if os.environ.get("CI"):
+        pytest.fail(f"CI needs a Redis Cluster: set {CLUSTER_ENV} (.ci/run starts one)")
+    return None
+
+
+BACKENDS = ["memory", "sqlite", "redis", "redis-cluster"]
 
 
 def make_store(kind: str, tmp_path: Path) -> Store:
@@ -91,10 +104,15 @@ def make_store(kind: str, tmp_path: Path) -> Store:
         return MemoryStore()
     if kind == "sqlite":
         return SQLiteStore(tmp_path / "quota.db")
-    url = redis_url()
-    if url is None:
-        pytest.skip("no Redis server on 127.0.0.1:6379 (CI starts one; set "
-                    f"{REDIS_ENV} to use another)")
+    if kind == "redis-cluster":
+        url = redis_cluster_url()
+        if url is None:
+            pytest.skip(f"no Redis Cluster (CI starts one; set {CLUSTER_ENV})")
+    else:
+        url = redis_url()
+        if url is None:
+            pytest.skip("no Redis server on 127.0.0.1:6379 (CI starts one; set "
+                        f"{REDIS_ENV} to use another)")
     from quota_hooks.storage.redis import RedisStore
 
     # Tests that fire thousands of concurrent calls at one event loop measure exactness, not

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,9 +22,9 @@ import pytest
 import redis
 from store_helpers import T0, entry, one_request, redis_url, rpm
 
-from quota_hooks import QuotaManager, QuotaPolicy, QuotaStatus, UsageRecord
-from quota_hooks.errors import StorageError
-from quota_hooks.storage import Reservation
+from quota_hooks import Estimate, QuotaManager, QuotaPolicy, QuotaStatus, UsageRecord
+from quota_hooks.errors import ConfigurationError, StorageError
+from quota_hooks.storage import Limits, Reservation
 from quota_hooks.storage.redis import RedisStore
 from quota_hooks.testing import ManualClock
 
@@ -83,11 +84,9 @@ def test_every_key_has_a_ttl(store: RedisStore) -> None:
     store.commit(entry(extra_scopes=("team:ml",)))
     store.claim("alert:ws:rpm:warning", T0, 60)
     keys = sorted(store.client.scan_iter(match=store.prefix + ":*"))
-    # Per scope: its state, month and recent list (its set of pending expiries is gone once
-    # every reservation settled); the done-ids of the commits' window; the workspaces, the
-    # claim and the schema marker.
-    assert len(keys) == 2 * 3 + 1 + 3, keys
-    assert not any(key.endswith(b":x") for key in keys)
+    # Per scope: its state, pending expiries, month and recent list; the done-ids of the
+    # commits' window; the workspaces, the claim and the schema marker.
+    assert len(keys) == 2 * 4 + 1 + 3, keys
     schema = f"{store.prefix}:schema".encode()
     assert store.client.get(schema) == b"2" and store.client.ttl(schema) == -1
     assert all(store.client.ttl(key) > 0 for key in keys if key != schema)
@@ -169,3 +168,138 @@ def test_redis_restart(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[int]:
+    """A redis-server of this test's own (its command statistics are this test's alone)."""
+    server = shutil.which("redis-server")
+    if server is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI needs redis-server on PATH (.ci/run installs it)")
+        pytest.skip("redis-server is not installed")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--dir",
+                             str(tmp_path), "--save", "", "--appendonly", "no"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = redis.Redis(port=port)
+    try:
+        for _ in range(200):
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        yield port
+    finally:
+        client.close()
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_commands_per_reserve_and_settle(own_redis: int) -> None:
+    """A reserve+settle pair on one scope costs 2 scripts and at most 16 commands inside them
+    (the first layout ran about 103), EXPIRE only where a TTL is set or moves."""
+    store = RedisStore.from_url(f"redis://127.0.0.1:{own_redis}/0")
+    now = time.time()
+    month = time.strftime("%Y-%m", time.gmtime(now))
+    limits = {"workspace:ws": Limits(rpm=10**6, tpm=10**9, rpd=10**7, tpd=10**10,
+                                     budget_nanos=10**15)}
+    record = entry(now=now)
+
+    def pair() -> None:
+        held = store.reserve(["workspace:ws"], one_request(10), limits, now, month, 600)
+        assert isinstance(held, Reservation)
+        store.commit(record, held)
+
+    pair()  # the scope's first call creates its keys and sets their TTLs
+    client = redis.Redis(port=own_redis)
+    client.config_resetstat()
+    for _ in range(50):
+        pair()
+    stats = client.info("commandstats")
+    client.close()
+    calls = {name.removeprefix("cmdstat_"): value["calls"] for name, value in stats.items()}
+    assert calls.pop("evalsha") == 100
+    calls.pop("config|resetstat", None)
+    # Once a minute at most (the state's TTL moves, the reaper looks): none in a minute.
+    assert calls.get("expire", 0) <= 2, calls
+    assert sum(calls.values()) <= 50 * 16, calls
+    assert store.counters("workspace:ws", now, month).requests_minute == 51
+    store.close()
+
+
+def test_a_store_of_the_first_layout_is_refused(url: str) -> None:
+    prefix = f"qh-test-{uuid.uuid4().hex[:8]}"
+    client = redis.Redis.from_url(url)
+    client.sadd("{" + prefix + "}:workspaces", "ws")  # what the first layout always wrote
+    try:
+        with pytest.raises(ConfigurationError, match=rf"prefix '{prefix}' holds a store of "
+                           r"quota-hooks' first key layout .* another prefix"):
+            RedisStore.from_url(url, prefix=prefix)
+    finally:
+        client.delete("{" + prefix + "}:workspaces")
+    client.set(prefix + ":schema", "3")
+    try:
+        with pytest.raises(ConfigurationError, match="schema '3'.*reads schema 2 only"):
+            RedisStore.from_url(url, prefix=prefix)
+    finally:
+        client.delete(prefix + ":schema")
+        client.close()
+    fresh = RedisStore.from_url(url, prefix=prefix)
+    assert fresh.client.get(prefix + ":schema") == b"2"  # a new store marks its layout
+    fresh.clear()
+    fresh.close()
+
+
+def test_a_layout_found_after_start_is_refused_at_first_use(url: str) -> None:
+    """A store built while Redis was down checks the layout when Redis answers."""
+    prefix = f"qh-test-{uuid.uuid4().hex[:8]}"
+    store = RedisStore.from_url(url, prefix=prefix)
+    store._schema_ok = False  # as if Redis had not answered at construction
+    store.client.set(prefix + ":schema", "9")
+    try:
+        with pytest.raises(StorageError, match="schema '9'"):
+            store.counters("workspace:ws", T0, MONTH)
+        manager = QuotaManager(QuotaPolicy(rpm=1, fail_open=False), store=store)
+        with pytest.raises(StorageError, match="schema '9'"):
+            manager.acquire("ws", Estimate(input_tokens=1, output_tokens=0))
+    finally:
+        store.client.delete(prefix + ":schema")
+        store.close()
+
+
+def test_concurrent_threads_share_round_trips_and_admit_exactly(store: RedisStore) -> None:
+    """8 threads reserve and settle at once: their calls share runs of the scripts (more
+    than one call a round trip) and the limit admits exactly its number."""
+    admitted: list[int] = []
+    lock = threading.Lock()
+    limits = {"workspace:ws": Limits(rpm=1000)}
+
+    def work() -> None:
+        mine = 0
+        for _ in range(250):
+            held = store.reserve(["workspace:ws", "team:ml"], one_request(3), limits, T0,
+                                 MONTH, 300)
+            if isinstance(held, Reservation):
+                mine += 1
+                store.commit(entry(tokens=4, extra_scopes=("team:ml",)), held)
+        with lock:
+            admitted.append(mine)
+
+    batches = store._batch.batches
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(admitted) == 1000
+    sent = 8 * 250 + 1000  # reserves and commits
+    assert store._batch.batches - batches < sent  # some calls shared a round trip
+    for scope in ("workspace:ws", "team:ml"):
+        counters = store.counters(scope, T0, MONTH)
+        assert (counters.requests_minute, counters.tokens_minute) == (1000, 4000), scope
+    assert len(store.recent("workspace:ws", 2000)) == 1000
+    assert store.breakdown("team:ml", MONTH, "model")["gpt-4o-mini"].requests == 1000

@@ -54,6 +54,7 @@ try:
     import redis.asyncio as aredis
     from redis.backoff import NoBackoff
     from redis.cluster import ClusterNode, RedisCluster
+    from redis.exceptions import RedisClusterException
     from redis.retry import Retry
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("RedisStore needs redis-py: pip install 'quota-hooks[redis]'") from exc
@@ -107,6 +108,21 @@ _Call = tuple[str, Sequence[str], Sequence[Any]]
 _Plan = Generator[_Call, Any, T]
 #: A script's run for a batch: its name, the calls it answers (their indexes), keys, args.
 _Run = tuple[str, list[int], list[str], list[Any]]
+
+
+#: Failures after which Redis may or may not have run a call: a commit is held for replay,
+#: a reserve's hold is given back once Redis answers (a Cluster that is down, or moving
+#: slots, is one).
+_UNANSWERED = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ClusterDownError,
+               redis.exceptions.TryAgainError)
+
+
+def _as_redis_error(exc: BaseException) -> redis.RedisError:
+    """redis-py's Cluster client says it reached no node with an exception that is not a
+    RedisError: it is a connection failure."""
+    if isinstance(exc, redis.RedisError):
+        return exc
+    return redis.ConnectionError(str(exc))
 
 
 def _command(client: Any, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
@@ -169,17 +185,23 @@ def _cluster_client(url: str, max_connections: int) -> RedisCluster:
     for item in hosts.split(","):
         host, colon, port = item.strip().rpartition(":")
         if not colon or not host or not port.isdigit():
-            raise ValueError(f"a Cluster node is host:port, got {item.strip()!r:.40}")
+            raise ConfigurationError(
+                f"store URL {_redacted(url)!r}: a Redis Cluster URL lists its nodes as "
+                f"host:port[,host:port...], got {item.strip()!r:.60}")
         nodes.append(ClusterNode(host, int(port)))  # type: ignore[no-untyped-call]
-    # redis-py reads the options (and the credentials) of a URL: one of the first node's.
+    # redis-py reads the options (and the credentials) of a URL: one of the first node's. A
+    # Cluster's pools do not block (a burst beyond max_connections fails, it does not wait):
+    # ?timeout= has no meaning there.
+    query = "&".join(item for item in query.split("&")
+                     if item and item.partition("=")[0] != "timeout")
     first = f"{plain}://{userinfo}{at}{nodes[0].host}:{nodes[0].port}"
     options = _pool_options(max_connections)
-    options.pop("timeout")  # a Cluster's pools do not block
+    options.pop("timeout")
+    # A node that does not answer fails the call at once (fail_open or fail_closed decides),
+    # instead of redis-py's ten attempts over the cluster's layout.
     options["retry"] = Retry(NoBackoff(), 0)
-    client = RedisCluster.from_url(first + ("?" + query if query else ""),
-                                   startup_nodes=nodes, cluster_error_retry_attempts=1,
-                                   **options)
-    return client
+    return RedisCluster.from_url(first + ("?" + query if query else ""), startup_nodes=nodes,
+                                 **options)
 
 
 def _redacted(url: str) -> str:
@@ -296,7 +318,8 @@ class RedisStore:
         self.max_connections = max_connections
         self._cluster = isinstance(client, RedisCluster)
         self._sources = {name: _source(name) for name in _SCRIPTS}
-        self._scripts = {name: client.register_script(src) for name, src in self._sources.items()}
+        self._shas = {name: hashlib.sha1(src.encode()).hexdigest()
+                      for name, src in self._sources.items()}
         self._batch: GroupCommit[_Call] = GroupCommit(self._send)
         self._unregistered: set[str] = set()
         self._schema_ok = False
@@ -310,7 +333,7 @@ class RedisStore:
         self.dropped_records = 0
         """Commits lost because the backlog was full while Redis did not answer (logged)."""
         self._async: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, tuple[Any, dict[str, Any], AsyncGroupCommit[_Call]]
+            asyncio.AbstractEventLoop, tuple[Any, AsyncGroupCommit[_Call]]
         ] = weakref.WeakKeyDictionary()
         try:  # a store of another layout is refused now, when Redis answers (else at first use)
             self._check_schema()
@@ -338,13 +361,16 @@ class RedisStore:
                 pool = redis.BlockingConnectionPool.from_url(url,
                                                              **_pool_options(max_connections))
                 client = redis.Redis(connection_pool=pool)
+        except ConfigurationError:
+            raise
         except (ValueError, TypeError) as exc:
             # redis-py's own text can quote part of the URL (a password with an unencoded
             # "#" is read as the port): only its fixed messages are shown.
             error = ConfigurationError(f"store URL {_redacted(url)!r}: {_url_error(exc)}")
             error.__suppress_context__ = True
             raise error from None
-        except redis.RedisError as exc:  # a Cluster's nodes are asked for its slots now
+        except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
+            # a Cluster's nodes are asked for its slots now
             error = ConfigurationError(
                 f"store URL {_redacted(url)!r}: no node of the Redis Cluster answered "
                 f"({type(exc).__name__}: {_scrub(str(exc), _secrets(url, {}))})")
@@ -358,8 +384,8 @@ class RedisStore:
 
     def __repr__(self) -> str:
         if self._cluster:
-            nodes = ",".join(f"{n.host}:{n.port}"
-                             for n in cast(RedisCluster, self.client).startup_nodes)
+            nodes = ",".join(dict.fromkeys(
+                f"{n.host}:{n.port}" for n in cast(RedisCluster, self.client).startup_nodes))
             text = f"RedisStore(cluster {nodes}, prefix={self.prefix!r})"
         else:
             kwargs = self._connection_kwargs()
@@ -413,13 +439,14 @@ class RedisStore:
         try:
             if not self._schema_ok:
                 self._check_schema()
-            if name in self._scripts:
+            if name in self._shas:
                 result = self._batch((name, keys, args))
             else:
                 result = _command(self.client, name, keys, args)
-        except redis.RedisError as exc:
-            self._failed(exc)
-            raise self._error(name, exc) from self._cause(exc)
+        except (redis.RedisError, RedisClusterException) as exc:
+            error = _as_redis_error(exc)
+            self._failed(error)
+            raise self._error(name, error) from self._cause(error)
         self._unanswered_at = None
         return result
 
@@ -460,47 +487,55 @@ class RedisStore:
 
     def _send(self, calls: Sequence[_Call]) -> list[Any]:
         """Send a batch of calls: one run alone, more in one pipeline (a Cluster's sends each
-        node its part); a script a node has not seen yet is loaded and its run sent again."""
+        node its part). A run that a node answers NOSCRIPT (it has not seen the script yet,
+        or restarted) is sent again with the script's source, to that node alone."""
         runs = self._runs(calls)
-        replies: list[Any] = []
-        if len(runs) > 1:
-            pipe = self.client.pipeline(transaction=False)
-            for name, _, keys, args in runs:  # a Cluster's pipeline takes no evalsha()
-                pipe.execute_command("EVALSHA", self._scripts[name].sha, len(keys), *keys, *args)
-            replies = list(pipe.execute(raise_on_error=False))
+        if len(runs) == 1:
+            name, _, keys, args = runs[0]
+            try:
+                replies = [self.client.execute_command(  # type: ignore[no-untyped-call]
+                    "EVALSHA", self._shas[name], len(keys), *keys, *args)]
+            except redis.ResponseError as exc:  # a script's error is its callers' alone
+                replies = [exc]
+        else:
+            replies = list(self._pipeline(self.client, runs))
         for i, (name, _, keys, args) in enumerate(runs):
-            if len(runs) == 1 or isinstance(replies[i], redis.exceptions.NoScriptError):
+            if isinstance(replies[i], redis.exceptions.NoScriptError):
                 try:
-                    reply = self._scripts[name](keys=keys, args=args)
-                except redis.ResponseError as exc:  # a script's error is its callers' alone
-                    reply = exc
-                if len(runs) == 1:
-                    replies.append(reply)
-                else:
-                    replies[i] = reply
+                    replies[i] = self.client.eval(self._sources[name], len(keys), *keys, *args)
+                except redis.ResponseError as exc:
+                    replies[i] = exc
         return self._outcomes(runs, replies, len(calls))
 
     async def _asend(self, calls: Sequence[_Call]) -> list[Any]:
         """:meth:`_send` on this event loop's client."""
-        client, scripts, _ = self._aclient()
+        client, _ = self._aclient()
         runs = self._runs(calls)
-        replies: list[Any] = []
-        if len(runs) > 1:
-            pipe = client.pipeline(transaction=False)
-            for name, _, keys, args in runs:
-                pipe.execute_command("EVALSHA", scripts[name].sha, len(keys), *keys, *args)
-            replies = list(await pipe.execute(raise_on_error=False))
+        if len(runs) == 1:
+            name, _, keys, args = runs[0]
+            try:
+                replies = [await client.execute_command("EVALSHA", self._shas[name], len(keys),
+                                                        *keys, *args)]
+            except redis.ResponseError as exc:  # a script's error is its callers' alone
+                replies = [exc]
+        else:
+            replies = list(await self._pipeline(client, runs))
         for i, (name, _, keys, args) in enumerate(runs):
-            if len(runs) == 1 or isinstance(replies[i], redis.exceptions.NoScriptError):
+            if isinstance(replies[i], redis.exceptions.NoScriptError):
                 try:
-                    reply = await scripts[name](keys=keys, args=args)
+                    replies[i] = await client.eval(self._sources[name], len(keys), *keys, *args)
                 except redis.ResponseError as exc:
-                    reply = exc
-                if len(runs) == 1:
-                    replies.append(reply)
-                else:
-                    replies[i] = reply
+                    replies[i] = exc
         return self._outcomes(runs, replies, len(calls))
+
+    def _pipeline(self, client: Any, runs: Sequence[_Run]) -> Any:
+        """Send ``runs`` in one pipeline (a Cluster's takes EVALSHA only through
+        execute_command); an error stands in place of the reply of a run that failed. On an
+        async client, an awaitable."""
+        pipe = client.pipeline(transaction=False)
+        for name, _, keys, args in runs:
+            pipe.execute_command("EVALSHA", self._shas[name], len(keys), *keys, *args)
+        return pipe.execute(raise_on_error=False)
 
     def _check_schema(self) -> None:
         """Refuse a store of another key layout (see :data:`SCHEMA`); mark a new one."""
@@ -582,14 +617,13 @@ class RedisStore:
         since = self._unanswered_at
         return since is not None and time.monotonic() - since < _QUIET_AFTER_FAILURE
 
-    def _aclient(self) -> tuple[Any, dict[str, Any], AsyncGroupCommit[_Call]]:
-        """This event loop's client, its scripts and its batcher."""
+    def _aclient(self) -> tuple[Any, AsyncGroupCommit[_Call]]:
+        """This event loop's client and its batcher."""
         loop = asyncio.get_running_loop()
         found = self._async.get(loop)
         if found is None:
-            client = self._make_async_client()
-            scripts = {name: client.register_script(src) for name, src in self._sources.items()}
-            found = self._async[loop] = (client, scripts, AsyncGroupCommit(self._asend))
+            found = self._async[loop] = (self._make_async_client(),
+                                         AsyncGroupCommit(self._asend))
         return found
 
     def _make_async_client(self) -> Any:
@@ -615,17 +649,18 @@ class RedisStore:
         return aredis.Redis(connection_pool=pool)
 
     async def _arun(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        client, scripts, batch = self._aclient()
+        client, batch = self._aclient()
         try:
             if not self._schema_ok:
                 await self._acheck_schema(client)
-            if name in scripts:
+            if name in self._shas:
                 result = await batch((name, keys, args))
             else:
                 result = await _command(client, name, keys, args)
-        except redis.RedisError as exc:
-            self._failed(exc)
-            raise self._error(name, exc) from self._cause(exc)
+        except (redis.RedisError, RedisClusterException) as exc:
+            error = _as_redis_error(exc)
+            self._failed(error)
+            raise self._error(name, error) from self._cause(error)
         self._unanswered_at = None
         return result
 
@@ -786,7 +821,7 @@ class RedisStore:
         try:
             self._drive(self._commit_plan(entry, reservation, commit_id))
         except StorageError as exc:
-            if not isinstance(exc.__cause__, (redis.ConnectionError, redis.TimeoutError)):
+            if not isinstance(exc.__cause__, _UNANSWERED):
                 raise
             self._keep(entry, reservation, commit_id)
             return
@@ -872,7 +907,7 @@ class RedisStore:
         """A reserve whose reply never came may still run (Redis reads what was sent once it
         answers again): its hold is given back then, so the call (let through or refused
         without it) is not counted twice."""
-        if isinstance(exc.__cause__, (redis.ConnectionError, redis.TimeoutError)):
+        if isinstance(exc.__cause__, _UNANSWERED):
             with self._backlog_lock:
                 if len(self._orphans) < self._backlog_size:
                     self._orphans.append((Reservation(rid, tuple(scopes), UsageDelta(), now,
@@ -939,7 +974,7 @@ class RedisStore:
         try:
             await self._adrive(self._commit_plan(entry, reservation, commit_id))
         except StorageError as exc:
-            if not isinstance(exc.__cause__, (redis.ConnectionError, redis.TimeoutError)):
+            if not isinstance(exc.__cause__, _UNANSWERED):
                 raise
             self._keep(entry, reservation, commit_id)
             return

@@ -2,7 +2,8 @@
 --
 -- A scope is 5 keys, in this order (see redis.py):
 --   1 w   one hash: both windows (totals, buckets, cursors), pending reservations, markers
---   2 x   sorted set: pending reservation ids by expiry (reaped once a minute)
+--   2 x   sorted set: pending reservation ids by expiry (reaped once a minute), and '~'
+--         at +inf
 --   3 m   the call's month: cost, unpriced calls and charge, breakdowns (one hash)
 --   4 r   recent records (list, newest first)
 --   5 mr  the month of the reservation being settled or released (= m otherwise)
@@ -251,7 +252,9 @@ local function flush(st)
 end
 
 -- Forget reservations past their ttl, a hundred at a time, once a minute; what they held
--- stays counted (a call never recorded used its estimate).
+-- stays counted (a call never recorded used its estimate). The pending set's TTL moves then
+-- too (it keeps a member at +inf, so that it is not deleted and created again with each
+-- reservation).
 local function reap(st)
   if not st.fresh or st.reaped then return end
   st.reaped = true
@@ -261,6 +264,7 @@ local function reap(st)
     for _, id in ipairs(expired) do del(st, 'p:' .. id) end
     redis.call('ZREM', x, unpack(expired))
   end
+  redis.call('EXPIRE', x, STATE_TTL)
 end
 
 -- Once a month per scope (and again after the state hash itself expired) the recent list's
@@ -360,8 +364,11 @@ local function flush_deferred()
   end
   for key, ids in pairs(ZREMS) do redis.call('ZREM', key, unpack(ids)) end
   for key, members in pairs(ZADDS) do
-    redis.call('ZADD', key, unpack(members))
-    redis.call('EXPIRE', key, STATE_TTL)
+    members[#members + 1] = '+inf'
+    members[#members + 1] = '~'
+    if redis.call('ZADD', key, unpack(members)) == #members / 2 then  -- a new set
+      redis.call('EXPIRE', key, STATE_TTL)
+    end
   end
   for key, records in pairs(PUSHES) do
     local length = redis.call('LPUSH', key, unpack(records))
