@@ -236,3 +236,16 @@ def test_a_node_killed_mid_load(own_cluster: tuple[str, Path], fail_open: bool) 
         counters = store.counters(f"workspace:{ws}", T0, MONTH)
         assert (counters.requests_minute, counters.tokens_minute) == (4, 40), ws
     store.close(timeout=0.5)
+
+
+def test_store_from_url_picks_the_cluster_and_the_prefix(url: str) -> None:
+    from quota_hooks.storage import store_from_url
+
+    store = store_from_url(url + "?prefix=qh-url-test&socket_timeout=2")
+    assert isinstance(store, RedisStore) and store._cluster
+    assert store.prefix == "qh-url-test"
+    assert "cluster" in repr(store) and "qh-url-test" in repr(store)
+    store.commit(entry())
+    assert store.workspaces() == ["ws"]
+    store.clear()
+    store.close()

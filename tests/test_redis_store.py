@@ -243,7 +243,7 @@ def test_a_store_of_the_first_layout_is_refused(url: str) -> None:
         client.delete("{" + prefix + "}:workspaces")
     client.set(prefix + ":schema", "3")
     try:
-        with pytest.raises(ConfigurationError, match="schema '3'.*reads schema 2 only"):
+        with pytest.raises(ConfigurationError, match=r"schema '3'.*reads schema 2 only"):
             RedisStore.from_url(url, prefix=prefix)
     finally:
         client.delete(prefix + ":schema")
@@ -303,3 +303,16 @@ def test_concurrent_threads_share_round_trips_and_admit_exactly(store: RedisStor
         assert (counters.requests_minute, counters.tokens_minute) == (1000, 4000), scope
     assert len(store.recent("workspace:ws", 2000)) == 1000
     assert store.breakdown("team:ml", MONTH, "model")["gpt-4o-mini"].requests == 1000
+
+
+def test_the_url_names_the_prefix(url: str) -> None:
+    from quota_hooks.storage import store_from_url
+
+    joiner = "&" if "?" in url else "?"
+    store = store_from_url(url + joiner + "prefix=qh-url%2Dtest")
+    assert isinstance(store, RedisStore) and not store._cluster
+    assert store.prefix == "qh-url-test"
+    store.commit(entry())
+    assert store.client.exists("qh-url-test:workspaces")
+    store.clear()
+    store.close()

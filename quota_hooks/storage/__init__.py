@@ -5,7 +5,11 @@
 * ``memory://``: :class:`MemoryStore`, this process only;
 * ``sqlite:///quota.db`` (relative path), ``sqlite:////var/lib/quota.db`` (absolute), with an
   optional ``?durability=sync``: :class:`SQLiteStore`, every process on the host;
-* ``redis://host:6379/0`` (or ``rediss://``): ``RedisStore``, every host.
+* ``redis://host:6379/0`` (or ``rediss://``): ``RedisStore``, every host;
+* ``redis+cluster://host:7000,host:7001`` (or ``rediss+cluster://``): ``RedisStore`` on a
+  Redis Cluster, workspaces spread over its nodes.
+
+A Redis URL may name the store's key prefix: ``?prefix=quota-hooks``.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ __all__ = [
     "workspace_scope",
 ]
 
-SCHEMES = ("memory", "sqlite", "redis", "rediss")
+SCHEMES = ("memory", "sqlite", "redis", "rediss", "redis+cluster", "rediss+cluster")
 
 
 #: Query keys whose values are secrets (``?password=``, which redis-py accepts, ``?token=``,
@@ -138,7 +142,7 @@ def store_from_url(url: str) -> Store:
                 f"store URL {shown!r}: durability must be batched or sync, got {durability!r}"
             )
         return SQLiteStore(parts.path[1:], durability=durability)  # type: ignore[arg-type]
-    if scheme in ("redis", "rediss"):
+    if scheme in ("redis", "rediss", "redis+cluster", "rediss+cluster"):
         from .redis import RedisStore
 
         return RedisStore.from_url(url)

@@ -173,6 +173,23 @@ def _pool_options(max_connections: int, *, asyncio_: bool = False) -> dict[str, 
     }
 
 
+def _take_prefix(url: str) -> tuple[str, str | None]:
+    """``url`` without its ``prefix=`` option (redis-py knows no such option), and the
+    prefix."""
+    base, qmark, query = url.partition("?")
+    if not qmark:
+        return url, None
+    prefix = None
+    kept = []
+    for item in query.split("&"):
+        name, _, value = item.partition("=")
+        if name == "prefix":
+            prefix = unquote(value)
+        elif item:
+            kept.append(item)
+    return (base + "?" + "&".join(kept) if kept else base), prefix
+
+
 def _cluster_client(url: str, max_connections: int) -> RedisCluster:
     """A ``RedisCluster`` on the nodes of a ``redis+cluster://a:1,b:2/?options`` URL."""
     scheme, _, rest = url.partition("://")
@@ -351,8 +368,12 @@ class RedisStore:
 
         The URL's query sets redis-py's connection options, e.g.
         ``?socket_timeout=0.5&socket_connect_timeout=1&timeout=1``; unset, they are
-        :data:`DEFAULT_TIMEOUT`, :data:`CONNECT_TIMEOUT` and :data:`POOL_TIMEOUT`.
+        :data:`DEFAULT_TIMEOUT`, :data:`CONNECT_TIMEOUT` and :data:`POOL_TIMEOUT`. And
+        ``?prefix=`` sets the store's key prefix (as ``prefix=`` does).
         """
+        url, prefix = _take_prefix(url)
+        if prefix is not None:
+            kwargs.setdefault("prefix", prefix)
         try:
             client: redis.Redis | RedisCluster
             if url.partition("://")[0].lower().endswith("+cluster"):
