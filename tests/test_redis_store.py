@@ -309,10 +309,118 @@ def test_the_url_names_the_prefix(url: str) -> None:
     from quota_hooks.storage import store_from_url
 
     joiner = "&" if "?" in url else "?"
-    store = store_from_url(url + joiner + "prefix=qh-url%2Dtest")
+    store = store_from_url(url + joiner + "prefix=qh-url%2Dtest&lease_calls=16")
     assert isinstance(store, RedisStore) and not store._cluster
-    assert store.prefix == "qh-url-test"
+    assert (store.prefix, store.lease_calls) == ("qh-url-test", 16)
+    with pytest.raises(ConfigurationError,
+                       match=r"lease_calls must be a whole number, got 'many'"):
+        store_from_url(url + joiner + "lease_calls=many")
     store.commit(entry())
     assert store.client.exists("qh-url-test:workspaces")
     store.clear()
     store.close()
+
+
+# ---------------------------------------------------------------------- leases
+def _lease_store(url: str, prefix: str, calls: int = 32) -> RedisStore:
+    return RedisStore.from_url(url, prefix=prefix, use_server_time=False, lease_calls=calls)
+
+
+def test_a_lease_admits_exactly_the_limit_and_gives_back_what_it_did_not_use(url: str) -> None:
+    prefix = f"qh-test-{uuid.uuid4().hex[:8]}"
+    store = _lease_store(url, prefix)
+    limits = {"workspace:ws": Limits(rpm=100, budget_nanos=10**12)}
+    admitted = 0
+    for _ in range(150):
+        held = store.reserve(["workspace:ws"], one_request(10), limits, T0, MONTH, 60)
+        if isinstance(held, Reservation):
+            admitted += 1
+            store.commit(entry(tokens=12), held)
+    trips = store._batch.batches
+    assert admitted == 100
+    assert trips < 100 + 150  # most reserves were a lease's share, with no round trip
+    store.reserve(["workspace:other"], one_request(10), {}, T0, MONTH, 60)  # a lease, unused
+    store.close()  # gives back what its leases did not hand out
+    fresh = RedisStore.from_url(url, prefix=prefix, use_server_time=False)
+    counters = fresh.counters("workspace:ws", T0, MONTH)
+    assert (counters.requests_minute, counters.tokens_minute) == (100, 1200)
+    assert counters.cost_month_nanos == 100 * 1_000_000
+    assert fresh.counters("workspace:other", T0, MONTH).requests_minute == 1
+    pending = [f for f in fresh.client.hkeys(fresh._scope_keys("workspace:ws", MONTH)[0])
+               if f.startswith(b"p:")]
+    assert pending == []
+    fresh.clear()
+    fresh.close()
+
+
+def test_leases_in_four_processes_never_pass_the_limit(url: str) -> None:
+    """Leases are holds in Redis: together they never pass a limit. What they cost is room
+    a process holds and has not used while another is refused: at most one lease (32 calls
+    here) a process, given back when the process closes."""
+    prefix = f"qh-test-{uuid.uuid4().hex[:8]}"
+    code = """
+        import sys
+        from quota_hooks.storage import Limits, Reservation
+        from quota_hooks.storage.redis import RedisStore
+        from store_helpers import T0, entry, one_request
+        store = RedisStore.from_url(sys.argv[1], prefix=sys.argv[2], use_server_time=False,
+                                    lease_calls=32)
+        limits = {"workspace:ws": Limits(rpm=1000)}
+        admitted = 0
+        for _ in range(2500):
+            held = store.reserve(["workspace:ws"], one_request(1), limits, T0, "2026-01", 300)
+            if isinstance(held, Reservation):
+                admitted += 1
+                store.commit(entry(tokens=1), held)
+        store.close()
+        print(admitted)
+    """
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
+    workers = [
+        subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), url, prefix], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    outputs = [w.communicate(timeout=300) for w in workers]
+    assert all(w.returncode == 0 for w in workers), [err for _, err in outputs]
+    admitted = sum(int(out) for out, _ in outputs)
+    assert 1000 - 4 * 32 <= admitted <= 1000
+    store = RedisStore.from_url(url, prefix=prefix, use_server_time=False)
+    counters = store.counters("workspace:ws", T0, MONTH)
+    assert counters.requests_minute == admitted  # every unused part was given back
+    store.clear()
+    store.close()
+
+
+def test_a_dead_process_lease_is_held_until_its_window_moves_on(url: str) -> None:
+    prefix = f"qh-test-{uuid.uuid4().hex[:8]}"
+    code = """
+        import os, sys
+        from quota_hooks.storage import Limits, Reservation
+        from quota_hooks.storage.redis import RedisStore
+        from store_helpers import T0, one_request
+        store = RedisStore.from_url(sys.argv[1], prefix=sys.argv[2], use_server_time=False,
+                                    lease_calls=32)
+        held = store.reserve(["workspace:ws"], one_request(1), {"workspace:ws": Limits(rpm=1000)},
+                             T0, "2026-01", 30)
+        assert isinstance(held, Reservation)
+        os._exit(0)  # dies without closing: the lease is not given back
+    """
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
+    subprocess.run([sys.executable, "-c", textwrap.dedent(code), url, prefix], env=env,
+                   check=True, timeout=60)
+    store = RedisStore.from_url(url, prefix=prefix, use_server_time=False)
+    assert store.counters("workspace:ws", T0, MONTH).requests_minute == 32  # the whole lease
+    assert store.counters("workspace:ws", T0 + 61, MONTH).requests_minute == 0
+    store.clear()
+    store.close()
+
+
+def test_lease_options_are_checked() -> None:
+    client = redis.Redis(port=1)  # never used: the options are checked first
+    for bad, message in [({"lease_calls": -1}, "lease_calls must be a whole number >= 0"),
+                         ({"lease_calls": True}, "lease_calls"),
+                         ({"lease_seconds": 0}, r"lease_seconds must be .* \(0, 10\]"),
+                         ({"lease_seconds": 60}, "lease_seconds")]:
+        with pytest.raises(ConfigurationError, match=message):
+            RedisStore(client, **bad)  # type: ignore[arg-type]

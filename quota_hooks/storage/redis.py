@@ -45,6 +45,7 @@ import uuid
 import weakref
 from collections import deque
 from collections.abc import Generator, Mapping, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any, TypeVar, cast
 from urllib.parse import unquote
@@ -92,6 +93,42 @@ _COUNTS = struct.Struct("<5q")
 _AGGREGATE = struct.Struct("<8q")
 _TIMES = struct.Struct("<2d")
 _COMMIT_NUMBERS = struct.Struct("<14qd")
+_PART = struct.Struct("<3q")
+#: A lease takes at most 1/8 of a limit's room, so that processes sharing it share the room.
+_LEASE_SHARE = 8
+
+
+@dataclass(slots=True)
+class _Lease:
+    """A slice of a scope's limits this process holds in Redis and hands out call by call."""
+
+    id: str
+    scopes: tuple[str, ...]
+    month: str
+    limits: tuple[Limits | None, ...]
+    at: float
+    expires_at: float
+    left: list[int]
+    """Requests, tokens and nano-dollars not handed out yet."""
+    until: float
+    """time.monotonic() after which the lease hands out nothing more."""
+    calls: int = 0
+
+
+def _limits_of(scopes: Sequence[str], limits: Mapping[str, Limits]) -> tuple[Limits | None, ...]:
+    return tuple(limits.get(scope) for scope in scopes)
+
+
+def _settles(reservation: Reservation | None) -> tuple[str, bytes | str]:
+    """The pending id a commit or release settles, and the part of it (a call's share of a
+    lease, ``"<lease id>/<n>"``; '' for all of it)."""
+    if reservation is None:
+        return "", ""
+    lease, slash, _ = reservation.id.partition("/")
+    if not slash:
+        return reservation.id, ""
+    delta = reservation.delta
+    return lease, _PART.pack(delta.requests, delta.tokens, delta.cost_nanos)
 #: Seconds a commit's id is remembered (in a hash per window, the current and the one
 #: before are checked): a commit replayed within 150 s, and up to 300 s, after it ran is
 #: never counted twice.
@@ -173,21 +210,33 @@ def _pool_options(max_connections: int, *, asyncio_: bool = False) -> dict[str, 
     }
 
 
-def _take_prefix(url: str) -> tuple[str, str | None]:
-    """``url`` without its ``prefix=`` option (redis-py knows no such option), and the
-    prefix."""
+#: Options of a store URL that are quota-hooks' own (redis-py knows none of them).
+_OWN_OPTIONS = {"prefix": str, "lease_calls": int, "lease_seconds": float}
+_KIND_NAMES = {str: "text", int: "a whole number", float: "a number"}
+
+
+def _own_options(url: str) -> tuple[str, dict[str, Any]]:
+    """``url`` without quota-hooks' own options (``?prefix=``, ``?lease_calls=``,
+    ``?lease_seconds=``), and those options."""
     base, qmark, query = url.partition("?")
     if not qmark:
-        return url, None
-    prefix = None
+        return url, {}
+    found: dict[str, Any] = {}
     kept = []
     for item in query.split("&"):
         name, _, value = item.partition("=")
-        if name == "prefix":
-            prefix = unquote(value)
-        elif item:
-            kept.append(item)
-    return (base + "?" + "&".join(kept) if kept else base), prefix
+        kind = _OWN_OPTIONS.get(name)
+        if kind is None:
+            if item:
+                kept.append(item)
+            continue
+        try:
+            found[name] = kind(unquote(value))
+        except ValueError:
+            raise ConfigurationError(
+                f"store URL {_redacted(url)!r}: {name} must be {_KIND_NAMES[kind]}, got "
+                f"{unquote(value)!r:.40}") from None
+    return (base + "?" + "&".join(kept) if kept else base), found
 
 
 def _cluster_client(url: str, max_connections: int) -> RedisCluster:
@@ -318,7 +367,15 @@ class RedisStore:
         use_server_time: bool = True,
         max_connections: int = 50,
         backlog_size: int = 10_000,
+        lease_calls: int = 0,
+        lease_seconds: float = 1.0,
     ) -> None:
+        if isinstance(lease_calls, bool) or not isinstance(lease_calls, int) or lease_calls < 0:
+            raise ConfigurationError(
+                f"lease_calls must be a whole number >= 0 (0: no leases), got {lease_calls!r}")
+        if not isinstance(lease_seconds, int | float) or not 0 < lease_seconds <= 10:
+            raise ConfigurationError(
+                f"lease_seconds must be a number of seconds in (0, 10], got {lease_seconds!r}")
         if not prefix or any(c in prefix for c in "{}"):
             raise ConfigurationError(f"prefix must be non-empty, without braces, got {prefix!r}")
         if isinstance(recent_capacity, bool) or not isinstance(recent_capacity, int) or (
@@ -340,6 +397,11 @@ class RedisStore:
         self._batch: GroupCommit[_Call] = GroupCommit(self._send)
         self._unregistered: set[str] = set()
         self._schema_ok = False
+        self.lease_calls = lease_calls
+        self.lease_seconds = float(lease_seconds)
+        self._leases: dict[tuple[tuple[str, ...], str], _Lease] = {}
+        self._lease_lock = threading.Lock()
+        self._next_sweep = 0.0
         self._backlog: deque[tuple[UsageEntry, Reservation | None, str, float]] = deque()
         self._backlog_size = backlog_size
         self._backlog_lock = threading.Lock()
@@ -369,11 +431,12 @@ class RedisStore:
         The URL's query sets redis-py's connection options, e.g.
         ``?socket_timeout=0.5&socket_connect_timeout=1&timeout=1``; unset, they are
         :data:`DEFAULT_TIMEOUT`, :data:`CONNECT_TIMEOUT` and :data:`POOL_TIMEOUT`. And
-        ``?prefix=`` sets the store's key prefix (as ``prefix=`` does).
+        ``?prefix=``, ``?lease_calls=`` and ``?lease_seconds=`` set the arguments of the same
+        names.
         """
-        url, prefix = _take_prefix(url)
-        if prefix is not None:
-            kwargs.setdefault("prefix", prefix)
+        url, own = _own_options(url)
+        for name, value in own.items():
+            kwargs.setdefault(name, value)
         try:
             client: redis.Redis | RedisCluster
             if url.partition("://")[0].lower().endswith("+cluster"):
@@ -704,9 +767,9 @@ class RedisStore:
             delta.cost_nanos, 0 if record.success else 1, record.total_tokens,
             record.input_tokens, record.output_tokens, int(entry.unpriced),
             delta.unpriced_nanos, self.recent_capacity, MAX_BREAKDOWN_NAMES, float(age))
-        args = [repr(float(now)), entry.month, reservation.id if reservation else "", numbers,
-                record.model, record.api_method, encode(entry), entry.day_name, commit_id,
-                "1" if late else "0", window]
+        rid, part = _settles(reservation)
+        args = [repr(float(now)), entry.month, rid, numbers, record.model, record.api_method,
+                encode(entry), entry.day_name, commit_id, "1" if late else "0", window, part]
         settled = reservation.month if reservation is not None else None
         scopes = entry.scopes
         for group in self._groups(scopes):
@@ -721,14 +784,17 @@ class RedisStore:
 
     def _reserve_plan(
         self, scopes: Sequence[str], delta: UsageDelta, limits: Mapping[str, Limits],
-        now: float, month: str, ttl: float, rid: str,
+        now: float, month: str, ttl: float, rid: str, want: Sequence[int] = (0, 0, 0),
     ) -> _Plan[Reservation | Denial]:
+        """Reserve ``delta`` (or, for a lease, up to ``want``: the returned reservation's
+        ``delta`` is what Redis holds)."""
         held: list[list[int]] = []
         at = expires = now
+        hold = delta
         for group in self._groups(scopes):
             keys: list[str] = []
             args: list[Any] = [repr(float(now)), month, rid, delta.requests, delta.tokens,
-                               delta.cost_nanos, repr(float(ttl))]
+                               delta.cost_nanos, repr(float(ttl)), *want, _LEASE_SHARE]
             for index in group:
                 keys += self._scope_keys(scopes[index], month)
                 found = limits.get(scopes[index])
@@ -747,25 +813,121 @@ class RedisStore:
                               float(retry) if retry else None)
             if not held:
                 expires, at = _TIMES.unpack(result[1])
+                requests, tokens, nanos = _PART.unpack(result[3])
+                hold = UsageDelta(requests=requests, tokens=tokens, cost_nanos=nanos)
             held.append(group)
             if int(result[2]) == 1:
                 yield from self._register(scopes[group[0]])
-        return Reservation(id=rid, scopes=tuple(scopes), delta=delta, at=at, month=month,
+        return Reservation(id=rid, scopes=tuple(scopes), delta=hold, at=at, month=month,
                            expires_at=expires)
 
     def _release_group(self, group: Sequence[int], scopes: Sequence[str], month: str,
-                       rid: str, now: float) -> _Plan[bool]:
+                       rid: str, now: float, part: bytes | str = "") -> _Plan[bool]:
         keys: list[str] = []
         for index in group:
             keys += self._scope_keys(scopes[index], month, month)
-        return bool((yield "release", keys, [repr(float(now)), rid]))
+        return bool((yield "release", keys, [repr(float(now)), rid, part]))
 
     def _release_plan(self, reservation: Reservation, now: float) -> _Plan[bool]:
+        rid, part = _settles(reservation)
         found = False
         for group in self._groups(reservation.scopes):
             found |= yield from self._release_group(group, reservation.scopes,
-                                                    reservation.month, reservation.id, now)
+                                                    reservation.month, rid, now, part)
         return found
+
+    # ------------------------------------------------------------------ leases
+    def _leased(self, scopes: Sequence[str], delta: UsageDelta, limits: Mapping[str, Limits],
+                month: str) -> tuple[Reservation | None, _Lease | None]:
+        """A call's share of this process's lease on its scopes, if the lease has room for
+        it; else None, and the lease to give back (it is taken out of the table)."""
+        key = (tuple(scopes), month)
+        with self._lease_lock:
+            lease = self._leases.get(key)
+            if lease is None:
+                return None, None
+            left = lease.left
+            if (time.monotonic() < lease.until and lease.limits == _limits_of(scopes, limits)
+                    and delta.requests <= left[0] and delta.tokens <= left[1]
+                    and delta.cost_nanos <= left[2]):
+                left[0] -= delta.requests
+                left[1] -= delta.tokens
+                left[2] -= delta.cost_nanos
+                lease.calls += 1
+                return Reservation(id=f"{lease.id}/{lease.calls}", scopes=tuple(scopes),
+                                   delta=delta, at=lease.at, month=month,
+                                   expires_at=lease.expires_at), None
+            del self._leases[key]
+            return None, lease
+
+    def _lease_plan(self, scopes: Sequence[str], delta: UsageDelta,
+                    limits: Mapping[str, Limits], now: float, month: str, ttl: float,
+                    rid: str, spent: _Lease | None) -> _Plan[Reservation | Denial]:
+        """Give back what ``spent`` did not hand out, then lease up to :attr:`lease_calls`
+        calls like this one (less near a limit) and hand this call its share."""
+        if spent is not None:
+            yield from self._give_back(spent)
+        calls = self.lease_calls
+        want = (delta.requests * calls, delta.tokens * calls, delta.cost_nanos * calls)
+        result = yield from self._reserve_plan(scopes, delta, limits, now, month,
+                                               ttl + self.lease_seconds, rid, want)
+        if not isinstance(result, Reservation):
+            return result
+        hold = result.delta
+        left = [hold.requests - delta.requests, hold.tokens - delta.tokens,
+                hold.cost_nanos - delta.cost_nanos]
+        lease = _Lease(rid, tuple(scopes), month, _limits_of(scopes, limits), result.at,
+                       result.expires_at, left, time.monotonic() + self.lease_seconds)
+        if any(left):
+            with self._lease_lock:
+                self._leases[(tuple(scopes), month)] = lease
+        return Reservation(id=f"{rid}/0", scopes=tuple(scopes), delta=delta, at=result.at,
+                           month=month, expires_at=result.expires_at)
+
+    def _give_back(self, lease: _Lease) -> _Plan[None]:
+        """Release what a lease did not hand out (its calls' shares stay held until they
+        settle)."""
+        if not any(lease.left):
+            return
+        now = lease.at + (time.monotonic() - lease.until + self.lease_seconds)
+        part = _PART.pack(*lease.left)
+        try:
+            for group in self._groups(lease.scopes):
+                yield from self._release_group(group, lease.scopes, lease.month, lease.id,
+                                               now, part)
+        except StorageError:  # held until the lease expires in Redis, as a crash would
+            logger.warning("quota-hooks: %r could not give back a lease's unused part", self)
+
+    def _spent_leases(self, everything: bool = False) -> list[_Lease]:
+        """Take the leases past their time (or all of them) out of the table."""
+        now = time.monotonic()
+        with self._lease_lock:
+            gone = [key for key, lease in self._leases.items()
+                    if everything or lease.until <= now]
+            return [self._leases.pop(key) for key in gone]
+
+    def _give_back_plan(self, leases: Sequence[_Lease]) -> _Plan[None]:
+        for lease in leases:
+            yield from self._give_back(lease)
+
+    def _sweep_due(self) -> list[_Lease]:
+        """The leases past their time, at most once per ``lease_seconds``: a process that
+        stops calling gives back what it leased at its next call or at close."""
+        if not self._leases or time.monotonic() < self._next_sweep:
+            return []
+        self._next_sweep = time.monotonic() + self.lease_seconds
+        return self._spent_leases()
+
+    def _reserve_or_lease(self, scopes: Sequence[str], delta: UsageDelta,
+                          limits: Mapping[str, Limits], now: float, month: str, ttl: float,
+                          rid: str) -> Reservation | _Plan[Reservation | Denial]:
+        """A call's share of a lease (no round trip), or the plan that reserves it."""
+        if self.lease_calls > 1 and len(self._groups(scopes)) == 1:
+            share, spent = self._leased(scopes, delta, limits, month)
+            if share is not None:
+                return share
+            return self._lease_plan(scopes, delta, limits, now, month, ttl, rid, spent)
+        return self._reserve_plan(scopes, delta, limits, now, month, ttl, rid)
 
     def _register(self, scope: str) -> _Plan[None]:
         """Add a workspace to the set ``workspaces()`` reads (once a month per workspace,
@@ -913,14 +1075,19 @@ class RedisStore:
         ttl: float,
     ) -> Reservation | Denial:
         rid = uuid.uuid4().hex[:20]
+        plan = self._reserve_or_lease(scopes, delta, limits, now, month, ttl, rid)
+        if isinstance(plan, Reservation):
+            return plan
         try:
-            result = self._drive(self._reserve_plan(scopes, delta, limits, now, month, ttl,
-                                                    rid))
+            result = self._drive(plan)
         except StorageError as exc:
             self._orphaned(exc, rid, scopes, month, now)
             raise
         if self._backlog or self._orphans:
             self._replay()
+        due = self._sweep_due()
+        if due:
+            self._drive(self._give_back_plan(due))
         return result
 
     def _orphaned(self, exc: StorageError, rid: str, scopes: Sequence[str], month: str,
@@ -973,6 +1140,8 @@ class RedisStore:
         if self._closed:
             return
         self._closed = True
+        if self._leases:  # a failure is logged; the rest is held until it expires in Redis
+            self._drive(self._give_back_plan(self._spent_leases(everything=True)))
         deadline = time.monotonic() + (5.0 if timeout is None else timeout)
         while (self._backlog or self._orphans) and time.monotonic() < deadline:
             held = len(self._backlog) + len(self._orphans)
@@ -1012,12 +1181,18 @@ class RedisStore:
         ttl: float,
     ) -> Reservation | Denial:
         rid = uuid.uuid4().hex[:20]
+        plan = self._reserve_or_lease(scopes, delta, limits, now, month, ttl, rid)
+        if isinstance(plan, Reservation):
+            return plan
         try:
-            return await self._adrive(self._reserve_plan(scopes, delta, limits, now, month,
-                                                         ttl, rid))
+            result = await self._adrive(plan)
         except StorageError as exc:
             self._orphaned(exc, rid, scopes, month, now)
             raise
+        due = self._sweep_due()
+        if due:
+            await self._adrive(self._give_back_plan(due))
+        return result
 
     async def arelease(self, reservation: Reservation, now: float) -> bool:
         return await self._adrive(self._release_plan(reservation, now))
@@ -1046,6 +1221,8 @@ class RedisStore:
         return sorted(_name(m) for m in members)
 
     async def aclose(self) -> None:
+        if self._leases:  # a failure is logged; the rest is held until it expires in Redis
+            await self._adrive(self._give_back_plan(self._spent_leases(everything=True)))
         self._closed = True
         loop = asyncio.get_running_loop()
         found = self._async.pop(loop, None)

@@ -15,6 +15,8 @@ local function commit(k, a, now)
         unpriced, unpriced_nanos, cap, names_cap, age = struct.unpack('<i8i8i8i8i8i8i8i8i8i8i8i8i8i8d', ARGV[a + 3])
   local model, method, record, day = ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7]
   local commit_id, replay, window = ARGV[a + 8], ARGV[a + 9], ARGV[a + 10]
+  local part = nil
+  if ARGV[a + 11] ~= '' then part = { struct.unpack('<i8i8i8', ARGV[a + 11]) } end
   local nkeys = tonumber(ARGV[a - 2])
   local scopes = (nkeys - 2) / PER_SCOPE
   local done, done_before = KEYS[k + nkeys - 1], KEYS[k + nkeys]
@@ -41,7 +43,7 @@ local function commit(k, a, now)
     local base = k + (s - 1) * PER_SCOPE
     local st = load(base, now, extra)
     reap(st)
-    if rid ~= '' then undo(st, rid) end
+    if rid ~= '' then undo(st, rid, part) end
     add(st, 1, at, counts)
     add(st, 2, at, { requests, tokens, 0, 0, 0 })
     if s == 1 and st.dx ~= window then

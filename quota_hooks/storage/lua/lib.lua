@@ -328,21 +328,35 @@ local function later(map, key, ...)
 end
 
 -- Undo a pending reservation on one scope (loaded with its 'p:<id>' field); false if it is
--- not pending there (settled, released, or past its ttl).
-local function undo(st, id)
+-- not pending there (settled, released, or past its ttl). With a part (requests, tokens,
+-- nano-dollars), undo only that much of it: the share of a lease that one call took (the
+-- rest stays held until its other calls settle or the lease is given back).
+local function undo(st, id, part)
   local f = 'p:' .. id
   local packed = st.cache[f]
   if packed == nil then packed = get(st, f) end
   if not packed then return false end
   local r, t, n, at, expires = struct.unpack(PENDING, packed)
-  del(st, f)
-  later(ZREMS, KEYS[st.base + 2], id)
-  if expires <= st.now then return false end
-  add(st, 1, at, { -r, -t, 0, 0, 0 })
-  add(st, 2, at, { -r, -t, 0, 0, 0 })
-  if n ~= 0 then
+  if expires <= st.now then
+    del(st, f)
+    later(ZREMS, KEYS[st.base + 2], id)
+    return false
+  end
+  local ur, ut, un = r, t, n
+  if part then
+    ur, ut, un = math.min(part[1], r), math.min(part[2], t), math.min(part[3], n)
+  end
+  if ur == r and ut == t and un == n then
+    del(st, f)
+    later(ZREMS, KEYS[st.base + 2], id)
+  else
+    put(st, f, struct.pack(PENDING, r - ur, t - ut, n - un, at, expires))
+  end
+  add(st, 1, at, { -ur, -ut, 0, 0, 0 })
+  add(st, 2, at, { -ur, -ut, 0, 0, 0 })
+  if un ~= 0 then
     local m = month_state(KEYS[st.base + 5])
-    m.add.c = m.add.c - n
+    m.add.c = m.add.c - un
   end
   return true
 end
