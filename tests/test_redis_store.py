@@ -424,3 +424,35 @@ def test_lease_options_are_checked() -> None:
                          ({"lease_seconds": 60}, "lease_seconds")]:
         with pytest.raises(ConfigurationError, match=message):
             RedisStore(client, **bad)  # type: ignore[arg-type]
+
+
+def test_leases_under_eight_threads_admit_within_the_limit(url: str) -> None:
+    prefix = f"qh-test-{uuid.uuid4().hex[:8]}"
+    store = _lease_store(url, prefix, calls=16)
+    limits = {"workspace:ws": Limits(rpm=500)}
+    admitted: list[int] = []
+    lock = threading.Lock()
+
+    def work() -> None:
+        mine = 0
+        for _ in range(100):
+            held = store.reserve(["workspace:ws"], one_request(2), limits, T0, MONTH, 60)
+            if isinstance(held, Reservation):
+                mine += 1
+                store.commit(entry(tokens=3), held)
+        with lock:
+            admitted.append(mine)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    store.close()
+    total = sum(admitted)
+    assert 500 - 16 <= total <= 500  # one process: at most one lease's room unused at the end
+    fresh = RedisStore.from_url(url, prefix=prefix, use_server_time=False)
+    counters = fresh.counters("workspace:ws", T0, MONTH)
+    assert (counters.requests_minute, counters.tokens_minute) == (total, 3 * total)
+    fresh.clear()
+    fresh.close()

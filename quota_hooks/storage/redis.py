@@ -400,6 +400,7 @@ class RedisStore:
         self.lease_calls = lease_calls
         self.lease_seconds = float(lease_seconds)
         self._leases: dict[tuple[tuple[str, ...], str], _Lease] = {}
+        self._retired: list[_Lease] = []
         self._lease_lock = threading.Lock()
         self._next_sweep = 0.0
         self._backlog: deque[tuple[UsageEntry, Reservation | None, str, float]] = deque()
@@ -879,8 +880,11 @@ class RedisStore:
         lease = _Lease(rid, tuple(scopes), month, _limits_of(scopes, limits), result.at,
                        result.expires_at, left, time.monotonic() + self.lease_seconds)
         if any(left):
-            with self._lease_lock:
+            with self._lease_lock:  # a thread that leased the same scopes meanwhile: its
+                displaced = self._leases.get((tuple(scopes), month))  # lease goes back soon
                 self._leases[(tuple(scopes), month)] = lease
+                if displaced is not None:
+                    self._retired.append(displaced)
         return Reservation(id=f"{rid}/0", scopes=tuple(scopes), delta=delta, at=result.at,
                            month=month, expires_at=result.expires_at)
 
@@ -904,7 +908,9 @@ class RedisStore:
         with self._lease_lock:
             gone = [key for key, lease in self._leases.items()
                     if everything or lease.until <= now]
-            return [self._leases.pop(key) for key in gone]
+            spent = [self._leases.pop(key) for key in gone] + self._retired
+            self._retired = []
+            return spent
 
     def _give_back_plan(self, leases: Sequence[_Lease]) -> _Plan[None]:
         for lease in leases:
@@ -913,7 +919,7 @@ class RedisStore:
     def _sweep_due(self) -> list[_Lease]:
         """The leases past their time, at most once per ``lease_seconds``: a process that
         stops calling gives back what it leased at its next call or at close."""
-        if not self._leases or time.monotonic() < self._next_sweep:
+        if not self._retired and (not self._leases or time.monotonic() < self._next_sweep):
             return []
         self._next_sweep = time.monotonic() + self.lease_seconds
         return self._spent_leases()
@@ -1140,7 +1146,7 @@ class RedisStore:
         if self._closed:
             return
         self._closed = True
-        if self._leases:  # a failure is logged; the rest is held until it expires in Redis
+        if self._leases or self._retired:  # a failure is logged (held until Redis expires it)
             self._drive(self._give_back_plan(self._spent_leases(everything=True)))
         deadline = time.monotonic() + (5.0 if timeout is None else timeout)
         while (self._backlog or self._orphans) and time.monotonic() < deadline:
@@ -1221,7 +1227,7 @@ class RedisStore:
         return sorted(_name(m) for m in members)
 
     async def aclose(self) -> None:
-        if self._leases:  # a failure is logged; the rest is held until it expires in Redis
+        if self._leases or self._retired:  # a failure is logged (held until Redis expires it)
             await self._adrive(self._give_back_plan(self._spent_leases(everything=True)))
         self._closed = True
         loop = asyncio.get_running_loop()
