@@ -26,7 +26,7 @@ from pathlib import Path
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("LITELLM_OFFLINE_MODE", "true")
 
-from . import core, peers
+from . import core, peers, redis
 from ._harness import (
     DOC,
     HERE,
@@ -47,6 +47,7 @@ SUITES: dict[str, Callable[[bool], None]] = {
     "openai": peers.openai_overhead,
     "langchain": peers.langchain_overhead,
     "litellm": peers.litellm_overhead,
+    "redis": redis.redis,
 }
 
 
