@@ -1,21 +1,27 @@
-"""`RedisStore`: usage in Redis, shared exactly by every process on every host.
+"""`RedisStore`: usage in Redis or a Redis Cluster, shared exactly by every process on every host.
 
-* Every write and every limit check is one Lua script (``quota_hooks/storage/lua/``, shipped as
+* Every write and every limit check is a Lua script (``quota_hooks/storage/lua/``, shipped as
   package files): a reservation checks every limit of every scope and holds the usage
   atomically, and a settle undoes its estimate exactly once.
+* Keys (schema 2, :data:`SCHEMA`): ``<prefix>:{<hash of the scope>}:...``. Tenant ids never
+  appear in key names, so no id can collide with another or inject into a key. Each scope has
+  its own hash tag: a Cluster spreads workspaces over its nodes. On one Redis a call's scopes
+  are one atomic script; on a Cluster each scope is checked and held atomically in its own
+  slot, in order, and a refusal gives the earlier holds back (no limit is ever passed).
+* A scope is 4 keys (lua/lib.lua): one hash with both windows, the pending reservations and
+  markers; the pending expiries; one hash a month (cost, breakdowns); the recent records.
+  Numbers are packed binary, records compact JSON. Every key has a TTL, set when the key is
+  created or must move, except the ``<prefix>:schema`` marker.
 * Time: by default the scripts read the server's ``TIME``, so client clock skew does not move a
   window (``use_server_time=False`` uses the ``now`` that the manager passes, for tests with
   an injected clock). The budget month is the caller's (it depends on the policy's zone).
-* Keys: ``{prefix}:s:<sha256 of the scope>:...``. Tenant ids never appear in key names, so
-  no id can collide with another or inject into a key; they are stored as values only. Every
-  key carries the one hash tag ``{prefix}``, so on Redis Cluster all of them live in one slot
-  and multi-scope scripts stay atomic (the price: one store does not shard across a cluster).
-* Every key has a TTL: window keys a little over their window, the rest 400 days.
-* History: a capped list of recent records per scope (``recent_capacity``), and per-month
-  hashes for the breakdowns.
+* Round trips: concurrent calls of one process share them (:mod:`._batch`): what is queued while
+  a batch is on the wire goes as one run of each script, which reads and writes each scope once.
+  Leases (``lease_calls``, off by default) hand out a call's share of a slice of the limits
+  held in Redis with no round trip at all.
 
-Sync methods use ``redis.Redis``; async ones ``redis.asyncio.Redis``, one client per event
-loop. Redis errors become :class:`~quota_hooks.errors.StorageError`.
+Sync methods use ``redis.Redis`` (or ``RedisCluster``); async ones redis-py's asyncio clients,
+one per event loop. Redis errors become :class:`~quota_hooks.errors.StorageError`.
 
 A Redis that hangs (SIGSTOPped, a partition) never holds a call for long: connecting and each
 reply are bounded (``socket_connect_timeout``, 1 s, and ``socket_timeout``, 0.5 s by default),
@@ -27,8 +33,8 @@ failure like any other: ``fail_open`` or ``fail_closed`` applies.
 
 Nothing recorded is lost to an outage: a commit that fails is kept in a bounded backlog
 (``backlog_size``) and replayed once Redis answers again. Each commit carries an id that the
-script remembers for a day, so a commit that Redis ran after its reply timed out is never
-counted twice. Records beyond the backlog are dropped, logged and counted in
+script remembers for 150 to 300 s, so a commit that Redis ran after its reply timed out is
+never counted twice. Records beyond the backlog are dropped, logged and counted in
 ``dropped_records``; :meth:`RedisStore.health` says so meanwhile (the status: ``degraded``).
 """
 
@@ -350,11 +356,14 @@ class RedisStore:
     Args:
         client: a ``redis.Redis``; or use :meth:`from_url`.
         url: the URL the async clients connect to (defaults to the client's own settings).
-        prefix: namespace of every key (also the Cluster hash tag).
+        prefix: namespace of every key.
         recent_capacity: records kept per scope for ``recent()``.
         use_server_time: read the clock from Redis ``TIME`` (default) or trust ``now``.
         max_connections: the size of each async client's connection pool.
         backlog_size: commits kept while Redis does not answer, replayed when it does.
+        lease_calls: 0 (the default) for no leases; else a process leases up to this many
+            calls' worth of a scope's limits at once (see the module doc).
+        lease_seconds: how long a lease hands out shares before what is left goes back.
     """
 
     def __init__(
