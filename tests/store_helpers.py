@@ -95,7 +95,7 @@ def redis_cluster_url() -> str | None:
     return None
 
 
-BACKENDS = ["memory", "sqlite", "redis", "redis-cluster"]
+BACKENDS = ["memory", "sqlite", "redis", "redis-cluster", "redis-batched"]
 
 
 def make_store(kind: str, tmp_path: Path) -> Store:
@@ -120,7 +120,8 @@ def make_store(kind: str, tmp_path: Path) -> Store:
     patient = url + ("&" if "?" in url else "?") + (
         "socket_timeout=10&socket_connect_timeout=10&timeout=30")
     return RedisStore.from_url(patient, prefix=f"qh-test-{uuid.uuid4().hex[:8]}",
-                               use_server_time=False)
+                               use_server_time=False,
+                               durability="batched" if kind == "redis-batched" else "sync")
 
 
 def dispose(store: Store) -> None:

@@ -456,3 +456,29 @@ def test_leases_under_eight_threads_admit_within_the_limit(url: str) -> None:
     assert (counters.requests_minute, counters.tokens_minute) == (total, 3 * total)
     fresh.clear()
     fresh.close()
+
+
+def test_batched_settles_land_at_flush_close_and_before_reads(url: str) -> None:
+    prefix = f"qh-test-{uuid.uuid4().hex[:8]}"
+    store = RedisStore.from_url(url + ("&" if "?" in url else "?") + "durability=batched",
+                                prefix=prefix, use_server_time=False)
+    assert store.durability == "batched"
+    for _ in range(300):
+        store.commit(entry())  # queued for the writer thread
+    # A read in this process waits for what it committed.
+    assert store.counters("workspace:ws", T0, MONTH).requests_minute == 300
+    for _ in range(200):
+        store.commit(entry(tokens=1))
+    assert store.flush(10)
+    other = RedisStore.from_url(url, prefix=prefix, use_server_time=False)
+    assert other.counters("workspace:ws", T0, MONTH).requests_minute == 500
+    for _ in range(50):
+        store.commit(entry(tokens=2))
+    store.close()  # flushes
+    counters = other.counters("workspace:ws", T0, MONTH)
+    assert (counters.requests_minute, counters.tokens_minute) == (550, 300 * 10 + 200 + 100)
+    assert store.dropped_records == 0
+    with pytest.raises(ConfigurationError, match="durability must be 'sync' or 'batched'"):
+        RedisStore.from_url(url, prefix=prefix, durability="later")  # type: ignore[arg-type]
+    other.clear()
+    other.close()

@@ -53,8 +53,10 @@ from collections import deque
 from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast
 from urllib.parse import unquote
+
+import anyio.to_thread
 
 try:
     import redis
@@ -217,7 +219,7 @@ def _pool_options(max_connections: int, *, asyncio_: bool = False) -> dict[str, 
 
 
 #: Options of a store URL that are quota-hooks' own (redis-py knows none of them).
-_OWN_OPTIONS = {"prefix": str, "lease_calls": int, "lease_seconds": float}
+_OWN_OPTIONS = {"prefix": str, "lease_calls": int, "lease_seconds": float, "durability": str}
 _KIND_NAMES = {str: "text", int: "a whole number", float: "a number"}
 
 
@@ -364,6 +366,10 @@ class RedisStore:
         lease_calls: 0 (the default) for no leases; else a process leases up to this many
             calls' worth of a scope's limits at once (see the module doc).
         lease_seconds: how long a lease hands out shares before what is left goes back.
+        durability: ``"sync"`` (the default: a commit returns once Redis has it) or
+            ``"batched"`` (a writer thread sends the commits queued meanwhile as one run;
+            :meth:`flush` waits for it, reads wait for it, :meth:`close` flushes; a crash loses
+            what is queued, as SQLite's batched mode does).
     """
 
     def __init__(
@@ -378,7 +384,11 @@ class RedisStore:
         backlog_size: int = 10_000,
         lease_calls: int = 0,
         lease_seconds: float = 1.0,
+        durability: Literal["sync", "batched"] = "sync",
     ) -> None:
+        if durability not in ("sync", "batched"):
+            raise ConfigurationError(
+                f"durability must be 'sync' or 'batched', got {durability!r}")
         if isinstance(lease_calls, bool) or not isinstance(lease_calls, int) or lease_calls < 0:
             raise ConfigurationError(
                 f"lease_calls must be a whole number >= 0 (0: no leases), got {lease_calls!r}")
@@ -412,6 +422,13 @@ class RedisStore:
         self._retired: list[_Lease] = []
         self._lease_lock = threading.Lock()
         self._next_sweep = 0.0
+        self.durability = durability
+        self._queue: deque[tuple[UsageEntry, Reservation | None, str]] = deque()
+        self._queue_ready = threading.Condition()
+        self._enqueued = self._processed = 0
+        self._writer: threading.Thread | None = None
+        self._stopping = False
+        self._read_wait = 1.0
         self._backlog: deque[tuple[UsageEntry, Reservation | None, str, float]] = deque()
         self._backlog_size = backlog_size
         self._backlog_lock = threading.Lock()
@@ -538,11 +555,18 @@ class RedisStore:
             else:
                 result = _command(self.client, name, keys, args)
         except (redis.RedisError, RedisClusterException) as exc:
-            error = _as_redis_error(exc)
-            self._failed(error)
-            raise self._error(name, error) from self._cause(error)
+            raise self._failure(name, exc) from self._cause(_as_redis_error(exc))
         self._unanswered_at = None
         return result
+
+    def _failure(self, name: str, exc: BaseException) -> StorageError:
+        """The StorageError of a failed call (raise it ``from self._cause(...)``); a timeout
+        starts the quiet second of :meth:`_unanswered`."""
+        error = _as_redis_error(exc)
+        self._failed(error)
+        failure = self._error(name, error)
+        failure.__cause__ = self._cause(error)
+        return failure
 
     def _runs(self, calls: Sequence[_Call]) -> list[_Run]:
         """The runs that send a batch of calls: the calls of one script (and, on a Cluster, of
@@ -1010,8 +1034,137 @@ class RedisStore:
                 table[name[len(mark):]] = Aggregate(*_AGGREGATE.unpack(value))
         return table
 
+    # ------------------------------------------------------------------ batched commits
+    def _enqueue(self, entry: UsageEntry, reservation: Reservation | None) -> None:
+        """``durability="batched"``: hand a commit to the writer thread."""
+        commit_id = uuid.uuid4().hex[:20]
+        with self._queue_ready:
+            if len(self._queue) >= self._backlog_size:
+                self.dropped_records += 1
+                if self.dropped_records == 1:
+                    logger.error("quota-hooks: %r: the queue of %d commits is full; more are "
+                                 "dropped and counted in dropped_records", self,
+                                 self._backlog_size)
+                return
+            self._queue.append((entry, reservation, commit_id))
+            self._enqueued += 1
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write_loop, daemon=True,
+                                                 name="quota-hooks-redis-writer")
+                self._writer.start()
+            self._queue_ready.notify()
+
+    def _write_loop(self) -> None:
+        while True:
+            with self._queue_ready:
+                while not self._queue and not self._stopping:
+                    self._queue_ready.wait()
+                if not self._queue:
+                    return
+                batch = [self._queue.popleft() for _ in range(min(len(self._queue), 256))]
+            try:
+                self._commit_many(batch)
+            except Exception:  # pragma: no cover - a bug; never kill the writer
+                logger.exception("quota-hooks: %r: the writer failed on a batch", self)
+            with self._queue_ready:
+                self._processed += len(batch)
+                self._queue_ready.notify_all()
+
+    def _commit_many(self, batch: Sequence[tuple[UsageEntry, Reservation | None, str]]) -> None:
+        """Commit a batch: every commit's plan is driven in step with the others, each step's
+        calls sent together (one run of the commit script for them all)."""
+        if self._unanswered():
+            for held in batch:
+                self._keep(*held)
+            return
+        plans = {i: self._commit_plan(entry, reservation, commit_id)
+                 for i, (entry, reservation, commit_id) in enumerate(batch)}
+        steps = {i: next(plan) for i, plan in plans.items()}
+        while steps:
+            order = list(steps)
+            calls = [steps[i] for i in order]
+            outcomes = self._send_mixed(calls)
+            answered = False
+            for i, call, outcome in zip(order, calls, outcomes, strict=True):
+                try:
+                    if isinstance(outcome, BaseException):
+                        steps[i] = plans[i].throw(self._failure(call[0], outcome))
+                    else:
+                        answered = True
+                        steps[i] = plans[i].send(outcome)
+                except StopIteration:
+                    del steps[i]
+                except StorageError as exc:
+                    del steps[i]
+                    if isinstance(exc.__cause__, _UNANSWERED):
+                        self._keep(*batch[i])
+                    else:
+                        self.dropped_records += 1
+                        logger.error("quota-hooks: a commit was dropped: %s", exc)
+            if answered:
+                self._unanswered_at = None
+        if self._backlog or self._orphans:
+            self._replay()
+
+    def _send_mixed(self, calls: Sequence[_Call]) -> list[Any]:
+        """Each call's result or error: the scripts' sent together, the plain commands (a
+        workspace's registration) one by one."""
+        outcomes: list[Any] = [None] * len(calls)
+        scripts = [i for i, call in enumerate(calls) if call[0] in self._shas]
+        try:
+            if not self._schema_ok:
+                self._check_schema()
+            sent = self._send([calls[i] for i in scripts]) if scripts else []
+        except (redis.RedisError, RedisClusterException) as exc:
+            sent = [exc] * len(scripts)
+        for i, outcome in zip(scripts, sent, strict=True):
+            outcomes[i] = outcome
+        for i, (name, keys, args) in enumerate(calls):
+            if name not in self._shas:
+                try:
+                    outcomes[i] = _command(self.client, name, keys, args)
+                except (redis.RedisError, RedisClusterException) as exc:
+                    outcomes[i] = exc
+        return outcomes
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every commit handed to the writer before this call is in Redis (or held
+        for replay, or dropped). Returns False on timeout. Immediate with
+        ``durability="sync"``."""
+        if self._writer is None:
+            return True
+        with self._queue_ready:
+            target = self._enqueued
+            return self._queue_ready.wait_for(lambda: self._processed >= target, timeout)
+
+    def _stop_writer(self, deadline: float) -> None:
+        """Let the writer finish what is queued (until ``deadline``), then stop it."""
+        writer = self._writer
+        if writer is None:
+            return
+        self.flush(max(0.0, deadline - time.monotonic()))
+        with self._queue_ready:
+            self._stopping = True
+            left = len(self._queue)
+            self._queue.clear()
+            self._queue_ready.notify_all()
+        writer.join(max(0.0, deadline - time.monotonic()))
+        if left:
+            self.dropped_records += left
+            logger.error("quota-hooks: %r closed with %d queued commit(s) not written; they "
+                         "are lost", self, left)
+
+    def _settled(self) -> None:
+        """Reads, and reserves that ask Redis, see this process's commits: they wait for the
+        writer (a batch, a few milliseconds)."""
+        if (self._queue or self._processed < self._enqueued) and not self._unanswered():
+            self.flush(self._read_wait)  # not while Redis leaves calls unanswered
+
     # ------------------------------------------------------------------ Store: sync
     def commit(self, entry: UsageEntry, reservation: Reservation | None = None) -> None:
+        if self.durability == "batched":
+            self._enqueue(entry, reservation)
+            return
         commit_id = uuid.uuid4().hex[:20]
         if self._unanswered():
             self._keep(entry, reservation, commit_id)
@@ -1093,6 +1246,7 @@ class RedisStore:
         plan = self._reserve_or_lease(scopes, delta, limits, now, month, ttl, rid)
         if isinstance(plan, Reservation):
             return plan
+        self._settled()  # what this process committed counts before Redis checks a limit
         try:
             result = self._drive(plan)
         except StorageError as exc:
@@ -1124,14 +1278,17 @@ class RedisStore:
                               [repr(float(now)), self._server_time, repr(ttl)]))
 
     def counters(self, scope: str, now: float, month: str) -> Counters:
+        self._settled()
         keys = self._scope_keys(scope, month)
         return self._counters(self._run("counters", keys, [repr(float(now))]))
 
     def breakdown(self, scope: str, month: str, by: Breakdown) -> dict[str, Aggregate]:
+        self._settled()
         return self._aggregates(self._run("hgetall", [self._scope_keys(scope, month)[2]], ()),
                                 by)
 
     def recent(self, scope: str, n: int) -> list[UsageRecord]:
+        self._settled()
         n = min(n, self.recent_capacity)
         if n <= 0:
             return []
@@ -1139,6 +1296,7 @@ class RedisStore:
         return [decode(row) for row in rows]
 
     def workspaces(self) -> list[str]:
+        self._settled()
         return sorted(_name(m) for m in self._run("smembers", [self._workspaces_key], ()))
 
     def clear(self) -> int:
@@ -1158,6 +1316,7 @@ class RedisStore:
         if self._leases or self._retired:  # a failure is logged (held until Redis expires it)
             self._drive(self._give_back_plan(self._spent_leases(everything=True)))
         deadline = time.monotonic() + (5.0 if timeout is None else timeout)
+        self._stop_writer(deadline)
         while (self._backlog or self._orphans) and time.monotonic() < deadline:
             held = len(self._backlog) + len(self._orphans)
             self._replay()
@@ -1172,6 +1331,9 @@ class RedisStore:
 
     # ------------------------------------------------------------------ Store: async
     async def acommit(self, entry: UsageEntry, reservation: Reservation | None = None) -> None:
+        if self.durability == "batched":
+            self._enqueue(entry, reservation)
+            return
         commit_id = uuid.uuid4().hex[:20]
         if self._unanswered():
             self._keep(entry, reservation, commit_id)
@@ -1199,6 +1361,8 @@ class RedisStore:
         plan = self._reserve_or_lease(scopes, delta, limits, now, month, ttl, rid)
         if isinstance(plan, Reservation):
             return plan
+        if self._queue or self._processed < self._enqueued:
+            await anyio.to_thread.run_sync(self._settled)
         try:
             result = await self._adrive(plan)
         except StorageError as exc:
@@ -1217,14 +1381,20 @@ class RedisStore:
                                      [repr(float(now)), self._server_time, repr(ttl)]))
 
     async def acounters(self, scope: str, now: float, month: str) -> Counters:
+        if self._queue or self._processed < self._enqueued:
+            await anyio.to_thread.run_sync(self._settled)
         keys = self._scope_keys(scope, month)
         return self._counters(await self._arun("counters", keys, [repr(float(now))]))
 
     async def abreakdown(self, scope: str, month: str, by: Breakdown) -> dict[str, Aggregate]:
+        if self._queue or self._processed < self._enqueued:
+            await anyio.to_thread.run_sync(self._settled)
         raw = await self._arun("hgetall", [self._scope_keys(scope, month)[2]], ())
         return self._aggregates(raw, by)
 
     async def arecent(self, scope: str, n: int) -> list[UsageRecord]:
+        if self._queue or self._processed < self._enqueued:
+            await anyio.to_thread.run_sync(self._settled)
         n = min(n, self.recent_capacity)
         if n <= 0:
             return []
@@ -1232,10 +1402,14 @@ class RedisStore:
         return [decode(row) for row in rows]
 
     async def aworkspaces(self) -> list[str]:
+        if self._queue or self._processed < self._enqueued:
+            await anyio.to_thread.run_sync(self._settled)
         members = await self._arun("smembers", [self._workspaces_key], ())
         return sorted(_name(m) for m in members)
 
     async def aclose(self) -> None:
+        if self._writer is not None:
+            await anyio.to_thread.run_sync(self._stop_writer, time.monotonic() + 5.0)
         if self._leases or self._retired:  # a failure is logged (held until Redis expires it)
             await self._adrive(self._give_back_plan(self._spent_leases(everything=True)))
         self._closed = True
