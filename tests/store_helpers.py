@@ -5,6 +5,9 @@ from __future__ import annotations
 import functools
 import os
 import socket
+import subprocess
+import sys
+import textwrap
 import uuid
 from decimal import Decimal
 from pathlib import Path
@@ -122,6 +125,21 @@ def make_store(kind: str, tmp_path: Path) -> Store:
     return RedisStore.from_url(patient, prefix=f"qh-test-{uuid.uuid4().hex[:8]}",
                                use_server_time=False,
                                durability="batched" if kind == "redis-batched" else "sync")
+
+
+def run_processes(code: str, url: str, prefix: str, n: int) -> list[int]:
+    """Run ``code`` (dedented; argv: the store URL and prefix) in ``n`` processes at once, and
+    return the number each prints."""
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{root / 'tests'}"}
+    workers = [
+        subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), url, prefix], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(n)
+    ]
+    outputs = [w.communicate(timeout=300) for w in workers]
+    assert all(w.returncode == 0 for w in workers), [err for _, err in outputs]
+    return [int(out) for out, _ in outputs]
 
 
 def dispose(store: Store) -> None:

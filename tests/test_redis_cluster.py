@@ -14,8 +14,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
-import textwrap
 import time
 import uuid
 from collections import Counter
@@ -24,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from store_helpers import T0, entry, one_request, redis_cluster_url
+from store_helpers import T0, entry, one_request, redis_cluster_url, run_processes
 
 from quota_hooks import Estimate, QuotaManager, QuotaPolicy, UsageRecord
 from quota_hooks.errors import StorageError
@@ -102,15 +100,7 @@ def test_four_processes_share_a_limit_exactly_across_slots(url: str) -> None:
             for _ in range(2500)
         ))
     """
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
-    workers = [
-        subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), url, prefix], env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for _ in range(4)
-    ]
-    outputs = [w.communicate(timeout=300) for w in workers]
-    assert all(w.returncode == 0 for w in workers), [err for _, err in outputs]
-    assert sum(int(out) for out, _ in outputs) == 1000
+    assert sum(run_processes(code, url, prefix, 4)) == 1000
     store = RedisStore.from_url(url, prefix=prefix, use_server_time=False)
     try:
         assert store.counters("team:ml", T0, MONTH).requests_minute == 1000

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from store_helpers import T0, entry, one_request, redis_url, rpm
+from store_helpers import T0, entry, one_request, redis_url, rpm, run_processes
 
 from quota_hooks import Estimate, QuotaManager, QuotaPolicy, QuotaStatus, UsageRecord
 from quota_hooks.errors import ConfigurationError, StorageError
@@ -63,15 +63,7 @@ def test_four_processes_share_a_limit_exactly(url: str) -> None:
             for _ in range(2500)
         ))
     """
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
-    workers = [
-        subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), url, prefix], env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for _ in range(4)
-    ]
-    outputs = [w.communicate(timeout=300) for w in workers]
-    assert all(w.returncode == 0 for w in workers), [err for _, err in outputs]
-    assert sum(int(out) for out, _ in outputs) == 1000
+    assert sum(run_processes(code, url, prefix, 4)) == 1000
     store = RedisStore.from_url(url, prefix=prefix, use_server_time=False)
     assert store.counters("workspace:ws", T0, MONTH).requests_minute == 1000
     store.clear()
@@ -170,39 +162,13 @@ def test_redis_restart(tmp_path: Path) -> None:
         proc.wait(10)
 
 
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[int]:
-    """A redis-server of this test's own (its command statistics are this test's alone)."""
-    server = shutil.which("redis-server")
-    if server is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI needs redis-server on PATH (.ci/run installs it)")
-        pytest.skip("redis-server is not installed")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--dir",
-                             str(tmp_path), "--save", "", "--appendonly", "no"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = redis.Redis(port=port)
-    try:
-        for _ in range(200):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        yield port
-    finally:
-        client.close()
-        proc.terminate()
-        proc.wait(10)
-
-
-def test_commands_per_reserve_and_settle(own_redis: int) -> None:
+def test_commands_per_reserve_and_settle(
+    own_redis: tuple[str, subprocess.Popen[bytes]],
+) -> None:
     """A reserve+settle pair on one scope costs 2 scripts and at most 16 commands inside them
     (the first layout ran about 103), EXPIRE only where a TTL is set or moves."""
-    store = RedisStore.from_url(f"redis://127.0.0.1:{own_redis}/0")
+    url = own_redis[0]
+    store = RedisStore.from_url(url)
     now = time.time()
     month = time.strftime("%Y-%m", time.gmtime(now))
     limits = {"workspace:ws": Limits(rpm=10**6, tpm=10**9, rpd=10**7, tpd=10**10,
@@ -215,7 +181,7 @@ def test_commands_per_reserve_and_settle(own_redis: int) -> None:
         store.commit(record, held)
 
     pair()  # the scope's first call creates its keys and sets their TTLs
-    client = redis.Redis(port=own_redis)
+    client = redis.Redis.from_url(url)
     client.config_resetstat()
     for _ in range(50):
         pair()
@@ -375,15 +341,7 @@ def test_leases_in_four_processes_never_pass_the_limit(url: str) -> None:
         store.close()
         print(admitted)
     """
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
-    workers = [
-        subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), url, prefix], env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for _ in range(4)
-    ]
-    outputs = [w.communicate(timeout=300) for w in workers]
-    assert all(w.returncode == 0 for w in workers), [err for _, err in outputs]
-    admitted = sum(int(out) for out, _ in outputs)
+    admitted = sum(run_processes(code, url, prefix, 4))
     assert 1000 - 4 * 32 <= admitted <= 1000
     store = RedisStore.from_url(url, prefix=prefix, use_server_time=False)
     counters = store.counters("workspace:ws", T0, MONTH)
