@@ -238,6 +238,11 @@ class RollingCounter:
                 self._counts.insert(at, values)
         sums = self._sums
         for i, count in enumerate(counts):
+            # A bucket never goes below zero: an undo takes at most what its bucket holds (a
+            # clock that stepped back folded the rest into another bucket, where it counts
+            # until that bucket leaves the window: an over-count, never an under-count).
+            if count < 0 and values[i] + count < 0:
+                count = -values[i]
             values[i] += count
             sums[i] += count
         if bucket > self._newest:

@@ -239,3 +239,37 @@ def test_store_from_url_picks_the_cluster_and_the_prefix(url: str) -> None:
     assert store.workspaces() == ["ws"]
     store.clear()
     store.close()
+
+
+@pytest.mark.slow
+def test_a_later_slot_that_fails_gives_the_earlier_holds_back(
+    own_cluster: tuple[str, Path],
+) -> None:
+    """The team's node hangs: reserving workspace+team fails (a StorageError), and the
+    workspace, on a node that answers, keeps no hold: its own calls still fit its limit."""
+    url, directory = own_cluster
+    store = RedisStore.from_url(url + "?socket_timeout=0.3&socket_connect_timeout=0.3",
+                                prefix="qh-ghost", use_server_time=False)
+    team = next(f"team:t{i}" for i in range(100)
+                if _node_of(store, store._scope_keys(f"team:t{i}", MONTH)[0])
+                != _node_of(store, store._scope_keys("workspace:ws", MONTH)[0]))
+    limits = {"workspace:ws": Limits(rpm=100)}
+    assert isinstance(store.reserve(["workspace:ws", team], one_request(1), limits, T0, MONTH,
+                                    3600), Reservation)  # both slots' scripts are loaded
+    port = _node_of(store, store._scope_keys(team, MONTH)[0]).rpartition(":")[2]
+    pid = int((directory / f"redis-{port}.pid").read_text())
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        for _ in range(20):
+            with pytest.raises(StorageError):
+                store.reserve(["workspace:ws", team], one_request(1), limits, T0, MONTH, 3600)
+        assert store.counters("workspace:ws", T0, MONTH).requests_minute == 1
+        started = time.monotonic()
+        admitted = sum(isinstance(store.reserve(["workspace:ws"], one_request(1), limits, T0,
+                                                MONTH, 3600), Reservation) for _ in range(120))
+        assert admitted == 99
+        # The hung node's replays are not retried on every call that reaches a live node.
+        assert time.monotonic() - started < 5
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    store.close(timeout=1)

@@ -6,6 +6,7 @@ missing server fails these tests). The restart test starts its own redis-server.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
@@ -440,3 +441,94 @@ def test_batched_settles_land_at_flush_close_and_before_reads(url: str) -> None:
         RedisStore.from_url(url, prefix=prefix, durability="later")  # type: ignore[arg-type]
     other.clear()
     other.close()
+
+
+def test_a_lease_share_settles_once(url: str) -> None:
+    """A record and then a release of the same call (an adapter that recorded it already)
+    take the call's share off its lease once: the lease still holds its other calls."""
+    prefix = f"qh-test-{uuid.uuid4().hex[:8]}"
+    store = _lease_store(url, prefix, calls=8)
+    limits = {"workspace:ws": Limits(rpm=100)}
+    shares = [store.reserve(["workspace:ws"], one_request(1), limits, T0, MONTH, 60)
+              for _ in range(4)]
+    assert all(isinstance(s, Reservation) for s in shares)
+    held = store.counters("workspace:ws", T0, MONTH).requests_minute
+    assert held == 8  # one lease of 8 calls
+    store.commit(entry(tokens=1), shares[0])
+    store.commit(entry(tokens=1), shares[0])  # twice: the second adds its usage, undoes nothing
+    assert store.release(shares[0], T0) is False
+    assert store.release(shares[0], T0) is False
+    assert store.release(shares[1], T0) is True
+    assert store.release(shares[1], T0) is False
+    # 2 recorded + 2 shares still out + 4 never handed out; the released share is gone.
+    assert store.counters("workspace:ws", T0, MONTH).requests_minute == 2 + 2 + 4
+    store.clear()
+    store.close()
+
+
+def test_a_burst_on_leases_takes_one_lease(url: str) -> None:
+    """64 threads reserving at once: one takes the lease, the others reserve their own call
+    meanwhile, so every one fits (a lease a call would take the room from the others)."""
+    prefix = f"qh-test-{uuid.uuid4().hex[:8]}"
+    store = _lease_store(url, prefix, calls=64)
+    limits = {"workspace:ws": Limits(rpm=500)}
+    start = threading.Barrier(64)
+    results: list[object] = []
+
+    def one() -> None:
+        start.wait()
+        results.append(store.reserve(["workspace:ws"], one_request(1), limits, T0, MONTH, 60))
+
+    threads = [threading.Thread(target=one) for _ in range(64)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(isinstance(r, Reservation) for r in results) == 64
+    store.clear()
+    store.close()
+
+
+def test_pending_reservations_never_settled_are_reaped(url: str) -> None:
+    """300 reservations a minute that nobody settles (ttl 30 s): the reaper keeps the pending
+    fields to what is not expired yet, minute after minute."""
+    store = RedisStore.from_url(url, prefix=f"qh-test-{uuid.uuid4().hex[:8]}",
+                                use_server_time=False)
+    limits = {"workspace:ws": Limits(rpm=10**6)}
+    state = store._scope_keys("workspace:ws", MONTH)[0]
+    for minute in range(15):
+        for i in range(300):
+            now = T0 + minute * 60 + i * 0.1
+            assert isinstance(store.reserve(["workspace:ws"], one_request(1), limits, now,
+                                            MONTH, 30), Reservation)
+    pending = sum(1 for f in store.client.hkeys(state) if f.startswith(b"p:"))
+    assert pending <= 2 * 300, pending  # the last minute's, and the one before at most
+    assert store.client.zcard(store._scope_keys("workspace:ws", MONTH)[1]) <= 2 * 300 + 1
+    store.clear()
+    store.close()
+
+
+def test_a_cancelled_areserve_gives_its_hold_back(url: str) -> None:
+    store = RedisStore.from_url(url, prefix=f"qh-test-{uuid.uuid4().hex[:8]}",
+                                use_server_time=False)
+    limits = {"workspace:ws": Limits(rpm=10**5)}
+
+    async def main() -> None:
+        async def one() -> None:
+            held = await asyncio.wait_for(
+                store.areserve(["workspace:ws"], one_request(), limits, T0, MONTH, 30), 0.002)
+            await store.acommit(entry(tokens=0), held)
+
+        outcomes = await asyncio.gather(*(one() for _ in range(300)), return_exceptions=True)
+        cancelled = sum(isinstance(o, asyncio.TimeoutError) for o in outcomes)
+        assert cancelled > 0
+        done = sum(o is None for o in outcomes)
+        await asyncio.sleep(0.3)
+        held = await store.areserve(["workspace:ws"], one_request(), limits, T0, MONTH, 30)
+        await store.acommit(entry(tokens=0), held)  # Redis answers: the holds go back
+        counters = await store.acounters("workspace:ws", T0, MONTH)
+        assert counters.requests_minute == counters.calls_minute == done + 1
+
+    asyncio.run(main())
+    store.clear()
+    store.close()

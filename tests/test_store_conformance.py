@@ -221,3 +221,39 @@ def test_store_from_url(tmp_path: Path) -> None:
     ]:
         with pytest.raises(Exception, match=message):
             store_from_url(bad)
+
+
+def test_a_release_after_the_ttl_gives_nothing_back(ops: Ops) -> None:
+    """Past its ttl a reservation is forgotten and what it held stays counted, whether a
+    settle or a release comes late, and whether or not another call reaped it first: the same
+    on every backend."""
+    held = ops.reserve(["workspace:ws"], one_request(50), rpm(10), T0, MONTH, 5)
+    assert isinstance(held, Reservation)
+    assert ops.release(held, T0 + 100) is False
+    counters = ops.counters("workspace:ws", T0 + 100, MONTH)
+    assert (counters.requests_day, counters.tokens_day) == (1, 50)
+    on_time = ops.reserve(["workspace:ws"], one_request(7), rpm(10), T0 + 100, MONTH, 5)
+    assert isinstance(on_time, Reservation)
+    assert ops.release(on_time, T0 + 104) is True
+    assert ops.counters("workspace:ws", T0 + 104, MONTH).tokens_day == 50
+
+
+def test_a_clock_that_steps_back_never_makes_a_window_negative(ops: Ops) -> None:
+    """Two reservations pending when the clock steps back 505 s; one settles then, the other
+    a day later: the day window counts what belongs to it, never less than zero."""
+    limits = {"workspace:ws": Limits(tpd=10**6)}
+    t1 = T0 + 3_734_515.43
+    month = month_key(t1)
+    first = ops.reserve(["workspace:ws"], UsageDelta(requests=1, tokens=81), limits, t1,
+                        month, 10**7)
+    second = ops.reserve(["workspace:ws"], UsageDelta(requests=1, tokens=80), limits,
+                         t1 + 1.5, month, 10**7)
+    assert isinstance(first, Reservation) and isinstance(second, Reservation)
+    t2 = t1 - 505.3  # the clock stepped back
+    ops.commit(entry(now=t2, tokens=19), second)
+    t3 = t2 + 86_407  # a day later
+    late = entry(now=t3, tokens=36)
+    ops.commit(UsageEntry(late.record, late.scopes, late.delta, t3, month_key(t3), late.cost,
+                          late.price_source, at=t3 - 100), first)
+    counters = ops.counters("workspace:ws", t3, month_key(t3))
+    assert (counters.requests_day, counters.tokens_day) == (1, 36)

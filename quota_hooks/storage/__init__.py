@@ -77,20 +77,26 @@ def redacted(url: str) -> str:
         userinfo, hostpart = (rest[:at], rest[at + 1:]) if at >= 0 else (None, rest)
         cut = min((i for i in (hostpart.find(c) for c in "/?#") if i >= 0), default=len(hostpart))
         authority, tail = hostpart[:cut], hostpart[cut:]
-        if authority.startswith("["):  # an IPv6 address
-            close = authority.find("]")
-            host, port = (authority[:close + 1], authority[close + 1:].removeprefix(":")) if (
-                close >= 0) else (authority, "")
-        else:
-            host, _, port = authority.partition(":")
         shown = f"{scheme}://"
         if userinfo is not None:
             user, colon, _ = userinfo.partition(":")
             shown += f"{user}:***@" if colon else "***@"  # no colon: it may be the password
-        shown += host + (f":{port if port.isdigit() else '***'}" if port else "")
+        # A Redis Cluster URL lists several nodes: host:port,host:port.
+        shown += ",".join(_redacted_node(node) for node in authority.split(","))
         return shown + _redacted_query(tail)
     except Exception:
         return _UNPARSABLE
+
+
+def _redacted_node(authority: str) -> str:
+    """``host:port`` with a port that is not a number as ``***``."""
+    if authority.startswith("["):  # an IPv6 address
+        close = authority.find("]")
+        host, port = (authority[:close + 1], authority[close + 1:].removeprefix(":")) if (
+            close >= 0) else (authority, "")
+    else:
+        host, _, port = authority.partition(":")
+    return host + (f":{port if port.isdigit() else '***'}" if port else "")
 
 
 def _redacted_query(text: str) -> str:

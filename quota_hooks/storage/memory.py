@@ -231,8 +231,8 @@ class MemoryStore:
     def release(self, reservation: Reservation, now: float) -> bool:
         with self._lock:
             pending = self._pending.pop(reservation.id, None)
-            if pending is None:
-                return False
+            if pending is None or pending.expires_at <= now:  # past its ttl: forgotten, what
+                return False  # it held stays counted (as a settle and every store have it)
             self._undo(pending, now)
             return True
 

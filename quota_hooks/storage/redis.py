@@ -41,6 +41,7 @@ never counted twice. Records beyond the backlog are dropped, logged and counted 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import re
@@ -104,6 +105,8 @@ _COMMIT_NUMBERS = struct.Struct("<14qd")
 _PART = struct.Struct("<3q")
 #: A lease takes at most 1/8 of a limit's room, so that processes sharing it share the room.
 _LEASE_SHARE = 8
+#: Lease shares handed out and not settled yet that a store remembers (to settle each once).
+_MAX_SHARES = 100_000
 
 
 @dataclass(slots=True)
@@ -420,8 +423,11 @@ class RedisStore:
         self.lease_seconds = float(lease_seconds)
         self._leases: dict[tuple[tuple[str, ...], str], _Lease] = {}
         self._retired: list[_Lease] = []
+        self._leasing: set[tuple[tuple[str, ...], str]] = set()
+        self._shares: dict[str, None] = {}
         self._lease_lock = threading.Lock()
         self._next_sweep = 0.0
+        self._replay_after = 0.0
         self.durability = durability
         self._queue: deque[tuple[UsageEntry, Reservation | None, str]] = deque()
         self._queue_ready = threading.Condition()
@@ -837,7 +843,15 @@ class RedisStore:
                 else:
                     args += ["1", *("" if v is None else v for v in (
                         found.rpm, found.tpm, found.rpd, found.tpd, found.budget_nanos))]
-            result = yield "reserve", keys, args
+            try:
+                result = yield "reserve", keys, args
+            except StorageError:
+                # On a Cluster, a later slot that failed: the earlier ones give their hold
+                # back now (this one's, if it ran, goes back when Redis answers: _orphaned).
+                for earlier in held:
+                    with contextlib.suppress(StorageError):  # else the orphan's release does
+                        yield from self._release_group(earlier, scopes, month, rid, now)
+                raise
             if int(result[0]) != 1:
                 _, which, limit, used, maximum, retry = (_text(v) for v in result)
                 # On a Cluster, the scopes held before this one give their hold back.
@@ -872,39 +886,70 @@ class RedisStore:
 
     # ------------------------------------------------------------------ leases
     def _leased(self, scopes: Sequence[str], delta: UsageDelta, limits: Mapping[str, Limits],
-                month: str) -> tuple[Reservation | None, _Lease | None]:
+                month: str) -> tuple[Reservation | None, _Lease | None, bool]:
         """A call's share of this process's lease on its scopes, if the lease has room for
-        it; else None, and the lease to give back (it is taken out of the table)."""
+        it; else None, the lease to give back (taken out of the table), and whether this
+        call takes the next lease (one call at a time does: the others meanwhile reserve
+        only what they need, so a burst does not take a lease a call)."""
         key = (tuple(scopes), month)
         with self._lease_lock:
             lease = self._leases.get(key)
-            if lease is None:
-                return None, None
-            left = lease.left
-            if (time.monotonic() < lease.until and lease.limits == _limits_of(scopes, limits)
-                    and delta.requests <= left[0] and delta.tokens <= left[1]
-                    and delta.cost_nanos <= left[2]):
-                left[0] -= delta.requests
-                left[1] -= delta.tokens
-                left[2] -= delta.cost_nanos
-                lease.calls += 1
-                return Reservation(id=f"{lease.id}/{lease.calls}", scopes=tuple(scopes),
-                                   delta=delta, at=lease.at, month=month,
-                                   expires_at=lease.expires_at), None
-            del self._leases[key]
-            return None, lease
+            if lease is not None:
+                left = lease.left
+                if (time.monotonic() < lease.until
+                        and lease.limits == _limits_of(scopes, limits)
+                        and delta.requests <= left[0] and delta.tokens <= left[1]
+                        and delta.cost_nanos <= left[2]):
+                    left[0] -= delta.requests
+                    left[1] -= delta.tokens
+                    left[2] -= delta.cost_nanos
+                    lease.calls += 1
+                    return self._share(lease, delta), None, False
+                del self._leases[key]
+            if key in self._leasing:
+                return None, lease, False
+            self._leasing.add(key)
+            return None, lease, True
+
+    def _share(self, lease: _Lease, delta: UsageDelta) -> Reservation:
+        """The reservation of a call's share of ``lease`` (settled at most once: see
+        :meth:`_settle_once`). Call with the lease lock held."""
+        share = Reservation(id=f"{lease.id}/{lease.calls}", scopes=lease.scopes, delta=delta,
+                            at=lease.at, month=lease.month, expires_at=lease.expires_at)
+        shares = self._shares
+        shares[share.id] = None
+        if len(shares) > _MAX_SHARES:  # shares never settled (a caller that lost them)
+            del shares[next(iter(shares))]
+        return share
+
+    def _settle_once(self, reservation: Reservation | None) -> Reservation | None:
+        """``reservation``, or None when it is a lease's share that was settled already
+        (a record and then a release of the same call): a share's part comes off the lease
+        at most once, as a reservation's estimate does."""
+        if reservation is None or "/" not in reservation.id:
+            return reservation
+        with self._lease_lock:
+            if reservation.id in self._shares:
+                del self._shares[reservation.id]
+                return reservation
+        return None
 
     def _lease_plan(self, scopes: Sequence[str], delta: UsageDelta,
                     limits: Mapping[str, Limits], now: float, month: str, ttl: float,
                     rid: str, spent: _Lease | None) -> _Plan[Reservation | Denial]:
         """Give back what ``spent`` did not hand out, then lease up to :attr:`lease_calls`
         calls like this one (less near a limit) and hand this call its share."""
-        if spent is not None:
-            yield from self._give_back(spent)
-        calls = self.lease_calls
-        want = (delta.requests * calls, delta.tokens * calls, delta.cost_nanos * calls)
-        result = yield from self._reserve_plan(scopes, delta, limits, now, month,
-                                               ttl + self.lease_seconds, rid, want)
+        key = (tuple(scopes), month)
+        try:
+            if spent is not None:
+                yield from self._give_back(spent)
+            calls = self.lease_calls
+            want = (delta.requests * calls, delta.tokens * calls, delta.cost_nanos * calls)
+            result = yield from self._reserve_plan(scopes, delta, limits, now, month,
+                                                   ttl + self.lease_seconds, rid, want)
+        finally:
+            with self._lease_lock:
+                self._leasing.discard(key)
         if not isinstance(result, Reservation):
             return result
         hold = result.delta
@@ -912,14 +957,13 @@ class RedisStore:
                 hold.cost_nanos - delta.cost_nanos]
         lease = _Lease(rid, tuple(scopes), month, _limits_of(scopes, limits), result.at,
                        result.expires_at, left, time.monotonic() + self.lease_seconds)
-        if any(left):
-            with self._lease_lock:  # a thread that leased the same scopes meanwhile: its
-                displaced = self._leases.get((tuple(scopes), month))  # lease goes back soon
-                self._leases[(tuple(scopes), month)] = lease
-                if displaced is not None:
+        with self._lease_lock:
+            if any(left):
+                displaced = self._leases.get(key)
+                self._leases[key] = lease
+                if displaced is not None:  # given back at the next call
                     self._retired.append(displaced)
-        return Reservation(id=f"{rid}/0", scopes=tuple(scopes), delta=delta, at=result.at,
-                           month=month, expires_at=result.expires_at)
+            return self._share(lease, delta)
 
     def _give_back(self, lease: _Lease) -> _Plan[None]:
         """Release what a lease did not hand out (its calls' shares stay held until they
@@ -962,10 +1006,14 @@ class RedisStore:
                           rid: str) -> Reservation | _Plan[Reservation | Denial]:
         """A call's share of a lease (no round trip), or the plan that reserves it."""
         if self.lease_calls > 1 and len(self._groups(scopes)) == 1:
-            share, spent = self._leased(scopes, delta, limits, month)
+            share, spent, lead = self._leased(scopes, delta, limits, month)
             if share is not None:
                 return share
-            return self._lease_plan(scopes, delta, limits, now, month, ttl, rid, spent)
+            if lead:
+                return self._lease_plan(scopes, delta, limits, now, month, ttl, rid, spent)
+            if spent is not None:
+                with self._lease_lock:
+                    self._retired.append(spent)
         return self._reserve_plan(scopes, delta, limits, now, month, ttl, rid)
 
     def _register(self, scope: str) -> _Plan[None]:
@@ -997,6 +1045,8 @@ class RedisStore:
                     step = plan.send(result)
         except StopIteration as stop:
             return cast(T, stop.value)
+        finally:
+            plan.close()  # an interrupted plan runs its cleanup (a lease being taken, say)
 
     async def _adrive(self, plan: _Plan[T]) -> T:
         try:
@@ -1010,6 +1060,8 @@ class RedisStore:
                     step = plan.send(result)
         except StopIteration as stop:
             return cast(T, stop.value)
+        finally:
+            plan.close()  # a cancelled plan runs its cleanup too
 
     @staticmethod
     def _counters(values: Any) -> Counters:
@@ -1103,7 +1155,7 @@ class RedisStore:
                         logger.error("quota-hooks: a commit was dropped: %s", exc)
             if answered:
                 self._unanswered_at = None
-        if self._backlog or self._orphans:
+        if self._replay_due():
             self._replay()
 
     def _send_mixed(self, calls: Sequence[_Call]) -> list[Any]:
@@ -1162,7 +1214,8 @@ class RedisStore:
 
     # ------------------------------------------------------------------ Store: sync
     def commit(self, entry: UsageEntry, reservation: Reservation | None = None) -> None:
-        if self.durability == "batched":
+        reservation = self._settle_once(reservation)
+        if self.durability == "batched" and not self._stopping:
             self._enqueue(entry, reservation)
             return
         commit_id = uuid.uuid4().hex[:20]
@@ -1176,7 +1229,7 @@ class RedisStore:
                 raise
             self._keep(entry, reservation, commit_id)
             return
-        if self._backlog or self._orphans:
+        if self._replay_due():
             self._replay()
 
     def _keep(self, entry: UsageEntry, reservation: Reservation | None, commit_id: str) -> None:
@@ -1211,6 +1264,7 @@ class RedisStore:
             except StorageError:
                 with self._backlog_lock:
                     self._orphans.appendleft((orphan, since))
+                self._replay_after = time.monotonic() + _QUIET_AFTER_FAILURE
                 return
         for entry, reservation, commit_id, since in self._take_backlog():
             late = max(time.monotonic() - since, 1e-6)
@@ -1219,7 +1273,15 @@ class RedisStore:
             except StorageError:
                 with self._backlog_lock:
                     self._backlog.appendleft((entry, reservation, commit_id, since))
+                self._replay_after = time.monotonic() + _QUIET_AFTER_FAILURE
                 return
+
+    def _replay_due(self) -> bool:
+        """Something waits for replay, and the last replay did not fail within the second
+        (a node that hangs would otherwise cost every call that reaches a live one a timeout:
+        on a Cluster, a call that succeeds does not mean every node answers)."""
+        return bool(self._backlog or self._orphans) and (
+            time.monotonic() >= self._replay_after)
 
     def _replay(self) -> None:
         self._drive(self._replay_plan())
@@ -1252,7 +1314,7 @@ class RedisStore:
         except StorageError as exc:
             self._orphaned(exc, rid, scopes, month, now)
             raise
-        if self._backlog or self._orphans:
+        if self._replay_due():
             self._replay()
         due = self._sweep_due()
         if due:
@@ -1265,12 +1327,20 @@ class RedisStore:
         answers again): its hold is given back then, so the call (let through or refused
         without it) is not counted twice."""
         if isinstance(exc.__cause__, _UNANSWERED):
-            with self._backlog_lock:
-                if len(self._orphans) < self._backlog_size:
-                    self._orphans.append((Reservation(rid, tuple(scopes), UsageDelta(), now,
-                                                      month, now), time.monotonic()))
+            self._orphan(rid, scopes, month, now)
+
+    def _orphan(self, rid: str, scopes: Sequence[str], month: str, now: float) -> None:
+        with self._backlog_lock:
+            if len(self._orphans) < self._backlog_size:
+                self._orphans.append((Reservation(rid, tuple(scopes), UsageDelta(), now,
+                                                  month, now), time.monotonic()))
+                return
+        logger.error("quota-hooks: %r: %d reserves wait for their hold to be given back; "
+                     "this one's stays held until it expires", self, self._backlog_size)
 
     def release(self, reservation: Reservation, now: float) -> bool:
+        if self._settle_once(reservation) is None:
+            return False
         return self._drive(self._release_plan(reservation, now))
 
     def claim(self, key: str, now: float, ttl: float) -> bool:
@@ -1331,7 +1401,8 @@ class RedisStore:
 
     # ------------------------------------------------------------------ Store: async
     async def acommit(self, entry: UsageEntry, reservation: Reservation | None = None) -> None:
-        if self.durability == "batched":
+        reservation = self._settle_once(reservation)
+        if self.durability == "batched" and not self._stopping:
             self._enqueue(entry, reservation)
             return
         commit_id = uuid.uuid4().hex[:20]
@@ -1345,7 +1416,7 @@ class RedisStore:
                 raise
             self._keep(entry, reservation, commit_id)
             return
-        if self._backlog or self._orphans:
+        if self._replay_due():
             await self._adrive(self._replay_plan())
 
     async def areserve(
@@ -1368,12 +1439,21 @@ class RedisStore:
         except StorageError as exc:
             self._orphaned(exc, rid, scopes, month, now)
             raise
+        except asyncio.CancelledError:
+            # Its reserve may have run (it was sent): the hold goes back once Redis answers
+            # the next call, as a reserve whose reply timed out does.
+            self._orphan(rid, scopes, month, now)
+            raise
+        if self._replay_due():
+            await self._adrive(self._replay_plan())
         due = self._sweep_due()
         if due:
             await self._adrive(self._give_back_plan(due))
         return result
 
     async def arelease(self, reservation: Reservation, now: float) -> bool:
+        if self._settle_once(reservation) is None:
+            return False
         return await self._adrive(self._release_plan(reservation, now))
 
     async def aclaim(self, key: str, now: float, ttl: float) -> bool:

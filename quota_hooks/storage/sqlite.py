@@ -124,13 +124,16 @@ MIGRATIONS: Mapping[int, Sequence[str]] = {
     ),
 }
 
+# A bucket never goes below zero: an undo takes at most what its bucket holds (a clock that
+# stepped back folded the rest into another bucket, where it counts until that bucket leaves
+# the window: an over-count, never an under-count).
 _ADD_BUCKET = """
 INSERT INTO buckets (scope, win, bucket, requests, tokens, calls, errors, rate_limited)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+VALUES (?, ?, ?, MAX(0, ?4), MAX(0, ?5), MAX(0, ?6), MAX(0, ?7), MAX(0, ?8))
 ON CONFLICT (scope, win, bucket) DO UPDATE SET
-  requests = requests + excluded.requests, tokens = tokens + excluded.tokens,
-  calls = calls + excluded.calls, errors = errors + excluded.errors,
-  rate_limited = rate_limited + excluded.rate_limited"""
+  requests = MAX(0, requests + ?4), tokens = MAX(0, tokens + ?5),
+  calls = MAX(0, calls + ?6), errors = MAX(0, errors + ?7),
+  rate_limited = MAX(0, rate_limited + ?8)"""
 _ADD_MONTH = """
 INSERT INTO months (scope, month, cost_nanos, unpriced_calls, unpriced_nanos) VALUES (?, ?, ?, ?, ?)
 ON CONFLICT (scope, month) DO UPDATE SET cost_nanos = cost_nanos + excluded.cost_nanos,
@@ -792,6 +795,7 @@ class SQLiteStore:
         def run() -> bool:
             with self._transaction() as conn:
                 batch = _Batch()
+                self._reap(conn, batch, now)  # past its ttl: forgotten, its hold stays
                 found = self._settle(conn, batch, reservation.id, now)
                 batch.apply(conn)
                 return found

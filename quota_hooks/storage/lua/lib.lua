@@ -24,7 +24,7 @@ local PER_SCOPE = 5
 local WINDOWS = { { bs = 1, n = 60, tol = 2 }, { bs = 60, n = 1440, tol = 1 } }
 local STATE_TTL = 2 * 86400
 local LONG_TTL = 400 * 86400
-local REAP_AT_ONCE = 100
+local REAP_AT_ONCE = 1000
 
 local function now_of(given, use_server)
   if use_server == '1' then
@@ -122,7 +122,7 @@ local function slide(st, w)
     local c = unpack_counts(get(st, here))
     for i = 1, 5 do c[i] = c[i] + sum[i] end
     put(st, here, pack_counts(c))
-    hi = cur
+    hi = math.max(cur, math.min(hi, cur + win.tol))  -- buckets within tol stay, tracked
     if lo > cur then lo = cur end
   end
   local oldest = cur - win.n + 1
@@ -159,8 +159,13 @@ local function add(st, w, at, counts)
   local c = unpack_counts(get(st, f))
   local total = st.tot[w]
   for i = 1, 5 do
-    c[i] = c[i] + counts[i]
-    total[i] = total[i] + counts[i]
+    -- A bucket never goes below zero: an undo takes at most what its bucket holds (a clock
+    -- that stepped back may have folded the rest into another bucket, where it is counted
+    -- until that bucket leaves the window: an over-count, never an under-count).
+    local n = counts[i]
+    if n < 0 and -n > c[i] then n = -c[i] end
+    c[i] = c[i] + n
+    total[i] = total[i] + n
   end
   if zero(c) then del(st, f) else put(st, f, pack_counts(c)) end
   if not st.lo[w] or bucket < st.lo[w] then st.lo[w] = bucket end
@@ -251,18 +256,20 @@ local function flush(st)
   end
 end
 
--- Forget reservations past their ttl, a hundred at a time, once a minute; what they held
--- stays counted (a call never recorded used its estimate). The pending set's TTL moves then
--- too (it keeps a member at +inf, so that it is not deleted and created again with each
--- reservation).
+-- Forget reservations past their ttl, once a minute, up to 10 x REAP_AT_ONCE at a time;
+-- what they held stays counted (a call never recorded used its estimate). The pending set's
+-- TTL moves then too (it keeps a member at +inf, so that it is not deleted and created again
+-- with each reservation).
 local function reap(st)
   if not st.fresh or st.reaped then return end
   st.reaped = true
   local x = KEYS[st.base + 2]
-  local expired = redis.call('ZRANGEBYSCORE', x, '-inf', st.now, 'LIMIT', 0, REAP_AT_ONCE)
-  if #expired > 0 then
+  for _ = 1, 10 do
+    local expired = redis.call('ZRANGEBYSCORE', x, '-inf', st.now, 'LIMIT', 0, REAP_AT_ONCE)
+    if #expired == 0 then break end
     for _, id in ipairs(expired) do del(st, 'p:' .. id) end
     redis.call('ZREM', x, unpack(expired))
+    if #expired < REAP_AT_ONCE then break end
   end
   redis.call('EXPIRE', x, STATE_TTL)
 end
@@ -328,9 +335,10 @@ local function later(map, key, ...)
 end
 
 -- Undo a pending reservation on one scope (loaded with its 'p:<id>' field); false if it is
--- not pending there (settled, released, or past its ttl). With a part (requests, tokens,
--- nano-dollars), undo only that much of it: the share of a lease that one call took (the
--- rest stays held until its other calls settle or the lease is given back).
+-- not pending there (settled, released, or past its ttl: what it held stays counted). With
+-- a part (requests, tokens, nano-dollars), undo only that much of it: the share of a lease
+-- that one call took (the rest stays held until its other calls settle or the lease is given
+-- back).
 local function undo(st, id, part)
   local f = 'p:' .. id
   local packed = st.cache[f]
