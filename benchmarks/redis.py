@@ -65,11 +65,24 @@ def _server() -> Iterator[int]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+def _free_base_port() -> int:
+    """Three free ports in a row, low enough for a Cluster's bus ports (port + 10,000)."""
+    for base in range(21000, 31000, 10):
+        try:
+            for port in range(base, base + 3):
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no three free ports for a Cluster")
+
+
 @contextmanager
 def _cluster() -> Iterator[str | None]:
     directory = tempfile.mkdtemp()
     script = ROOT / ".ci" / "redis-cluster"
-    base = _free_port()
+    base = _free_base_port()
     started = subprocess.run([str(script), "start", directory, str(base)],
                              capture_output=True, text=True, timeout=60)
     try:

@@ -426,12 +426,15 @@ class RedisStore:
         self._leasing: set[tuple[tuple[str, ...], str]] = set()
         self._shares: dict[str, None] = {}
         self._lease_lock = threading.Lock()
+        self._lease_done = threading.Condition(self._lease_lock)
         self._next_sweep = 0.0
         self._replay_after = 0.0
         self.durability = durability
         self._queue: deque[tuple[UsageEntry, Reservation | None, str]] = deque()
         self._queue_ready = threading.Condition()
         self._enqueued = self._processed = 0
+        self._unheld = 0
+        """Queued commits without a reservation: no hold covers their usage meanwhile."""
         self._writer: threading.Thread | None = None
         self._stopping = False
         self._read_wait = 1.0
@@ -950,6 +953,7 @@ class RedisStore:
         finally:
             with self._lease_lock:
                 self._leasing.discard(key)
+                self._lease_done.notify_all()
         if not isinstance(result, Reservation):
             return result
         hold = result.delta
@@ -1003,8 +1007,11 @@ class RedisStore:
 
     def _reserve_or_lease(self, scopes: Sequence[str], delta: UsageDelta,
                           limits: Mapping[str, Limits], now: float, month: str, ttl: float,
-                          rid: str) -> Reservation | _Plan[Reservation | Denial]:
-        """A call's share of a lease (no round trip), or the plan that reserves it."""
+                          rid: str, patient: bool = False,
+                          ) -> Reservation | _Plan[Reservation | Denial] | None:
+        """A call's share of a lease (no round trip), or the plan that reserves it; None
+        (when ``patient``) while another call of this process is taking the lease: wait for
+        it (:meth:`_lease_taken`) and ask again."""
         if self.lease_calls > 1 and len(self._groups(scopes)) == 1:
             share, spent, lead = self._leased(scopes, delta, limits, month)
             if share is not None:
@@ -1014,7 +1021,16 @@ class RedisStore:
             if spent is not None:
                 with self._lease_lock:
                     self._retired.append(spent)
+            if patient:
+                return None
         return self._reserve_plan(scopes, delta, limits, now, month, ttl, rid)
+
+    def _lease_taken(self, scopes: Sequence[str], month: str, timeout: float = 1.0) -> None:
+        """Wait (at most ``timeout``) until no call of this process is taking a lease on
+        ``scopes``."""
+        key = (tuple(scopes), month)
+        with self._lease_done:
+            self._lease_done.wait_for(lambda: key not in self._leasing, timeout)
 
     def _register(self, scope: str) -> _Plan[None]:
         """Add a workspace to the set ``workspaces()`` reads (once a month per workspace,
@@ -1100,6 +1116,8 @@ class RedisStore:
                 return
             self._queue.append((entry, reservation, commit_id))
             self._enqueued += 1
+            if reservation is None:
+                self._unheld += 1
             if self._writer is None:
                 self._writer = threading.Thread(target=self._write_loop, daemon=True,
                                                  name="quota-hooks-redis-writer")
@@ -1120,6 +1138,7 @@ class RedisStore:
                 logger.exception("quota-hooks: %r: the writer failed on a batch", self)
             with self._queue_ready:
                 self._processed += len(batch)
+                self._unheld -= sum(1 for _, reservation, _ in batch if reservation is None)
                 self._queue_ready.notify_all()
 
     def _commit_many(self, batch: Sequence[tuple[UsageEntry, Reservation | None, str]]) -> None:
@@ -1207,8 +1226,11 @@ class RedisStore:
                          "are lost", self, left)
 
     def _settled(self) -> None:
-        """Reads, and reserves that ask Redis, see this process's commits: they wait for the
-        writer (a batch, a few milliseconds)."""
+        """Reads see this process's commits: they wait for the writer (a batch, a few
+        milliseconds). So does a reserve that asks Redis while a queued commit has no
+        reservation (no hold covers its usage); a queued commit that settles a reservation
+        is covered by its hold meanwhile (its usage beyond the estimate lands a batch later,
+        as a sync commit's lands when its call ends)."""
         if (self._queue or self._processed < self._enqueued) and not self._unanswered():
             self.flush(self._read_wait)  # not while Redis leaves calls unanswered
 
@@ -1305,10 +1327,15 @@ class RedisStore:
         ttl: float,
     ) -> Reservation | Denial:
         rid = uuid.uuid4().hex[:20]
-        plan = self._reserve_or_lease(scopes, delta, limits, now, month, ttl, rid)
+        plan = self._reserve_or_lease(scopes, delta, limits, now, month, ttl, rid, patient=True)
+        if plan is None:  # another thread is taking the lease: a share of it, most likely
+            self._lease_taken(scopes, month)
+            plan = self._reserve_or_lease(scopes, delta, limits, now, month, ttl, rid)
         if isinstance(plan, Reservation):
             return plan
-        self._settled()  # what this process committed counts before Redis checks a limit
+        assert plan is not None
+        if self._unheld:  # usage no reservation holds counts before Redis checks a limit
+            self._settled()
         try:
             result = self._drive(plan)
         except StorageError as exc:
@@ -1429,10 +1456,18 @@ class RedisStore:
         ttl: float,
     ) -> Reservation | Denial:
         rid = uuid.uuid4().hex[:20]
-        plan = self._reserve_or_lease(scopes, delta, limits, now, month, ttl, rid)
+        plan = self._reserve_or_lease(scopes, delta, limits, now, month, ttl, rid, patient=True)
+        if plan is None:  # another task is taking the lease: a share of it, most likely
+            # It may be taken by another thread or event loop: no asyncio.Event reaches every
+            # waiter, so this task looks again every half millisecond (a round trip or so).
+            key, deadline = (tuple(scopes), month), time.monotonic() + 1.0
+            while key in self._leasing and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.0005)
+            plan = self._reserve_or_lease(scopes, delta, limits, now, month, ttl, rid)
         if isinstance(plan, Reservation):
             return plan
-        if self._queue or self._processed < self._enqueued:
+        assert plan is not None
+        if self._unheld:  # usage no reservation holds counts before Redis checks a limit
             await anyio.to_thread.run_sync(self._settled)
         try:
             result = await self._adrive(plan)
