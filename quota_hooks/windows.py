@@ -214,6 +214,8 @@ class RollingCounter:
         if bucket == self._hot and self._hot_start <= now < self._hot_end:
             values, sums = self._counts[-1], self._sums
             for i, count in enumerate(counts):
+                if count < 0 and values[i] + count < 0:  # never below zero (see below)
+                    count = -values[i]
                 values[i] += count
                 sums[i] += count
             return True

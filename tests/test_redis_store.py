@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -532,3 +533,98 @@ def test_a_cancelled_areserve_gives_its_hold_back(url: str) -> None:
     asyncio.run(main())
     store.clear()
     store.close()
+
+
+def test_batched_settles_never_let_a_limit_pass(url: str) -> None:
+    """Each call reserves 10 tokens and uses 400: a reserve waits for the queued settles, so
+    batched admits what sync admits."""
+    admitted = {}
+    for durability in ("sync", "batched"):
+        store = RedisStore.from_url(url, prefix=f"qh-test-{uuid.uuid4().hex[:8]}",
+                                    use_server_time=False, durability=durability)
+        limits = {"workspace:ws": Limits(tpm=1000)}
+        count = 0
+        for _ in range(20):
+            held = store.reserve(["workspace:ws"], one_request(10), limits, T0, MONTH, 60)
+            if isinstance(held, Reservation):
+                count += 1
+                store.commit(entry(tokens=400), held)
+        admitted[durability] = count
+        store.clear()
+        store.close()
+    assert admitted == {"sync": 3, "batched": 3}
+
+
+def test_a_replay_that_fails_part_way_keeps_the_rest(url: str) -> None:
+    store = RedisStore.from_url(url, prefix=f"qh-test-{uuid.uuid4().hex[:8]}",
+                                use_server_time=False)
+    for i in range(20):
+        store._keep(entry(tokens=1), None, f"held-{i}")
+    calls = 0
+    run = store._run
+
+    def flaky(name: str, keys: Any, args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 3:  # the third commit of the replay fails
+            raise StorageError("Redis went away")
+        return run(name, keys, args)
+
+    store._run = flaky  # type: ignore[method-assign]
+    store._replay()
+    store._run = run  # type: ignore[method-assign]
+    counted = store.counters("workspace:ws", T0, MONTH).requests_minute
+    assert counted >= 1 and len(store._backlog) == 20 - counted  # nothing dropped
+    store._replay_after = 0.0
+    store._replay()
+    assert not store._backlog
+    assert store.counters("workspace:ws", T0, MONTH).requests_minute == 20
+    store.clear()
+    store.close()
+
+
+def test_a_lease_taker_cancelled_while_it_waits_leaves_no_lease_taken(url: str) -> None:
+    store = RedisStore.from_url(url, prefix=f"qh-test-{uuid.uuid4().hex[:8]}",
+                                use_server_time=False, lease_calls=16, durability="batched")
+    limits = {"workspace:ws": Limits(rpm=1000)}
+    slow = store._settled
+
+    def slow_settle() -> None:
+        time.sleep(0.5)
+        slow()
+
+    async def main() -> None:
+        store.commit(entry())  # queued: the next reserve that asks Redis waits for it
+        store._settled = slow_settle  # type: ignore[method-assign]
+        task = asyncio.create_task(
+            store.areserve(["workspace:ws"], one_request(1), limits, T0, MONTH, 60))
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not store._leasing
+        store._settled = slow  # type: ignore[method-assign]
+        started = time.monotonic()
+        held = await store.areserve(["workspace:ws"], one_request(1), limits, T0, MONTH, 60)
+        assert isinstance(held, Reservation) and time.monotonic() - started < 0.4
+
+    asyncio.run(main())
+    store.clear()
+    store.close()
+
+
+def test_aclose_writes_what_the_backlog_holds(url: str) -> None:
+    prefix = f"qh-test-{uuid.uuid4().hex[:8]}"
+    store = RedisStore.from_url(url, prefix=prefix, use_server_time=False)
+    for i in range(10):
+        store._keep(entry(), None, f"held-{i}")
+
+    async def main() -> None:
+        await store.aclose()
+
+    asyncio.run(main())
+    assert store.dropped_records == 0
+    other = RedisStore.from_url(url, prefix=prefix, use_server_time=False)
+    assert other.counters("workspace:ws", T0, MONTH).requests_minute == 10
+    other.clear()
+    other.close()

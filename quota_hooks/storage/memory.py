@@ -162,6 +162,8 @@ class MemoryStore:
         with self._lock:
             self._reap(now)
             pending = None if reservation is None else self._pending.pop(reservation.id, None)
+            if pending is not None and pending.expires_at <= now:
+                pending = None  # past its ttl: forgotten, what it held stays counted
             if pending is not None:
                 held = pending.delta
                 if (pending.scopes == entry.scopes and pending.month == month

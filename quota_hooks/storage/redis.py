@@ -433,8 +433,6 @@ class RedisStore:
         self._queue: deque[tuple[UsageEntry, Reservation | None, str]] = deque()
         self._queue_ready = threading.Condition()
         self._enqueued = self._processed = 0
-        self._unheld = 0
-        """Queued commits without a reservation: no hold covers their usage meanwhile."""
         self._writer: threading.Thread | None = None
         self._stopping = False
         self._read_wait = 1.0
@@ -556,6 +554,9 @@ class RedisStore:
     def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """One call on the sync client: a script (concurrent ones share a round trip, see
         :class:`~quota_hooks.storage._batch.GroupCommit`) or a plain read."""
+        if name == "settle":
+            self._settled()
+            return None
         try:
             if not self._schema_ok:
                 self._check_schema()
@@ -776,6 +777,9 @@ class RedisStore:
         return aredis.Redis(connection_pool=pool)
 
     async def _arun(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        if name == "settle":
+            await anyio.to_thread.run_sync(self._settled)
+            return None
         client, batch = self._aclient()
         try:
             if not self._schema_ok:
@@ -831,6 +835,10 @@ class RedisStore:
     ) -> _Plan[Reservation | Denial]:
         """Reserve ``delta`` (or, for a lease, up to ``want``: the returned reservation's
         ``delta`` is what Redis holds)."""
+        if self._queue or self._processed < self._enqueued:
+            # What this process committed counts before Redis checks a limit (a reservation's
+            # hold covers only its estimate): the writer's queue lands first.
+            yield "settle", (), ()
         held: list[list[int]] = []
         at = expires = now
         hold = delta
@@ -1116,8 +1124,6 @@ class RedisStore:
                 return
             self._queue.append((entry, reservation, commit_id))
             self._enqueued += 1
-            if reservation is None:
-                self._unheld += 1
             if self._writer is None:
                 self._writer = threading.Thread(target=self._write_loop, daemon=True,
                                                  name="quota-hooks-redis-writer")
@@ -1138,7 +1144,6 @@ class RedisStore:
                 logger.exception("quota-hooks: %r: the writer failed on a batch", self)
             with self._queue_ready:
                 self._processed += len(batch)
-                self._unheld -= sum(1 for _, reservation, _ in batch if reservation is None)
                 self._queue_ready.notify_all()
 
     def _commit_many(self, batch: Sequence[tuple[UsageEntry, Reservation | None, str]]) -> None:
@@ -1218,6 +1223,7 @@ class RedisStore:
             self._stopping = True
             left = len(self._queue)
             self._queue.clear()
+            self._processed += left  # dropped (counted below): flush() has nothing to wait for
             self._queue_ready.notify_all()
         writer.join(max(0.0, deadline - time.monotonic()))
         if left:
@@ -1226,11 +1232,8 @@ class RedisStore:
                          "are lost", self, left)
 
     def _settled(self) -> None:
-        """Reads see this process's commits: they wait for the writer (a batch, a few
-        milliseconds). So does a reserve that asks Redis while a queued commit has no
-        reservation (no hold covers its usage); a queued commit that settles a reservation
-        is covered by its hold meanwhile (its usage beyond the estimate lands a batch later,
-        as a sync commit's lands when its call ends)."""
+        """Reads, and reserves that ask Redis, see this process's commits: they wait for the
+        writer (a batch, a few milliseconds)."""
         if (self._queue or self._processed < self._enqueued) and not self._unanswered():
             self.flush(self._read_wait)  # not while Redis leaves calls unanswered
 
@@ -1288,15 +1291,20 @@ class RedisStore:
                     self._orphans.appendleft((orphan, since))
                 self._replay_after = time.monotonic() + _QUIET_AFTER_FAILURE
                 return
-        for entry, reservation, commit_id, since in self._take_backlog():
+        taken = self._take_backlog()
+        for i, (entry, reservation, commit_id, since) in enumerate(taken):
             late = max(time.monotonic() - since, 1e-6)
             try:
                 yield from self._commit_plan(entry, reservation, commit_id, late)
             except StorageError:
-                with self._backlog_lock:
-                    self._backlog.appendleft((entry, reservation, commit_id, since))
+                with self._backlog_lock:  # this one and the rest go back, in their order
+                    self._backlog.extendleft(reversed(taken[i:]))
                 self._replay_after = time.monotonic() + _QUIET_AFTER_FAILURE
                 return
+            except BaseException:  # interrupted: nothing taken is lost either
+                with self._backlog_lock:
+                    self._backlog.extendleft(reversed(taken[i:]))
+                raise
 
     def _replay_due(self) -> bool:
         """Something waits for replay, and the last replay did not fail within the second
@@ -1334,8 +1342,6 @@ class RedisStore:
         if isinstance(plan, Reservation):
             return plan
         assert plan is not None
-        if self._unheld:  # usage no reservation holds counts before Redis checks a limit
-            self._settled()
         try:
             result = self._drive(plan)
         except StorageError as exc:
@@ -1419,12 +1425,16 @@ class RedisStore:
             self._replay()
             if len(self._backlog) + len(self._orphans) >= held:
                 break  # Redis still does not answer
+        self._count_lost()
+        self.client.close()
+
+    def _count_lost(self) -> None:
+        """At close: what the backlog still holds is lost (logged and counted)."""
         if self._backlog:
             logger.error("quota-hooks: %r closed with %d commit(s) Redis never took; they "
                          "are lost", self, len(self._backlog))
             self.dropped_records += len(self._backlog)
             self._backlog.clear()
-        self.client.close()
 
     # ------------------------------------------------------------------ Store: async
     async def acommit(self, entry: UsageEntry, reservation: Reservation | None = None) -> None:
@@ -1467,8 +1477,6 @@ class RedisStore:
         if isinstance(plan, Reservation):
             return plan
         assert plan is not None
-        if self._unheld:  # usage no reservation holds counts before Redis checks a limit
-            await anyio.to_thread.run_sync(self._settled)
         try:
             result = await self._adrive(plan)
         except StorageError as exc:
@@ -1523,10 +1531,21 @@ class RedisStore:
         return sorted(_name(m) for m in members)
 
     async def aclose(self) -> None:
+        """:meth:`close`: what the writer queued, the leases' unused parts and the backlog go
+        to Redis first (within 5 s)."""
+        if self._closed:
+            return
+        deadline = time.monotonic() + 5.0
         if self._writer is not None:
-            await anyio.to_thread.run_sync(self._stop_writer, time.monotonic() + 5.0)
+            await anyio.to_thread.run_sync(self._stop_writer, deadline)
         if self._leases or self._retired:  # a failure is logged (held until Redis expires it)
             await self._adrive(self._give_back_plan(self._spent_leases(everything=True)))
+        while (self._backlog or self._orphans) and time.monotonic() < deadline:
+            held = len(self._backlog) + len(self._orphans)
+            await self._adrive(self._replay_plan())
+            if len(self._backlog) + len(self._orphans) >= held:
+                break  # Redis still does not answer
+        self._count_lost()
         self._closed = True
         loop = asyncio.get_running_loop()
         found = self._async.pop(loop, None)
