@@ -424,6 +424,8 @@ class RedisStore:
         self._leases: dict[tuple[tuple[str, ...], str], _Lease] = {}
         self._retired: list[_Lease] = []
         self._leasing: set[tuple[tuple[str, ...], str]] = set()
+        self._lease_waiters: dict[tuple[tuple[str, ...], str],
+                                  list[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
         self._shares: dict[str, None] = {}
         self._lease_lock = threading.Lock()
         self._lease_done = threading.Condition(self._lease_lock)
@@ -960,8 +962,7 @@ class RedisStore:
                                                    ttl + self.lease_seconds, rid, want)
         finally:
             with self._lease_lock:
-                self._leasing.discard(key)
-                self._lease_done.notify_all()
+                self._lease_finished(key)
         if not isinstance(result, Reservation):
             return result
         hold = result.delta
@@ -1032,6 +1033,26 @@ class RedisStore:
             if patient:
                 return None
         return self._reserve_plan(scopes, delta, limits, now, month, ttl, rid)
+
+    def _lease_event(self, scopes: Sequence[str], month: str) -> asyncio.Event | None:
+        """An event of this loop set when no call of this process is taking a lease on
+        ``scopes`` any more (whichever thread or loop took it); None if none is."""
+        key = (tuple(scopes), month)
+        with self._lease_lock:
+            if key not in self._leasing:
+                return None
+            event = asyncio.Event()
+            self._lease_waiters.setdefault(key, []).append((asyncio.get_running_loop(), event))
+            return event
+
+    def _lease_finished(self, key: tuple[tuple[str, ...], str]) -> None:
+        """The lease on ``key`` is taken (or failed): wake its waiters. Call with the lease
+        lock held."""
+        self._leasing.discard(key)
+        self._lease_done.notify_all()
+        for loop, event in self._lease_waiters.pop(key, ()):
+            with contextlib.suppress(RuntimeError):  # a loop that has closed meanwhile
+                loop.call_soon_threadsafe(event.set)
 
     def _lease_taken(self, scopes: Sequence[str], month: str, timeout: float = 1.0) -> None:
         """Wait (at most ``timeout``) until no call of this process is taking a lease on
@@ -1468,11 +1489,10 @@ class RedisStore:
         rid = uuid.uuid4().hex[:20]
         plan = self._reserve_or_lease(scopes, delta, limits, now, month, ttl, rid, patient=True)
         if plan is None:  # another task is taking the lease: a share of it, most likely
-            # It may be taken by another thread or event loop: no asyncio.Event reaches every
-            # waiter, so this task looks again every half millisecond (a round trip or so).
-            key, deadline = (tuple(scopes), month), time.monotonic() + 1.0
-            while key in self._leasing and time.monotonic() < deadline:  # noqa: ASYNC110
-                await asyncio.sleep(0.0005)
+            taken = self._lease_event(scopes, month)
+            if taken is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(taken.wait(), 1.0)
             plan = self._reserve_or_lease(scopes, delta, limits, now, month, ttl, rid)
         if isinstance(plan, Reservation):
             return plan
