@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import re
@@ -124,6 +125,13 @@ class _Lease:
     until: float
     """time.monotonic() after which the lease hands out nothing more."""
     calls: int = 0
+
+
+@functools.lru_cache(maxsize=65_536)
+def _tag(scope: str) -> str:
+    """A scope's hash tag: the first 24 hex digits of its SHA-256 (computed once per scope,
+    not on every call)."""
+    return hashlib.sha256(scope.encode("utf-8", "surrogatepass")).hexdigest()[:24]
 
 
 def _limits_of(scopes: Sequence[str], limits: Mapping[str, Limits]) -> tuple[Limits | None, ...]:
@@ -516,10 +524,9 @@ class RedisStore:
 
     # ------------------------------------------------------------------ keys
     def _base(self, scope: str) -> str:
-        """The start of every key of ``scope``: the prefix, then the scope's hash tag (the
-        first 24 hex digits of its SHA-256), which puts each scope in a slot of its own."""
-        digest = hashlib.sha256(scope.encode("utf-8", "surrogatepass")).hexdigest()
-        return f"{self.prefix}:{{{digest[:24]}}}:"
+        """The start of every key of ``scope``: the prefix, then the scope's hash tag, which
+        puts each scope in a slot of its own."""
+        return f"{self.prefix}:{{{_tag(scope)}}}:"
 
     def _scope_keys(self, scope: str, month: str, settled_month: str | None = None,
                     ) -> list[str]:
@@ -1264,19 +1271,7 @@ class RedisStore:
         if self.durability == "batched" and not self._stopping:
             self._enqueue(entry, reservation)
             return
-        commit_id = uuid.uuid4().hex[:20]
-        if self._unanswered():
-            self._keep(entry, reservation, commit_id)
-            return
-        try:
-            self._drive(self._commit_plan(entry, reservation, commit_id))
-        except StorageError as exc:
-            if not isinstance(exc.__cause__, _UNANSWERED):
-                raise
-            self._keep(entry, reservation, commit_id)
-            return
-        if self._replay_due():
-            self._replay()
+        self._drive(self._commit_or_keep(entry, reservation))
 
     def _keep(self, entry: UsageEntry, reservation: Reservation | None, commit_id: str) -> None:
         """Hold a commit that Redis did not take, for :meth:`_replay`."""
@@ -1296,6 +1291,31 @@ class RedisStore:
                                                             str, float]]:
         with self._backlog_lock:
             return [self._backlog.popleft() for _ in range(min(limit, len(self._backlog)))]
+
+    def _commit_or_keep(self, entry: UsageEntry, reservation: Reservation | None,
+                        ) -> _Plan[None]:
+        """A commit, held for replay if Redis does not answer (straight to the backlog within
+        a second of a timeout), then what waits for replay."""
+        commit_id = uuid.uuid4().hex[:20]
+        if self._unanswered():
+            self._keep(entry, reservation, commit_id)
+            return
+        try:
+            yield from self._commit_plan(entry, reservation, commit_id)
+        except StorageError as exc:
+            if not isinstance(exc.__cause__, _UNANSWERED):
+                raise
+            self._keep(entry, reservation, commit_id)
+            return
+        yield from self._housekeeping()
+
+    def _housekeeping(self) -> _Plan[None]:
+        """After a call Redis answered: replay what waits (if due), give back spent leases."""
+        if self._replay_due():
+            yield from self._replay_plan()
+        due = self._sweep_due()
+        if due:
+            yield from self._give_back_plan(due)
 
     def _replay_plan(self) -> _Plan[None]:
         """Replay held commits (a hundred per successful call) now that Redis answers, and
@@ -1368,11 +1388,7 @@ class RedisStore:
         except StorageError as exc:
             self._orphaned(exc, rid, scopes, month, now)
             raise
-        if self._replay_due():
-            self._replay()
-        due = self._sweep_due()
-        if due:
-            self._drive(self._give_back_plan(due))
+        self._drive(self._housekeeping())
         return result
 
     def _orphaned(self, exc: StorageError, rid: str, scopes: Sequence[str], month: str,
@@ -1463,19 +1479,7 @@ class RedisStore:
         if self.durability == "batched" and not self._stopping:
             self._enqueue(entry, reservation)
             return
-        commit_id = uuid.uuid4().hex[:20]
-        if self._unanswered():
-            self._keep(entry, reservation, commit_id)
-            return
-        try:
-            await self._adrive(self._commit_plan(entry, reservation, commit_id))
-        except StorageError as exc:
-            if not isinstance(exc.__cause__, _UNANSWERED):
-                raise
-            self._keep(entry, reservation, commit_id)
-            return
-        if self._replay_due():
-            await self._adrive(self._replay_plan())
+        await self._adrive(self._commit_or_keep(entry, reservation))
 
     async def areserve(
         self,
@@ -1507,11 +1511,7 @@ class RedisStore:
             # the next call, as a reserve whose reply timed out does.
             self._orphan(rid, scopes, month, now)
             raise
-        if self._replay_due():
-            await self._adrive(self._replay_plan())
-        due = self._sweep_due()
-        if due:
-            await self._adrive(self._give_back_plan(due))
+        await self._adrive(self._housekeeping())
         return result
 
     async def arelease(self, reservation: Reservation, now: float) -> bool:
