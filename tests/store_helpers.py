@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import uuid
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -140,6 +141,18 @@ def run_processes(code: str, url: str, prefix: str, n: int) -> list[int]:
     outputs = [w.communicate(timeout=300) for w in workers]
     assert all(w.returncode == 0 for w in workers), [err for _, err in outputs]
     return [int(out) for out, _ in outputs]
+
+
+def redis_store_at(url: str) -> Iterator[Any]:
+    """A RedisStore on ``url`` with a key prefix of its own and the injected clock's time,
+    cleared and closed afterwards (a fixture's body: ``yield from redis_store_at(url)``)."""
+    from quota_hooks.storage.redis import RedisStore
+
+    backend = RedisStore.from_url(url, prefix=f"qh-test-{uuid.uuid4().hex[:8]}",
+                                  use_server_time=False)
+    yield backend
+    backend.clear()
+    backend.close()
 
 
 def dispose(store: Store) -> None:

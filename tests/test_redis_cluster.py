@@ -22,7 +22,14 @@ from pathlib import Path
 
 import pytest
 import redis
-from store_helpers import T0, entry, one_request, redis_cluster_url, run_processes
+from store_helpers import (
+    T0,
+    entry,
+    one_request,
+    redis_cluster_url,
+    redis_store_at,
+    run_processes,
+)
 
 from quota_hooks import Estimate, QuotaManager, QuotaPolicy, UsageRecord
 from quota_hooks.errors import StorageError
@@ -44,11 +51,7 @@ def url() -> str:
 
 @pytest.fixture
 def store(url: str) -> Iterator[RedisStore]:
-    backend = RedisStore.from_url(url, prefix=f"qh-test-{uuid.uuid4().hex[:8]}",
-                                  use_server_time=False)
-    yield backend
-    backend.clear()
-    backend.close()
+    yield from redis_store_at(url)
 
 
 def _node_of(store: RedisStore, key: str) -> str:

@@ -22,7 +22,15 @@ from typing import Any
 
 import pytest
 import redis
-from store_helpers import T0, entry, one_request, redis_url, rpm, run_processes
+from store_helpers import (
+    T0,
+    entry,
+    one_request,
+    redis_store_at,
+    redis_url,
+    rpm,
+    run_processes,
+)
 
 from quota_hooks import Estimate, QuotaManager, QuotaPolicy, QuotaStatus, UsageRecord
 from quota_hooks.errors import ConfigurationError, StorageError
@@ -44,11 +52,7 @@ def url() -> str:
 
 @pytest.fixture
 def store(url: str) -> Iterator[RedisStore]:
-    backend = RedisStore.from_url(url, prefix=f"qh-test-{uuid.uuid4().hex[:8]}",
-                                  use_server_time=False)
-    yield backend
-    backend.clear()
-    backend.close()
+    yield from redis_store_at(url)
 
 
 def test_four_processes_share_a_limit_exactly(url: str) -> None:
