@@ -531,6 +531,9 @@ def test_api_method_for(path: str, method: str) -> None:
     ("POST", "/api/v1/chat/completions", "chat.completions"),  # OpenRouter
     ("POST", "/v1/openai/chat/completions", "chat.completions"),  # DeepInfra
     ("POST", "/v1beta/openai/chat/completions", "chat.completions"),  # Gemini
+    ("POST", "/client/v4/accounts/a1/ai/v1/chat/completions", "chat.completions"),  # Cloudflare
+    ("POST", "/v1/projects/p/locations/us-central1/endpoints/openapi/chat/completions",
+     "chat.completions"),  # Vertex AI
     ("POST", "/api/v1/responses/compact", "responses"),
     ("GET", "/v1/organization/usage/completions", "organization"),
 ])

@@ -152,8 +152,11 @@ def api_method_for(method: str, path: str) -> str:
     return segments[0] if segments else "unknown"
 
 
-#: Path segments of a base URL that are skipped to find a route (``api/v1``, ``v1beta/openai``).
-_MAX_PREFIX_SEGMENTS = 4
+#: Path segments of a base URL that are skipped to find a route: ``api/v1``, ``v1beta/openai``,
+#: Cloudflare's ``client/v4/accounts/<id>/ai/v1`` (6), Vertex AI's
+#: ``v1/projects/<p>/locations/<l>/endpoints/openapi`` (7), with room to spare; the bound only
+#: keeps a path of thousands of segments from costing thousands of matches.
+_MAX_PREFIX_SEGMENTS = 12
 
 
 def _find_key(body: bytes, key: str) -> Any:
