@@ -632,3 +632,26 @@ def test_aclose_writes_what_the_backlog_holds(url: str) -> None:
     assert other.counters("workspace:ws", T0, MONTH).requests_minute == 10
     other.clear()
     other.close()
+
+
+def test_a_call_that_uses_more_than_its_share_ends_the_lease(url: str) -> None:
+    """Each call reserves 10 tokens and uses 400: with leases, as without, the next call asks
+    Redis once real usage is over the estimate, so tpm admits what fits (3 of 20)."""
+    admitted = {}
+    for calls in (0, 32):
+        store = RedisStore.from_url(url, prefix=f"qh-test-{uuid.uuid4().hex[:8]}",
+                                    use_server_time=False, lease_calls=calls)
+        limits = {"workspace:ws": Limits(tpm=1000)}
+        count = 0
+        for _ in range(20):
+            held = store.reserve(["workspace:ws"], one_request(10), limits, T0, MONTH, 60)
+            if isinstance(held, Reservation):
+                count += 1
+                store.commit(entry(tokens=400), held)
+        admitted[calls] = count
+        store.close()
+        fresh = RedisStore.from_url(url, prefix=store.prefix, use_server_time=False)
+        assert fresh.counters("workspace:ws", T0, MONTH).tokens_minute == 400 * count
+        fresh.clear()
+        fresh.close()
+    assert admitted == {0: 3, 32: 3}

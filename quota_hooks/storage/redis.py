@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import logging
@@ -434,7 +435,7 @@ class RedisStore:
         self._leasing: set[tuple[tuple[str, ...], str]] = set()
         self._lease_waiters: dict[tuple[tuple[str, ...], str],
                                   list[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
-        self._shares: dict[str, None] = {}
+        self._shares: dict[str, _Lease] = {}
         self._lease_lock = threading.Lock()
         self._lease_done = threading.Condition(self._lease_lock)
         self._next_sweep = 0.0
@@ -937,22 +938,41 @@ class RedisStore:
         share = Reservation(id=f"{lease.id}/{lease.calls}", scopes=lease.scopes, delta=delta,
                             at=lease.at, month=lease.month, expires_at=lease.expires_at)
         shares = self._shares
-        shares[share.id] = None
+        shares[share.id] = lease
         if len(shares) > _MAX_SHARES:  # shares never settled (a caller that lost them)
             del shares[next(iter(shares))]
         return share
 
-    def _settle_once(self, reservation: Reservation | None) -> Reservation | None:
+    def _settle_once(self, reservation: Reservation | None,
+                     used: UsageDelta | None = None) -> Reservation | None:
         """``reservation``, or None when it is a lease's share that was settled already
         (a record and then a release of the same call): a share's part comes off the lease
-        at most once, as a reservation's estimate does."""
+        at most once, as a reservation's estimate does.
+
+        A share whose call ``used`` more than its estimate takes the difference from what its
+        lease has not handed out yet, and settles that much more of the lease's hold: the
+        lease's room stays what the calls really used, so once it is used up the next call
+        asks Redis, which counts it all.
+        """
         if reservation is None or "/" not in reservation.id:
             return reservation
         with self._lease_lock:
-            if reservation.id in self._shares:
-                del self._shares[reservation.id]
+            lease = self._shares.pop(reservation.id, None)
+            if lease is None:
+                return None
+            if used is None:
                 return reservation
-        return None
+            held, left = reservation.delta, lease.left
+            more = [min(max(0, want - had), room) for want, had, room in (
+                (used.requests, held.requests, left[0]), (used.tokens, held.tokens, left[1]),
+                (used.cost_nanos, held.cost_nanos, left[2]))]
+            if not any(more):
+                return reservation
+            for i, extra in enumerate(more):
+                left[i] -= extra
+            return dataclasses.replace(reservation, delta=UsageDelta(
+                requests=held.requests + more[0], tokens=held.tokens + more[1],
+                cost_nanos=held.cost_nanos + more[2]))
 
     def _lease_plan(self, scopes: Sequence[str], delta: UsageDelta,
                     limits: Mapping[str, Limits], now: float, month: str, ttl: float,
@@ -988,10 +1008,12 @@ class RedisStore:
     def _give_back(self, lease: _Lease) -> _Plan[None]:
         """Release what a lease did not hand out (its calls' shares stay held until they
         settle)."""
-        if not any(lease.left):
+        with self._lease_lock:  # what goes back is no longer there for a late share's excess
+            unused, lease.left = lease.left, [0, 0, 0]
+        if not any(unused):
             return
         now = lease.at + (time.monotonic() - lease.until + self.lease_seconds)
-        part = _PART.pack(*lease.left)
+        part = _PART.pack(*unused)
         try:
             for group in self._groups(lease.scopes):
                 yield from self._release_group(group, lease.scopes, lease.month, lease.id,
@@ -1267,7 +1289,7 @@ class RedisStore:
 
     # ------------------------------------------------------------------ Store: sync
     def commit(self, entry: UsageEntry, reservation: Reservation | None = None) -> None:
-        reservation = self._settle_once(reservation)
+        reservation = self._settle_once(reservation, entry.delta)
         if self.durability == "batched" and not self._stopping:
             self._enqueue(entry, reservation)
             return
@@ -1475,7 +1497,7 @@ class RedisStore:
 
     # ------------------------------------------------------------------ Store: async
     async def acommit(self, entry: UsageEntry, reservation: Reservation | None = None) -> None:
-        reservation = self._settle_once(reservation)
+        reservation = self._settle_once(reservation, entry.delta)
         if self.durability == "batched" and not self._stopping:
             self._enqueue(entry, reservation)
             return
