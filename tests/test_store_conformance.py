@@ -28,7 +28,7 @@ from quota_hooks.storage import (
     store_from_url,
     workspace_scope,
 )
-from quota_hooks.storage.base import as_async
+from quota_hooks.storage.base import ControlStore, as_async
 from quota_hooks.usage import bounded
 from quota_hooks.windows import month_key
 
@@ -257,3 +257,63 @@ def test_a_clock_that_steps_back_never_makes_a_window_negative(ops: Ops) -> None
                           late.price_source, at=t3 - 100), first)
     counters = ops.counters("workspace:ws", t3, month_key(t3))
     assert (counters.requests_day, counters.tokens_day) == (1, 36)
+
+
+# ---------------------------------------------------------------------- the control plane
+def test_the_policy_table_is_versioned_and_read_only_when_it_changed(ops: Ops) -> None:
+    assert isinstance(ops.store, ControlStore)
+    empty = ops.policies()
+    assert empty is not None and (empty.version, dict(empty.policies)) == (0, {})
+    assert ops.policies(0) is None  # still version 0: nothing to read
+    assert ops.put_policies({"*": '{"rpm": 5}', "team:ml": '{"tpm": 9}'}, T0) == 1
+    table = ops.policies(0)
+    assert table is not None and table.version == 1
+    assert {k: (p.document, p.version, p.updated_at) for k, p in table.policies.items()} == {
+        "*": ('{"rpm": 5}', 1, T0), "team:ml": ('{"tpm": 9}', 1, T0)}
+    assert ops.policies(1) is None
+    assert ops.put_policies({"workspace:a": '{"rpm": 1}', "*": None}, T0 + 5) == 2
+    table = ops.policies(1)
+    assert table is not None and table.version == 2
+    assert {k: p.version for k, p in table.policies.items()} == {"team:ml": 1, "workspace:a": 2}
+    assert table.policies["workspace:a"].updated_at == T0 + 5
+
+
+def test_policies_seed_a_store_only_once(ops: Ops) -> None:
+    """``only_if_new`` writes only in a store that never held a policy: code seeds a store
+    once, and a store whose policies were all deleted is not seeded again."""
+    assert ops.put_policies({"*": '{"rpm": 1}'}, T0, only_if_new=True) == 1
+    assert ops.put_policies({"*": '{"rpm": 2}'}, T0, only_if_new=True) is None
+    assert ops.put_policies({"*": None}, T0) == 2
+    assert ops.put_policies({"*": '{"rpm": 3}'}, T0, only_if_new=True) is None
+    table = ops.policies()
+    assert table is not None and (table.version, dict(table.policies)) == (2, {})
+
+
+def test_concurrent_policy_writes_each_get_their_own_version(ops: Ops) -> None:
+    versions: list[int | None] = []
+    lock = threading.Lock()
+
+    def write(i: int) -> None:
+        version = ops.put_policies({f"workspace:w{i}": f'{{"rpm": {i}}}'}, T0)
+        with lock:
+            versions.append(version)
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(v for v in versions if v is not None) == list(range(1, 21))
+    table = ops.policies()
+    assert table is not None and table.version == 20 and len(table.policies) == 20
+
+
+def test_the_alert_history_keeps_the_last_n_newest_first(ops: Ops) -> None:
+    for i in range(7):
+        ops.append_alert("workspace:a", f'{{"n": {i}}}', T0 + i, 5)
+    ops.append_alert("workspace:b", '{"n": 99}', T0, 5)
+    assert ops.alert_history("workspace:a", 3) == ['{"n": 6}', '{"n": 5}', '{"n": 4}']
+    assert ops.alert_history("workspace:a", 100) == [f'{{"n": {i}}}' for i in range(6, 1, -1)]
+    assert ops.alert_history("workspace:b", 10) == ['{"n": 99}']
+    assert ops.alert_history("workspace:nobody", 10) == []
+    assert ops.alert_history("workspace:a", 0) == []

@@ -6,6 +6,9 @@ A store keeps, per scope (``"workspace:ws-1"``, ``"team:ml"`` ...):
 * breakdowns of each month by model and by API method,
 * the most recent records, and pending reservations.
 
+A :class:`ControlStore` (every built-in backend is one) also keeps what every process sharing
+it must agree on: the policy table, versioned, and each workspace's alert history.
+
 Stores know numbers, not policy: the manager turns a policy into :class:`Limits` and asks the
 store to check them and reserve atomically (:meth:`Store.reserve`), then replaces the estimate
 with the actual usage exactly once (:meth:`Store.commit`). Status reads never scan history.
@@ -34,13 +37,17 @@ __all__ = [
     "MAX_BREAKDOWN_NAMES",
     "OTHER",
     "Aggregate",
+    "AsyncControlStore",
     "AsyncStore",
     "Breakdown",
+    "ControlStore",
     "Counters",
     "Denial",
     "Limits",
+    "PolicyTable",
     "Reservation",
     "Store",
+    "StoredPolicy",
     "UsageDelta",
     "UsageEntry",
     "as_async",
@@ -306,6 +313,76 @@ class Store(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class StoredPolicy:
+    """One policy as a store keeps it: its JSON, the table version that wrote it, and when."""
+
+    document: str
+    version: int
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyTable:
+    """Every stored policy, keyed ``"workspace:<id>"``, ``"kind:value"``, ``"kind:*"`` or
+    ``"*"``, at table ``version`` (0: no policy was ever stored)."""
+
+    version: int
+    policies: Mapping[str, StoredPolicy]
+
+
+@runtime_checkable
+class ControlStore(Protocol):
+    """What processes sharing a store must agree on besides usage: the policy table and the
+    alert history. Every built-in backend implements it (and its ``a``-prefixed async twins);
+    a store without it keeps the policies in each process's code."""
+
+    def policies(self, known: int = -1) -> PolicyTable | None:
+        """The policy table, or None when its version is still ``known`` (a cheap check: the
+        table is read only when it changed)."""
+        ...
+
+    def put_policies(self, changes: Mapping[str, str | None], now: float, *,
+                     only_if_new: bool = False) -> int | None:
+        """Store each ``key: JSON`` of ``changes`` (``None`` deletes the key) in one atomic step
+        and one new table version, which it returns. ``only_if_new``: only in a store that
+        never held a policy (else nothing is written and None is returned), which is how
+        the policies in code seed a store once."""
+        ...
+
+    def append_alert(self, scope: str, document: str, now: float, keep: int) -> None:
+        """Add one entry (JSON, newest last) to ``scope``'s alert history, which keeps the
+        last ``keep``."""
+        ...
+
+    def alert_history(self, scope: str, n: int) -> list[str]:
+        """``scope``'s last ``n`` alert history entries, newest first."""
+        ...
+
+
+@runtime_checkable
+class AsyncControlStore(Protocol):
+    """The async face of :class:`ControlStore` (``as_async`` gives it to a store that has the
+    sync one)."""
+
+    async def apolicies(self, known: int = -1) -> PolicyTable | None:
+        """:meth:`ControlStore.policies`."""
+        ...
+
+    async def aput_policies(self, changes: Mapping[str, str | None], now: float, *,
+                            only_if_new: bool = False) -> int | None:
+        """:meth:`ControlStore.put_policies`."""
+        ...
+
+    async def aappend_alert(self, scope: str, document: str, now: float, keep: int) -> None:
+        """:meth:`ControlStore.append_alert`."""
+        ...
+
+    async def aalert_history(self, scope: str, n: int) -> list[str]:
+        """:meth:`ControlStore.alert_history`."""
+        ...
+
+
 @runtime_checkable
 class AsyncStore(Protocol):
     """The async face of a store: :class:`Store`'s methods, ``a``-prefixed, never blocking
@@ -359,13 +436,17 @@ class AsyncStore(Protocol):
 
 _ASYNC_METHODS = ("acommit", "areserve", "arelease", "acounters", "abreakdown", "arecent",
                   "aworkspaces", "aclaim", "aclose")
+#: The async twins of :class:`ControlStore`'s methods: a face has them when its store has
+#: the sync ones.
+_ASYNC_CONTROL = ("apolicies", "aput_policies", "aappend_alert", "aalert_history")
 
 
 def as_async(store: Store) -> AsyncStore:
     """The async face of ``store``: the store itself when it implements :class:`AsyncStore`;
     else a wrapper that runs each call on a worker thread (inline for a store that says
     ``blocking = False``), using any ``a``-method the store has natively."""
-    if isinstance(store, AsyncStore):
+    if isinstance(store, AsyncStore) and (
+            not isinstance(store, ControlStore) or hasattr(store, _ASYNC_CONTROL[0])):
         return store
     if not isinstance(store, Store):
         raise TypeError(f"{type(store).__name__} is not a Store")
@@ -379,7 +460,8 @@ class _AsyncFace:
     def __init__(self, store: Store) -> None:
         self.store = store
         inline = getattr(store, "blocking", True) is False
-        for name in _ASYNC_METHODS:
+        control = tuple(name for name in _ASYNC_CONTROL if hasattr(store, name[1:]))
+        for name in _ASYNC_METHODS + control:
             if hasattr(store, name):
                 setattr(self, name, _native(store, name))
             else:

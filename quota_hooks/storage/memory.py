@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import threading
 import uuid
+from collections import deque
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -23,7 +24,9 @@ from .base import (
     Counters,
     Denial,
     Limits,
+    PolicyTable,
     Reservation,
+    StoredPolicy,
     UsageDelta,
     UsageEntry,
     first_denial,
@@ -145,6 +148,8 @@ class MemoryStore:
         self._ids = itertools.count(1)
         self._id_prefix = f"m{uuid.uuid4().hex[:12]}-"
         self._claims: dict[str, float] = {}
+        self._policies = PolicyTable(0, {})
+        self._alerts: dict[str, deque[str]] = {}
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -299,6 +304,39 @@ class MemoryStore:
             claims[key] = now + ttl
             return True
 
+
+    # ------------------------------------------------------------------ control plane
+    def policies(self, known: int = -1) -> PolicyTable | None:
+        table = self._policies  # replaced whole on every change: read without the lock
+        return None if table.version == known else table
+
+    def put_policies(self, changes: Mapping[str, str | None], now: float, *,
+                     only_if_new: bool = False) -> int | None:
+        with self._lock:
+            table = self._policies
+            if only_if_new and table.version:
+                return None
+            version = table.version + 1
+            policies = dict(table.policies)
+            for key, document in changes.items():
+                if document is None:
+                    policies.pop(key, None)
+                else:
+                    policies[key] = StoredPolicy(document, version, now)
+            self._policies = PolicyTable(version, policies)
+            return version
+
+    def append_alert(self, scope: str, document: str, now: float, keep: int) -> None:
+        with self._lock:
+            kept = self._alerts.get(scope)
+            if kept is None or kept.maxlen != keep:
+                kept = self._alerts[scope] = deque(kept or (), maxlen=max(1, keep))
+            kept.append(document)
+
+    def alert_history(self, scope: str, n: int) -> list[str]:
+        with self._lock:
+            kept = self._alerts.get(scope)
+            return [] if kept is None or n <= 0 else list(kept)[-n:][::-1]
 
     def pending(self) -> int:
         """Reservations not yet committed, released or expired."""

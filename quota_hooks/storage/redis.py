@@ -83,7 +83,9 @@ from .base import (
     Counters,
     Denial,
     Limits,
+    PolicyTable,
     Reservation,
+    StoredPolicy,
     UsageDelta,
     UsageEntry,
 )
@@ -92,7 +94,8 @@ __all__ = ["CONNECT_TIMEOUT", "DEFAULT_TIMEOUT", "POOL_TIMEOUT", "SCHEMA", "Redi
 
 logger = logging.getLogger("quota_hooks")
 
-_SCRIPTS = ("commit", "reserve", "release", "counters", "claim")
+_SCRIPTS = ("commit", "reserve", "release", "counters", "claim", "policies", "put_policies",
+            "append_alert")
 #: The scripts that run a batch of calls at once (lua/lib.lua's each_call).
 _BATCHED = frozenset({"commit", "reserve", "release", "counters"})
 #: The key layout this version reads and writes (``<prefix>:schema`` holds it).
@@ -547,6 +550,12 @@ class RedisStore:
     @property
     def _workspaces_key(self) -> str:
         return f"{self.prefix}:workspaces"
+
+    @property
+    def _policy_keys(self) -> list[str]:
+        """The policy table's version and the table, in one slot of their own."""
+        base = f"{self.prefix}:{{control}}:policies"
+        return [base + ":version", base]
 
     @property
     def _schema_key(self) -> str:
@@ -1461,6 +1470,43 @@ class RedisStore:
         self._settled()
         return sorted(_name(m) for m in self._run("smembers", [self._workspaces_key], ()))
 
+    # ------------------------------------------------------------------ control plane
+    def policies(self, known: int = -1) -> PolicyTable | None:
+        return self._policy_table(self._run("policies", self._policy_keys, (str(known),)), known)
+
+    def put_policies(self, changes: Mapping[str, str | None], now: float, *,
+                     only_if_new: bool = False) -> int | None:
+        found = self._run("put_policies", self._policy_keys,
+                          self._put_args(changes, now, only_if_new))
+        return None if found is None else int(found)
+
+    def append_alert(self, scope: str, document: str, now: float, keep: int) -> None:
+        self._run("append_alert", [self._base(scope) + "h"], (document, str(max(1, keep))))
+
+    def alert_history(self, scope: str, n: int) -> list[str]:
+        if n <= 0:
+            return []
+        return [_text(row) for row in self._run("lrange", [self._base(scope) + "h"], (0, n - 1))]
+
+    @staticmethod
+    def _put_args(changes: Mapping[str, str | None], now: float, only_if_new: bool) -> list[str]:
+        args = [repr(float(now)), "1" if only_if_new else "0"]
+        for key, document in changes.items():
+            args += [key, document or ""]
+        return args
+
+    @staticmethod
+    def _policy_table(reply: Sequence[Any], known: int) -> PolicyTable | None:
+        version = int(reply[0])
+        if version == known or len(reply) < 2:
+            return None
+        flat = reply[1]
+        policies = {}
+        for key, value in zip(flat[::2], flat[1::2], strict=True):
+            written, at, document = _text(value).split(" ", 2)
+            policies[_text(key)] = StoredPolicy(document, int(written), float(at))
+        return PolicyTable(version, policies)
+
     def clear(self) -> int:
         """Delete every key of this store's prefix (for tests); returns how many."""
         removed = 0
@@ -1571,6 +1617,26 @@ class RedisStore:
             await anyio.to_thread.run_sync(self._settled)
         members = await self._arun("smembers", [self._workspaces_key], ())
         return sorted(_name(m) for m in members)
+
+    async def apolicies(self, known: int = -1) -> PolicyTable | None:
+        return self._policy_table(
+            await self._arun("policies", self._policy_keys, (str(known),)), known)
+
+    async def aput_policies(self, changes: Mapping[str, str | None], now: float, *,
+                            only_if_new: bool = False) -> int | None:
+        found = await self._arun("put_policies", self._policy_keys,
+                                 self._put_args(changes, now, only_if_new))
+        return None if found is None else int(found)
+
+    async def aappend_alert(self, scope: str, document: str, now: float, keep: int) -> None:
+        await self._arun("append_alert", [self._base(scope) + "h"],
+                         (document, str(max(1, keep))))
+
+    async def aalert_history(self, scope: str, n: int) -> list[str]:
+        if n <= 0:
+            return []
+        rows = await self._arun("lrange", [self._base(scope) + "h"], (0, n - 1))
+        return [_text(row) for row in rows]
 
     async def aclose(self) -> None:
         """:meth:`close`: what the writer queued, the leases' unused parts and the backlog go

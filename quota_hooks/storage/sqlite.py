@@ -64,7 +64,9 @@ from .base import (
     Counters,
     Denial,
     Limits,
+    PolicyTable,
     Reservation,
+    StoredPolicy,
     UsageDelta,
     UsageEntry,
     first_denial,
@@ -74,7 +76,7 @@ __all__ = ["SCHEMA_VERSION", "RepriceReport", "SQLiteStore"]
 
 logger = logging.getLogger("quota_hooks")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _WINDOWS: tuple[Window, Window] = (MINUTE, DAY)
 _MIN, _DAY = 0, 1
 
@@ -121,6 +123,15 @@ MIGRATIONS: Mapping[int, Sequence[str]] = {
         "ALTER TABLE history ADD COLUMN month TEXT",
         "ALTER TABLE history ADD COLUMN day TEXT",
         "CREATE INDEX history_at ON history (at)",
+    ),
+    # The control plane: the policy table (its version in meta) and the alert history.
+    4: (
+        """CREATE TABLE policies (
+            key TEXT PRIMARY KEY, document TEXT NOT NULL, version INTEGER NOT NULL,
+            updated_at REAL NOT NULL) WITHOUT ROWID""",
+        """CREATE TABLE alerts (
+            scope TEXT NOT NULL, id INTEGER NOT NULL, document TEXT NOT NULL,
+            PRIMARY KEY (scope, id)) WITHOUT ROWID""",
     ),
 }
 
@@ -815,6 +826,73 @@ class SQLiteStore:
 
         return self._guard(run, what="claim")
 
+
+    # ------------------------------------------------------------------ control plane
+    def policies(self, known: int = -1) -> PolicyTable | None:
+        def run() -> PolicyTable | None:
+            conn = self._conn()
+            conn.execute("BEGIN")  # one snapshot: the version and the table it labels
+            try:
+                row = conn.execute(
+                    "SELECT value FROM meta WHERE key = 'policies_version'").fetchone()
+                version = int(row[0]) if row else 0
+                if version == known:
+                    return None
+                rows = conn.execute(
+                    "SELECT key, document, version, updated_at FROM policies").fetchall()
+            finally:
+                conn.execute("COMMIT")
+            return PolicyTable(version, {k: StoredPolicy(d, int(v), float(t))
+                                         for k, d, v, t in rows})
+
+        return self._guard(run, what="policies")
+
+    def put_policies(self, changes: Mapping[str, str | None], now: float, *,
+                     only_if_new: bool = False) -> int | None:
+        def run() -> int | None:
+            with self._transaction() as conn:
+                row = conn.execute(
+                    "SELECT value FROM meta WHERE key = 'policies_version'").fetchone()
+                if only_if_new and row is not None:
+                    return None
+                version = (int(row[0]) if row else 0) + 1
+                for key, document in changes.items():
+                    if document is None:
+                        conn.execute("DELETE FROM policies WHERE key = ?", (key,))
+                    else:
+                        conn.execute(
+                            "INSERT OR REPLACE INTO policies (key, document, version, "
+                            "updated_at) VALUES (?, ?, ?, ?)", (key, document, version, now))
+                conn.execute("INSERT OR REPLACE INTO meta (key, value) "
+                             "VALUES ('policies_version', ?)", (str(version),))
+                return version
+
+        return self._guard(run, what="put_policies")
+
+    def append_alert(self, scope: str, document: str, now: float, keep: int) -> None:
+        def run() -> None:
+            with self._transaction() as conn:
+                row = conn.execute("SELECT MAX(id) FROM alerts WHERE scope = ?",
+                                   (scope,)).fetchone()
+                last = int(row[0]) if row and row[0] is not None else 0
+                conn.execute("INSERT INTO alerts (scope, id, document) VALUES (?, ?, ?)",
+                             (scope, last + 1, document))
+                conn.execute("DELETE FROM alerts WHERE scope = ? AND id <= ?",
+                             (scope, last + 1 - max(1, keep)))
+
+        self._guard(run, what="append_alert")
+
+    def alert_history(self, scope: str, n: int) -> list[str]:
+        if n <= 0:
+            return []
+
+        def run() -> list[str]:
+            rows = self._conn().execute(
+                "SELECT document FROM alerts WHERE scope = ? ORDER BY id DESC LIMIT ?",
+                (scope, n)).fetchall()
+            return [row[0] for row in rows]
+
+        return self._guard(run, what="alert_history")
 
     # ------------------------------------------------------------------ reads
     def _sums(self, conn: sqlite3.Connection, scope: str, win: int, now: float) -> list[int]:
