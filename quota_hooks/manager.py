@@ -11,11 +11,13 @@ caller's LLM call: it is logged once per kind and shows as ``degraded``.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
 import weakref
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, cast
 
 import anyio
 import anyio.to_thread
@@ -23,21 +25,34 @@ import anyio.to_thread
 from ._core import Core, Plan, check_record
 from ._health import DEGRADED_SECONDS, Health
 from .alerts.engine import AlertEngine, StoreReader
-from .alerts.model import AlertSink, SinkLike
+from .alerts.model import Alert, AlertKind, AlertSink, SinkLike
+from .control import POLICY_REFRESH, PolicySync, describe_policy
 from .errors import ConfigurationError, QuotaExceededError, StorageError
 from .events import Events
-from .policy import Policies, QuotaPolicy
+from .policy import ENV_VARIABLES, Policies, QuotaPolicy
 from .pricing import PriceBook
 from .status import Extra, History, StatusReport, WorkspaceTracker, build_history, build_status
 from .status import history_months as _history_months
 from .storage import MemoryStore, Store, store_from_url
-from .storage.base import Breakdown, Reservation, UsageEntry, as_async, workspace_scope
+from .storage.base import (
+    AsyncControlStore,
+    Breakdown,
+    ControlStore,
+    PolicyTable,
+    Reservation,
+    UsageEntry,
+    as_async,
+    workspace_scope,
+)
 from .storage.sqlite import RepriceReport
 from .typing import AsyncSleeper, Clock, Decision, Drainer, Observer, Sleeper, TokenEstimator
 from .usage import Estimate, UsageRecord, estimate_tokens
 from .windows import month_key
 
-__all__ = ["DEGRADED_SECONDS", "QuotaManager"]
+__all__ = ["DEGRADED_SECONDS", "POLICY_REFRESH", "QuotaManager"]
+
+logger = logging.getLogger("quota_hooks")
+
 
 _MAX_WAIT_ROUNDS = 1000
 STORE_ENV = "QUOTA_HOOKS_STORE"
@@ -65,6 +80,15 @@ class QuotaManager:
         alert_queue_size: alerts held per sink before the oldest is dropped.
         sink_timeout: seconds one alert delivery may take, retries included.
         hysteresis_percent: points below a threshold that usage must fall to re-arm it.
+        policy_refresh: seconds between two checks of the store's policy table (see below).
+        alert_history: alerts kept per workspace in the store (every process's, and across
+            restarts: :meth:`alert_history`); 0 keeps none.
+
+    Policies live in the store too (every built-in store keeps them), so that every process
+    sharing it enforces the same ones: ``quota-hooks policy set`` changes them everywhere
+    within ``policy_refresh`` seconds. The policies given here seed a store that never held
+    any; after that a lookup takes the most specific policy, the store's over the code's at
+    equal specificity (:class:`~quota_hooks.policy.Policies`).
 
     Thread-safe and task-safe. ``record``/``status`` never need an event loop; ``arecord``/
     ``astatus`` never block one.
@@ -85,21 +109,35 @@ class QuotaManager:
         alert_queue_size: int = 1000,
         sink_timeout: float = 30.0,
         hysteresis_percent: float = 5.0,
+        policy_refresh: float = POLICY_REFRESH,
+        alert_history: int = 100,
     ) -> None:
         if policy is not None and default_policy is not None:
             raise ConfigurationError("give either policy= or default_policy=, not both")
         if isinstance(recent_limit, bool) or not isinstance(recent_limit, int) or recent_limit < 0:
             raise ConfigurationError(
                 f"recent_limit must be a whole number >= 0, got {recent_limit!r}")
+        if isinstance(alert_history, bool) or not isinstance(alert_history, int) or \
+                alert_history < 0:
+            raise ConfigurationError(
+                f"alert_history must be a whole number >= 0, got {alert_history!r}")
         if sinks is not None and (isinstance(sinks, (str, bytes)) or not isinstance(sinks,
                                                                                     Iterable)):
             raise ConfigurationError(f"sinks must be a list of sinks, got {sinks!r}")
+        if isinstance(policy_refresh, bool) or not isinstance(policy_refresh, (int, float)) or \
+                not 0 < policy_refresh < float("inf"):
+            raise ConfigurationError(
+                f"policy_refresh must be a number of seconds above 0, got {policy_refresh!r}")
         self.policies = Policies(policy if policy is not None else default_policy,
                                  policies, scope_policies)
         self.store: Store = store if store is not None else MemoryStore()
         self._astore = as_async(self.store)
+        self._control = self.store if isinstance(self.store, ControlStore) else None
+        self.alert_history_size = alert_history
         self.prices: PriceBook = prices if prices is not None else PriceBook.default()
         self.clock: Clock = clock if clock is not None else time.time
+        self._sync = PolicySync(self.policies, self._control, self._astore, self.now,
+                                float(policy_refresh))
         self.recent_limit = recent_limit
         self.sleep: Sleeper = time.sleep
         """How ``acquire`` waits (a test injects ``ManualClock.sleep``)."""
@@ -112,13 +150,15 @@ class QuotaManager:
         self.events = Events()
         """Live changes and alerts for listeners (the WebSocket, ``quota-hooks demo``)."""
         self.alerts = AlertEngine(
-            StoreReader(self._astore, self.policies.for_workspace, self.clock), sinks or (),
+            StoreReader(self._astore, self.policies.for_workspace, self.clock,
+                        alert_history if self._control is not None else 0), sinks or (),
             queue_size=alert_queue_size, sink_timeout=sink_timeout,
             hysteresis_percent=hysteresis_percent, listeners=self.events)
         """The alert engine: it evaluates only while a sink or a live listener wants alerts."""
         self._drainers: weakref.WeakSet[Drainer] = weakref.WeakSet()
         self._drainers.add(self.alerts)
         self._observers: tuple[Observer, ...] = ()
+        self._sync.start()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **kwargs: Any) -> QuotaManager:
@@ -128,7 +168,8 @@ class QuotaManager:
         ``QUOTA_HOOKS_SLACK_WEBHOOK_URL``. A bad value raises :class:`ConfigurationError`
         naming the variable."""
         env = os.environ if environ is None else environ
-        kwargs.setdefault("policy", QuotaPolicy.from_env(env))
+        if any(env.get(name, "").strip() for name in ENV_VARIABLES):
+            kwargs.setdefault("policy", QuotaPolicy.from_env(env))
         url = env.get(STORE_ENV, "").strip()
         if url and "store" not in kwargs:
             try:
@@ -166,8 +207,105 @@ class QuotaManager:
         return self.policies.for_workspace(workspace_id)
 
     def set_policy(self, workspace_id: str, policy: QuotaPolicy | None) -> None:
-        """Give ``workspace_id`` its own policy (``None`` returns it to the default)."""
+        """Give ``workspace_id`` its own policy (``None`` returns it to the default), in the
+        store too, so that every process sharing it enforces it.
+
+        Raises:
+            StorageError: the store failed (nothing changed).
+        """
+        if policy is not None and not isinstance(policy, QuotaPolicy):
+            raise ConfigurationError(
+                f"policy must be a QuotaPolicy or None, got {type(policy).__name__}")
+        if self._control is not None:
+            self.put_policies({f"workspace:{workspace_id}": policy})
         self.policies.set(workspace_id, policy)
+
+    def put_policies(self, changes: Mapping[str, QuotaPolicy | None], *,
+                     by: str = "manager") -> int:
+        """Store policies for every process sharing the store, keyed ``"workspace:<id>"``,
+        ``"kind:value"``, ``"kind:*"`` or ``"*"`` (``None`` deletes one), in one new table
+        version, which it returns. Each change is kept in the workspace's alert history
+        (``by`` says who made it). Raises :class:`StorageError` when the store fails and
+        :class:`ConfigurationError` when it keeps no policies."""
+        self._need_control("storing policies")
+        with _reading("policies", ", ".join(changes)):
+            version = self._sync.put(changes)
+        for key, policy in changes.items():
+            self.note_admin_action(AlertKind.POLICY_CHANGED, key, (
+                f"The policy of {key} was {'deleted' if policy is None else 'set'} by {by} "
+                f"(policy version {version})" + ("" if policy is None else
+                                                 f": {describe_policy(policy)}") + "."))
+        return version or 0
+
+    def note_admin_action(self, kind: AlertKind, key: str, message: str) -> Alert:
+        """Keep an admin's change (a policy set or deleted, a usage reset) in the alert
+        history of the scope it touched (``key``: ``"workspace:<id>"``, ``"team:ml"``, ``"*"``)
+        and send it to the sinks and live listeners, so that no change is silent. Raises
+        :class:`StorageError` when the history cannot be written."""
+        now = self.clock()
+        workspace = key.partition(":")[2] if key.startswith("workspace:") else key
+        alert = Alert(kind=kind, workspace_id=workspace,
+                      scope=key if key.startswith("workspace:") else workspace_scope(workspace),
+                      message=message, at=datetime.fromtimestamp(now, UTC),
+                      dedupe_key=f"admin:{key}:{kind.value}:{now!r}")
+        if self._control is not None and self.alert_history_size:
+            with _reading("alert history", workspace):
+                self._control.append_alert(alert.scope, alert.model_dump_json(), now,
+                                           self.alert_history_size)
+        self.alerts.publish(alert)
+        return alert
+
+    def alert_history(self, workspace_id: str, n: int = 50) -> list[Alert]:
+        """The last ``n`` alerts of ``workspace_id`` kept in the store (every process's,
+        across restarts; policy changes and resets included), newest first. Raises
+        :class:`StorageError` if the store fails."""
+        if self._control is None or n <= 0:
+            return []
+        with _reading("alert history", workspace_id):
+            rows = self._control.alert_history(workspace_scope(workspace_id), n)
+        return _alerts(rows)
+
+    async def aalert_history(self, workspace_id: str, n: int = 50) -> list[Alert]:
+        """Async :meth:`alert_history`."""
+        if self._control is None or n <= 0:
+            return []
+        with _reading("alert history", workspace_id):
+            rows = await cast(AsyncControlStore, self._astore).aalert_history(
+                workspace_scope(workspace_id), n)
+        return _alerts(rows)
+
+    def _need_control(self, what: str) -> ControlStore:
+        if self._control is None:
+            raise ConfigurationError(
+                f"{what} needs a store that keeps policies; {self.store!r} does not")
+        return self._control
+
+    def stored_policies(self) -> PolicyTable:
+        """The store's policy table, read now. Raises :class:`StorageError` when the store
+        fails and :class:`ConfigurationError` when it keeps no policies."""
+        control = self._need_control("reading stored policies")
+        with _reading("policies", "*"):
+            table = control.policies()
+        assert table is not None
+        return table
+
+    def policy_source(self, workspace_id: str) -> dict[str, Any]:
+        """Where the policy of ``workspace_id`` comes from: ``{"source": "store" | "code",
+        "key": "workspace:<id>" | "*", "version": <table version, stored only>}``."""
+        source, key = self.policies.source(workspace_id)
+        found: dict[str, Any] = {"source": source, "key": key}
+        if source == "store":
+            found["version"] = self.policies.stored_version(key)
+        return found
+
+    def refresh_policies(self) -> None:
+        """Read the store's policy table now if it changed (it is read every
+        ``policy_refresh`` seconds anyway). Never raises."""
+        self._sync.read()
+
+    async def arefresh_policies(self) -> None:
+        """Async :meth:`refresh_policies`."""
+        await self._sync.aread()
 
     def now(self) -> float:
         """The manager's clock, in epoch seconds."""
@@ -212,6 +350,7 @@ class QuotaManager:
         would be exceeded; :class:`StorageError` when the store fails and not ``fail_open``.
         ``wait=False`` treats ``wait`` limits as ``raise`` (for callers that must not block).
         """
+        self._sync.before_call()
         try:
             plan = self.core.plan(workspace_id, estimate, scopes)
             if plan is None:
@@ -239,6 +378,7 @@ class QuotaManager:
                        scopes: Mapping[str, str] | None = None,
                        wait: bool = True) -> Reservation | None:
         """Async :meth:`acquire`: waits with ``await``, never blocks the event loop."""
+        self._sync.before_call()
         try:
             plan = self.core.plan(workspace_id, estimate, scopes)
             if plan is None:
@@ -321,6 +461,7 @@ class QuotaManager:
         :class:`ConfigurationError` naming it.
         """
         check_record(record, reservation)
+        self._sync.before_call()
         try:
             entry = self.core.entry(record, reservation, self.clock())
             self.store.commit(entry, reservation)
@@ -333,6 +474,7 @@ class QuotaManager:
         """Async :meth:`record`: never blocks the event loop, never raises on a failure
         inside tracking."""
         check_record(record, reservation)
+        self._sync.before_call()
         try:
             entry = self.core.entry(record, reservation, self.clock())
             await self._astore.acommit(entry, reservation)
@@ -406,6 +548,7 @@ class QuotaManager:
     def status(self, workspace_id: str, *, enhanced: bool = True,
                recent: int | None = None) -> StatusReport:
         """The status of ``workspace_id`` now. Raises :class:`StorageError` if the store fails."""
+        self._sync.before_call()
         now, policy, scope, month = self._where(workspace_id)
         store = self.store
         with _reading("status", workspace_id):
@@ -420,6 +563,7 @@ class QuotaManager:
     async def astatus(self, workspace_id: str, *, enhanced: bool = True,
                       recent: int | None = None) -> StatusReport:
         """Async :meth:`status`."""
+        self._sync.before_call()
         now, policy, scope, month = self._where(workspace_id)
         store = self._astore
         with _reading("status", workspace_id):
@@ -441,7 +585,8 @@ class QuotaManager:
                 extra: Extra | None) -> StatusReport:
         return build_status(workspace_id, policy, now, counters, extra,
                             degraded=self._degraded(workspace_id, now),
-                            provider_limits=self.health.provider_limits(workspace_id))
+                            provider_limits=self.health.provider_limits(workspace_id),
+                            policy_source=self.policy_source(workspace_id))
 
     def workspaces(self) -> list[str]:
         """Every workspace with recorded usage, sorted."""
@@ -459,6 +604,7 @@ class QuotaManager:
         Per day the range is exact; per model or method it is counted in whole budget months
         (the months that ``since`` and now fall in, and those between).
         """
+        self._sync.before_call()
         months, first_day = _history_months(
             self.clock(), since, self.policies.for_workspace(workspace_id).timezone)
         scope = workspace_scope(workspace_id)
@@ -469,6 +615,7 @@ class QuotaManager:
     async def ahistory(self, workspace_id: str, *, since: float | None = None,
                        by: Breakdown = "day") -> History:
         """Async :meth:`history`."""
+        self._sync.before_call()
         months, first_day = _history_months(
             self.clock(), since, self.policies.for_workspace(workspace_id).timezone)
         scope = workspace_scope(workspace_id)
@@ -512,11 +659,13 @@ class QuotaManager:
         writers and alert senders of any other manager (see ``quota_hooks._exit``).
         """
         started = time.monotonic()
+        self._sync.close()
         self.alerts.close(timeout)
         self.store.close(timeout=max(0.05, timeout - (time.monotonic() - started)))
 
     async def aclose(self) -> None:
         """Async :meth:`close`."""
+        self._sync.close()
         await self.alerts.adrain()
         await anyio.to_thread.run_sync(self.alerts.close)
         await self._astore.aclose()
@@ -543,6 +692,17 @@ def _reading(what: str, workspace_id: str) -> Iterator[None]:
         raise
     except Exception as exc:
         raise StorageError(f"reading the {what} of {workspace_id!r} failed: {exc}") from exc
+
+
+def _alerts(rows: Iterable[str]) -> list[Alert]:
+    """Kept alerts, parsed; one this version cannot read (a newer kind) is left out."""
+    alerts = []
+    for row in rows:
+        try:
+            alerts.append(Alert.model_validate_json(row))
+        except ValueError:
+            continue
+    return alerts
 
 
 def __getattr__(name: str) -> Any:

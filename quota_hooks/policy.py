@@ -19,10 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import ConfigurationError
 from .metrics import METRIC_NAMES, METRICS, Mode
 from .metrics import metric as metric_named
+from .storage.base import PolicyTable
 
 __all__ = [
     "DEFAULT_MODES", "ENV_VARIABLES", "LIMIT_METRICS", "Mode", "Policies", "QuotaPolicy",
-    "Unpriced",
+    "Unpriced", "is_scope_key", "parse_policy", "policy_key",
 ]
 
 Unpriced = Literal["fallback", "refuse", "allow"]
@@ -46,6 +47,7 @@ ENV_VARIABLES: Mapping[str, tuple[str, int]] = {
     "OPENAI_CRITICAL_THRESHOLD_PERCENT": ("critical_percent", 95),
 }
 _UNLIMITED = {"none", "unlimited", "off"}
+_MAX_THRESHOLDS = 10
 
 
 class QuotaPolicy(BaseModel):
@@ -59,6 +61,10 @@ class QuotaPolicy(BaseModel):
         monthly_budget_usd: USD per calendar month in ``timezone``.
         warning_percent: usage percentage that raises a warning (default 80).
         critical_percent: usage percentage that raises a critical alert (default 95).
+        thresholds: the percentages at which alerts fire, each once per crossing (and per
+            budget period), e.g. ``[50, 80, 95, 100]``; ``None`` (the default) is
+            ``[warning_percent, critical_percent]``. A budget always alerts at 100 too. The
+            status levels stay ``warning_percent`` and ``critical_percent``.
         timezone: IANA zone whose calendar month bounds the budget (default UTC).
         unmetered_methods: API methods counted and shown but exempt from request limits (the
             seed guide: model listing has no quota impact).
@@ -95,6 +101,7 @@ class QuotaPolicy(BaseModel):
     monthly_budget_usd: Decimal | None = Field(default=Decimal(100), ge=0, allow_inf_nan=False)
     warning_percent: float = Field(default=80.0, gt=0, le=100, allow_inf_nan=False)
     critical_percent: float = Field(default=95.0, gt=0, le=100, allow_inf_nan=False)
+    thresholds: tuple[float, ...] | None = None
     timezone: str = "UTC"
     unmetered_methods: frozenset[str] = frozenset({"models", "files"})
     mode: Mode | None = None
@@ -112,6 +119,18 @@ class QuotaPolicy(BaseModel):
         if unknown:
             raise ValueError(f"unknown limit metric(s) {unknown}; use {list(LIMIT_METRICS)}")
         return value
+
+    @field_validator("thresholds")
+    @classmethod
+    def _rising_thresholds(cls, value: tuple[float, ...] | None) -> tuple[float, ...] | None:
+        if value is None:
+            return None
+        if not value or len(value) > _MAX_THRESHOLDS:
+            raise ValueError(f"give 1 to {_MAX_THRESHOLDS} thresholds, got {len(value)}")
+        bad = [t for t in value if not (0 < t <= 100) or t != t]
+        if bad:
+            raise ValueError(f"each threshold must be above 0 and at most 100, got {bad}")
+        return tuple(sorted(set(value)))
 
     @field_validator("timezone")
     @classmethod
@@ -225,18 +244,28 @@ def _config_error(exc: ValidationError, source: str | None = None) -> Configurat
 
 
 class Policies:
-    """Which policy applies where: a default, one per workspace, and one per scope.
+    """Which policy applies where: a default, one per workspace, and one per scope, from the
+    code and from the store.
 
     Scope policies are keyed ``"kind:value"`` (``"team:ml"``); ``"kind:*"`` is the policy of
-    every scope of that kind without its own (``"user:*"``: each user). Lookups are dict reads;
-    changes replace the table (copy on write), so readers never lock.
+    every scope of that kind without its own (``"user:*"``: each user).
+
+    The store's policies (:meth:`use_stored`, keyed ``"workspace:<id>"``, ``"kind:value"``,
+    ``"kind:*"`` and ``"*"``) are shared by every process using the store. A lookup takes the
+    most specific policy there is, and at equal specificity the store's over the code's:
+
+    * a workspace: the store's for it, the code's for it, the store's ``"*"``, the code's
+      default;
+    * a scope: the store's for it, the code's for it, the store's ``"kind:*"``, the code's.
+
+    Lookups are dict reads; changes replace the tables (copy on write), so readers never lock.
 
     Raises:
         ConfigurationError: for anything that is not a :class:`QuotaPolicy`, or a scope key
             that is not ``"kind:value"``, naming it.
     """
 
-    __slots__ = ("_lock", "_scopes", "_workspaces", "default")
+    __slots__ = ("_default", "_lock", "_scopes", "_stored", "_workspaces", "explicit")
 
     def __init__(
         self,
@@ -252,34 +281,67 @@ class Policies:
                 raise ConfigurationError(
                     f"{name} must be a QuotaPolicy, got {type(value).__name__}")
         for key, value in (scopes or {}).items():
-            kind, sep, rest = str(key).partition(":")
-            if not (isinstance(key, str) and sep and kind and rest) or not isinstance(
-                    value, QuotaPolicy):
+            if not is_scope_key(key) or not isinstance(value, QuotaPolicy):
                 raise ConfigurationError(
                     f"scope_policies[{key!r}] must map 'kind:value' to a QuotaPolicy, "
                     f"got {type(value).__name__}")
-        self.default: QuotaPolicy = default if default is not None else QuotaPolicy()
+        self.explicit = bool(default is not None or workspaces or scopes)
+        """True when the code gave policies (they seed a store that never held any)."""
+        self._default: QuotaPolicy = default if default is not None else QuotaPolicy()
         self._workspaces: dict[str, QuotaPolicy] = dict(workspaces or {})
         self._scopes: dict[str, QuotaPolicy] = dict(scopes or {})
+        self._stored = _NO_STORED
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
-        return len(self._workspaces)
+        return len(self._workspaces.keys() | self._stored.workspaces.keys())
+
+    @property
+    def default(self) -> QuotaPolicy:
+        """The policy of every workspace without its own: the store's ``"*"``, else the
+        code's."""
+        return self._stored.default or self._default
+
+    @property
+    def version(self) -> int:
+        """The version of the store's policy table in use (0: none yet)."""
+        return self._stored.version
 
     def for_workspace(self, workspace_id: str) -> QuotaPolicy:
-        """The policy of ``workspace_id``: its own, else the default."""
-        return self._workspaces.get(workspace_id, self.default)
+        """The policy of ``workspace_id`` (see the class doc for the order)."""
+        stored = self._stored
+        if stored.workspaces:
+            found = stored.workspaces.get(workspace_id)
+            if found is not None:
+                return found
+        return self._workspaces.get(workspace_id) or stored.default or self._default
 
     def for_scope(self, kind: str, value: str) -> QuotaPolicy | None:
-        """The policy of scope ``kind:value``: its own, else its kind's ``kind:*``, else None
-        (a scope without a policy is counted, never limited)."""
-        scopes = self._scopes
-        if not scopes:
+        """The policy of scope ``kind:value``, or None (a scope without a policy is counted,
+        never limited); see the class doc for the order."""
+        scopes, stored = self._scopes, self._stored.scopes
+        if not scopes and not stored:
             return None
-        return scopes.get(f"{kind}:{value}") or scopes.get(f"{kind}:*")
+        key = f"{kind}:{value}"
+        return (stored.get(key) or scopes.get(key) or stored.get(f"{kind}:*")
+                or scopes.get(f"{kind}:*"))
+
+    def source(self, workspace_id: str) -> tuple[str, str]:
+        """Where ``workspace_id``'s policy comes from: ``("store", "workspace:<id>")``,
+        ``("store", "*")``, ``("code", "workspace:<id>")`` or ``("code", "*")``."""
+        if workspace_id in self._stored.workspaces:
+            return "store", f"workspace:{workspace_id}"
+        if workspace_id in self._workspaces:
+            return "code", f"workspace:{workspace_id}"
+        return ("store" if self._stored.default is not None else "code"), "*"
+
+    def stored_version(self, key: str) -> int | None:
+        """The table version that wrote the stored policy ``key`` (None: not stored)."""
+        found = self._stored.versions.get(key)
+        return found
 
     def set(self, workspace_id: str, policy: QuotaPolicy | None) -> None:
-        """Give ``workspace_id`` its own policy (``None``: back to the default)."""
+        """Give ``workspace_id`` its own policy in code (``None``: back to the default)."""
         if policy is not None and not isinstance(policy, QuotaPolicy):
             raise ConfigurationError(
                 f"policy must be a QuotaPolicy or None, got {type(policy).__name__}")
@@ -290,3 +352,131 @@ class Policies:
             else:
                 table[workspace_id] = policy
             self._workspaces = table
+
+    def code_documents(self) -> dict[str, str]:
+        """The code's policies as a store keeps them (what seeds a store)."""
+        documents = {"*": self._default.model_dump_json()}
+        documents.update({f"workspace:{ws}": p.model_dump_json()
+                          for ws, p in self._workspaces.items()})
+        documents.update({key: p.model_dump_json() for key, p in self._scopes.items()})
+        return documents
+
+    def code_policy(self, key: str) -> QuotaPolicy | None:
+        """The code's own policy under a store key (``"*"``, ``"workspace:<id>"``,
+        ``"kind:value"``), or None."""
+        if key == "*":
+            return self._default
+        kind, _, rest = key.partition(":")
+        if kind == "workspace":
+            return self._workspaces.get(rest)
+        return self._scopes.get(key)
+
+    def use_stored(self, table: PolicyTable) -> list[str]:
+        """Use the store's policy table from now on. Returns the keys it could not read (a
+        document that is not a policy: it is left out, logged by the caller)."""
+        stored, bad = _Stored.of(table, self._stored)
+        self._stored = stored
+        return bad
+
+
+def is_scope_key(key: object) -> bool:
+    """True for ``"kind:value"`` with neither part empty."""
+    if not isinstance(key, str):
+        return False
+    kind, sep, rest = key.partition(":")
+    return bool(sep and kind and rest)
+
+
+def policy_key(name: str) -> str:
+    """The store key of a name given by a person: ``"*"`` is the default, ``"kind:value"`` a
+    scope (``"team:ml"``, ``"user:*"``), ``"workspace:<id>"`` a workspace, and any other name
+    a workspace id (``"acme"`` is ``"workspace:acme"``).
+
+    Raises:
+        ConfigurationError: for an empty name, naming it.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigurationError(f"a policy needs a workspace, scope or '*', got {name!r}")
+    name = name.strip()
+    if name == "*" or is_scope_key(name):
+        return name
+    return f"workspace:{name}"
+
+
+def parse_policy(document: str | bytes | Mapping[str, Any], *, source: str = "policy",
+                 strict: bool = False) -> QuotaPolicy:
+    """A policy from its JSON (or a dict). Fields this version does not know are left out (a
+    newer version may have written them: a stored policy stays readable), or, ``strict``,
+    refused.
+
+    Raises:
+        ConfigurationError: a document that is not a valid policy, naming ``source`` and the
+            field.
+    """
+    import json
+
+    try:
+        data = json.loads(document) if isinstance(document, (str, bytes)) else dict(document)
+    except ValueError as exc:
+        raise ConfigurationError(f"{source}: not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigurationError(f"{source}: a policy is a JSON object, got {data!r:.80}")
+    known = {k: v for k, v in data.items() if k in QuotaPolicy.model_fields}
+    if strict and len(known) < len(data):
+        unknown = sorted(set(data) - set(known))
+        raise ConfigurationError(f"{source}: unknown policy field(s) {unknown}; use "
+                                 f"{sorted(QuotaPolicy.model_fields)}")
+    try:
+        return QuotaPolicy(**known)
+    except ValidationError as exc:
+        raise ConfigurationError(f"{source}: {_config_error(exc)}") from exc
+
+
+class _Stored:
+    """The store's policy table, parsed: the default, the workspaces', the scopes'."""
+
+    __slots__ = ("default", "documents", "scopes", "version", "versions", "workspaces")
+
+    def __init__(self, version: int, default: QuotaPolicy | None,
+                 workspaces: dict[str, QuotaPolicy], scopes: dict[str, QuotaPolicy],
+                 documents: dict[str, tuple[str, QuotaPolicy]],
+                 versions: dict[str, int] | None = None) -> None:
+        self.version = version
+        self.default = default
+        self.workspaces = workspaces
+        self.scopes = scopes
+        self.documents = documents
+        self.versions = versions or {}
+
+    @classmethod
+    def of(cls, table: PolicyTable, previous: _Stored) -> tuple[_Stored, list[str]]:
+        workspaces: dict[str, QuotaPolicy] = {}
+        scopes: dict[str, QuotaPolicy] = {}
+        documents: dict[str, tuple[str, QuotaPolicy]] = {}
+        default: QuotaPolicy | None = None
+        bad: list[str] = []
+        for key, stored in table.policies.items():
+            seen = previous.documents.get(key)
+            if seen is not None and seen[0] == stored.document:
+                policy = seen[1]  # unchanged: the same object (its limits stay cached)
+            else:
+                try:
+                    policy = parse_policy(stored.document, source=f"stored policy {key!r}")
+                except ConfigurationError:
+                    bad.append(key)
+                    continue
+            documents[key] = (stored.document, policy)
+            kind, _, rest = key.partition(":")
+            if key == "*":
+                default = policy
+            elif kind == "workspace" and rest:
+                workspaces[rest] = policy
+            elif is_scope_key(key):
+                scopes[key] = policy
+            else:
+                bad.append(key)
+        versions = {key: stored.version for key, stored in table.policies.items()}
+        return cls(table.version, default, workspaces, scopes, documents, versions), bad
+
+
+_NO_STORED = _Stored(0, None, {}, {}, {})

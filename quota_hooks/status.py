@@ -201,6 +201,11 @@ class StatusReport(_Model):
     """The provider's own latest ``x-ratelimit-*`` headers, per provider."""
     thresholds: dict[str, float] = {}
     """The policy's ``warning`` and ``critical`` percentages."""
+    alert_thresholds: list[float] = []
+    """The policy's list of alert thresholds, if it sets one."""
+    policy: dict[str, Any] = {}
+    """Where the policy in force comes from: ``{"source": "store", "key": "workspace:acme",
+    "version": 3}`` or ``{"source": "code", "key": "*"}``."""
     unpriced: UnpricedUsage = UnpricedUsage()
     """How much of ``monthly_budget_usd.current`` is charged for calls without a price."""
     enhanced_tracking: EnhancedTracking | None = None
@@ -295,6 +300,7 @@ def build_status(
     *,
     degraded: bool = False,
     provider_limits: Mapping[str, Mapping[str, str]] | None = None,
+    policy_source: Mapping[str, Any] | None = None,
 ) -> StatusReport:
     """The :class:`StatusReport` of a workspace from its counters and its policy. Pure.
 
@@ -347,6 +353,8 @@ def build_status(
         alert_level=level,
         updated_at=iso(now),
         provider_limits={k: dict(v) for k, v in (provider_limits or {}).items()},
+        policy=dict(policy_source or {}),
+        alert_thresholds=[float(t) for t in policy.thresholds or ()],
         thresholds={"warning": float(policy.warning_percent),
                     "critical": float(policy.critical_percent)},
         unpriced=UnpricedUsage(calls=c.unpriced_month_calls,

@@ -151,7 +151,7 @@ def test_status_command(recorded: str, capsys: pytest.CaptureFixture[str]) -> No
     assert main(["status", "acme", "--store", recorded]) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[0] == "workspace 'acme': normal (alert level none)"
-    assert "rpm" in out and " 3 / 500 " in out  # the policy comes from the environment
+    assert "rpm" in out and " 3 / 10 " in out  # the policy the app enforces, from the store
     assert main(["status", "acme", "--json", "--store", recorded]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["requests_per_day"]["current"] == 3

@@ -34,7 +34,7 @@ WRITER = textwrap.dedent("""
     from quota_hooks.storage import store_from_url
 
     url, workspace, calls, failures = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-    manager = QuotaManager(QuotaPolicy(), store=store_from_url(url))
+    manager = QuotaManager(store=store_from_url(url))  # enforces the policies in the store
     for i in range(calls):
         manager.record(UsageRecord(workspace_id=workspace, model="gpt-4o-mini",
                                    api_method="chat.completions", input_tokens=100,
@@ -75,6 +75,9 @@ def manager(clock: ManualClock) -> Iterator[QuotaManager]:
 
 def test_two_processes_on_one_sqlite_file(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'usage.db'}"
+    # The policy every process sharing the file enforces, stored first.
+    QuotaManager(QuotaPolicy(monthly_budget_usd=Decimal("2"), rpm=100),
+                 store=store_from_url(url)).close()
     writers = [subprocess.Popen([sys.executable, "-c", WRITER, url, ws, str(calls), str(fails)],
                                 stderr=subprocess.PIPE, text=True)
                for ws, calls, fails in (("acme", 3, 1), ("acme", 2, 0), ("beta", 1, 2))]
@@ -82,8 +85,7 @@ def test_two_processes_on_one_sqlite_file(tmp_path: Path) -> None:
         _, err = writer.communicate(timeout=60)
         assert writer.returncode == 0, err
 
-    manager = QuotaManager(QuotaPolicy(monthly_budget_usd=Decimal("2"), rpm=100),
-                           store=store_from_url(url))
+    manager = QuotaManager(store=store_from_url(url))
     try:
         with TestClient(create_app(manager, tokens=TOKENS)) as client:
             seen = scrape(client)

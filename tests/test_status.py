@@ -47,8 +47,11 @@ def test_seed_json_shape_key_by_key(manager: QuotaManager) -> None:
         "updated_at",
         "provider_limits",
         "thresholds",
+        "alert_thresholds",
+        "policy",
         "unpriced",
     }
+    assert plain["policy"] == {"source": "store", "key": "*", "version": 1}
     for key in (
         "requests_per_minute",
         "requests_per_day",

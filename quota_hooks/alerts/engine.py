@@ -28,12 +28,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Protocol
+from typing import Protocol, cast
 
 from ..errors import ConfigurationError
 from ..metrics import METRICS, Metric, percent_of
 from ..policy import QuotaPolicy
-from ..storage.base import AsyncStore, Counters, workspace_scope
+from ..storage.base import AsyncControlStore, AsyncStore, Counters, workspace_scope
 from ..windows import month_key
 from ._dispatch import Dispatcher
 from .model import Alert, AlertKind, AlertSink, SinkLike
@@ -71,6 +71,15 @@ class UsageReader(Protocol):
         """Take ``key`` for ``ttl`` seconds, once among every process sharing the store."""
         ...
 
+    @property
+    def keeps_history(self) -> bool:
+        """True when :meth:`keep` keeps alerts (in the store's alert history)."""
+        ...
+
+    async def keep(self, alert: Alert, now: float) -> None:
+        """Add a sent alert to its workspace's alert history."""
+        ...
+
 
 class AlertListeners(Protocol):
     """Live listeners of sent alerts (:class:`quota_hooks.events.Events`)."""
@@ -86,19 +95,31 @@ class AlertListeners(Protocol):
 
 
 class StoreReader:
-    """A :class:`UsageReader` over a store's async face, a policy lookup and a clock."""
+    """A :class:`UsageReader` over a store's async face, a policy lookup and a clock; it keeps
+    the last ``history`` alerts of each workspace when the store keeps an alert history."""
 
-    __slots__ = ("_clock", "_policy_for", "_store")
+    __slots__ = ("_clock", "_history", "_policy_for", "_store")
 
     def __init__(
         self,
         store: AsyncStore,
         policy_for: Callable[[str], QuotaPolicy],
         clock: Callable[[], float],
+        history: int = 0,
     ) -> None:
         self._store = store
         self._policy_for = policy_for
         self._clock = clock
+        self._history = history if hasattr(store, "aappend_alert") else 0
+
+    @property
+    def keeps_history(self) -> bool:
+        return self._history > 0
+
+    async def keep(self, alert: Alert, now: float) -> None:
+        if self._history > 0:
+            await cast(AsyncControlStore, self._store).aappend_alert(
+                alert.scope, alert.model_dump_json(), now, self._history)
 
     def now(self) -> float:
         return self._clock()
@@ -157,6 +178,7 @@ class AlertEngine:
         self._events: dict[tuple[str, AlertKind], None] = {}
         self._local_claims: dict[str, float] = {}
         self._armed: dict[tuple[str, str], tuple[int, str]] = {}
+        self._published: list[Alert] = []
         self._lock = threading.Lock()
         self._dispatch = Dispatcher(self._evaluate_pending, self._has_pending,
                                     queue_size=queue_size, sink_timeout=float(sink_timeout))
@@ -164,6 +186,8 @@ class AlertEngine:
         """Alerts another process had already claimed (or this one, when the store was down)."""
         self.evaluation_errors = 0
         """Workspaces whose evaluation failed (logged; the next change evaluates them again)."""
+        self.history_errors = 0
+        """Alerts sent but not kept in the alert history because the store failed (logged)."""
         for sink in sinks:
             self.add_sink(sink)
 
@@ -181,7 +205,8 @@ class AlertEngine:
     def active(self) -> bool:
         """True when someone wants alerts: a sink, or a live listener."""
         listeners = self._listeners
-        return bool(self._dispatch.sinks) or (listeners is not None and listeners.listeners > 0)
+        return (bool(self._dispatch.sinks) or self.reader.keeps_history
+                or (listeners is not None and listeners.listeners > 0))
 
     @property
     def sent(self) -> int:
@@ -222,8 +247,17 @@ class AlertEngine:
             self._events[(workspace_id or "*", AlertKind.DEGRADED)] = None
         self._dispatch.kick()
 
+    def publish(self, alert: Alert) -> None:
+        """Send ``alert`` (already kept in the history, or not to be) to the sinks and live
+        listeners. Thread-safe, never blocks."""
+        if self._dispatch.closing:
+            return
+        with self._lock:
+            self._published.append(alert)
+        self._dispatch.kick()
+
     def _has_pending(self) -> bool:
-        return bool(self._dirty or self._events)
+        return bool(self._dirty or self._events or self._published)
 
     # ------------------------------------------------------------------ waiting
     def idle(self) -> bool:
@@ -252,6 +286,9 @@ class AlertEngine:
         with self._lock:
             dirty, self._dirty = self._dirty, {}
             events, self._events = self._events, {}
+            published, self._published = self._published, []
+        for alert in published:
+            self._send(alert)
         now = self.reader.now()
         for workspace_id, kind in events:
             alert = self._event_alert(workspace_id, kind, now)
@@ -279,6 +316,16 @@ class AlertEngine:
         if not mine:
             self.suppressed += 1
             return
+        try:
+            await self.reader.keep(alert, now)
+        except Exception as exc:  # the alert still goes out
+            self.history_errors += 1
+            logger.log(logging.WARNING if self.history_errors == 1 else logging.DEBUG,
+                       "quota-hooks: keeping alert %s in the history failed: %r",
+                       alert.dedupe_key, exc)
+        self._send(alert)
+
+    def _send(self, alert: Alert) -> None:
         self._dispatch.enqueue(alert)
         listeners = self._listeners
         if listeners is not None and listeners.listeners:
@@ -297,22 +344,22 @@ class AlertEngine:
     async def _evaluate(self, workspace_id: str, now: float) -> list[tuple[Alert, float]]:
         usage = await self.reader.usage(workspace_id, now)
         policy = usage.policy
-        thresholds = Thresholds.of(policy.warning_percent, policy.critical_percent)
         alerts: list[tuple[Alert, float]] = []
         for m in METRICS:
             limit = m.limit(policy)
             if limit is None:
                 continue
+            thresholds = Thresholds.of(policy, m)
             current = m.current(usage.counters)
             percent = percent_of(current, limit)
             period = usage.month if m.is_budget else ""
             key = (workspace_id, m.name)
             armed_level, armed_period = self._armed.get(key, (0, period))
             armed = armed_level if armed_period == period else 0
-            moved = step(m, percent, armed, thresholds, self.hysteresis)
+            moved = step(percent, armed, thresholds, self.hysteresis)
             for kind, threshold in moved.fired:
                 alert = self._threshold_alert(workspace_id, m, kind, current, limit, percent,
-                                              threshold, period, now)
+                                              threshold, period, now, thresholds.listed)
                 alerts.append((alert, m.claim_seconds))
             if moved.level == 0:
                 self._armed.pop(key, None)
@@ -331,6 +378,7 @@ class AlertEngine:
         threshold: Decimal,
         period: str,
         now: float,
+        listed: bool = False,
     ) -> Alert:
         name = metric.title
         amount = metric.amount(current, limit)
@@ -351,10 +399,13 @@ class AlertEngine:
             current=float(current),
             limit=float(limit),
             percentage=round(float(percent), 2),
+            threshold=None if kind is AlertKind.RECOVERED else float(threshold),
             message=message,
             at=datetime.fromtimestamp(now, UTC),
+            # A listed threshold names itself: two thresholds may send the same kind.
             dedupe_key=":".join(
-                part for part in ("alert", workspace_id, metric.name, kind.value, period) if part
+                part for part in ("alert", workspace_id, metric.name, kind.value,
+                                  f"{threshold:g}" if listed else "", period) if part
             ),
         )
 

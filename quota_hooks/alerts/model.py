@@ -32,7 +32,13 @@ class AlertKind(str, Enum):  # noqa: UP042 - str() stays "AlertKind.WARNING"
     DEGRADED = "degraded"
     """Tracking itself failed (the calls went on)."""
     RECOVERED = "recovered"
-    """A metric that had alerted is back below its warning threshold."""
+    """A metric that had alerted is back below its lowest threshold."""
+    THRESHOLD = "threshold"
+    """A limit reached one of the policy's ``thresholds`` below its warning percentage."""
+    POLICY_CHANGED = "policy_changed"
+    """A stored policy was set or deleted (``quota-hooks policy``, the REST admin API)."""
+    USAGE_RESET = "usage_reset"
+    """A scope's usage was reset by an admin."""
 
 
 class Alert(BaseModel):
@@ -42,6 +48,7 @@ class Alert(BaseModel):
     ``monthly_budget_usd``); ``percentage`` is ``current`` as a share of ``limit``.
     ``dedupe_key`` names the crossing: the same crossing seen by several processes has the
     same key, and only the process that claims it in the store sends the alert.
+    ``threshold`` is the percentage crossed (threshold alerts only).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -53,6 +60,7 @@ class Alert(BaseModel):
     current: float | None = None
     limit: float | None = None
     percentage: float | None = None
+    threshold: float | None = None
     message: str
     at: datetime
     dedupe_key: str

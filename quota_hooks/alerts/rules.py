@@ -1,12 +1,15 @@
 """When a metric alerts: the threshold state machine, pure (no I/O, no clock, no locks).
 
-A metric (rpm, rpd, tpm, tpd, monthly_budget_usd) fires ``warning`` when its
-:func:`~quota_hooks.metrics.percent_of` reaches the warning threshold, ``critical`` at the
-critical threshold and, for the budget, ``quota_exceeded`` at 100 %: each once per crossing. A
-level re-arms only after usage falls below its threshold minus the hysteresis (in points), or
-when a new budget period starts; ``recovered`` is sent when a metric that had alerted falls
-below warning minus the hysteresis. The status report uses the same percent and the same
-comparisons (:func:`quota_hooks.status.evaluate`), so the two never disagree.
+A metric (rpm, rpd, tpm, tpd, monthly_budget_usd) has a rising list of thresholds, in
+percent of its limit (:func:`~quota_hooks.metrics.percent_of`): the policy's ``thresholds``
+if it sets them, else its warning and critical percentages; a budget always has 100 last.
+Each threshold fires once per crossing: ``threshold`` below the warning percentage,
+``warning`` from it, ``critical`` from the critical percentage and, for a budget,
+``quota_exceeded`` at 100 %. A level re-arms only after usage falls below its threshold minus
+the hysteresis (in points), or when a new budget period starts; ``recovered`` is sent when a
+metric that had alerted falls below its lowest threshold minus the hysteresis. The status
+report uses the same percent and the same comparisons (:func:`quota_hooks.status.evaluate`),
+so the two never disagree.
 """
 
 from __future__ import annotations
@@ -15,29 +18,44 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from ..metrics import Metric
+from ..policy import QuotaPolicy
 from .model import AlertKind
 
-__all__ = ["LEVEL_KINDS", "Step", "Thresholds", "step"]
+__all__ = ["Step", "Thresholds", "step"]
 
-#: The alert a level sends when it is reached.
-LEVEL_KINDS = {1: AlertKind.WARNING, 2: AlertKind.CRITICAL, 3: AlertKind.QUOTA_EXCEEDED}
+_HUNDRED = Decimal(100)
 
 
 @dataclass(frozen=True, slots=True)
 class Thresholds:
-    """The percentages of one policy: level 1 (warning), 2 (critical), 3 (used up: 100)."""
+    """The rising thresholds of one metric under one policy, and the kind each one sends."""
 
-    warning: Decimal
-    critical: Decimal
+    values: tuple[Decimal, ...]
+    kinds: tuple[AlertKind, ...]
+    listed: bool = False
+    """True when the policy lists its thresholds (alerts then name theirs in their key)."""
 
     @classmethod
-    def of(cls, warning_percent: float, critical_percent: float) -> Thresholds:
-        """Exact thresholds from a policy's float percentages (``80.0`` is exactly 80)."""
-        return cls(Decimal(str(warning_percent)), Decimal(str(critical_percent)))
+    def of(cls, policy: QuotaPolicy, metric: Metric) -> Thresholds:
+        """Exact thresholds of ``metric`` under ``policy`` (``80.0`` is exactly 80)."""
+        warning = Decimal(str(policy.warning_percent))
+        critical = Decimal(str(policy.critical_percent))
+        listed = policy.thresholds is not None
+        values = sorted({Decimal(str(t)) for t in policy.thresholds or ()} if listed
+                        else {warning, critical})
+        if metric.is_budget and values[-1] < _HUNDRED:
+            values.append(_HUNDRED)
+        kinds = tuple(
+            AlertKind.QUOTA_EXCEEDED if metric.is_budget and value >= _HUNDRED
+            else AlertKind.CRITICAL if value >= critical
+            else AlertKind.WARNING if value >= warning
+            else AlertKind.THRESHOLD
+            for value in values)
+        return cls(tuple(values), kinds, listed)
 
     def at(self, level: int) -> Decimal:
-        """The percentage of ``level``."""
-        return {1: self.warning, 2: self.critical}.get(level, Decimal(100))
+        """The percentage of ``level`` (1 is the lowest threshold)."""
+        return self.values[level - 1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,25 +67,24 @@ class Step:
     fired: tuple[tuple[AlertKind, Decimal], ...] = ()
 
 
-def step(
-    metric: Metric, percent: Decimal, armed: int, thresholds: Thresholds, hysteresis: Decimal
-) -> Step:
-    """Move ``metric`` from level ``armed`` (0: nothing sent) given its ``percent`` now.
+def step(percent: Decimal, armed: int, thresholds: Thresholds, hysteresis: Decimal) -> Step:
+    """Move a metric from level ``armed`` (0: nothing sent) given its ``percent`` now.
 
     Rising past several levels at once sends each of them, lowest first. Falling re-arms the
     levels that usage fell clearly below (``hysteresis`` points under their threshold); falling
     clear of every level sends ``recovered``.
     """
-    levels = (3, 2, 1) if metric.is_budget else (2, 1)
-    reached = next((level for level in levels if percent >= thresholds.at(level)), 0)
+    values = thresholds.values
+    armed = min(armed, len(values))  # the policy lost thresholds since
+    reached = next((level for level in range(len(values), 0, -1)
+                    if percent >= values[level - 1]), 0)
     if reached > armed:
-        return Step(reached, tuple(
-            (LEVEL_KINDS[crossed], thresholds.at(crossed)) for crossed in range(armed + 1,
-                                                                                reached + 1)))
+        return Step(reached, tuple((thresholds.kinds[crossed - 1], values[crossed - 1])
+                                   for crossed in range(armed + 1, reached + 1)))
     if reached == armed:
         return Step(armed)
     keep = next((level for level in range(armed, 0, -1)
-                 if percent >= thresholds.at(level) - hysteresis), 0)
+                 if percent >= values[level - 1] - hysteresis), 0)
     if keep:
         return Step(keep)
-    return Step(0, ((AlertKind.RECOVERED, thresholds.warning),))
+    return Step(0, ((AlertKind.RECOVERED, values[0]),))

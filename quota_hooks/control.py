@@ -1,0 +1,276 @@
+"""The control plane: the policies every process sharing a store enforces, kept in the store.
+
+:class:`PolicySync` keeps a manager's :class:`~quota_hooks.policy.Policies` in step with the
+store's versioned policy table (:class:`~quota_hooks.storage.base.ControlStore`):
+
+* a manager reads the table when it is made (:meth:`PolicySync.start`), so that no call is
+  decided on the code's policies when the store has others;
+* after that one daemon thread, ``quota-hooks-policies``, checks the table's version of every
+  manager every ``policy_refresh`` seconds (0.5 by default) and reads the table only when it
+  changed: a change made by ``quota-hooks policy set`` or another process is enforced
+  within that, and no call waits for it. A store that keeps its data in this process
+  (``blocking = False``, the memory store) is checked on the call's path instead: it costs a
+  dict read;
+* the policies given in code seed a store that never held a policy, once;
+* a failed read keeps the policies in use, is logged once, and is tried again after a
+  back-off (up to 30 s), so that a store that is down does not slow every call twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from pydantic import ValidationError
+
+from .errors import ConfigurationError
+from .metrics import METRICS
+from .policy import Policies, QuotaPolicy, parse_policy
+from .pricing import format_usd
+from .storage.base import (
+    AsyncControlStore,
+    AsyncStore,
+    ControlStore,
+    PolicyTable,
+    StoredPolicy,
+)
+
+__all__ = ["MAX_BACKOFF", "POLICY_REFRESH", "PolicySync", "describe_policy", "merge_policy",
+           "policy_json"]
+
+logger = logging.getLogger("quota_hooks")
+
+#: Seconds between two checks of the store's policy table version.
+POLICY_REFRESH = 0.5
+#: The longest wait before reading again after failed reads.
+MAX_BACKOFF = 30.0
+
+
+class PolicySync:
+    """Keeps ``policies`` in step with ``store``'s policy table (see the module doc).
+
+    Args:
+        policies: the manager's policies (the code's, and the store's once read).
+        store: the store, if it keeps policies.
+        astore: its async face.
+        clock: epoch seconds (for the time a policy was written).
+        refresh: seconds between two checks of the table's version.
+    """
+
+    def __init__(self, policies: Policies, store: ControlStore | None, astore: AsyncStore,
+                 clock: Callable[[], float], refresh: float = POLICY_REFRESH) -> None:
+        self.policies = policies
+        self.store = store
+        self._astore = cast(AsyncControlStore, astore)
+        self.clock = clock
+        self.refresh = refresh
+        self._seed = policies.code_documents() if policies.explicit and store else None
+        self._inline = store is not None and getattr(store, "blocking", True) is False
+        self._due = 0.0
+        self._failures = 0
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        """The first read (seeding a new store), then the background checks."""
+        if self.store is not None:
+            self.read()
+            _REFRESHER.add(self)
+
+    def before_call(self) -> None:
+        """On a call's path: a due check of an in-memory store (a dict read); nothing for
+        other stores (the background thread checks them)."""
+        if self._inline and time.monotonic() >= self._due:
+            self.read()
+
+    # ------------------------------------------------------------------ reads
+    def read(self) -> None:
+        """Read the table if it changed (seeding the store first if it is new). Never
+        raises: a failure keeps the policies in use."""
+        store = self.store
+        if store is None:
+            return
+        self._due = time.monotonic() + self.refresh
+        try:
+            if self._seed is not None:
+                store.put_policies(self._seed, self.clock(), only_if_new=True)
+                self._seed = None
+            table = store.policies(self.policies.version)
+        except Exception as exc:
+            self._failed(exc)
+            return
+        self._read(table)
+
+    async def aread(self) -> None:
+        """Async :meth:`read`."""
+        if self.store is None:
+            return
+        self._due = time.monotonic() + self.refresh
+        try:
+            if self._seed is not None:
+                await self._astore.aput_policies(self._seed, self.clock(), only_if_new=True)
+                self._seed = None
+            table = await self._astore.apolicies(self.policies.version)
+        except Exception as exc:
+            self._failed(exc)
+            return
+        self._read(table)
+
+    def due(self) -> bool:
+        """True when the background thread should read now."""
+        return not self._inline and time.monotonic() >= self._due
+
+    def _failed(self, exc: BaseException) -> None:
+        self._failures += 1
+        self._due = time.monotonic() + min(MAX_BACKOFF, self.refresh * 2 ** self._failures)
+        logger.log(logging.WARNING if self._failures == 1 else logging.DEBUG,
+                   "quota-hooks: reading the policies from %r failed (the policies in use "
+                   "stay): %r", self.store, exc)
+
+    def _read(self, table: PolicyTable | None) -> None:
+        if self._failures:
+            logger.info("quota-hooks: the policies of %r are read again", self.store)
+            self._failures = 0
+        if table is not None:
+            self.use(table)
+
+    def use(self, table: PolicyTable) -> None:
+        """Use ``table`` from now on (logging a stored policy that cannot be read, and, the
+        first time, each stored policy that overrides a different one in code)."""
+        with self._lock:
+            if table.version <= self.policies.version:
+                return  # an older read finishing late
+            first = self.policies.version == 0
+            bad = self.policies.use_stored(table)
+        for key in bad:
+            logger.warning("quota-hooks: the stored policy %r is not a valid policy; it is "
+                           "left out (quota-hooks policy set or delete fixes it)", key)
+        if first and self.policies.explicit:
+            for key, stored in table.policies.items():
+                mine = self.policies.code_policy(key)
+                if mine is not None and mine.model_dump_json() != stored.document:
+                    logger.warning(
+                        "quota-hooks: the store's policy %r (version %d) differs from the one "
+                        "given in code; the store's is enforced (quota-hooks policy set or "
+                        "delete changes it)", key, stored.version)
+
+    # ------------------------------------------------------------------ writes
+    def put(self, changes: Mapping[str, QuotaPolicy | None]) -> int:
+        """Store ``changes`` (``None`` deletes a key) in one new table version, and use the
+        table at once. Raises on a store failure."""
+        store = self.store
+        assert store is not None
+        documents = {key: None if p is None else p.model_dump_json()
+                     for key, p in changes.items()}
+        if self._seed is not None:  # the code's policies first, if the store is new
+            store.put_policies(self._seed, self.clock(), only_if_new=True)
+            self._seed = None
+        version = store.put_policies(documents, self.clock()) or 0
+        table = store.policies(self.policies.version)
+        if table is not None:
+            self.use(table)
+        return version
+
+    def close(self) -> None:
+        """Stop refreshing."""
+        _REFRESHER.discard(self)
+
+
+def describe_policy(policy: QuotaPolicy) -> str:
+    """A policy's limits in one line: ``"rpm 10, rpd 10000, ..., budget $100.00/month"``."""
+    parts = []
+    for m in METRICS:
+        limit = m.limit(policy)
+        shown = "unlimited" if limit is None else (
+            f"{format_usd(limit)}/month" if m.is_budget else f"{limit}")
+        parts.append(f"{'budget' if m.is_budget else m.name} {shown}")
+    if policy.mode is not None:
+        parts.append(f"mode {policy.mode}")
+    if policy.modes:
+        parts.append("modes " + ",".join(f"{k}={v}" for k, v in sorted(policy.modes.items())))
+    if policy.timezone != "UTC":
+        parts.append(f"timezone {policy.timezone}")
+    if policy.thresholds is not None:
+        parts.append("thresholds " + "/".join(f"{t:g}" for t in policy.thresholds))
+    return ", ".join(parts)
+
+
+def merge_policy(base: QuotaPolicy, changes: Mapping[str, Any], *,
+                 names: Mapping[str, str] | None = None) -> QuotaPolicy:
+    """``base`` with the fields of ``changes`` replaced, validated.
+
+    Raises:
+        ConfigurationError: an unknown field or a bad value, naming it (as ``names`` calls
+            it: ``{"monthly_budget_usd": "--budget"}``) and the value.
+    """
+    names = names or {}
+    unknown = sorted(set(changes) - set(QuotaPolicy.model_fields))
+    if unknown:
+        raise ConfigurationError(f"unknown policy field(s) {unknown}; use "
+                                 f"{sorted(QuotaPolicy.model_fields)}")
+    data = base.model_dump()
+    data.update(changes)
+    try:
+        return QuotaPolicy(**data)
+    except ValidationError as exc:
+        parts = []
+        for error in exc.errors():
+            field = ".".join(str(p) for p in error["loc"]) or "policy"
+            shown = names.get(field, field)
+            value = changes.get(field, error.get("input"))
+            parts.append(f"{shown}={value!r}: {error['msg']}")
+        raise ConfigurationError("invalid policy: " + "; ".join(parts)) from None
+
+
+def policy_json(key: str, stored: StoredPolicy) -> dict[str, Any]:
+    """A stored policy as the CLI and the REST API show it."""
+    return {
+        "key": key,
+        "version": stored.version,
+        "updated_at": datetime.fromtimestamp(stored.updated_at, UTC).isoformat().replace(
+            "+00:00", "Z"),
+        "policy": parse_policy(stored.document, source=f"stored policy {key!r}").model_dump(
+            mode="json"),
+    }
+
+
+class _Refresher:
+    """One daemon thread for every :class:`PolicySync` of the process (held weakly)."""
+
+    TICK = 0.1
+
+    def __init__(self) -> None:
+        self._syncs: weakref.WeakSet[PolicySync] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def add(self, sync: PolicySync) -> None:
+        if sync.store is None or sync._inline:
+            return
+        with self._lock:
+            self._syncs.add(sync)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="quota-hooks-policies",
+                                                daemon=True)
+                self._thread.start()
+
+    def discard(self, sync: PolicySync) -> None:
+        with self._lock:
+            self._syncs.discard(sync)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.TICK)
+            with self._lock:
+                syncs = list(self._syncs)
+            for sync in syncs:
+                if sync.due():
+                    sync.read()
+            del syncs
+
+
+_REFRESHER = _Refresher()
