@@ -1,5 +1,5 @@
-"""The ``quota-hooks`` command: ``demo``, ``serve``, ``status``, ``report``, ``prices`` and
-``reprice``.
+"""The ``quota-hooks`` command: ``demo``, ``serve``, ``status``, ``report``, ``prices``,
+``reprice``, ``policy`` (``set``, ``get``, ``list``, ``delete``), ``alerts`` and ``advise``.
 
 Exit codes: 0 done, 1 the store could not be read, 2 a bad flag or value (named in the
 message), 130 interrupted (Ctrl-C), 141 the reader of the output went away (``| head``).
@@ -684,6 +684,10 @@ def build_parser() -> argparse.ArgumentParser:
     reprice.add_argument("--dry-run", action="store_true", help="report, change nothing")
     reprice.add_argument("--store", help=store_help)
     reprice.set_defaults(run=_reprice)
+
+    from ._cli_admin import add_commands
+
+    add_commands(commands, store_help, _manager, _UsageError)
     return parser
 
 

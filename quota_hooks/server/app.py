@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hmac
+import json
 import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -23,8 +25,10 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "quota_hooks.server needs FastAPI: pip install 'quota-hooks[server]'"
     ) from exc
 
+from ..control import policy_json
 from ..errors import ConfigurationError, StorageError
 from ..manager import QuotaManager
+from ..policy import parse_policy, policy_key
 from ..windows import parse_since
 from .headers import (
     FRAME_ANCESTORS_ENV,
@@ -218,6 +222,15 @@ def _unavailable_on_store_errors() -> Iterator[None]:
     except StorageError as exc:
         logger.warning("quota-hooks: the API could not read the store: %s", exc)
         raise HTTPException(503, STORE_UNAVAILABLE) from exc
+
+
+@contextlib.contextmanager
+def _control_plane() -> Iterator[None]:
+    """A store that keeps no policies: 501, naming it."""
+    try:
+        yield
+    except ConfigurationError as exc:
+        raise HTTPException(501, str(exc)) from exc
 
 
 def _bearer(request: Request) -> str | None:
@@ -441,6 +454,82 @@ def quota_router(
         except ValueError as exc:
             raise HTTPException(422, f"since: {exc}") from exc
         return result.model_dump(mode="json")
+
+    @router.get("/api/quota/alerts/{workspace_id:path}")
+    async def alerts(
+        workspace_id: str, request: Request,
+        n: Annotated[int, Query(ge=1, le=1000, description="how many, newest first")] = 50,
+    ) -> dict[str, Any]:
+        """The workspace's alert history, kept in the store: every process's alerts, policy
+        changes and resets, newest first."""
+        _check(auth, request, workspace_id, origins, guard)
+        with _unavailable_on_store_errors():
+            kept = await manager.aalert_history(workspace_id, n)
+        return {"workspace_id": workspace_id,
+                "alerts": [alert.model_dump(mode="json") for alert in kept]}
+
+    def _admin(request: Request) -> None:
+        if not _check(auth, request, None, origins, guard).admin:
+            raise HTTPException(403, "policies are read and written with an admin token")
+
+    def _policy_key(name: str) -> str:
+        try:
+            return policy_key(name)
+        except ConfigurationError as exc:
+            raise HTTPException(422, str(exc)) from None
+
+    @router.get("/api/quota/policies")
+    async def policies(request: Request) -> dict[str, Any]:
+        """Every stored policy (admin token)."""
+        _admin(request)
+        with _unavailable_on_store_errors(), _control_plane():
+            table = await anyio.to_thread.run_sync(manager.stored_policies)
+        return {"version": table.version,
+                "policies": [policy_json(k, table.policies[k]) for k in sorted(table.policies)]}
+
+    @router.get("/api/quota/policies/{name:path}")
+    async def get_policy(name: str, request: Request) -> dict[str, Any]:
+        """One stored policy (admin token): ``acme`` (a workspace), ``team:ml``, ``*``."""
+        _admin(request)
+        key = _policy_key(name)
+        with _unavailable_on_store_errors(), _control_plane():
+            table = await anyio.to_thread.run_sync(manager.stored_policies)
+        if key not in table.policies:
+            raise HTTPException(404, f"{key} has no stored policy")
+        return policy_json(key, table.policies[key])
+
+    @router.put("/api/quota/policies/{name:path}")
+    async def put_policy(name: str, request: Request) -> dict[str, Any]:
+        """Store the policy in the body (a QuotaPolicy as JSON; fields left out take their
+        defaults) for every process sharing the store (admin token)."""
+        _admin(request)
+        key = _policy_key(name)
+        try:
+            body = await request.json()
+        except ValueError:
+            raise HTTPException(422, "the body must be a policy as a JSON object") from None
+        try:
+            policy = parse_policy(body if isinstance(body, dict) else json.dumps(body),
+                                  source="body", strict=True)
+        except ConfigurationError as exc:
+            raise HTTPException(422, str(exc)) from None
+        with _unavailable_on_store_errors(), _control_plane():
+            version = await anyio.to_thread.run_sync(
+                functools.partial(manager.put_policies, {key: policy}, by="the REST API"))
+        return {"key": key, "version": version, "policy": policy.model_dump(mode="json")}
+
+    @router.delete("/api/quota/policies/{name:path}")
+    async def delete_policy(name: str, request: Request) -> dict[str, Any]:
+        """Delete a stored policy (admin token)."""
+        _admin(request)
+        key = _policy_key(name)
+        with _unavailable_on_store_errors(), _control_plane():
+            table = await anyio.to_thread.run_sync(manager.stored_policies)
+            if key not in table.policies:
+                raise HTTPException(404, f"{key} has no stored policy")
+            version = await anyio.to_thread.run_sync(
+                functools.partial(manager.put_policies, {key: None}, by="the REST API"))
+        return {"key": key, "deleted": True, "version": version}
 
     if exporter is not None:
         scraped: PrometheusMetrics = exporter

@@ -1,0 +1,372 @@
+"""The control plane: policies in the store (shared, versioned, seeded by code), the CLI and
+REST admin API over them, thresholds as a list, and the alert history in the store."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from store_helpers import redis_url
+
+from quota_hooks import QuotaManager, QuotaPolicy, RateLimitedError, UsageRecord
+from quota_hooks.alerts import Alert, AlertKind
+from quota_hooks.cli import main
+from quota_hooks.server import create_app
+from quota_hooks.storage import MemoryStore, SQLiteStore, store_from_url
+from quota_hooks.testing import ManualClock
+from quota_hooks.usage import Estimate
+
+T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def one() -> Estimate:
+    return Estimate(model="gpt-4o-mini", input_tokens=1, output_tokens=1)
+
+
+def admitted(manager: QuotaManager, ws: str, n: int) -> int:
+    ok = 0
+    for _ in range(n):
+        try:
+            reservation = manager.acquire(ws, one(), wait=False)
+        except RateLimitedError:
+            continue
+        ok += 1
+        manager.record(UsageRecord(workspace_id=ws, model="gpt-4o-mini", input_tokens=1,
+                                   output_tokens=1), reservation)
+    return ok
+
+
+# ---------------------------------------------------------------------- precedence
+@pytest.mark.unit
+def test_code_seeds_a_new_store_once_and_the_store_wins_after() -> None:
+    store = MemoryStore()
+    first = QuotaManager(QuotaPolicy(rpm=3, mode="raise"), store=store, clock=ManualClock(T0))
+    table = store.policies()
+    assert table is not None and set(table.policies) == {"*"}
+    assert QuotaPolicy.model_validate_json(table.policies["*"].document).rpm == 3
+    # A second process with other limits in code enforces the store's: one policy for all.
+    second = QuotaManager(QuotaPolicy(rpm=100, mode="raise"), store=store,
+                          clock=ManualClock(T0))
+    assert second.policy_for("ws").rpm == 3
+    assert admitted(second, "ws", 5) == 3
+    # And a bare manager enforces what is stored, too.
+    bare = QuotaManager(store=store, clock=ManualClock(T0))
+    assert bare.policy_for("other").rpm == 3
+    assert bare.policy_source("other") == {"source": "store", "key": "*", "version": 1}
+    first.close(), second.close(), bare.close()
+
+
+@pytest.mark.unit
+def test_a_lookup_takes_the_most_specific_policy_and_the_store_at_equal_specificity() -> None:
+    store = MemoryStore()
+    store.put_policies({key: QuotaPolicy(rpm=rpm).model_dump_json() for key, rpm in [
+        ("*", 1), ("workspace:stored", 2), ("team:*", 3), ("user:u-1", 4)]}, T0)
+    # Code policies of a process joining a store that has its own (they seed no more).
+    m = QuotaManager(store=store, policies={"coded": QuotaPolicy(rpm=7)},
+                     scope_policies={"team:ml": QuotaPolicy(rpm=8), "user:*": QuotaPolicy(rpm=9)})
+    assert m.policy_for("stored").rpm == 2  # the store's own
+    assert m.policy_for("coded").rpm == 7  # the code's own beats the store's default
+    assert m.policy_for("any").rpm == 1  # the store's default beats the code's
+    assert m.policy_source("coded") == {"source": "code", "key": "workspace:coded"}
+    policies = m.policies
+    assert policies.for_scope("team", "ml").rpm == 8  # type: ignore[union-attr]
+    assert policies.for_scope("team", "ops").rpm == 3  # type: ignore[union-attr]
+    assert policies.for_scope("user", "u-1").rpm == 4  # type: ignore[union-attr]
+    assert policies.for_scope("user", "u-2").rpm == 9  # type: ignore[union-attr]
+    m.put_policies({"workspace:coded": QuotaPolicy(rpm=70)})
+    assert m.policy_for("coded").rpm == 70  # the store's own beats the code's own
+    m.close()
+
+
+@pytest.mark.unit
+def test_a_stored_user_star_policy_limits_each_user() -> None:
+    store = MemoryStore()
+    m = QuotaManager(QuotaPolicy.unlimited(), store=store, clock=ManualClock(T0))
+    m.put_policies({"user:*": QuotaPolicy(rpm=2, mode="raise")})
+    results = []
+    for user in ("u-1", "u-1", "u-1", "u-2"):
+        try:
+            m.acquire("ws", one(), scopes={"user": user}, wait=False)
+            results.append(user)
+        except RateLimitedError as exc:
+            assert exc.scope == "user:u-1" and exc.limit == "rpm"
+    assert results == ["u-1", "u-1", "u-2"]
+    m.close()
+
+
+@pytest.mark.unit
+def test_set_policy_reaches_every_manager_of_the_store() -> None:
+    store = MemoryStore()
+    a = QuotaManager(store=store, clock=ManualClock(T0))
+    b = QuotaManager(store=store, clock=ManualClock(T0))
+    a.set_policy("acme", QuotaPolicy(rpm=5))
+    b.refresh_policies()
+    assert b.policy_for("acme").rpm == 5
+    a.set_policy("acme", None)
+    b.refresh_policies()
+    assert b.policy_for("acme").rpm == 500
+    a.close(), b.close()
+
+
+@pytest.mark.unit
+def test_a_stored_policy_from_a_newer_version_stays_readable_and_a_bad_one_is_left_out(
+        caplog: pytest.LogCaptureFixture) -> None:
+    store = MemoryStore()
+    store.put_policies({"workspace:new": json.dumps({"rpm": 4, "a_future_field": 1}),
+                        "workspace:bad": json.dumps({"rpm": -1})}, T0)
+    m = QuotaManager(QuotaPolicy(rpm=9), store=store)
+    assert m.policy_for("new").rpm == 4
+    assert m.policy_for("bad").rpm == 9  # left out: the code's default applies
+    assert "'workspace:bad' is not a valid policy" in caplog.text
+    m.close()
+
+
+@pytest.mark.unit
+def test_a_store_that_cannot_be_read_keeps_the_policies_and_backs_off() -> None:
+    class Failing(MemoryStore):
+        reads = 0
+
+        def policies(self, known: int = -1):  # type: ignore[no-untyped-def]
+            Failing.reads += 1
+            raise OSError("down")
+
+    store = Failing()
+    m = QuotaManager(QuotaPolicy(rpm=3, mode="raise"), store=store, clock=ManualClock(T0))
+    assert m.policy_for("ws").rpm == 3 and Failing.reads == 1
+    for _ in range(100):  # a call never waits on a store that failed: backed off
+        m.acquire("ws", one(), wait=False) if _ < 3 else None
+    assert Failing.reads == 1 and m.tracking_errors == 0
+    m.close()
+
+
+# ---------------------------------------------------------------------- across processes
+WORKER = textwrap.dedent("""
+    import json, sys, time
+    from quota_hooks import QuotaManager, RateLimitedError, UsageRecord
+    from quota_hooks.usage import Estimate
+    from quota_hooks.storage import store_from_url
+
+    url, workspace = sys.argv[1], sys.argv[2]
+    m = QuotaManager(store=store_from_url(url))
+    before = m.policy_for(workspace).rpm
+    print("ready", flush=True)
+    deadline = time.monotonic() + 30
+    while m.policy_for(workspace).rpm == before and time.monotonic() < deadline:
+        time.sleep(0.005)
+    seen = time.time()
+    ok = refused = 0
+    for _ in range(4):
+        try:
+            r = m.acquire(workspace, Estimate(model="gpt-4o-mini", input_tokens=1,
+                                              output_tokens=1), wait=False)
+            m.record(UsageRecord(workspace_id=workspace, model="gpt-4o-mini", input_tokens=1,
+                                 output_tokens=1), r)
+            ok += 1
+        except RateLimitedError:
+            refused += 1
+    print(json.dumps({"seen": seen, "ok": ok, "refused": refused}), flush=True)
+    m.close()
+""")
+
+
+def _store_url(kind: str, tmp_path: Path) -> str:
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path / 'shared.db'}"
+    url = redis_url()
+    if url is None:
+        pytest.skip("no Redis server (CI starts one)")
+    return url + ("&" if "?" in url else "?") + f"prefix=qh-cp-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_policy_set_from_the_cli_is_enforced_by_two_processes_within_a_second(
+        kind: str, tmp_path: Path) -> None:
+    url = _store_url(kind, tmp_path)
+    QuotaManager(QuotaPolicy(rpm=1000), store=store_from_url(url)).close()  # the app's seed
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    workers = [subprocess.Popen([sys.executable, "-c", WORKER, url, ws], env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+               for ws in ("w1", "w2")]
+    try:
+        for w in workers:
+            assert w.stdout is not None and w.stdout.readline().strip() == "ready"
+        cli = subprocess.run(
+            [sys.executable, "-m", "quota_hooks.cli", "policy", "set", "*", "--rpm", "2",
+             "--mode", "raise", "--store", url], env=env, capture_output=True, text=True,
+            timeout=60)
+        done = time.time()
+        assert cli.returncode == 0, cli.stderr
+        assert "*: version 2: rpm 2" in cli.stdout
+        results = [json.loads(w.communicate(timeout=60)[0].splitlines()[-1]) for w in workers]
+    finally:
+        for w in workers:
+            w.kill()
+    for result in results:
+        assert result["seen"] - done < 1.0, result  # seen within a second of the change
+        assert (result["ok"], result["refused"]) == (2, 2)  # and enforced: rpm 2
+
+
+# ---------------------------------------------------------------------- the CLI
+@pytest.mark.unit
+def test_policy_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    assert main(["policy", "set", "acme", "--rpm", "10", "--budget", "5.5", "--store", url]) == 0
+    assert capsys.readouterr().out.startswith("workspace:acme: version 1: rpm 10, rpd 10000")
+    assert main(["policy", "set", "acme", "--tpm", "none", "--set", "max_wait=2",
+                 "--store", url]) == 0
+    capsys.readouterr()
+    assert main(["policy", "get", "acme", "--json", "--store", url]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert (got["version"], got["policy"]["rpm"], got["policy"]["tpm"],
+            got["policy"]["max_wait"], got["policy"]["monthly_budget_usd"]) == (
+        2, 10, None, 2.0, "5.5")  # the second set kept what the first one set
+    assert main(["policy", "set", "team:ml", "--rpd", "50", "--store", url]) == 0
+    assert main(["policy", "list", "--json", "--store", url]) == 0
+    listed = json.loads(capsys.readouterr().out.split("\n", 2)[-1])
+    assert listed["version"] == 3
+    assert [p["key"] for p in listed["policies"]] == ["team:ml", "workspace:acme"]
+    assert main(["policy", "get", "beta", "--store", url]) == 0
+    assert "no stored policy" in capsys.readouterr().out
+    assert main(["policy", "delete", "acme", "--store", url]) == 0
+    assert "deleted (version 4)" in capsys.readouterr().out
+    # What the app does with it: the stored policies, and the history of every change.
+    m = QuotaManager(store=SQLiteStore(tmp_path / "p.db"))
+    assert m.policies.for_scope("team", "ml").rpd == 50  # type: ignore[union-attr]
+    history = m.alert_history("acme")
+    assert [a.kind for a in history] == [AlertKind.POLICY_CHANGED] * 3
+    assert "deleted by" in history[0].message and "quota-hooks policy delete" in history[0].message
+    m.close()
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(("argv", "says"), [
+    (["policy", "set", "acme", "--rpm", "-1"], "--rpm: must be finite and >= 0, got '-1'"),
+    (["policy", "set", "acme", "--rpm", "ten"], "--rpm: must be a whole number or 'none'"),
+    (["policy", "set", "acme", "--warning", "99", "--critical", "90"],
+     "warning_percent (99) must not exceed critical_percent (90)"),
+    (["policy", "set", "acme", "--timezone", "Mars/Base"], "unknown IANA time zone"),
+    (["policy", "set", "acme", "--thresholds", "50,120"], "--thresholds=(50.0, 120.0)"),
+    (["policy", "set", "acme", "--set", "nope=1"], "unknown policy field(s) ['nope']"),
+    (["policy", "set", "acme"], "give at least one limit to set"),
+    (["policy", "delete", "nobody"], "workspace:nobody has no stored policy"),
+    (["policy", "set", " ", "--rpm", "1"], "a policy needs a workspace, scope or '*'"),
+])
+def test_policy_commands_name_a_bad_value_and_exit_2(
+        argv: list[str], says: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    main(["policy", "set", "*", "--rpm", "5", "--store", url])
+    capsys.readouterr()
+    try:
+        code = main([*argv, "--store", url])
+    except SystemExit as exc:  # argparse's own refusal of a flag's value
+        code = exc.code  # type: ignore[assignment]
+    assert code == 2
+    assert says in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- REST
+ADMIN, ACME = "admin-token-1234", "acme-token-1234"
+
+
+@pytest.mark.unit
+def test_rest_admin_policies(tmp_path: Path) -> None:
+    m = QuotaManager(store=SQLiteStore(tmp_path / "r.db"))
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    with TestClient(create_app(m, tokens=f"*:{ADMIN},acme:{ACME}")) as client:
+        assert client.get("/api/quota/policies", headers=admin).json() == {
+            "version": 0, "policies": []}
+        put = client.put("/api/quota/policies/acme", headers=admin,
+                         json={"rpm": 7, "monthly_budget_usd": "12.50"})
+        assert put.status_code == 200, put.text
+        assert put.json()["version"] == 1 and put.json()["key"] == "workspace:acme"
+        assert m.policy_for("acme").rpm == 7
+        assert m.policy_for("acme").monthly_budget_usd == Decimal("12.50")
+        got = client.get("/api/quota/policies/acme", headers=admin).json()
+        assert got["policy"]["rpm"] == 7 and got["version"] == 1
+        # A workspace token may not touch policies; bad bodies are named.
+        acme = {"Authorization": f"Bearer {ACME}"}
+        assert client.put("/api/quota/policies/acme", headers=acme,
+                          json={"rpm": 1}).status_code == 403
+        assert client.get("/api/quota/policies", headers=acme).status_code == 403
+        bad = client.put("/api/quota/policies/acme", headers=admin, json={"rpm": -5})
+        assert bad.status_code == 422 and "rpm=-5" in bad.text
+        unknown = client.put("/api/quota/policies/acme", headers=admin, json={"rpn": 5})
+        assert unknown.status_code == 422 and "unknown policy field(s) ['rpn']" in unknown.text
+        assert client.get("/api/quota/policies/nobody", headers=admin).status_code == 404
+        # The status says where the policy comes from; the history shows the change.
+        status = client.get("/api/quota/status/acme", headers=acme).json()
+        assert status["policy"] == {"source": "store", "key": "workspace:acme", "version": 1}
+        alerts = client.get("/api/quota/alerts/acme", headers=acme).json()["alerts"]
+        assert [a["kind"] for a in alerts] == ["policy_changed"]
+        assert "by the REST API" in alerts[0]["message"]
+        assert client.delete("/api/quota/policies/acme", headers=admin).json()["version"] == 2
+        assert client.delete("/api/quota/policies/acme", headers=admin).status_code == 404
+        assert m.policy_for("acme").rpm == 500
+        assert client.get("/api/quota/alerts/beta", headers=acme).status_code == 403
+    m.close()
+
+
+# ---------------------------------------------------------------------- thresholds
+@pytest.mark.unit
+def test_four_thresholds_crossed_in_one_jump_give_four_alerts_in_order_once() -> None:
+    got: list[Alert] = []
+    clock = ManualClock(T0)
+    m = QuotaManager(QuotaPolicy(monthly_budget_usd=Decimal("1"), thresholds=(50, 80, 95, 100),
+                                 mode="observe"),
+                     store=MemoryStore(), clock=clock, sinks=[got.append])
+    m.record(UsageRecord(workspace_id="ws", model="gpt-4o-mini", cost=Decimal("1.2")))
+    assert m.drain(10)
+    budget = [a for a in got if a.metric == "monthly_budget_usd"]
+    assert [(a.kind, a.threshold) for a in budget] == [
+        (AlertKind.THRESHOLD, 50.0), (AlertKind.WARNING, 80.0), (AlertKind.CRITICAL, 95.0),
+        (AlertKind.QUOTA_EXCEEDED, 100.0)]
+    assert len({a.dedupe_key for a in budget}) == 4
+    m.record(UsageRecord(workspace_id="ws", model="gpt-4o-mini", cost=Decimal("0.1")))
+    assert m.drain(10)
+    assert len([a for a in got if a.metric == "monthly_budget_usd"]) == 4  # once
+    # Kept in the history too, newest first.
+    kept = [a for a in m.alert_history("ws") if a.metric == "monthly_budget_usd"]
+    assert [a.threshold for a in kept] == [100.0, 95.0, 80.0, 50.0]
+    m.close()
+
+
+@pytest.mark.unit
+def test_thresholds_are_validated() -> None:
+    from quota_hooks import ConfigurationError
+
+    assert QuotaPolicy(thresholds=[95, 50, 50, 80]).thresholds == (50, 80, 95)
+    with pytest.raises(ValueError, match="at most 100"):
+        QuotaPolicy(thresholds=[50, 101])
+    with pytest.raises(ValueError, match="give 1 to 10 thresholds"):
+        QuotaPolicy(thresholds=[])
+    with pytest.raises(ConfigurationError, match="thresholds"):
+        from quota_hooks.policy import parse_policy
+
+        parse_policy('{"thresholds": ["x"]}')
+
+
+# ---------------------------------------------------------------------- the alert history
+def test_the_alert_history_survives_a_restart_and_is_shared(tmp_path: Path) -> None:
+    path = tmp_path / "h.db"
+    clock = ManualClock(T0)
+    writer = QuotaManager(QuotaPolicy(rpd=10, mode="observe"), store=SQLiteStore(path),
+                          clock=clock)  # no sink: the history is kept anyway
+    for _ in range(10):
+        writer.record(UsageRecord(workspace_id="ws", model="gpt-4o-mini"))
+    assert writer.drain(10)
+    writer.close()
+    reader = QuotaManager(store=SQLiteStore(path), clock=clock)  # another process, later
+    kinds = [(a.kind, a.metric) for a in reader.alert_history("ws")]
+    assert kinds == [(AlertKind.CRITICAL, "rpd"), (AlertKind.WARNING, "rpd")]
+    assert reader.alert_history("ws", 1)[0].current == 10.0
+    reader.close()
