@@ -104,6 +104,10 @@ class ModelUsage(_Model):
     error_count: int = 0
     unpriced_count: int = 0
     unpriced_charge_usd: float = 0.0
+    cached_input_tokens: int = 0
+    """Of ``input_tokens``, read from a prompt cache."""
+    reasoning_tokens: int = 0
+    """Of ``output_tokens``, spent reasoning."""
 
 
 class MethodUsage(_Model):
@@ -333,6 +337,8 @@ def build_status(
                     input_tokens=a.input_tokens, output_tokens=a.output_tokens,
                     error_count=a.errors, unpriced_count=a.unpriced,
                     unpriced_charge_usd=float(from_nanos(a.unpriced_nanos)),
+                    cached_input_tokens=a.cached_input_tokens,
+                    reasoning_tokens=a.reasoning_tokens,
                 )
                 for name, a in sorted(models.items())
             },

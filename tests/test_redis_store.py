@@ -655,3 +655,17 @@ def test_a_call_that_uses_more_than_its_share_ends_the_lease(url: str) -> None:
         fresh.clear()
         fresh.close()
     assert admitted == {0: 3, 32: 3}
+
+
+def test_a_breakdown_row_of_the_older_layout_is_read_and_extended(store: RedisStore) -> None:
+    """Rows written before the token mix was kept (8 numbers) read with 0 cached, cache-write
+    and reasoning tokens, and the next commit extends them."""
+    import struct
+
+    key = store._scope_keys("workspace:ws", MONTH)[2]
+    store.client.hset(key, "m:gpt-4o-mini", struct.pack("<8q", 2, 0, 20, 20, 0, 5, 0, 0))
+    row = store.breakdown("workspace:ws", MONTH, "model")["gpt-4o-mini"]
+    assert (row.requests, row.tokens, row.cost_nanos, row.reasoning_tokens) == (2, 20, 5, 0)
+    store.commit(entry(tokens=10))
+    row = store.breakdown("workspace:ws", MONTH, "model")["gpt-4o-mini"]
+    assert (row.requests, row.tokens, row.input_tokens, row.cached_input_tokens) == (3, 30, 30, 0)

@@ -249,3 +249,29 @@ def test_connections_of_finished_threads_are_closed(tmp_path: Path) -> None:
     assert open_files() <= before + 3  # not 30 more connections (each holds db + wal + shm)
     store.close()
     assert open_files() == 0
+
+
+def test_a_schema_3_file_is_migrated_in_place_and_keeps_its_usage(tmp_path: Path) -> None:
+    """A file written before the control plane (schema 3): opened, it gains the policy and
+    alert tables and the token-mix columns, and keeps what it held."""
+    from quota_hooks.storage.sqlite import MIGRATIONS
+
+    db = tmp_path / "v3.db"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+    for step in (1, 2, 3):
+        for statement in MIGRATIONS[step]:
+            conn.execute(statement)
+    conn.execute("INSERT INTO meta VALUES ('schema_version', '3')")
+    conn.execute("INSERT INTO breakdowns (scope, month, by_kind, name, requests, tokens, "
+                 "input_tokens) VALUES ('workspace:ws', ?, 'model', 'gpt-4o-mini', 2, 20, 20)",
+                 (MONTH,))
+    conn.commit()
+    conn.close()
+    store = SQLiteStore(db)
+    assert store.schema_version() == SCHEMA_VERSION == 4
+    store.commit(entry(tokens=5))
+    row = store.breakdown("workspace:ws", MONTH, "model")["gpt-4o-mini"]
+    assert (row.requests, row.input_tokens, row.cached_input_tokens) == (3, 25, 0)
+    assert store.put_policies({"*": "{}"}, T0) == 1
+    store.close()

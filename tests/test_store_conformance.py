@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,7 @@ from quota_hooks.storage import (
     workspace_scope,
 )
 from quota_hooks.storage.base import ControlStore, as_async
-from quota_hooks.usage import bounded
+from quota_hooks.usage import UsageRecord, bounded
 from quota_hooks.windows import month_key
 
 pytestmark = pytest.mark.unit
@@ -317,3 +318,20 @@ def test_the_alert_history_keeps_the_last_n_newest_first(ops: Ops) -> None:
     assert ops.alert_history("workspace:b", 10) == ['{"n": 99}']
     assert ops.alert_history("workspace:nobody", 10) == []
     assert ops.alert_history("workspace:a", 0) == []
+
+
+def test_breakdowns_keep_the_token_mix(ops: Ops) -> None:
+    """Cached and cache-write input and reasoning output, per model, method and day (what
+    cheaper-model advice reprices)."""
+    record = UsageRecord(workspace_id="ws", model="o3", input_tokens=1_000,
+                         cached_input_tokens=600, cache_write_tokens=100, output_tokens=500,
+                         reasoning_tokens=300)
+    mixed = UsageEntry(record, ("workspace:ws",), UsageDelta(requests=1, tokens=1_500,
+                                                             cost_nanos=7, calls=1),
+                       T0, MONTH, Decimal("0.000000007"), "test")
+    ops.commit(mixed)
+    ops.commit(mixed)
+    for by, name in (("model", "o3"), ("api_method", "chat.completions"), ("day", "2026-01-01")):
+        row = ops.breakdown("workspace:ws", MONTH, by)[name]
+        assert (row.input_tokens, row.cached_input_tokens, row.cache_write_tokens,
+                row.output_tokens, row.reasoning_tokens) == (2_000, 1_200, 200, 1_000, 600)

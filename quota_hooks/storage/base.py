@@ -174,6 +174,12 @@ class Aggregate:
     cost_nanos: int = 0
     unpriced: int = 0
     unpriced_nanos: int = 0
+    cached_input_tokens: int = 0
+    """Of ``input_tokens``, read from a prompt cache."""
+    cache_write_tokens: int = 0
+    """Of ``input_tokens``, written to a prompt cache."""
+    reasoning_tokens: int = 0
+    """Of ``output_tokens``, spent reasoning."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,10 +42,13 @@ SCOPE_RECENT = 10
 
 class _Totals:
     __slots__ = (
+        "cache_write_tokens",
+        "cached_input_tokens",
         "cost_nanos",
         "errors",
         "input_tokens",
         "output_tokens",
+        "reasoning_tokens",
         "requests",
         "tokens",
         "unpriced",
@@ -55,7 +58,8 @@ class _Totals:
     def __init__(self) -> None:
         self.requests = self.errors = self.tokens = 0
         self.input_tokens = self.output_tokens = self.cost_nanos = self.unpriced = 0
-        self.unpriced_nanos = 0
+        self.unpriced_nanos = self.cached_input_tokens = self.cache_write_tokens = 0
+        self.reasoning_tokens = 0
 
     def add(self, record: UsageRecord, delta: UsageDelta, unpriced: bool) -> None:
         self.requests += 1
@@ -66,6 +70,9 @@ class _Totals:
         self.cost_nanos += delta.cost_nanos - delta.unpriced_nanos
         self.unpriced += unpriced
         self.unpriced_nanos += delta.unpriced_nanos
+        self.cached_input_tokens += record.cached_input_tokens
+        self.cache_write_tokens += record.cache_write_tokens
+        self.reasoning_tokens += record.reasoning_tokens
 
     def freeze(self) -> Aggregate:
         return Aggregate(
@@ -77,6 +84,9 @@ class _Totals:
             cost_nanos=self.cost_nanos,
             unpriced=self.unpriced,
             unpriced_nanos=self.unpriced_nanos,
+            cached_input_tokens=self.cached_input_tokens,
+            cache_write_tokens=self.cache_write_tokens,
+            reasoning_tokens=self.reasoning_tokens,
         )
 
 

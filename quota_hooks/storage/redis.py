@@ -104,9 +104,12 @@ SCHEMA = "2"
 _BREAKDOWN_MARK = {"model": "m:", "api_method": "a:", "day": "d:"}
 #: How the scripts pack numbers (lua/lib.lua): window counts, a breakdown row, two times.
 _COUNTS = struct.Struct("<5q")
-_AGGREGATE = struct.Struct("<8q")
+_AGGREGATE = struct.Struct("<11q")
+#: A breakdown row written before the token mix was kept (cached, cache-write and reasoning
+#: tokens read as 0).
+_AGGREGATE_8 = struct.Struct("<8q")
 _TIMES = struct.Struct("<2d")
-_COMMIT_NUMBERS = struct.Struct("<14qd")
+_COMMIT_NUMBERS = struct.Struct("<17qd")
 _PART = struct.Struct("<3q")
 #: A lease takes at most 1/8 of a limit's room, so that processes sharing it share the room.
 _LEASE_SHARE = 8
@@ -832,7 +835,9 @@ class RedisStore:
             delta.requests, delta.tokens, delta.calls, delta.errors, delta.rate_limited,
             delta.cost_nanos, 0 if record.success else 1, record.total_tokens,
             record.input_tokens, record.output_tokens, int(entry.unpriced),
-            delta.unpriced_nanos, self.recent_capacity, MAX_BREAKDOWN_NAMES, float(age))
+            delta.unpriced_nanos, self.recent_capacity, MAX_BREAKDOWN_NAMES,
+            record.cached_input_tokens, record.cache_write_tokens, record.reasoning_tokens,
+            float(age))
         rid, part = _settles(reservation)
         args = [repr(float(now)), entry.month, rid, numbers, record.model, record.api_method,
                 encode(entry), entry.day_name, commit_id, "1" if late else "0", window, part]
@@ -1160,13 +1165,15 @@ class RedisStore:
     def _aggregates(raw: Mapping[Any, Any], by: Breakdown) -> dict[str, Aggregate]:
         """The ``by`` rows of a month's hash (``m:<model>``, ``a:<method>``, ``d:<day>``,
         each packed: requests, errors, tokens, input, output, cost, unpriced, unpriced_nanos,
-        little-endian 64-bit)."""
+        cached input, cache-write and reasoning tokens, little-endian 64-bit; a row of the
+        first 8 only was written by an older version)."""
         mark = _BREAKDOWN_MARK[by]
         table: dict[str, Aggregate] = {}
         for field, value in raw.items():
             name = _name(field)
             if name.startswith(mark):
-                table[name[len(mark):]] = Aggregate(*_AGGREGATE.unpack(value))
+                packed = _AGGREGATE if len(value) == _AGGREGATE.size else _AGGREGATE_8
+                table[name[len(mark):]] = Aggregate(*packed.unpack(value))
         return table
 
     # ------------------------------------------------------------------ batched commits

@@ -132,6 +132,10 @@ MIGRATIONS: Mapping[int, Sequence[str]] = {
         """CREATE TABLE alerts (
             scope TEXT NOT NULL, id INTEGER NOT NULL, document TEXT NOT NULL,
             PRIMARY KEY (scope, id)) WITHOUT ROWID""",
+        # The token mix of each breakdown row: cached and cache-write input, reasoning.
+        "ALTER TABLE breakdowns ADD COLUMN cached_input_tokens INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE breakdowns ADD COLUMN cache_write_tokens INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE breakdowns ADD COLUMN reasoning_tokens INTEGER NOT NULL DEFAULT 0",
     ),
 }
 
@@ -152,14 +156,18 @@ ON CONFLICT (scope, month) DO UPDATE SET cost_nanos = cost_nanos + excluded.cost
   unpriced_nanos = unpriced_nanos + excluded.unpriced_nanos"""
 _ADD_BREAKDOWN = """
 INSERT INTO breakdowns (scope, month, by_kind, name, requests, errors, tokens, input_tokens,
-                        output_tokens, cost_nanos, unpriced, unpriced_nanos)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                        output_tokens, cost_nanos, unpriced, unpriced_nanos,
+                        cached_input_tokens, cache_write_tokens, reasoning_tokens)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (scope, month, by_kind, name) DO UPDATE SET
   requests = requests + excluded.requests, errors = errors + excluded.errors,
   tokens = tokens + excluded.tokens, input_tokens = input_tokens + excluded.input_tokens,
   output_tokens = output_tokens + excluded.output_tokens,
   cost_nanos = cost_nanos + excluded.cost_nanos, unpriced = unpriced + excluded.unpriced,
-  unpriced_nanos = unpriced_nanos + excluded.unpriced_nanos"""
+  unpriced_nanos = unpriced_nanos + excluded.unpriced_nanos,
+  cached_input_tokens = cached_input_tokens + excluded.cached_input_tokens,
+  cache_write_tokens = cache_write_tokens + excluded.cache_write_tokens,
+  reasoning_tokens = reasoning_tokens + excluded.reasoning_tokens"""
 # Buckets from the window's start on, a future one too (a clock that stepped back: it keeps
 # counting until a writer folds it into now's bucket).
 _SUM = """
@@ -655,7 +663,8 @@ class SQLiteStore:
         unpriced = int(entry.unpriced)
         values = (1, 0 if record.success else 1, record.total_tokens, record.input_tokens,
                   record.output_tokens, delta.cost_nanos - delta.unpriced_nanos, unpriced,
-                  delta.unpriced_nanos)
+                  delta.unpriced_nanos, record.cached_input_tokens, record.cache_write_tokens,
+                  record.reasoning_tokens)
         names = (("model", record.model), ("api_method", record.api_method))
         breakdowns = batch.breakdowns
         for scope in entry.scopes:
@@ -936,7 +945,8 @@ class SQLiteStore:
         def run() -> dict[str, Aggregate]:
             rows = self._conn().execute(
                 "SELECT name, requests, errors, tokens, input_tokens, output_tokens, cost_nanos, "
-                "unpriced, unpriced_nanos FROM breakdowns "
+                "unpriced, unpriced_nanos, cached_input_tokens, cache_write_tokens, "
+                "reasoning_tokens FROM breakdowns "
                 "WHERE scope = ? AND month = ? AND by_kind = ?",
                 (scope, month, by),
             ).fetchall()
@@ -1032,7 +1042,7 @@ class SQLiteStore:
                         for by, name in (("model", record.model),
                                          ("api_method", record.api_method), ("day", day)):
                             key = (scope, month, by, self._name(conn, scope, month, by, name))
-                            row = batch.breakdowns.setdefault(key, [0] * 8)
+                            row = batch.breakdowns.setdefault(key, [0] * 11)
                             row[5] += priced_delta
                             row[6] += int(now_unpriced) - int(was_unpriced)
                             row[7] += unpriced - old_unpriced

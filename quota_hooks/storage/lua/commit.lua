@@ -3,16 +3,18 @@
 -- A call's keys: 5 per scope (lib.lua), then the done-hash of its window and of the one
 -- before (its id: a commit that ran once, even if its caller timed out, is never counted
 -- twice when it is replayed).
--- Its arguments: now, month, reservation id ('' for none), the numbers (packed '<14qd':
+-- Its arguments: now, month, reservation id ('' for none), the numbers (packed '<17qd':
 -- requests, tokens, calls, errors, rate_limited, cost_nanos, failed (0/1), total, input,
--- output, unpriced (0/1), unpriced nanos, recent cap, breakdown names cap, age in seconds
--- between the call and now), model, api_method, record, day, commit id, replay (0/1), done window.
+-- output, unpriced (0/1), unpriced nanos, recent cap, breakdown names cap, cached input,
+-- cache-write and reasoning tokens, age in seconds between the call and now), model,
+-- api_method, record, day, commit id, replay (0/1), done window.
 -- Its result: 0 (already counted) or 1, or 2 when the first scope is new this month.
 
 local function commit(k, a, now)
   local month, rid = ARGV[a + 1], ARGV[a + 2]
   local requests, tokens, calls, errors, limited, nanos, failed, total, input, output,
-        unpriced, unpriced_nanos, cap, names_cap, age = struct.unpack('<i8i8i8i8i8i8i8i8i8i8i8i8i8i8d', ARGV[a + 3])
+        unpriced, unpriced_nanos, cap, names_cap, cached, cache_write, reasoning, age =
+    struct.unpack('<i8i8i8i8i8i8i8i8i8i8i8i8i8i8i8i8i8d', ARGV[a + 3])
   local model, method, record, day = ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7]
   local commit_id, replay, window = ARGV[a + 8], ARGV[a + 9], ARGV[a + 10]
   local part = nil
@@ -24,16 +26,21 @@ local function commit(k, a, now)
   if redis.call('HSETNX', done, commit_id, '1') == 0 then return 0 end
   local counts = { requests, tokens, calls, errors, limited }
   -- Breakdown fields: requests, errors, tokens, input, output, priced cost, unpriced calls,
-  -- unpriced charge.
+  -- unpriced charge, cached input, cache-write and reasoning tokens (a row of the first 8
+  -- only was written by an older version: the others read as 0).
   local bd = { 1, failed, total, input, output, nanos - unpriced_nanos, unpriced,
-               unpriced_nanos }
+               unpriced_nanos, cached, cache_write, reasoning }
   local function add_to(value)
     if not value then
-      return struct.pack(C8, bd[1], bd[2], bd[3], bd[4], bd[5], bd[6], bd[7], bd[8])
+      return struct.pack(C11, bd[1], bd[2], bd[3], bd[4], bd[5], bd[6], bd[7], bd[8], bd[9],
+                         bd[10], bd[11])
     end
     local x1, x2, x3, x4, x5, x6, x7, x8 = struct.unpack(C8, value)
-    return struct.pack(C8, x1 + bd[1], x2 + bd[2], x3 + bd[3], x4 + bd[4], x5 + bd[5],
-                       x6 + bd[6], x7 + bd[7], x8 + bd[8])
+    local x9, x10, x11 = 0, 0, 0
+    if #value > 64 then x9, x10, x11 = struct.unpack('<i8i8i8', value, 65) end
+    return struct.pack(C11, x1 + bd[1], x2 + bd[2], x3 + bd[3], x4 + bd[4], x5 + bd[5],
+                       x6 + bd[6], x7 + bd[7], x8 + bd[8], x9 + bd[9], x10 + bd[10],
+                       x11 + bd[11])
   end
   local at = now - age
   local extra = {}

@@ -41,6 +41,7 @@ end
 local C5 = '<i8i8i8i8i8'
 local C7 = '<i8i8i8i8i8i8i8'
 local C8 = '<i8i8i8i8i8i8i8i8'
+local C11 = '<i8i8i8i8i8i8i8i8i8i8i8'
 local PENDING = '<i8i8i8dd'
 
 local function unpack_counts(packed)
