@@ -127,6 +127,16 @@ def add_commands(commands: Any, store_help: str, manager: ManagerFactory,
     alerts.add_argument("--store", help=store_help)
     alerts.set_defaults(run=lambda args: _alerts(args, manager, usage_error))
 
+    advice = commands.add_parser(
+        "advise", help="this month's token mix of each model, repriced on cheaper models")
+    advice.add_argument("workspace")
+    advice.add_argument("--provider", help="the provider the models were called at (default: "
+                        "what genai-prices finds by each model's name)")
+    advice.add_argument("--top", type=int, default=5, help="alternatives shown per model (5)")
+    advice.add_argument("--json", action="store_true")
+    advice.add_argument("--store", help=store_help)
+    advice.set_defaults(run=lambda args: _advise(args, manager, usage_error))
+
 
 def _who(command: str) -> str:
     """Who made a change, for the alert history: the OS user and the command."""
@@ -273,4 +283,25 @@ def _alerts(args: argparse.Namespace, manager: ManagerFactory,
     for alert in kept:
         print(f"{alert.at.isoformat(timespec='seconds')}  {alert.kind.value:<15} "
               f"{alert.message}")
+    return 0
+
+
+def _advise(args: argparse.Namespace, manager: ManagerFactory,
+            usage_error: type[Exception]) -> int:
+    from .advice import format_advice
+
+    if args.top < 1:
+        raise usage_error(f"--top must be at least 1, got {args.top}")
+    m = manager(args.store, existing=True)
+    try:
+        if args.workspace not in m.workspaces():
+            raise usage_error(f"workspace {args.workspace!r} has no usage in {m.store!r}")
+        advice = m.advise(args.workspace, provider=args.provider)
+    finally:
+        m.close()
+    if args.json:
+        print(json.dumps(advice.to_dict(), indent=2))
+    else:
+        print(f"workspace {args.workspace!r}, this budget month:")
+        print(format_advice(advice, limit=args.top))
     return 0

@@ -261,17 +261,18 @@ def _text(usd: Decimal) -> str:
 
 
 def mixes_from_breakdown(breakdown: Mapping[str, Aggregate]) -> dict[str, TokenMix]:
-    """Mixes from a month's breakdown by model (``Store.breakdown(scope, month, "model")``).
-
-    An :class:`~quota_hooks.storage.base.Aggregate` keeps requests, input and output tokens
-    only: the cached, cache-write and reasoning tokens of these mixes are 0 (cached tokens
-    are then repriced as plain input, which overstates what a cache-heavy mix costs on every
-    model alike). Build mixes with :func:`mixes_from_records` where the records are kept.
-    The ``"(other)"`` row (the models beyond the breakdown's limit) is kept: no model prices
-    it, so it shows as unpriced.
+    """Mixes from a month's breakdown by model (``Store.breakdown(scope, month, "model")``),
+    which keeps the whole mix: input (with cached and cache-write) and output (with
+    reasoning). Rows recorded by a quota-hooks older than that have 0 cached, cache-write and
+    reasoning tokens (they are repriced as plain input and output). The ``"(other)"`` row
+    (the models beyond the breakdown's limit) is kept: no model prices it, so it shows as
+    unpriced.
     """
     return {name: TokenMix(requests=row.requests, input_tokens=row.input_tokens,
-                           output_tokens=row.output_tokens)
+                           cached_input_tokens=row.cached_input_tokens,
+                           cache_write_tokens=row.cache_write_tokens,
+                           output_tokens=row.output_tokens,
+                           reasoning_tokens=row.reasoning_tokens)
             for name, row in breakdown.items()}
 
 

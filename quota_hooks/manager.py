@@ -24,6 +24,7 @@ import anyio.to_thread
 
 from ._core import Core, Plan, check_record
 from ._health import DEGRADED_SECONDS, Health
+from .advice import Advice, advise, mixes_from_breakdown
 from .alerts.engine import AlertEngine, StoreReader
 from .alerts.model import Alert, AlertKind, AlertSink, SinkLike
 from .control import POLICY_REFRESH, PolicySync, describe_policy
@@ -622,6 +623,20 @@ class QuotaManager:
         with _reading("history", workspace_id):
             tables = [await self._astore.abreakdown(scope, month, by) for month in months]
         return build_history(workspace_id, by, first_day, months, tables)
+
+    def advise(self, workspace_id: str, *, provider: str | None = None,
+               capabilities: Mapping[str, Iterable[str]] | None = None) -> Advice:
+        """Cheaper-model advice: this budget month's token mix of each model the workspace
+        used (input, cached, cache-write, output, reasoning), repriced on the other models of
+        its provider that genai-prices bills for the same kinds of units, side by side with
+        the saving (:mod:`quota_hooks.advice`). Arithmetic on real usage: it says nothing
+        about quality. Raises :class:`StorageError` if the store fails."""
+        self._sync.before_call()
+        now, _, scope, month = self._where(workspace_id)
+        with _reading("usage", workspace_id):
+            models = self.store.breakdown(scope, month, "model")
+        return advise(mixes_from_breakdown(models), self.prices, provider=provider,
+                      when=datetime.fromtimestamp(now, UTC), capabilities=capabilities)
 
     def get_tracker(self, workspace_id: str) -> WorkspaceTracker:
         """The seed guide's per-workspace view: ``get_status_data()`` and friends."""

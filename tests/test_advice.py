@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
@@ -241,8 +242,9 @@ def test_token_mix_rules() -> None:
 
 def test_mixes_from_breakdown_and_records() -> None:
     rows = {"gpt-4o": Aggregate(requests=3, errors=1, tokens=1100, input_tokens=1000,
-                                output_tokens=100, cost_nanos=123)}
-    assert mixes_from_breakdown(rows) == {"gpt-4o": TokenMix(3, 1000, 0, 0, 100, 0)}
+                                output_tokens=100, cost_nanos=123, cached_input_tokens=400,
+                                cache_write_tokens=50, reasoning_tokens=20)}
+    assert mixes_from_breakdown(rows) == {"gpt-4o": TokenMix(3, 1000, 400, 50, 100, 20)}
     records = [UsageRecord(model="gpt-4o", input_tokens=100, cached_input_tokens=40,
                            output_tokens=30, reasoning_tokens=10),
                UsageRecord(model="gpt-4o", input_tokens=50, output_tokens=5),
@@ -282,3 +284,31 @@ def test_to_dict_and_format() -> None:
     negative = format_advice(advise({"gpt-4o-mini": CHAT}, BOOK, provider="openai", when=W,
                                     cheaper_only=False), limit=100)
     assert "-$" in negative and "$-" not in negative
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_manager_advise_reprices_the_months_mix_kept_by_the_store(
+        kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The mix the store kept for the month (cached tokens included) gives the same costs as
+    the hand prices, through ``manager.advise`` and ``quota-hooks advise``."""
+    from quota_hooks import QuotaManager
+    from quota_hooks.cli import main
+    from quota_hooks.storage import MemoryStore, SQLiteStore
+    from quota_hooks.testing import ManualClock
+
+    store = MemoryStore() if kind == "memory" else SQLiteStore(tmp_path / "a.db")
+    m = QuotaManager(store=store, clock=ManualClock(W.timestamp()))
+    for _ in range(100):  # CHAT, one request at a time
+        m.record(UsageRecord(workspace_id="acme", model="gpt-4o", provider="openai",
+                             input_tokens=10_000, cached_input_tokens=2_000, output_tokens=500))
+    [item] = m.advise("acme", provider="openai").models
+    assert item.mix == CHAT and item.cost_usd == GPT_4O
+    assert {a.model: a.cost_usd for a in item.alternatives}["gpt-4o-mini"] == GPT_4O_MINI
+    m.close()
+    if kind == "sqlite":
+        assert main(["advise", "acme", "--provider", "openai", "--json",
+                     "--store", f"sqlite:///{tmp_path / 'a.db'}"]) == 0
+        data = json.loads(capsys.readouterr().out)
+        assert data["models"][0]["cost_usd"] == "2.75"
+        assert main(["advise", "nobody", "--store", f"sqlite:///{tmp_path / 'a.db'}"]) == 2
+        assert "'nobody' has no usage" in capsys.readouterr().err
