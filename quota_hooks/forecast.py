@@ -42,7 +42,7 @@ from zoneinfo import ZoneInfo
 from .pricing import from_nanos
 
 if TYPE_CHECKING:
-    from .storage.base import Aggregate
+    from .storage.base import Aggregate, Counters
 
 __all__ = [
     "LIMIT_METHOD",
@@ -60,6 +60,7 @@ __all__ = [
     "months_needed",
     "period_bounds",
     "period_key",
+    "scope_forecast",
 ]
 
 Period = Literal["day", "week", "month"]
@@ -373,3 +374,21 @@ class Forecast:
             "limit_method_detail": LIMIT_METHOD_DETAIL,
             "limits": {name: lim.to_dict() for name, lim in self.limits.items()},
         }
+
+
+def scope_forecast(now: float, zone: str, counters: Counters,
+                   days: Iterable[Mapping[str, Aggregate]], *, budget_nanos: int | None,
+                   rpd: int | None, tpd: int | None) -> Forecast:
+    """A scope's forecast from what a status read has: its counters (the month's charge so
+    far, holds included, and the last minute's requests and tokens) and the day breakdowns
+    of :func:`months_needed` months."""
+    month = forecast_spend(now, "month", zone, daily_charges(*days), budget_nanos,
+                           spent_nanos=counters.cost_month_nanos)
+    limits = []
+    if rpd is not None:
+        limits.append(forecast_limit("rpd", now, counters.requests_day, rpd,
+                                     counters.requests_minute))
+    if tpd is not None:
+        limits.append(forecast_limit("tpd", now, counters.tokens_day, tpd,
+                                     counters.tokens_minute))
+    return Forecast.of([month], limits)

@@ -30,15 +30,18 @@ from .alerts.model import Alert, AlertKind, AlertSink, SinkLike
 from .control import POLICY_REFRESH, PolicySync, describe_policy
 from .errors import ConfigurationError, QuotaExceededError, StorageError
 from .events import Events
+from .forecast import Forecast, months_needed, scope_forecast
 from .policy import ENV_VARIABLES, Policies, QuotaPolicy
-from .pricing import PriceBook
+from .pricing import PriceBook, to_nanos
 from .status import Extra, History, StatusReport, WorkspaceTracker, build_history, build_status
 from .status import history_months as _history_months
 from .storage import MemoryStore, Store, store_from_url
 from .storage.base import (
+    Aggregate,
     AsyncControlStore,
     Breakdown,
     ControlStore,
+    Counters,
     PolicyTable,
     Reservation,
     UsageEntry,
@@ -555,11 +558,15 @@ class QuotaManager:
         with _reading("status", workspace_id):
             counters = store.counters(scope, now, month)
             extra: Extra | None = None
+            forecast = None
             if enhanced:
                 extra = (store.breakdown(scope, month, "model"),
                          store.breakdown(scope, month, "api_method"),
                          store.recent(scope, self.recent_limit if recent is None else recent))
-        return self._report(workspace_id, policy, now, counters, extra)
+                days = [store.breakdown(scope, m, "day")
+                        for m in months_needed(now, "month", policy.timezone)]
+                forecast = _forecast(now, policy, counters, days)
+        return self._report(workspace_id, policy, now, counters, extra, forecast)
 
     async def astatus(self, workspace_id: str, *, enhanced: bool = True,
                       recent: int | None = None) -> StatusReport:
@@ -570,12 +577,16 @@ class QuotaManager:
         with _reading("status", workspace_id):
             counters = await store.acounters(scope, now, month)
             extra: Extra | None = None
+            forecast = None
             if enhanced:
                 extra = (await store.abreakdown(scope, month, "model"),
                          await store.abreakdown(scope, month, "api_method"),
                          await store.arecent(scope, self.recent_limit if recent is None
                                              else recent))
-        return self._report(workspace_id, policy, now, counters, extra)
+                days = [await store.abreakdown(scope, m, "day")
+                        for m in months_needed(now, "month", policy.timezone)]
+                forecast = _forecast(now, policy, counters, days)
+        return self._report(workspace_id, policy, now, counters, extra, forecast)
 
     def _where(self, workspace_id: str) -> tuple[float, QuotaPolicy, str, str]:
         now = self.clock()
@@ -583,8 +594,8 @@ class QuotaManager:
         return now, policy, workspace_scope(workspace_id), month_key(now, policy.timezone)
 
     def _report(self, workspace_id: str, policy: QuotaPolicy, now: float, counters: Any,
-                extra: Extra | None) -> StatusReport:
-        return build_status(workspace_id, policy, now, counters, extra,
+                extra: Extra | None, forecast: Forecast | None = None) -> StatusReport:
+        return build_status(workspace_id, policy, now, counters, extra, forecast=forecast,
                             degraded=self._degraded(workspace_id, now),
                             provider_limits=self.health.provider_limits(workspace_id),
                             policy_source=self.policy_source(workspace_id))
@@ -707,6 +718,14 @@ def _reading(what: str, workspace_id: str) -> Iterator[None]:
         raise
     except Exception as exc:
         raise StorageError(f"reading the {what} of {workspace_id!r} failed: {exc}") from exc
+
+
+def _forecast(now: float, policy: QuotaPolicy, counters: Counters,
+              days: Iterable[Mapping[str, Aggregate]]) -> Forecast:
+    budget = policy.monthly_budget_usd
+    return scope_forecast(now, policy.timezone, counters, days,
+                          budget_nanos=None if budget is None else to_nanos(budget),
+                          rpd=policy.rpd, tpd=policy.tpd)
 
 
 def _alerts(rows: Iterable[str]) -> list[Alert]:

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
+from .forecast import Forecast
 from .metrics import BUDGET, METRICS, percent_of
 from .policy import QuotaPolicy
 from .pricing import from_nanos
@@ -213,12 +214,19 @@ class StatusReport(_Model):
     unpriced: UnpricedUsage = UnpricedUsage()
     """How much of ``monthly_budget_usd.current`` is charged for calls without a price."""
     enhanced_tracking: EnhancedTracking | None = None
+    forecast: dict[str, Any] | None = None
+    """The enhanced report's projections (:mod:`quota_hooks.forecast`): the budget's spend
+    at the end of its period and when it runs out, the per-day limits' run-out times, and
+    the method."""
 
     def to_dict(self, *, enhanced: bool = True) -> dict[str, Any]:
-        """The JSON-ready dict; without ``enhanced_tracking`` when ``enhanced`` is False."""
-        data = self.model_dump(mode="json", exclude={"enhanced_tracking"})
+        """The JSON-ready dict; without ``enhanced_tracking`` and ``forecast`` when
+        ``enhanced`` is False."""
+        data = self.model_dump(mode="json", exclude={"enhanced_tracking", "forecast"})
         if enhanced and self.enhanced_tracking is not None:
             data["enhanced_tracking"] = self.enhanced_tracking.model_dump(mode="json")
+        if enhanced and self.forecast is not None:
+            data["forecast"] = self.forecast
         return data
 
     @property
@@ -305,6 +313,7 @@ def build_status(
     degraded: bool = False,
     provider_limits: Mapping[str, Mapping[str, str]] | None = None,
     policy_source: Mapping[str, Any] | None = None,
+    forecast: Forecast | None = None,
 ) -> StatusReport:
     """The :class:`StatusReport` of a workspace from its counters and its policy. Pure.
 
@@ -367,6 +376,7 @@ def build_status(
                                charge_usd=float(from_nanos(c.unpriced_month_nanos)),
                                policy=policy.unpriced),
         enhanced_tracking=enhanced,
+        forecast=None if forecast is None else forecast.to_dict(),
     )
 
 

@@ -370,3 +370,70 @@ def test_the_alert_history_survives_a_restart_and_is_shared(tmp_path: Path) -> N
     assert kinds == [(AlertKind.CRITICAL, "rpd"), (AlertKind.WARNING, "rpd")]
     assert reader.alert_history("ws", 1)[0].current == 10.0
     reader.close()
+
+
+# ---------------------------------------------------------------------- forecasts
+def _spend_daily(m: QuotaManager, clock: ManualClock, days: int, usd: str) -> None:
+    """``usd`` charged at noon (local) of each of ``days`` days, the clock ending on the
+    next day's 00:00 local."""
+    for _ in range(days):
+        clock.advance(12 * 3600)
+        m.record(UsageRecord(workspace_id="ws", model="gpt-4o-mini", cost=Decimal(usd)))
+        clock.advance(12 * 3600)
+
+
+@pytest.mark.unit
+def test_the_status_forecasts_the_month_from_a_known_run_rate() -> None:
+    """$1 a day on each of the 10 first days of April in Berlin: on the 11th at 00:00 local
+    the rate is $1 a day and the projection $30, the $20 budget running out at the end of
+    April 20 (local midnight: 2026-04-20T22:00Z)."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    start = datetime(2026, 4, 1, tzinfo=ZoneInfo("Europe/Berlin")).timestamp()
+    clock = ManualClock(start)
+    m = QuotaManager(QuotaPolicy(monthly_budget_usd=Decimal(20), timezone="Europe/Berlin",
+                                 mode="observe"), clock=clock, alert_history=0)
+    _spend_daily(m, clock, 10, "1")
+    report = m.status("ws").to_dict()
+    month = report["forecast"]["budgets"]["month"]
+    assert report["forecast"]["method"] == "trailing-7d-recency-weighted"
+    assert (month["spent_usd"], month["rate_usd_per_day"], month["projected_usd"]) == (
+        10.0, 1.0, 30.0)
+    assert month["projected_exhaustion"] == "2026-04-20T22:00:00Z" and month["will_exceed"]
+    assert "forecast" not in m.status("ws", enhanced=False).to_dict()
+    m.close()
+
+
+@pytest.mark.unit
+def test_a_projected_alert_is_sent_once_per_month() -> None:
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    got: list[Alert] = []
+    start = datetime(2026, 4, 1, tzinfo=ZoneInfo("Europe/Berlin")).timestamp()
+    clock = ManualClock(start)
+    m = QuotaManager(QuotaPolicy(monthly_budget_usd=Decimal(20), timezone="Europe/Berlin",
+                                 mode="observe"), clock=clock, sinks=[got.append])
+    _spend_daily(m, clock, 10, "1")
+    assert m.drain(10)
+    _spend_daily(m, clock, 2, "1")  # still projected, later: not sent again
+    assert m.drain(10)
+    projected = [a for a in got if a.kind == AlertKind.PROJECTED]
+    assert len(projected) == 1
+    assert projected[0].dedupe_key == "alert:ws:monthly_budget_usd:projected:2026-04"
+    assert "projected to spend $30.00 of its $20.00 monthly budget" in projected[0].message
+    assert "runs out at 2026-04-20 22:00 UTC" in projected[0].message
+    m.close()
+
+
+@pytest.mark.unit
+def test_a_budget_on_track_sends_no_projected_alert() -> None:
+    got: list[Alert] = []
+    clock = ManualClock(T0)
+    m = QuotaManager(QuotaPolicy(monthly_budget_usd=Decimal(100), mode="observe"),
+                     clock=clock, sinks=[got.append])
+    _spend_daily(m, clock, 10, "1")  # $31 projected of $100
+    assert m.drain(10)
+    assert [a for a in got if a.kind == AlertKind.PROJECTED] == []
+    m.close()

@@ -31,8 +31,10 @@ from decimal import Decimal
 from typing import Protocol, cast
 
 from ..errors import ConfigurationError
-from ..metrics import METRICS, Metric, percent_of
+from ..forecast import SpendForecast, daily_charges, forecast_spend, months_needed
+from ..metrics import BUDGET, METRICS, Metric, percent_of
 from ..policy import QuotaPolicy
+from ..pricing import format_usd, from_nanos, to_nanos
 from ..storage.base import AsyncControlStore, AsyncStore, Counters, workspace_scope
 from ..windows import month_key
 from ._dispatch import Dispatcher
@@ -42,6 +44,12 @@ from .rules import Thresholds, step
 __all__ = ["AlertEngine", "AlertListeners", "StoreReader", "UsageReader"]
 
 logger = logging.getLogger("quota_hooks.alerts")
+
+#: Seconds between two forecasts of a workspace's budget (each reads its day breakdowns).
+FORECAST_EVERY = 60.0
+#: Complete days of history a budget forecast needs before it may send ``projected`` (a
+#: first day's rate is extrapolated from a few hours).
+PROJECTED_HISTORY_DAYS = 1
 
 #: How long an event alert stays claimed across processes.
 EVENT_CLAIM_SECONDS = {AlertKind.RATE_LIMITED: 60.0, AlertKind.DEGRADED: 300.0}
@@ -69,6 +77,11 @@ class UsageReader(Protocol):
 
     async def claim(self, key: str, now: float, ttl: float) -> bool:
         """Take ``key`` for ``ttl`` seconds, once among every process sharing the store."""
+        ...
+
+    async def spend_forecast(self, workspace_id: str, usage: Usage,
+                             now: float) -> SpendForecast | None:
+        """The projected spend of the workspace's budget month (None: no budget)."""
         ...
 
     @property
@@ -133,6 +146,18 @@ class StoreReader:
     async def claim(self, key: str, now: float, ttl: float) -> bool:
         return await self._store.aclaim(key, now, ttl)
 
+    async def spend_forecast(self, workspace_id: str, usage: Usage,
+                             now: float) -> SpendForecast | None:
+        budget = usage.policy.monthly_budget_usd
+        if budget is None:
+            return None
+        zone = usage.policy.timezone
+        scope = workspace_scope(workspace_id)
+        days = [await self._store.abreakdown(scope, month, "day")
+                for month in months_needed(now, "month", zone)]
+        return forecast_spend(now, "month", zone, daily_charges(*days), to_nanos(budget),
+                              spent_nanos=usage.counters.cost_month_nanos)
+
 
 class AlertEngine:
     """Evaluates workspaces and delivers alerts to sinks and live listeners.
@@ -179,6 +204,7 @@ class AlertEngine:
         self._local_claims: dict[str, float] = {}
         self._armed: dict[tuple[str, str], tuple[int, str]] = {}
         self._published: list[Alert] = []
+        self._forecast_at: dict[str, float] = {}
         self._lock = threading.Lock()
         self._dispatch = Dispatcher(self._evaluate_pending, self._has_pending,
                                     queue_size=queue_size, sink_timeout=float(sink_timeout))
@@ -365,7 +391,41 @@ class AlertEngine:
                 self._armed.pop(key, None)
             else:
                 self._armed[key] = (moved.level, period)
+        projected = await self._projected(workspace_id, usage, now)
+        if projected is not None:
+            alerts.append((projected, BUDGET.claim_seconds))
         return alerts
+
+    async def _projected(self, workspace_id: str, usage: Usage, now: float) -> Alert | None:
+        """``projected``, at most once per budget month: the budget runs out before the month
+        ends at the run rate (checked at most every :data:`FORECAST_EVERY` seconds)."""
+        if usage.policy.monthly_budget_usd is None or (
+                now - self._forecast_at.get(workspace_id, float("-inf")) < FORECAST_EVERY):
+            return None
+        if len(self._forecast_at) > 10_000:
+            self._forecast_at.clear()
+        self._forecast_at[workspace_id] = now
+        forecast = await self.reader.spend_forecast(workspace_id, usage, now)
+        if (forecast is None or not forecast.will_exceed or forecast.budget_nanos is None
+                or forecast.spent_nanos >= forecast.budget_nanos
+                or forecast.history_days < PROJECTED_HISTORY_DAYS):
+            return None
+        when = datetime.fromtimestamp(forecast.projected_exhaustion or now, UTC)
+        end = datetime.fromtimestamp(forecast.end, UTC)
+        budget, projected = from_nanos(forecast.budget_nanos), from_nanos(forecast.projected_nanos)
+        rate = from_nanos(round(forecast.rate_nanos_per_day))
+        return Alert(
+            kind=AlertKind.PROJECTED, workspace_id=workspace_id,
+            scope=workspace_scope(workspace_id), metric=BUDGET.name,
+            current=float(from_nanos(forecast.spent_nanos)), limit=float(budget),
+            percentage=round(float(percent_of(projected, budget)), 2),
+            message=(f"Workspace {workspace_id!r} is projected to spend {format_usd(projected)} "
+                     f"of its {format_usd(budget)} monthly budget by "
+                     f"{end:%Y-%m-%d %H:%M} UTC at {format_usd(rate)} a day; at that rate it "
+                     f"runs out at {when:%Y-%m-%d %H:%M} UTC."),
+            at=datetime.fromtimestamp(now, UTC),
+            dedupe_key=f"alert:{workspace_id}:{BUDGET.name}:projected:{usage.month}",
+        )
 
     @staticmethod
     def _threshold_alert(

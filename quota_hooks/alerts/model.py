@@ -39,6 +39,8 @@ class AlertKind(str, Enum):  # noqa: UP042 - str() stays "AlertKind.WARNING"
     """A stored policy was set or deleted (``quota-hooks policy``, the REST admin API)."""
     USAGE_RESET = "usage_reset"
     """A scope's usage was reset by an admin."""
+    PROJECTED = "projected"
+    """The budget is projected to run out before its period ends (at the run rate)."""
 
 
 class Alert(BaseModel):
