@@ -127,6 +127,13 @@ def add_commands(commands: Any, store_help: str, manager: ManagerFactory,
     alerts.add_argument("--store", help=store_help)
     alerts.set_defaults(run=lambda args: _alerts(args, manager, usage_error))
 
+    reset = commands.add_parser(
+        "reset", help="start a workspace's (or scope's) budget month again (kept in its "
+                      "alert history)")
+    reset.add_argument("name", metavar="WORKSPACE", help="a workspace id or a scope (team:ml)")
+    reset.add_argument("--store", help=store_help)
+    reset.set_defaults(run=lambda args: _reset(args, manager, usage_error))
+
     advice = commands.add_parser(
         "advise", help="this month's token mix of each model, repriced on cheaper models")
     advice.add_argument("workspace")
@@ -304,4 +311,21 @@ def _advise(args: argparse.Namespace, manager: ManagerFactory,
     else:
         print(f"workspace {args.workspace!r}, this budget month:")
         print(format_advice(advice, limit=args.top))
+    return 0
+
+
+def _reset(args: argparse.Namespace, manager: ManagerFactory,
+           usage_error: type[Exception]) -> int:
+    from .pricing import format_usd
+
+    m = manager(args.store, existing=True)
+    try:
+        try:
+            taken = m.reset_usage(args.name, by=_who("quota-hooks reset"))
+        except ConfigurationError as exc:
+            raise usage_error(str(exc)) from None
+    finally:
+        m.close()
+    print(f"{_key(args.name, usage_error)}: budget month reset; {format_usd(taken)} recorded "
+          "this month no longer counts against it (kept in its alert history)")
     return 0

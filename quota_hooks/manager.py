@@ -17,6 +17,7 @@ import time
 import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, cast
 
 import anyio
@@ -31,8 +32,8 @@ from .control import POLICY_REFRESH, PolicySync, describe_policy
 from .errors import ConfigurationError, QuotaExceededError, StorageError
 from .events import Events
 from .forecast import Forecast, months_needed, scope_forecast
-from .policy import ENV_VARIABLES, Policies, QuotaPolicy
-from .pricing import PriceBook, to_nanos
+from .policy import ENV_VARIABLES, Policies, QuotaPolicy, policy_key
+from .pricing import PriceBook, format_usd, from_nanos, to_nanos
 from .status import Extra, History, StatusReport, WorkspaceTracker, build_history, build_status
 from .status import history_months as _history_months
 from .storage import MemoryStore, Store, store_from_url
@@ -50,7 +51,7 @@ from .storage.base import (
 )
 from .storage.sqlite import RepriceReport
 from .typing import AsyncSleeper, Clock, Decision, Drainer, Observer, Sleeper, TokenEstimator
-from .usage import Estimate, UsageRecord, estimate_tokens
+from .usage import Estimate, UsageRecord, bounded, estimate_tokens
 from .windows import month_key
 
 __all__ = ["DEGRADED_SECONDS", "POLICY_REFRESH", "QuotaManager"]
@@ -240,6 +241,33 @@ class QuotaManager:
                 f"(policy version {version})" + ("" if policy is None else
                                                  f": {describe_policy(policy)}") + "."))
         return version or 0
+
+    def reset_usage(self, name: str, *, by: str = "manager") -> Decimal:
+        """Start the budget month of a workspace (``"acme"``) or scope (``"team:ml"``) again:
+        what it recorded this month no longer counts against its budget (pending calls still
+        do; the breakdowns and the history keep everything). The reset is kept in the alert
+        history (``usage_reset``, with ``by``) and sent to the sinks. Returns the USD taken
+        off. Raises :class:`StorageError` when the store fails, :class:`ConfigurationError`
+        for ``"*"`` or a store that keeps no control plane."""
+        control = self._need_control("resetting usage")
+        key = policy_key(name)
+        kind, _, value = key.partition(":")
+        if key == "*" or value == "*":
+            raise ConfigurationError(f"reset one workspace or scope at a time, not {name!r}")
+        if kind == "workspace":
+            scope, policy = workspace_scope(value), self.policies.for_workspace(value)
+        else:
+            scope = f"{bounded(kind)}:{bounded(value)}"
+            policy = self.policies.for_scope(kind, value) or self.policies.default
+        now = self.clock()
+        month = month_key(now, policy.timezone)
+        with _reading("usage", key):
+            taken = from_nanos(control.reset_budget(scope, month, now))
+        self.note_admin_action(AlertKind.USAGE_RESET, key, (
+            f"The {month} budget of {key} was reset by {by}: {format_usd(taken)} recorded this "
+            "month no longer counts against it (the breakdowns and history keep it)."))
+        self.events.changed(value if kind == "workspace" else key)
+        return taken
 
     def note_admin_action(self, kind: AlertKind, key: str, message: str) -> Alert:
         """Keep an admin's change (a policy set or deleted, a usage reset) in the alert

@@ -437,3 +437,50 @@ def test_a_budget_on_track_sends_no_projected_alert() -> None:
     assert m.drain(10)
     assert [a for a in got if a.kind == AlertKind.PROJECTED] == []
     m.close()
+
+
+# ---------------------------------------------------------------------- usage reset
+def _budget_call(m: QuotaManager) -> bool:
+    from quota_hooks import QuotaExceededError
+
+    try:
+        r = m.acquire("acme", Estimate(model="gpt-4o-mini", input_tokens=1, output_tokens=1))
+    except QuotaExceededError:
+        return False
+    m.record(UsageRecord(workspace_id="acme", model="gpt-4o-mini", cost=Decimal("0.4")), r)
+    return True
+
+
+@pytest.mark.unit
+def test_a_reset_reopens_the_budget_and_is_kept_in_the_history(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    m = QuotaManager(QuotaPolicy(monthly_budget_usd=Decimal(1)), store=store_from_url(url))
+    assert [_budget_call(m) for _ in range(4)] == [True, True, True, False]  # $1.20 > $1
+    assert main(["reset", "acme", "--store", url]) == 0  # another process, an admin
+    assert "$1.20 recorded this month no longer counts" in capsys.readouterr().out
+    assert m.status("acme").monthly_budget_usd.current == 0
+    assert [_budget_call(m) for _ in range(4)] == [True, True, True, False]
+    # The breakdowns keep everything; the history says who reset it and how much.
+    status = m.status("acme").to_dict()
+    assert status["enhanced_tracking"]["models_breakdown"]["gpt-4o-mini"]["cost_usd"] == 2.4
+    [reset] = [a for a in m.alert_history("acme") if a.kind == AlertKind.USAGE_RESET]
+    assert "quota-hooks reset" in reset.message and "$1.20" in reset.message
+    m.close()
+    assert main(["reset", "*", "--store", url]) == 2
+    assert "one workspace or scope at a time" in capsys.readouterr().err
+
+
+@pytest.mark.unit
+def test_rest_reset_needs_an_admin_token() -> None:
+    m = QuotaManager(QuotaPolicy(monthly_budget_usd=Decimal(1)), store=MemoryStore())
+    m.record(UsageRecord(workspace_id="acme", model="gpt-4o-mini", cost=Decimal("0.25")))
+    with TestClient(create_app(m, tokens=f"*:{ADMIN},acme:{ACME}")) as client:
+        assert client.post("/api/quota/reset/acme",
+                           headers={"Authorization": f"Bearer {ACME}"}).status_code == 403
+        done = client.post("/api/quota/reset/acme", headers={"Authorization": f"Bearer {ADMIN}"})
+        assert done.json() == {"key": "workspace:acme", "reset_usd": "0.25"}
+        assert client.post("/api/quota/reset/*", headers={
+            "Authorization": f"Bearer {ADMIN}"}).status_code == 422
+    assert m.status("acme").monthly_budget_usd.current == 0
+    m.close()

@@ -335,3 +335,21 @@ def test_breakdowns_keep_the_token_mix(ops: Ops) -> None:
         row = ops.breakdown("workspace:ws", MONTH, by)[name]
         assert (row.input_tokens, row.cached_input_tokens, row.cache_write_tokens,
                 row.output_tokens, row.reasoning_tokens) == (2_000, 1_200, 200, 1_000, 600)
+
+
+def test_a_budget_reset_keeps_the_holds_and_the_breakdowns(ops: Ops) -> None:
+    for _ in range(3):
+        ops.commit(entry(cost="0.001"))
+    held = ops.reserve(["workspace:ws"], UsageDelta(requests=1, cost_nanos=500_000),
+                       {"workspace:ws": Limits(budget_nanos=10**9)}, T0, MONTH, 60)
+    assert isinstance(held, Reservation)
+    assert ops.counters("workspace:ws", T0, MONTH).cost_month_nanos == 3_500_000
+    assert ops.reset_budget("workspace:ws", MONTH, T0) == 3_000_000
+    assert ops.counters("workspace:ws", T0, MONTH).cost_month_nanos == 500_000  # the hold
+    ops.commit(entry(cost="0.002"), held)  # settles: the hold is replaced by the charge
+    assert ops.counters("workspace:ws", T0, MONTH).cost_month_nanos == 2_000_000
+    assert ops.reset_budget("workspace:ws", MONTH, T0) == 2_000_000  # only what came since
+    assert ops.reset_budget("workspace:ws", MONTH, T0) == 0
+    assert ops.counters("workspace:ws", T0, MONTH).cost_month_nanos == 0
+    assert ops.breakdown("workspace:ws", MONTH, "model")["gpt-4o-mini"].cost_nanos == 5_000_000
+    assert ops.reset_budget("workspace:nobody", MONTH, T0) == 0

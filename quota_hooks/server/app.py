@@ -531,6 +531,19 @@ def quota_router(
                 functools.partial(manager.put_policies, {key: None}, by="the REST API"))
         return {"key": key, "deleted": True, "version": version}
 
+    @router.post("/api/quota/reset/{name:path}")
+    async def reset_usage(name: str, request: Request) -> dict[str, Any]:
+        """Start a workspace's (or scope's) budget month again (admin token); kept in its
+        alert history."""
+        _admin(request)
+        try:
+            with _unavailable_on_store_errors():
+                taken = await anyio.to_thread.run_sync(
+                    functools.partial(manager.reset_usage, name, by="the REST API"))
+        except ConfigurationError as exc:
+            raise HTTPException(422, str(exc)) from None
+        return {"key": policy_key(name), "reset_usd": format(taken.normalize(), "f")}
+
     if exporter is not None:
         scraped: PrometheusMetrics = exporter
 

@@ -365,6 +365,12 @@ class ControlStore(Protocol):
         """``scope``'s last ``n`` alert history entries, newest first."""
         ...
 
+    def reset_budget(self, scope: str, month: str, now: float) -> int:
+        """Start ``scope``'s budget of ``month`` again, atomically: its charge goes back to
+        what pending reservations hold (the calls recorded since the last reset are taken
+        off; the breakdowns and the history keep them). Returns the nano-dollars taken off."""
+        ...
+
 
 @runtime_checkable
 class AsyncControlStore(Protocol):
@@ -386,6 +392,10 @@ class AsyncControlStore(Protocol):
 
     async def aalert_history(self, scope: str, n: int) -> list[str]:
         """:meth:`ControlStore.alert_history`."""
+        ...
+
+    async def areset_budget(self, scope: str, month: str, now: float) -> int:
+        """:meth:`ControlStore.reset_budget`."""
         ...
 
 
@@ -444,7 +454,8 @@ _ASYNC_METHODS = ("acommit", "areserve", "arelease", "acounters", "abreakdown", 
                   "aworkspaces", "aclaim", "aclose")
 #: The async twins of :class:`ControlStore`'s methods: a face has them when its store has
 #: the sync ones.
-_ASYNC_CONTROL = ("apolicies", "aput_policies", "aappend_alert", "aalert_history")
+_ASYNC_CONTROL = ("apolicies", "aput_policies", "aappend_alert", "aalert_history",
+                  "areset_budget")
 
 
 def as_async(store: Store) -> AsyncStore:

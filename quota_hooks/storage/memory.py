@@ -99,13 +99,15 @@ def _names(table: dict[tuple[str, str, str], _Totals], month: str, by: str) -> i
 
 
 class _Scope:
-    __slots__ = ("breakdowns", "day", "minute", "months", "recent")
+    __slots__ = ("breakdowns", "day", "minute", "months", "recent", "resets")
 
     def __init__(self, recent_capacity: int) -> None:
         self.minute = RollingCounter(MINUTE, 5)
         self.day = RollingCounter(DAY, 2)
         self.months: dict[str, list[int]] = {}
         """Per budget month: [cost charged, unpriced calls, unpriced charge] (nano-dollars)."""
+        self.resets: dict[str, int] = {}
+        """Per budget month reset: the recorded charge taken off by the resets so far."""
         # Per month, per kind ("model", "api_method", "day"), per name.
         # Every breakdown of every month in one dict, keyed (month, "model", name) ...: one
         # dict, not one per month and kind (an idle workspace stays a few KB).
@@ -348,6 +350,19 @@ class MemoryStore:
             kept = self._alerts.get(scope)
             return [] if kept is None or n <= 0 else list(kept)[-n:][::-1]
 
+    def reset_budget(self, scope: str, month: str, now: float) -> int:
+        with self._lock:
+            state = self._scopes.get(scope)
+            if state is None or month not in state.months:
+                return 0
+            committed = sum(t.cost_nanos + t.unpriced_nanos
+                            for (m, by, _), t in state.breakdowns.items()
+                            if m == month and by == "day")
+            taken = committed - state.resets.get(month, 0)
+            state.months[month][0] -= taken
+            state.resets[month] = committed
+            return taken
+
     def pending(self) -> int:
         """Reservations not yet committed, released or expired."""
         with self._lock:
@@ -376,6 +391,7 @@ class MemoryStore:
                 if month < oldest:
                     return False
                 del months[oldest]
+                scope.resets.pop(oldest, None)
                 for key in [k for k in scope.breakdowns if k[0] == oldest]:
                     del scope.breakdowns[key]
             totals = months[month] = [0, 0, 0]

@@ -95,7 +95,7 @@ __all__ = ["CONNECT_TIMEOUT", "DEFAULT_TIMEOUT", "POOL_TIMEOUT", "SCHEMA", "Redi
 logger = logging.getLogger("quota_hooks")
 
 _SCRIPTS = ("commit", "reserve", "release", "counters", "claim", "policies", "put_policies",
-            "append_alert")
+            "append_alert", "reset_budget")
 #: The scripts that run a batch of calls at once (lua/lib.lua's each_call).
 _BATCHED = frozenset({"commit", "reserve", "release", "counters"})
 #: The key layout this version reads and writes (``<prefix>:schema`` holds it).
@@ -1495,6 +1495,10 @@ class RedisStore:
             return []
         return [_text(row) for row in self._run("lrange", [self._base(scope) + "h"], (0, n - 1))]
 
+    def reset_budget(self, scope: str, month: str, now: float) -> int:
+        self._settled()
+        return int(self._run("reset_budget", [self._scope_keys(scope, month)[2]], ()))
+
     @staticmethod
     def _put_args(changes: Mapping[str, str | None], now: float, only_if_new: bool) -> list[str]:
         args = [repr(float(now)), "1" if only_if_new else "0"]
@@ -1644,6 +1648,11 @@ class RedisStore:
             return []
         rows = await self._arun("lrange", [self._base(scope) + "h"], (0, n - 1))
         return [_text(row) for row in rows]
+
+    async def areset_budget(self, scope: str, month: str, now: float) -> int:
+        if self._queue or self._processed < self._enqueued:
+            await anyio.to_thread.run_sync(self._settled)
+        return int(await self._arun("reset_budget", [self._scope_keys(scope, month)[2]], ()))
 
     async def aclose(self) -> None:
         """:meth:`close`: what the writer queued, the leases' unused parts and the backlog go

@@ -136,6 +136,8 @@ MIGRATIONS: Mapping[int, Sequence[str]] = {
         "ALTER TABLE breakdowns ADD COLUMN cached_input_tokens INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE breakdowns ADD COLUMN cache_write_tokens INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE breakdowns ADD COLUMN reasoning_tokens INTEGER NOT NULL DEFAULT 0",
+        # What budget resets took off a month: the recorded charge up to the last reset.
+        "ALTER TABLE months ADD COLUMN reset_nanos INTEGER NOT NULL DEFAULT 0",
     ),
 }
 
@@ -902,6 +904,26 @@ class SQLiteStore:
             return [row[0] for row in rows]
 
         return self._guard(run, what="alert_history")
+
+    def reset_budget(self, scope: str, month: str, now: float) -> int:
+        self._caught_up("reset_budget")
+
+        def run() -> int:
+            with self._transaction() as conn:
+                row = conn.execute("SELECT reset_nanos FROM months WHERE scope = ? AND month = ?",
+                                   (scope, month)).fetchone()
+                if row is None:
+                    return 0
+                committed = conn.execute(
+                    "SELECT COALESCE(SUM(cost_nanos + unpriced_nanos), 0) FROM breakdowns "
+                    "WHERE scope = ? AND month = ? AND by_kind = 'day'", (scope, month)
+                ).fetchone()[0]
+                taken = int(committed) - int(row[0])
+                conn.execute("UPDATE months SET cost_nanos = cost_nanos - ?, reset_nanos = ? "
+                             "WHERE scope = ? AND month = ?", (taken, committed, scope, month))
+                return taken
+
+        return self._guard(run, what="reset_budget")
 
     # ------------------------------------------------------------------ reads
     def _sums(self, conn: sqlite3.Connection, scope: str, win: int, now: float) -> list[int]:
