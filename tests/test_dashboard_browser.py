@@ -295,3 +295,51 @@ def test_the_dashboard_mounted_under_a_prefix_in_another_app(
         problems.assert_none()
     finally:
         server.stop()
+
+
+def test_the_alert_history_policy_and_budget_projection_show_after_a_reload(
+    browser: Any, tmp_path: Path
+) -> None:
+    """Alerts raised by another process (another manager on the same SQLite file, before the
+    server started) show on load and again after a reload; the page says which policy is in
+    force and draws the month's spend, its projection and the budget line."""
+    from playwright.sync_api import expect
+
+    from quota_hooks.storage import SQLiteStore
+
+    path = tmp_path / "shared.db"
+    app = QuotaManager(QuotaPolicy(rpm=10, mode="observe", monthly_budget_usd=1),
+                       store=SQLiteStore(path))
+    call(app, 10)  # warning and critical on rpm, kept in the store's history
+    assert app.drain(10)
+    app.set_policy("acme", QuotaPolicy(rpm=10, mode="observe", monthly_budget_usd=1,
+                                       thresholds=(50, 90)))
+    app.close()
+    viewer = QuotaManager(store=SQLiteStore(path))  # the server's own: no policy in its code
+    server = serve(viewer)
+    problems = Problems()
+    try:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        problems.watch(page)
+        page.goto(f"http://127.0.0.1:{server.port}/dashboard/acme#token={TOKEN}")
+        expect(page.get_by_test_id("connection")).to_have_text("live")
+        alerts = page.get_by_test_id("alert")
+        expect(alerts).to_have_count(3)
+        expect(alerts.first).to_contain_text("policy_changed")  # newest first
+        expect(alerts.nth(1)).to_contain_text("critical")
+        expect(alerts.nth(2)).to_contain_text("warning")
+        expect(page.get_by_test_id("policy")).to_have_text(
+            "In force: stored policy workspace:acme · version 2 · alerts at 50%, 90%")
+        expect(page.get_by_test_id("projection-line")).to_have_count(1)
+        expect(page.get_by_test_id("budget-line")).to_have_count(1)
+        expect(page.get_by_test_id("budget-note")).to_contain_text("of $1.00")
+        page.reload()
+        expect(page.get_by_test_id("connection")).to_have_text("live")
+        expect(page.get_by_test_id("alert")).to_have_count(3)
+        if SCREENSHOTS is not None:
+            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(SCREENSHOTS / "dashboard-history.png"), full_page=True)
+        problems.assert_none()
+    finally:
+        server.stop()
+        viewer.close()

@@ -76,8 +76,20 @@
         h("div", { class: "mark", title: "critical", style: { left: `${thresholds.critical}%` } })));
   }
 
+  function renderPolicy(data) {
+    const p = data.policy || {};
+    const where = p.source === "store"
+      ? `stored policy ${p.key === "*" ? "(the default)" : p.key} · version ${p.version}`
+      : `the app's own policy ${p.key === "*" ? "(its default)" : p.key || ""}`;
+    const marks = (data.alert_thresholds || []).length
+      ? ` · alerts at ${data.alert_thresholds.map((t) => t + "%").join(", ")}` : "";
+    $("policy").textContent = `In force: ${where}${marks}`;
+  }
+
   function renderStatus(data) {
     if (data.thresholds && data.thresholds.warning) thresholds = data.thresholds;
+    renderPolicy(data);
+    if (data.forecast) renderBudget(data.forecast.budgets.month, data.forecast.method);
     const badge = $("status");
     badge.textContent = data.status.replace("_", " ");
     badge.className = "badge " + data.status;
@@ -131,12 +143,65 @@
           `${days[29]} · total ${usd(history.total_cost_usd)}`)));
   }
 
-  function addAlert(alert) {
+  // The month so far, what it is projected to reach and the budget: spent (solid) up to now,
+  // projected (dashed) from now to the month's end, and the budget (a red line).
+  let lastBudget = "";
+  function renderBudget(month, method) {
+    if (!month) return;
+    const key = JSON.stringify(month);
+    if (key === lastBudget) return;  // unchanged: no redraw on every update
+    lastBudget = key;
+    const start = Date.parse(month.start), end = Date.parse(month.end);
+    const now = Math.min(end, Math.max(start, Date.now()));
+    const top = Math.max(1e-9, month.projected_usd, month.spent_usd, month.budget_usd || 0) * 1.1;
+    const x = (t) => (1000 * (t - start) / (end - start)).toFixed(1);
+    const y = (usdValue) => (140 - 130 * usdValue / top).toFixed(1);
+    const parts = [
+      svg("line", { x1: 0, y1: 140, x2: 1000, y2: 140, stroke: "#d0d7de" }),
+      svg("line", { x1: x(start), y1: y(0), x2: x(now), y2: y(month.spent_usd),
+                    stroke: "#0969da", "stroke-width": 3, "data-testid": "spent-line" }),
+      svg("line", { x1: x(now), y1: y(month.spent_usd), x2: x(end), y2: y(month.projected_usd),
+                    stroke: "#0969da", "stroke-width": 2, "stroke-dasharray": "6 4",
+                    "data-testid": "projection-line" },
+          svg("title", null, `projected ${usd(month.projected_usd)} by the month's end`)),
+    ];
+    if (month.budget_usd !== null) {
+      parts.push(svg("line", { x1: 0, y1: y(month.budget_usd), x2: 1000, y2: y(month.budget_usd),
+                               stroke: "#cf222e", "stroke-width": 1.5, "data-testid": "budget-line" },
+                     svg("title", null, `budget ${usd(month.budget_usd)}`)));
+    }
+    parts.push(svg("text", { x: 4, y: 156, "font-size": 11, fill: "#6e7781" },
+                   month.start.slice(0, 10)),
+               svg("text", { x: 996, y: 156, "font-size": 11, fill: "#6e7781",
+                             "text-anchor": "end" }, month.end.slice(0, 10)));
+    $("budget-chart").replaceChildren(svg("svg", { viewBox: "0 0 1000 160",
+                                                   preserveAspectRatio: "none" }, ...parts));
+    const out = month.projected_exhaustion
+      ? ` · runs out ${month.projected_exhaustion.slice(0, 16).replace("T", " ")} UTC` : "";
+    $("budget-note").textContent = `spent ${usd(month.spent_usd)} · projected ` +
+      `${usd(month.projected_usd)}` + (month.budget_usd !== null
+        ? ` of ${usd(month.budget_usd)}${out}` : " (no budget)") +
+      ` · at ${usd(month.rate_usd_per_day)} a day (${method})`;
+  }
+
+  const shownAlerts = new Set();
+  function addAlert(alert, { older = false } = {}) {
+    const id = `${alert.dedupe_key}|${alert.at}`;
+    if (shownAlerts.has(id)) return;  // kept in the history and pushed live: shown once
+    shownAlerts.add(id);
     const list = $("alerts");
     if (list.classList.contains("empty")) { list.classList.remove("empty"); list.replaceChildren(); }
-    list.prepend(h("li", { class: alert.kind, dataset: { testid: "alert" } },
-                   `${alert.at.slice(11, 19)} ${alert.kind}: ${alert.message}`));
+    const item = h("li", { class: alert.kind, dataset: { testid: "alert" } },
+                   `${alert.at.slice(0, 10)} ${alert.at.slice(11, 19)} ${alert.kind}: ${alert.message}`);
+    if (older) list.append(item); else list.prepend(item);
     while (list.children.length > 20) list.lastChild.remove();
+  }
+
+  async function loadAlerts() {
+    try {
+      const { alerts } = await getJSON(`api/quota/alerts/${encodeURIComponent(workspace)}?n=20`);
+      for (const alert of alerts) addAlert(alert, { older: true });  // newest first
+    } catch (error) { /* the live alerts still come */ }
   }
 
   let retry = 500, chartTimer = null, chartShown = false;
@@ -162,7 +227,7 @@
       // most once a second as updates come.
       clearTimeout(chartTimer);
       if (chartShown) chartTimer = setTimeout(loadChart, 1000);
-      else { chartShown = true; loadChart(); }
+      else { chartShown = true; loadChart(); loadAlerts(); }
     } else if (message.type === "quota_alert") {
       addAlert(message.data);
     } else if (message.type === "quota_error") {
