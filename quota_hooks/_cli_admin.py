@@ -10,7 +10,7 @@ from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from .control import describe_policy, merge_policy, policy_json
+from .control import describe_policy, policy_json
 from .errors import ConfigurationError
 from .policy import QuotaPolicy, parse_policy, policy_key
 
@@ -121,7 +121,8 @@ def add_commands(commands: Any, store_help: str, manager: ManagerFactory,
 
     alerts = commands.add_parser(
         "alerts", help="a workspace's alert history (every process's, policy changes too)")
-    alerts.add_argument("workspace")
+    alerts.add_argument("workspace", help="a workspace id; a scope (team:ml) or * shows its "
+                        "policy changes and resets")
     alerts.add_argument("-n", type=int, default=20, help="how many, newest first (20)")
     alerts.add_argument("--json", action="store_true")
     alerts.add_argument("--store", help=store_help)
@@ -181,18 +182,11 @@ def _set(args: argparse.Namespace, manager: ManagerFactory,
                           "--set max_wait=5 ...)")
     m = manager(args.store)
     try:
-        table = _stored(m, usage_error)
-        # The base: the stored policy of the key, else the store's default, else the
-        # environment's (the seed's OPENAI_* variables, or the seed defaults).
-        found = table.policies.get(key) or (
-            table.policies.get("*") if key.startswith("workspace:") else None)
-        base = (parse_policy(found.document, source=f"stored policy {key!r}") if found
-                else QuotaPolicy.from_env())
         try:
-            policy = merge_policy(base, changes, names=names)
+            version, policy = m.update_policy(key, changes, by=_who("quota-hooks policy set"),
+                                              names=names)
         except ConfigurationError as exc:
             raise usage_error(str(exc)) from None
-        version = m.put_policies({key: policy}, by=_who("quota-hooks policy set"))
     finally:
         m.close()
     print(f"{key}: version {version}: {describe_policy(policy)}")
@@ -276,9 +270,10 @@ def _alerts(args: argparse.Namespace, manager: ManagerFactory,
             usage_error: type[Exception]) -> int:
     if args.n < 1:
         raise usage_error(f"-n must be at least 1, got {args.n}")
+    key = _key(args.workspace, usage_error)
     m = manager(args.store, existing=True)
     try:
-        kept = m.alert_history(args.workspace, args.n)
+        kept = m.history_of(key, args.n)
     finally:
         m.close()
     if args.json:

@@ -50,7 +50,8 @@ def _manager(store_url: str | None, *, existing: bool = False) -> Any:
     except ConfigurationError as exc:
         raise _UsageError(f"{flag}: {exc}") from exc
     try:
-        return QuotaManager.from_env(store=store)
+        # A command never seeds a store with the policies of the shell it runs in.
+        return QuotaManager.from_env(store=store, seed_policies=False)
     except ConfigurationError as exc:
         store.close()
         raise _UsageError(str(exc)) from exc

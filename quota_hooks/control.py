@@ -12,8 +12,11 @@ store's versioned policy table (:class:`~quota_hooks.storage.base.ControlStore`)
   (``blocking = False``, the memory store) is checked on the call's path instead: it costs a
   dict read;
 * the policies given in code seed a store that never held a policy, once;
-* a failed read keeps the policies in use, is logged once, and is tried again after a
-  back-off (up to 30 s), so that a store that is down does not slow every call twice.
+* a failed read keeps the policies in use, is logged once, and is tried again: every
+  ``policy_refresh`` seconds until the first read succeeds, then after a back-off of up to
+  :data:`MAX_BACKOFF` seconds, so that a store that is down does not slow every call twice;
+* a table whose version went back (a store that lost its data, a file restored from a
+  backup) is a new table, used as it is.
 """
 
 from __future__ import annotations
@@ -38,17 +41,20 @@ from .storage.base import (
     ControlStore,
     PolicyTable,
     StoredPolicy,
+    workspace_scope,
 )
 
-__all__ = ["MAX_BACKOFF", "POLICY_REFRESH", "PolicySync", "describe_policy", "merge_policy",
-           "policy_json"]
+__all__ = ["MAX_BACKOFF", "POLICY_REFRESH", "PolicySync", "base_policy", "describe_policy",
+           "history_scope", "merge_policy", "policy_json"]
 
 logger = logging.getLogger("quota_hooks")
 
 #: Seconds between two checks of the store's policy table version.
 POLICY_REFRESH = 0.5
 #: The longest wait before reading again after failed reads.
-MAX_BACKOFF = 30.0
+MAX_BACKOFF = 5.0
+#: Rounds of read, change, write a policy update makes when other changes keep coming in.
+_UPDATE_ROUNDS = 20
 
 
 class PolicySync:
@@ -63,17 +69,23 @@ class PolicySync:
     """
 
     def __init__(self, policies: Policies, store: ControlStore | None, astore: AsyncStore,
-                 clock: Callable[[], float], refresh: float = POLICY_REFRESH) -> None:
+                 clock: Callable[[], float], refresh: float = POLICY_REFRESH, *,
+                 seed: bool = True,
+                 on_seeded: Callable[[Mapping[str, str], int], None] | None = None) -> None:
         self.policies = policies
         self.store = store
         self._astore = cast(AsyncControlStore, astore)
         self.clock = clock
         self.refresh = refresh
-        self._seed = policies.code_documents() if policies.explicit and store else None
+        self._seed = (policies.code_documents() if seed and policies.explicit and store
+                      else None)
+        self._on_seeded = on_seeded
         self._inline = store is not None and getattr(store, "blocking", True) is False
         self._due = 0.0
         self._failures = 0
+        self._read_once = False
         self._lock = threading.Lock()
+        self._reading = threading.Lock()
 
     def start(self) -> None:
         """The first read (seeding a new store), then the background checks."""
@@ -94,16 +106,24 @@ class PolicySync:
         store = self.store
         if store is None:
             return
-        self._due = time.monotonic() + self.refresh
-        try:
-            if self._seed is not None:
-                store.put_policies(self._seed, self.clock(), only_if_new=True)
-                self._seed = None
-            table = store.policies(self.policies.version)
-        except Exception as exc:
-            self._failed(exc)
+        with self._reading:  # one read at a time: a slow one never lands after a newer one
+            self._due = time.monotonic() + self.refresh
+            try:
+                self._seed_store(store)
+                table = store.policies(self.policies.version)
+            except Exception as exc:
+                self._failed(exc)
+                return
+            self._read(table)
+
+    def _seed_store(self, store: ControlStore) -> None:
+        seed = self._seed
+        if seed is None:
             return
-        self._read(table)
+        version = store.put_policies(seed, self.clock(), only_if_new=True)
+        self._seed = None
+        if version is not None and self._on_seeded is not None:
+            self._on_seeded(seed, version)
 
     async def aread(self) -> None:
         """Async :meth:`read`."""
@@ -111,9 +131,12 @@ class PolicySync:
             return
         self._due = time.monotonic() + self.refresh
         try:
-            if self._seed is not None:
-                await self._astore.aput_policies(self._seed, self.clock(), only_if_new=True)
+            seed = self._seed
+            if seed is not None:
+                version = await self._astore.aput_policies(seed, self.clock(), only_if_new=True)
                 self._seed = None
+                if version is not None and self._on_seeded is not None:
+                    self._on_seeded(seed, version)
             table = await self._astore.apolicies(self.policies.version)
         except Exception as exc:
             self._failed(exc)
@@ -126,12 +149,14 @@ class PolicySync:
 
     def _failed(self, exc: BaseException) -> None:
         self._failures += 1
-        self._due = time.monotonic() + min(MAX_BACKOFF, self.refresh * 2 ** self._failures)
+        if self._read_once:  # back off; until a first read, keep trying at the usual pace
+            self._due = time.monotonic() + min(MAX_BACKOFF, self.refresh * 2 ** self._failures)
         logger.log(logging.WARNING if self._failures == 1 else logging.DEBUG,
                    "quota-hooks: reading the policies from %r failed (the policies in use "
                    "stay): %r", self.store, exc)
 
     def _read(self, table: PolicyTable | None) -> None:
+        self._read_once = True
         if self._failures:
             logger.info("quota-hooks: the policies of %r are read again", self.store)
             self._failures = 0
@@ -142,13 +167,20 @@ class PolicySync:
         """Use ``table`` from now on (logging a stored policy that cannot be read, and, the
         first time, each stored policy that overrides a different one in code)."""
         with self._lock:
-            if table.version <= self.policies.version:
-                return  # an older read finishing late
-            first = self.policies.version == 0
+            current = self.policies.version
+            if table.version == current:
+                return
+            if table.version < current:
+                logger.warning(
+                    "quota-hooks: the policy table of %r went back from version %d to %d (a "
+                    "store that lost its data, or restored from a backup): using version %d",
+                    self.store, current, table.version, table.version)
+            first = current == 0
             bad = self.policies.use_stored(table)
-        for key in bad:
-            logger.warning("quota-hooks: the stored policy %r is not a valid policy; it is "
-                           "left out (quota-hooks policy set or delete fixes it)", key)
+        for what in bad:
+            logger.warning("quota-hooks: the stored policy %s could not be read in full; what "
+                           "could not is left out (quota-hooks policy set or delete fixes it)",
+                           what)
         if first and self.policies.explicit:
             for key, stored in table.policies.items():
                 mine = self.policies.code_policy(key)
@@ -162,18 +194,41 @@ class PolicySync:
     def put(self, changes: Mapping[str, QuotaPolicy | None]) -> int:
         """Store ``changes`` (``None`` deletes a key) in one new table version, and use the
         table at once. Raises on a store failure."""
-        store = self.store
-        assert store is not None
         documents = {key: None if p is None else p.model_dump_json()
                      for key, p in changes.items()}
-        if self._seed is not None:  # the code's policies first, if the store is new
-            store.put_policies(self._seed, self.clock(), only_if_new=True)
-            self._seed = None
-        version = store.put_policies(documents, self.clock()) or 0
-        table = store.policies(self.policies.version)
-        if table is not None:
-            self.use(table)
-        return version
+        return self._write(lambda table: documents)
+
+    def update(self, key: str, fields: Mapping[str, Any], *,
+               names: Mapping[str, str] | None = None) -> tuple[int, QuotaPolicy]:
+        """Change some ``fields`` of the stored policy ``key`` (starting from
+        :func:`base_policy` when it has none), from the table as it is now: a change made
+        meanwhile by another process is read again and kept, never overwritten. Returns the
+        version and the policy. Raises :class:`ConfigurationError` for a bad field, naming it
+        as ``names`` says."""
+        found: list[QuotaPolicy] = []
+
+        def change(table: PolicyTable) -> dict[str, str | None]:
+            policy = merge_policy(base_policy(table, key), fields, names=names)
+            found[:] = [policy]
+            return {key: policy.model_dump_json()}
+
+        version = self._write(change)
+        return version, found[0]
+
+    def _write(self, change: Callable[[PolicyTable], Mapping[str, str | None]]) -> int:
+        store = self.store
+        assert store is not None
+        self._seed_store(store)  # the code's policies first, if the store is new
+        for _ in range(_UPDATE_ROUNDS):
+            table = store.policies()
+            assert table is not None
+            version = store.put_policies(change(table), self.clock(),
+                                         expect_version=table.version)
+            if version is not None:
+                self.read()
+                return version
+        raise ConfigurationError(f"the policies of {store!r} kept changing while this change "
+                                 f"was made ({_UPDATE_ROUNDS} tries); nothing was written")
 
     def close(self) -> None:
         """Stop refreshing."""
@@ -227,15 +282,53 @@ def merge_policy(base: QuotaPolicy, changes: Mapping[str, Any], *,
 
 
 def policy_json(key: str, stored: StoredPolicy) -> dict[str, Any]:
-    """A stored policy as the CLI and the REST API show it."""
-    return {
+    """A stored policy as the CLI and the REST API show it: the policy this version
+    enforces, and the fields it could not read (``"unreadable"``), if any."""
+    shown: dict[str, Any] = {
         "key": key,
         "version": stored.version,
         "updated_at": datetime.fromtimestamp(stored.updated_at, UTC).isoformat().replace(
             "+00:00", "Z"),
-        "policy": parse_policy(stored.document, source=f"stored policy {key!r}").model_dump(
-            mode="json"),
     }
+    dropped: list[str] = []
+    try:
+        shown["policy"] = parse_policy(stored.document, source=f"stored policy {key!r}",
+                                       dropped=dropped).model_dump(mode="json")
+    except ConfigurationError as exc:
+        shown["policy"] = None
+        dropped.append(str(exc))
+    if dropped:
+        shown["unreadable"] = dropped
+    return shown
+
+
+def base_policy(table: PolicyTable, key: str) -> QuotaPolicy:
+    """What a change to ``key`` starts from: its stored policy; else, for a workspace (or
+    ``*``), the store's ``*``, else the seed defaults and ``OPENAI_*`` variables; for a scope
+    ``kind:value``, the store's ``kind:*``, else no limit at all (a scope without a policy
+    is not limited)."""
+    found = table.policies.get(key)
+    if found is None:
+        kind, _, value = key.partition(":")
+        if key == "*" or kind == "workspace":
+            found = table.policies.get("*")
+            if found is None:
+                return QuotaPolicy.from_env()
+        else:
+            found = table.policies.get(f"{kind}:*") if value != "*" else None
+            if found is None:
+                return QuotaPolicy.unlimited()
+    return parse_policy(found.document, source=f"stored policy {key!r}")
+
+
+def history_scope(key: str) -> str:
+    """Where changes to the policy or usage of ``key`` are kept: a workspace's in its alert
+    history, a scope's in its own (``team:ml``), the default's in ``policy:*``; never in the
+    history of a workspace that happens to be called ``team:ml`` or ``*``."""
+    kind, _, value = key.partition(":")
+    if kind == "workspace":
+        return workspace_scope(value)
+    return "policy:*" if key == "*" else key
 
 
 class _Refresher:

@@ -28,7 +28,7 @@ from ._health import DEGRADED_SECONDS, Health
 from .advice import Advice, advise, mixes_from_breakdown
 from .alerts.engine import AlertEngine, StoreReader
 from .alerts.model import Alert, AlertKind, AlertSink, SinkLike
-from .control import POLICY_REFRESH, PolicySync, describe_policy
+from .control import POLICY_REFRESH, PolicySync, describe_policy, history_scope
 from .errors import ConfigurationError, QuotaExceededError, StorageError
 from .events import Events
 from .forecast import Forecast, months_needed, scope_forecast
@@ -88,6 +88,8 @@ class QuotaManager:
         policy_refresh: seconds between two checks of the store's policy table (see below).
         alert_history: alerts kept per workspace in the store (every process's, and across
             restarts: :meth:`alert_history`); 0 keeps none.
+        seed_policies: False: the policies given here never seed the store (a viewer or an
+            admin tool: ``quota-hooks serve``, ``status`` and ``policy`` use it).
 
     Policies live in the store too (every built-in store keeps them), so that every process
     sharing it enforces the same ones: ``quota-hooks policy set`` changes them everywhere
@@ -116,6 +118,7 @@ class QuotaManager:
         hysteresis_percent: float = 5.0,
         policy_refresh: float = POLICY_REFRESH,
         alert_history: int = 100,
+        seed_policies: bool = True,
     ) -> None:
         if policy is not None and default_policy is not None:
             raise ConfigurationError("give either policy= or default_policy=, not both")
@@ -142,7 +145,8 @@ class QuotaManager:
         self.prices: PriceBook = prices if prices is not None else PriceBook.default()
         self.clock: Clock = clock if clock is not None else time.time
         self._sync = PolicySync(self.policies, self._control, self._astore, self.now,
-                                float(policy_refresh))
+                                float(policy_refresh), seed=seed_policies,
+                                on_seeded=self._seeded)
         self.recent_limit = recent_limit
         self.sleep: Sleeper = time.sleep
         """How ``acquire`` waits (a test injects ``ManualClock.sleep``)."""
@@ -221,9 +225,10 @@ class QuotaManager:
         if policy is not None and not isinstance(policy, QuotaPolicy):
             raise ConfigurationError(
                 f"policy must be a QuotaPolicy or None, got {type(policy).__name__}")
-        if self._control is not None:
+        if self._control is not None:  # the store's only: a code copy would outlive a delete
             self.put_policies({f"workspace:{workspace_id}": policy})
-        self.policies.set(workspace_id, policy)
+        else:
+            self.policies.set(workspace_id, policy)
 
     def put_policies(self, changes: Mapping[str, QuotaPolicy | None], *,
                      by: str = "manager") -> int:
@@ -233,14 +238,50 @@ class QuotaManager:
         (``by`` says who made it). Raises :class:`StorageError` when the store fails and
         :class:`ConfigurationError` when it keeps no policies."""
         self._need_control("storing policies")
-        with _reading("policies", ", ".join(changes)):
-            version = self._sync.put(changes)
         for key, policy in changes.items():
-            self.note_admin_action(AlertKind.POLICY_CHANGED, key, (
-                f"The policy of {key} was {'deleted' if policy is None else 'set'} by {by} "
-                f"(policy version {version})" + ("" if policy is None else
-                                                 f": {describe_policy(policy)}") + "."))
-        return version or 0
+            if policy is not None and not isinstance(policy, QuotaPolicy):
+                raise ConfigurationError(
+                    f"policies[{key!r}] must be a QuotaPolicy or None, got "
+                    f"{type(policy).__name__}")
+        keys = {policy_key(key): policy for key, policy in changes.items()}
+        with _reading("policies", ", ".join(keys)):
+            version = self._sync.put(keys)
+        for key, policy in keys.items():
+            self._policy_changed(key, policy, version, by)
+        return version
+
+    def update_policy(self, name: str, fields: Mapping[str, Any], *, by: str = "manager",
+                      names: Mapping[str, str] | None = None) -> tuple[int, QuotaPolicy]:
+        """Change some ``fields`` of the stored policy of ``name`` (a workspace id,
+        ``"team:ml"``, ``"user:*"`` or ``"*"``); the others keep their value (its stored
+        policy, else :func:`~quota_hooks.control.base_policy`). A change another process made
+        meanwhile is kept, never overwritten. Returns the new version and the policy; the
+        change is kept in the alert history. Raises :class:`ConfigurationError` for a bad
+        field (named as ``names`` says), :class:`StorageError` when the store fails."""
+        self._need_control("storing policies")
+        key = policy_key(name)
+        with _reading("policies", key):
+            version, policy = self._sync.update(key, fields, names=names)
+        self._policy_changed(key, policy, version, by)
+        return version, policy
+
+    def _policy_changed(self, key: str, policy: QuotaPolicy | None, version: int,
+                        by: str) -> None:
+        self.note_admin_action(AlertKind.POLICY_CHANGED, key, (
+            f"The policy of {key} was {'deleted' if policy is None else 'set'} by {by} "
+            f"(policy version {version})" + ("" if policy is None else
+                                             f": {describe_policy(policy)}") + "."))
+
+    def _seeded(self, documents: Mapping[str, str], version: int) -> None:
+        """The code's policies seeded a new store: said in each key's history (not sent to
+        the sinks: every first start of an app would)."""
+        for key in documents:
+            try:
+                self.note_admin_action(AlertKind.POLICY_CHANGED, key, (
+                    f"The policy of {key} was seeded from the code of process {os.getpid()} "
+                    f"(policy version {version}): the store held no policy."), publish=False)
+            except Exception as exc:  # the seed is written; only its note failed
+                self.note_tracking_failure("alert history", exc)
 
     def reset_usage(self, name: str, *, by: str = "manager") -> Decimal:
         """Start the budget month of a workspace (``"acme"``) or scope (``"team:ml"``) again:
@@ -269,32 +310,38 @@ class QuotaManager:
         self.events.changed(value if kind == "workspace" else key)
         return taken
 
-    def note_admin_action(self, kind: AlertKind, key: str, message: str) -> Alert:
+    def note_admin_action(self, kind: AlertKind, key: str, message: str, *,
+                          publish: bool = True) -> Alert:
         """Keep an admin's change (a policy set or deleted, a usage reset) in the alert
         history of the scope it touched (``key``: ``"workspace:<id>"``, ``"team:ml"``, ``"*"``)
         and send it to the sinks and live listeners, so that no change is silent. Raises
         :class:`StorageError` when the history cannot be written."""
         now = self.clock()
         workspace = key.partition(":")[2] if key.startswith("workspace:") else key
-        alert = Alert(kind=kind, workspace_id=workspace,
-                      scope=key if key.startswith("workspace:") else workspace_scope(workspace),
+        alert = Alert(kind=kind, workspace_id=workspace, scope=history_scope(key),
                       message=message, at=datetime.fromtimestamp(now, UTC),
                       dedupe_key=f"admin:{key}:{kind.value}:{now!r}")
         if self._control is not None and self.alert_history_size:
             with _reading("alert history", workspace):
                 self._control.append_alert(alert.scope, alert.model_dump_json(), now,
                                            self.alert_history_size)
-        self.alerts.publish(alert)
+        if publish:
+            self.alerts.publish(alert)
         return alert
 
     def alert_history(self, workspace_id: str, n: int = 50) -> list[Alert]:
         """The last ``n`` alerts of ``workspace_id`` kept in the store (every process's,
         across restarts; policy changes and resets included), newest first. Raises
         :class:`StorageError` if the store fails."""
+        return self.history_of(f"workspace:{workspace_id}", n)
+
+    def history_of(self, key: str, n: int = 50) -> list[Alert]:
+        """:meth:`alert_history` of a store key: ``"workspace:<id>"``, a scope
+        (``"team:ml"``: its policy changes and resets) or ``"*"`` (the default's)."""
         if self._control is None or n <= 0:
             return []
-        with _reading("alert history", workspace_id):
-            rows = self._control.alert_history(workspace_scope(workspace_id), n)
+        with _reading("alert history", key):
+            rows = self._control.alert_history(history_scope(key), n)
         return _alerts(rows)
 
     async def aalert_history(self, workspace_id: str, n: int = 50) -> list[Alert]:
@@ -742,7 +789,7 @@ def _reading(what: str, workspace_id: str) -> Iterator[None]:
     """Store reads of one report: any failure is a :class:`StorageError` naming it."""
     try:
         yield
-    except StorageError:
+    except (StorageError, ConfigurationError):
         raise
     except Exception as exc:
         raise StorageError(f"reading the {what} of {workspace_id!r} failed: {exc}") from exc

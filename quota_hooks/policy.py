@@ -48,6 +48,10 @@ ENV_VARIABLES: Mapping[str, tuple[str, int]] = {
 }
 _UNLIMITED = {"none", "unlimited", "off"}
 _MAX_THRESHOLDS = 10
+#: The largest rate limit (requests or tokens): a quadrillion; ``None`` is unlimited.
+MAX_LIMIT = 10**15
+#: The largest money budget, in USD (its nano-dollars fit every store's 64-bit counters).
+MAX_BUDGET_USD = Decimal(10**9)
 
 
 class QuotaPolicy(BaseModel):
@@ -94,11 +98,12 @@ class QuotaPolicy(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    rpm: int | None = Field(default=500, ge=0)
-    rpd: int | None = Field(default=10_000, ge=0)
-    tpm: int | None = Field(default=150_000, ge=0)
-    tpd: int | None = Field(default=2_000_000, ge=0)
-    monthly_budget_usd: Decimal | None = Field(default=Decimal(100), ge=0, allow_inf_nan=False)
+    rpm: int | None = Field(default=500, ge=0, le=MAX_LIMIT)
+    rpd: int | None = Field(default=10_000, ge=0, le=MAX_LIMIT)
+    tpm: int | None = Field(default=150_000, ge=0, le=MAX_LIMIT)
+    tpd: int | None = Field(default=2_000_000, ge=0, le=MAX_LIMIT)
+    monthly_budget_usd: Decimal | None = Field(default=Decimal(100), ge=0, le=MAX_BUDGET_USD,
+                                               allow_inf_nan=False)
     warning_percent: float = Field(default=80.0, gt=0, le=100, allow_inf_nan=False)
     critical_percent: float = Field(default=95.0, gt=0, le=100, allow_inf_nan=False)
     thresholds: tuple[float, ...] | None = None
@@ -118,6 +123,13 @@ class QuotaPolicy(BaseModel):
         unknown = sorted(set(value) - set(LIMIT_METRICS))
         if unknown:
             raise ValueError(f"unknown limit metric(s) {unknown}; use {list(LIMIT_METRICS)}")
+        return value
+
+    @field_validator("rpm", "rpd", "tpm", "tpd", "default_max_tokens", mode="before")
+    @classmethod
+    def _not_a_bool(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # JSON true is not a limit of 1
+            raise ValueError(f"must be a whole number or null, got {value!r}")
         return value
 
     @field_validator("thresholds")
@@ -372,8 +384,9 @@ class Policies:
         return self._scopes.get(key)
 
     def use_stored(self, table: PolicyTable) -> list[str]:
-        """Use the store's policy table from now on. Returns the keys it could not read (a
-        document that is not a policy: it is left out, logged by the caller)."""
+        """Use the store's policy table from now on. Returns what it could not read (a key
+        whose document is not a policy, left out; a field this version cannot read, left out
+        of its policy), for the caller to log."""
         stored, bad = _Stored.of(table, self._stored)
         self._stored = stored
         return bad
@@ -398,20 +411,29 @@ def policy_key(name: str) -> str:
     if not isinstance(name, str) or not name.strip():
         raise ConfigurationError(f"a policy needs a workspace, scope or '*', got {name!r}")
     name = name.strip()
-    if name == "*" or is_scope_key(name):
+    if name in ("*", "workspace:*"):  # every workspace without its own
+        return "*"
+    kind, sep, rest = name.partition(":")
+    if sep and not (kind and rest):
+        raise ConfigurationError(
+            f"{name!r}: a scope is kind:value (team:ml, user:*), with neither part empty")
+    if is_scope_key(name):
         return name
     return f"workspace:{name}"
 
 
 def parse_policy(document: str | bytes | Mapping[str, Any], *, source: str = "policy",
-                 strict: bool = False) -> QuotaPolicy:
-    """A policy from its JSON (or a dict). Fields this version does not know are left out (a
-    newer version may have written them: a stored policy stays readable), or, ``strict``,
-    refused.
+                 strict: bool = False, dropped: list[str] | None = None) -> QuotaPolicy:
+    """A policy from its JSON (or a dict).
+
+    ``strict``: an unknown field or a bad value is a :class:`ConfigurationError`. Else (a
+    stored policy, which a newer version may have written) each field this version cannot
+    read is left out, named in ``dropped``, and the others are kept: one field never costs
+    the whole policy.
 
     Raises:
-        ConfigurationError: a document that is not a valid policy, naming ``source`` and the
-            field.
+        ConfigurationError: a document that is not a JSON object, or (``strict``) any bad
+            field, naming ``source``, the field and the value.
     """
     import json
 
@@ -421,15 +443,30 @@ def parse_policy(document: str | bytes | Mapping[str, Any], *, source: str = "po
         raise ConfigurationError(f"{source}: not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigurationError(f"{source}: a policy is a JSON object, got {data!r:.80}")
-    known = {k: v for k, v in data.items() if k in QuotaPolicy.model_fields}
-    if strict and len(known) < len(data):
-        unknown = sorted(set(data) - set(known))
+    unknown = sorted(set(data) - set(QuotaPolicy.model_fields))
+    if unknown and strict:
         raise ConfigurationError(f"{source}: unknown policy field(s) {unknown}; use "
                                  f"{sorted(QuotaPolicy.model_fields)}")
-    try:
-        return QuotaPolicy(**known)
-    except ValidationError as exc:
-        raise ConfigurationError(f"{source}: {_config_error(exc)}") from exc
+    known = {k: v for k, v in data.items() if k in QuotaPolicy.model_fields}
+    left_out = list(unknown)
+    for _ in range(len(known) + 1):
+        try:
+            policy = QuotaPolicy(**known)
+            break
+        except ValidationError as exc:
+            if strict:
+                raise ConfigurationError(f"{source}: {_config_error(exc)}") from exc
+            bad = {str(e["loc"][0]) for e in exc.errors() if e["loc"]} & set(known)
+            if not bad:  # a rule across fields (warning above critical): both go
+                bad = {"warning_percent", "critical_percent"} & set(known) or set(known)
+            for field in bad:
+                known.pop(field, None)
+                left_out.append(field)
+    else:  # pragma: no cover - every round drops a field
+        policy = QuotaPolicy()
+    if dropped is not None:
+        dropped.extend(sorted(left_out))
+    return policy
 
 
 class _Stored:
@@ -460,11 +497,15 @@ class _Stored:
             if seen is not None and seen[0] == stored.document:
                 policy = seen[1]  # unchanged: the same object (its limits stay cached)
             else:
+                dropped: list[str] = []
                 try:
-                    policy = parse_policy(stored.document, source=f"stored policy {key!r}")
+                    policy = parse_policy(stored.document, source=f"stored policy {key!r}",
+                                          dropped=dropped)
                 except ConfigurationError:
                     bad.append(key)
                     continue
+                if dropped:
+                    bad.append(f"{key} (fields left out: {', '.join(dropped)})")
             documents[key] = (stored.document, policy)
             kind, _, rest = key.partition(":")
             if key == "*":

@@ -353,3 +353,11 @@ def test_a_budget_reset_keeps_the_holds_and_the_breakdowns(ops: Ops) -> None:
     assert ops.counters("workspace:ws", T0, MONTH).cost_month_nanos == 0
     assert ops.breakdown("workspace:ws", MONTH, "model")["gpt-4o-mini"].cost_nanos == 5_000_000
     assert ops.reset_budget("workspace:nobody", MONTH, T0) == 0
+
+
+def test_a_policy_write_from_a_stale_read_is_refused(ops: Ops) -> None:
+    assert ops.put_policies({"*": '{"rpm": 1}'}, T0, expect_version=0) == 1
+    assert ops.put_policies({"*": '{"rpm": 2}'}, T0, expect_version=0) is None  # stale
+    assert ops.put_policies({"*": '{"rpm": 3}'}, T0, expect_version=1) == 2
+    table = ops.policies()
+    assert table is not None and table.policies["*"].document == '{"rpm": 3}'

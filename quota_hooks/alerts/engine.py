@@ -202,7 +202,9 @@ class AlertEngine:
         # claim per evaluation round, not one per failed call.
         self._events: dict[tuple[str, AlertKind], None] = {}
         self._local_claims: dict[str, float] = {}
-        self._armed: dict[tuple[str, str], tuple[int, str]] = {}
+        # Per (workspace, metric): the highest threshold sent (a percentage, not a position in
+        # the list: a policy whose thresholds change keeps what was sent) and its period.
+        self._armed: dict[tuple[str, str], tuple[Decimal, str]] = {}
         self._published: list[Alert] = []
         self._forecast_at: dict[str, float] = {}
         self._lock = threading.Lock()
@@ -380,7 +382,8 @@ class AlertEngine:
             percent = percent_of(current, limit)
             period = usage.month if m.is_budget else ""
             key = (workspace_id, m.name)
-            armed_level, armed_period = self._armed.get(key, (0, period))
+            sent, armed_period = self._armed.get(key, (Decimal(-1), period))
+            armed_level = sum(1 for value in thresholds.values if value <= sent)
             armed = armed_level if armed_period == period else 0
             moved = step(percent, armed, thresholds, self.hysteresis)
             for kind, threshold in moved.fired:
@@ -390,7 +393,7 @@ class AlertEngine:
             if moved.level == 0:
                 self._armed.pop(key, None)
             else:
-                self._armed[key] = (moved.level, period)
+                self._armed[key] = (thresholds.at(moved.level), period)
         projected = await self._projected(workspace_id, usage, now)
         if projected is not None:
             alerts.append((projected, BUDGET.claim_seconds))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hmac
-import json
 import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -28,7 +27,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 from ..control import policy_json
 from ..errors import ConfigurationError, StorageError
 from ..manager import QuotaManager
-from ..policy import parse_policy, policy_key
+from ..policy import QuotaPolicy, policy_key
 from ..windows import parse_since
 from .headers import (
     FRAME_ANCESTORS_ENV,
@@ -500,22 +499,27 @@ def quota_router(
 
     @router.put("/api/quota/policies/{name:path}")
     async def put_policy(name: str, request: Request) -> dict[str, Any]:
-        """Store the policy in the body (a QuotaPolicy as JSON; fields left out take their
-        defaults) for every process sharing the store (admin token)."""
+        """Change the stored policy of ``name`` (admin token): the body's fields (a JSON
+        object of QuotaPolicy fields); the others keep their value (the stored policy, else
+        the key's default: the store's ``*`` or ``kind:*``, else the seed defaults for a
+        workspace and no limit for a scope). A change made meanwhile is never overwritten."""
         _admin(request)
         key = _policy_key(name)
         try:
             body = await request.json()
         except ValueError:
             raise HTTPException(422, "the body must be a policy as a JSON object") from None
-        try:
-            policy = parse_policy(body if isinstance(body, dict) else json.dumps(body),
-                                  source="body", strict=True)
-        except ConfigurationError as exc:
-            raise HTTPException(422, str(exc)) from None
-        with _unavailable_on_store_errors(), _control_plane():
-            version = await anyio.to_thread.run_sync(
-                functools.partial(manager.put_policies, {key: policy}, by="the REST API"))
+        if not isinstance(body, dict):
+            raise HTTPException(422, "the body must be a policy as a JSON object")
+        unknown = sorted(set(body) - set(QuotaPolicy.model_fields))
+        if unknown:
+            raise HTTPException(422, f"body: unknown policy field(s) {unknown}")
+        with _unavailable_on_store_errors():
+            try:
+                version, policy = await anyio.to_thread.run_sync(functools.partial(
+                    manager.update_policy, key, body, by="the REST API"))
+            except ConfigurationError as exc:
+                raise HTTPException(422, str(exc)) from None
         return {"key": key, "version": version, "policy": policy.model_dump(mode="json")}
 
     @router.delete("/api/quota/policies/{name:path}")

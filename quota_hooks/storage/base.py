@@ -349,11 +349,12 @@ class ControlStore(Protocol):
         ...
 
     def put_policies(self, changes: Mapping[str, str | None], now: float, *,
-                     only_if_new: bool = False) -> int | None:
+                     only_if_new: bool = False, expect_version: int | None = None) -> int | None:
         """Store each ``key: JSON`` of ``changes`` (``None`` deletes the key) in one atomic step
-        and one new table version, which it returns. ``only_if_new``: only in a store that
-        never held a policy (else nothing is written and None is returned), which is how
-        the policies in code seed a store once."""
+        and one new table version, which it returns. Nothing is written, and None returned,
+        when ``only_if_new`` and the store ever held a policy (how the policies in code seed
+        a store once), or when the table's version is not ``expect_version`` (a change made
+        from what was read: a concurrent change is never overwritten)."""
         ...
 
     def append_alert(self, scope: str, document: str, now: float, keep: int) -> None:
@@ -382,7 +383,8 @@ class AsyncControlStore(Protocol):
         ...
 
     async def aput_policies(self, changes: Mapping[str, str | None], now: float, *,
-                            only_if_new: bool = False) -> int | None:
+                            only_if_new: bool = False,
+                            expect_version: int | None = None) -> int | None:
         """:meth:`ControlStore.put_policies`."""
         ...
 

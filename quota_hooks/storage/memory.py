@@ -323,10 +323,11 @@ class MemoryStore:
         return None if table.version == known else table
 
     def put_policies(self, changes: Mapping[str, str | None], now: float, *,
-                     only_if_new: bool = False) -> int | None:
+                     only_if_new: bool = False, expect_version: int | None = None) -> int | None:
         with self._lock:
             table = self._policies
-            if only_if_new and table.version:
+            if (only_if_new and table.version) or (
+                    expect_version is not None and table.version != expect_version):
                 return None
             version = table.version + 1
             policies = dict(table.policies)

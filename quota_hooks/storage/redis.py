@@ -1482,9 +1482,9 @@ class RedisStore:
         return self._policy_table(self._run("policies", self._policy_keys, (str(known),)), known)
 
     def put_policies(self, changes: Mapping[str, str | None], now: float, *,
-                     only_if_new: bool = False) -> int | None:
+                     only_if_new: bool = False, expect_version: int | None = None) -> int | None:
         found = self._run("put_policies", self._policy_keys,
-                          self._put_args(changes, now, only_if_new))
+                          self._put_args(changes, now, only_if_new, expect_version))
         return None if found is None else int(found)
 
     def append_alert(self, scope: str, document: str, now: float, keep: int) -> None:
@@ -1500,8 +1500,10 @@ class RedisStore:
         return int(self._run("reset_budget", [self._scope_keys(scope, month)[2]], ()))
 
     @staticmethod
-    def _put_args(changes: Mapping[str, str | None], now: float, only_if_new: bool) -> list[str]:
-        args = [repr(float(now)), "1" if only_if_new else "0"]
+    def _put_args(changes: Mapping[str, str | None], now: float, only_if_new: bool,
+                  expect_version: int | None) -> list[str]:
+        args = [repr(float(now)), "1" if only_if_new else "0",
+                "" if expect_version is None else str(expect_version)]
         for key, document in changes.items():
             args += [key, document or ""]
         return args
@@ -1634,9 +1636,10 @@ class RedisStore:
             await self._arun("policies", self._policy_keys, (str(known),)), known)
 
     async def aput_policies(self, changes: Mapping[str, str | None], now: float, *,
-                            only_if_new: bool = False) -> int | None:
+                            only_if_new: bool = False,
+                            expect_version: int | None = None) -> int | None:
         found = await self._arun("put_policies", self._policy_keys,
-                                 self._put_args(changes, now, only_if_new))
+                                 self._put_args(changes, now, only_if_new, expect_version))
         return None if found is None else int(found)
 
     async def aappend_alert(self, scope: str, document: str, now: float, keep: int) -> None:

@@ -859,14 +859,16 @@ class SQLiteStore:
         return self._guard(run, what="policies")
 
     def put_policies(self, changes: Mapping[str, str | None], now: float, *,
-                     only_if_new: bool = False) -> int | None:
+                     only_if_new: bool = False, expect_version: int | None = None) -> int | None:
         def run() -> int | None:
             with self._transaction() as conn:
                 row = conn.execute(
                     "SELECT value FROM meta WHERE key = 'policies_version'").fetchone()
-                if only_if_new and row is not None:
+                current = int(row[0]) if row else 0
+                if (only_if_new and row is not None) or (
+                        expect_version is not None and current != expect_version):
                     return None
-                version = (int(row[0]) if row else 0) + 1
+                version = current + 1
                 for key, document in changes.items():
                     if document is None:
                         conn.execute("DELETE FROM policies WHERE key = ?", (key,))
