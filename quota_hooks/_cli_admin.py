@@ -321,6 +321,6 @@ def _reset(args: argparse.Namespace, manager: ManagerFactory,
             raise usage_error(str(exc)) from None
     finally:
         m.close()
-    print(f"{_key(args.name, usage_error)}: budget month reset; {format_usd(taken)} recorded "
+    print(f"{_key(args.name, usage_error)}: budget month reset; {format_usd(taken)} charged "
           "this month no longer counts against it (kept in its alert history)")
     return 0

@@ -285,27 +285,32 @@ class QuotaManager:
 
     def reset_usage(self, name: str, *, by: str = "manager") -> Decimal:
         """Start the budget month of a workspace (``"acme"``) or scope (``"team:ml"``) again:
-        what it recorded this month no longer counts against its budget (pending calls still
-        do; the breakdowns and the history keep everything). The reset is kept in the alert
-        history (``usage_reset``, with ``by``) and sent to the sinks. Returns the USD taken
-        off. Raises :class:`StorageError` when the store fails, :class:`ConfigurationError`
-        for ``"*"`` or a store that keeps no control plane."""
+        what it was charged this month no longer counts against its budget (calls still
+        pending do; the breakdowns and the history keep everything), and its budget alerts
+        fire again. The reset is kept in the alert history (``usage_reset``, with ``by``) and
+        sent to the sinks. Returns the USD taken off. Raises :class:`StorageError` when the
+        store fails, :class:`ConfigurationError` for ``"*"``, a name with no usage this month,
+        or a store that keeps no control plane."""
         control = self._need_control("resetting usage")
         key = policy_key(name)
         kind, _, value = key.partition(":")
         if key == "*" or value == "*":
             raise ConfigurationError(f"reset one workspace or scope at a time, not {name!r}")
-        if kind == "workspace":
-            scope, policy = workspace_scope(value), self.policies.for_workspace(value)
-        else:
-            scope = f"{bounded(kind)}:{bounded(value)}"
-            policy = self.policies.for_scope(kind, value) or self.policies.default
+        scope = (workspace_scope(value) if kind == "workspace"
+                 else f"{bounded(kind)}:{bounded(value)}")
         now = self.clock()
-        month = month_key(now, policy.timezone)
+        # A scope's month is its calls' (each workspace's zone): the month of now in every
+        # zone, which is one month, or two near a month's start.
+        months = sorted({month_key(now, "Etc/GMT+12"), month_key(now, "Etc/GMT-14")})
         with _reading("usage", key):
-            taken = from_nanos(control.reset_budget(scope, month, now))
+            found = [control.reset_budget(scope, m, now) for m in months]
+        if all(taken is None for taken in found):
+            raise ConfigurationError(f"{key} has no usage in {' or '.join(months)}: nothing to "
+                                     "reset (a typo?)")
+        taken = from_nanos(sum(t or 0 for t in found))
+        month = "/".join(m for m, t in zip(months, found, strict=True) if t is not None)
         self.note_admin_action(AlertKind.USAGE_RESET, key, (
-            f"The {month} budget of {key} was reset by {by}: {format_usd(taken)} recorded this "
+            f"The {month} budget of {key} was reset by {by}: {format_usd(taken)} charged this "
             "month no longer counts against it (the breakdowns and history keep it)."))
         self.events.changed(value if kind == "workspace" else key)
         return taken

@@ -10,6 +10,7 @@ import sys
 import textwrap
 import time
 import uuid
+from datetime import UTC
 from decimal import Decimal
 from pathlib import Path
 
@@ -17,7 +18,13 @@ import pytest
 from fastapi.testclient import TestClient
 from store_helpers import redis_url
 
-from quota_hooks import QuotaManager, QuotaPolicy, RateLimitedError, UsageRecord
+from quota_hooks import (
+    ConfigurationError,
+    QuotaManager,
+    QuotaPolicy,
+    RateLimitedError,
+    UsageRecord,
+)
 from quota_hooks.alerts import Alert, AlertKind
 from quota_hooks.cli import main
 from quota_hooks.server import create_app
@@ -346,8 +353,6 @@ def test_four_thresholds_crossed_in_one_jump_give_four_alerts_in_order_once() ->
 
 @pytest.mark.unit
 def test_thresholds_are_validated() -> None:
-    from quota_hooks import ConfigurationError
-
     assert QuotaPolicy(thresholds=[95, 50, 50, 80]).thresholds == (50, 80, 95)
     with pytest.raises(ValueError, match="at most 100"):
         QuotaPolicy(thresholds=[50, 101])
@@ -462,7 +467,7 @@ def test_a_reset_reopens_the_budget_and_is_kept_in_the_history(
     m = QuotaManager(QuotaPolicy(monthly_budget_usd=Decimal(1)), store=store_from_url(url))
     assert [_budget_call(m) for _ in range(4)] == [True, True, True, False]  # $1.20 > $1
     assert main(["reset", "acme", "--store", url]) == 0  # another process, an admin
-    assert "$1.20 recorded this month no longer counts" in capsys.readouterr().out
+    assert "$1.20 charged this month no longer counts" in capsys.readouterr().out
     assert m.status("acme").monthly_budget_usd.current == 0
     assert [_budget_call(m) for _ in range(4)] == [True, True, True, False]
     # The breakdowns keep everything; the history says who reset it and how much.
@@ -571,7 +576,6 @@ def test_a_concurrent_change_is_read_again_never_overwritten() -> None:
 @pytest.mark.unit
 def test_limits_beyond_what_stores_count_are_refused_with_their_name(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from quota_hooks import ConfigurationError
     from quota_hooks.policy import parse_policy, policy_key
 
     with pytest.raises(ValueError, match="monthly_budget_usd"):
@@ -650,4 +654,73 @@ def test_a_first_read_that_failed_is_tried_again_at_once_not_after_a_back_off(
     while m.policy_for("ws").rpm != 2 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert m.policy_for("ws").rpm == 2 and time.monotonic() < deadline - 3  # within ~2 s
+    m.close()
+
+
+@pytest.mark.unit
+def test_a_reprice_after_a_reset_moves_only_the_breakdowns_of_earlier_calls(
+        tmp_path: Path) -> None:
+    from quota_hooks.pricing import PriceBook
+
+    clock = ManualClock(T0)
+    m = QuotaManager(QuotaPolicy(monthly_budget_usd=Decimal(1)),
+                     store=SQLiteStore(tmp_path / "p.db"), clock=clock)
+    for _ in range(4):
+        m.record(UsageRecord(workspace_id="acme", model="gpt-4o", input_tokens=100_000))
+    clock.advance(60)
+    m.reset_usage("acme")
+    assert m.status("acme").monthly_budget_usd.current == 0
+    clock.advance(60)
+    cheap = PriceBook.bundled().with_overrides({"gpt-4o": {"input": "0.01", "output": "0.01"}})
+    m.prices = m.core.prices = cheap
+    m.reprice(T0 - 1)
+    assert m.status("acme").monthly_budget_usd.current == 0  # no credit handed back
+    models = m.status("acme").enhanced_tracking.models_breakdown  # type: ignore[union-attr]
+    assert models["gpt-4o"].cost_usd == pytest.approx(4 * 0.001)
+    m.close()
+
+
+@pytest.mark.unit
+def test_a_team_reset_reaches_the_month_its_workspaces_count_in() -> None:
+    """A Tokyo workspace's team is charged in Tokyo's month: on Nov 30 at 20:00 UTC that is
+    already December, and a reset of the team reaches it."""
+    from datetime import datetime
+
+    from quota_hooks import QuotaExceededError
+
+    clock = ManualClock(datetime(2026, 11, 30, 20, tzinfo=UTC).timestamp())
+    m = QuotaManager(QuotaPolicy(timezone="Asia/Tokyo", monthly_budget_usd=None),
+                     scope_policies={"team:ml": QuotaPolicy(monthly_budget_usd=Decimal(1))},
+                     store=MemoryStore(), clock=clock)
+
+    def team_call() -> bool:
+        try:
+            r = m.acquire("ws", Estimate(model="gpt-4o-mini", input_tokens=1, output_tokens=1),
+                          scopes={"team": "ml"})
+        except QuotaExceededError:
+            return False
+        m.record(UsageRecord(workspace_id="ws", model="gpt-4o-mini", cost=Decimal("0.5"),
+                             scopes={"team": "ml"}), r)
+        return True
+
+    assert [team_call() for _ in range(3)] == [True, True, False]
+    assert m.reset_usage("team:ml") == Decimal(1)
+    assert [team_call() for _ in range(3)] == [True, True, False]
+    with pytest.raises(ConfigurationError, match="team:typo has no usage"):
+        m.reset_usage("team:typo")
+    m.close()
+
+
+@pytest.mark.unit
+def test_budget_alerts_fire_again_after_a_reset() -> None:
+    got: list[Alert] = []
+    m = QuotaManager(QuotaPolicy(monthly_budget_usd=Decimal(1), mode="observe"),
+                     store=MemoryStore(), clock=ManualClock(T0), sinks=[got.append])
+    m.record(UsageRecord(workspace_id="ws", model="gpt-4o-mini", cost=Decimal("1.5")))
+    assert m.drain(10)
+    m.reset_usage("ws")
+    m.record(UsageRecord(workspace_id="ws", model="gpt-4o-mini", cost=Decimal("1.5")))
+    assert m.drain(10)
+    exceeded = [a for a in got if a.kind == AlertKind.QUOTA_EXCEEDED]
+    assert len(exceeded) == 2 and exceeded[0].dedupe_key != exceeded[1].dedupe_key
     m.close()

@@ -100,11 +100,36 @@ def test_the_demo_never_empties_a_store_with_other_usage(tmp_path: Path) -> None
 
 
 def test_the_demo_json_is_the_status_dump_alone(tmp_path: Path) -> None:
+    """``--json --store memory://``: the enhanced status JSON alone on stdout (the traffic
+    log on stderr), of this run's calls only, and no file written."""
     done = run(tmp_path, "--json", "--store", "memory://")
     assert done.returncode == 0, done.stderr
-    data = json.loads(done.stdout)
-    assert data["status"] == "rate_limited" and "enhanced_tracking" in data
+    assert done.stderr.startswith("store: memory:// (fresh")
+    assert not (tmp_path / "quota.db").exists()
+    report = json.loads(done.stdout)
+    assert "enhanced_tracking" in report and "forecast" in report
     assert REFUSAL in done.stderr  # the traffic log, out of the way
+    assert report["workspace_id"] == "demo"
+    assert report["status"] == "rate_limited"  # the demo's 429
+    # OpenAI: 8 calls reached the fake, 7 metered (models.list is exempt), 2 of them the 429
+    # and its retry. LiteLLM: 2 calls to the loopback fake, one to Claude (mocked) and one
+    # mocked 429. LangChain: a batch of two chains and one stream, counted once each (by the
+    # handler, not twice). The store was emptied first: this run's calls only.
+    assert report["requests_per_minute"]["current"] == 7 + 4 + 3
+    models = report["enhanced_tracking"]["models_breakdown"]
+    claude = models["claude-sonnet-4-5"]  # another provider, priced at its own rates
+    assert claude["request_count"] == 1 and claude["cost_usd"] > 0
+    methods = report["enhanced_tracking"]["api_methods_breakdown"]
+    assert methods["chat.completions"] == {
+        "request_count": 5 + 4 + 3, "error_count": 1 + 1,
+        "tokens_used": (4 + 2 + 3) * 820 + claude["tokens_used"],
+        # per 1M: gpt-4o-mini 7 x (128 x 0.15 + 512 x 0.075 + 180 x 0.60)
+        #  + gpt-4o (128 x 2.50 + 512 x 1.25 + 180 x 10) + gpt-4.1-mini (128 x 0.40 + 512 x 0.10
+        #  + 180 x 1.60), and Claude's own
+        "cost_usd": pytest.approx(0.0043096 + claude["cost_usd"], abs=1e-12),
+        "unpriced_count": 0, "unpriced_charge_usd": 0.0,
+    }
+    assert methods["models"]["request_count"] == 1
 
 
 def test_the_demo_reruns_on_redis(tmp_path: Path) -> None:

@@ -337,22 +337,26 @@ def test_breakdowns_keep_the_token_mix(ops: Ops) -> None:
                 row.output_tokens, row.reasoning_tokens) == (2_000, 1_200, 200, 1_000, 600)
 
 
-def test_a_budget_reset_keeps_the_holds_and_the_breakdowns(ops: Ops) -> None:
+def test_a_budget_reset_keeps_the_live_holds_and_the_breakdowns(ops: Ops) -> None:
     for _ in range(3):
         ops.commit(entry(cost="0.001"))
-    held = ops.reserve(["workspace:ws"], UsageDelta(requests=1, cost_nanos=500_000),
-                       {"workspace:ws": Limits(budget_nanos=10**9)}, T0, MONTH, 60)
-    assert isinstance(held, Reservation)
-    assert ops.counters("workspace:ws", T0, MONTH).cost_month_nanos == 3_500_000
-    assert ops.reset_budget("workspace:ws", MONTH, T0) == 3_000_000
-    assert ops.counters("workspace:ws", T0, MONTH).cost_month_nanos == 500_000  # the hold
-    ops.commit(entry(cost="0.002"), held)  # settles: the hold is replaced by the charge
-    assert ops.counters("workspace:ws", T0, MONTH).cost_month_nanos == 2_000_000
-    assert ops.reset_budget("workspace:ws", MONTH, T0) == 2_000_000  # only what came since
-    assert ops.reset_budget("workspace:ws", MONTH, T0) == 0
-    assert ops.counters("workspace:ws", T0, MONTH).cost_month_nanos == 0
+    budget = {"workspace:ws": Limits(budget_nanos=10**9)}
+    held = ops.reserve(["workspace:ws"], UsageDelta(requests=1, cost_nanos=500_000), budget,
+                       T0, MONTH, 60)
+    lost = ops.reserve(["workspace:ws"], UsageDelta(requests=1, cost_nanos=200_000), budget,
+                       T0, MONTH, 5)  # never recorded: past its ttl, it counts as used
+    assert isinstance(held, Reservation) and isinstance(lost, Reservation)
+    assert ops.counters("workspace:ws", T0 + 10, MONTH).cost_month_nanos == 3_700_000
+    assert ops.reset_budget("workspace:ws", MONTH, T0 + 10) == 3_200_000
+    c = ops.counters("workspace:ws", T0 + 10, MONTH)
+    assert (c.cost_month_nanos, c.budget_reset_at) == (500_000, T0 + 10)  # the live hold
+    ops.commit(entry(cost="0.002", now=T0 + 20), held)  # settles: the hold becomes the charge
+    assert ops.counters("workspace:ws", T0 + 20, MONTH).cost_month_nanos == 2_000_000
+    assert ops.reset_budget("workspace:ws", MONTH, T0 + 30) == 2_000_000
+    assert ops.reset_budget("workspace:ws", MONTH, T0 + 30) == 0
+    assert ops.counters("workspace:ws", T0 + 30, MONTH).cost_month_nanos == 0
     assert ops.breakdown("workspace:ws", MONTH, "model")["gpt-4o-mini"].cost_nanos == 5_000_000
-    assert ops.reset_budget("workspace:nobody", MONTH, T0) == 0
+    assert ops.reset_budget("workspace:nobody", MONTH, T0) is None
 
 
 def test_a_policy_write_from_a_stale_read_is_refused(ops: Ops) -> None:

@@ -107,6 +107,13 @@ class AlertListeners(Protocol):
         ...
 
 
+def _period(usage: Usage) -> str:
+    """The budget period an alert is sent once in: the month, and since when, if its budget
+    was reset (a reset budget alerts again)."""
+    reset_at = usage.counters.budget_reset_at
+    return f"{usage.month}@{reset_at:.0f}" if reset_at else usage.month
+
+
 class StoreReader:
     """A :class:`UsageReader` over a store's async face, a policy lookup and a clock; it keeps
     the last ``history`` alerts of each workspace when the store keeps an alert history."""
@@ -380,7 +387,7 @@ class AlertEngine:
             thresholds = Thresholds.of(policy, m)
             current = m.current(usage.counters)
             percent = percent_of(current, limit)
-            period = usage.month if m.is_budget else ""
+            period = _period(usage) if m.is_budget else ""
             key = (workspace_id, m.name)
             sent, armed_period = self._armed.get(key, (Decimal(-1), period))
             armed_level = sum(1 for value in thresholds.values if value <= sent)
@@ -427,7 +434,7 @@ class AlertEngine:
                      f"{end:%Y-%m-%d %H:%M} UTC at {format_usd(rate)} a day; at that rate it "
                      f"runs out at {when:%Y-%m-%d %H:%M} UTC."),
             at=datetime.fromtimestamp(now, UTC),
-            dedupe_key=f"alert:{workspace_id}:{BUDGET.name}:projected:{usage.month}",
+            dedupe_key=f"alert:{workspace_id}:{BUDGET.name}:projected:{_period(usage)}",
         )
 
     @staticmethod

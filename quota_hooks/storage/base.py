@@ -156,6 +156,8 @@ class Counters:
     """Calls in the month whose model had no price."""
     unpriced_month_nanos: int = 0
     """The part of ``cost_month_nanos`` charged at the fallback price for those calls."""
+    budget_reset_at: float = 0.0
+    """When the month's budget was last reset (epoch seconds; 0: never)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,10 +368,12 @@ class ControlStore(Protocol):
         """``scope``'s last ``n`` alert history entries, newest first."""
         ...
 
-    def reset_budget(self, scope: str, month: str, now: float) -> int:
-        """Start ``scope``'s budget of ``month`` again, atomically: its charge goes back to
-        what pending reservations hold (the calls recorded since the last reset are taken
-        off; the breakdowns and the history keep them). Returns the nano-dollars taken off."""
+    def reset_budget(self, scope: str, month: str, now: float) -> int | None:
+        """Start ``scope``'s budget of ``month`` again, atomically: its charge becomes what
+        the reservations still pending at ``now`` hold (what was recorded, and the holds of
+        reservations that expired unrecorded, are taken off; the breakdowns and the history
+        keep the usage), and the month's ``budget_reset_at`` becomes ``now``. Returns the
+        nano-dollars taken off, or None when the scope has no totals for ``month``."""
         ...
 
 
@@ -396,7 +400,7 @@ class AsyncControlStore(Protocol):
         """:meth:`ControlStore.alert_history`."""
         ...
 
-    async def areset_budget(self, scope: str, month: str, now: float) -> int:
+    async def areset_budget(self, scope: str, month: str, now: float) -> int | None:
         """:meth:`ControlStore.reset_budget`."""
         ...
 

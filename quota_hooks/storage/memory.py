@@ -106,8 +106,8 @@ class _Scope:
         self.day = RollingCounter(DAY, 2)
         self.months: dict[str, list[int]] = {}
         """Per budget month: [cost charged, unpriced calls, unpriced charge] (nano-dollars)."""
-        self.resets: dict[str, int] = {}
-        """Per budget month reset: the recorded charge taken off by the resets so far."""
+        self.resets: dict[str, float] = {}
+        """When each budget month was last reset."""
         # Per month, per kind ("model", "api_method", "day"), per name.
         # Every breakdown of every month in one dict, keyed (month, "model", name) ...: one
         # dict, not one per month and kind (an idle workspace stays a few KB).
@@ -265,6 +265,7 @@ class MemoryStore:
             requests, tokens, calls, errors, limited = state.minute.totals(now)
             requests_day, tokens_day = state.day.totals(now)
             cost, unpriced_calls, unpriced_nanos = state.months.get(month, _NO_MONTH)
+            reset_at = state.resets.get(month, 0.0)
             return Counters(
                 requests_minute=requests,
                 tokens_minute=tokens,
@@ -276,6 +277,7 @@ class MemoryStore:
                 rate_limited_minute=limited,
                 unpriced_month_calls=unpriced_calls,
                 unpriced_month_nanos=unpriced_nanos,
+                budget_reset_at=reset_at,
             )
 
 
@@ -351,17 +353,18 @@ class MemoryStore:
             kept = self._alerts.get(scope)
             return [] if kept is None or n <= 0 else list(kept)[-n:][::-1]
 
-    def reset_budget(self, scope: str, month: str, now: float) -> int:
+    def reset_budget(self, scope: str, month: str, now: float) -> int | None:
         with self._lock:
+            self._reap(now)
             state = self._scopes.get(scope)
             if state is None or month not in state.months:
-                return 0
-            committed = sum(t.cost_nanos + t.unpriced_nanos
-                            for (m, by, _), t in state.breakdowns.items()
-                            if m == month and by == "day")
-            taken = committed - state.resets.get(month, 0)
-            state.months[month][0] -= taken
-            state.resets[month] = committed
+                return None
+            held = sum(r.delta.cost_nanos for r in self._pending.values()
+                       if r.month == month and scope in r.scopes and r.expires_at > now)
+            totals = state.months[month]
+            taken = totals[0] - held
+            totals[:] = [held, 0, 0]  # the charge, and of it the unpriced calls' (none now)
+            state.resets[month] = now
             return taken
 
     def pending(self) -> int:

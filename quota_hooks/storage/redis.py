@@ -1155,11 +1155,12 @@ class RedisStore:
     def _counters(values: Any) -> Counters:
         m_r, m_t, m_c, m_e, m_l = _COUNTS.unpack(values[0])
         d_r, d_t, _, _, _ = _COUNTS.unpack(values[1])
-        nanos, u_calls, u_nanos = (int(_text(v)) for v in values[2:])
+        nanos, u_calls, u_nanos = (int(_text(v)) for v in values[2:5])
         return Counters(requests_minute=m_r, tokens_minute=m_t, requests_day=d_r,
                         tokens_day=d_t, cost_month_nanos=nanos, calls_minute=m_c,
                         errors_minute=m_e, rate_limited_minute=m_l,
-                        unpriced_month_calls=u_calls, unpriced_month_nanos=u_nanos)
+                        unpriced_month_calls=u_calls, unpriced_month_nanos=u_nanos,
+                        budget_reset_at=float(_text(values[5])) if len(values) > 5 else 0.0)
 
     @staticmethod
     def _aggregates(raw: Mapping[Any, Any], by: Breakdown) -> dict[str, Aggregate]:
@@ -1495,9 +1496,10 @@ class RedisStore:
             return []
         return [_text(row) for row in self._run("lrange", [self._base(scope) + "h"], (0, n - 1))]
 
-    def reset_budget(self, scope: str, month: str, now: float) -> int:
+    def reset_budget(self, scope: str, month: str, now: float) -> int | None:
         self._settled()
-        return int(self._run("reset_budget", [self._scope_keys(scope, month)[2]], ()))
+        found = self._run("reset_budget", self._scope_keys(scope, month), (repr(float(now)),))
+        return None if found is None else int(found)
 
     @staticmethod
     def _put_args(changes: Mapping[str, str | None], now: float, only_if_new: bool,
@@ -1652,10 +1654,12 @@ class RedisStore:
         rows = await self._arun("lrange", [self._base(scope) + "h"], (0, n - 1))
         return [_text(row) for row in rows]
 
-    async def areset_budget(self, scope: str, month: str, now: float) -> int:
+    async def areset_budget(self, scope: str, month: str, now: float) -> int | None:
         if self._queue or self._processed < self._enqueued:
             await anyio.to_thread.run_sync(self._settled)
-        return int(await self._arun("reset_budget", [self._scope_keys(scope, month)[2]], ()))
+        found = await self._arun("reset_budget", self._scope_keys(scope, month),
+                                 (repr(float(now)),))
+        return None if found is None else int(found)
 
     async def aclose(self) -> None:
         """:meth:`close`: what the writer queued, the leases' unused parts and the backlog go

@@ -136,8 +136,8 @@ MIGRATIONS: Mapping[int, Sequence[str]] = {
         "ALTER TABLE breakdowns ADD COLUMN cached_input_tokens INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE breakdowns ADD COLUMN cache_write_tokens INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE breakdowns ADD COLUMN reasoning_tokens INTEGER NOT NULL DEFAULT 0",
-        # What budget resets took off a month: the recorded charge up to the last reset.
-        "ALTER TABLE months ADD COLUMN reset_nanos INTEGER NOT NULL DEFAULT 0",
+        # When a month's budget was last reset (0: never).
+        "ALTER TABLE months ADD COLUMN reset_at REAL NOT NULL DEFAULT 0",
     ),
 }
 
@@ -907,23 +907,22 @@ class SQLiteStore:
 
         return self._guard(run, what="alert_history")
 
-    def reset_budget(self, scope: str, month: str, now: float) -> int:
+    def reset_budget(self, scope: str, month: str, now: float) -> int | None:
         self._caught_up("reset_budget")
 
-        def run() -> int:
+        def run() -> int | None:
             with self._transaction() as conn:
-                row = conn.execute("SELECT reset_nanos FROM months WHERE scope = ? AND month = ?",
+                row = conn.execute("SELECT cost_nanos FROM months WHERE scope = ? AND month = ?",
                                    (scope, month)).fetchone()
                 if row is None:
-                    return 0
-                committed = conn.execute(
-                    "SELECT COALESCE(SUM(cost_nanos + unpriced_nanos), 0) FROM breakdowns "
-                    "WHERE scope = ? AND month = ? AND by_kind = 'day'", (scope, month)
-                ).fetchone()[0]
-                taken = int(committed) - int(row[0])
-                conn.execute("UPDATE months SET cost_nanos = cost_nanos - ?, reset_nanos = ? "
-                             "WHERE scope = ? AND month = ?", (taken, committed, scope, month))
-                return taken
+                    return None
+                held = sum(int(nanos) for scopes, nanos in conn.execute(
+                    "SELECT scopes, cost_nanos FROM reservations WHERE month = ? AND "
+                    "expires_at > ?", (month, now)) if scope in json.loads(scopes))
+                conn.execute("UPDATE months SET cost_nanos = ?, reset_at = ?, unpriced_calls = 0, "
+                             "unpriced_nanos = 0 WHERE scope = ? AND month = ?",
+                             (held, now, scope, month))
+                return int(row[0]) - held
 
         return self._guard(run, what="reset_budget")
 
@@ -950,14 +949,17 @@ class SQLiteStore:
             conn = self._conn()
             minute = self._sums(conn, scope, _MIN, now)
             day = self._sums(conn, scope, _DAY, now)
-            cost, unpriced_calls, unpriced_nanos = self._month_row(conn, scope, month)
+            row = conn.execute(
+                "SELECT cost_nanos, unpriced_calls, unpriced_nanos, reset_at FROM months "
+                "WHERE scope = ? AND month = ?", (scope, month)).fetchone() or (0, 0, 0, 0.0)
             return Counters(
                 requests_minute=minute[0], tokens_minute=minute[1],
                 requests_day=day[0], tokens_day=day[1],
-                cost_month_nanos=cost,
+                cost_month_nanos=int(row[0]),
                 calls_minute=minute[2], errors_minute=minute[3],
                 rate_limited_minute=minute[4],
-                unpriced_month_calls=unpriced_calls, unpriced_month_nanos=unpriced_nanos,
+                unpriced_month_calls=int(row[1]), unpriced_month_nanos=int(row[2]),
+                budget_reset_at=float(row[3]),
             )
 
         return self._guard(run, what="counters")
@@ -1022,14 +1024,16 @@ class SQLiteStore:
             updates: list[tuple[str, int, int, str, str, int]] = []
             with self._transaction() as conn:
                 rows = conn.execute(
-                    "SELECT id, record, charge_nanos, unpriced_nanos, month, day FROM history "
-                    "WHERE at >= ? ORDER BY id", (since,)).fetchall()
+                    "SELECT id, record, charge_nanos, unpriced_nanos, month, day, at FROM "
+                    "history WHERE at >= ? ORDER BY id", (since,)).fetchall()
+                resets = {(scope, month): float(at) for scope, month, at in conn.execute(
+                    "SELECT scope, month, reset_at FROM months WHERE reset_at > 0")}
                 scopes_of: dict[int, list[str]] = {}
                 for row_id, scope in conn.execute(
                         "SELECT s.id, s.scope FROM history_scopes s JOIN history h ON h.id = "
                         "s.id WHERE h.at >= ?", (since,)):
                     scopes_of.setdefault(row_id, []).append(scope)
-                for row_id, text, old_charge, old_unpriced, month, day in rows:
+                for row_id, text, old_charge, old_unpriced, month, day, at in rows:
                     record = UsageRecord.from_dict(json.loads(text))
                     stamp = record.timestamp
                     month = month or (stamp.strftime("%Y-%m") if stamp else "")
@@ -1060,9 +1064,12 @@ class SQLiteStore:
                     now_unpriced = cost is None
                     priced_delta = (charge - unpriced) - (old_charge - old_unpriced)
                     for scope in scopes_of.get(row_id, []):
-                        batch.month(scope, month, charge - old_charge,
-                                    int(now_unpriced) - int(was_unpriced),
-                                    unpriced - old_unpriced)
+                        # A call from before its month's budget reset no longer counts in
+                        # the month's charge: its new price moves the breakdowns only.
+                        if at > resets.get((scope, month), 0.0):
+                            batch.month(scope, month, charge - old_charge,
+                                        int(now_unpriced) - int(was_unpriced),
+                                        unpriced - old_unpriced)
                         for by, name in (("model", record.model),
                                          ("api_method", record.api_method), ("day", day)):
                             key = (scope, month, by, self._name(conn, scope, month, by, name))

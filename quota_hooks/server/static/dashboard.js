@@ -21,7 +21,7 @@
   const $ = (id) => document.getElementById(id);
   const num = (v) => Number(v).toLocaleString("en-US");
   const usd = (v) => v === null || v === undefined ? "unpriced"
-    : "$" + (v >= 1 ? v.toFixed(2) : v.toFixed(v >= 0.01 ? 4 : 6));
+    : "$" + (v >= 1 || v === 0 ? v.toFixed(2) : v.toFixed(v >= 0.01 ? 4 : 6));
   // What the budget counted for a row: priced cost plus the charge of its unpriced calls.
   const charged = (m) => (m.cost_usd || 0) + (m.unpriced_charge_usd || 0);
   const costOf = (m) => usd(m.cost_usd) + (m.unpriced_count ? ` (+${num(m.unpriced_count)} unpriced)` : "");
