@@ -194,14 +194,20 @@ def _set(args: argparse.Namespace, manager: ManagerFactory,
     return 0
 
 
+def _table(args: argparse.Namespace, manager: ManagerFactory,
+           usage_error: type[Exception]) -> Any:
+    """The store's policy table, read by a manager opened for it alone."""
+    m = manager(args.store, existing=True)
+    try:
+        return _stored(m, usage_error)
+    finally:
+        m.close()
+
+
 def _get(args: argparse.Namespace, manager: ManagerFactory,
          usage_error: type[Exception]) -> int:
     key = _key(args.name, usage_error)
-    m = manager(args.store, existing=True)
-    try:
-        table = _stored(m, usage_error)
-    finally:
-        m.close()
+    table = _table(args, manager, usage_error)
     found = table.policies.get(key)
     applies = key if found else ("*" if key.startswith("workspace:") and "*" in table.policies
                                  else None)
@@ -230,11 +236,7 @@ def _get(args: argparse.Namespace, manager: ManagerFactory,
 
 def _list(args: argparse.Namespace, manager: ManagerFactory,
           usage_error: type[Exception]) -> int:
-    m = manager(args.store, existing=True)
-    try:
-        table = _stored(m, usage_error)
-    finally:
-        m.close()
+    table = _table(args, manager, usage_error)
     entries = [policy_json(key, table.policies[key]) for key in sorted(table.policies)]
     if args.json:
         print(json.dumps({"version": table.version, "policies": entries}, indent=2))
@@ -244,7 +246,9 @@ def _list(args: argparse.Namespace, manager: ManagerFactory,
         return 0
     print(f"policy table version {table.version}")
     for entry in entries:
-        described = describe_policy(QuotaPolicy(**entry["policy"]))
+        policy = entry["policy"]
+        described = ("not readable: " + "; ".join(entry["unreadable"]) if policy is None
+                     else describe_policy(QuotaPolicy(**policy)))
         print(f"  {entry['key']:<24} v{entry['version']:<4} {entry['updated_at']}  "
               f"{described}")
     return 0

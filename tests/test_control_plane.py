@@ -604,6 +604,11 @@ def test_a_stored_policy_this_version_cannot_read_in_full_can_still_be_changed(
     assert entry["policy"]["rpm"] == 5 and entry["unreadable"] == ["mode"]
     assert main(["policy", "set", "acme", "--rpd", "9", "--store", url]) == 0
     assert "rpm 5, rpd 9" in capsys.readouterr().out
+    store = SQLiteStore(tmp_path / "n.db")
+    store.put_policies({"team:ml": "not json"}, T0)
+    store.close()
+    assert main(["policy", "list", "--store", url]) == 0
+    assert "team:ml" in (listed := capsys.readouterr().out) and "not readable: " in listed
 
 
 @pytest.mark.unit

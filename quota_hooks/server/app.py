@@ -28,6 +28,7 @@ from ..control import policy_json
 from ..errors import ConfigurationError, StorageError
 from ..manager import QuotaManager
 from ..policy import QuotaPolicy, policy_key
+from ..storage.base import StoredPolicy
 from ..windows import parse_since
 from .headers import (
     FRAME_ANCESTORS_ENV,
@@ -486,16 +487,20 @@ def quota_router(
         return {"version": table.version,
                 "policies": [policy_json(k, table.policies[k]) for k in sorted(table.policies)]}
 
+    async def _stored(key: str) -> StoredPolicy:
+        """The stored policy ``key``; a 404 when there is none."""
+        with _unavailable_on_store_errors(), _control_plane():
+            table = await anyio.to_thread.run_sync(manager.stored_policies)
+        if key not in table.policies:
+            raise HTTPException(404, f"{key} has no stored policy")
+        return table.policies[key]
+
     @router.get("/api/quota/policies/{name:path}")
     async def get_policy(name: str, request: Request) -> dict[str, Any]:
         """One stored policy (admin token): ``acme`` (a workspace), ``team:ml``, ``*``."""
         _admin(request)
         key = _policy_key(name)
-        with _unavailable_on_store_errors(), _control_plane():
-            table = await anyio.to_thread.run_sync(manager.stored_policies)
-        if key not in table.policies:
-            raise HTTPException(404, f"{key} has no stored policy")
-        return policy_json(key, table.policies[key])
+        return policy_json(key, await _stored(key))
 
     @router.put("/api/quota/policies/{name:path}")
     async def put_policy(name: str, request: Request) -> dict[str, Any]:
@@ -527,10 +532,8 @@ def quota_router(
         """Delete a stored policy (admin token)."""
         _admin(request)
         key = _policy_key(name)
+        await _stored(key)
         with _unavailable_on_store_errors(), _control_plane():
-            table = await anyio.to_thread.run_sync(manager.stored_policies)
-            if key not in table.policies:
-                raise HTTPException(404, f"{key} has no stored policy")
             version = await anyio.to_thread.run_sync(
                 functools.partial(manager.put_policies, {key: None}, by="the REST API"))
         return {"key": key, "deleted": True, "version": version}
