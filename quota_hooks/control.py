@@ -21,20 +21,24 @@ store's versioned policy table (:class:`~quota_hooks.storage.base.ControlStore`)
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, cast
 
 from pydantic import ValidationError
 
-from .errors import ConfigurationError
+from .alerts.model import Alert, AlertKind
+from .errors import ConfigurationError, StorageError
 from .metrics import METRICS
-from .policy import Policies, QuotaPolicy, parse_policy
-from .pricing import format_usd
+from .policy import Policies, QuotaPolicy, parse_policy, policy_key
+from .pricing import format_usd, from_nanos
 from .storage.base import (
     AsyncControlStore,
     AsyncStore,
@@ -43,9 +47,11 @@ from .storage.base import (
     StoredPolicy,
     workspace_scope,
 )
+from .usage import bounded
+from .windows import month_key
 
-__all__ = ["MAX_BACKOFF", "POLICY_REFRESH", "PolicySync", "base_policy", "describe_policy",
-           "history_scope", "merge_policy", "policy_json"]
+__all__ = ["MAX_BACKOFF", "POLICY_REFRESH", "ControlPlane", "PolicySync", "base_policy",
+           "describe_policy", "history_scope", "merge_policy", "policy_json", "reading"]
 
 logger = logging.getLogger("quota_hooks")
 
@@ -367,3 +373,172 @@ class _Refresher:
 
 
 _REFRESHER = _Refresher()
+
+
+@contextlib.contextmanager
+def reading(what: str, name: str) -> Iterator[None]:
+    """Store calls of one operation: any failure is a :class:`StorageError` naming it (a
+    :class:`ConfigurationError` passes as it is)."""
+    try:
+        yield
+    except (StorageError, ConfigurationError):
+        raise
+    except Exception as exc:
+        raise StorageError(f"reading the {what} of {name!r} failed: {exc}") from exc
+
+
+class ControlPlane:
+    """The admin side of a manager's store: stored policies, usage resets, and the alert
+    history that keeps every change (``manager.put_policies`` and friends call it).
+
+    Args:
+        sync: the manager's policy sync.
+        store: the store, if it keeps a control plane.
+        astore: its async face.
+        clock: epoch seconds.
+        publish: sends an admin's change to the sinks and live listeners.
+        changed: tells live listeners that a workspace (or scope) changed.
+        history: alerts kept per scope (0: none).
+    """
+
+    def __init__(self, sync: PolicySync, store: ControlStore | None, astore: AsyncStore,
+                 clock: Callable[[], float], publish: Callable[[Alert], None],
+                 changed: Callable[[str], None], history: int) -> None:
+        self.sync = sync
+        self.store = store
+        self._astore = cast(AsyncControlStore, astore)
+        self.clock = clock
+        self._publish = publish
+        self._changed = changed
+        self.history = history
+
+    def need(self, what: str) -> ControlStore:
+        """The store, or a :class:`ConfigurationError` saying that ``what`` needs one that
+        keeps a control plane."""
+        if self.store is None:
+            raise ConfigurationError(f"{what} needs a store that keeps policies; this one "
+                                     "does not")
+        return self.store
+
+    # ------------------------------------------------------------------ policies
+    def put(self, changes: Mapping[str, QuotaPolicy | None], by: str) -> int:
+        """See :meth:`quota_hooks.QuotaManager.put_policies`."""
+        self.need("storing policies")
+        for key, policy in changes.items():
+            if policy is not None and not isinstance(policy, QuotaPolicy):
+                raise ConfigurationError(
+                    f"policies[{key!r}] must be a QuotaPolicy or None, got "
+                    f"{type(policy).__name__}")
+        keys = {policy_key(key): policy for key, policy in changes.items()}
+        with reading("policies", ", ".join(keys)):
+            version = self.sync.put(keys)
+        for key, policy in keys.items():
+            self.policy_changed(key, policy, version, by)
+        return version
+
+    def update(self, name: str, fields: Mapping[str, Any], by: str,
+               names: Mapping[str, str] | None) -> tuple[int, QuotaPolicy]:
+        """See :meth:`quota_hooks.QuotaManager.update_policy`."""
+        self.need("storing policies")
+        key = policy_key(name)
+        with reading("policies", key):
+            version, policy = self.sync.update(key, fields, names=names)
+        self.policy_changed(key, policy, version, by)
+        return version, policy
+
+    def table(self) -> PolicyTable:
+        """The store's policy table, read now."""
+        store = self.need("reading stored policies")
+        with reading("policies", "*"):
+            table = store.policies()
+        assert table is not None
+        return table
+
+    def policy_changed(self, key: str, policy: QuotaPolicy | None, version: int,
+                       by: str) -> None:
+        """Keep (and send) a policy change."""
+        self.note(AlertKind.POLICY_CHANGED, key, (
+            f"The policy of {key} was {'deleted' if policy is None else 'set'} by {by} "
+            f"(policy version {version})" + ("" if policy is None else
+                                             f": {describe_policy(policy)}") + "."))
+
+    def seeded(self, documents: Mapping[str, str], version: int) -> None:
+        """The code's policies seeded a new store: said in each key's history (not sent to
+        the sinks: every first start of an app would)."""
+        for key in documents:
+            try:
+                self.note(AlertKind.POLICY_CHANGED, key, (
+                    f"The policy of {key} was seeded from the code of process {os.getpid()} "
+                    f"(policy version {version}): the store held no policy."), publish=False)
+            except Exception as exc:  # the seed is written; only its note failed
+                logger.warning("quota-hooks: keeping the seed of policy %r in the history "
+                               "failed: %r", key, exc)
+
+    # ------------------------------------------------------------------ usage reset
+    def reset(self, name: str, by: str) -> Decimal:
+        """See :meth:`quota_hooks.QuotaManager.reset_usage`."""
+        store = self.need("resetting usage")
+        key = policy_key(name)
+        kind, _, value = key.partition(":")
+        if key == "*" or value == "*":
+            raise ConfigurationError(f"reset one workspace or scope at a time, not {name!r}")
+        scope = (workspace_scope(value) if kind == "workspace"
+                 else f"{bounded(kind)}:{bounded(value)}")
+        now = self.clock()
+        # A scope's month is its calls' (each workspace's zone): the month of now in every
+        # zone, which is one month, or two near a month's start.
+        months = sorted({month_key(now, "Etc/GMT+12"), month_key(now, "Etc/GMT-14")})
+        with reading("usage", key):
+            found = [store.reset_budget(scope, m, now) for m in months]
+        if all(taken is None for taken in found):
+            raise ConfigurationError(f"{key} has no usage in {' or '.join(months)}: nothing to "
+                                     "reset (a typo?)")
+        taken = from_nanos(sum(t or 0 for t in found))
+        month = "/".join(m for m, t in zip(months, found, strict=True) if t is not None)
+        self.note(AlertKind.USAGE_RESET, key, (
+            f"The {month} budget of {key} was reset by {by}: {format_usd(taken)} charged this "
+            "month no longer counts against it (the breakdowns and history keep it)."))
+        self._changed(value if kind == "workspace" else key)
+        return taken
+
+    # ------------------------------------------------------------------ the history
+    def note(self, kind: AlertKind, key: str, message: str, *, publish: bool = True) -> Alert:
+        """See :meth:`quota_hooks.QuotaManager.note_admin_action`."""
+        now = self.clock()
+        workspace = key.partition(":")[2] if key.startswith("workspace:") else key
+        alert = Alert(kind=kind, workspace_id=workspace, scope=history_scope(key),
+                      message=message, at=datetime.fromtimestamp(now, UTC),
+                      dedupe_key=f"admin:{key}:{kind.value}:{now!r}")
+        if self.store is not None and self.history:
+            with reading("alert history", workspace):
+                self.store.append_alert(alert.scope, alert.model_dump_json(), now, self.history)
+        if publish:
+            self._publish(alert)
+        return alert
+
+    def history_of(self, key: str, n: int) -> list[Alert]:
+        """See :meth:`quota_hooks.QuotaManager.history_of`."""
+        if self.store is None or n <= 0:
+            return []
+        with reading("alert history", key):
+            rows = self.store.alert_history(history_scope(key), n)
+        return _alerts(rows)
+
+    async def ahistory_of(self, key: str, n: int) -> list[Alert]:
+        """Async :meth:`history_of`."""
+        if self.store is None or n <= 0:
+            return []
+        with reading("alert history", key):
+            rows = await self._astore.aalert_history(history_scope(key), n)
+        return _alerts(rows)
+
+
+def _alerts(rows: Iterable[str]) -> list[Alert]:
+    """Kept alerts, parsed; one this version cannot read (a newer kind) is left out."""
+    alerts = []
+    for row in rows:
+        try:
+            alerts.append(Alert.model_validate_json(row))
+        except ValueError:
+            continue
+    return alerts

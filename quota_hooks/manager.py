@@ -10,15 +10,14 @@ caller's LLM call: it is logged once per kind and shows as ``degraded``.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
 import weakref
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, cast
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -28,18 +27,17 @@ from ._health import DEGRADED_SECONDS, Health
 from .advice import Advice, advise, mixes_from_breakdown
 from .alerts.engine import AlertEngine, StoreReader
 from .alerts.model import Alert, AlertKind, AlertSink, SinkLike
-from .control import POLICY_REFRESH, PolicySync, describe_policy, history_scope
+from .control import POLICY_REFRESH, ControlPlane, PolicySync, reading
 from .errors import ConfigurationError, QuotaExceededError, StorageError
 from .events import Events
 from .forecast import Forecast, months_needed, scope_forecast
-from .policy import ENV_VARIABLES, Policies, QuotaPolicy, policy_key
-from .pricing import PriceBook, format_usd, from_nanos, to_nanos
+from .policy import ENV_VARIABLES, Policies, QuotaPolicy
+from .pricing import PriceBook, to_nanos
 from .status import Extra, History, StatusReport, WorkspaceTracker, build_history, build_status
 from .status import history_months as _history_months
 from .storage import MemoryStore, Store, store_from_url
 from .storage.base import (
     Aggregate,
-    AsyncControlStore,
     Breakdown,
     ControlStore,
     Counters,
@@ -51,7 +49,7 @@ from .storage.base import (
 )
 from .storage.sqlite import RepriceReport
 from .typing import AsyncSleeper, Clock, Decision, Drainer, Observer, Sleeper, TokenEstimator
-from .usage import Estimate, UsageRecord, bounded, estimate_tokens
+from .usage import Estimate, UsageRecord, estimate_tokens
 from .windows import month_key
 
 __all__ = ["DEGRADED_SECONDS", "POLICY_REFRESH", "QuotaManager"]
@@ -146,7 +144,7 @@ class QuotaManager:
         self.clock: Clock = clock if clock is not None else time.time
         self._sync = PolicySync(self.policies, self._control, self._astore, self.now,
                                 float(policy_refresh), seed=seed_policies,
-                                on_seeded=self._seeded)
+                                on_seeded=lambda docs, version: self._admin.seeded(docs, version))
         self.recent_limit = recent_limit
         self.sleep: Sleeper = time.sleep
         """How ``acquire`` waits (a test injects ``ManualClock.sleep``)."""
@@ -167,6 +165,8 @@ class QuotaManager:
         self._drainers: weakref.WeakSet[Drainer] = weakref.WeakSet()
         self._drainers.add(self.alerts)
         self._observers: tuple[Observer, ...] = ()
+        self._admin = ControlPlane(self._sync, self._control, self._astore, self.now,
+                                   self.alerts.publish, self.events.changed, alert_history)
         self._sync.start()
 
     @classmethod
@@ -232,23 +232,12 @@ class QuotaManager:
 
     def put_policies(self, changes: Mapping[str, QuotaPolicy | None], *,
                      by: str = "manager") -> int:
-        """Store policies for every process sharing the store, keyed ``"workspace:<id>"``,
-        ``"kind:value"``, ``"kind:*"`` or ``"*"`` (``None`` deletes one), in one new table
-        version, which it returns. Each change is kept in the workspace's alert history
-        (``by`` says who made it). Raises :class:`StorageError` when the store fails and
+        """Store policies for every process sharing the store, keyed ``"workspace:<id>"`` (or
+        the id), ``"kind:value"``, ``"kind:*"`` or ``"*"`` (``None`` deletes one), in one new
+        table version, which it returns. Each change is kept in the alert history (``by``
+        says who made it). Raises :class:`StorageError` when the store fails and
         :class:`ConfigurationError` when it keeps no policies."""
-        self._need_control("storing policies")
-        for key, policy in changes.items():
-            if policy is not None and not isinstance(policy, QuotaPolicy):
-                raise ConfigurationError(
-                    f"policies[{key!r}] must be a QuotaPolicy or None, got "
-                    f"{type(policy).__name__}")
-        keys = {policy_key(key): policy for key, policy in changes.items()}
-        with _reading("policies", ", ".join(keys)):
-            version = self._sync.put(keys)
-        for key, policy in keys.items():
-            self._policy_changed(key, policy, version, by)
-        return version
+        return self._admin.put(changes, by)
 
     def update_policy(self, name: str, fields: Mapping[str, Any], *, by: str = "manager",
                       names: Mapping[str, str] | None = None) -> tuple[int, QuotaPolicy]:
@@ -258,30 +247,7 @@ class QuotaManager:
         meanwhile is kept, never overwritten. Returns the new version and the policy; the
         change is kept in the alert history. Raises :class:`ConfigurationError` for a bad
         field (named as ``names`` says), :class:`StorageError` when the store fails."""
-        self._need_control("storing policies")
-        key = policy_key(name)
-        with _reading("policies", key):
-            version, policy = self._sync.update(key, fields, names=names)
-        self._policy_changed(key, policy, version, by)
-        return version, policy
-
-    def _policy_changed(self, key: str, policy: QuotaPolicy | None, version: int,
-                        by: str) -> None:
-        self.note_admin_action(AlertKind.POLICY_CHANGED, key, (
-            f"The policy of {key} was {'deleted' if policy is None else 'set'} by {by} "
-            f"(policy version {version})" + ("" if policy is None else
-                                             f": {describe_policy(policy)}") + "."))
-
-    def _seeded(self, documents: Mapping[str, str], version: int) -> None:
-        """The code's policies seeded a new store: said in each key's history (not sent to
-        the sinks: every first start of an app would)."""
-        for key in documents:
-            try:
-                self.note_admin_action(AlertKind.POLICY_CHANGED, key, (
-                    f"The policy of {key} was seeded from the code of process {os.getpid()} "
-                    f"(policy version {version}): the store held no policy."), publish=False)
-            except Exception as exc:  # the seed is written; only its note failed
-                self.note_tracking_failure("alert history", exc)
+        return self._admin.update(name, fields, by, names)
 
     def reset_usage(self, name: str, *, by: str = "manager") -> Decimal:
         """Start the budget month of a workspace (``"acme"``) or scope (``"team:ml"``) again:
@@ -291,29 +257,7 @@ class QuotaManager:
         sent to the sinks. Returns the USD taken off. Raises :class:`StorageError` when the
         store fails, :class:`ConfigurationError` for ``"*"``, a name with no usage this month,
         or a store that keeps no control plane."""
-        control = self._need_control("resetting usage")
-        key = policy_key(name)
-        kind, _, value = key.partition(":")
-        if key == "*" or value == "*":
-            raise ConfigurationError(f"reset one workspace or scope at a time, not {name!r}")
-        scope = (workspace_scope(value) if kind == "workspace"
-                 else f"{bounded(kind)}:{bounded(value)}")
-        now = self.clock()
-        # A scope's month is its calls' (each workspace's zone): the month of now in every
-        # zone, which is one month, or two near a month's start.
-        months = sorted({month_key(now, "Etc/GMT+12"), month_key(now, "Etc/GMT-14")})
-        with _reading("usage", key):
-            found = [control.reset_budget(scope, m, now) for m in months]
-        if all(taken is None for taken in found):
-            raise ConfigurationError(f"{key} has no usage in {' or '.join(months)}: nothing to "
-                                     "reset (a typo?)")
-        taken = from_nanos(sum(t or 0 for t in found))
-        month = "/".join(m for m, t in zip(months, found, strict=True) if t is not None)
-        self.note_admin_action(AlertKind.USAGE_RESET, key, (
-            f"The {month} budget of {key} was reset by {by}: {format_usd(taken)} charged this "
-            "month no longer counts against it (the breakdowns and history keep it)."))
-        self.events.changed(value if kind == "workspace" else key)
-        return taken
+        return self._admin.reset(name, by)
 
     def note_admin_action(self, kind: AlertKind, key: str, message: str, *,
                           publish: bool = True) -> Alert:
@@ -321,57 +265,27 @@ class QuotaManager:
         history of the scope it touched (``key``: ``"workspace:<id>"``, ``"team:ml"``, ``"*"``)
         and send it to the sinks and live listeners, so that no change is silent. Raises
         :class:`StorageError` when the history cannot be written."""
-        now = self.clock()
-        workspace = key.partition(":")[2] if key.startswith("workspace:") else key
-        alert = Alert(kind=kind, workspace_id=workspace, scope=history_scope(key),
-                      message=message, at=datetime.fromtimestamp(now, UTC),
-                      dedupe_key=f"admin:{key}:{kind.value}:{now!r}")
-        if self._control is not None and self.alert_history_size:
-            with _reading("alert history", workspace):
-                self._control.append_alert(alert.scope, alert.model_dump_json(), now,
-                                           self.alert_history_size)
-        if publish:
-            self.alerts.publish(alert)
-        return alert
+        return self._admin.note(kind, key, message, publish=publish)
 
     def alert_history(self, workspace_id: str, n: int = 50) -> list[Alert]:
         """The last ``n`` alerts of ``workspace_id`` kept in the store (every process's,
         across restarts; policy changes and resets included), newest first. Raises
         :class:`StorageError` if the store fails."""
-        return self.history_of(f"workspace:{workspace_id}", n)
+        return self._admin.history_of(f"workspace:{workspace_id}", n)
+
+    async def aalert_history(self, workspace_id: str, n: int = 50) -> list[Alert]:
+        """Async :meth:`alert_history`."""
+        return await self._admin.ahistory_of(f"workspace:{workspace_id}", n)
 
     def history_of(self, key: str, n: int = 50) -> list[Alert]:
         """:meth:`alert_history` of a store key: ``"workspace:<id>"``, a scope
         (``"team:ml"``: its policy changes and resets) or ``"*"`` (the default's)."""
-        if self._control is None or n <= 0:
-            return []
-        with _reading("alert history", key):
-            rows = self._control.alert_history(history_scope(key), n)
-        return _alerts(rows)
-
-    async def aalert_history(self, workspace_id: str, n: int = 50) -> list[Alert]:
-        """Async :meth:`alert_history`."""
-        if self._control is None or n <= 0:
-            return []
-        with _reading("alert history", workspace_id):
-            rows = await cast(AsyncControlStore, self._astore).aalert_history(
-                workspace_scope(workspace_id), n)
-        return _alerts(rows)
-
-    def _need_control(self, what: str) -> ControlStore:
-        if self._control is None:
-            raise ConfigurationError(
-                f"{what} needs a store that keeps policies; {self.store!r} does not")
-        return self._control
+        return self._admin.history_of(key, n)
 
     def stored_policies(self) -> PolicyTable:
         """The store's policy table, read now. Raises :class:`StorageError` when the store
         fails and :class:`ConfigurationError` when it keeps no policies."""
-        control = self._need_control("reading stored policies")
-        with _reading("policies", "*"):
-            table = control.policies()
-        assert table is not None
-        return table
+        return self._admin.table()
 
     def policy_source(self, workspace_id: str) -> dict[str, Any]:
         """Where the policy of ``workspace_id`` comes from: ``{"source": "store" | "code",
@@ -635,7 +549,7 @@ class QuotaManager:
         self._sync.before_call()
         now, policy, scope, month = self._where(workspace_id)
         store = self.store
-        with _reading("status", workspace_id):
+        with reading("status", workspace_id):
             counters = store.counters(scope, now, month)
             extra: Extra | None = None
             forecast = None
@@ -654,7 +568,7 @@ class QuotaManager:
         self._sync.before_call()
         now, policy, scope, month = self._where(workspace_id)
         store = self._astore
-        with _reading("status", workspace_id):
+        with reading("status", workspace_id):
             counters = await store.acounters(scope, now, month)
             extra: Extra | None = None
             forecast = None
@@ -700,7 +614,7 @@ class QuotaManager:
         months, first_day = _history_months(
             self.clock(), since, self.policies.for_workspace(workspace_id).timezone)
         scope = workspace_scope(workspace_id)
-        with _reading("history", workspace_id):
+        with reading("history", workspace_id):
             tables = [self.store.breakdown(scope, month, by) for month in months]
         return build_history(workspace_id, by, first_day, months, tables)
 
@@ -711,7 +625,7 @@ class QuotaManager:
         months, first_day = _history_months(
             self.clock(), since, self.policies.for_workspace(workspace_id).timezone)
         scope = workspace_scope(workspace_id)
-        with _reading("history", workspace_id):
+        with reading("history", workspace_id):
             tables = [await self._astore.abreakdown(scope, month, by) for month in months]
         return build_history(workspace_id, by, first_day, months, tables)
 
@@ -724,7 +638,7 @@ class QuotaManager:
         about quality. Raises :class:`StorageError` if the store fails."""
         self._sync.before_call()
         now, _, scope, month = self._where(workspace_id)
-        with _reading("usage", workspace_id):
+        with reading("usage", workspace_id):
             models = self.store.breakdown(scope, month, "model")
         return advise(mixes_from_breakdown(models), self.prices, provider=provider,
                       when=datetime.fromtimestamp(now, UTC), capabilities=capabilities)
@@ -789,34 +703,12 @@ class QuotaManager:
         await self.aclose()
 
 
-@contextlib.contextmanager
-def _reading(what: str, workspace_id: str) -> Iterator[None]:
-    """Store reads of one report: any failure is a :class:`StorageError` naming it."""
-    try:
-        yield
-    except (StorageError, ConfigurationError):
-        raise
-    except Exception as exc:
-        raise StorageError(f"reading the {what} of {workspace_id!r} failed: {exc}") from exc
-
-
 def _forecast(now: float, policy: QuotaPolicy, counters: Counters,
               days: Iterable[Mapping[str, Aggregate]]) -> Forecast:
     budget = policy.monthly_budget_usd
     return scope_forecast(now, policy.timezone, counters, days,
                           budget_nanos=None if budget is None else to_nanos(budget),
                           rpd=policy.rpd, tpd=policy.tpd)
-
-
-def _alerts(rows: Iterable[str]) -> list[Alert]:
-    """Kept alerts, parsed; one this version cannot read (a newer kind) is left out."""
-    alerts = []
-    for row in rows:
-        try:
-            alerts.append(Alert.model_validate_json(row))
-        except ValueError:
-            continue
-    return alerts
 
 
 def __getattr__(name: str) -> Any:
