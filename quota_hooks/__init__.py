@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .alerts import Alert, AlertKind, AlertSink
 from .compat import WorkspaceTracker, get_default_manager, set_default_manager
+from .context import QuotaWorkspaceMiddleware, current_workspace, workspace
 from .errors import (
     ConfigurationError,
     QuotaExceededError,
@@ -38,14 +39,17 @@ __all__ = [
     "QuotaManager",
     "QuotaPolicy",
     "QuotaStatus",
+    "QuotaWorkspaceMiddleware",
     "RateLimitedError",
     "StatusReport",
     "StorageError",
     "Store",
     "UsageRecord",
     "WorkspaceTracker",
+    "current_workspace",
     "estimate_cost",
     "get_default_manager",
     "set_default_manager",
     "store_from_url",
+    "workspace",
 ]

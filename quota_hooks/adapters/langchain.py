@@ -44,6 +44,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from ..compat import get_default_manager
+from ..context import current_workspace
 from ..errors import QuotaHooksError
 from ..manager import QuotaManager
 from ..storage.base import Reservation
@@ -175,6 +176,13 @@ class QuotaCallbackHandler(BaseCallbackHandler):
             params = params or {}
             workspace = metadata.get(self.workspace_key)
             scopes = dict(self.scopes)
+            if not (isinstance(workspace, str) and workspace):
+                # Who pays: the run's metadata, then the workspace() block the run is in,
+                # then the handler's own workspace.
+                context = current_workspace()
+                if context is not None:
+                    workspace = context.workspace_id
+                    scopes = dict(context.scopes)
             for tag in tags or ():
                 kind, sep, value = str(tag).partition(":")
                 if sep and kind and value:

@@ -64,6 +64,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from ..compat import get_default_manager
+from ..context import WorkspaceContext, current_workspace
 from ..errors import ConfigurationError, QuotaHooksError
 from ..manager import QuotaManager
 from ..storage.base import Reservation
@@ -128,6 +129,7 @@ class QuotaLogger(CustomLogger):
         self.default_workspace = default_workspace or "default"
         self.workspace_key = workspace_key
         self._failures: OrderedDict[str, None] = OrderedDict()
+        self._contexts: OrderedDict[str, WorkspaceContext | None] = OrderedDict()
         self._reservations: dict[str, Reservation] = {}
         self._lock = threading.Lock()
         self.unrefused = 0
@@ -210,12 +212,9 @@ class QuotaLogger(CustomLogger):
         self, kwargs: Mapping[str, Any], call_type: Any
     ) -> tuple[str, dict[str, str], Estimate]:
         metadata = kwargs.get("metadata") or _metadata(kwargs)
-        workspace = metadata.get(self.workspace_key) if isinstance(metadata, Mapping) else None
-        if not isinstance(workspace, str) or not workspace:
-            workspace = self.default_workspace
-        scopes = self._scopes(
-            [str(t) for t in (metadata.get("tags") or [])] if isinstance(metadata, Mapping)
-            else [], kwargs.get("user"))
+        workspace, scopes = self._who(kwargs, metadata, [str(t) for t in (
+            metadata.get("tags") or [])] if isinstance(metadata, Mapping) else [],
+            kwargs.get("user"))
         kind = getattr(call_type, "value", call_type)
         method = CALL_TYPES.get(str(kind or "completion"), str(kind or "completion"))
         prompt = kwargs.get("messages") or kwargs.get("input") or kwargs.get("prompt") or ""
@@ -228,6 +227,31 @@ class QuotaLogger(CustomLogger):
                          prompt_size=len(text),
                          max_tokens=found if type(found) is int and found >= 0 else None)
         return workspace, scopes, facts
+
+    def _who(self, kwargs: Mapping[str, Any], metadata: Any, tags: list[str],
+             user: Any) -> tuple[str, dict[str, str]]:
+        """Who pays for a call: its metadata's workspace, then the ``workspace()`` block it
+        was made in (remembered per call when the call began: litellm logs success from
+        another thread), then ``default_workspace``; and its scopes."""
+        workspace = metadata.get(self.workspace_key) if isinstance(metadata, Mapping) else None
+        scopes = self._scopes(tags, user)
+        if isinstance(workspace, str) and workspace:
+            return workspace, scopes
+        call_id = str(kwargs.get("litellm_call_id") or "")
+        # The first sight of a call decides (its pre-call hook, in the caller's context): the
+        # success log runs elsewhere, in a worker whose own context says nothing of the call.
+        with self._lock:
+            if call_id in self._contexts:
+                context = self._contexts[call_id]
+            else:
+                context = current_workspace()
+                if call_id:
+                    self._contexts[call_id] = context
+                    if len(self._contexts) > _SEEN_FAILURES:
+                        self._contexts.popitem(last=False)
+        if context is None:
+            return self.default_workspace, scopes
+        return context.workspace_id, {**scopes, **context.scopes}
 
     @staticmethod
     def _scopes(tags: list[str], user: Any) -> dict[str, str]:
@@ -341,12 +365,9 @@ class QuotaLogger(CustomLogger):
         call_id = kwargs.get("litellm_call_id") or slo.get("litellm_call_id")
         if not success and call_id and not self._first_failure(str(call_id)):
             return None
-        workspace = metadata.get(self.workspace_key)
-        if not isinstance(workspace, str) or not workspace:
-            workspace = self.default_workspace
-
         tags = [str(t) for t in (slo.get("request_tags") or metadata.get("tags") or [])]
-        scopes = self._scopes(tags, kwargs.get("user") or slo.get("end_user"))
+        workspace, scopes = self._who(kwargs, metadata, tags,
+                                      kwargs.get("user") or slo.get("end_user"))
 
         call_type = str(slo.get("call_type") or kwargs.get("call_type") or "completion")
         method = CALL_TYPES.get(call_type, call_type)

@@ -46,6 +46,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from ..compat import get_default_manager
+from ..context import current_workspace
 from ..errors import ConfigurationError, QuotaHooksError
 from ..manager import QuotaManager
 from ..storage.base import Reservation
@@ -67,6 +68,11 @@ logger = logging.getLogger("quota_hooks")
 
 WORKSPACE_HEADER = "x-quota-hooks-workspace"
 SCOPES_HEADER = "x-quota-hooks-scopes"
+#: What ``track_openai`` was given: the workspace and scopes of a call that names none
+#: itself (in ``x-quota-hooks-workspace``) and runs in no ``quota_hooks.workspace()`` block.
+DEFAULT_WORKSPACE_HEADER = "x-quota-hooks-default-workspace"
+DEFAULT_SCOPES_HEADER = "x-quota-hooks-default-scopes"
+_OUR_HEADERS = (WORKSPACE_HEADER, SCOPES_HEADER, DEFAULT_WORKSPACE_HEADER, DEFAULT_SCOPES_HEADER)
 _RETRY_HEADER = "x-stainless-retry-count"
 _PARSE_LIMIT = 16 * 1024 * 1024  # bodies up to this size are parsed whole; larger by key
 _RUN_MEMORY = 10_000
@@ -246,10 +252,20 @@ class _Call:
         self.lib = lib
         self.started = time.perf_counter()
         headers = request.headers
-        self.workspace_id = unquote(headers.get(WORKSPACE_HEADER) or "default")
-        self.scopes: dict[str, str] = {}
+        # Who pays: the call's own header, then the workspace() block it runs in, then what
+        # track_openai was given; the scopes come with the workspace (the call's own win).
+        named, context = headers.get(WORKSPACE_HEADER), current_workspace()
         raw_scopes = headers.get(SCOPES_HEADER)
+        self.scopes: dict[str, str] = {}
+        if not named and context is not None:
+            self.workspace_id = context.workspace_id
+            self.scopes = dict(context.scopes)
+        else:
+            self.workspace_id = unquote(named or headers.get(DEFAULT_WORKSPACE_HEADER)
+                                        or "default")
+            raw_scopes = raw_scopes or headers.get(DEFAULT_SCOPES_HEADER)
         if raw_scopes:
+            self.scopes = {}
             for part in raw_scopes.split(";"):
                 kind, _, value = part.partition("=")
                 if kind and value:
@@ -1021,7 +1037,7 @@ def _start(hub: _Hub, request: Any, lib: Any) -> tuple[_Call | None, Any]:
     except Exception as exc:
         hub.failed("request", exc, workspace)
         call = None
-    for header in (WORKSPACE_HEADER, SCOPES_HEADER):
+    for header in _OUR_HEADERS:
         if header in request.headers:
             del request.headers[header]
     return call, request
@@ -1151,7 +1167,9 @@ def track_openai(
     """Track every call of ``client`` (``OpenAI``, ``AsyncOpenAI``, ``AzureOpenAI`` ...).
 
     Returns a client (a copy sharing the original's HTTP client and settings) whose calls are
-    charged to ``workspace_id`` and ``scopes`` (e.g. ``{"team": "ml", "user": "u-1"}``).
+    charged to ``workspace_id`` and ``scopes`` (e.g. ``{"team": "ml", "user": "u-1"}``),
+    unless a call names its own (``extra_headers={"x-quota-hooks-workspace": "other"}``) or
+    runs inside a :func:`quota_hooks.workspace` block, which win in that order.
 
     Args:
         client: an OpenAI SDK client, sync or async.
@@ -1170,9 +1188,9 @@ def track_openai(
         raise ConfigurationError(f"workspace_id must be a non-empty string, got {workspace_id!r}")
     manager = manager if manager is not None else get_default_manager()
     _wrap_http_client(client._client, manager, inject_stream_usage)
-    headers = {WORKSPACE_HEADER: quote(workspace_id, safe="")}
+    headers = {DEFAULT_WORKSPACE_HEADER: quote(workspace_id, safe="")}
     if scopes:
-        headers[SCOPES_HEADER] = ";".join(
+        headers[DEFAULT_SCOPES_HEADER] = ";".join(
             f"{quote(str(k), safe='')}={quote(str(v), safe='')}" for k, v in scopes.items()
         )
     return client.with_options(default_headers=headers)  # type: ignore[return-value]

@@ -1,0 +1,220 @@
+"""A workspace per request, from context: ``quota_hooks.workspace()`` and
+``QuotaWorkspaceMiddleware``, read by every adapter when a call names no workspace itself."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import threading
+from collections import Counter
+from typing import Any
+
+import httpx
+import httpx2
+import litellm
+import pytest
+from fastapi import FastAPI
+from openai import AsyncOpenAI, OpenAI
+
+from quota_hooks import (
+    ConfigurationError,
+    QuotaManager,
+    QuotaPolicy,
+    QuotaWorkspaceMiddleware,
+    UsageRecord,
+    current_workspace,
+    workspace,
+)
+from quota_hooks.adapters.openai import WORKSPACE_HEADER, track_openai
+from quota_hooks.testing import FakeOpenAI
+
+MSG = [{"role": "user", "content": "hi"}]
+
+
+def by_workspace(manager: QuotaManager) -> Counter[str]:
+    return Counter({ws: manager.status(ws, enhanced=False).requests_per_day.current
+                    for ws in manager.workspaces()})
+
+
+def records(manager: QuotaManager, ws: str) -> list[UsageRecord]:
+    return list(reversed(manager.store.recent(f"workspace:{ws}", 1000)))
+
+
+@pytest.fixture
+def manager() -> QuotaManager:
+    return QuotaManager(QuotaPolicy.unlimited(), alert_history=0)
+
+
+# ---------------------------------------------------------------------- the context itself
+@pytest.mark.unit
+def test_blocks_nest_and_follow_await_gather_and_copied_threads() -> None:
+    assert current_workspace() is None
+    with workspace("outer", scopes={"team": "ml"}) as outer:
+        assert outer.workspace_id == "outer" and outer.scopes == {"team": "ml"}
+        with workspace("inner"):
+            assert current_workspace().workspace_id == "inner"  # type: ignore[union-attr]
+        assert current_workspace() is outer
+
+        seen: dict[str, Any] = {}
+
+        def look(name: str) -> None:
+            found = current_workspace()
+            seen[name] = None if found is None else found.workspace_id
+
+        copied = threading.Thread(target=contextvars.copy_context().run, args=(look, "copied"))
+        plain = threading.Thread(target=look, args=("plain",))
+        copied.start(), plain.start()
+        copied.join(), plain.join()
+        assert seen == {"copied": "outer", "plain": None}  # a plain thread starts empty
+
+    async def task(name: str) -> str:
+        async with workspace(name):
+            await asyncio.sleep(0.001)
+            inner = current_workspace()
+            assert inner is not None
+            return inner.workspace_id
+
+    async def main() -> list[str]:
+        return await asyncio.gather(*(task(f"w{i}") for i in range(50)))
+
+    assert asyncio.run(main()) == [f"w{i}" for i in range(50)]
+    assert current_workspace() is None
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(("args", "kwargs", "says"), [
+    (("",), {}, "non-empty workspace id"),
+    ((7,), {}, "non-empty workspace id"),
+    (("a",), {"scopes": {"team": 1}}, "scopes must map kinds to values"),
+    (("a",), {"scopes": "team:ml"}, "scopes must map kinds to values"),
+])
+def test_bad_arguments_are_named(args: tuple[Any, ...], kwargs: dict[str, Any],
+                                 says: str) -> None:
+    with pytest.raises(ConfigurationError, match=says):
+        workspace(*args, **kwargs)
+
+
+# ---------------------------------------------------------------------- the adapters
+@pytest.mark.unit
+def test_openai_the_call_then_the_context_then_the_wrap(manager: QuotaManager) -> None:
+    fake = FakeOpenAI()
+    client = track_openai(
+        OpenAI(api_key="sk-test", base_url="http://fake/v1", max_retries=0,
+               http_client=httpx2.Client(transport=fake.transport())),
+        workspace_id="wrapped", scopes={"team": "wrap-team"}, manager=manager)
+    client.chat.completions.create(model="gpt-4o-mini", messages=MSG)  # type: ignore[arg-type]
+    with workspace("acme", scopes={"user": "u-7"}):
+        client.chat.completions.create(model="gpt-4o-mini", messages=MSG)  # type: ignore[arg-type]
+        client.chat.completions.create(model="gpt-4o-mini", messages=MSG,  # type: ignore[arg-type]
+                                       extra_headers={WORKSPACE_HEADER: "named"})
+    assert by_workspace(manager) == {"wrapped": 1, "acme": 1, "named": 1}
+    [acme] = records(manager, "acme")
+    assert acme.scopes == {"user": "u-7"}  # the context's scopes, not the wrap's
+    assert records(manager, "named")[0].scopes == {"team": "wrap-team"}
+    assert all(not h.lower().startswith("x-quota-hooks") for *_, sent in fake.requests
+               for h in sent)
+
+
+@pytest.mark.unit
+def test_langchain_the_metadata_then_the_context_then_the_handler(
+        manager: QuotaManager) -> None:
+    from langchain_openai import ChatOpenAI
+
+    from quota_hooks.adapters.langchain import QuotaCallbackHandler
+
+    fake = FakeOpenAI()
+    model = ChatOpenAI(model="gpt-4o-mini", api_key="sk-test", base_url="http://fake/v1",
+                       max_retries=0, http_client=httpx2.Client(transport=fake.transport()),
+                       http_async_client=httpx2.AsyncClient(transport=fake.transport()),
+                       stream_usage=True)
+    handler = QuotaCallbackHandler(manager=manager, workspace_id="handler")
+    config: Any = {"callbacks": [handler]}
+    model.invoke("hi", config=config)
+    with workspace("acme"):
+        model.invoke("hi", config=config)
+        model.invoke("hi", config={**config, "metadata": {"workspace_id": "meta"}})
+
+        async def two() -> None:  # async runs in the block too
+            await asyncio.gather(model.ainvoke("hi", config=config),
+                                 model.ainvoke("hi", config=config))
+
+        asyncio.run(two())
+    assert by_workspace(manager) == {"handler": 1, "acme": 3, "meta": 1}
+
+
+@pytest.mark.unit
+def test_litellm_the_metadata_then_the_context_then_the_default(
+        manager: QuotaManager, clean_litellm_callbacks: None) -> None:
+    from quota_hooks.adapters.litellm import QuotaLogger
+
+    litellm.callbacks = [QuotaLogger(manager=manager, default_workspace="default-ws")]
+    litellm.completion(model="gpt-4o-mini", messages=MSG, mock_response="x")
+    with workspace("acme", scopes={"user": "u-9"}):
+        litellm.completion(model="gpt-4o-mini", messages=MSG, mock_response="x")
+        litellm.completion(model="gpt-4o-mini", messages=MSG, mock_response="x",
+                           metadata={"workspace_id": "meta"})
+
+    async def calls() -> None:
+        async def one(name: str) -> None:
+            async with workspace(name):
+                await litellm.acompletion(model="gpt-4o-mini", messages=MSG, mock_response="x")
+
+        await asyncio.gather(*(one(f"a{i % 3}") for i in range(9)))
+        assert await manager.adrain(10)  # litellm logs on this loop, after the calls return
+
+    asyncio.run(calls())
+    assert manager.drain(10)
+    assert by_workspace(manager) == {"default-ws": 1, "acme": 1, "meta": 1, "a0": 3, "a1": 3,
+                                     "a2": 3}
+    assert records(manager, "acme")[0].scopes == {"user": "u-9"}
+
+
+# ---------------------------------------------------------------------- the middleware
+def test_1000_concurrent_requests_of_two_workspaces_through_one_client_never_cross(
+        manager: QuotaManager) -> None:
+    """A FastAPI app charges each request to the workspace its header names, through one
+    shared tracked client: 1,000 concurrent requests, none charged to the other workspace;
+    sync endpoints (a worker thread) too. (The provider is FakeOpenAI in process: what is
+    under test is the context, which a socket does not change; the wire tests use sockets.)"""
+    fake = FakeOpenAI()
+    shared = track_openai(
+        AsyncOpenAI(api_key="sk-test", base_url="http://fake/v1", max_retries=0,
+                    http_client=httpx2.AsyncClient(transport=fake.transport())),
+        workspace_id="nobody", manager=manager)
+    sync_shared = track_openai(
+        OpenAI(api_key="sk-test", base_url="http://fake/v1", max_retries=0,
+               http_client=httpx2.Client(transport=fake.transport())),
+        workspace_id="nobody", manager=manager)
+    app = FastAPI()
+    app.add_middleware(QuotaWorkspaceMiddleware,
+                       resolve=lambda request: request.headers.get("x-tenant"))
+
+    @app.get("/ask")
+    async def ask() -> dict[str, str]:
+        await shared.chat.completions.create(model="gpt-4o-mini", messages=MSG)  # type: ignore[arg-type]
+        found = current_workspace()
+        return {"charged": found.workspace_id if found else "none"}
+
+    @app.get("/ask-sync")
+    def ask_sync() -> dict[str, str]:
+        sync_shared.chat.completions.create(model="gpt-4o-mini", messages=MSG)  # type: ignore[arg-type]
+        return {"ok": "yes"}
+
+    async def run() -> list[str]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+            limit = asyncio.Semaphore(100)
+
+            async def one(i: int) -> str:
+                tenant = "alpha" if i % 2 else "beta"
+                async with limit:
+                    path = "/ask-sync" if i % 10 in (0, 5) else "/ask"
+                    answer = await client.get(path, headers={"x-tenant": tenant})
+                assert answer.status_code == 200, answer.text
+                assert answer.json().get("charged", tenant) == tenant
+                return tenant
+
+            return await asyncio.gather(*(one(i) for i in range(1000)))
+
+    tenants = asyncio.run(run())
+    assert by_workspace(manager) == Counter(tenants) == {"alpha": 500, "beta": 500}
