@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from .alerts import Alert, AlertKind, AlertSink
 from .compat import WorkspaceTracker, get_default_manager, set_default_manager
-from .context import QuotaWorkspaceMiddleware, current_workspace, workspace
+from .context import (
+    BlockUsage,
+    QuotaWorkspaceMiddleware,
+    current_workspace,
+    track,
+    tracked,
+    workspace,
+)
 from .errors import (
     ConfigurationError,
     QuotaExceededError,
@@ -30,6 +37,7 @@ __all__ = [
     "AlertKind",
     "AlertLevel",
     "AlertSink",
+    "BlockUsage",
     "ConfigurationError",
     "Estimate",
     "MemoryStore",
@@ -51,5 +59,7 @@ __all__ = [
     "get_default_manager",
     "set_default_manager",
     "store_from_url",
+    "track",
+    "tracked",
     "workspace",
 ]

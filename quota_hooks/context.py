@@ -1,4 +1,4 @@
-"""The workspace of the calls made in a block of code, from context.
+"""The workspace of the calls made in a block of code, and their usage, from context.
 
 ::
 
@@ -21,19 +21,30 @@ in), and into threads started with ``contextvars.copy_context().run`` (or
 which copy it). A plain ``threading.Thread`` starts with an empty context: its calls are
 charged to the adapter's own default, as if no ``workspace()`` were open.
 :class:`QuotaWorkspaceMiddleware` opens one per request of a Starlette or FastAPI app.
+
+``with quota_hooks.track() as usage:`` sums the calls recorded inside a block (requests,
+tokens by kind, exact cost, per model), whichever adapter saw them, with no store read:
+the manager adds each call it records to the blocks open where the call was made.
+``@quota_hooks.tracked(workspace_id=...)`` does both for a function.
 """
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
-from collections.abc import Awaitable, Callable, Mapping
+import functools
+import inspect
+import threading
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import ConfigurationError
 
-__all__ = ["QuotaWorkspaceMiddleware", "WorkspaceContext", "current_workspace", "workspace"]
+__all__ = ["BlockUsage", "ModelBlockUsage", "QuotaWorkspaceMiddleware", "WorkspaceContext",
+           "current_workspace", "open_blocks", "track", "tracked", "workspace"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,3 +142,159 @@ class QuotaWorkspaceMiddleware:
                  if isinstance(found, WorkspaceContext) else workspace(found))
         with block:
             await self.app(scope, receive, send)
+
+
+# ---------------------------------------------------------------------- the usage of a block
+@dataclass(slots=True)
+class ModelBlockUsage:
+    """One model's part of a :class:`BlockUsage`."""
+
+    requests: int = 0
+    total_tokens: int = 0
+    cost_usd: Decimal = Decimal(0)
+    unpriced: int = 0
+
+
+@dataclass(slots=True)
+class BlockUsage:
+    """The calls recorded inside a ``track()`` block (and the blocks it contains), summed as
+    the manager records them: no store is read.
+
+    ``cost_usd`` is what the priced calls cost, exactly; the calls whose model has no price
+    are counted in ``unpriced`` (their cost is unknown, never 0). Tokens follow
+    :class:`~quota_hooks.UsageRecord`: ``input_tokens`` include the cached and cache-write
+    ones, ``output_tokens`` the reasoning ones.
+    """
+
+    requests: int = 0
+    errors: int = 0
+    input_tokens: int = 0
+    cached_input_tokens: int = 0
+    cache_write_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+    total_tokens: int = 0
+    cost_usd: Decimal = Decimal(0)
+    unpriced: int = 0
+    by_model: dict[str, ModelBlockUsage] = field(default_factory=dict)
+    manager: Any = field(default=None, repr=False, compare=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, record: Any, cost: Decimal | None) -> None:
+        """Count one recorded call (``cost``: its price, None when unknown)."""
+        with self._lock:
+            self.requests += 1
+            self.errors += 0 if record.success else 1
+            self.input_tokens += record.input_tokens
+            self.cached_input_tokens += record.cached_input_tokens
+            self.cache_write_tokens += record.cache_write_tokens
+            self.output_tokens += record.output_tokens
+            self.reasoning_tokens += record.reasoning_tokens
+            self.total_tokens += record.total_tokens
+            model = self.by_model.get(record.model)
+            if model is None:
+                model = self.by_model[record.model] = ModelBlockUsage()
+            model.requests += 1
+            model.total_tokens += record.total_tokens
+            if cost is None:
+                self.unpriced += 1
+                model.unpriced += 1
+            else:
+                self.cost_usd += cost
+                model.cost_usd += cost
+
+
+_TRACKING: contextvars.ContextVar[tuple[BlockUsage, ...]] = contextvars.ContextVar(
+    "quota_hooks_tracking", default=())
+
+
+def open_blocks() -> tuple[BlockUsage, ...]:
+    """The ``track()`` blocks open in this context, outermost first (what the manager adds
+    each recorded call to)."""
+    return _TRACKING.get()
+
+
+@contextlib.contextmanager
+def counting_into(blocks: tuple[BlockUsage, ...]) -> Iterator[None]:
+    """Record into ``blocks`` (captured where a call began) from another context: LiteLLM
+    logs a call's success from a worker."""
+    token = _TRACKING.set(blocks)
+    try:
+        yield
+    finally:
+        _TRACKING.reset(token)
+
+
+class track:
+    """Sum the calls recorded inside the block, whichever adapter saw them, into a
+    :class:`BlockUsage`; blocks nest (an inner block's calls count in the outer one too).
+
+    Args:
+        manager: count only this manager's records (default: every manager's).
+    """
+
+    __slots__ = ("_tokens", "_usage")
+
+    def __init__(self, *, manager: Any = None) -> None:
+        self._usage = BlockUsage(manager=manager)
+        self._tokens: list[contextvars.Token[tuple[BlockUsage, ...]]] = []
+
+    def __enter__(self) -> BlockUsage:
+        self._tokens.append(_TRACKING.set((*_TRACKING.get(), self._usage)))
+        return self._usage
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        _TRACKING.reset(self._tokens.pop())
+
+    async def __aenter__(self) -> BlockUsage:
+        return self.__enter__()
+
+    async def __aexit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                        traceback: TracebackType | None) -> None:
+        self.__exit__(kind, value, traceback)
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def tracked(workspace_id: str | None = None, *, scopes: Mapping[str, str] | None = None,
+            manager: Any = None,
+            on_usage: Callable[[BlockUsage], Any] | None = None) -> Callable[[_F], _F]:
+    """Decorate a sync or async function: each call runs in a :func:`workspace` block (when
+    ``workspace_id`` is given) and a :func:`track` block, whose :class:`BlockUsage` is passed
+    to ``on_usage`` when the call returns or raises."""
+    if workspace_id is not None:
+        workspace(workspace_id, scopes=scopes)  # a bad argument is named now, not per call
+
+    def blocks() -> tuple[Any, track]:
+        return (workspace(workspace_id, scopes=scopes) if workspace_id is not None
+                else contextlib.nullcontext(), track(manager=manager))
+
+    def decorate(fn: _F) -> _F:
+        if inspect.iscoroutinefunction(fn):
+            @functools.wraps(fn)
+            async def run_async(*args: Any, **kwargs: Any) -> Any:
+                place, counter = blocks()
+                with place, counter as usage:
+                    try:
+                        return await fn(*args, **kwargs)
+                    finally:
+                        if on_usage is not None:
+                            on_usage(usage)
+
+            return run_async  # type: ignore[return-value]
+
+        @functools.wraps(fn)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            place, counter = blocks()
+            with place, counter as usage:
+                try:
+                    return fn(*args, **kwargs)
+                finally:
+                    if on_usage is not None:
+                        on_usage(usage)
+
+        return run  # type: ignore[return-value]
+
+    return decorate

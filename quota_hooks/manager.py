@@ -27,6 +27,7 @@ from ._health import DEGRADED_SECONDS, Health
 from .advice import Advice, advise, mixes_from_breakdown
 from .alerts.engine import AlertEngine, StoreReader
 from .alerts.model import Alert, AlertKind, AlertSink, SinkLike
+from .context import open_blocks
 from .control import POLICY_REFRESH, ControlPlane, PolicySync, reading
 from .errors import ConfigurationError, QuotaExceededError, StorageError
 from .events import Events
@@ -482,6 +483,9 @@ class QuotaManager:
         self._recorded(entry, reservation)
 
     def _recorded(self, entry: UsageEntry, reservation: Reservation | None) -> None:
+        for block in open_blocks():  # quota_hooks.track(): no store read
+            if block.manager is None or block.manager is self:
+                block.add(entry.record, entry.cost)
         workspace_id = entry.record.workspace_id
         self.alerts.notify(workspace_id, rate_limited=entry.record.status_code == 429)
         self.events.changed(workspace_id)

@@ -7,6 +7,7 @@ import asyncio
 import contextvars
 import threading
 from collections import Counter
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -23,6 +24,8 @@ from quota_hooks import (
     QuotaWorkspaceMiddleware,
     UsageRecord,
     current_workspace,
+    track,
+    tracked,
     workspace,
 )
 from quota_hooks.adapters.openai import WORKSPACE_HEADER, track_openai
@@ -218,3 +221,98 @@ def test_1000_concurrent_requests_of_two_workspaces_through_one_client_never_cro
 
     tenants = asyncio.run(run())
     assert by_workspace(manager) == Counter(tenants) == {"alpha": 500, "beta": 500}
+
+
+# ---------------------------------------------------------------------- the usage of a block
+def _sum(records_: list[UsageRecord], manager: QuotaManager) -> tuple[int, int, Any]:
+    total = sum((manager.prices.cost(r).usd or 0 for r in records_), start=Decimal(0))
+    return len(records_), sum(r.total_tokens for r in records_), total
+
+
+@pytest.mark.unit
+def test_track_sums_what_every_adapter_recorded_inside_and_nested_blocks_add_up(
+        manager: QuotaManager, clean_litellm_callbacks: None) -> None:
+    from langchain_openai import ChatOpenAI
+
+    from quota_hooks.adapters.langchain import QuotaCallbackHandler
+    from quota_hooks.adapters.litellm import QuotaLogger
+
+    fake = FakeOpenAI()
+    client = track_openai(
+        OpenAI(api_key="sk-test", base_url="http://fake/v1", max_retries=0,
+               http_client=httpx2.Client(transport=fake.transport())),
+        workspace_id="ws", manager=manager)
+    model = ChatOpenAI(model="gpt-4o", api_key="sk-test", base_url="http://fake/v1",
+                       max_retries=0, http_client=httpx2.Client(transport=fake.transport()),
+                       stream_usage=True)
+    handler = QuotaCallbackHandler(manager=manager, workspace_id="ws")
+    litellm.callbacks = [QuotaLogger(manager=manager, default_workspace="ws")]
+    client.chat.completions.create(model="gpt-4o-mini", messages=MSG)  # type: ignore[arg-type]
+    with track(manager=manager) as outer:
+        client.chat.completions.create(model="gpt-4o-mini", messages=MSG)  # type: ignore[arg-type]
+        with track() as inner:
+            model.invoke("hi", config={"callbacks": [handler]})
+            litellm.completion(model="gpt-4o-mini", messages=MSG, mock_response="hi there")
+            assert manager.drain(10)
+        manager.record(UsageRecord(workspace_id="ws", model="my-own-llm", input_tokens=5))
+    assert manager.drain(10)
+    everything = records(manager, "ws")
+    assert len(everything) == 5
+    in_outer, in_inner = everything[1:], everything[2:4]
+    assert (inner.requests, inner.total_tokens, inner.cost_usd) == _sum(in_inner, manager)
+    assert (outer.requests, outer.total_tokens) == (4, sum(r.total_tokens for r in in_outer))
+    assert outer.cost_usd == _sum(in_outer[:3], manager)[2] and outer.unpriced == 1
+    assert {name: m.requests for name, m in outer.by_model.items()} == Counter(
+        r.model for r in in_outer)
+    assert outer.by_model["my-own-llm"].unpriced == 1
+    assert inner.input_tokens + inner.output_tokens == inner.total_tokens
+
+
+@pytest.mark.unit
+def test_track_counts_only_its_manager_and_async_litellm_calls_of_the_block(
+        manager: QuotaManager, clean_litellm_callbacks: None) -> None:
+    from quota_hooks.adapters.litellm import QuotaLogger
+
+    other = QuotaManager(QuotaPolicy.unlimited(), alert_history=0)
+    litellm.callbacks = [QuotaLogger(manager=manager, default_workspace="ws")]
+
+    async def main() -> tuple[Any, Any]:
+        async def one(n: int) -> Any:
+            async with track() as mine:
+                for _ in range(n):
+                    await litellm.acompletion(model="gpt-4o-mini", messages=MSG,
+                                              mock_response="x")
+                assert await manager.adrain(10)  # logged on this loop, after the calls
+                return mine
+
+        with track(manager=other) as elsewhere:
+            found = await asyncio.gather(one(1), one(3))
+        return found, elsewhere
+
+    (first, second), elsewhere = asyncio.run(main())
+    assert (first.requests, second.requests, elsewhere.requests) == (1, 3, 0)
+    other.close()
+
+
+@pytest.mark.unit
+def test_tracked_decorates_sync_and_async_functions(manager: QuotaManager) -> None:
+    seen: list[Any] = []
+
+    @tracked(workspace_id="acme", manager=manager, on_usage=seen.append)
+    def work(n: int) -> str:
+        for _ in range(n):
+            manager.record(UsageRecord(workspace_id=current_workspace().workspace_id,  # type: ignore[union-attr]
+                                       model="gpt-4o-mini", input_tokens=10))
+        return "done"
+
+    @tracked(on_usage=seen.append)
+    async def awork() -> None:
+        await manager.arecord(UsageRecord(workspace_id="beta", model="gpt-4o-mini",
+                                          input_tokens=1))
+
+    assert work(3) == "done"
+    asyncio.run(awork())
+    assert [(u.requests, u.input_tokens) for u in seen] == [(3, 30), (1, 1)]
+    assert by_workspace(manager) == {"acme": 3, "beta": 1}
+    with pytest.raises(ConfigurationError, match="non-empty workspace id"):
+        tracked(workspace_id="")

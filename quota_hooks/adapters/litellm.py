@@ -64,7 +64,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from ..compat import get_default_manager
-from ..context import WorkspaceContext, current_workspace
+from ..context import WorkspaceContext, counting_into, current_workspace, open_blocks
 from ..errors import ConfigurationError, QuotaHooksError
 from ..manager import QuotaManager
 from ..storage.base import Reservation
@@ -130,6 +130,7 @@ class QuotaLogger(CustomLogger):
         self.workspace_key = workspace_key
         self._failures: OrderedDict[str, None] = OrderedDict()
         self._contexts: OrderedDict[str, WorkspaceContext | None] = OrderedDict()
+        self._tracking: dict[str, tuple[Any, ...]] = {}
         self._reservations: dict[str, Reservation] = {}
         self._lock = threading.Lock()
         self.unrefused = 0
@@ -235,8 +236,6 @@ class QuotaLogger(CustomLogger):
         another thread), then ``default_workspace``; and its scopes."""
         workspace = metadata.get(self.workspace_key) if isinstance(metadata, Mapping) else None
         scopes = self._scopes(tags, user)
-        if isinstance(workspace, str) and workspace:
-            return workspace, scopes
         call_id = str(kwargs.get("litellm_call_id") or "")
         # The first sight of a call decides (its pre-call hook, in the caller's context): the
         # success log runs elsewhere, in a worker whose own context says nothing of the call.
@@ -247,8 +246,11 @@ class QuotaLogger(CustomLogger):
                 context = current_workspace()
                 if call_id:
                     self._contexts[call_id] = context
+                    self._tracking[call_id] = open_blocks()
                     if len(self._contexts) > _SEEN_FAILURES:
-                        self._contexts.popitem(last=False)
+                        self._tracking.pop(self._contexts.popitem(last=False)[0], None)
+        if isinstance(workspace, str) and workspace:
+            return workspace, scopes
         if context is None:
             return self.default_workspace, scopes
         return context.workspace_id, {**scopes, **context.scopes}
@@ -292,16 +294,24 @@ class QuotaLogger(CustomLogger):
     def _settle(self, record: UsageRecord | None, kwargs: Mapping[str, Any]) -> None:
         reservation = self._take(kwargs)
         if record is not None:
-            self.manager.record(record, reservation)
+            with counting_into(self._blocks_of(kwargs)):
+                self.manager.record(record, reservation)
         else:
             self.manager.release(reservation)
 
     async def _asettle(self, record: UsageRecord | None, kwargs: Mapping[str, Any]) -> None:
         reservation = self._take(kwargs)
         if record is not None:
-            await self.manager.arecord(record, reservation)
+            with counting_into(self._blocks_of(kwargs)):
+                await self.manager.arecord(record, reservation)
         else:
             await self.manager.arelease(reservation)
+
+    def _blocks_of(self, kwargs: Mapping[str, Any]) -> tuple[Any, ...]:
+        """The ``track()`` blocks open where the call began (litellm logs it elsewhere)."""
+        call_id = str(kwargs.get("litellm_call_id") or "")
+        with self._lock:
+            return self._tracking.pop(call_id, ()) if call_id else ()
 
     # The plain function form: litellm.success_callback / failure_callback.
     def success_callback(
