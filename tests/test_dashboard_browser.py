@@ -131,7 +131,7 @@ def test_the_dashboard_updates_live_shows_disconnects_and_reconnects(
 
         call(manager, 14, model="gpt-4o")  # 17 of 20: past the 80% warning
         expect(rpm).to_have_text("17")  # no reload: the WebSocket brought it
-        expect(page.get_by_test_id("status")).to_have_text("warning")
+        expect(page.get_by_test_id("status")).to_have_text("warning — rpm at 85%")
         expect(page.get_by_test_id("model-row")).to_have_count(2)
         expect(page.get_by_test_id("alert").first).to_contain_text("warning")
         expect(page.locator("#chart rect")).to_have_count(30)
@@ -284,7 +284,7 @@ def test_the_dashboard_mounted_under_a_prefix_in_another_app(
         page.locator("#workspaces a", has_text="team/b").click()
         page.wait_for_url(f"{base}/internal/quota/dashboard/team%2Fb#token={ADMIN}")
         expect(page.get_by_test_id("connection")).to_have_text("live")
-        expect(page.locator("#workspace")).to_have_text("team/b")
+        expect(page.get_by_test_id("workspace-picker")).to_have_value("team/b")  # an admin's
         expect(rpm).to_have_text("1")
         expect(page.locator("#chart rect")).to_have_count(30)
         # The same page with a trailing slash: the files are two levels up, and still found.
@@ -343,3 +343,60 @@ def test_the_alert_history_policy_and_budget_projection_show_after_a_reload(
     finally:
         server.stop()
         viewer.close()
+
+
+@pytest.mark.parametrize("width", [1400, 390])
+def test_the_page_says_why_fits_its_columns_and_lets_an_admin_pick(
+    browser: Any, tmp_path: Path, width: int
+) -> None:
+    """The badge says why ("warning — rpm at 85%"), a long model name wraps, the API-methods
+    card shows its cost column in full, an admin token picks another workspace from the
+    header, and the page reads at 390 px (no horizontal scroll); screenshots of both."""
+    from playwright.sync_api import expect
+
+    manager = QuotaManager(QuotaPolicy(rpm=20, tpm=100_000, monthly_budget_usd=1))
+    call(manager, 17)
+    long_name = "ft:gpt-4o-mini-2024-07-18:acme-research-division:support-triage-v12:AbCdEf12"
+    manager.record(UsageRecord(workspace_id="acme", model=long_name, input_tokens=10,
+                               output_tokens=5))
+    manager.record(UsageRecord(workspace_id="beta", model="gpt-4o", input_tokens=10))
+    server = BackgroundServer(create_app(manager, tokens=f"acme:{TOKEN},*:{ADMIN}",
+                                         max_updates_per_second=10, poll_interval=0.5),
+                              port=0)
+    problems = Problems()
+    try:
+        page = browser.new_page(viewport={"width": width, "height": 900})
+        problems.watch(page)
+        page.goto(f"http://127.0.0.1:{server.port}/dashboard/acme#token={ADMIN}")
+        expect(page.get_by_test_id("connection")).to_have_text("live")
+        expect(page.get_by_test_id("status")).to_have_text("warning — rpm at 90%")
+        expect(page.get_by_test_id("model-row")).to_have_count(2)
+        cost = page.get_by_test_id("method-cost").first
+        expect(cost).to_contain_text("$")
+        # The cost cell lies inside its card: nothing cut off, nothing scrolled.
+        inside = cost.evaluate("""e => { const card = e.closest('section').getBoundingClientRect();
+                                         const cell = e.getBoundingClientRect();
+                                         return cell.right <= card.right + 0.5; }""")
+        assert inside
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        name = page.get_by_test_id("model-row").filter(has_text="acme-research").locator("span")
+        assert name.first.evaluate("e => e.getBoundingClientRect().right") <= width
+        if SCREENSHOTS is not None:
+            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(SCREENSHOTS / f"dashboard-{width}.png"), full_page=True)
+        picker = page.get_by_test_id("workspace-picker")
+        expect(picker).to_have_value("acme")
+        picker.select_option("beta")
+        page.wait_for_url(f"http://127.0.0.1:{server.port}/dashboard/beta#token={ADMIN}")
+        expect(page.get_by_test_id("connection")).to_have_text("live")
+        expect(page.get_by_test_id("current-rpm")).to_have_text("1")
+        problems.assert_none()
+        # A workspace's own token sees one workspace: no picker.
+        page.goto(f"http://127.0.0.1:{server.port}/dashboard/acme#token={TOKEN}")
+        expect(page.get_by_test_id("connection")).to_have_text("live")
+        page.wait_for_timeout(300)
+        expect(page.get_by_test_id("workspace-picker")).to_have_count(0)
+        problems.assert_none()
+    finally:
+        server.stop()
+        manager.close()

@@ -86,12 +86,33 @@
     $("policy").textContent = `In force: ${where}${marks}`;
   }
 
+  // Why the status is what it is, in a few words: the limit at its highest, or the
+  // provider's 429 (the latest call that got one).
+  function why(data) {
+    const used = LIMITS.map(([key, , id]) => [id, data[key]])
+      .filter(([, u]) => u && u.limit !== null)
+      .sort((a, b) => b[1].percentage - a[1].percentage);
+    const top = used.length ? `${used[0][0]} at ${Math.round(used[0][1].percentage)}%` : "";
+    const recent = (data.enhanced_tracking || {}).recent_activity || [];
+    const limited = recent.find((a) => a.status_code === 429);
+    switch (data.status) {
+      case "rate_limited":
+        return used.length && used[0][1].percentage >= 100 ? top
+          : limited ? `provider 429 at ${limited.timestamp.slice(11, 16)}` : "provider 429";
+      case "quota_exceeded": return "budget used up";
+      case "warning": return top;
+      case "degraded": return "tracking failed recently";
+      default: return "";
+    }
+  }
+
   function renderStatus(data) {
     if (data.thresholds && data.thresholds.warning) thresholds = data.thresholds;
     renderPolicy(data);
     if (data.forecast) renderBudget(data.forecast.budgets.month, data.forecast.method);
     const badge = $("status");
-    badge.textContent = data.status.replace("_", " ");
+    const reason = why(data);
+    badge.textContent = data.status.replace("_", " ") + (reason ? ` — ${reason}` : "");
     badge.className = "badge " + data.status;
     $("gauges").replaceChildren(...LIMITS.map((limit) => gauge(limit, data)));
     const extra = data.enhanced_tracking || { models_breakdown: {}, api_methods_breakdown: {},
@@ -104,18 +125,24 @@
         h("div", { class: "bar", style: { width: `${(100 * charged(m) / top).toFixed(1)}%` } }),
         h("span", { class: "num" }, `${costOf(m)} · ${num(m.tokens_used)} tok`)))
       : [h("p", { class: "empty" }, "no calls yet")]));
+    // Four columns, errors with the requests: the card is a third of the page wide.
     $("methods").replaceChildren(...Object.entries(extra.api_methods_breakdown).map(([name, m]) =>
       h("tr", null, h("td", null, name),
-        h("td", { class: "num", dataset: { testid: "method-requests" } }, num(m.request_count)),
-        h("td", { class: m.error_count ? "num err" : "num" }, num(m.error_count)),
+        h("td", { class: "num" },
+          h("span", { dataset: { testid: "method-requests" } }, num(m.request_count)),
+          m.error_count ? h("span", { class: "err" }, ` · ${num(m.error_count)} err`) : null),
         h("td", { class: "num" }, num(m.tokens_used)),
-        h("td", { class: "num" }, costOf(m)))));
+        h("td", { class: "num", dataset: { testid: "method-cost" } }, costOf(m)))));
     $("recent").replaceChildren(...extra.recent_activity.map((a) =>
       h("tr", { dataset: { testid: "recent-row" } },
         h("td", null, a.timestamp.slice(11, 19)), h("td", null, a.model), h("td", null, a.api_method),
         h("td", { class: "num" }, num(a.tokens_used) + (a.estimated ? "~" : "")),
         h("td", { class: "num" }, a.cost_usd === null ? "?" : usd(a.cost_usd)),
         h("td", { class: a.success ? "" : "err" }, a.success ? "ok" : String(a.status_code || "error")))));
+  }
+
+  function axis(left, right) {
+    return h("div", { class: "axis" }, h("span", null, left), h("span", null, right));
   }
 
   function renderChart(history) {
@@ -134,13 +161,12 @@
                            height, fill: "#0969da" },
                  svg("title", null, `${days[i]}: ${usd(c)}`));
     });
-    $("chart").replaceChildren(svg("svg", { viewBox: "0 0 1000 160", preserveAspectRatio: "none",
+    // The axis labels are page text, not SVG text: the chart stretches to any width.
+    $("chart").replaceChildren(svg("svg", { viewBox: "0 0 1000 145", preserveAspectRatio: "none",
                                             "data-testid": "chart" },
       ...bars,
-      svg("line", { x1: 0, y1: 140, x2: 1000, y2: 140, stroke: "#d0d7de" }),
-      svg("text", { x: 4, y: 156, "font-size": 11, fill: "#6e7781" }, days[0]),
-      svg("text", { x: 996, y: 156, "font-size": 11, fill: "#6e7781", "text-anchor": "end" },
-          `${days[29]} · total ${usd(history.total_cost_usd)}`)));
+      svg("line", { x1: 0, y1: 140, x2: 1000, y2: 140, stroke: "#d0d7de" })),
+      axis(days[0], `${days[29]} · total ${usd(history.total_cost_usd)}`));
   }
 
   // The month so far, what it is projected to reach and the budget: spent (solid) up to now,
@@ -170,12 +196,9 @@
                                stroke: "#cf222e", "stroke-width": 1.5, "data-testid": "budget-line" },
                      svg("title", null, `budget ${usd(month.budget_usd)}`)));
     }
-    parts.push(svg("text", { x: 4, y: 156, "font-size": 11, fill: "#6e7781" },
-                   month.start.slice(0, 10)),
-               svg("text", { x: 996, y: 156, "font-size": 11, fill: "#6e7781",
-                             "text-anchor": "end" }, month.end.slice(0, 10)));
-    $("budget-chart").replaceChildren(svg("svg", { viewBox: "0 0 1000 160",
-                                                   preserveAspectRatio: "none" }, ...parts));
+    $("budget-chart").replaceChildren(svg("svg", { viewBox: "0 0 1000 145",
+                                                   preserveAspectRatio: "none" }, ...parts),
+                                      axis(month.start.slice(0, 10), month.end.slice(0, 10)));
     const out = month.projected_exhaustion
       ? ` · runs out ${month.projected_exhaustion.slice(0, 16).replace("T", " ")} UTC` : "";
     $("budget-note").textContent = `spent ${usd(month.spent_usd)} · projected ` +
@@ -279,11 +302,31 @@
     } catch (error) { setConnection(false, error.message); }
   }
 
+  // A token that sees several workspaces (an admin's) gets a picker in the header.
+  async function offerPicker() {
+    try {
+      const { workspaces } = await getJSON("api/quota/workspaces");
+      if (workspaces.length < 2) return;
+      const picker = h("select", { id: "switch", "aria-label": "workspace",
+                                   dataset: { testid: "workspace-picker" } },
+        ...workspaces.map((w) => {
+          const option = h("option", { value: w }, w);
+          if (w === workspace) option.selected = true;
+          return option;
+        }));
+      picker.addEventListener("change", () => {
+        location.assign(at(`dashboard/${encodeURIComponent(picker.value)}`).href + location.hash);
+      });
+      $("workspace").replaceChildren(picker);
+    } catch (error) { /* a workspace's own token: no list to pick from */ }
+  }
+
   if (workspace === null) {
     pickWorkspace();
   } else {
     $("workspace").textContent = workspace;
     document.title = "quota-hooks · " + workspace;
     connect();
+    offerPicker();
   }
 })();
