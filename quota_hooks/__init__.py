@@ -11,6 +11,7 @@ from .compat import WorkspaceTracker, get_default_manager, set_default_manager
 from .context import (
     BlockUsage,
     QuotaWorkspaceMiddleware,
+    WorkspaceContext,
     current_workspace,
     track,
     tracked,
@@ -53,6 +54,7 @@ __all__ = [
     "StorageError",
     "Store",
     "UsageRecord",
+    "WorkspaceContext",
     "WorkspaceTracker",
     "current_workspace",
     "estimate_cost",

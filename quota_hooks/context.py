@@ -38,7 +38,7 @@ import threading
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 from typing import Any, TypeVar
 
 from .errors import ConfigurationError
@@ -49,14 +49,35 @@ __all__ = ["BlockUsage", "ModelBlockUsage", "QuotaWorkspaceMiddleware", "Workspa
 
 @dataclass(frozen=True, slots=True)
 class WorkspaceContext:
-    """The workspace (and scopes) of the calls made in a ``workspace()`` block."""
+    """The workspace (and scopes) of the calls made in a ``workspace()`` block.
+
+    Raises:
+        ConfigurationError: an empty or blank workspace id, or scopes that are not a mapping
+            of non-empty strings to non-empty strings, naming the value.
+    """
 
     workspace_id: str
     scopes: Mapping[str, str] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.workspace_id, str) or not self.workspace_id.strip():
+            raise ConfigurationError(
+                f"workspace() needs a non-empty workspace id, got {self.workspace_id!r}")
+        scopes = self.scopes
+        if not isinstance(scopes, Mapping) or not all(
+                isinstance(k, str) and k and isinstance(v, str) and v
+                for k, v in scopes.items()):
+            raise ConfigurationError(
+                f"workspace() scopes must map kinds to values (strings), got {scopes!r:.80}")
+        object.__setattr__(self, "scopes", MappingProxyType(dict(scopes)))  # read-only
+
 
 _CURRENT: contextvars.ContextVar[WorkspaceContext | None] = contextvars.ContextVar(
     "quota_hooks_workspace", default=None)
+# What each open block replaced, innermost last, per context: one block object may be open
+# in several tasks or threads at once, and each restores its own context's value.
+_REPLACED: contextvars.ContextVar[tuple[WorkspaceContext | None, ...]] = contextvars.ContextVar(
+    "quota_hooks_workspace_replaced", default=())
 
 
 def current_workspace() -> WorkspaceContext | None:
@@ -66,34 +87,32 @@ def current_workspace() -> WorkspaceContext | None:
 
 class workspace:
     """Charge the calls made inside the block to ``workspace_id`` (and ``scopes``) when they
-    name none themselves; nests (the innermost wins), sync and async.
+    name none themselves; nests (the innermost wins), sync and async. One object may be
+    entered in several tasks or threads at once (a block cached per tenant): each context
+    keeps its own.
 
     Raises:
         ConfigurationError: an empty or non-string workspace, or scopes that are not a
             mapping of strings to strings, naming the value.
     """
 
-    __slots__ = ("_context", "_tokens")
+    __slots__ = ("_context",)
 
     def __init__(self, workspace_id: str, *, scopes: Mapping[str, str] | None = None) -> None:
-        if not isinstance(workspace_id, str) or not workspace_id:
-            raise ConfigurationError(
-                f"workspace() needs a non-empty workspace id, got {workspace_id!r}")
-        if scopes is not None and (not isinstance(scopes, Mapping) or not all(
-                isinstance(k, str) and k and isinstance(v, str) and v
-                for k, v in scopes.items())):
-            raise ConfigurationError(
-                f"workspace() scopes must map kinds to values (strings), got {scopes!r:.80}")
-        self._context = WorkspaceContext(workspace_id, dict(scopes or {}))
-        self._tokens: list[contextvars.Token[WorkspaceContext | None]] = []
+        self._context = WorkspaceContext(workspace_id, scopes if scopes is not None else {})
 
     def __enter__(self) -> WorkspaceContext:
-        self._tokens.append(_CURRENT.set(self._context))
+        _REPLACED.set((*_REPLACED.get(), _CURRENT.get()))
+        _CURRENT.set(self._context)
         return self._context
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
                  traceback: TracebackType | None) -> None:
-        _CURRENT.reset(self._tokens.pop())
+        replaced = _REPLACED.get()
+        if not replaced:
+            raise RuntimeError("workspace() exited without being entered in this context")
+        _CURRENT.set(replaced[-1])
+        _REPLACED.set(replaced[:-1])
 
     async def __aenter__(self) -> WorkspaceContext:
         return self.__enter__()
@@ -115,9 +134,11 @@ class QuotaWorkspaceMiddleware:
     Args:
         app: the ASGI app.
         resolve: ``resolve(request) -> workspace id | WorkspaceContext | None``, sync or
-            async, given a ``starlette.requests.Request`` (a header, a path parameter, the
-            authenticated user...). None: the request opens no workspace. An exception in it
-            fails the request (who pays must never be guessed).
+            async, given a ``starlette.requests.Request`` (a ``WebSocket``'s
+            ``HTTPConnection`` for a socket): read its headers, cookies, query or
+            ``scope["user"]``, never its body (the endpoint reads that). It runs on the event
+            loop, so keep it cheap. None or ``""``: the request opens no workspace. An
+            exception in it fails the request (who pays must never be guessed).
     """
 
     def __init__(self, app: Any, resolve: Resolver) -> None:
@@ -130,12 +151,14 @@ class QuotaWorkspaceMiddleware:
         if scope.get("type") not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        from starlette.requests import HTTPConnection
+        from starlette.requests import HTTPConnection, Request
 
-        found = self.resolve(HTTPConnection(scope, receive))
+        connection = (Request(scope, receive) if scope["type"] == "http"
+                      else HTTPConnection(scope, receive))
+        found = self.resolve(connection)
         if isinstance(found, Awaitable):
             found = await found
-        if found is None:
+        if found is None or found == "":
             await self.app(scope, receive, send)
             return
         block = (workspace(found.workspace_id, scopes=found.scopes)
@@ -227,25 +250,30 @@ def counting_into(blocks: tuple[BlockUsage, ...]) -> Iterator[None]:
 
 class track:
     """Sum the calls recorded inside the block, whichever adapter saw them, into a
-    :class:`BlockUsage`; blocks nest (an inner block's calls count in the outer one too).
+    :class:`BlockUsage` (a new one each time the block is entered); blocks nest (an inner
+    block's calls count in the outer one too). One object may be entered in several tasks
+    or threads at once: each entry has its own usage.
 
     Args:
         manager: count only this manager's records (default: every manager's).
     """
 
-    __slots__ = ("_tokens", "_usage")
+    __slots__ = ("_manager",)
 
     def __init__(self, *, manager: Any = None) -> None:
-        self._usage = BlockUsage(manager=manager)
-        self._tokens: list[contextvars.Token[tuple[BlockUsage, ...]]] = []
+        self._manager = manager
 
     def __enter__(self) -> BlockUsage:
-        self._tokens.append(_TRACKING.set((*_TRACKING.get(), self._usage)))
-        return self._usage
+        usage = BlockUsage(manager=self._manager)
+        _TRACKING.set((*_TRACKING.get(), usage))
+        return usage
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
                  traceback: TracebackType | None) -> None:
-        _TRACKING.reset(self._tokens.pop())
+        blocks = _TRACKING.get()
+        if not blocks:
+            raise RuntimeError("track() exited without being entered in this context")
+        _TRACKING.set(blocks[:-1])
 
     async def __aenter__(self) -> BlockUsage:
         return self.__enter__()

@@ -316,3 +316,110 @@ def test_tracked_decorates_sync_and_async_functions(manager: QuotaManager) -> No
     assert by_workspace(manager) == {"acme": 3, "beta": 1}
     with pytest.raises(ConfigurationError, match="non-empty workspace id"):
         tracked(workspace_id="")
+
+
+# ---------------------------------------------------------------------- from a review
+@pytest.mark.unit
+def test_one_block_object_entered_at_once_in_many_threads_and_tasks_stays_apart() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    acme, usage = workspace("acme"), track()
+    barrier = threading.Barrier(4)
+
+    def job(enter: bool) -> Any:
+        if not enter:
+            barrier.wait()
+            return current_workspace()
+        with acme, usage as mine:
+            barrier.wait()
+            found = current_workspace()
+        return found, mine, current_workspace()
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(job, [True, True, False, False]))
+        later = [pool.submit(current_workspace).result() for _ in range(4)]  # no leak
+    inside = [r for r in results if isinstance(r, tuple)]
+    assert all(found.workspace_id == "acme" and after is None for found, _, after in inside)
+    assert inside[0][1] is not inside[1][1]  # each entry has its own usage
+    assert results[2:] == [None, None] and later == [None] * 4
+
+    async def enter_in_tasks() -> list[str]:
+        async def one() -> str:
+            async with acme:
+                await asyncio.sleep(0.001)
+                return current_workspace().workspace_id  # type: ignore[union-attr]
+
+        return await asyncio.gather(*(one() for _ in range(20)))
+
+    assert asyncio.run(enter_in_tasks()) == ["acme"] * 20
+    with pytest.raises(RuntimeError, match="without being entered"):
+        acme.__exit__(None, None, None)
+    with pytest.raises(ConfigurationError, match="non-empty workspace id"):
+        workspace("   ")
+    from quota_hooks import WorkspaceContext
+
+    with pytest.raises(ConfigurationError, match="scopes must map"):
+        WorkspaceContext("acme", {"user": 5})  # type: ignore[dict-item]
+
+
+@pytest.mark.unit
+def test_litellm_a_calls_own_user_wins_and_a_call_id_used_again_is_a_new_call(
+        manager: QuotaManager, clean_litellm_callbacks: None) -> None:
+    from quota_hooks.adapters.litellm import QuotaLogger
+
+    logger = QuotaLogger(manager=manager, default_workspace="default-ws")
+    litellm.callbacks = [logger]
+    with workspace("acme", scopes={"user": "u-7", "team": "ml"}):
+        litellm.completion(model="gpt-4o-mini", messages=MSG, mock_response="x", user="u-9")
+    assert manager.drain(10)
+    assert records(manager, "acme")[0].scopes == {"user": "u-9", "team": "ml"}
+    assert len(logger._contexts) == 0  # a success forgets its call
+    for name in ("alpha", "beta", "gamma"):
+        with workspace(name):
+            litellm.completion(model="gpt-4o-mini", messages=MSG, mock_response="x",
+                               litellm_call_id="same-id")
+        assert manager.drain(10)
+    assert {ws: n for ws, n in by_workspace(manager).items() if ws != "acme"} == {
+        "alpha": 1, "beta": 1, "gamma": 1}
+
+
+@pytest.mark.unit
+def test_openai_a_calls_scopes_header_adds_to_the_blocks(manager: QuotaManager) -> None:
+    from quota_hooks.adapters.openai import SCOPES_HEADER
+
+    fake = FakeOpenAI()
+    client = track_openai(
+        OpenAI(api_key="sk-test", base_url="http://fake/v1", max_retries=0,
+               http_client=httpx2.Client(transport=fake.transport())),
+        workspace_id="wrapped", manager=manager)
+    with workspace("acme", scopes={"user": "u-7"}):
+        client.chat.completions.create(model="gpt-4o-mini", messages=MSG,  # type: ignore[arg-type]
+                                       extra_headers={SCOPES_HEADER: "feature=chat"})
+    assert records(manager, "acme")[0].scopes == {"user": "u-7", "feature": "chat"}
+
+
+@pytest.mark.unit
+def test_the_middleware_gives_the_resolver_the_request_and_treats_empty_as_none(
+        manager: QuotaManager) -> None:
+    from fastapi.testclient import TestClient
+    from starlette.requests import Request
+
+    seen: list[Any] = []
+
+    def resolve(request: Any) -> str:
+        seen.append(type(request))
+        return request.headers.get("x-tenant", "")
+
+    app = FastAPI()
+    app.add_middleware(QuotaWorkspaceMiddleware, resolve=resolve)
+
+    @app.get("/who")
+    def who() -> dict[str, Any]:
+        found = current_workspace()
+        return {"ws": found.workspace_id if found else None}
+
+    with TestClient(app) as client:
+        assert client.get("/who", headers={"x-tenant": "acme"}).json() == {"ws": "acme"}
+        assert client.get("/who", headers={"x-tenant": ""}).json() == {"ws": None}
+        assert client.get("/who").json() == {"ws": None}
+    assert seen and all(kind is Request for kind in seen)

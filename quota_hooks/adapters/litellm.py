@@ -14,9 +14,14 @@ or the plain function form::
     litellm.success_callback = [logger.success_callback]
     litellm.failure_callback = [logger.failure_callback]
 
-The workspace comes from ``metadata["workspace_id"]``, then ``default_workspace``, then
-``"default"``. ``user=`` and tags of the form ``"kind:value"`` (``metadata["tags"]``) become
-scopes. Tokens come from the response's usage (cached and reasoning tokens included). The cost
+The workspace comes from ``metadata["workspace_id"]``, then the :func:`quota_hooks.workspace`
+block the call was made in, then ``default_workspace``, then ``"default"``. ``user=`` and
+tags of the form ``"kind:value"`` (``metadata["tags"]``) become scopes, over the block's.
+litellm logs a call's success from a worker, so a logger remembers each call's block (and its
+``quota_hooks.track()`` blocks) from the call's pre-call hook: that needs the logger in
+``litellm.callbacks``. The plain-function form (``success_callback=[logger.success_callback]``)
+sees no pre-call hook, so its calls are charged to ``metadata`` or ``default_workspace``
+only. Tokens come from the response's usage (cached and reasoning tokens included). The cost
 is the price book's, by ``custom_llm_provider`` and model, as for a call any other adapter saw;
 litellm's own ``response_cost`` is kept as ``reported_cost`` (``cost_source="litellm"`` counts
 litellm's instead).
@@ -91,6 +96,9 @@ CALL_TYPES: Mapping[str, str] = {
     "atext_completion": "completions",
 }
 _SEEN_FAILURES = 10_000
+#: Calls begun and not yet logged whose ``workspace()`` and ``track()`` blocks a logger
+#: remembers (a success forgets its call's; past this, the oldest are forgotten).
+_OPEN_CALLS = 100_000
 _ASYNC_CALL_TYPES = frozenset(name for name in CALL_TYPES if name.startswith("a")
                               and name[1:] in CALL_TYPES)
 _log = logging.getLogger("quota_hooks")
@@ -247,13 +255,13 @@ class QuotaLogger(CustomLogger):
                 if call_id:
                     self._contexts[call_id] = context
                     self._tracking[call_id] = open_blocks()
-                    if len(self._contexts) > _SEEN_FAILURES:
+                    if len(self._contexts) > _OPEN_CALLS:
                         self._tracking.pop(self._contexts.popitem(last=False)[0], None)
         if isinstance(workspace, str) and workspace:
             return workspace, scopes
         if context is None:
             return self.default_workspace, scopes
-        return context.workspace_id, {**scopes, **context.scopes}
+        return context.workspace_id, {**context.scopes, **scopes}  # the call's own win
 
     @staticmethod
     def _scopes(tags: list[str], user: Any) -> dict[str, str]:
@@ -294,7 +302,7 @@ class QuotaLogger(CustomLogger):
     def _settle(self, record: UsageRecord | None, kwargs: Mapping[str, Any]) -> None:
         reservation = self._take(kwargs)
         if record is not None:
-            with counting_into(self._blocks_of(kwargs)):
+            with counting_into(self._blocks_of(kwargs, done=record.success)):
                 self.manager.record(record, reservation)
         else:
             self.manager.release(reservation)
@@ -302,16 +310,23 @@ class QuotaLogger(CustomLogger):
     async def _asettle(self, record: UsageRecord | None, kwargs: Mapping[str, Any]) -> None:
         reservation = self._take(kwargs)
         if record is not None:
-            with counting_into(self._blocks_of(kwargs)):
+            with counting_into(self._blocks_of(kwargs, done=record.success)):
                 await self.manager.arecord(record, reservation)
         else:
             await self.manager.arelease(reservation)
 
-    def _blocks_of(self, kwargs: Mapping[str, Any]) -> tuple[Any, ...]:
-        """The ``track()`` blocks open where the call began (litellm logs it elsewhere)."""
+    def _blocks_of(self, kwargs: Mapping[str, Any], *, done: bool) -> tuple[Any, ...]:
+        """The ``track()`` blocks open where the call began (litellm logs it elsewhere).
+        ``done`` (a success): the call's remembered block and blocks are forgotten (a
+        failure may be followed by a retry's or a fallback's success)."""
         call_id = str(kwargs.get("litellm_call_id") or "")
+        if not call_id:
+            return ()
         with self._lock:
-            return self._tracking.pop(call_id, ()) if call_id else ()
+            if done:
+                self._contexts.pop(call_id, None)
+                return self._tracking.pop(call_id, ())
+            return self._tracking.get(call_id, ())
 
     # The plain function form: litellm.success_callback / failure_callback.
     def success_callback(

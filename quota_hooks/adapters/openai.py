@@ -19,9 +19,12 @@ Each HTTP attempt that reaches the provider becomes one :class:`~quota_hooks.Usa
 usage-only chunk is removed from what the caller receives. A stream closed before its usage
 arrived is recorded with ``estimated=True``.
 
-The workspace of a call travels in the ``x-quota-hooks-workspace`` request header, which the
-transport strips before the request leaves the process; pass
-``extra_headers={"x-quota-hooks-workspace": "other"}`` to charge one call elsewhere.
+Who pays for a call: its own ``x-quota-hooks-workspace`` request header
+(``extra_headers={"x-quota-hooks-workspace": "other"}``), else the
+:func:`quota_hooks.workspace` block it runs in, else the workspace given to
+:func:`track_openai` (carried in ``x-quota-hooks-default-workspace``). The scopes are those of
+the block or of ``track_openai``, with the call's own ``x-quota-hooks-scopes`` over them. The
+transport strips every ``x-quota-hooks-*`` header before the request leaves the process.
 """
 
 from __future__ import annotations
@@ -254,22 +257,18 @@ class _Call:
         headers = request.headers
         # Who pays: the call's own header, then the workspace() block it runs in, then what
         # track_openai was given; the scopes come with the workspace (the call's own win).
+        # Who pays: the call's own header, then the workspace() block it runs in, then what
+        # track_openai was given. The scopes of whichever gave the workspace (the block's, or
+        # track_openai's), with the call's own scopes header over them, kind by kind.
         named, context = headers.get(WORKSPACE_HEADER), current_workspace()
-        raw_scopes = headers.get(SCOPES_HEADER)
-        self.scopes: dict[str, str] = {}
         if not named and context is not None:
             self.workspace_id = context.workspace_id
-            self.scopes = dict(context.scopes)
+            self.scopes: dict[str, str] = dict(context.scopes)
         else:
             self.workspace_id = unquote(named or headers.get(DEFAULT_WORKSPACE_HEADER)
                                         or "default")
-            raw_scopes = raw_scopes or headers.get(DEFAULT_SCOPES_HEADER)
-        if raw_scopes:
-            self.scopes = {}
-            for part in raw_scopes.split(";"):
-                kind, _, value = part.partition("=")
-                if kind and value:
-                    self.scopes[unquote(kind)] = unquote(value)
+            self.scopes = _scopes(headers.get(DEFAULT_SCOPES_HEADER))
+        self.scopes.update(_scopes(headers.get(SCOPES_HEADER)))
         try:
             self.attempt = int(headers.get(_RETRY_HEADER) or 0)
         except ValueError:
@@ -1028,6 +1027,16 @@ def _build_classes(lib: Any) -> dict[str, Any]:
     return {"sync": TrackingTransport, "async": AsyncTrackingTransport}
 
 
+def _scopes(raw: str | None) -> dict[str, str]:
+    """The scopes of a ``kind=value;kind=value`` header (each part URL-quoted)."""
+    found: dict[str, str] = {}
+    for part in (raw or "").split(";"):
+        kind, _, value = part.partition("=")
+        if kind and value:
+            found[unquote(kind)] = unquote(value)
+    return found
+
+
 def _start(hub: _Hub, request: Any, lib: Any) -> tuple[_Call | None, Any]:
     """Begin tracking a request; strip our headers. Never raises."""
     workspace = request.headers.get(WORKSPACE_HEADER)
@@ -1173,7 +1182,8 @@ def track_openai(
 
     Args:
         client: an OpenAI SDK client, sync or async.
-        workspace_id: the workspace charged for the calls.
+        workspace_id: the workspace charged for the calls that name none themselves and run
+            in no :func:`quota_hooks.workspace` block.
         manager: the :class:`QuotaManager`; the process-wide default when omitted.
         scopes: extra scopes charged for each call.
         inject_stream_usage: ask streamed chat completions for their usage when the caller did
