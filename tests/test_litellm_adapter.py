@@ -174,6 +174,14 @@ def test_plain_function_form(manager: QuotaManager) -> None:
     assert manager.drain()
     # litellm runs the callbacks in a thread pool: the order of the two records is not fixed
     assert sorted(r.success for r in records(manager)) == [False, True]
+    # A stream: litellm calls the function for every chunk too; the call is recorded once,
+    # at its end, with its real usage (each chunk used to count as a call at 1,024 tokens).
+    for _ in litellm.completion(model="gpt-4o-mini", messages=MSG, mock_response="one two three",
+                                stream=True):
+        pass
+    assert manager.drain()
+    [streamed] = [r for r in records(manager) if r.stream]
+    assert not streamed.estimated and streamed.output_tokens < 10
 
 
 def test_callback_errors_are_counted_not_dropped(

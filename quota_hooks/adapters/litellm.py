@@ -332,7 +332,11 @@ class QuotaLogger(CustomLogger):
     def success_callback(
         self, kwargs: dict[str, Any], completion_response: Any, start_time: Any, end_time: Any
     ) -> None:
-        """For ``litellm.success_callback = [logger.success_callback]``."""
+        """For ``litellm.success_callback = [logger.success_callback]``. litellm calls it for
+        every chunk of a stream too: only the stream's end (``complete_streaming_response``)
+        is a call."""
+        if kwargs.get("stream") and not kwargs.get("complete_streaming_response"):
+            return
         self.log_success_event(kwargs, completion_response, start_time, end_time)
 
     def failure_callback(
