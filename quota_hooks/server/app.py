@@ -75,6 +75,9 @@ WS_UNAUTHORIZED, WS_FORBIDDEN = 4401, 4403
 ASSETS_PATH = "/quota-hooks/static"
 _ASSETS = {"dashboard.js": "text/javascript; charset=utf-8",
            "dashboard.css": "text/css; charset=utf-8"}
+#: The browser pieces for pages of your own (ES modules, no build step), always served at
+#: <root>api/quota/static/: the REST and WebSocket client, the React hook, the element.
+_PIECES = ("quota-monitor.js", "use-quota-monitor.js", "quota-budget.js")
 #: Where dashboard.html says "the router's root" (replaced by a relative ./ or ../../).
 _ROOT_MARK = "{{root}}"
 _SUBPROTOCOL = "quota-hooks"
@@ -550,6 +553,18 @@ def quota_router(
         except ConfigurationError as exc:
             raise HTTPException(422, str(exc)) from None
         return {"key": policy_key(name), "reset_usd": format(taken.normalize(), "f")}
+
+    pieces_dir = resources.files("quota_hooks.server").joinpath("static")
+    pieces = {name: pieces_dir.joinpath(name).read_bytes() for name in _PIECES}
+
+    @router.get("/api/quota/static/{name}", include_in_schema=False)
+    async def piece(name: str) -> Response:
+        """The browser pieces: ``quota-monitor.js``, ``use-quota-monitor.js`` and
+        ``quota-budget.js`` (they hold no data: no token needed)."""
+        if name not in pieces:
+            raise HTTPException(404, "Not Found")
+        return Response(pieces[name], media_type="text/javascript; charset=utf-8",
+                        headers={"Cache-Control": "no-cache"})
 
     if exporter is not None:
         scraped: PrometheusMetrics = exporter

@@ -1,0 +1,152 @@
+"""The browser pieces in real Chromium, embedded in pages of an app of its own (served from
+127.0.0.1 under a strict CSP: no inline script or style, no eval): ``<quota-budget>`` shows
+live numbers, and a React page (react and react-dom 18's UMD builds, from the npm registry:
+``.ci/run`` installs them into ``QUOTA_HOOKS_TEST_REACT_DIR``) re-renders through
+``useQuotaMonitor`` on a WebSocket update. In CI a missing browser or React fails.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from fastapi.responses import HTMLResponse, Response
+from test_dashboard_browser import Problems, browser, call  # noqa: F401 - the fixture
+
+from quota_hooks import QuotaManager, QuotaPolicy
+from quota_hooks.server import quota_router
+from quota_hooks.server.background import BackgroundServer
+
+TOKEN = "pieces-token-1"
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+       "require-trusted-types-for 'script'")
+REACT_ENV = "QUOTA_HOOKS_TEST_REACT_DIR"
+
+EMBED = """<!doctype html><html><head><meta charset="utf-8"><title>embed</title>
+<script type="module" src="/pieces/api/quota/static/quota-budget.js"></script></head>
+<body><aside><quota-budget workspace="acme" token="TOKEN"></quota-budget></aside></body></html>"""
+
+REACT_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>react</title>
+<script src="/vendor/react.js"></script><script src="/vendor/react-dom.js"></script>
+<script type="module" src="/app.js"></script></head><body><div id="root"></div></body></html>"""
+
+REACT_APP = """import { useQuotaMonitor } from "/pieces/api/quota/static/use-quota-monitor.js";
+const e = React.createElement;
+let renders = 0;
+function Budget() {
+  const { quotaStatus, isLoading, error } = useQuotaMonitor({
+    workspaceId: "acme", token: "TOKEN", enableWebSocket: true, autoRefresh: true,
+    refreshInterval: 30000, showNotifications: false });
+  renders += 1;
+  if (error) return e("p", { id: "error" }, String(error.message));
+  if (isLoading || !quotaStatus) return e("p", { id: "loading" }, "loading");
+  return e("p", { id: "rpm", "data-renders": renders },
+           String(quotaStatus.requests_per_minute.current));
+}
+ReactDOM.createRoot(document.getElementById("root")).render(e(Budget));
+"""
+
+
+def _react_dir() -> Path:
+    found = os.environ.get(REACT_ENV)
+    if not found or not (Path(found) / "react" / "umd").is_dir():
+        message = f"the React page test needs {REACT_ENV} (.ci/run installs react from npm)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return Path(found)
+
+
+def app_with_pages(manager: QuotaManager, react: Path | None = None) -> FastAPI:
+    """An app of its own: the router under /pieces (its static files at
+    /pieces/api/quota/static/), and the app's pages under a strict CSP."""
+    app = FastAPI()
+    app.include_router(quota_router(manager, tokens=f"acme:{TOKEN}"), prefix="/pieces")
+    headers = {"Content-Security-Policy": CSP}
+
+    @app.get("/embed.html", response_class=HTMLResponse)
+    async def embed() -> HTMLResponse:
+        return HTMLResponse(EMBED.replace("TOKEN", TOKEN), headers=headers)
+
+    @app.get("/react.html", response_class=HTMLResponse)
+    async def react_page() -> HTMLResponse:
+        return HTMLResponse(REACT_PAGE, headers=headers)
+
+    @app.get("/app.js")
+    async def react_app() -> Response:
+        return Response(REACT_APP.replace("TOKEN", TOKEN), media_type="text/javascript",
+                        headers=headers)
+
+    @app.get("/vendor/{name}.js")
+    async def vendor(name: str) -> Response:
+        assert react is not None
+        path = {"react": react / "react/umd/react.production.min.js",
+                "react-dom": react / "react-dom/umd/react-dom.production.min.js"}[name]
+        return Response(path.read_bytes(), media_type="text/javascript", headers=headers)
+
+    return app
+
+
+@pytest.fixture
+def manager() -> Any:
+    manager = QuotaManager(QuotaPolicy(rpm=20, monthly_budget_usd=1))
+    yield manager
+    manager.close()
+
+
+def test_quota_budget_embedded_in_a_page_shows_live_numbers(
+        manager: QuotaManager, browser: Any) -> None:  # noqa: F811 - the fixture
+    from playwright.sync_api import expect
+
+    call(manager, 2)
+    server = BackgroundServer(app_with_pages(manager))
+    problems = Problems()
+    try:
+        page = browser.new_page(viewport={"width": 400, "height": 800})
+        problems.watch(page)
+        page.goto(f"http://127.0.0.1:{server.port}/embed.html")
+        budget = page.locator("quota-budget").locator("[data-testid=quota-budget]")
+        expect(budget).to_have_attribute("data-rpm", "2")
+        expect(budget).to_contain_text("budget this month")
+        expect(budget).to_contain_text("gpt-4o-mini")
+        call(manager, 3)
+        expect(budget).to_have_attribute("data-rpm", "5")  # the WebSocket brought it
+        problems.assert_none()
+    finally:
+        server.stop()
+
+
+def test_a_react_page_rerenders_through_use_quota_monitor(
+        manager: QuotaManager, browser: Any) -> None:  # noqa: F811 - the fixture
+    from playwright.sync_api import expect
+
+    react = _react_dir()
+    call(manager, 1)
+    server = BackgroundServer(app_with_pages(manager, react))
+    problems = Problems()
+    try:
+        page = browser.new_page()
+        problems.watch(page)
+        page.goto(f"http://127.0.0.1:{server.port}/react.html")
+        rpm = page.locator("#rpm")
+        expect(rpm).to_have_text("1")
+        before = int(rpm.get_attribute("data-renders") or 0)
+        call(manager, 2)
+        expect(rpm).to_have_text("3")  # a WebSocket update re-rendered it
+        assert int(rpm.get_attribute("data-renders") or 0) > before
+        problems.assert_none()
+    finally:
+        server.stop()
+
+
+def test_the_pieces_are_served_under_the_routers_prefix(manager: QuotaManager) -> None:
+    from fastapi.testclient import TestClient
+
+    with TestClient(app_with_pages(manager)) as client:
+        for name in ("quota-monitor.js", "use-quota-monitor.js", "quota-budget.js"):
+            answer = client.get(f"/pieces/api/quota/static/{name}")
+            assert answer.status_code == 200 and "javascript" in answer.headers["content-type"]
+        assert client.get("/pieces/api/quota/static/other.js").status_code == 404
