@@ -21,6 +21,8 @@ from quota_hooks.server import quota_router
 from quota_hooks.server.background import BackgroundServer
 
 TOKEN = "pieces-token-1"
+SLASHED = "b64/tok+en=="  # a token the WebSocket subprotocol cannot carry
+DOTS = "dots-token-1"
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
        "require-trusted-types-for 'script'")
 REACT_ENV = "QUOTA_HOOKS_TEST_REACT_DIR"
@@ -50,6 +52,73 @@ ReactDOM.createRoot(document.getElementById("root")).render(e(Budget));
 """
 
 
+PROBE_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>probe</title>
+<script type="module" src="/probe.js"></script></head><body></body></html>"""
+
+# Sockets counted by a WebSocket the page wraps; each scenario's outcome lands in __probe.
+PROBE = """import { QuotaMonitor } from "/pieces/api/quota/static/quota-monitor.js";
+const sockets = [];
+const Real = window.WebSocket;
+window.WebSocket = class extends Real {
+  constructor(...args) { super(...args); sockets.push(this); }
+};
+const probe = window.__probe = { errors: [] };
+const open = () => sockets.filter((s) => s.readyState <= 1).length;
+const wait = (ms) => new Promise((done) => setTimeout(done, ms));
+
+// A token the subprotocol cannot carry: REST only, and no error shows the token.
+const slashed = new QuotaMonitor({ workspaceId: "acme", token: "SLASHED",
+                                   refreshInterval: 1000 });
+slashed.addEventListener("error", (e) => probe.errors.push(String(e.detail.message)));
+slashed.addEventListener("update", (e) => { probe.slashed = e.detail.workspace_id; });
+slashed.start();
+// A workspace called "..": a URL folds it away, so it is refused, by name.
+try { new QuotaMonitor({ workspaceId: "..", token: "DOTS" }); }
+catch (error) { probe.dots = String(error.message); }
+await wait(1500);
+probe.slashedSockets = sockets.length;
+// stop() and start() again, and stop(): no socket is left open, no event comes after.
+const flip = new QuotaMonitor({ workspaceId: "acme", token: "ACME_TOKEN" });
+let after = 0;
+flip.start(); flip.stop(); flip.start(); await wait(50); flip.stop();
+flip.addEventListener("update", () => { after += 1; });
+await wait(1500);
+probe.openAfterStop = open();
+probe.eventsAfterStop = after;
+slashed.stop();
+probe.done = true;
+"""
+
+
+def test_the_monitor_never_shows_a_token_and_stops_for_good(
+        manager: QuotaManager, browser: Any) -> None:  # noqa: F811 - the fixture
+    from playwright.sync_api import expect
+
+    call(manager)
+    server = BackgroundServer(app_with_pages(manager))
+    problems = Problems()
+    try:
+        page = browser.new_page()
+        problems.watch(page)
+        page.goto(f"http://127.0.0.1:{server.port}/probe.html")
+        for _ in range(150):  # (wait_for_function would eval in the page: the CSP refuses)
+            if page.evaluate("() => Boolean(window.__probe && window.__probe.done)"):
+                break
+            page.wait_for_timeout(100)
+        probe = page.evaluate("() => window.__probe")
+        assert probe["slashed"] == "acme" and "cannot be read from a browser" in probe["dots"]
+        assert probe["slashedSockets"] == 0  # REST only
+        assert probe["openAfterStop"] == 0 and probe["eventsAfterStop"] == 0
+        assert probe["errors"] and not any(SLASHED in e for e in probe["errors"])
+        assert not any(SLASHED in e for e in problems.errors)
+        call(manager)  # nothing listens any more: no error either
+        page.wait_for_timeout(300)
+        problems.assert_none()
+        expect(page.locator("body")).to_be_attached()
+    finally:
+        server.stop()
+
+
 def _react_dir() -> Path:
     found = os.environ.get(REACT_ENV)
     if not found or not (Path(found) / "react" / "umd").is_dir():
@@ -64,7 +133,8 @@ def app_with_pages(manager: QuotaManager, react: Path | None = None) -> FastAPI:
     """An app of its own: the router under /pieces (its static files at
     /pieces/api/quota/static/), and the app's pages under a strict CSP."""
     app = FastAPI()
-    app.include_router(quota_router(manager, tokens=f"acme:{TOKEN}"), prefix="/pieces")
+    app.include_router(quota_router(manager, tokens=f"acme:{TOKEN},acme:{SLASHED},..:{DOTS}"),
+                       prefix="/pieces")
     headers = {"Content-Security-Policy": CSP}
 
     @app.get("/embed.html", response_class=HTMLResponse)
@@ -79,6 +149,16 @@ def app_with_pages(manager: QuotaManager, react: Path | None = None) -> FastAPI:
     async def react_app() -> Response:
         return Response(REACT_APP.replace("TOKEN", TOKEN), media_type="text/javascript",
                         headers=headers)
+
+    @app.get("/probe.html", response_class=HTMLResponse)
+    async def probe_page() -> HTMLResponse:
+        return HTMLResponse(PROBE_PAGE, headers=headers)
+
+    @app.get("/probe.js")
+    async def probe() -> Response:
+        return Response(PROBE.replace("SLASHED", SLASHED).replace("DOTS", DOTS)
+                        .replace("ACME_TOKEN", TOKEN),
+                        media_type="text/javascript", headers=headers)
 
     @app.get("/vendor/{name}.js")
     async def vendor(name: str) -> Response:

@@ -19,6 +19,7 @@
   const match = rest.match(/^dashboard\/(.+?)\/?$/);
   const workspace = match ? decodeURIComponent(match[1]) : null;
   const $ = (id) => document.getElementById(id);
+  const segment = encodeURIComponent;  // a workspace id as one path segment
   const num = (v) => Number(v).toLocaleString("en-US");
   const usd = (v) => v === null || v === undefined ? "unpriced"
     : "$" + (v >= 1 || v === 0 ? v.toFixed(2) : v.toFixed(v >= 0.01 ? 4 : 6));
@@ -222,7 +223,7 @@
 
   async function loadAlerts() {
     try {
-      const { alerts } = await getJSON(`api/quota/alerts/${encodeURIComponent(workspace)}?n=20`);
+      const { alerts } = await getJSON(`api/quota/alerts/${segment(workspace)}?n=20`);
       for (const alert of alerts) addAlert(alert, { older: true });  // newest first
     } catch (error) { /* the live alerts still come */ }
   }
@@ -237,7 +238,7 @@
 
   async function loadChart() {
     try {
-      renderChart(await getJSON(`api/quota/history/${encodeURIComponent(workspace)}?since=29d&by=day`));
+      renderChart(await getJSON(`api/quota/history/${segment(workspace)}?since=29d&by=day`));
     } catch (error) { $("chart").replaceChildren(h("p", { class: "empty" }, error.message)); }
   }
 
@@ -279,7 +280,7 @@
   }
 
   function connect() {
-    const url = at("api/quota/ws/" + encodeURIComponent(workspace));
+    const url = at("api/quota/ws/" + segment(workspace));
     url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
     const socket = new WebSocket(url, token ? ["quota-hooks", "bearer." + token] : ["quota-hooks"]);
     socket.addEventListener("open", () => { retry = 500; setConnection(true, "live"); });
@@ -295,7 +296,7 @@
     try {
       const { workspaces } = await getJSON("api/quota/workspaces");
       $("workspaces").replaceChildren(...(workspaces.length ? workspaces.map((w) =>
-        h("a", { href: at(`dashboard/${encodeURIComponent(w)}`).href + location.hash }, w))
+        h("a", { href: at(`dashboard/${segment(w)}`).href + location.hash }, w))
         : ["no usage recorded yet"]));
       $("workspaces").classList.toggle("empty", !workspaces.length);
       setConnection(true, "");
@@ -315,7 +316,7 @@
           return option;
         }));
       picker.addEventListener("change", () => {
-        location.assign(at(`dashboard/${encodeURIComponent(picker.value)}`).href + location.hash);
+        location.assign(at(`dashboard/${segment(picker.value)}`).href + location.hash);
       });
       $("workspace").replaceChildren(picker);
     } catch (error) { /* a workspace's own token: no list to pick from */ }

@@ -50,12 +50,23 @@ class QuotaBudget extends HTMLElement {
       root.adoptedStyleSheets = [sheet];
       root.append(el("div", "muted", "loading…"));
     }
-    this._start();
+    this._schedule();
   }
 
   disconnectedCallback() { this._stop(); }
 
-  attributeChangedCallback() { if (this.isConnected) this._start(); }
+  attributeChangedCallback() { if (this.isConnected) this._schedule(); }
+
+  // Attribute changes and the connection come in bursts (an upgrade sets each attribute):
+  // one start for all of them.
+  _schedule() {
+    if (this._scheduled) return;
+    this._scheduled = true;
+    queueMicrotask(() => {
+      this._scheduled = false;
+      if (this.isConnected) this._start();
+    });
+  }
 
   _stop() { if (this.monitor) this.monitor.stop(); this.monitor = null; }
 

@@ -12,6 +12,16 @@
 "use strict";
 
 const ROOT = new URL("../../../", import.meta.url);  // this file is <root>api/quota/static/
+// A token the WebSocket subprotocol can carry (RFC 6455: an HTTP token). Another token (a
+// base64 one, say) is sent in the Authorization header only: the monitor then polls.
+const SUBPROTOCOL_SAFE = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+const segment = encodeURIComponent;
+
+function refusal(status, workspaceId) {
+  if (status === 401) return "not signed in: a valid token is required";
+  if (status === 403) return `this token may not read workspace ${workspaceId}`;
+  return `the status could not be read: HTTP ${status}`;
+}
 
 export class QuotaMonitor extends EventTarget {
   constructor({ workspaceId, token = null, baseUrl = ROOT, enableWebSocket = true,
@@ -20,45 +30,67 @@ export class QuotaMonitor extends EventTarget {
     if (typeof workspaceId !== "string" || !workspaceId) {
       throw new TypeError("QuotaMonitor needs a workspaceId");
     }
+    if (workspaceId === "." || workspaceId === "..") {  // a URL cannot hold it as a segment
+      throw new TypeError(`a workspace id of ${JSON.stringify(workspaceId)} cannot be read `
+                          + "from a browser (a URL folds it away)");
+    }
     this.workspaceId = workspaceId;
     this.token = token;
-    this.root = new URL(baseUrl, location.href);
+    const root = new URL(baseUrl, location.href);
+    if (!root.pathname.endsWith("/")) root.pathname += "/";
+    this.root = root;
     this.enableWebSocket = enableWebSocket;
     this.autoRefresh = autoRefresh;
     this.refreshInterval = Math.max(1000, Number(refreshInterval) || 30000);
     this.status = null;
     this.connected = false;
     this._socket = null;
-    this._timer = null;
+    this._timer = null;     // the poll while the socket is down
+    this._again = null;     // the next connection attempt
     this._retry = 500;
     this._stopped = true;
+    this._run = 0;          // each start() is a run: what an older run began is ignored
   }
 
   start() {
     if (!this._stopped) return this;
     this._stopped = false;
+    this._run += 1;
     this.refresh();
-    if (this.enableWebSocket) this._connect();
-    else this._poll();
+    const socketable = !this.token || SUBPROTOCOL_SAFE.test(this.token);
+    if (this.enableWebSocket && socketable) this._connect();
+    else {
+      if (this.enableWebSocket) {
+        this._emit("error", new Error("this token cannot travel in a WebSocket subprotocol; "
+                                      + "refreshing every refreshInterval instead"));
+      }
+      this._poll();
+    }
     return this;
   }
 
   stop() {
     this._stopped = true;
+    this._run += 1;
     clearTimeout(this._timer);
+    clearTimeout(this._again);
+    this._timer = this._again = null;
     if (this._socket) this._socket.close(1000);
     this._socket = null;
   }
 
   async refresh() {
-    const path = `api/quota/status/${encodeURIComponent(this.workspaceId)}?enhanced=true`;
+    const run = this._run;
+    const path = `api/quota/status/${segment(this.workspaceId)}?enhanced=true`;
     try {
       const response = await fetch(new URL(path, this.root), {
         headers: this.token ? { Authorization: "Bearer " + this.token } : {} });
-      if (!response.ok) throw new Error(`status: HTTP ${response.status}`);
-      this._update(await response.json());
+      if (run !== this._run) return;  // stopped, or started again, meanwhile
+      if (!response.ok) throw new Error(refusal(response.status, this.workspaceId));
+      const status = await response.json();
+      if (run === this._run) this._update(status);
     } catch (error) {
-      this._emit("error", error);
+      if (run === this._run) this._emit("error", error);
     }
   }
 
@@ -71,42 +103,56 @@ export class QuotaMonitor extends EventTarget {
     this.dispatchEvent(new CustomEvent(type, { detail }));
   }
 
-  _poll() {  // while there is no socket: refreshInterval, if autoRefresh
-    clearTimeout(this._timer);
-    if (this._stopped || !this.autoRefresh) return;
-    this._timer = setTimeout(() => { this.refresh(); this._poll(); }, this.refreshInterval);
+  _poll() {  // while there is no socket: every refreshInterval, if autoRefresh
+    if (this._stopped || !this.autoRefresh || this._timer !== null) return;
+    this._timer = setTimeout(() => {
+      this._timer = null;
+      if (this.connected) return;
+      this.refresh();
+      this._poll();
+    }, this.refreshInterval);
   }
 
   _connect() {
+    this._again = null;
     if (this._stopped) return;
-    const url = new URL(`api/quota/ws/${encodeURIComponent(this.workspaceId)}`, this.root);
+    const run = this._run;
+    const url = new URL(`api/quota/ws/${segment(this.workspaceId)}`, this.root);
     url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
-    const socket = new WebSocket(url, this.token ? ["quota-hooks", "bearer." + this.token]
-                                                  : ["quota-hooks"]);
+    let socket;
+    try {
+      socket = new WebSocket(url, this.token ? ["quota-hooks", "bearer." + this.token]
+                                             : ["quota-hooks"]);
+    } catch (error) {  // never the error's own text: it would show the token
+      this._emit("error", new Error("the WebSocket could not be opened; refreshing instead"));
+      this._poll();
+      return;
+    }
     this._socket = socket;
-    socket.addEventListener("open", () => {
-      this._retry = 500;
-      this.connected = true;
-      clearTimeout(this._timer);
-    });
     socket.addEventListener("message", (event) => {
+      if (run !== this._run) return;
       let message;
       try { message = JSON.parse(event.data); } catch (error) { return; }
-      if (message.type === "quota_update") this._update(message.data);
-      else if (message.type === "quota_alert") this._emit("alert", message.data);
+      if (message.type === "quota_update") {
+        this.connected = true;
+        this._retry = 500;  // a socket that delivers, not one merely opened, resets it
+        this._update(message.data);
+      } else if (message.type === "quota_alert") this._emit("alert", message.data);
       else if (message.type === "quota_error") this._emit("error", new Error(message.data));
     });
     socket.addEventListener("close", (event) => {
-      this.connected = false;
-      if (this._stopped || this._socket !== socket) return;
+      if (this._socket === socket) { this._socket = null; this.connected = false; }
+      if (run !== this._run || this._stopped) return;
       if (event.code === 4401 || event.code === 4403) {  // refused: retrying will not help
-        this._emit("error", new Error(event.reason || `refused (${event.code})`));
+        this._emit("error", new Error(refusal(event.code - 4000, this.workspaceId)));
         return;
       }
       this._poll();  // the socket is down: refresh on a timer meanwhile
-      const wait = this._retry;
+      // Over the server's cap of sockets (4429): wait as long as the dashboard does.
+      const wait = event.code === 4429 ? 30000 : this._retry;
       this._retry = Math.min(this._retry * 2, 10000);
-      setTimeout(() => this._connect(), wait);
+      clearTimeout(this._again);
+      this._again = setTimeout(() => this._connect(), wait);
     });
   }
 }

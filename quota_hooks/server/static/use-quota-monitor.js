@@ -16,6 +16,9 @@ export function useQuotaMonitor({ workspaceId, token = null, enableWebSocket = t
   const [isLoading, setLoading] = React.useState(true);
   const [error, setError] = React.useState(null);
   React.useEffect(() => {
+    setStatus(null);  // another workspace (or token): nothing of the last one is shown
+    setLoading(true);
+    setError(null);
     const monitor = new QuotaMonitor({ workspaceId, token, enableWebSocket, autoRefresh,
                                        refreshInterval });
     monitor.addEventListener("update", (event) => {
