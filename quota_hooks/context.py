@@ -39,7 +39,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from types import MappingProxyType, TracebackType
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from .errors import ConfigurationError
 
@@ -85,7 +85,30 @@ def current_workspace() -> WorkspaceContext | None:
     return _CURRENT.get()
 
 
-class workspace:
+_T = TypeVar("_T")
+
+
+class _Block(Generic[_T]):
+    """A sync context manager that is an async one too (entering touches no I/O)."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> _T:
+        raise NotImplementedError
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> _T:
+        return self.__enter__()
+
+    async def __aexit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                        traceback: TracebackType | None) -> None:
+        self.__exit__(kind, value, traceback)
+
+
+class workspace(_Block[WorkspaceContext]):
     """Charge the calls made inside the block to ``workspace_id`` (and ``scopes``) when they
     name none themselves; nests (the innermost wins), sync and async. One object may be
     entered in several tasks or threads at once (a block cached per tenant): each context
@@ -114,12 +137,6 @@ class workspace:
         _CURRENT.set(replaced[-1])
         _REPLACED.set(replaced[:-1])
 
-    async def __aenter__(self) -> WorkspaceContext:
-        return self.__enter__()
-
-    async def __aexit__(self, kind: type[BaseException] | None, value: BaseException | None,
-                        traceback: TracebackType | None) -> None:
-        self.__exit__(kind, value, traceback)
 
 
 _Found = str | WorkspaceContext | None
@@ -248,7 +265,7 @@ def counting_into(blocks: tuple[BlockUsage, ...]) -> Iterator[None]:
         _TRACKING.reset(token)
 
 
-class track:
+class track(_Block[BlockUsage]):
     """Sum the calls recorded inside the block, whichever adapter saw them, into a
     :class:`BlockUsage` (a new one each time the block is entered); blocks nest (an inner
     block's calls count in the outer one too). One object may be entered in several tasks
@@ -275,12 +292,6 @@ class track:
             raise RuntimeError("track() exited without being entered in this context")
         _TRACKING.set(blocks[:-1])
 
-    async def __aenter__(self) -> BlockUsage:
-        return self.__enter__()
-
-    async def __aexit__(self, kind: type[BaseException] | None, value: BaseException | None,
-                        traceback: TracebackType | None) -> None:
-        self.__exit__(kind, value, traceback)
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])

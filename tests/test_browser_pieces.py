@@ -92,8 +92,6 @@ probe.done = true;
 
 def test_the_monitor_never_shows_a_token_and_stops_for_good(
         manager: QuotaManager, browser: Any) -> None:  # noqa: F811 - the fixture
-    from playwright.sync_api import expect
-
     call(manager)
     server = BackgroundServer(app_with_pages(manager))
     problems = Problems()
@@ -114,7 +112,6 @@ def test_the_monitor_never_shows_a_token_and_stops_for_good(
         call(manager)  # nothing listens any more: no error either
         page.wait_for_timeout(300)
         problems.assert_none()
-        expect(page.locator("body")).to_be_attached()
     finally:
         server.stop()
 

@@ -539,6 +539,18 @@ def test_a_cancelled_areserve_gives_its_hold_back(url: str) -> None:
     store.close()
 
 
+def _admits_calls_over_their_estimate(store: RedisStore) -> int:
+    """Of 20 calls that each reserve 10 tokens and use 400, how many tpm=1000 admits."""
+    limits = {"workspace:ws": Limits(tpm=1000)}
+    count = 0
+    for _ in range(20):
+        held = store.reserve(["workspace:ws"], one_request(10), limits, T0, MONTH, 60)
+        if isinstance(held, Reservation):
+            count += 1
+            store.commit(entry(tokens=400), held)
+    return count
+
+
 def test_batched_settles_never_let_a_limit_pass(url: str) -> None:
     """Each call reserves 10 tokens and uses 400: a reserve waits for the queued settles, so
     batched admits what sync admits."""
@@ -546,13 +558,7 @@ def test_batched_settles_never_let_a_limit_pass(url: str) -> None:
     for durability in ("sync", "batched"):
         store = RedisStore.from_url(url, prefix=f"qh-test-{uuid.uuid4().hex[:8]}",
                                     use_server_time=False, durability=durability)
-        limits = {"workspace:ws": Limits(tpm=1000)}
-        count = 0
-        for _ in range(20):
-            held = store.reserve(["workspace:ws"], one_request(10), limits, T0, MONTH, 60)
-            if isinstance(held, Reservation):
-                count += 1
-                store.commit(entry(tokens=400), held)
+        count = _admits_calls_over_their_estimate(store)
         admitted[durability] = count
         store.clear()
         store.close()
@@ -641,13 +647,7 @@ def test_a_call_that_uses_more_than_its_share_ends_the_lease(url: str) -> None:
     for calls in (0, 32):
         store = RedisStore.from_url(url, prefix=f"qh-test-{uuid.uuid4().hex[:8]}",
                                     use_server_time=False, lease_calls=calls)
-        limits = {"workspace:ws": Limits(tpm=1000)}
-        count = 0
-        for _ in range(20):
-            held = store.reserve(["workspace:ws"], one_request(10), limits, T0, MONTH, 60)
-            if isinstance(held, Reservation):
-                count += 1
-                store.commit(entry(tokens=400), held)
+        count = _admits_calls_over_their_estimate(store)
         admitted[calls] = count
         store.close()
         fresh = RedisStore.from_url(url, prefix=store.prefix, use_server_time=False)
