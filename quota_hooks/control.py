@@ -16,7 +16,9 @@ store's versioned policy table (:class:`~quota_hooks.storage.base.ControlStore`)
   ``policy_refresh`` seconds until the first read succeeds, then after a back-off of up to
   :data:`MAX_BACKOFF` seconds, so that a store that is down does not slow every call twice;
 * a table whose version went back (a store that lost its data, a file restored from a
-  backup) is a new table, used as it is.
+  backup) is a new table, used as it is; and since such a store numbers from 1 again, one
+  version can name two tables: the whole table is read after a failed read and every
+  :data:`FULL_READ` seconds, and a table whose documents differ is used at the same version.
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ logger = logging.getLogger("quota_hooks")
 POLICY_REFRESH = 0.5
 #: The longest wait before reading again after failed reads.
 MAX_BACKOFF = 5.0
+#: Seconds between two reads of the whole policy table (the others read its version only).
+FULL_READ = 30.0
 #: Rounds of read, change, write a policy update makes when other changes keep coming in.
 _UPDATE_ROUNDS = 20
 
@@ -90,6 +94,7 @@ class PolicySync:
         self._due = 0.0
         self._failures = 0
         self._read_once = False
+        self._full_due = 0.0
         self._lock = threading.Lock()
         self._reading = threading.Lock()
 
@@ -116,7 +121,7 @@ class PolicySync:
             self._due = time.monotonic() + self.refresh
             try:
                 self._seed_store(store)
-                table = store.policies(self.policies.version)
+                table = store.policies(self._known())
             except Exception as exc:
                 self._failed(exc)
                 return
@@ -143,7 +148,7 @@ class PolicySync:
                 self._seed = None
                 if version is not None and self._on_seeded is not None:
                     self._on_seeded(seed, version)
-            table = await self._astore.apolicies(self.policies.version)
+            table = await self._astore.apolicies(self._known())
         except Exception as exc:
             self._failed(exc)
             return
@@ -161,6 +166,16 @@ class PolicySync:
                    "quota-hooks: reading the policies from %r failed (the policies in use "
                    "stay): %r", self.store, exc)
 
+    def _known(self) -> int:
+        """The version a read may skip the table at: the one in use, but -1 (read it all)
+        after a failed read and every :data:`FULL_READ` seconds, because a store that lost
+        its data numbers its versions from 1 again, and one version then names two tables."""
+        now = time.monotonic()
+        if self._failures or now >= self._full_due:
+            self._full_due = now + FULL_READ
+            return -1
+        return self.policies.version
+
     def _read(self, table: PolicyTable | None) -> None:
         self._read_once = True
         if self._failures:
@@ -174,7 +189,7 @@ class PolicySync:
         first time, each stored policy that overrides a different one in code)."""
         with self._lock:
             current = self.policies.version
-            if table.version == current:
+            if self.policies.holds(table):
                 return
             if table.version < current:
                 logger.warning(

@@ -383,6 +383,11 @@ class Policies:
             return self._workspaces.get(rest)
         return self._scopes.get(key)
 
+    def holds(self, table: PolicyTable) -> bool:
+        """True when ``table`` is the table in use (same version, same documents)."""
+        stored = self._stored
+        return table.version == stored.version and contents_of(table) == stored.contents
+
     def use_stored(self, table: PolicyTable) -> list[str]:
         """Use the store's policy table from now on. Returns what it could not read (a key
         whose document is not a policy, left out; a field this version cannot read, left out
@@ -469,10 +474,16 @@ def parse_policy(document: str | bytes | Mapping[str, Any], *, source: str = "po
     return policy
 
 
+def contents_of(table: PolicyTable) -> frozenset[tuple[str, str]]:
+    """A policy table's keys and documents."""
+    return frozenset((key, stored.document) for key, stored in table.policies.items())
+
+
 class _Stored:
     """The store's policy table, parsed: the default, the workspaces', the scopes'."""
 
-    __slots__ = ("default", "documents", "scopes", "version", "versions", "workspaces")
+    __slots__ = ("contents", "default", "documents", "scopes", "version", "versions",
+                 "workspaces")
 
     def __init__(self, version: int, default: QuotaPolicy | None,
                  workspaces: dict[str, QuotaPolicy], scopes: dict[str, QuotaPolicy],
@@ -484,6 +495,9 @@ class _Stored:
         self.scopes = scopes
         self.documents = documents
         self.versions = versions or {}
+        self.contents: frozenset[tuple[str, str]] = frozenset()
+        """What the table held, to tell two tables of one version apart (a store that lost
+        its data numbers its versions from 1 again)."""
 
     @classmethod
     def of(cls, table: PolicyTable, previous: _Stored) -> tuple[_Stored, list[str]]:
@@ -517,7 +531,9 @@ class _Stored:
             else:
                 bad.append(key)
         versions = {key: stored.version for key, stored in table.policies.items()}
-        return cls(table.version, default, workspaces, scopes, documents, versions), bad
+        made = cls(table.version, default, workspaces, scopes, documents, versions)
+        made.contents = contents_of(table)
+        return made, bad
 
 
 _NO_STORED = _Stored(0, None, {}, {}, {})

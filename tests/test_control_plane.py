@@ -729,3 +729,42 @@ def test_budget_alerts_fire_again_after_a_reset() -> None:
     exceeded = [a for a in got if a.kind == AlertKind.QUOTA_EXCEEDED]
     assert len(exceeded) == 2 and exceeded[0].dedupe_key != exceeded[1].dedupe_key
     m.close()
+
+
+@pytest.mark.unit
+def test_a_store_that_lost_its_data_and_numbered_from_1_again_is_read_anew(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """After an outage the whole table is read: a Redis that came back empty and got a new
+    version 1 is not taken for the old version 1 (a process went on admitting rpm=100)."""
+    import quota_hooks.control as control
+
+    class Outage(MemoryStore):
+        down = False
+
+        def policies(self, known: int = -1):  # type: ignore[no-untyped-def]
+            if self.down:
+                raise OSError("restarting")
+            return super().policies(known)
+
+    store = Outage()
+    m = QuotaManager(QuotaPolicy(rpm=100), store=store, clock=ManualClock(T0))
+    assert (m.policy_for("ws").rpm, m.policies.version) == (100, 1)
+    store.down = True
+    m.refresh_policies()  # fails: the policies in use stay
+    fresh = MemoryStore()  # it came back empty; an admin wrote version 1 again
+    fresh.put_policies({"*": QuotaPolicy(rpm=1).model_dump_json()}, T0)
+    store._policies, store.down = fresh._policies, False
+    m.refresh_policies()
+    assert (m.policy_for("ws").rpm, m.policies.version) == (1, 1)
+    # Without an outage seen, the whole table is read every FULL_READ seconds.
+    again = MemoryStore()
+    again.put_policies({"*": QuotaPolicy(rpm=7).model_dump_json()}, T0)
+    store._policies = again._policies
+    m.refresh_policies()
+    assert m.policy_for("ws").rpm == 1  # the version alone says nothing changed
+    later = time.monotonic() + control.FULL_READ + 1
+    monkeypatch.setattr(control.time, "monotonic", lambda: later)
+    m.refresh_policies()
+    assert m.policy_for("ws").rpm == 7
+    monkeypatch.undo()  # the clock again, before anything waits on it
+    m.close()

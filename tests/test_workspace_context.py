@@ -423,3 +423,18 @@ def test_the_middleware_gives_the_resolver_the_request_and_treats_empty_as_none(
         assert client.get("/who", headers={"x-tenant": ""}).json() == {"ws": None}
         assert client.get("/who").json() == {"ws": None}
     assert seen and all(kind is Request for kind in seen)
+
+
+@pytest.mark.unit
+def test_a_calls_own_workspace_header_is_the_id_as_written(manager: QuotaManager) -> None:
+    """Only track_openai's own header is URL-quoted: "a%41" on a call is the workspace
+    "a%41", not "aA" (which would charge another workspace's limits)."""
+    fake = FakeOpenAI()
+    client = track_openai(
+        OpenAI(api_key="sk-test", base_url="http://fake/v1", max_retries=0,
+               http_client=httpx2.Client(transport=fake.transport())),
+        workspace_id="wrapped é", manager=manager)
+    client.chat.completions.create(model="gpt-4o-mini", messages=MSG,  # type: ignore[arg-type]
+                                   extra_headers={WORKSPACE_HEADER: "a%41"})
+    client.chat.completions.create(model="gpt-4o-mini", messages=MSG)  # type: ignore[arg-type]
+    assert by_workspace(manager) == {"a%41": 1, "wrapped é": 1}

@@ -265,8 +265,9 @@ class _Call:
             self.workspace_id = context.workspace_id
             self.scopes: dict[str, str] = dict(context.scopes)
         else:
-            self.workspace_id = unquote(named or headers.get(DEFAULT_WORKSPACE_HEADER)
-                                        or "default")
+            # The call's own header is the id as written; track_openai's is URL-quoted.
+            self.workspace_id = named or unquote(headers.get(DEFAULT_WORKSPACE_HEADER)
+                                                 or "default")
             self.scopes = _scopes(headers.get(DEFAULT_SCOPES_HEADER))
         self.scopes.update(_scopes(headers.get(SCOPES_HEADER)))
         try:
