@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse, Response
-from test_dashboard_browser import Problems, browser, call  # noqa: F401 - the fixture
+from test_dashboard_browser import SCREENSHOTS, Problems, browser, call  # noqa: F401 - the fixture
 
 from quota_hooks import QuotaManager, QuotaPolicy
 from quota_hooks.server import quota_router
@@ -189,8 +189,23 @@ def test_quota_budget_embedded_in_a_page_shows_live_numbers(
         expect(budget).to_have_attribute("data-rpm", "2")
         expect(budget).to_contain_text("budget this month")
         expect(budget).to_contain_text("gpt-4o-mini")
+        # The sidebar layout: the same gauges, rows and tables as the dashboard's (one
+        # rendering code path), in a box of its own, and none of the dashboard's cards.
+        expect(budget.get_by_test_id("current-rpm")).to_have_text("2")
+        expect(budget.get_by_test_id("status")).to_have_text("normal")
+        expect(budget.get_by_test_id("model-row")).to_have_count(1)
+        expect(budget.get_by_test_id("recent-row")).to_have_count(2)
+        expect(budget.get_by_test_id("method-requests")).to_have_text("2")
+        expect(page.locator("quota-budget").locator("section, #chart")).to_have_count(0)
+        box = page.locator("quota-budget").bounding_box()
+        assert box is not None and box["width"] <= 382, box  # 360 px, its padding and border
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
         call(manager, 3)
         expect(budget).to_have_attribute("data-rpm", "5")  # the WebSocket brought it
+        expect(budget.get_by_test_id("recent-row")).to_have_count(5)
+        if SCREENSHOTS is not None:
+            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(SCREENSHOTS / "sidebar.png"), full_page=True)
         problems.assert_none()
     finally:
         server.stop()

@@ -138,6 +138,23 @@ def test_the_dashboard_updates_live_shows_disconnects_and_reconnects(
         gauge = page.get_by_test_id("gauge-rpm").locator(".fill")
         expect(gauge).to_have_class(re.compile(r"\bwarning\b"))
         assert gauge.evaluate("e => e.style.width") == "85%"  # styled without inline style
+        # The page is built from the embeddable element: <quota-budget layout="full"> draws
+        # every card in its shadow root; the page's own markup holds none of them.
+        built = page.evaluate("""() => {
+          const element = document.querySelector("quota-budget");
+          const shadow = element && element.shadowRoot;
+          return {
+            layout: element && element.getAttribute("layout"),
+            gauges: shadow ? shadow.querySelectorAll("[data-testid^=gauge-]").length : 0,
+            rows: shadow ? shadow.querySelectorAll("[data-testid=recent-row]").length : 0,
+            chart: Boolean(shadow && shadow.querySelector("#chart svg rect")),
+            status: Boolean(shadow && shadow.querySelector("[data-testid=status]")),
+            outside: document.querySelectorAll("[data-testid]").length,
+          };
+        }""")
+        rows = page.get_by_test_id("recent-row").count()
+        assert rows >= 3 and built == {"layout": "full", "gauges": 5, "rows": rows,
+                                       "chart": True, "status": True, "outside": 0}, built
         page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
         assert (tmp_path / "dashboard.png").stat().st_size > 10_000
         if SCREENSHOTS is not None:
@@ -147,7 +164,7 @@ def test_the_dashboard_updates_live_shows_disconnects_and_reconnects(
 
         server.stop()
         expect(page.get_by_test_id("connection")).to_contain_text("disconnected")
-        assert page.evaluate("document.body.dataset.connected") == "no"
+        expect(page.get_by_test_id("connection")).to_have_attribute("data-connected", "no")
         server = serve(manager, port)  # the same address: the page reconnects
         expect(page.get_by_test_id("connection")).to_have_text("live", timeout=20_000)
         call(manager)
@@ -159,6 +176,10 @@ def test_the_dashboard_updates_live_shows_disconnects_and_reconnects(
         expect(page.get_by_test_id("connection")).to_contain_text("may not read other")
         page.goto(f"http://127.0.0.1:{port}/#token={TOKEN}")
         expect(page.locator("#workspaces a")).to_have_text(["acme"])
+        expect(page.locator("#workspace")).to_have_text("all workspaces")
+        expect(page.get_by_test_id("status")).to_be_hidden()
+        if SCREENSHOTS is not None:
+            page.screenshot(path=str(SCREENSHOTS / "dashboard-picker.png"), full_page=True)
         page.locator("#workspaces a").click()
         expect(page.get_by_test_id("connection")).to_have_text("live")
         expect(rpm).to_have_text("18")

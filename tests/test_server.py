@@ -326,8 +326,14 @@ def test_dashboard_pages_are_served(client: TestClient) -> None:
         assert f'href="{root}quota-hooks/static/dashboard.css"' in page.text, path
         assert "{{" not in page.text
     script = client.get("/quota-hooks/static/dashboard.js")
-    assert script.status_code == 200 and '"api/quota/ws/"' in script.text
+    assert script.status_code == 200 and 'import "./quota-budget.js"' in script.text
     assert "/api/quota" not in script.text  # no absolute path to the API
+    # The page is <quota-budget layout="full">: its modules are served beside the script,
+    # and the monitor they read with opens the WebSocket at a path relative to the root.
+    monitor = client.get("/quota-hooks/static/quota-monitor.js")
+    assert monitor.status_code == 200 and "`api/quota/ws/${" in monitor.text
+    assert client.get("/quota-hooks/static/quota-budget.js").status_code == 200
+    assert client.get("/quota-hooks/static/quota-ui.js").status_code == 200
     assert client.get("/quota-hooks/static/dashboard.css").status_code == 200
     assert client.get("/quota-hooks/static/dashboard.html").status_code == 404
     assert client.get("/quota-hooks/static/..%2Fapp.py").status_code == 404

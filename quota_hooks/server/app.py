@@ -73,11 +73,16 @@ CORS_ENV = "QUOTA_HOOKS_CORS_ORIGINS"
 WS_UNAUTHORIZED, WS_FORBIDDEN = 4401, 4403
 #: Where the dashboard's script and style sheet are served (the page has neither inline).
 ASSETS_PATH = "/quota-hooks/static"
-_ASSETS = {"dashboard.js": "text/javascript; charset=utf-8",
-           "dashboard.css": "text/css; charset=utf-8"}
 #: The browser pieces for pages of your own (ES modules, no build step), always served at
-#: <root>api/quota/static/: the REST and WebSocket client, the React hook, the element.
-_PIECES = ("quota-monitor.js", "use-quota-monitor.js", "quota-budget.js")
+#: <root>api/quota/static/: the REST and WebSocket client, the React hook, the element (and
+#: the helpers it draws with).
+_PIECES = ("quota-monitor.js", "use-quota-monitor.js", "quota-budget.js", "quota-ui.js")
+#: The dashboard page is <quota-budget layout="full">: its script imports the element's
+#: modules from beside itself.
+_ASSETS = {"dashboard.js": "text/javascript; charset=utf-8",
+           "dashboard.css": "text/css; charset=utf-8",
+           **{name: "text/javascript; charset=utf-8" for name in _PIECES
+              if name != "use-quota-monitor.js"}}
 #: Where dashboard.html says "the router's root" (replaced by a relative ./ or ../../).
 _ROOT_MARK = "{{root}}"
 _SUBPROTOCOL = "quota-hooks"
@@ -560,7 +565,7 @@ def quota_router(
     @router.get("/api/quota/static/{name}", include_in_schema=False)
     async def piece(name: str) -> Response:
         """The browser pieces: ``quota-monitor.js``, ``use-quota-monitor.js`` and
-        ``quota-budget.js`` (they hold no data: no token needed)."""
+        ``quota-budget.js`` with ``quota-ui.js`` (they hold no data: no token needed)."""
         if name not in pieces:
             raise HTTPException(404, "Not Found")
         return Response(pieces[name], media_type="text/javascript; charset=utf-8",
@@ -629,7 +634,7 @@ def quota_router(
 
         @router.get(ASSETS_PATH + "/{name}", include_in_schema=False)
         async def asset(name: str) -> Response:
-            """The page's script and style sheet (those two files only)."""
+            """The page's script and style sheet, and the element's modules it imports."""
             if name not in assets:
                 raise HTTPException(404, "Not Found")
             return Response(assets[name], media_type=_ASSETS[name],

@@ -8,7 +8,10 @@
 //   monitor.addEventListener("update", (e) => render(e.detail));   // the status JSON
 //   monitor.addEventListener("alert", (e) => notify(e.detail));    // an Alert
 //   monitor.addEventListener("error", (e) => show(e.detail));      // an Error
+//   monitor.addEventListener("connection", (e) => e.detail.state); // live, down, busy, refused
 //   monitor.start();   // ... monitor.stop();
+//   await monitor.history({ since: "29d", by: "day" });  await monitor.alerts({ n: 20 });
+//   await monitor.workspaces();  // the ids this token may read
 "use strict";
 
 const ROOT = new URL("../../../", import.meta.url);  // this file is <root>api/quota/static/
@@ -25,7 +28,7 @@ function refusal(status, workspaceId) {
 
 export class QuotaMonitor extends EventTarget {
   constructor({ workspaceId, token = null, baseUrl = ROOT, enableWebSocket = true,
-                autoRefresh = true, refreshInterval = 30000 } = {}) {
+                autoRefresh = true, refreshInterval = 30000, initialRefresh = true } = {}) {
     super();
     if (typeof workspaceId !== "string" || !workspaceId) {
       throw new TypeError("QuotaMonitor needs a workspaceId");
@@ -41,6 +44,9 @@ export class QuotaMonitor extends EventTarget {
     this.root = root;
     this.enableWebSocket = enableWebSocket;
     this.autoRefresh = autoRefresh;
+    // false: no REST read at start() when the WebSocket is used (its first update is the
+    // status); one still comes if the socket closes before it delivered anything.
+    this.initialRefresh = initialRefresh;
     this.refreshInterval = Math.max(1000, Number(refreshInterval) || 30000);
     this.status = null;
     this.connected = false;
@@ -56,9 +62,10 @@ export class QuotaMonitor extends EventTarget {
     if (!this._stopped) return this;
     this._stopped = false;
     this._run += 1;
-    this.refresh();
     const socketable = !this.token || SUBPROTOCOL_SAFE.test(this.token);
-    if (this.enableWebSocket && socketable) this._connect();
+    const socket = this.enableWebSocket && socketable;
+    if (this.initialRefresh || !socket) this.refresh();
+    if (socket) this._connect();
     else {
       if (this.enableWebSocket) {
         this._emit("error", new Error("this token cannot travel in a WebSocket subprotocol; "
@@ -81,17 +88,38 @@ export class QuotaMonitor extends EventTarget {
 
   async refresh() {
     const run = this._run;
-    const path = `api/quota/status/${segment(this.workspaceId)}?enhanced=true`;
     try {
-      const response = await fetch(new URL(path, this.root), {
-        headers: this.token ? { Authorization: "Bearer " + this.token } : {} });
-      if (run !== this._run) return;  // stopped, or started again, meanwhile
-      if (!response.ok) throw new Error(refusal(response.status, this.workspaceId));
-      const status = await response.json();
+      const status = await this._get(`api/quota/status/${segment(this.workspaceId)}`,
+                                     { enhanced: "true" }, run);
       if (run === this._run) this._update(status);
     } catch (error) {
       if (run === this._run) this._emit("error", error);
     }
+  }
+
+  // The workspace's usage over time (GET .../history: { since, until, by }), and the alerts
+  // it raised, newest first (GET .../alerts: { n }). They reject with an Error.
+  history(query = {}) {
+    return this._get(`api/quota/history/${segment(this.workspaceId)}`, query);
+  }
+
+  alerts(query = {}) {
+    return this._get(`api/quota/alerts/${segment(this.workspaceId)}`, query);
+  }
+
+  // The workspaces this token may read (GET /api/quota/workspaces: an admin's, all of them).
+  async workspaces() {
+    return (await this._get("api/quota/workspaces", {})).workspaces;
+  }
+
+  async _get(path, query, run = this._run) {
+    const url = new URL(path, this.root);
+    for (const [key, value] of Object.entries(query)) url.searchParams.set(key, String(value));
+    const response = await fetch(url, {
+      headers: this.token ? { Authorization: "Bearer " + this.token } : {} });
+    if (run !== this._run) throw new Error("stopped");  // or started again, meanwhile
+    if (!response.ok) throw new Error(refusal(response.status, this.workspaceId));
+    return response.json();
   }
 
   _update(status) {
@@ -134,6 +162,7 @@ export class QuotaMonitor extends EventTarget {
       let message;
       try { message = JSON.parse(event.data); } catch (error) { return; }
       if (message.type === "quota_update") {
+        if (!this.connected) this._emit("connection", { state: "live" });
         this.connected = true;
         this._retry = 500;  // a socket that delivers, not one merely opened, resets it
         this._update(message.data);
@@ -144,13 +173,21 @@ export class QuotaMonitor extends EventTarget {
       if (this._socket === socket) { this._socket = null; this.connected = false; }
       if (run !== this._run || this._stopped) return;
       if (event.code === 4401 || event.code === 4403) {  // refused: retrying will not help
+        this._emit("connection", { state: "refused", code: event.code });
         this._emit("error", new Error(refusal(event.code - 4000, this.workspaceId)));
         return;
       }
+      if (this.status === null) this.refresh();  // nothing yet (initialRefresh false): now
       this._poll();  // the socket is down: refresh on a timer meanwhile
-      // Over the server's cap of sockets (4429): wait as long as the dashboard does.
-      const wait = event.code === 4429 ? 30000 : this._retry;
+      // Over the server's cap of sockets (4429): wait 30 s. Its reason is one of the
+      // server's fixed sentences (checked: nothing else of the close frame is shown).
+      const busy = event.code === 4429;
+      const wait = busy ? 30000 : this._retry;
       this._retry = Math.min(this._retry * 2, 10000);
+      const reason = busy && /^too many open dashboards for this (token|workspace)$/
+        .test(event.reason) ? event.reason : busy ? "too many open dashboards" : "";
+      this._emit("connection", { state: busy ? "busy" : "down", code: event.code, reason,
+                                 retryIn: wait });
       clearTimeout(this._again);
       this._again = setTimeout(() => this._connect(), wait);
     });
