@@ -20,7 +20,11 @@ ManagerFactory = Callable[..., Any]
 
 #: ``policy set`` flags: flag -> (policy field, how its value is read).
 _RATES = ("rpm", "rpd", "tpm", "tpd")
-_FLAG_NAMES = {"monthly_budget_usd": "--budget", "warning_percent": "--warning",
+#: ``--period`` -> the budget field ``--budget`` sets.
+_BUDGET_FIELDS = {"month": "monthly_budget_usd", "week": "weekly_budget_usd",
+                  "day": "daily_budget_usd"}
+_FLAG_NAMES = {"monthly_budget_usd": "--budget", "weekly_budget_usd": "--budget",
+               "daily_budget_usd": "--budget", "warning_percent": "--warning",
                "critical_percent": "--critical", **{r: f"--{r}" for r in _RATES},
                "thresholds": "--thresholds", "timezone": "--timezone", "mode": "--mode"}
 
@@ -84,9 +88,13 @@ def add_commands(commands: Any, store_help: str, manager: ManagerFactory,
     for rate in _RATES:
         put.add_argument(f"--{rate}", type=_limit(f"--{rate}", True), metavar="N",
                          default=argparse.SUPPRESS, help="a whole number, or none")
-    put.add_argument("--budget", dest="monthly_budget_usd", metavar="USD",
-                     type=_limit("--budget", False),
-                     default=argparse.SUPPRESS, help="USD per calendar month, or none")
+    put.add_argument("--budget", metavar="USD", type=_limit("--budget", False),
+                     default=argparse.SUPPRESS,
+                     help="USD per budget period (--period, a month by default), or none")
+    put.add_argument("--period", choices=list(_BUDGET_FIELDS), default="month",
+                     help="the calendar period of --budget, in the policy's time zone: day, "
+                          "week (ISO, from Monday) or month (the default); a policy may hold "
+                          "one budget of each")
     put.add_argument("--mode", choices=["raise", "wait", "observe"], default=argparse.SUPPRESS,
                      help="what every limit does when a call does not fit")
     put.add_argument("--timezone", default=argparse.SUPPRESS,
@@ -132,6 +140,8 @@ def add_commands(commands: Any, store_help: str, manager: ManagerFactory,
         "reset", help="start a workspace's (or scope's) budget month again (kept in its "
                       "alert history)")
     reset.add_argument("name", metavar="WORKSPACE", help="a workspace id or a scope (team:ml)")
+    reset.add_argument("--period", choices=list(_BUDGET_FIELDS), default="month",
+                       help="which budget: this day's, week's or month's (the default)")
     reset.add_argument("--store", help=store_help)
     reset.set_defaults(run=lambda args: _reset(args, manager, usage_error))
 
@@ -173,6 +183,11 @@ def _set(args: argparse.Namespace, manager: ManagerFactory,
          usage_error: type[Exception]) -> int:
     key = _key(args.name, usage_error)
     changes = {field: getattr(args, field) for field in _FLAG_NAMES if hasattr(args, field)}
+    if hasattr(args, "budget"):
+        changes[_BUDGET_FIELDS[args.period]] = args.budget
+    elif args.period != "month":
+        raise usage_error(f"--period {args.period} sets the period of --budget: give --budget "
+                          f"too (--budget 10 --period {args.period})")
     names = dict(_FLAG_NAMES)
     for field, value in args.fields:
         changes[field] = value
@@ -320,11 +335,13 @@ def _reset(args: argparse.Namespace, manager: ManagerFactory,
     m = manager(args.store, existing=True)
     try:
         try:
-            taken = m.reset_usage(args.name, by=_who("quota-hooks reset"))
+            taken = m.reset_usage(args.name, by=_who("quota-hooks reset"),
+                                  period=args.period)
         except ConfigurationError as exc:
             raise usage_error(str(exc)) from None
     finally:
         m.close()
-    print(f"{_key(args.name, usage_error)}: budget month reset; {format_usd(taken)} charged "
-          "this month no longer counts against it (kept in its alert history)")
+    print(f"{_key(args.name, usage_error)}: budget {args.period} reset; {format_usd(taken)} "
+          f"charged this {args.period} no longer counts against it (kept in its alert "
+          "history)")
     return 0

@@ -15,17 +15,29 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal
+from typing import Any
 
 from .errors import ConfigurationError, QuotaExceededError, RateLimitedError
-from .metrics import BUDGET, METRICS
+from .metrics import BUDGET, BUDGETS, RATE_METRICS, Metric, budget_of
 from .policy import Policies, QuotaPolicy
 from .pricing import PriceBook, format_usd, from_nanos, to_nanos
-from .storage.base import Denial, Limits, Reservation, UsageDelta, UsageEntry, workspace_scope
+from .storage.base import (
+    Counters,
+    Denial,
+    Limits,
+    Reservation,
+    UsageDelta,
+    UsageEntry,
+    budget_scope,
+    budget_scope_parts,
+    is_budget_scope,
+    workspace_scope,
+)
 from .usage import MAX_COST, MAX_COUNT, MAX_SCOPES, Estimate, UsageRecord, bounded
-from .windows import day_key, month_key
+from .windows import Period, day_key, month_key, period_key
 
 __all__ = ["GENERATING_METHODS", "IMAGE_OUTPUT_TOKENS", "Core", "Plan", "Priced", "limits_of"]
 
@@ -39,14 +51,21 @@ IMAGE_OUTPUT_TOKENS = 6_240
 GENERATING_METHODS = frozenset({"chat.completions", "completions", "responses"})
 
 
+#: A day or week budget of one scope: the scope, the period, the zone of its calendar and
+#: its limit (``None``: the budget only observes).
+PeriodBudget = tuple[str, Period, str, Limits | None]
+
+
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """What one ``acquire`` reserves: its scopes, the usage held and each scope's limits."""
+    """What one ``acquire`` reserves: its scopes, the usage held and each scope's limits,
+    and the day and week budgets, whose scopes depend on when the call is reserved."""
 
     keys: list[str]
     delta: UsageDelta
     limits: dict[str, Limits]
     policies: dict[str, QuotaPolicy]
+    periods: tuple[PeriodBudget, ...] = ()
 
     @property
     def policy(self) -> QuotaPolicy:
@@ -56,9 +75,18 @@ class Plan:
     def reserve_args(
         self, now: float
     ) -> tuple[list[str], UsageDelta, dict[str, Limits], float, str, float]:
-        """The arguments of ``Store.reserve`` at ``now``."""
+        """The arguments of ``Store.reserve`` at ``now``: the day and week budgets are the
+        scopes of ``now``'s day and week, after the others (as :meth:`Core.entry` has them)."""
         policy = self.policy
-        return (self.keys, self.delta, self.limits, now, month_key(now, policy.timezone),
+        keys, limits = self.keys, self.limits
+        if self.periods:
+            keys, limits = list(keys), dict(limits)
+            for scope, period, zone, period_limits in self.periods:
+                key = budget_scope(scope, period_key(now, period, zone))
+                keys.append(key)
+                if period_limits is not None:
+                    limits[key] = period_limits
+        return (keys, self.delta, limits, now, month_key(now, policy.timezone),
                 policy.reservation_ttl)
 
 
@@ -74,13 +102,59 @@ class Priced:
 
 
 def limits_of(policy: QuotaPolicy) -> Limits:
-    """The limits of ``policy`` that may refuse a call (``observe`` ones left out)."""
+    """The limits of ``policy`` that may refuse a call (``observe`` ones left out): its rate
+    limits and its monthly budget (the day and week budgets are :func:`period_budgets`)."""
     enforced = {
         m.name: m.limit(policy) if policy.mode_for(m.name) != "observe" else None
-        for m in METRICS
+        for m in RATE_METRICS
     }
-    budget = enforced.pop(BUDGET.name)
-    return Limits(**enforced, budget_nanos=None if budget is None else to_nanos(budget))  # type: ignore[arg-type]
+    return Limits(**enforced, budget_nanos=_budget_nanos(policy, BUDGET.name))  # type: ignore[arg-type]
+
+
+def _budget_nanos(policy: QuotaPolicy, name: str) -> int | None:
+    budget = policy.limit(name)
+    if budget is None or policy.mode_for(name) == "observe":
+        return None
+    return to_nanos(Decimal(budget))
+
+
+def period_budgets(policy: QuotaPolicy) -> tuple[tuple[Period, Limits | None], ...]:
+    """The day and week budgets ``policy`` sets, each with its limits (``None`` when it only
+    observes): each is kept in a scope of its own (:func:`~quota_hooks.storage.base.
+    budget_scope`)."""
+    found: list[tuple[Period, Limits | None]] = []
+    for m in BUDGETS[1:]:
+        if m.limit(policy) is not None and m.period is not None:
+            nanos = _budget_nanos(policy, m.name)
+            found.append((m.period, None if nanos is None else Limits(budget_nanos=nanos)))
+    return tuple(found)
+
+
+def period_scopes(scope: str, policy: QuotaPolicy, at: float) -> list[str]:
+    """The day and week budget scopes that a call of ``scope`` at ``at`` is charged to."""
+    return [budget_scope(scope, period_key(at, period, policy.timezone))
+            for period, _ in period_budgets(policy)] if (
+        policy.daily_budget_usd is not None or policy.weekly_budget_usd is not None) else []
+
+
+def budget_reads(scope: str, policy: QuotaPolicy, now: float) -> list[tuple[Metric, str]]:
+    """The day and week budgets ``policy`` sets for ``scope``, each with the scope whose
+    counters hold what it counts at ``now``."""
+    return [(m, budget_scope(scope, period_key(now, m.period, policy.timezone)))
+            for m in BUDGETS[1:] if m.period is not None and m.limit(policy) is not None]
+
+
+def with_budgets(counters: Counters, reads: Sequence[tuple[Metric, str]],
+                 found: Sequence[Counters]) -> Counters:
+    """``counters`` with the day and week budgets' charges and resets filled in from their
+    scopes' counters (``found``, in the order of ``reads``)."""
+    if not reads:
+        return counters
+    changes: dict[str, Any] = {}
+    for (m, _), period in zip(reads, found, strict=True):
+        changes[m.counter] = period.cost_month_nanos
+        changes[m.reset_field] = period.budget_reset_at
+    return replace(counters, **changes)
 
 
 class Core:
@@ -151,19 +225,24 @@ class Core:
             if found is not None:
                 by_key[key] = found
         limits = {}
+        periods: list[PeriodBudget] = []
         for key, scope_policy in by_key.items():
             enforced = self.enforced_limits(scope_policy)
             if enforced is not None:
                 limits[key] = enforced
+            if (scope_policy.daily_budget_usd is not None
+                    or scope_policy.weekly_budget_usd is not None):
+                periods.extend((key, period, scope_policy.timezone, period_limits)
+                               for period, period_limits in period_budgets(scope_policy))
         if not limits:
             return None
         estimate = self.estimate(workspace_id, estimate)
         inputs, outputs = count(estimate.input_tokens), count(estimate.output_tokens)
         nanos = self._estimate_nanos(estimate, inputs, outputs)
         if nanos is None:  # a model without a price: what the policy says, never free
-            if policy.unpriced == "refuse" and any(
+            if policy.unpriced == "refuse" and (any(
                 lim.budget_nanos is not None for lim in limits.values()
-            ):
+            ) or any(budget[3] is not None for budget in periods)):
                 self.denials += 1
                 raise QuotaExceededError(
                     keys[0], BUDGET.name, 0.0, float(policy.monthly_budget_usd or 0), None,
@@ -181,7 +260,7 @@ class Core:
         )
         if not (delta.requests or delta.tokens or delta.cost_nanos):
             return None
-        return Plan(keys, delta, limits, by_key)
+        return Plan(keys, delta, limits, by_key, tuple(periods))
 
     def enforced_limits(self, policy: QuotaPolicy) -> Limits | None:
         """The limits of ``policy`` that may refuse a call, or None; worked out once per
@@ -226,6 +305,10 @@ class Core:
         """
         if isinstance(result, Reservation):
             return result
+        if is_budget_scope(result.scope):  # a day or week budget: named as its scope's
+            period, parent = budget_scope_parts(result.scope)
+            result = replace(result, scope=parent,
+                             limit=budget_of("week" if "W" in period else "day").name)
         policy = plan.policies[result.scope]
         if (
             wait
@@ -270,6 +353,13 @@ class Core:
         # The record's own time decides its minute, day and month (never after now).
         at = now if record.timestamp is None else min(record.timestamp.timestamp(), now)
         zone = policy.timezone
+        periods = period_scopes(scopes[0], policy, at)
+        for kind, value in record.scopes.items():
+            found = self.policies.for_scope(kind, value)
+            if found is not None:
+                periods += period_scopes(f"{kind}:{value}", found, at)
+        if periods:
+            scopes += tuple(periods)
         return UsageEntry(record, scopes, delta, now, month_key(at, zone), priced.cost,
                           priced.source, day_key(at, zone), at)
 
@@ -319,12 +409,14 @@ class Core:
 
 def refusal(denial: Denial, policy: QuotaPolicy) -> QuotaExceededError:
     """The error of a refused reservation, naming the scope, the limit and the numbers."""
-    if denial.limit == BUDGET.name:
+    budget = next((m for m in BUDGETS if m.name == denial.limit), None)
+    if budget is not None:
         used, maximum = from_nanos(denial.used), from_nanos(denial.maximum)
         return QuotaExceededError(
             denial.scope, denial.limit, float(used), float(maximum), None,
-            f"{denial.scope}: the monthly budget of {format_usd(maximum)} has no room for "
-            f"this call ({format_usd(used)} spent or held); the call was not sent",
+            f"{denial.scope}: the {budget.title} of {format_usd(maximum)} has no room for "
+            f"this call ({format_usd(used)} spent or held {_THIS[str(budget.period)]}); the "
+            f"call was not sent",
         )
     message = (f"{denial.scope}: {denial.limit} limit reached ({denial.used} of "
                f"{denial.maximum} used); the call was not sent")
@@ -334,6 +426,9 @@ def refusal(denial: Denial, policy: QuotaPolicy) -> QuotaExceededError:
             message += f" (more than max_wait={policy.max_wait:g}s)"
     return RateLimitedError(
         denial.scope, denial.limit, denial.used, denial.maximum, denial.retry_after, message)
+
+
+_THIS = {"day": "today", "week": "this week", "month": "this month"}
 
 
 def units_of(estimate: Estimate, inputs: int, outputs: int) -> UsageRecord:

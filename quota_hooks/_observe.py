@@ -18,25 +18,23 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
+from ._reads import read_counters
 from .errors import ConfigurationError, StorageError
-from .metrics import BUDGET, METRICS
+from .metrics import BUDGET, BUDGETS, METRICS
 from .pricing import from_nanos
 from .status import QuotaStatus, used_fraction
 from .storage.base import workspace_scope
-from .windows import month_key
 
 if TYPE_CHECKING:
     from .manager import QuotaManager
 
-__all__ = ["OTHER", "PERIOD", "BoundedLabels", "WorkspaceNumbers", "check_limit", "read_numbers",
-           "usd"]
+__all__ = ["OTHER", "BoundedLabels", "BudgetNumbers", "WorkspaceNumbers", "check_limit",
+           "read_numbers", "usd"]
 
 logger = logging.getLogger("quota_hooks")
 
 #: The label of every name beyond a label set's limit.
 OTHER = "other"
-#: The budget period of every policy (a calendar month in the policy's time zone).
-PERIOD = "month"
 
 
 def check_limit(name: str, value: object) -> int:
@@ -91,21 +89,29 @@ class BoundedLabels:
 
 
 @dataclass(frozen=True, slots=True)
-class WorkspaceNumbers:
-    """One workspace now, exactly: its status, its budget in nano-dollars, and the used
-    fraction of each limit it has (1.0 is at the limit)."""
+class BudgetNumbers:
+    """One budget period of a workspace now: what it used (nano-dollars) and its limit."""
 
-    status: QuotaStatus
-    budget_used_nanos: int
-    budget_limit: Decimal | None
-    ratios: dict[str, float]
+    used_nanos: int
+    limit: Decimal | None
 
     @property
-    def budget_remaining(self) -> Decimal | None:
+    def remaining(self) -> Decimal | None:
         """What is left of the budget (never below 0), or None without a budget."""
-        if self.budget_limit is None:
+        if self.limit is None:
             return None
-        return max(Decimal(0), self.budget_limit - from_nanos(self.budget_used_nanos))
+        return max(Decimal(0), self.limit - from_nanos(self.used_nanos))
+
+
+@dataclass(frozen=True, slots=True)
+class WorkspaceNumbers:
+    """One workspace now, exactly: its status, its budgets in nano-dollars per period (the
+    month always, the day and week when its policy sets them), and the used fraction of
+    each limit it has (1.0 is at the limit)."""
+
+    status: QuotaStatus
+    budgets: dict[str, BudgetNumbers]
+    ratios: dict[str, float]
 
 
 def read_numbers(manager: QuotaManager, workspace_id: str) -> WorkspaceNumbers:
@@ -115,8 +121,7 @@ def read_numbers(manager: QuotaManager, workspace_id: str) -> WorkspaceNumbers:
     now = manager.now()
     policy = manager.policy_for(workspace_id)
     try:
-        counters = manager.store.counters(workspace_scope(workspace_id), now,
-                                          month_key(now, policy.timezone))
+        counters = read_counters(manager.store, workspace_scope(workspace_id), policy, now)
     except StorageError:
         raise
     except Exception as exc:
@@ -126,13 +131,13 @@ def read_numbers(manager: QuotaManager, workspace_id: str) -> WorkspaceNumbers:
         limit = metric.limit(policy)
         if limit is not None:
             ratios[metric.name] = used_fraction(metric.current(counters), limit)
-    budget = BUDGET.limit(policy)
-    return WorkspaceNumbers(
-        status=report.status,
-        budget_used_nanos=counters.cost_month_nanos,
-        budget_limit=None if budget is None else Decimal(budget),
-        ratios=ratios,
-    )
+    budgets = {}
+    for m in BUDGETS:
+        limit = m.limit(policy)
+        if limit is not None or m is BUDGET:
+            budgets[str(m.period)] = BudgetNumbers(
+                getattr(counters, m.counter), None if limit is None else Decimal(limit))
+    return WorkspaceNumbers(status=report.status, budgets=budgets, ratios=ratios)
 
 
 def usd(nanos: int) -> float:

@@ -47,10 +47,11 @@ from .storage.base import (
     ControlStore,
     PolicyTable,
     StoredPolicy,
+    budget_scope,
     workspace_scope,
 )
 from .usage import bounded
-from .windows import month_key
+from .windows import PERIODS, Period, month_key, period_key
 
 __all__ = ["MAX_BACKOFF", "POLICY_REFRESH", "ControlPlane", "PolicySync", "base_policy",
            "describe_policy", "history_scope", "merge_policy", "policy_json", "reading"]
@@ -261,8 +262,10 @@ def describe_policy(policy: QuotaPolicy) -> str:
     parts = []
     for m in METRICS:
         limit = m.limit(policy)
+        if limit is None and m.period in ("day", "week"):
+            continue  # not set: no day or week budget is the default
         shown = "unlimited" if limit is None else (
-            f"{format_usd(limit)}/month" if m.is_budget else f"{limit}")
+            f"{format_usd(limit)}/{m.period}" if m.is_budget else f"{limit}")
         parts.append(f"{'budget' if m.is_budget else m.name} {shown}")
     if policy.mode is not None:
         parts.append(f"mode {policy.mode}")
@@ -490,9 +493,11 @@ class ControlPlane:
                                "failed: %r", key, exc)
 
     # ------------------------------------------------------------------ usage reset
-    def reset(self, name: str, by: str) -> Decimal:
+    def reset(self, name: str, by: str, period: str = "month") -> Decimal:
         """See :meth:`quota_hooks.QuotaManager.reset_usage`."""
         store = self.need("resetting usage")
+        if period not in PERIODS:
+            raise ConfigurationError(f"period must be day, week or month, got {period!r}")
         key = policy_key(name)
         kind, _, value = key.partition(":")
         if key == "*" or value == "*":
@@ -500,19 +505,30 @@ class ControlPlane:
         scope = (workspace_scope(value) if kind == "workspace"
                  else f"{bounded(kind)}:{bounded(value)}")
         now = self.clock()
-        # A scope's month is its calls' (each workspace's zone): the month of now in every
-        # zone, which is one month, or two near a month's start.
-        months = sorted({month_key(now, "Etc/GMT+12"), month_key(now, "Etc/GMT-14")})
+        if period == "month":
+            # A scope's month is its calls' (each workspace's zone): the month of now in
+            # every zone, which is one month, or two near a month's start.
+            names = sorted({month_key(now, "Etc/GMT+12"), month_key(now, "Etc/GMT-14")})
+            scopes = [(scope, m) for m in names]
+        else:
+            # A day or week budget is kept in the zone of the scope's own policy.
+            policies = self.sync.policies
+            policy = (policies.for_workspace(value) if kind == "workspace"
+                      else policies.for_scope(kind, value))
+            if policy is None or policy.budget(period) is None:
+                raise ConfigurationError(f"{key} has no {period} budget: nothing to reset")
+            names = [period_key(now, cast(Period, period), policy.timezone)]
+            scopes = [(budget_scope(scope, names[0]), names[0])]
         with reading("usage", key):
-            found = [store.reset_budget(scope, m, now) for m in months]
+            found = [store.reset_budget(s, m, now) for s, m in scopes]
         if all(taken is None for taken in found):
-            raise ConfigurationError(f"{key} has no usage in {' or '.join(months)}: nothing to "
+            raise ConfigurationError(f"{key} has no usage in {' or '.join(names)}: nothing to "
                                      "reset (a typo?)")
         taken = from_nanos(sum(t or 0 for t in found))
-        month = "/".join(m for m, t in zip(months, found, strict=True) if t is not None)
+        shown = "/".join(m for m, t in zip(names, found, strict=True) if t is not None)
         self.note(AlertKind.USAGE_RESET, key, (
-            f"The {month} budget of {key} was reset by {by}: {format_usd(taken)} charged this "
-            "month no longer counts against it (the breakdowns and history keep it)."))
+            f"The {shown} budget of {key} was reset by {by}: {format_usd(taken)} charged this "
+            f"{period} no longer counts against it (the breakdowns and history keep it)."))
         self._changed(value if kind == "workspace" else key)
         return taken
 

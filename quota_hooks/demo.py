@@ -336,25 +336,30 @@ def summary_lines(run: DemoRun) -> list[str]:
 def explain_status(manager: QuotaManager, workspace_id: str,
                    report: StatusReport | None = None) -> list[str]:
     """Why a workspace has its status and alert level, in a line each."""
+    from ._reads import read_counters
     from .storage.base import workspace_scope
-    from .windows import month_key
 
     report = report or manager.status(workspace_id, enhanced=False)
     now = manager.now()
     policy = manager.policies.for_workspace(workspace_id)
-    counters = manager.store.counters(workspace_scope(workspace_id), now,
-                                      month_key(now, policy.timezone))
+    counters = read_counters(manager.store, workspace_scope(workspace_id), policy, now)
     limited = {m: u for m, u in report.limits.items() if u.limit is not None}
     top = max(limited.items(), key=lambda item: item[1].percentage, default=None)
     warning, critical = report.thresholds["warning"], report.thresholds["critical"]
     status = report.status
     if status is QuotaStatus.QUOTA_EXCEEDED:
-        why = "the monthly budget is spent: calls are refused until the month turns"
+        spent = [m for m, u in limited.items() if m.endswith("_budget_usd")
+                 and u.percentage >= 100]
+        periods = {"monthly_budget_usd": "month", "weekly_budget_usd": "week",
+                   "daily_budget_usd": "day"}
+        turns = " and ".join(periods[m] for m in spent) or "period"
+        why = (f"the {', '.join(m.replace('_budget_usd', '') for m in spent) or 'money'} "
+               f"budget is spent: calls are refused until the {turns} turns")
     elif status is QuotaStatus.RATE_LIMITED and counters.rate_limited_minute:
         why = (f"a provider answered 429 (rate limited) to {counters.rate_limited_minute} "
                "call(s) in the last minute; this clears once a minute passes without one")
     elif status is QuotaStatus.RATE_LIMITED:
-        full = [m for m, u in limited.items() if m != "monthly_budget_usd"
+        full = [m for m, u in limited.items() if not m.endswith("_budget_usd")
                 and u.percentage >= 100]
         why = f"the {', '.join(full) or 'rate'} limit is reached: calls wait or are refused"
     elif status is QuotaStatus.DEGRADED:

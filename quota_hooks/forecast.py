@@ -35,11 +35,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from fractions import Fraction
-from functools import lru_cache
-from typing import TYPE_CHECKING, Any, Literal
-from zoneinfo import ZoneInfo
+from typing import TYPE_CHECKING, Any
 
 from .pricing import from_nanos
+from .windows import Period, _local_date, _start_of, _zone, period_bounds, period_key
+from .windows import period_dates as _period_dates
 
 if TYPE_CHECKING:
     from .storage.base import Aggregate, Counters
@@ -63,8 +63,6 @@ __all__ = [
     "scope_forecast",
 ]
 
-Period = Literal["day", "week", "month"]
-"""A budget period, in the policy's time zone; a week is the ISO week (Monday first)."""
 
 SPEND_METHOD = "trailing-7d-recency-weighted"
 SPEND_METHOD_DETAIL = (
@@ -79,61 +77,6 @@ TRAILING_DAYS = 7
 """Complete days before today that the spend rate reads."""
 
 _WINDOW_DAY = 86_400.0
-
-
-@lru_cache(maxsize=64)
-def _zone(name: str) -> tzinfo:
-    return UTC if name == "UTC" else ZoneInfo(name)
-
-
-def _start_of(day: date, zone: tzinfo) -> float:
-    """The first instant of local ``day`` (``fold=0``: a midnight in a DST gap is the gap's
-    end, which is the day's first instant)."""
-    return datetime(day.year, day.month, day.day, tzinfo=zone).timestamp()
-
-
-def _local_date(now: float, zone: tzinfo) -> date:
-    return datetime.fromtimestamp(now, zone).date()
-
-
-def _period_dates(today: date, period: Period) -> tuple[date, date]:
-    """The first local date of ``today``'s period and the first date after it."""
-    if period == "day":
-        return today, today + timedelta(days=1)
-    if period == "week":
-        monday = today - timedelta(days=today.weekday())
-        return monday, monday + timedelta(days=7)
-    if period == "month":
-        first = today.replace(day=1)
-        after = (date(first.year + 1, 1, 1) if first.month == 12
-                 else date(first.year, first.month + 1, 1))
-        return first, after
-    raise ValueError(f"period must be 'day', 'week' or 'month', got {period!r}")
-
-
-def period_bounds(now: float, period: Period, zone: str = "UTC") -> tuple[float, float]:
-    """Epoch seconds of the start of ``now``'s period and of the next one, in IANA ``zone``.
-
-    Local midnights, so a day is 23, 24 or 25 hours long across a DST change; a week runs
-    from Monday 00:00 to the next Monday 00:00.
-    """
-    tz = _zone(zone)
-    first, after = _period_dates(_local_date(now, tz), period)
-    return _start_of(first, tz), _start_of(after, tz)
-
-
-def period_key(now: float, period: Period, zone: str = "UTC") -> str:
-    """The name of ``now``'s period: ``"2026-03-05"``, ``"2026-W10"`` (ISO week) or
-    ``"2026-03"``; e.g. for a claim key that makes an alert fire once per period."""
-    today = _local_date(now, _zone(zone))
-    if period == "day":
-        return today.isoformat()
-    if period == "week":
-        year, week, _ = today.isocalendar()
-        return f"{year:04d}-W{week:02d}"
-    if period == "month":
-        return f"{today.year:04d}-{today.month:02d}"
-    raise ValueError(f"period must be 'day', 'week' or 'month', got {period!r}")
 
 
 def months_needed(now: float, period: Period, zone: str = "UTC") -> list[str]:
@@ -378,12 +321,22 @@ class Forecast:
 
 def scope_forecast(now: float, zone: str, counters: Counters,
                    days: Iterable[Mapping[str, Aggregate]], *, budget_nanos: int | None,
-                   rpd: int | None, tpd: int | None) -> Forecast:
-    """A scope's forecast from what a status read has: its counters (the month's charge so
-    far, holds included, and the last minute's requests and tokens) and the day breakdowns
-    of :func:`months_needed` months."""
-    month = forecast_spend(now, "month", zone, daily_charges(*days), budget_nanos,
-                           spent_nanos=counters.cost_month_nanos)
+                   rpd: int | None, tpd: int | None,
+                   day_budget_nanos: int | None = None,
+                   week_budget_nanos: int | None = None) -> Forecast:
+    """A scope's forecast from what a status read has: its counters (each budget period's
+    charge so far, holds included, and the last minute's requests and tokens) and the day
+    breakdowns of :func:`months_needed` months. The month is always projected; the day and
+    the week when they have a budget."""
+    charges = daily_charges(*days)
+    budgets = [forecast_spend(now, "month", zone, charges, budget_nanos,
+                              spent_nanos=counters.cost_month_nanos)]
+    if week_budget_nanos is not None:
+        budgets.append(forecast_spend(now, "week", zone, charges, week_budget_nanos,
+                                      spent_nanos=counters.cost_week_nanos))
+    if day_budget_nanos is not None:
+        budgets.append(forecast_spend(now, "day", zone, charges, day_budget_nanos,
+                                      spent_nanos=counters.cost_day_nanos))
     limits = []
     if rpd is not None:
         limits.append(forecast_limit("rpd", now, counters.requests_day, rpd,
@@ -391,4 +344,4 @@ def scope_forecast(now: float, zone: str, counters: Counters,
     if tpd is not None:
         limits.append(forecast_limit("tpd", now, counters.tokens_day, tpd,
                                      counters.tokens_minute))
-    return Forecast.of([month], limits)
+    return Forecast.of(budgets, limits)

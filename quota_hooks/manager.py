@@ -24,6 +24,7 @@ import anyio.to_thread
 
 from ._core import Core, Plan, check_record
 from ._health import DEGRADED_SECONDS, Health
+from ._reads import aread_counters, read_counters
 from .advice import Advice, advise, mixes_from_breakdown
 from .alerts.engine import AlertEngine, StoreReader
 from .alerts.model import Alert, AlertKind, AlertSink, SinkLike
@@ -250,15 +251,16 @@ class QuotaManager:
         field (named as ``names`` says), :class:`StorageError` when the store fails."""
         return self._admin.update(name, fields, by, names)
 
-    def reset_usage(self, name: str, *, by: str = "manager") -> Decimal:
-        """Start the budget month of a workspace (``"acme"``) or scope (``"team:ml"``) again:
-        what it was charged this month no longer counts against its budget (calls still
-        pending do; the breakdowns and the history keep everything), and its budget alerts
-        fire again. The reset is kept in the alert history (``usage_reset``, with ``by``) and
-        sent to the sinks. Returns the USD taken off. Raises :class:`StorageError` when the
-        store fails, :class:`ConfigurationError` for ``"*"``, a name with no usage this month,
-        or a store that keeps no control plane."""
-        return self._admin.reset(name, by)
+    def reset_usage(self, name: str, *, by: str = "manager", period: str = "month") -> Decimal:
+        """Start the budget ``period`` (``"month"``, ``"week"`` or ``"day"``) of a workspace
+        (``"acme"``) or scope (``"team:ml"``) again: what it was charged in the period no
+        longer counts against that budget (calls still pending do; the breakdowns and the
+        history keep everything), and its budget alerts fire again. The reset is kept in the
+        alert history (``usage_reset``, with ``by``) and sent to the sinks. Returns the USD
+        taken off. Raises :class:`StorageError` when the store fails,
+        :class:`ConfigurationError` for ``"*"``, a name with no usage in the period, a day
+        or week budget the policy does not set, or a store that keeps no control plane."""
+        return self._admin.reset(name, by, period)
 
     def note_admin_action(self, kind: AlertKind, key: str, message: str, *,
                           publish: bool = True) -> Alert:
@@ -554,7 +556,7 @@ class QuotaManager:
         now, policy, scope, month = self._where(workspace_id)
         store = self.store
         with reading("status", workspace_id):
-            counters = store.counters(scope, now, month)
+            counters = read_counters(store, scope, policy, now)
             extra: Extra | None = None
             forecast = None
             if enhanced:
@@ -573,7 +575,7 @@ class QuotaManager:
         now, policy, scope, month = self._where(workspace_id)
         store = self._astore
         with reading("status", workspace_id):
-            counters = await store.acounters(scope, now, month)
+            counters = await aread_counters(store, scope, policy, now)
             extra: Extra | None = None
             forecast = None
             if enhanced:
@@ -709,10 +711,14 @@ class QuotaManager:
 
 def _forecast(now: float, policy: QuotaPolicy, counters: Counters,
               days: Iterable[Mapping[str, Aggregate]]) -> Forecast:
-    budget = policy.monthly_budget_usd
+    def nanos(budget: Decimal | None) -> int | None:
+        return None if budget is None else to_nanos(budget)
+
     return scope_forecast(now, policy.timezone, counters, days,
-                          budget_nanos=None if budget is None else to_nanos(budget),
-                          rpd=policy.rpd, tpd=policy.tpd)
+                          budget_nanos=nanos(policy.monthly_budget_usd),
+                          rpd=policy.rpd, tpd=policy.tpd,
+                          day_budget_nanos=nanos(policy.daily_budget_usd),
+                          week_budget_nanos=nanos(policy.weekly_budget_usd))
 
 
 def __getattr__(name: str) -> Any:

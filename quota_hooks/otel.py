@@ -78,7 +78,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 import anyio.to_thread
 
-from ._observe import OTHER, PERIOD, BoundedLabels, WorkspaceNumbers, check_limit, read_numbers, usd
+from ._observe import OTHER, BoundedLabels, WorkspaceNumbers, check_limit, read_numbers, usd
 from .errors import ConfigurationError
 from .manager import QuotaManager
 from .metrics import METRIC_NAMES
@@ -583,14 +583,16 @@ class Instrumentation:
         # The first gauge of a collection reads the store; the other three reuse its read.
         self.flush()
         for workspace, numbers in self._read_numbers().items():
-            yield Observation(usd(numbers.budget_used_nanos),
-                              {WORKSPACE: workspace, "quota_hooks.period": PERIOD})
+            for period, budget in numbers.budgets.items():
+                yield Observation(usd(budget.used_nanos),
+                                  {WORKSPACE: workspace, "quota_hooks.period": period})
 
     def _observe_budget_limit(self, options: CallbackOptions) -> Iterator[Observation]:
         for workspace, numbers in (self._numbers or self._read_numbers()).items():
-            if numbers.budget_limit is not None:
-                yield Observation(float(numbers.budget_limit),
-                                  {WORKSPACE: workspace, "quota_hooks.period": PERIOD})
+            for period, budget in numbers.budgets.items():
+                if budget.limit is not None:
+                    yield Observation(float(budget.limit),
+                                      {WORKSPACE: workspace, "quota_hooks.period": period})
 
     def _observe_limit_usage(self, options: CallbackOptions) -> Iterator[Observation]:
         for workspace, numbers in (self._numbers or self._read_numbers()).items():

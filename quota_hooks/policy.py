@@ -35,6 +35,7 @@ LIMIT_METRICS = METRIC_NAMES
 #: to ``max_wait``) on the per-minute limits, raise on the per-day limits and the budget.
 DEFAULT_MODES: Mapping[str, Mode] = {m.name: m.default_mode for m in METRICS}
 _RATE_FIELDS = frozenset(m.name for m in METRICS if not m.is_budget)
+_BUDGET_FIELDS: Mapping[str, str] = {str(m.period): m.name for m in METRICS if m.is_budget}
 
 #: Seed environment variable -> (policy field, default).
 ENV_VARIABLES: Mapping[str, tuple[str, int]] = {
@@ -63,13 +64,20 @@ class QuotaPolicy(BaseModel):
         tpm: tokens per rolling minute.
         tpd: tokens per rolling 24 hours.
         monthly_budget_usd: USD per calendar month in ``timezone``.
+        daily_budget_usd: USD per calendar day in ``timezone`` (from local midnight; none by
+            default).
+        weekly_budget_usd: USD per ISO week in ``timezone`` (from Monday 00:00; none by
+            default). A policy may set any of the three budgets at once (``$10`` a day and
+            ``$200`` a month): a call must fit in each, and each is held and charged in the
+            same atomic step.
         warning_percent: usage percentage that raises a warning (default 80).
         critical_percent: usage percentage that raises a critical alert (default 95).
         thresholds: the percentages at which alerts fire, each once per crossing (and per
             budget period), e.g. ``[50, 80, 95, 100]``; ``None`` (the default) is
             ``[warning_percent, critical_percent]``. A budget always alerts at 100 too. The
             status levels stay ``warning_percent`` and ``critical_percent``.
-        timezone: IANA zone whose calendar month bounds the budget (default UTC).
+        timezone: IANA zone whose calendar bounds the budgets' days, weeks and months
+            (default UTC).
         unmetered_methods: API methods counted and shown but exempt from request limits (the
             seed guide: model listing has no quota impact).
         mode: what every limit does when a call does not fit: ``"raise"``
@@ -104,6 +112,10 @@ class QuotaPolicy(BaseModel):
     tpd: int | None = Field(default=2_000_000, ge=0, le=MAX_LIMIT)
     monthly_budget_usd: Decimal | None = Field(default=Decimal(100), ge=0, le=MAX_BUDGET_USD,
                                                allow_inf_nan=False)
+    daily_budget_usd: Decimal | None = Field(default=None, ge=0, le=MAX_BUDGET_USD,
+                                             allow_inf_nan=False)
+    weekly_budget_usd: Decimal | None = Field(default=None, ge=0, le=MAX_BUDGET_USD,
+                                              allow_inf_nan=False)
     warning_percent: float = Field(default=80.0, gt=0, le=100, allow_inf_nan=False)
     critical_percent: float = Field(default=95.0, gt=0, le=100, allow_inf_nan=False)
     thresholds: tuple[float, ...] | None = None
@@ -166,6 +178,15 @@ class QuotaPolicy(BaseModel):
     def unlimited(cls) -> QuotaPolicy:
         """A policy with no limits: usage is counted and reported, never refused."""
         return cls(rpm=None, rpd=None, tpm=None, tpd=None, monthly_budget_usd=None)
+
+    def budget(self, period: str) -> Decimal | None:
+        """The budget of ``period`` (``"day"``, ``"week"`` or ``"month"``) in USD, or None."""
+        field = _BUDGET_FIELDS.get(period)
+        if field is None:
+            raise ConfigurationError(
+                f"unknown budget period {period!r}; use day, week or month")
+        value: Decimal | None = getattr(self, field)
+        return value
 
     def mode_for(self, metric: str) -> Mode:
         """What ``metric``'s limit does when a call does not fit."""

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ConfigDict
 
 from .forecast import Forecast
-from .metrics import BUDGET, METRICS, percent_of
+from .metrics import BUDGETS, METRICS, percent_of
 from .policy import QuotaPolicy
 from .pricing import from_nanos
 from .storage.base import Aggregate, Counters
@@ -200,6 +200,10 @@ class StatusReport(_Model):
     tokens_per_minute: LimitUsage
     tokens_per_day: LimitUsage
     monthly_budget_usd: LimitUsage
+    daily_budget_usd: LimitUsage | None = None
+    """The day budget's use today, when the policy sets one (an extension)."""
+    weekly_budget_usd: LimitUsage | None = None
+    """The week budget's use this ISO week, when the policy sets one (an extension)."""
     alert_level: AlertLevel
     updated_at: str
     provider_limits: dict[str, dict[str, str]] = {}
@@ -223,6 +227,9 @@ class StatusReport(_Model):
         """The JSON-ready dict; without ``enhanced_tracking`` and ``forecast`` when
         ``enhanced`` is False."""
         data = self.model_dump(mode="json", exclude={"enhanced_tracking", "forecast"})
+        for name in _OPTIONAL_BUDGETS:
+            if data[name] is None:  # a budget the policy does not set is left out
+                del data[name]
         if enhanced and self.enhanced_tracking is not None:
             data["enhanced_tracking"] = self.enhanced_tracking.model_dump(mode="json")
         if enhanced and self.forecast is not None:
@@ -231,9 +238,17 @@ class StatusReport(_Model):
 
     @property
     def limits(self) -> dict[str, LimitUsage]:
-        """The five limit usages keyed by policy metric (``rpm`` ... ``monthly_budget_usd``)."""
-        usage: dict[str, LimitUsage] = {m.name: getattr(self, m.report_field) for m in METRICS}
+        """The limit usages keyed by policy metric (``rpm`` ... ``monthly_budget_usd``, and
+        the day and week budgets the policy sets)."""
+        usage: dict[str, LimitUsage] = {m.name: getattr(self, m.report_field) for m in METRICS
+                                        if getattr(self, m.report_field) is not None}
         return usage
+
+
+_OPTIONAL_BUDGETS = tuple(m.report_field for m in BUDGETS[1:])
+
+
+_BUDGET_NAMES = frozenset(m.name for m in BUDGETS)
 
 
 def used_fraction(current: int | Decimal, limit: int | Decimal) -> float:
@@ -283,10 +298,10 @@ def evaluate(
     else:
         level = AlertLevel.NONE
 
-    if percents.get(BUDGET.name, 0) >= 100:
+    if any(percents.get(m.name, 0) >= 100 for m in BUDGETS):
         status = QuotaStatus.QUOTA_EXCEEDED
     elif rate_limited_recently or any(
-        percent >= 100 for name, percent in percents.items() if name != BUDGET.name
+        percent >= 100 for name, percent in percents.items() if name not in _BUDGET_NAMES
     ):
         status = QuotaStatus.RATE_LIMITED
     elif degraded:
@@ -325,6 +340,8 @@ def build_status(
     percents: dict[str, Decimal] = {}
     for m in METRICS:
         current, limit = m.current(c), m.limit(policy)
+        if limit is None and m.report_field in _OPTIONAL_BUDGETS:
+            continue
         usages[m.report_field] = limit_usage(current, limit)
         if limit is not None:
             percents[m.name] = percent_of(current, limit)

@@ -6,7 +6,9 @@ Time is a float of epoch seconds from an injected clock (``time.time`` by defaul
   ``floor(t)``) counts until the clock reaches ``floor(t) + 60``: at ``t = 100.0`` it still
   counts at 159.999 and no longer at 160.0.
 * Per day: a rolling 24 h window of 1-minute buckets, by the same rule.
-* Budget: the calendar month in the policy's time zone (``"2026-02"``).
+* Budgets: a calendar period in the policy's time zone (:data:`Period`): the local day
+  (``"2026-02-05"``), the ISO week, Monday first (``"2026-W06"``), or the month
+  (``"2026-02"``).
 
 Memory is bounded by the window, not by traffic: a window holds at most its buckets, and only
 those that hold counts.
@@ -23,18 +25,27 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, tzinfo
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from functools import lru_cache
+from typing import Literal
 from zoneinfo import ZoneInfo
 
 __all__ = [
     "DAY",
     "MINUTE",
+    "PERIODS",
+    "Period",
     "RollingCounter",
     "Window",
     "month_bounds",
     "month_key",
+    "period_bounds",
+    "period_key",
 ]
+
+Period = Literal["day", "week", "month"]
+"""A budget period, in the policy's time zone; a week is the ISO week (Monday first)."""
+PERIODS: tuple[Period, ...] = ("day", "week", "month")
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +146,63 @@ def month_bounds(now: float, tz: str = "UTC") -> tuple[float, float]:
     year, month = (local.year + 1, 1) if local.month == 12 else (local.year, local.month + 1)
     end = datetime(year, month, 1, tzinfo=zone)
     return start.timestamp(), end.timestamp()
+
+
+def _local_date(now: float, zone: tzinfo) -> date:
+    return datetime.fromtimestamp(now, zone).date()
+
+
+def _start_of(day: date, zone: tzinfo) -> float:
+    """The first instant of local ``day`` (``fold=0``: a midnight in a DST gap is the gap's
+    end, which is the day's first instant)."""
+    return datetime(day.year, day.month, day.day, tzinfo=zone).timestamp()
+
+
+def period_dates(today: date, period: Period) -> tuple[date, date]:
+    """The first local date of ``today``'s period and the first date after it."""
+    if period == "day":
+        return today, today + timedelta(days=1)
+    if period == "week":
+        monday = today - timedelta(days=today.weekday())
+        return monday, monday + timedelta(days=7)
+    if period == "month":
+        first = today.replace(day=1)
+        after = (date(first.year + 1, 1, 1) if first.month == 12
+                 else date(first.year, first.month + 1, 1))
+        return first, after
+    raise ValueError(f"period must be 'day', 'week' or 'month', got {period!r}")
+
+
+def period_bounds(now: float, period: Period, zone: str = "UTC") -> tuple[float, float]:
+    """Epoch seconds of the start of ``now``'s period and of the next one, in IANA ``zone``.
+
+    Local midnights, so a day is 23, 24 or 25 hours long across a DST change; a week runs
+    from Monday 00:00 to the next Monday 00:00.
+    """
+    tz = _zone(zone)
+    first, after = period_dates(_local_date(now, tz), period)
+    return _start_of(first, tz), _start_of(after, tz)
+
+
+def period_key(now: float, period: Period, zone: str = "UTC") -> str:
+    """The name of ``now``'s period: ``"2026-03-05"``, ``"2026-W10"`` (ISO week) or
+    ``"2026-03"``; it names the totals a period budget is kept in, and the claim that makes
+    an alert fire once per period."""
+    return _period_of_minute(int(now // 60), period, zone)
+
+
+@lru_cache(maxsize=256)
+def _period_of_minute(minute: int, period: Period, zone: str) -> str:
+    # Zone offsets are whole minutes, so every instant of one minute is in the same period.
+    today = _local_date(minute * 60, _zone(zone))
+    if period == "day":
+        return today.isoformat()
+    if period == "week":
+        year, week, _ = today.isocalendar()
+        return f"{year:04d}-W{week:02d}"
+    if period == "month":
+        return f"{today.year:04d}-{today.month:02d}"
+    raise ValueError(f"period must be 'day', 'week' or 'month', got {period!r}")
 
 
 class RollingCounter:

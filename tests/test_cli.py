@@ -30,7 +30,7 @@ def test_demo_drives_real_clients_and_prints_the_report(tmp_path: Path) -> None:
     assert "[rate_limited] Workspace 'demo' got a 429" in out
     # gpt-4o, 640 + 180 tokens = $0.00276 a call: the 4th no longer fits a $0.01 budget
     assert ("refused after 3 calls, before sending: workspace:demo-small-budget: the monthly "
-            "budget of $0.01 has no room for this call ($0.00828 spent or held)") in out
+            "budget of $0.01 has no room for this call ($0.00828 spent or held this month)") in out
     assert "openai  sync   chat stream" in out
     assert "litellm async  acompletion" in out
     assert "langchain stream chat" in out

@@ -437,6 +437,30 @@ def test_a_projected_alert_is_sent_once_per_month() -> None:
 
 
 @pytest.mark.unit
+def test_a_week_budget_is_projected_once_per_iso_week() -> None:
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    got: list[Alert] = []
+    clock = ManualClock(datetime(2026, 3, 30, tzinfo=ZoneInfo("Europe/Berlin")).timestamp())
+    m = QuotaManager(QuotaPolicy(weekly_budget_usd=Decimal(5), monthly_budget_usd=None,
+                                 timezone="Europe/Berlin", mode="observe"),
+                     clock=clock, sinks=[got.append])
+    _spend_daily(m, clock, 2, "1")  # Wednesday 00:00: $2 at $1 a day -> $7 of $5
+    assert m.drain(10)
+    _spend_daily(m, clock, 5, "1")  # to Monday: the week's budget is spent (no projection)
+    assert m.drain(10)
+    _spend_daily(m, clock, 2, "1")  # the next week: projected again
+    assert m.drain(10)
+    projected = [a for a in got if a.kind == AlertKind.PROJECTED]
+    assert [a.dedupe_key for a in projected] == [
+        "alert:ws:weekly_budget_usd:projected:2026-W14",
+        "alert:ws:weekly_budget_usd:projected:2026-W15"]
+    assert "projected to spend $7.00 of its $5.00 weekly budget" in projected[0].message
+    m.close()
+
+
+@pytest.mark.unit
 def test_a_budget_on_track_sends_no_projected_alert() -> None:
     got: list[Alert] = []
     clock = ManualClock(T0)
@@ -488,7 +512,7 @@ def test_rest_reset_needs_an_admin_token() -> None:
         assert client.post("/api/quota/reset/acme",
                            headers={"Authorization": f"Bearer {ACME}"}).status_code == 403
         done = client.post("/api/quota/reset/acme", headers={"Authorization": f"Bearer {ADMIN}"})
-        assert done.json() == {"key": "workspace:acme", "reset_usd": "0.25"}
+        assert done.json() == {"key": "workspace:acme", "period": "month", "reset_usd": "0.25"}
         assert client.post("/api/quota/reset/*", headers={
             "Authorization": f"Bearer {ADMIN}"}).status_code == 422
     assert m.status("acme").monthly_budget_usd.current == 0

@@ -108,7 +108,7 @@ def test_the_budget_raises_quota_exceeded(clock: ManualClock) -> None:
     assert not isinstance(info.value, RateLimitedError)
     assert info.value.limit == "monthly_budget_usd" and info.value.retry_after is None
     assert str(info.value) == ("workspace:ws: the monthly budget of $0.02 has no room for this "
-                               "call ($0.02 spent or held); the call was not sent")
+                               "call ($0.02 spent or held this month); the call was not sent")
 
 
 def test_team_scopes_share_one_limit_across_workspaces(clock: ManualClock) -> None:

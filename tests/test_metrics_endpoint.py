@@ -116,6 +116,25 @@ def test_two_processes_on_one_sqlite_file(tmp_path: Path) -> None:
                         "degraded": 0}
 
 
+def test_day_and_week_budgets_are_exported_per_period(clock: ManualClock) -> None:
+    manager = QuotaManager(QuotaPolicy(daily_budget_usd=Decimal("0.5"),
+                                       weekly_budget_usd=Decimal("2")), clock=clock)
+    manager.record(UsageRecord(model="gpt-4o-mini", workspace_id="acme", input_tokens=10,
+                               cost=Decimal("0.125")))
+    with TestClient(create_app(manager, tokens=TOKENS)) as client:
+        seen = scrape(client)
+    manager.close()
+    for period, limit in (("day", 0.5), ("week", 2), ("month", 100)):
+        assert value(seen, "quota_hooks_budget_used_usd", workspace="acme",
+                     period=period) == 0.125
+        assert value(seen, "quota_hooks_budget_limit_usd", workspace="acme",
+                     period=period) == limit
+    assert value(seen, "quota_hooks_budget_remaining_usd", workspace="acme",
+                 period="day") == 0.375
+    assert value(seen, "quota_hooks_limit_usage_ratio", workspace="acme",
+                 metric="daily_budget_usd") == 0.25
+
+
 def test_metrics_auth(manager: QuotaManager, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("QUOTA_HOOKS_METRICS_TOKEN", SCRAPER)
     with TestClient(create_app(manager, tokens=TOKENS)) as client:

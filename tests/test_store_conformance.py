@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from quota_hooks.storage import (
     store_from_url,
     workspace_scope,
 )
-from quota_hooks.storage.base import ControlStore, as_async
+from quota_hooks.storage.base import ControlStore, as_async, budget_scope
 from quota_hooks.usage import UsageRecord, bounded
 from quota_hooks.windows import month_key
 
@@ -357,6 +358,42 @@ def test_a_budget_reset_keeps_the_live_holds_and_the_breakdowns(ops: Ops) -> Non
     assert ops.counters("workspace:ws", T0 + 30, MONTH).cost_month_nanos == 0
     assert ops.breakdown("workspace:ws", MONTH, "model")["gpt-4o-mini"].cost_nanos == 5_000_000
     assert ops.reset_budget("workspace:nobody", MONTH, T0) is None
+
+
+def test_a_week_budget_scope_keeps_one_total_across_a_month_boundary(ops: Ops) -> None:
+    # ISO week 2026-W01 runs from Monday 2025-12-29 to Sunday 2026-01-04: its scope keeps one
+    # total whichever month a call falls in, while the workspace keeps one a month.
+    ws, week = "workspace:ws", budget_scope("workspace:ws", "2026-W01")
+    limits = {week: Limits(budget_nanos=3_000_000)}
+    call = UsageDelta(requests=1, cost_nanos=1_000_000)
+
+    def spend(now: float) -> None:
+        month = month_key(now)
+        held = ops.reserve([ws, week], call, limits, now, month, 60)
+        assert isinstance(held, Reservation), held
+        base = entry(now=now, cost="0.001")
+        ops.commit(replace(base, scopes=(ws, week)), held)
+
+    spend(T0 - 3600)  # 2025-12-31T23:00Z
+    spend(T0)  # 2026-01-01T00:00Z
+    late = ops.reserve([ws, week], call, limits, T0 + 1, MONTH, 60)  # held, not recorded yet
+    assert isinstance(late, Reservation)
+    refused = ops.reserve([ws, week], call, limits, T0 + 2, MONTH, 60)
+    assert isinstance(refused, Denial)
+    assert (refused.scope, refused.used, refused.maximum) == (week, 3_000_000, 3_000_000)
+    for month in ("2025-12", MONTH):  # asked under either month: the week's own total
+        assert ops.counters(week, T0 + 2, month).cost_month_nanos == 3_000_000
+    assert ops.counters(ws, T0 + 2, "2025-12").cost_month_nanos == 1_000_000
+    assert ops.counters(ws, T0 + 2, MONTH).cost_month_nanos == 2_000_000  # with the hold
+    assert ops.breakdown(week, MONTH, "day") == ops.breakdown(week, "2025-12", "day")
+    # A reset of the week keeps its live hold and leaves the months alone.
+    assert ops.reset_budget(week, MONTH, T0 + 3) == 2_000_000
+    assert ops.counters(week, T0 + 3, MONTH).cost_month_nanos == 1_000_000
+    assert ops.counters(ws, T0 + 3, MONTH).cost_month_nanos == 2_000_000
+    assert isinstance(ops.reserve([ws, week], call, limits, T0 + 4, MONTH, 60), Reservation)
+    # A caller's own scope of kind "budget" is an ordinary scope, kept per month.
+    ops.commit(entry(cost="0.001", extra_scopes=("budget:q1",)))
+    assert ops.counters("budget:q1", T0, MONTH).cost_month_nanos == 1_000_000
 
 
 def test_a_policy_write_from_a_stale_read_is_refused(ops: Ops) -> None:

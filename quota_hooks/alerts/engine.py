@@ -30,13 +30,14 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Protocol, cast
 
+from .._reads import aread_counters
 from ..errors import ConfigurationError
 from ..forecast import SpendForecast, daily_charges, forecast_spend, months_needed
-from ..metrics import BUDGET, METRICS, Metric, percent_of
+from ..metrics import BUDGET, BUDGETS, METRICS, Metric, percent_of
 from ..policy import QuotaPolicy
 from ..pricing import format_usd, from_nanos, to_nanos
 from ..storage.base import AsyncControlStore, AsyncStore, Counters, workspace_scope
-from ..windows import month_key
+from ..windows import month_key, period_key
 from ._dispatch import Dispatcher
 from .model import Alert, AlertKind, AlertSink, SinkLike
 from .rules import Thresholds, step
@@ -62,6 +63,8 @@ class Usage:
     policy: QuotaPolicy
     month: str
     counters: Counters
+    now: float = 0.0
+    """When the counters were read."""
 
 
 class UsageReader(Protocol):
@@ -79,9 +82,10 @@ class UsageReader(Protocol):
         """Take ``key`` for ``ttl`` seconds, once among every process sharing the store."""
         ...
 
-    async def spend_forecast(self, workspace_id: str, usage: Usage,
-                             now: float) -> SpendForecast | None:
-        """The projected spend of the workspace's budget month (None: no budget)."""
+    async def spend_forecast(self, workspace_id: str, usage: Usage, now: float,
+                             metric: Metric = BUDGET) -> SpendForecast | None:
+        """The projected spend of the workspace's budget ``metric`` in its period (None: the
+        policy sets no such budget)."""
         ...
 
     @property
@@ -107,11 +111,13 @@ class AlertListeners(Protocol):
         ...
 
 
-def _period(usage: Usage) -> str:
-    """The budget period an alert is sent once in: the month, and since when, if its budget
-    was reset (a reset budget alerts again)."""
-    reset_at = usage.counters.budget_reset_at
-    return f"{usage.month}@{reset_at:.0f}" if reset_at else usage.month
+def _period(usage: Usage, metric: Metric = BUDGET) -> str:
+    """The budget period an alert about ``metric`` is sent once in: its day, week or month,
+    and since when, if its budget was reset (a reset budget alerts again)."""
+    reset_at: float = getattr(usage.counters, metric.reset_field)
+    name = usage.month if metric.period in (None, "month") else period_key(
+        usage.now, metric.period, usage.policy.timezone)
+    return f"{name}@{reset_at:.0f}" if reset_at else name
 
 
 class StoreReader:
@@ -147,23 +153,24 @@ class StoreReader:
     async def usage(self, workspace_id: str, now: float) -> Usage:
         policy = self._policy_for(workspace_id)
         month = month_key(now, policy.timezone)
-        counters = await self._store.acounters(workspace_scope(workspace_id), now, month)
-        return Usage(policy, month, counters)
+        counters = await aread_counters(self._store, workspace_scope(workspace_id), policy, now)
+        return Usage(policy, month, counters, now)
 
     async def claim(self, key: str, now: float, ttl: float) -> bool:
         return await self._store.aclaim(key, now, ttl)
 
-    async def spend_forecast(self, workspace_id: str, usage: Usage,
-                             now: float) -> SpendForecast | None:
-        budget = usage.policy.monthly_budget_usd
-        if budget is None:
+    async def spend_forecast(self, workspace_id: str, usage: Usage, now: float,
+                             metric: Metric = BUDGET) -> SpendForecast | None:
+        budget = metric.limit(usage.policy)
+        if budget is None or metric.period is None:
             return None
         zone = usage.policy.timezone
         scope = workspace_scope(workspace_id)
         days = [await self._store.abreakdown(scope, month, "day")
-                for month in months_needed(now, "month", zone)]
-        return forecast_spend(now, "month", zone, daily_charges(*days), to_nanos(budget),
-                              spent_nanos=usage.counters.cost_month_nanos)
+                for month in months_needed(now, metric.period, zone)]
+        return forecast_spend(now, metric.period, zone, daily_charges(*days),
+                              to_nanos(Decimal(budget)),
+                              spent_nanos=getattr(usage.counters, metric.counter))
 
 
 class AlertEngine:
@@ -387,7 +394,7 @@ class AlertEngine:
             thresholds = Thresholds.of(policy, m)
             current = m.current(usage.counters)
             percent = percent_of(current, limit)
-            period = _period(usage) if m.is_budget else ""
+            period = _period(usage, m) if m.is_budget else ""
             key = (workspace_id, m.name)
             sent, armed_period = self._armed.get(key, (Decimal(-1), period))
             armed_level = sum(1 for value in thresholds.values if value <= sent)
@@ -401,21 +408,24 @@ class AlertEngine:
                 self._armed.pop(key, None)
             else:
                 self._armed[key] = (thresholds.at(moved.level), period)
-        projected = await self._projected(workspace_id, usage, now)
-        if projected is not None:
-            alerts.append((projected, BUDGET.claim_seconds))
+        if now - self._forecast_at.get(workspace_id, float("-inf")) >= FORECAST_EVERY:
+            if len(self._forecast_at) > 10_000:
+                self._forecast_at.clear()
+            self._forecast_at[workspace_id] = now
+            for m in BUDGETS:
+                projected = await self._projected(workspace_id, usage, now, m)
+                if projected is not None:
+                    alerts.append((projected, m.claim_seconds))
         return alerts
 
-    async def _projected(self, workspace_id: str, usage: Usage, now: float) -> Alert | None:
-        """``projected``, at most once per budget month: the budget runs out before the month
-        ends at the run rate (checked at most every :data:`FORECAST_EVERY` seconds)."""
-        if usage.policy.monthly_budget_usd is None or (
-                now - self._forecast_at.get(workspace_id, float("-inf")) < FORECAST_EVERY):
+    async def _projected(self, workspace_id: str, usage: Usage, now: float,
+                         metric: Metric) -> Alert | None:
+        """``projected``, at most once per budget period: ``metric``'s budget runs out before
+        its period ends at the run rate (checked at most every :data:`FORECAST_EVERY`
+        seconds)."""
+        if metric.limit(usage.policy) is None:
             return None
-        if len(self._forecast_at) > 10_000:
-            self._forecast_at.clear()
-        self._forecast_at[workspace_id] = now
-        forecast = await self.reader.spend_forecast(workspace_id, usage, now)
+        forecast = await self.reader.spend_forecast(workspace_id, usage, now, metric)
         if (forecast is None or not forecast.will_exceed or forecast.budget_nanos is None
                 or forecast.spent_nanos >= forecast.budget_nanos
                 or forecast.history_days < PROJECTED_HISTORY_DAYS):
@@ -426,15 +436,16 @@ class AlertEngine:
         rate = from_nanos(round(forecast.rate_nanos_per_day))
         return Alert(
             kind=AlertKind.PROJECTED, workspace_id=workspace_id,
-            scope=workspace_scope(workspace_id), metric=BUDGET.name,
+            scope=workspace_scope(workspace_id), metric=metric.name,
             current=float(from_nanos(forecast.spent_nanos)), limit=float(budget),
             percentage=round(float(percent_of(projected, budget)), 2),
             message=(f"Workspace {workspace_id!r} is projected to spend {format_usd(projected)} "
-                     f"of its {format_usd(budget)} monthly budget by "
+                     f"of its {format_usd(budget)} {metric.title} by "
                      f"{end:%Y-%m-%d %H:%M} UTC at {format_usd(rate)} a day; at that rate it "
                      f"runs out at {when:%Y-%m-%d %H:%M} UTC."),
             at=datetime.fromtimestamp(now, UTC),
-            dedupe_key=f"alert:{workspace_id}:{BUDGET.name}:projected:{_period(usage)}",
+            dedupe_key=(f"alert:{workspace_id}:{metric.name}:projected:"
+                        f"{_period(usage, metric)}"),
         )
 
     @staticmethod

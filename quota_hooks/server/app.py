@@ -547,17 +547,20 @@ def quota_router(
         return {"key": key, "deleted": True, "version": version}
 
     @router.post("/api/quota/reset/{name:path}")
-    async def reset_usage(name: str, request: Request) -> dict[str, Any]:
-        """Start a workspace's (or scope's) budget month again (admin token); kept in its
-        alert history."""
+    async def reset_usage(name: str, request: Request,
+                          period: Literal["day", "week", "month"] = "month") -> dict[str, Any]:
+        """Start a workspace's (or scope's) budget ``period`` (``?period=day``, ``week``;
+        the month by default) again (admin token); kept in its alert history."""
         _admin(request)
         try:
             with _unavailable_on_store_errors():
                 taken = await anyio.to_thread.run_sync(
-                    functools.partial(manager.reset_usage, name, by="the REST API"))
+                    functools.partial(manager.reset_usage, name, by="the REST API",
+                                      period=period))
         except ConfigurationError as exc:
             raise HTTPException(422, str(exc)) from None
-        return {"key": policy_key(name), "reset_usd": format(taken.normalize(), "f")}
+        return {"key": policy_key(name), "period": period,
+                "reset_usd": format(taken.normalize(), "f")}
 
     pieces_dir = resources.files("quota_hooks.server").joinpath("static")
     pieces = {name: pieces_dir.joinpath(name).read_bytes() for name in _PIECES}

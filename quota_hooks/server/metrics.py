@@ -21,7 +21,8 @@ calendar month): they restart when a month begins, which Prometheus's ``rate()``
 Gauges, per workspace labelled by name:
 
 * ``quota_hooks_budget_limit_usd``, ``quota_hooks_budget_used_usd`` and
-  ``quota_hooks_budget_remaining_usd`` ``{workspace,period}`` (``period`` is ``month``; used
+  ``quota_hooks_budget_remaining_usd`` ``{workspace,period}`` (``period`` is ``month``, and
+  ``day`` and ``week`` for the budgets a policy sets; used
   includes what the budget charged calls without a price);
 * ``quota_hooks_limit_usage_ratio{workspace,metric}``: used / limit, for each limit set;
 * ``quota_hooks_status{workspace,status}``: one series per status, 1 for the current one.
@@ -49,7 +50,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "quota_hooks.server's /metrics needs prometheus-client: pip install "
         "'quota-hooks[server]'") from exc
 
-from .._observe import OTHER, PERIOD, BoundedLabels, check_limit, read_numbers, usd
+from .._observe import OTHER, BoundedLabels, check_limit, read_numbers, usd
 from ..errors import StorageError
 from ..manager import QuotaManager
 from ..status import QuotaStatus
@@ -179,12 +180,12 @@ class PrometheusMetrics:
             if workspace not in months:
                 continue
             numbers = read_numbers(manager, workspace)
-            used.add_metric([workspace, PERIOD], usd(numbers.budget_used_nanos))
-            if numbers.budget_limit is not None:
-                limit.add_metric([workspace, PERIOD], float(numbers.budget_limit))
-                left = numbers.budget_remaining
-                remaining.add_metric([workspace, PERIOD], float(left) if left is not None
-                                     else 0.0)
+            for period, budget in numbers.budgets.items():
+                used.add_metric([workspace, period], usd(budget.used_nanos))
+                left = budget.remaining
+                if budget.limit is not None and left is not None:
+                    limit.add_metric([workspace, period], float(budget.limit))
+                    remaining.add_metric([workspace, period], float(left))
             for metric, value in numbers.ratios.items():
                 ratio.add_metric([workspace, metric], value)
             for state in QuotaStatus:

@@ -21,6 +21,7 @@ async face, on worker threads.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -34,6 +35,7 @@ from ..usage import UsageRecord, bounded
 from ..windows import DAY, MINUTE, Window, day_key
 
 __all__ = [
+    "BUDGET_SCOPE_PREFIX",
     "MAX_BREAKDOWN_NAMES",
     "OTHER",
     "Aggregate",
@@ -51,7 +53,11 @@ __all__ = [
     "UsageDelta",
     "UsageEntry",
     "as_async",
+    "budget_scope",
+    "budget_scope_parts",
     "first_denial",
+    "is_budget_scope",
+    "totals_key",
     "workspace_scope",
 ]
 
@@ -69,6 +75,56 @@ OTHER = "(other)"
 def workspace_scope(workspace_id: str) -> str:
     """The scope key of a workspace (its name bounded and escaped, as in records)."""
     return f"workspace:{bounded(workspace_id)}"
+
+
+#: How a period budget's scope starts: ``"budget:<period>@<scope>"``.
+BUDGET_SCOPE_PREFIX = "budget:"
+
+
+def budget_scope(scope: str, period: str) -> str:
+    """The scope that keeps ``scope``'s charge in one day or week budget period
+    (``period`` is its name, ``"2026-03-05"`` or ``"2026-W10"``):
+    ``"budget:2026-03-05@workspace:acme"``.
+
+    A day or week budget is enforced as a scope of its own, reserved and committed with the
+    call's other scopes in the same atomic step, so every store holds it as it holds the
+    month's budget. Its totals are its period's: a store keeps them under ``period`` where
+    it keeps another scope's under the month (:func:`totals_key`), so a week that spans two
+    months is one total.
+    """
+    return f"{BUDGET_SCOPE_PREFIX}{period}@{scope}"
+
+
+_BUDGET_SCOPE = re.compile(r"budget:(\d{4}-(?:\d{2}-\d{2}|W\d{2}))@")
+
+
+def totals_key(scope: str, month: str) -> str:
+    """The period whose totals ``scope`` keeps where the call's budget ``month`` is asked
+    for: the month, or a period budget scope's own period (:func:`budget_scope`). Every
+    store reads and writes a scope's cost and breakdowns under this key.
+
+    Only a name of exactly that shape is a period budget's: a caller's own scope of kind
+    ``"budget"`` (``"budget:q3"``) is an ordinary scope.
+    """
+    if scope.startswith(BUDGET_SCOPE_PREFIX):
+        found = _BUDGET_SCOPE.match(scope)
+        if found is not None:
+            return found.group(1)
+    return month
+
+
+def budget_scope_parts(scope: str) -> tuple[str, str]:
+    """A period budget's scope as its period and the scope it budgets:
+    ``("2026-03-05", "workspace:acme")``. A ValueError for any other name."""
+    found = _BUDGET_SCOPE.match(scope)
+    if found is None:
+        raise ValueError(f"not a period budget's scope: {scope!r}")
+    return found.group(1), scope[found.end():]
+
+
+def is_budget_scope(scope: str) -> bool:
+    """True for a period budget's scope (:func:`budget_scope`)."""
+    return scope.startswith(BUDGET_SCOPE_PREFIX) and _BUDGET_SCOPE.match(scope) is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +214,15 @@ class Counters:
     """The part of ``cost_month_nanos`` charged at the fallback price for those calls."""
     budget_reset_at: float = 0.0
     """When the month's budget was last reset (epoch seconds; 0: never)."""
+    cost_day_nanos: int = 0
+    """What the scope's day budget counts today (its own totals, read by
+    :func:`with_periods`; a store's ``counters`` leaves it 0)."""
+    cost_week_nanos: int = 0
+    """What the scope's week budget counts this week (as :attr:`cost_day_nanos`)."""
+    day_reset_at: float = 0.0
+    """When today's day budget was last reset (0: never)."""
+    week_reset_at: float = 0.0
+    """When this week's week budget was last reset (0: never)."""
 
 
 @dataclass(frozen=True, slots=True)

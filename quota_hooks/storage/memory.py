@@ -17,6 +17,7 @@ from decimal import Decimal
 from ..usage import UsageRecord
 from ..windows import DAY, MINUTE, RollingCounter
 from .base import (
+    BUDGET_SCOPE_PREFIX,
     MAX_BREAKDOWN_NAMES,
     OTHER,
     Aggregate,
@@ -30,12 +31,16 @@ from .base import (
     UsageDelta,
     UsageEntry,
     first_denial,
+    is_budget_scope,
+    totals_key,
 )
 
 __all__ = ["SCOPE_RECENT", "MemoryStore"]
 
 #: Records a scope other than a workspace (``user:u-1``, ``team:ml``) keeps for ``recent()``.
 SCOPE_RECENT = 10
+#: The day (and the week) budget scopes kept per scope: this period's and the one before.
+PERIODS_KEPT = 2
 
 # Fields of the minute ring: requests, tokens, calls, errors, rate_limited. Day ring: the first two.
 
@@ -153,6 +158,8 @@ class MemoryStore:
         self._scope_recent = min(recent_capacity, SCOPE_RECENT)
         self._months_kept = months_kept
         self._scopes: dict[str, _Scope] = {}
+        # A day or week budget's scopes, per scope and kind (week or not), oldest first.
+        self._periods: dict[tuple[str, bool], list[str]] = {}
         # Pending reservations in the order they were made, which is (nearly) the order they
         # expire in: reaping pops from the front, a settle deletes its own entry at once.
         self._pending: dict[str, Reservation] = {}
@@ -197,6 +204,7 @@ class MemoryStore:
                 scope = self._scope(key)
                 scope.minute.add(minute_bucket, counts, now)
                 scope.day.add(day_bucket, day_counts, now)
+                month = totals_key(key, entry.month)
                 if self._add_cost(scope, month, cost, int(entry.unpriced),
                                   delta.unpriced_nanos):  # False: older than every month kept
                     table = scope.breakdowns
@@ -264,6 +272,7 @@ class MemoryStore:
                 return Counters()
             requests, tokens, calls, errors, limited = state.minute.totals(now)
             requests_day, tokens_day = state.day.totals(now)
+            month = totals_key(scope, month)
             cost, unpriced_calls, unpriced_nanos = state.months.get(month, _NO_MONTH)
             reset_at = state.resets.get(month, 0.0)
             return Counters(
@@ -286,6 +295,7 @@ class MemoryStore:
             state = self._scopes.get(scope)
             if state is None:
                 return {}
+            month = totals_key(scope, month)
             return {key[2]: totals.freeze() for key, totals in state.breakdowns.items()
                     if key[0] == month and key[1] == by}
 
@@ -357,10 +367,12 @@ class MemoryStore:
         with self._lock:
             self._reap(now)
             state = self._scopes.get(scope)
+            month = totals_key(scope, month)
             if state is None or month not in state.months:
                 return None
             held = sum(r.delta.cost_nanos for r in self._pending.values()
-                       if r.month == month and scope in r.scopes and r.expires_at > now)
+                       if scope in r.scopes and totals_key(scope, r.month) == month
+                       and r.expires_at > now)
             totals = state.months[month]
             taken = totals[0] - held
             totals[:] = [held, 0, 0]  # the charge, and of it the unpriced calls' (none now)
@@ -380,7 +392,25 @@ class MemoryStore:
         scope = self._scopes.get(key)
         if scope is None:
             scope = self._scopes[key] = _Scope(self._recent_capacity)
+            if is_budget_scope(key):
+                self._forget_periods(key)
         return scope
+
+    def _forget_periods(self, key: str) -> None:
+        """A day or week budget's scope was made: the same scope's older ones of the same
+        kind are forgotten but the one before (a call reserved just before midnight may
+        still settle there), so a process that runs for a year keeps a few per scope, not
+        one per day."""
+        period, _, parent = key[len(BUDGET_SCOPE_PREFIX):].partition("@")
+        kind = "W" in period
+        kept = self._periods.setdefault((parent, kind), [])
+        kept.append(key)
+        if len(kept) > PERIODS_KEPT:
+            kept.sort()
+            old = [k for k in kept[:-PERIODS_KEPT] if k != key]  # never the one in use
+            for name in old:
+                self._scopes.pop(name, None)
+            kept[:] = [k for k in kept if k not in old]
 
     def _add_cost(
         self, scope: _Scope, month: str, nanos: int, unpriced: int = 0, unpriced_nanos: int = 0
@@ -412,7 +442,7 @@ class MemoryStore:
             scope = self._scope(key)
             scope.minute.add(minute_bucket, counts, now)
             scope.day.add(day_bucket, counts[:2], now)
-            self._add_cost(scope, reservation.month, sign * delta.cost_nanos)
+            self._add_cost(scope, totals_key(key, reservation.month), sign * delta.cost_nanos)
 
     def _undo(self, reservation: Reservation, now: float) -> None:
         self._apply(reservation, sign=-1, now=now)
@@ -441,6 +471,6 @@ class MemoryStore:
             key, limits, delta, now,
             minute=scope.minute.totals(now),
             day=scope.day.totals(now),
-            spent=lambda: scope.months.get(month, _NO_MONTH)[0],
+            spent=lambda: scope.months.get(totals_key(key, month), _NO_MONTH)[0],
             first_bucket=lambda window, field: rings[window].first_bucket_with(now, field),
         )

@@ -88,6 +88,7 @@ from .base import (
     StoredPolicy,
     UsageDelta,
     UsageEntry,
+    totals_key,
 )
 
 __all__ = ["CONNECT_TIMEOUT", "DEFAULT_TIMEOUT", "POOL_TIMEOUT", "SCHEMA", "RedisStore"]
@@ -538,10 +539,11 @@ class RedisStore:
     def _scope_keys(self, scope: str, month: str, settled_month: str | None = None,
                     ) -> list[str]:
         """The 5 keys of ``scope`` the scripts take (lua/lib.lua): its state, pending
-        expiries, ``month``, recent list, and the month of the reservation it settles."""
+        expiries, ``month`` (a period budget's scope: its period, :func:`totals_key`), recent
+        list, and the month of the reservation it settles."""
         base = self._base(scope)
-        return [base + "w", base + "x", f"{base}m:{month}", base + "r",
-                f"{base}m:{settled_month or month}"]
+        return [base + "w", base + "x", f"{base}m:{totals_key(scope, month)}", base + "r",
+                f"{base}m:{totals_key(scope, settled_month or month)}"]
 
     def _groups(self, scopes: Sequence[str]) -> list[list[int]]:
         """The scopes one script may take at once, by index: on one Redis every scope of a

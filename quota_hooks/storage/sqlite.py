@@ -70,6 +70,7 @@ from .base import (
     UsageDelta,
     UsageEntry,
     first_denial,
+    totals_key,
 )
 
 __all__ = ["SCHEMA_VERSION", "RepriceReport", "SQLiteStore"]
@@ -658,7 +659,7 @@ class SQLiteStore:
     def _add_entry(self, batch: _Batch, entry: UsageEntry,
                    conn: sqlite3.Connection | None = None) -> None:
         record, delta = entry.record, entry.delta
-        when, month = entry.when, entry.month
+        when = entry.when
         counts = (delta.requests, delta.tokens, delta.calls, delta.errors, delta.rate_limited)
         day_counts = (delta.requests, delta.tokens, 0, 0, 0)
         minute, day = MINUTE.bucket(when), DAY.bucket(when)
@@ -673,6 +674,7 @@ class SQLiteStore:
             batch.touched.add(scope)
             batch.bucket(scope, _MIN, minute, counts)
             batch.bucket(scope, _DAY, day, day_counts)
+            month = totals_key(scope, entry.month)
             batch.month(scope, month, delta.cost_nanos, unpriced, delta.unpriced_nanos)
             keys = [(scope, month, by, name if conn is None else
                      self._name(conn, scope, month, by, name)) for by, name in names]
@@ -693,7 +695,7 @@ class SQLiteStore:
         for scope in scopes:
             batch.bucket(scope, _MIN, MINUTE.bucket(at), counts)
             batch.bucket(scope, _DAY, DAY.bucket(at), counts)
-            batch.month(scope, month, sign * nanos)
+            batch.month(scope, totals_key(scope, month), sign * nanos)
 
     def _settle(
         self, conn: sqlite3.Connection, batch: _Batch, reservation_id: str, now: float
@@ -806,7 +808,7 @@ class SQLiteStore:
             scope, limits, delta, now,
             minute=self._sums(conn, scope, _MIN, now),
             day=self._sums(conn, scope, _DAY, now),
-            spent=lambda: self._month(conn, scope, month),
+            spent=lambda: self._month(conn, scope, totals_key(scope, month)),
             first_bucket=first_bucket,
         )
 
@@ -910,18 +912,21 @@ class SQLiteStore:
     def reset_budget(self, scope: str, month: str, now: float) -> int | None:
         self._caught_up("reset_budget")
 
+        totals = totals_key(scope, month)
+
         def run() -> int | None:
             with self._transaction() as conn:
                 row = conn.execute("SELECT cost_nanos FROM months WHERE scope = ? AND month = ?",
-                                   (scope, month)).fetchone()
+                                   (scope, totals)).fetchone()
                 if row is None:
                     return None
-                held = sum(int(nanos) for scopes, nanos in conn.execute(
-                    "SELECT scopes, cost_nanos FROM reservations WHERE month = ? AND "
-                    "expires_at > ?", (month, now)) if scope in json.loads(scopes))
+                held = sum(int(nanos) for scopes, nanos, held_month in conn.execute(
+                    "SELECT scopes, cost_nanos, month FROM reservations WHERE expires_at > ?",
+                    (now,)) if totals_key(scope, held_month) == totals
+                    and scope in json.loads(scopes))
                 conn.execute("UPDATE months SET cost_nanos = ?, reset_at = ?, unpriced_calls = 0, "
                              "unpriced_nanos = 0 WHERE scope = ? AND month = ?",
-                             (held, now, scope, month))
+                             (held, now, scope, totals))
                 return int(row[0]) - held
 
         return self._guard(run, what="reset_budget")
@@ -951,7 +956,8 @@ class SQLiteStore:
             day = self._sums(conn, scope, _DAY, now)
             row = conn.execute(
                 "SELECT cost_nanos, unpriced_calls, unpriced_nanos, reset_at FROM months "
-                "WHERE scope = ? AND month = ?", (scope, month)).fetchone() or (0, 0, 0, 0.0)
+                "WHERE scope = ? AND month = ?",
+                (scope, totals_key(scope, month))).fetchone() or (0, 0, 0, 0.0)
             return Counters(
                 requests_minute=minute[0], tokens_minute=minute[1],
                 requests_day=day[0], tokens_day=day[1],
@@ -974,7 +980,7 @@ class SQLiteStore:
                 "unpriced, unpriced_nanos, cached_input_tokens, cache_write_tokens, "
                 "reasoning_tokens FROM breakdowns "
                 "WHERE scope = ? AND month = ? AND by_kind = ?",
-                (scope, month, by),
+                (scope, totals_key(scope, month), by),
             ).fetchall()
             return {row[0]: Aggregate(*row[1:]) for row in rows}
 
@@ -1064,15 +1070,17 @@ class SQLiteStore:
                     now_unpriced = cost is None
                     priced_delta = (charge - unpriced) - (old_charge - old_unpriced)
                     for scope in scopes_of.get(row_id, []):
-                        # A call from before its month's budget reset no longer counts in
-                        # the month's charge: its new price moves the breakdowns only.
-                        if at > resets.get((scope, month), 0.0):
-                            batch.month(scope, month, charge - old_charge,
+                        # A call from before its period's budget reset no longer counts in
+                        # the period's charge: its new price moves the breakdowns only.
+                        totals = totals_key(scope, month)
+                        if at > resets.get((scope, totals), 0.0):
+                            batch.month(scope, totals, charge - old_charge,
                                         int(now_unpriced) - int(was_unpriced),
                                         unpriced - old_unpriced)
                         for by, name in (("model", record.model),
                                          ("api_method", record.api_method), ("day", day)):
-                            key = (scope, month, by, self._name(conn, scope, month, by, name))
+                            key = (scope, totals, by,
+                                   self._name(conn, scope, totals, by, name))
                             row = batch.breakdowns.setdefault(key, [0] * 11)
                             row[5] += priced_delta
                             row[6] += int(now_unpriced) - int(was_unpriced)

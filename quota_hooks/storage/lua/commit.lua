@@ -86,7 +86,7 @@ local function commit(k, a, now)
     end
     mput(m, fd, add_to(m.cache[fd]))
     later(PUSHES, KEYS[base + 4], record)
-    LISTS[KEYS[base + 4]] = cap
+    LISTS[KEYS[base + 4]] = { cap, totals_ttl(KEYS[base + 3]) }
   end
   return result
 end

@@ -24,7 +24,17 @@ local PER_SCOPE = 5
 local WINDOWS = { { bs = 1, n = 60, tol = 2 }, { bs = 60, n = 1440, tol = 1 } }
 local STATE_TTL = 2 * 86400
 local LONG_TTL = 400 * 86400
+-- A day or week budget's scope (storage/base.py's budget_scope) keeps its totals under its
+-- period ('m:2026-03-05', 'm:2026-W10'): its hash and its recent list are kept 35 days.
+local PERIOD_TTL = 35 * 86400
 local REAP_AT_ONCE = 1000
+
+local function totals_ttl(month_key)
+  if string.find(month_key, '%-W%d%d$') or string.find(month_key, '%d%-%d%d%-%d%d$') then
+    return PERIOD_TTL
+  end
+  return LONG_TTL
+end
 
 local function now_of(given, use_server)
   if use_server == '1' then
@@ -280,7 +290,7 @@ end
 -- it is created.)
 local function touch_month(st, month)
   if st.mx == month then return false end
-  redis.call('EXPIRE', KEYS[st.base + 4], LONG_TTL)
+  redis.call('EXPIRE', KEYS[st.base + 4], totals_ttl(KEYS[st.base + 3]))
   put(st, 'mx', month)
   st.mx = month
   return true
@@ -290,7 +300,7 @@ end
 -- adds to the cost ('c'), unpriced calls ('uc') and unpriced charge ('un').
 local MONTHS, MONTH_LIST = {}, {}
 -- What the batch adds to pending expiries (ZADD), takes from them (ZREM), and pushes to
--- recent lists, by key.
+-- recent lists (LISTS: each list's cap and TTL), by key.
 local ZADDS, ZREMS, PUSHES, LISTS = {}, {}, {}, {}
 
 local function month_state(key)
@@ -383,7 +393,7 @@ local function flush_deferred()
       sets[#sets + 1] = value
     end
     if #sets > 0 then redis.call('HSET', m.key, unpack(sets)) end
-    if m.ttl then redis.call('EXPIRE', m.key, LONG_TTL) end
+    if m.ttl then redis.call('EXPIRE', m.key, totals_ttl(m.key)) end
   end
   for key, ids in pairs(ZREMS) do redis.call('ZREM', key, unpack(ids)) end
   for key, members in pairs(ZADDS) do
@@ -395,9 +405,9 @@ local function flush_deferred()
   end
   for key, records in pairs(PUSHES) do
     local length = redis.call('LPUSH', key, unpack(records))
-    local cap = LISTS[key]
+    local cap, ttl = LISTS[key][1], LISTS[key][2]
     if length == #records then
-      redis.call('EXPIRE', key, LONG_TTL)
+      redis.call('EXPIRE', key, ttl)
     elseif length > cap + 50 then
       redis.call('LTRIM', key, 0, cap - 1)
     end
