@@ -34,6 +34,7 @@ from .storage.base import (
     budget_scope,
     budget_scope_parts,
     is_budget_scope,
+    scope_key,
     workspace_scope,
 )
 from .usage import MAX_COST, MAX_COUNT, MAX_SCOPES, Estimate, UsageRecord, bounded
@@ -219,7 +220,7 @@ class Core:
         by_key = {keys[0]: policy}
         for kind, value in itertools.islice((scopes or {}).items(), MAX_SCOPES):
             kind, value = bounded(str(kind)), bounded(str(value))
-            key = f"{kind}:{value}"
+            key = scope_key(kind, value)
             keys.append(key)
             found = policies.for_scope(kind, value)
             if found is not None:
@@ -240,12 +241,15 @@ class Core:
         inputs, outputs = count(estimate.input_tokens), count(estimate.output_tokens)
         nanos = self._estimate_nanos(estimate, inputs, outputs)
         if nanos is None:  # a model without a price: what the policy says, never free
+            enforced_budgets = [m for m in BUDGETS if m.limit(policy) is not None
+                                and policy.mode_for(m.name) != "observe"]
             if policy.unpriced == "refuse" and (any(
                 lim.budget_nanos is not None for lim in limits.values()
             ) or any(budget[3] is not None for budget in periods)):
                 self.denials += 1
+                named = enforced_budgets[0] if enforced_budgets else BUDGET
                 raise QuotaExceededError(
-                    keys[0], BUDGET.name, 0.0, float(policy.monthly_budget_usd or 0), None,
+                    keys[0], named.name, 0.0, float(named.limit(policy) or 0), None,
                     f"{keys[0]}: model {estimate.model!r} has no price, and the policy refuses "
                     f"unpriced calls under a money budget (unpriced='refuse'); the call was not "
                     f"sent. Give it a price (PriceBook.with_overrides, QUOTA_HOOKS_PRICES_FILE) "
@@ -349,18 +353,25 @@ class Core:
         )
         scopes: tuple[str, ...] = (workspace_scope(record.workspace_id),)
         if record.scopes:
-            scopes += tuple(f"{kind}:{value}" for kind, value in record.scopes.items())
-        # The record's own time decides its minute, day and month (never after now).
+            scopes += tuple(scope_key(kind, value) for kind, value in record.scopes.items())
+        # The record's own time decides its minute and day (never after now). A reserved
+        # call is charged to the budget periods it was admitted in: one reserved before
+        # midnight and recorded after it settles in the day (and month) that held it, never
+        # unchecked in the next.
         at = now if record.timestamp is None else min(record.timestamp.timestamp(), now)
         zone = policy.timezone
-        periods = period_scopes(scopes[0], policy, at)
+        admitted = at if reservation is None else min(reservation.at, now)
+        periods = period_scopes(scopes[0], policy, admitted)
         for kind, value in record.scopes.items():
             found = self.policies.for_scope(kind, value)
             if found is not None:
-                periods += period_scopes(f"{kind}:{value}", found, at)
+                periods += period_scopes(scope_key(kind, value), found, admitted)
+        if reservation is not None:  # a budget removed since: its hold is settled too
+            periods += [key for key in reservation.scopes
+                        if is_budget_scope(key) and key not in periods]
         if periods:
             scopes += tuple(periods)
-        return UsageEntry(record, scopes, delta, now, month_key(at, zone), priced.cost,
+        return UsageEntry(record, scopes, delta, now, month_key(admitted, zone), priced.cost,
                           priced.source, day_key(at, zone), at)
 
     def price(self, record: UsageRecord, policy: QuotaPolicy) -> Priced:

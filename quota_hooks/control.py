@@ -48,6 +48,7 @@ from .storage.base import (
     PolicyTable,
     StoredPolicy,
     budget_scope,
+    scope_key,
     workspace_scope,
 )
 from .usage import bounded
@@ -257,10 +258,14 @@ class PolicySync:
         _REFRESHER.discard(self)
 
 
+_PERIOD_ORDER = {"day": 0, "week": 1, "month": 2}
+
+
 def describe_policy(policy: QuotaPolicy) -> str:
     """A policy's limits in one line: ``"rpm 10, rpd 10000, ..., budget $100.00/month"``."""
     parts = []
-    for m in METRICS:
+    # The rate limits, then the budgets from the shortest period to the longest.
+    for m in sorted(METRICS, key=lambda m: (m.is_budget, _PERIOD_ORDER.get(str(m.period), 0))):
         limit = m.limit(policy)
         if limit is None and m.period in ("day", "week"):
             continue  # not set: no day or week budget is the default
@@ -503,7 +508,7 @@ class ControlPlane:
         if key == "*" or value == "*":
             raise ConfigurationError(f"reset one workspace or scope at a time, not {name!r}")
         scope = (workspace_scope(value) if kind == "workspace"
-                 else f"{bounded(kind)}:{bounded(value)}")
+                 else scope_key(bounded(kind), bounded(value)))
         now = self.clock()
         if period == "month":
             # A scope's month is its calls' (each workspace's zone): the month of now in

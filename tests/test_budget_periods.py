@@ -12,10 +12,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from quota_hooks import QuotaExceededError, QuotaManager, QuotaPolicy
+from quota_hooks import QuotaExceededError, QuotaManager, QuotaPolicy, RateLimitedError
 from quota_hooks.alerts import Alert, AlertKind
 from quota_hooks.cli import main
 from quota_hooks.storage import MemoryStore, SQLiteStore, Store
+from quota_hooks.storage.base import budget_scope
 from quota_hooks.testing import ManualClock
 from quota_hooks.usage import Estimate, UsageRecord
 
@@ -151,7 +152,7 @@ def test_policy_set_budget_with_a_period(tmp_path: Path,
     assert main(["policy", "set", "acme", "--budget", "60", "--period", "week",
                  "--timezone", "Asia/Kolkata", "--store", url]) == 0
     out = capsys.readouterr().out
-    assert "budget $200.00/month, budget $10.00/day, budget $60.00/week" in out
+    assert "budget $10.00/day, budget $60.00/week, budget $200.00/month" in out
     assert main(["policy", "get", "acme", "--json", "--store", url]) == 0
     stored = json.loads(capsys.readouterr().out)["policy"]
     assert (stored["daily_budget_usd"], stored["weekly_budget_usd"],
@@ -187,4 +188,47 @@ def test_a_day_budget_holds_under_concurrent_callers(backend: str, tmp_path: Pat
     assert outcomes.count(None) == 17
     assert set(outcomes) == {None, "daily_budget_usd"}
     assert m.status("acme").daily_budget_usd.current == float(CALL * 17)  # type: ignore[union-attr]
+    m.close()
+
+
+def test_a_call_reserved_before_midnight_is_charged_to_the_day_that_held_it(
+        store: Store) -> None:
+    clock = ManualClock(local(2026, 11, 30, 23, 59, 50))
+    m = QuotaManager(store=store, clock=clock, policy=budgets(
+        daily_budget_usd=Decimal("0.01"), monthly_budget_usd=Decimal("0.02")))
+    late = [m.acquire("acme", ESTIMATE) for _ in range(2)]  # $0.007 held on the 30th
+    clock.advance(15)  # 00:00:05 on 1 December: a new day and a new month
+    assert [call(m), call(m), call(m)] == [None, None, "daily_budget_usd"]
+    clock.advance(25)
+    for held in late:  # the two calls of the 30th end now
+        m.record(UsageRecord(model="gpt-4o", provider="openai", workspace_id="acme",
+                             input_tokens=1_000, output_tokens=100), reservation=held)
+    report = m.status("acme")
+    assert report.daily_budget_usd.current == 0.007  # type: ignore[union-attr]
+    assert report.monthly_budget_usd.current == 0.007  # never more than the day admitted
+    yesterday = m.store.counters(budget_scope("workspace:acme", "2026-11-30"), clock(), "")
+    assert yesterday.cost_month_nanos == 7_000_000  # settled there, not held twice
+    november = m.store.counters("workspace:acme", clock(), "2026-11")
+    assert november.cost_month_nanos == 7_000_000
+    m.close()
+
+
+def test_no_callers_scope_is_charged_as_a_workspace_or_a_budget_period() -> None:
+    clock = ManualClock(local(2026, 12, 2, 12, 0))
+    m = QuotaManager(clock=clock, policy=budgets(daily_budget_usd=Decimal("0.005")),
+                     policies={"mallory": QuotaPolicy.unlimited()},
+                     scope_policies={"budget:*": QuotaPolicy(rpm=1)})
+    for scopes in ({"budget": "2026-12-02@workspace:victim"}, {"workspace": "victim"},
+                   {"_budget": "2026-12-02@workspace:victim"}):
+        m.record(UsageRecord(model="gpt-4o", provider="openai", workspace_id="mallory",
+                             input_tokens=1_000, output_tokens=100, scopes=scopes))
+    assert m.status("victim").daily_budget_usd.current == 0  # type: ignore[union-attr]
+    assert m.status("victim").requests_per_day.current == 0
+    assert call(m, "victim") is None  # the victim's day is untouched
+    # A caller's scope of kind "budget" is limited by its own policy, as any other.
+    one = Estimate(model="gpt-4o", api_method="chat.completions", input_tokens=1)
+    m.acquire("mallory", one, scopes={"budget": "2026-12-02@nowhere"})
+    with pytest.raises(RateLimitedError) as caught:  # a KeyError once
+        m.acquire("mallory", one, scopes={"budget": "2026-12-02@nowhere"})
+    assert caught.value.scope == "_budget:2026-12-02@nowhere"
     m.close()

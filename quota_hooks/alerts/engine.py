@@ -63,8 +63,8 @@ class Usage:
     policy: QuotaPolicy
     month: str
     counters: Counters
-    now: float = 0.0
-    """When the counters were read."""
+    now: float
+    """When the counters were read (the day and week an alert is sent once in)."""
 
 
 class UsageReader(Protocol):

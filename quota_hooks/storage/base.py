@@ -57,6 +57,7 @@ __all__ = [
     "budget_scope_parts",
     "first_denial",
     "is_budget_scope",
+    "scope_key",
     "totals_key",
     "workspace_scope",
 ]
@@ -75,6 +76,24 @@ OTHER = "(other)"
 def workspace_scope(workspace_id: str) -> str:
     """The scope key of a workspace (its name bounded and escaped, as in records)."""
     return f"workspace:{bounded(workspace_id)}"
+
+
+#: The scope kinds the library's own scopes use: a caller's scope of one of these kinds is
+#: kept apart (:func:`scope_key`).
+_OWN_KINDS = frozenset({"workspace", "budget"})
+
+
+def scope_key(kind: str, value: str) -> str:
+    """The store key of a caller's scope ``kind``/``value``: ``"team:ml"``.
+
+    The kinds of the library's own scopes (``workspace``, and ``budget`` for a period
+    budget's, :func:`budget_scope`) get one more leading ``_`` (``"_budget:q1"``, and
+    ``"__budget:x"`` for a kind ``"_budget"``), so that no caller's scope, say a LiteLLM tag,
+    can be charged as another workspace or as a budget period.
+    """
+    if kind.lstrip("_") in _OWN_KINDS:
+        kind = "_" + kind
+    return f"{kind}:{value}"
 
 
 #: How a period budget's scope starts: ``"budget:<period>@<scope>"``.
@@ -101,10 +120,8 @@ _BUDGET_SCOPE = re.compile(r"budget:(\d{4}-(?:\d{2}-\d{2}|W\d{2}))@")
 def totals_key(scope: str, month: str) -> str:
     """The period whose totals ``scope`` keeps where the call's budget ``month`` is asked
     for: the month, or a period budget scope's own period (:func:`budget_scope`). Every
-    store reads and writes a scope's cost and breakdowns under this key.
-
-    Only a name of exactly that shape is a period budget's: a caller's own scope of kind
-    ``"budget"`` (``"budget:q3"``) is an ordinary scope.
+    store reads and writes a scope's cost and breakdowns under this key. (No caller's scope
+    has that shape: :func:`scope_key`.)
     """
     if scope.startswith(BUDGET_SCOPE_PREFIX):
         found = _BUDGET_SCOPE.match(scope)
@@ -215,8 +232,8 @@ class Counters:
     budget_reset_at: float = 0.0
     """When the month's budget was last reset (epoch seconds; 0: never)."""
     cost_day_nanos: int = 0
-    """What the scope's day budget counts today (its own totals, read by
-    :func:`with_periods`; a store's ``counters`` leaves it 0)."""
+    """What the scope's day budget counts today (its own scope's totals, filled in by
+    :func:`quota_hooks._core.with_budgets`; a store's ``counters`` leaves it 0)."""
     cost_week_nanos: int = 0
     """What the scope's week budget counts this week (as :attr:`cost_day_nanos`)."""
     day_reset_at: float = 0.0
