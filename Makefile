@@ -26,7 +26,7 @@ demo: $(VENV)/.demo-installed
 test: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
 	$(BIN)/mypy quota_hooks
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 # The core and store units only (about a minute): for the edit-test loop, not for CI.
 test-fast: $(VENV)/.dev-installed

@@ -131,13 +131,6 @@ def period_budgets(policy: QuotaPolicy) -> tuple[tuple[Period, Limits | None], .
     return tuple(found)
 
 
-def period_scopes(scope: str, policy: QuotaPolicy, at: float) -> list[str]:
-    """The day and week budget scopes that a call of ``scope`` at ``at`` is charged to."""
-    return [budget_scope(scope, period_key(at, period, policy.timezone))
-            for period, _ in period_budgets(policy)] if (
-        policy.daily_budget_usd is not None or policy.weekly_budget_usd is not None) else []
-
-
 def budget_reads(scope: str, policy: QuotaPolicy, now: float) -> list[tuple[Metric, str]]:
     """The day and week budgets ``policy`` sets for ``scope``, each with the scope whose
     counters hold what it counts at ``now``."""
@@ -176,6 +169,7 @@ class Core:
         self.denials = 0
         """Calls refused by an enforced limit."""
         self._limits: dict[int, tuple[QuotaPolicy, Limits | None]] = {}
+        self._periods: dict[int, tuple[QuotaPolicy, tuple[tuple[Period, Limits | None], ...]]] = {}
         self._cross_checked: set[str] = set()
         self._lock = threading.Lock()
 
@@ -234,7 +228,7 @@ class Core:
             if (scope_policy.daily_budget_usd is not None
                     or scope_policy.weekly_budget_usd is not None):
                 periods.extend((key, period, scope_policy.timezone, period_limits)
-                               for period, period_limits in period_budgets(scope_policy))
+                               for period, period_limits in self.period_budgets(scope_policy))
         if not limits:
             return None
         estimate = self.estimate(workspace_id, estimate)
@@ -276,6 +270,23 @@ class Core:
             cached = (policy, limits_of(policy) if policy.enforced else None)
             self._limits[id(policy)] = cached
         return cached[1]
+
+    def period_budgets(self, policy: QuotaPolicy) -> tuple[tuple[Period, Limits | None], ...]:
+        """:func:`period_budgets` of ``policy``, worked out once per policy."""
+        cached = self._periods.get(id(policy))
+        if cached is None or cached[0] is not policy:
+            if len(self._periods) > 1024:
+                self._periods.clear()
+            cached = (policy, period_budgets(policy))
+            self._periods[id(policy)] = cached
+        return cached[1]
+
+    def _period_scopes(self, scope: str, policy: QuotaPolicy, at: float) -> list[str]:
+        """The day and week budget scopes a call of ``scope`` at ``at`` is charged to."""
+        if policy.daily_budget_usd is None and policy.weekly_budget_usd is None:
+            return []
+        return [budget_scope(scope, period_key(at, period, policy.timezone))
+                for period, _ in self.period_budgets(policy)]
 
     def _estimate_nanos(self, estimate: Estimate, inputs: int, outputs: int) -> int | None:
         """What a call is expected to cost: its tokens, and the images or characters it asks
@@ -361,11 +372,11 @@ class Core:
         at = now if record.timestamp is None else min(record.timestamp.timestamp(), now)
         zone = policy.timezone
         admitted = at if reservation is None else min(reservation.at, now)
-        periods = period_scopes(scopes[0], policy, admitted)
+        periods = self._period_scopes(scopes[0], policy, admitted)
         for kind, value in record.scopes.items():
             found = self.policies.for_scope(kind, value)
             if found is not None:
-                periods += period_scopes(scope_key(kind, value), found, admitted)
+                periods += self._period_scopes(scope_key(kind, value), found, admitted)
         if reservation is not None:  # a budget removed since: its hold is settled too
             periods += [key for key in reservation.scopes
                         if is_budget_scope(key) and key not in periods]

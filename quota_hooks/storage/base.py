@@ -124,10 +124,16 @@ def totals_key(scope: str, month: str) -> str:
     has that shape: :func:`scope_key`.)
     """
     if scope.startswith(BUDGET_SCOPE_PREFIX):
-        found = _BUDGET_SCOPE.match(scope)
-        if found is not None:
-            return found.group(1)
+        period = _period_of(scope)
+        if period is not None:
+            return period
     return month
+
+
+@functools.lru_cache(maxsize=4096)
+def _period_of(scope: str) -> str | None:
+    found = _BUDGET_SCOPE.match(scope)
+    return None if found is None else found.group(1)
 
 
 def budget_scope_parts(scope: str) -> tuple[str, str]:
@@ -141,7 +147,7 @@ def budget_scope_parts(scope: str) -> tuple[str, str]:
 
 def is_budget_scope(scope: str) -> bool:
     """True for a period budget's scope (:func:`budget_scope`)."""
-    return scope.startswith(BUDGET_SCOPE_PREFIX) and _BUDGET_SCOPE.match(scope) is not None
+    return scope.startswith(BUDGET_SCOPE_PREFIX) and _period_of(scope) is not None
 
 
 @dataclass(frozen=True, slots=True)

@@ -134,6 +134,7 @@ def _priced(record: UsageRecord, cost: Decimal | None, source: str | None,
         return record
     return record.with_cost(cost, source, stamp)
 _NO_MONTH = (0, 0, 0)
+_NO_TOTALS = (0, 0)
 
 
 class MemoryStore:
@@ -202,6 +203,10 @@ class MemoryStore:
             day_counts = counts[:2]
             for key in entry.scopes:
                 scope = self._scope(key)
+                if is_budget_scope(key):  # a day or week budget: its cost is all it keeps
+                    self._add_cost(scope, totals_key(key, entry.month), cost, int(entry.unpriced),
+                                   delta.unpriced_nanos)
+                    continue
                 scope.minute.add(minute_bucket, counts, now)
                 scope.day.add(day_bucket, day_counts, now)
                 month = totals_key(key, entry.month)
@@ -440,8 +445,9 @@ class MemoryStore:
         minute_bucket, day_bucket = MINUTE.bucket(reservation.at), DAY.bucket(reservation.at)
         for key in reservation.scopes:
             scope = self._scope(key)
-            scope.minute.add(minute_bucket, counts, now)
-            scope.day.add(day_bucket, counts[:2], now)
+            if not is_budget_scope(key):
+                scope.minute.add(minute_bucket, counts, now)
+                scope.day.add(day_bucket, counts[:2], now)
             self._add_cost(scope, totals_key(key, reservation.month), sign * delta.cost_nanos)
 
     def _undo(self, reservation: Reservation, now: float) -> None:
@@ -467,10 +473,11 @@ class MemoryStore:
         month: str,
     ) -> Denial | None:
         rings = {MINUTE: scope.minute, DAY: scope.day}
+        windowless = is_budget_scope(key)  # a day or week budget: its cost is all it has
         return first_denial(
             key, limits, delta, now,
-            minute=scope.minute.totals(now),
-            day=scope.day.totals(now),
+            minute=_NO_TOTALS if windowless else scope.minute.totals(now),
+            day=_NO_TOTALS if windowless else scope.day.totals(now),
             spent=lambda: scope.months.get(totals_key(key, month), _NO_MONTH)[0],
             first_bucket=lambda window, field: rings[window].first_bucket_with(now, field),
         )

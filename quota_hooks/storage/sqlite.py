@@ -70,6 +70,7 @@ from .base import (
     UsageDelta,
     UsageEntry,
     first_denial,
+    is_budget_scope,
     totals_key,
 )
 
@@ -671,11 +672,13 @@ class SQLiteStore:
         names = (("model", record.model), ("api_method", record.api_method))
         breakdowns = batch.breakdowns
         for scope in entry.scopes:
+            month = totals_key(scope, entry.month)
+            batch.month(scope, month, delta.cost_nanos, unpriced, delta.unpriced_nanos)
+            if is_budget_scope(scope):  # a day or week budget: its cost is all it keeps
+                continue
             batch.touched.add(scope)
             batch.bucket(scope, _MIN, minute, counts)
             batch.bucket(scope, _DAY, day, day_counts)
-            month = totals_key(scope, entry.month)
-            batch.month(scope, month, delta.cost_nanos, unpriced, delta.unpriced_nanos)
             keys = [(scope, month, by, name if conn is None else
                      self._name(conn, scope, month, by, name)) for by, name in names]
             keys.append((scope, month, "day", entry.day_name))
@@ -693,8 +696,9 @@ class SQLiteStore:
         counts = (sign * requests, sign * tokens, 0, 0, 0)
         at = min(at, now)  # never into the future (a clock that stepped back)
         for scope in scopes:
-            batch.bucket(scope, _MIN, MINUTE.bucket(at), counts)
-            batch.bucket(scope, _DAY, DAY.bucket(at), counts)
+            if not is_budget_scope(scope):
+                batch.bucket(scope, _MIN, MINUTE.bucket(at), counts)
+                batch.bucket(scope, _DAY, DAY.bucket(at), counts)
             batch.month(scope, totals_key(scope, month), sign * nanos)
 
     def _settle(
@@ -804,10 +808,11 @@ class SQLiteStore:
             ).fetchone()[0]
             return None if found is None else int(found)
 
+        windowless = is_budget_scope(scope)  # a day or week budget: its cost is all it has
         return first_denial(
             scope, limits, delta, now,
-            minute=self._sums(conn, scope, _MIN, now),
-            day=self._sums(conn, scope, _DAY, now),
+            minute=[0, 0] if windowless else self._sums(conn, scope, _MIN, now),
+            day=[0, 0] if windowless else self._sums(conn, scope, _DAY, now),
             spent=lambda: self._month(conn, scope, totals_key(scope, month)),
             first_bucket=first_bucket,
         )
@@ -1077,6 +1082,8 @@ class SQLiteStore:
                             batch.month(scope, totals, charge - old_charge,
                                         int(now_unpriced) - int(was_unpriced),
                                         unpriced - old_unpriced)
+                        if is_budget_scope(scope):
+                            continue  # a day or week budget keeps no breakdowns
                         for by, name in (("model", record.model),
                                          ("api_method", record.api_method), ("day", day)):
                             key = (scope, totals, by,

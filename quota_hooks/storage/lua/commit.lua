@@ -61,32 +61,38 @@ local function commit(k, a, now)
     if touch_month(st, month) and s == 1 then result = 2 end
     -- The month: its cost and the breakdowns (packed), written once for the batch.
     local m = month_state(KEYS[base + 3])
-    local fm, fa, fd = 'm:' .. model, 'a:' .. method, 'd:' .. day
-    month_fields(m, { fm, fa, fd, '#m', '#a' })
-    -- The scope's first call of the day (and so of a new hash): its TTL is set.
-    if not m.cache[fd] then m.ttl = true end
     m.add.c = m.add.c + nanos
     if unpriced ~= 0 then
       m.add.uc = m.add.uc + 1
       m.add.un = m.add.un + unpriced_nanos
     end
-    -- A name beyond the cap of a month's breakdown counts under '(other)'.
-    for _, n in ipairs({ { fm, '#m', 'm:(other)' }, { fa, '#a', 'a:(other)' } }) do
-      local field, count_field = n[1], n[2]
-      if not m.cache[field] then
-        local count = tonumber(m.cache[count_field]) or 0
-        if count >= names_cap then
-          field = n[3]
-          month_fields(m, { field })
-        else
-          mput(m, count_field, int(count + 1))
+    if totals_ttl(KEYS[base + 3]) == PERIOD_TTL then
+      -- A day or week budget's scope: its cost is all it keeps (no breakdowns, no records).
+      month_fields(m, { 'c' })
+      if not m.cache.c then m.ttl = true end
+    else
+      local fm, fa, fd = 'm:' .. model, 'a:' .. method, 'd:' .. day
+      month_fields(m, { fm, fa, fd, '#m', '#a' })
+      -- The scope's first call of the day (and so of a new hash): its TTL is set.
+      if not m.cache[fd] then m.ttl = true end
+      -- A name beyond the cap of a month's breakdown counts under '(other)'.
+      for _, n in ipairs({ { fm, '#m', 'm:(other)' }, { fa, '#a', 'a:(other)' } }) do
+        local field, count_field = n[1], n[2]
+        if not m.cache[field] then
+          local count = tonumber(m.cache[count_field]) or 0
+          if count >= names_cap then
+            field = n[3]
+            month_fields(m, { field })
+          else
+            mput(m, count_field, int(count + 1))
+          end
         end
+        mput(m, field, add_to(m.cache[field]))
       end
-      mput(m, field, add_to(m.cache[field]))
+      mput(m, fd, add_to(m.cache[fd]))
+      later(PUSHES, KEYS[base + 4], record)
+      LISTS[KEYS[base + 4]] = { cap, LONG_TTL }
     end
-    mput(m, fd, add_to(m.cache[fd]))
-    later(PUSHES, KEYS[base + 4], record)
-    LISTS[KEYS[base + 4]] = { cap, totals_ttl(KEYS[base + 3]) }
   end
   return result
 end
