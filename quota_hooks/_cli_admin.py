@@ -12,19 +12,20 @@ from typing import Any
 
 from .control import describe_policy, policy_json
 from .errors import ConfigurationError
+from .metrics import RATE_METRICS, budget_of
 from .policy import QuotaPolicy, parse_policy, policy_key
+from .windows import PERIODS
 
 __all__ = ["add_commands"]
 
 ManagerFactory = Callable[..., Any]
 
 #: ``policy set`` flags: flag -> (policy field, how its value is read).
-_RATES = ("rpm", "rpd", "tpm", "tpd")
+_RATES = tuple(m.name for m in RATE_METRICS)
 #: ``--period`` -> the budget field ``--budget`` sets.
-_BUDGET_FIELDS = {"month": "monthly_budget_usd", "week": "weekly_budget_usd",
-                  "day": "daily_budget_usd"}
-_FLAG_NAMES = {"monthly_budget_usd": "--budget", "weekly_budget_usd": "--budget",
-               "daily_budget_usd": "--budget", "warning_percent": "--warning",
+_BUDGET_FIELDS = {period: budget_of(period).name for period in PERIODS}
+_FLAG_NAMES = {**{field: "--budget" for field in _BUDGET_FIELDS.values()},
+               "warning_percent": "--warning",
                "critical_percent": "--critical", **{r: f"--{r}" for r in _RATES},
                "thresholds": "--thresholds", "timezone": "--timezone", "mode": "--mode"}
 

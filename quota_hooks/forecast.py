@@ -34,14 +34,17 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, tzinfo
+from decimal import Decimal
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
-from .pricing import from_nanos
+from .metrics import BUDGET, BUDGETS, RATE_METRICS
+from .pricing import from_nanos, to_nanos
 from .windows import Period, _local_date, _start_of, _zone, period_bounds, period_key
 from .windows import period_dates as _period_dates
 
 if TYPE_CHECKING:
+    from .policy import QuotaPolicy
     from .storage.base import Aggregate, Counters
 
 __all__ = [
@@ -319,29 +322,30 @@ class Forecast:
         }
 
 
-def scope_forecast(now: float, zone: str, counters: Counters,
-                   days: Iterable[Mapping[str, Aggregate]], *, budget_nanos: int | None,
-                   rpd: int | None, tpd: int | None,
-                   day_budget_nanos: int | None = None,
-                   week_budget_nanos: int | None = None) -> Forecast:
-    """A scope's forecast from what a status read has: its counters (each budget period's
-    charge so far, holds included, and the last minute's requests and tokens) and the day
-    breakdowns of :func:`months_needed` months. The month is always projected; the day and
-    the week when they have a budget."""
-    charges = daily_charges(*days)
-    budgets = [forecast_spend(now, "month", zone, charges, budget_nanos,
-                              spent_nanos=counters.cost_month_nanos)]
-    if week_budget_nanos is not None:
-        budgets.append(forecast_spend(now, "week", zone, charges, week_budget_nanos,
-                                      spent_nanos=counters.cost_week_nanos))
-    if day_budget_nanos is not None:
-        budgets.append(forecast_spend(now, "day", zone, charges, day_budget_nanos,
-                                      spent_nanos=counters.cost_day_nanos))
+#: The counter of the last minute's share of a per-day metric: its recent rate.
+_RECENT = {"requests_day": "requests_minute", "tokens_day": "tokens_minute"}
+
+
+def scope_forecast(now: float, policy: QuotaPolicy, counters: Counters,
+                   days: Iterable[Mapping[str, Aggregate]]) -> Forecast:
+    """A scope's forecast under ``policy`` from what a status read has: its counters (each
+    budget period's charge so far, holds included, and the last minute's requests and
+    tokens) and the day breakdowns of :func:`months_needed` months. The month is always
+    projected, the day and the week when the policy sets their budget; so are the per-day
+    limits it sets."""
+    zone, charges = policy.timezone, daily_charges(*days)
+    budgets = []
+    for m in BUDGETS:
+        budget = m.limit(policy)
+        if m.period is not None and (budget is not None or m is BUDGET):
+            budgets.append(forecast_spend(
+                now, m.period, zone, charges, None if budget is None else to_nanos(
+                    Decimal(budget)), spent_nanos=getattr(counters, m.counter)))
     limits = []
-    if rpd is not None:
-        limits.append(forecast_limit("rpd", now, counters.requests_day, rpd,
-                                     counters.requests_minute))
-    if tpd is not None:
-        limits.append(forecast_limit("tpd", now, counters.tokens_day, tpd,
-                                     counters.tokens_minute))
+    for m in RATE_METRICS:
+        limit = m.limit(policy)
+        if m.window == "day" and limit is not None:
+            current = getattr(counters, m.counter)
+            recent = getattr(counters, _RECENT[m.counter])
+            limits.append(forecast_limit(m.name, now, current, int(limit), recent))
     return Forecast.of(budgets, limits)

@@ -34,15 +34,13 @@ from .errors import ConfigurationError, QuotaExceededError, StorageError
 from .events import Events
 from .forecast import Forecast, months_needed, scope_forecast
 from .policy import ENV_VARIABLES, Policies, QuotaPolicy
-from .pricing import PriceBook, to_nanos
+from .pricing import PriceBook
 from .status import Extra, History, StatusReport, WorkspaceTracker, build_history, build_status
 from .status import history_months as _history_months
 from .storage import MemoryStore, Store, store_from_url
 from .storage.base import (
-    Aggregate,
     Breakdown,
     ControlStore,
-    Counters,
     PolicyTable,
     Reservation,
     UsageEntry,
@@ -565,7 +563,7 @@ class QuotaManager:
                          store.recent(scope, self.recent_limit if recent is None else recent))
                 days = [store.breakdown(scope, m, "day")
                         for m in months_needed(now, "month", policy.timezone)]
-                forecast = _forecast(now, policy, counters, days)
+                forecast = scope_forecast(now, policy, counters, days)
         return self._report(workspace_id, policy, now, counters, extra, forecast)
 
     async def astatus(self, workspace_id: str, *, enhanced: bool = True,
@@ -585,7 +583,7 @@ class QuotaManager:
                                              else recent))
                 days = [await store.abreakdown(scope, m, "day")
                         for m in months_needed(now, "month", policy.timezone)]
-                forecast = _forecast(now, policy, counters, days)
+                forecast = scope_forecast(now, policy, counters, days)
         return self._report(workspace_id, policy, now, counters, extra, forecast)
 
     def _where(self, workspace_id: str) -> tuple[float, QuotaPolicy, str, str]:
@@ -707,18 +705,6 @@ class QuotaManager:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
-
-
-def _forecast(now: float, policy: QuotaPolicy, counters: Counters,
-              days: Iterable[Mapping[str, Aggregate]]) -> Forecast:
-    def nanos(budget: Decimal | None) -> int | None:
-        return None if budget is None else to_nanos(budget)
-
-    return scope_forecast(now, policy.timezone, counters, days,
-                          budget_nanos=nanos(policy.monthly_budget_usd),
-                          rpd=policy.rpd, tpd=policy.tpd,
-                          day_budget_nanos=nanos(policy.daily_budget_usd),
-                          week_budget_nanos=nanos(policy.weekly_budget_usd))
 
 
 def __getattr__(name: str) -> Any:

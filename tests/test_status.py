@@ -185,3 +185,23 @@ def test_unlimited_metrics_report_null_limit(clock: ManualClock) -> None:
     data = manager.get_tracker("ws").get_status_data()
     assert data["tokens_per_minute"] == {"current": 5, "limit": None, "percentage": 0.0}
     assert data["status"] == "normal"
+
+
+def test_a_limit_of_zero_is_full_for_the_status_and_the_alerts_alike() -> None:
+    from quota_hooks import QuotaManager, QuotaPolicy, RateLimitedError
+    from quota_hooks.alerts import Alert
+    from quota_hooks.usage import Estimate, UsageRecord
+
+    seen: list[Alert] = []
+    m = QuotaManager(QuotaPolicy(rpm=0, rpd=None, tpm=None, tpd=None, monthly_budget_usd=None),
+                     sinks=[seen.append])
+    with pytest.raises(RateLimitedError):
+        m.acquire("ws", Estimate(model="gpt-4o-mini", api_method="chat.completions",
+                                 input_tokens=1))
+    m.record(UsageRecord(workspace_id="ws", model="gpt-4o-mini", api_method="models"))
+    report = m.status("ws")
+    assert (report.status.value, report.requests_per_minute.percentage) == ("rate_limited", 100)
+    assert m.drain()
+    rpm = [(a.kind.value, a.percentage) for a in seen if a.metric == "rpm"]
+    assert rpm == [("warning", 100.0), ("critical", 100.0)]  # the same 100 %, once each
+    m.close()
