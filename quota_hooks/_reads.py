@@ -1,15 +1,21 @@
-"""Reading a scope's counters with its day and week budgets (their own scopes: see
-:func:`~quota_hooks.storage.base.budget_scope`), sync and async: what the status, the
-alerts and the exporters read."""
+"""What a status read reads of a store, sync and async: a scope's counters with its day and
+week budgets (their own scopes: see :func:`~quota_hooks.storage.base.budget_scope`), which
+the status, the alerts and the exporters read, and for an enhanced status the month's
+breakdowns, the recent calls and the forecast."""
 
 from __future__ import annotations
 
 from ._core import budget_reads, with_budgets
+from .forecast import Forecast, months_needed, scope_forecast
 from .policy import QuotaPolicy
+from .status import Extra
 from .storage.base import AsyncStore, Counters, Store
 from .windows import month_key
 
-__all__ = ["aread_counters", "read_counters"]
+__all__ = ["aread_counters", "aread_status", "read_counters", "read_status"]
+
+#: A status read: the counters, what an enhanced report adds, and the forecast.
+StatusRead = tuple[Counters, Extra | None, Forecast | None]
 
 
 def read_counters(store: Store, scope: str, policy: QuotaPolicy, now: float) -> Counters:
@@ -26,3 +32,32 @@ async def aread_counters(store: AsyncStore, scope: str, policy: QuotaPolicy,
     reads = budget_reads(scope, policy, now)
     return with_budgets(counters, reads, [await store.acounters(key, now, "")
                                           for _, key in reads])
+
+
+def read_status(store: Store, scope: str, policy: QuotaPolicy, now: float, *,
+                recent: int | None) -> StatusRead:
+    """A scope's counters at ``now``, and with ``recent`` (the recent calls to read) the
+    month per model and API method and the forecast from the day breakdowns."""
+    counters = read_counters(store, scope, policy, now)
+    if recent is None:
+        return counters, None, None
+    month = month_key(now, policy.timezone)
+    extra = (store.breakdown(scope, month, "model"), store.breakdown(scope, month, "api_method"),
+             store.recent(scope, recent))
+    days = [store.breakdown(scope, m, "day")
+            for m in months_needed(now, "month", policy.timezone)]
+    return counters, extra, scope_forecast(now, policy, counters, days)
+
+
+async def aread_status(store: AsyncStore, scope: str, policy: QuotaPolicy, now: float, *,
+                       recent: int | None) -> StatusRead:
+    """Async :func:`read_status`."""
+    counters = await aread_counters(store, scope, policy, now)
+    if recent is None:
+        return counters, None, None
+    month = month_key(now, policy.timezone)
+    extra = (await store.abreakdown(scope, month, "model"),
+             await store.abreakdown(scope, month, "api_method"), await store.arecent(scope, recent))
+    days = [await store.abreakdown(scope, m, "day")
+            for m in months_needed(now, "month", policy.timezone)]
+    return counters, extra, scope_forecast(now, policy, counters, days)

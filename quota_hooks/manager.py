@@ -24,7 +24,7 @@ import anyio.to_thread
 
 from ._core import Core, Plan, check_record
 from ._health import DEGRADED_SECONDS, Health
-from ._reads import aread_counters, read_counters
+from ._reads import aread_status, read_status
 from .advice import Advice, advise, mixes_from_breakdown
 from .alerts.engine import AlertEngine, StoreReader
 from .alerts.model import Alert, AlertKind, AlertSink, SinkLike
@@ -32,7 +32,7 @@ from .context import open_blocks
 from .control import POLICY_REFRESH, ControlPlane, PolicySync, reading
 from .errors import ConfigurationError, QuotaExceededError, StorageError
 from .events import Events
-from .forecast import Forecast, months_needed, scope_forecast
+from .forecast import Forecast
 from .policy import ENV_VARIABLES, Policies, QuotaPolicy
 from .pricing import PriceBook
 from .status import Extra, History, StatusReport, WorkspaceTracker, build_history, build_status
@@ -551,39 +551,22 @@ class QuotaManager:
                recent: int | None = None) -> StatusReport:
         """The status of ``workspace_id`` now. Raises :class:`StorageError` if the store fails."""
         self._sync.before_call()
-        now, policy, scope, month = self._where(workspace_id)
-        store = self.store
+        now, policy, scope, _ = self._where(workspace_id)
         with reading("status", workspace_id):
-            counters = read_counters(store, scope, policy, now)
-            extra: Extra | None = None
-            forecast = None
-            if enhanced:
-                extra = (store.breakdown(scope, month, "model"),
-                         store.breakdown(scope, month, "api_method"),
-                         store.recent(scope, self.recent_limit if recent is None else recent))
-                days = [store.breakdown(scope, m, "day")
-                        for m in months_needed(now, "month", policy.timezone)]
-                forecast = scope_forecast(now, policy, counters, days)
+            counters, extra, forecast = read_status(
+                self.store, scope, policy, now,
+                recent=(self.recent_limit if recent is None else recent) if enhanced else None)
         return self._report(workspace_id, policy, now, counters, extra, forecast)
 
     async def astatus(self, workspace_id: str, *, enhanced: bool = True,
                       recent: int | None = None) -> StatusReport:
         """Async :meth:`status`."""
         self._sync.before_call()
-        now, policy, scope, month = self._where(workspace_id)
-        store = self._astore
+        now, policy, scope, _ = self._where(workspace_id)
         with reading("status", workspace_id):
-            counters = await aread_counters(store, scope, policy, now)
-            extra: Extra | None = None
-            forecast = None
-            if enhanced:
-                extra = (await store.abreakdown(scope, month, "model"),
-                         await store.abreakdown(scope, month, "api_method"),
-                         await store.arecent(scope, self.recent_limit if recent is None
-                                             else recent))
-                days = [await store.abreakdown(scope, m, "day")
-                        for m in months_needed(now, "month", policy.timezone)]
-                forecast = scope_forecast(now, policy, counters, days)
+            counters, extra, forecast = await aread_status(
+                self._astore, scope, policy, now,
+                recent=(self.recent_limit if recent is None else recent) if enhanced else None)
         return self._report(workspace_id, policy, now, counters, extra, forecast)
 
     def _where(self, workspace_id: str) -> tuple[float, QuotaPolicy, str, str]:
