@@ -53,7 +53,17 @@ def test_the_demo_runs_twice_in_a_row_with_the_same_story(tmp_path: Path) -> Non
     assert "Traceback" not in first.stderr + second.stderr
     assert_the_story(first.stdout)
     assert_the_story(second.stdout)
-    assert first.stdout.startswith("store: sqlite:///quota.db (fresh for this run")
+    out = first.stdout  # the default store: sqlite:///quota.db in the working directory
+    assert (tmp_path / "quota.db").exists()
+    assert out.splitlines()[0] == ("store: sqlite:///quota.db (fresh for this run; kept "
+                                   "afterwards for quota-hooks report)")
+    # gpt-4o, 640 + 180 tokens = $0.00276 a call: the 4th no longer fits a $0.01 budget
+    assert f"{REFUSAL} ($0.00828 spent or held this month)" in out
+    for line in ("openai  sync   chat stream", "litellm async  acompletion",
+                 "langchain stream chat",
+                 "why: a provider answered 429 (rate limited) to 2 call(s) in the last minute"):
+        assert line in out, line
+    assert "{" not in out  # the summary, not the JSON dump
     assert second.stdout.splitlines()[0] == (
         "store: sqlite:///quota.db (fresh for this run: the previous demo run's usage there "
         "was removed; this one's is kept for quota-hooks report)")
