@@ -76,6 +76,7 @@ from ..errors import ConfigurationError, StorageError
 from ..usage import UsageRecord
 from ._batch import AsyncGroupCommit, GroupCommit
 from ._rows import decode, encode
+from ._urls import redacted
 from .base import (
     MAX_BREAKDOWN_NAMES,
     Aggregate,
@@ -261,7 +262,7 @@ def _own_options(url: str) -> tuple[str, dict[str, Any]]:
             found[name] = kind(unquote(value))
         except ValueError:
             raise ConfigurationError(
-                f"store URL {_redacted(url)!r}: {name} must be {_KIND_NAMES[kind]}, got "
+                f"store URL {redacted(url)!r}: {name} must be {_KIND_NAMES[kind]}, got "
                 f"{unquote(value)!r:.40}") from None
     return (base + "?" + "&".join(kept) if kept else base), found
 
@@ -279,7 +280,7 @@ def _cluster_client(url: str, max_connections: int) -> RedisCluster:
         host, colon, port = item.strip().rpartition(":")
         if not colon or not host or not port.isdigit():
             raise ConfigurationError(
-                f"store URL {_redacted(url)!r}: a Redis Cluster URL lists its nodes as "
+                f"store URL {redacted(url)!r}: a Redis Cluster URL lists its nodes as "
                 f"host:port[,host:port...], got {item.strip()!r:.60}")
         nodes.append(ClusterNode(host, int(port)))  # type: ignore[no-untyped-call]
     # redis-py reads the options (and the credentials) of a URL: one of the first node's. A
@@ -295,12 +296,6 @@ def _cluster_client(url: str, max_connections: int) -> RedisCluster:
     options["retry"] = Retry(NoBackoff(), 0)
     return RedisCluster.from_url(first + ("?" + query if query else ""), startup_nodes=nodes,
                                  **options)
-
-
-def _redacted(url: str) -> str:
-    from . import redacted
-
-    return redacted(url)
 
 
 #: redis-py's messages about a URL that quote nothing of it but an option's name.
@@ -502,13 +497,13 @@ class RedisStore:
         except (ValueError, TypeError) as exc:
             # redis-py's own text can quote part of the URL (a password with an unencoded
             # "#" is read as the port): only its fixed messages are shown.
-            error = ConfigurationError(f"store URL {_redacted(url)!r}: {_url_error(exc)}")
+            error = ConfigurationError(f"store URL {redacted(url)!r}: {_url_error(exc)}")
             error.__suppress_context__ = True
             raise error from None
         except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
             # a Cluster's nodes are asked for its slots now
             error = ConfigurationError(
-                f"store URL {_redacted(url)!r}: no node of the Redis Cluster answered "
+                f"store URL {redacted(url)!r}: no node of the Redis Cluster answered "
                 f"({type(exc).__name__}: {_scrub(str(exc), _secrets(url, {}))})")
             raise error from None
         return cls(client, url=url, max_connections=max_connections, **kwargs)
