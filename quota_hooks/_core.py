@@ -134,8 +134,8 @@ def period_budgets(policy: QuotaPolicy) -> tuple[tuple[Period, Limits | None], .
 def budget_reads(scope: str, policy: QuotaPolicy, now: float) -> list[tuple[Metric, str]]:
     """The day and week budgets ``policy`` sets for ``scope``, each with the scope whose
     counters hold what it counts at ``now``."""
-    return [(m, budget_scope(scope, period_key(now, m.period, policy.timezone)))
-            for m in BUDGETS[1:] if m.period is not None and m.limit(policy) is not None]
+    return [(budget_of(period), budget_scope(scope, period_key(now, period, policy.timezone)))
+            for period, _ in period_budgets(policy)]
 
 
 def with_budgets(counters: Counters, reads: Sequence[tuple[Metric, str]],
@@ -225,23 +225,20 @@ class Core:
             enforced = self.enforced_limits(scope_policy)
             if enforced is not None:
                 limits[key] = enforced
-            if (scope_policy.daily_budget_usd is not None
-                    or scope_policy.weekly_budget_usd is not None):
-                periods.extend((key, period, scope_policy.timezone, period_limits)
-                               for period, period_limits in self.period_budgets(scope_policy))
+            periods.extend((key, period, scope_policy.timezone, period_limits)
+                           for period, period_limits in self.period_budgets(scope_policy))
         if not limits:
             return None
         estimate = self.estimate(workspace_id, estimate)
         inputs, outputs = count(estimate.input_tokens), count(estimate.output_tokens)
         nanos = self._estimate_nanos(estimate, inputs, outputs)
         if nanos is None:  # a model without a price: what the policy says, never free
-            enforced_budgets = [m for m in BUDGETS if m.limit(policy) is not None
-                                and policy.mode_for(m.name) != "observe"]
             if policy.unpriced == "refuse" and (any(
                 lim.budget_nanos is not None for lim in limits.values()
             ) or any(budget[3] is not None for budget in periods)):
                 self.denials += 1
-                named = enforced_budgets[0] if enforced_budgets else BUDGET
+                named = next((m for m in BUDGETS if m.limit(policy) is not None
+                              and policy.mode_for(m.name) != "observe"), BUDGET)
                 raise QuotaExceededError(
                     keys[0], named.name, 0.0, float(named.limit(policy) or 0), None,
                     f"{keys[0]}: model {estimate.model!r} has no price, and the policy refuses "
@@ -283,8 +280,6 @@ class Core:
 
     def _period_scopes(self, scope: str, policy: QuotaPolicy, at: float) -> list[str]:
         """The day and week budget scopes a call of ``scope`` at ``at`` is charged to."""
-        if policy.daily_budget_usd is None and policy.weekly_budget_usd is None:
-            return []
         return [budget_scope(scope, period_key(at, period, policy.timezone))
                 for period, _ in self.period_budgets(policy)]
 

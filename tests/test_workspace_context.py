@@ -98,12 +98,17 @@ def test_bad_arguments_are_named(args: tuple[Any, ...], kwargs: dict[str, Any],
 
 
 # ---------------------------------------------------------------------- the adapters
+def fake_client(fake: FakeOpenAI) -> OpenAI:
+    """A real OpenAI client on ``fake``'s transport, without retries."""
+    return OpenAI(api_key="sk-test", base_url="http://fake/v1", max_retries=0,
+                  http_client=httpx2.Client(transport=fake.transport()))
+
+
 @pytest.mark.unit
 def test_openai_the_call_then_the_context_then_the_wrap(manager: QuotaManager) -> None:
     fake = FakeOpenAI()
     client = track_openai(
-        OpenAI(api_key="sk-test", base_url="http://fake/v1", max_retries=0,
-               http_client=httpx2.Client(transport=fake.transport())),
+        fake_client(fake),
         workspace_id="wrapped", scopes={"team": "wrap-team"}, manager=manager)
     client.chat.completions.create(model="gpt-4o-mini", messages=MSG)  # type: ignore[arg-type]
     with workspace("acme", scopes={"user": "u-7"}):
@@ -185,8 +190,7 @@ def test_1000_concurrent_requests_of_two_workspaces_through_one_client_never_cro
                     http_client=httpx2.AsyncClient(transport=fake.transport())),
         workspace_id="nobody", manager=manager)
     sync_shared = track_openai(
-        OpenAI(api_key="sk-test", base_url="http://fake/v1", max_retries=0,
-               http_client=httpx2.Client(transport=fake.transport())),
+        fake_client(fake),
         workspace_id="nobody", manager=manager)
     app = FastAPI()
     app.add_middleware(QuotaWorkspaceMiddleware,
@@ -239,8 +243,7 @@ def test_track_sums_what_every_adapter_recorded_inside_and_nested_blocks_add_up(
 
     fake = FakeOpenAI()
     client = track_openai(
-        OpenAI(api_key="sk-test", base_url="http://fake/v1", max_retries=0,
-               http_client=httpx2.Client(transport=fake.transport())),
+        fake_client(fake),
         workspace_id="ws", manager=manager)
     model = ChatOpenAI(model="gpt-4o", api_key="sk-test", base_url="http://fake/v1",
                        max_retries=0, http_client=httpx2.Client(transport=fake.transport()),
@@ -389,8 +392,7 @@ def test_openai_a_calls_scopes_header_adds_to_the_blocks(manager: QuotaManager) 
 
     fake = FakeOpenAI()
     client = track_openai(
-        OpenAI(api_key="sk-test", base_url="http://fake/v1", max_retries=0,
-               http_client=httpx2.Client(transport=fake.transport())),
+        fake_client(fake),
         workspace_id="wrapped", manager=manager)
     with workspace("acme", scopes={"user": "u-7"}):
         client.chat.completions.create(model="gpt-4o-mini", messages=MSG,  # type: ignore[arg-type]
@@ -431,8 +433,7 @@ def test_a_calls_own_workspace_header_is_the_id_as_written(manager: QuotaManager
     "a%41", not "aA" (which would charge another workspace's limits)."""
     fake = FakeOpenAI()
     client = track_openai(
-        OpenAI(api_key="sk-test", base_url="http://fake/v1", max_retries=0,
-               http_client=httpx2.Client(transport=fake.transport())),
+        fake_client(fake),
         workspace_id="wrapped é", manager=manager)
     client.chat.completions.create(model="gpt-4o-mini", messages=MSG,  # type: ignore[arg-type]
                                    extra_headers={WORKSPACE_HEADER: "a%41"})

@@ -17,7 +17,6 @@ from decimal import Decimal
 from ..usage import UsageRecord
 from ..windows import DAY, MINUTE, RollingCounter
 from .base import (
-    BUDGET_SCOPE_PREFIX,
     MAX_BREAKDOWN_NAMES,
     OTHER,
     Aggregate,
@@ -30,6 +29,7 @@ from .base import (
     StoredPolicy,
     UsageDelta,
     UsageEntry,
+    budget_scope_parts,
     first_denial,
     is_budget_scope,
     totals_key,
@@ -406,8 +406,8 @@ class MemoryStore:
         kind are forgotten but the one before (a call reserved just before midnight may
         still settle there), so a process that runs for a year keeps a few per scope, not
         one per day."""
-        period, _, parent = key[len(BUDGET_SCOPE_PREFIX):].partition("@")
-        kind = "W" in period
+        period, parent = budget_scope_parts(key)
+        kind = "W" in period  # a week's name, 2026-W10; a day's, 2026-03-05
         kept = self._periods.setdefault((parent, kind), [])
         kept.append(key)
         if len(kept) > PERIODS_KEPT:
