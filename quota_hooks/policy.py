@@ -20,6 +20,7 @@ from .errors import ConfigurationError
 from .metrics import METRIC_NAMES, METRICS, Mode
 from .metrics import metric as metric_named
 from .storage.base import PolicyTable
+from .usage import bounded
 
 __all__ = [
     "DEFAULT_MODES", "ENV_VARIABLES", "LIMIT_METRICS", "Mode", "Policies", "QuotaPolicy",
@@ -322,7 +323,8 @@ class Policies:
         """True when the code gave policies (they seed a store that never held any)."""
         self._default: QuotaPolicy = default if default is not None else QuotaPolicy()
         self._workspaces: dict[str, QuotaPolicy] = dict(workspaces or {})
-        self._scopes: dict[str, QuotaPolicy] = dict(scopes or {})
+        self._scopes: dict[str, QuotaPolicy] = {
+            _lookup_key(key): value for key, value in (scopes or {}).items()}
         self._stored = _NO_STORED
         self._lock = threading.Lock()
 
@@ -402,7 +404,7 @@ class Policies:
         kind, _, rest = key.partition(":")
         if kind == "workspace":
             return self._workspaces.get(rest)
-        return self._scopes.get(key)
+        return self._scopes.get(_lookup_key(key))
 
     def holds(self, table: PolicyTable) -> bool:
         """True when ``table`` is the table in use (same version, same documents)."""
@@ -416,6 +418,14 @@ class Policies:
         stored, bad = _Stored.of(table, self._stored)
         self._stored = stored
         return bad
+
+
+def _lookup_key(key: str) -> str:
+    """A scope policy's key as calls look it up: its kind and value bounded as every scope
+    name is (:func:`~quota_hooks.usage.bounded`), so a policy for a 300-character user id
+    applies to that user's calls."""
+    kind, _, value = key.partition(":")
+    return f"{bounded(kind)}:{bounded(value)}"
 
 
 def is_scope_key(key: object) -> bool:
@@ -548,7 +558,7 @@ class _Stored:
             elif kind == "workspace" and rest:
                 workspaces[rest] = policy
             elif is_scope_key(key):
-                scopes[key] = policy
+                scopes[_lookup_key(key)] = policy
             else:
                 bad.append(key)
         versions = {key: stored.version for key, stored in table.policies.items()}

@@ -75,3 +75,21 @@ def test_unlimited() -> None:
     assert all(policy.limit(m) is None for m in ("rpm", "rpd", "tpm", "tpd", "monthly_budget_usd"))
     with pytest.raises(ConfigurationError, match="'rps'"):
         policy.limit("rps")
+
+
+def test_a_scope_policy_for_a_long_name_applies_to_its_calls() -> None:
+    # Scope names are bounded to 200 characters (a start and a hash); a policy keyed by the
+    # whole name is looked up the same way, so it holds for that user (it never did).
+    from quota_hooks import QuotaManager, RateLimitedError
+    from quota_hooks.usage import Estimate
+
+    long = "u" * 300
+    m = QuotaManager(QuotaPolicy.unlimited(),
+                     scope_policies={f"user:{long}": QuotaPolicy(rpm=2)})
+    call = Estimate(model="gpt-4o-mini", api_method="chat.completions", input_tokens=1)
+    m.acquire("acme", call, scopes={"user": long})
+    m.acquire("acme", call, scopes={"user": long})
+    with pytest.raises(RateLimitedError):
+        m.acquire("acme", call, scopes={"user": long})
+    assert m.policies.code_policy(f"user:{long}") == QuotaPolicy(rpm=2)
+    m.close()
