@@ -424,12 +424,12 @@ def test_a_failed_prompt_of_a_sync_generate_releases_the_prompts_never_sent(
 def test_a_tracking_bug_reading_the_response_still_settles_the_reservation(
     clock: ManualClock, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from quota_hooks.adapters import openai as adapter
+    from quota_hooks.adapters._openai_call import OpenAICall
 
-    def broken(self: Any, response: Any) -> None:
+    def broken(self: Any, status: int, headers: Any) -> bool:
         raise RuntimeError("a bug of ours")
 
-    monkeypatch.setattr(adapter._Call, "on_response", broken)
+    monkeypatch.setattr(OpenAICall, "respond", broken)
     fake = FakeOpenAI(FakeUsage(input_tokens=10, output_tokens=2))
     manager = QuotaManager(limits(tpm=10_000, mode="raise"), clock=clock)
     client = track_openai(

@@ -1,0 +1,153 @@
+"""Server-sent events of one OpenAI-shaped response, read as bytes, sans I/O.
+
+:class:`EventStream` takes the (decoded) body of an event stream as it arrives, in chunks
+split anywhere, and hands each complete event's JSON to a :class:`Reader` when it may carry
+something worth reading: the first event (for the model), events that carry a usage object,
+Assistants run events. Every other event is scanned, not parsed.
+
+When the tracker injected ``stream_options.include_usage``, the stream is given back as the
+provider would have sent it without: the usage-only chunk is dropped, and the
+``"usage": null`` member the provider then adds to every other chunk is cut out of its bytes
+(nothing else of an event is touched).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from typing import Protocol
+
+__all__ = ["EventStream", "Reader", "event_end", "usage_object_in", "without_null_usage"]
+
+
+class Reader(Protocol):
+    """What an :class:`EventStream` tells about the events it reads."""
+
+    @property
+    def response_model(self) -> str | None:
+        """The model the response named so far (None: the next JSON event is parsed)."""
+
+    def event(self) -> None:
+        """One more data event (not ``[DONE]``): the output the caller was seen to get."""
+
+    def take(self, data: Mapping[str, object]) -> None:
+        """Learn from one JSON object of the response."""
+
+
+class EventStream:
+    """The events of one response body: what it carries is handed to a :class:`Reader`."""
+
+    __slots__ = ("_buffer", "_reader", "_scanned", "filtering")
+
+    def __init__(self, reader: Reader, *, filtering: bool) -> None:
+        self._reader = reader
+        self.filtering = filtering
+        """True: the caller gets the stream without the injected usage chunk (see above)."""
+        self._buffer = b""
+        self._scanned = 0  # bytes of ``_buffer`` known to hold no event separator
+
+    def feed(self, data: bytes) -> bytes:
+        """Take body bytes; return the caller's share of the events they complete."""
+        buffer = self._buffer + data if self._buffer else data
+        out: list[bytes] = []
+        start = 0
+        scan = max(0, self._scanned - 4)  # a blank line may straddle the previous chunk
+        while True:
+            end = event_end(buffer, max(scan, start))
+            if end < 0:
+                break
+            out.append(self._event(buffer[start:end]))
+            start = scan = end
+        self._buffer = buffer[start:]
+        self._scanned = len(self._buffer)
+        return b"".join(out)
+
+    def flush(self) -> bytes:
+        """The body ended: the last event, even without its blank line."""
+        rest, self._buffer, self._scanned = self._buffer, b"", 0
+        return self._event(rest) if rest else b""
+
+    def _event(self, raw: bytes) -> bytes:
+        """Learn from one event; returns what the caller gets of it."""
+        if raw.find(b"data:") < 0:
+            return raw
+        name = b""
+        data_lines = []
+        for line in raw.removeprefix(b"\xef\xbb\xbf").splitlines():  # a stream may open with a BOM
+            if line.startswith(b"data:"):
+                data_lines.append(line[6:] if line[5:6] == b" " else line[5:])
+            elif line.startswith(b"event:"):
+                name = line[6:].strip()
+        data = data_lines[0] if len(data_lines) == 1 else b"\n".join(data_lines)
+        if data == b"[DONE]":
+            return raw
+        reader = self._reader
+        reader.event()
+        has_usage = usage_object_in(data)
+        if reader.response_model and not has_usage and not name.startswith(b"thread.run."):
+            return without_null_usage(raw) if self.filtering else raw  # a content delta
+        try:
+            event = json.loads(data)
+        except ValueError:
+            return raw
+        if not isinstance(event, dict):
+            return raw
+        inner = event.get("response")
+        if isinstance(inner, dict):  # Responses API events
+            reader.take(inner)
+            return raw
+        reader.take(event)
+        if not self.filtering:
+            return raw
+        if isinstance(event.get("usage"), dict) and event.get("choices") == []:
+            return b""  # our injected usage-only chunk
+        return without_null_usage(raw)
+
+
+_USAGE_KEY = b'"usage"'
+_JSON_SPACE = b" \t\r\n"
+_NULL_USAGE = re.compile(
+    rb'(,\s*"usage"\s*:\s*null)(?=\s*[,}])'  # after another member
+    rb'|(?<=\{)(\s*"usage"\s*:\s*null\s*,?)'  # the first member
+)
+
+
+def usage_object_in(data: bytes) -> bool:
+    """True when a ``"usage"`` key in the JSON text ``data`` has an object value (a scan,
+    not a parse: whitespace and key order as the provider pleases)."""
+    at = data.find(_USAGE_KEY)
+    while at >= 0:
+        i, n = at + len(_USAGE_KEY), len(data)
+        while i < n and data[i] in _JSON_SPACE:
+            i += 1
+        if i < n and data[i] == 58:  # ":"
+            i += 1
+            while i < n and data[i] in _JSON_SPACE:
+                i += 1
+            if i < n and data[i] == 123:  # "{"
+                return True
+        at = data.find(_USAGE_KEY, at + 1)
+    return False
+
+
+def without_null_usage(raw: bytes) -> bytes:
+    """``raw`` without its ``"usage": null`` member (the one that injecting
+    ``include_usage`` adds to every chunk); a quoted ``"usage"`` can only be a key, since
+    quotes inside JSON strings are escaped."""
+    if _USAGE_KEY not in raw:
+        return raw
+    return _NULL_USAGE.sub(b"", raw, count=1)
+
+
+# An event ends at a blank line: two line ends in a row, each of CRLF, LF or CR (any mix:
+# "\n\r\n" is an LF line end and a CRLF blank line). A CR last in the buffer may be the start
+# of a CRLF still on its way, so it waits for the next byte.
+_BLANK_LINE = re.compile(rb"(?:\r\n|\n|\r(?=[^\n]))(?:\r\n|\n|\r(?=[^\n]))")
+
+
+def event_end(buffer: bytes, start: int = 0) -> int:
+    """The index just after the first event of ``buffer`` at or after ``start`` (its blank
+    line included), or -1 when no event is complete yet."""
+    found = _BLANK_LINE.search(buffer, start)
+    return -1 if found is None else found.end()
