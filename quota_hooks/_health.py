@@ -56,9 +56,13 @@ class Health:
                 "Further %r failures are counted, not logged.", kind, kind, exc_info=exc,
             )
 
-    def degraded(self, workspace_id: str, now: float) -> bool:
+    def degraded(self, workspace_id: str, now: float, store: object = None) -> bool:
         """True when tracking failed for ``workspace_id`` (or everywhere) in the last
-        :data:`DEGRADED_SECONDS`."""
+        :data:`DEGRADED_SECONDS`, or the ``store`` itself says it is failing (a full disk,
+        dropped records: its ``health()`` is not None)."""
+        store_health = getattr(store, "health", None)
+        if callable(store_health) and store_health() is not None:
+            return True
         failures = self._failures
         if not failures:
             return False

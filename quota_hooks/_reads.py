@@ -1,18 +1,20 @@
 """What a status read reads of a store, sync and async: a scope's counters with its day and
 week budgets (their own scopes: see :func:`~quota_hooks.storage.base.budget_scope`), which
 the status, the alerts and the exporters read, and for an enhanced status the month's
-breakdowns, the recent calls and the forecast."""
+breakdowns, the recent calls and the forecast; and what a history read reads (the month
+breakdowns its range spans)."""
 
 from __future__ import annotations
 
 from ._core import budget_reads, with_budgets
 from .forecast import Forecast, months_needed, scope_forecast
 from .policy import QuotaPolicy
-from .status import Extra
-from .storage.base import AsyncStore, Counters, Store
+from .status import Extra, History, build_history
+from .storage.base import AsyncStore, Breakdown, Counters, Store
 from .windows import month_key
 
-__all__ = ["aread_counters", "aread_status", "read_counters", "read_status"]
+__all__ = ["aread_counters", "aread_history", "aread_status", "read_counters", "read_history",
+           "read_status"]
 
 #: A status read: the counters, what an enhanced report adds, and the forecast.
 StatusRead = tuple[Counters, Extra | None, Forecast | None]
@@ -61,3 +63,20 @@ async def aread_status(store: AsyncStore, scope: str, policy: QuotaPolicy, now: 
     days = [await store.abreakdown(scope, m, "day")
             for m in months_needed(now, "month", policy.timezone)]
     return counters, extra, scope_forecast(now, policy, counters, days)
+
+
+def read_history(store: Store, scope: str, workspace_id: str, span: tuple[list[str], str],
+                 by: Breakdown) -> History:
+    """Usage of a workspace per day, model or API method over ``span`` (the months and the
+    first day of :func:`~quota_hooks.status.history_months`), from the month totals."""
+    months, first_day = span
+    tables = [store.breakdown(scope, month, by) for month in months]
+    return build_history(workspace_id, by, first_day, months, tables)
+
+
+async def aread_history(store: AsyncStore, scope: str, workspace_id: str,
+                        span: tuple[list[str], str], by: Breakdown) -> History:
+    """Async :func:`read_history`."""
+    months, first_day = span
+    tables = [await store.abreakdown(scope, month, by) for month in months]
+    return build_history(workspace_id, by, first_day, months, tables)

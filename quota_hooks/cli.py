@@ -36,7 +36,8 @@ class _UsageError(Exception):
 def _manager(store_url: str | None, *, existing: bool = False) -> Any:
     """The manager of a command; ``existing``: a SQLite file must be there already (a
     read-only command never creates an empty store and reports it as normal)."""
-    from .manager import STORE_ENV, QuotaManager
+    from ._config import STORE_ENV
+    from .manager import QuotaManager
     from .storage import store_from_url
 
     url = store_url or os.environ.get(STORE_ENV, "").strip() or DEFAULT_STORE
@@ -60,7 +61,7 @@ def _manager(store_url: str | None, *, existing: bool = False) -> Any:
 # ---------------------------------------------------------------------- demo
 def _store_url(store_url: str | None) -> tuple[str, str]:
     """The store URL of a command and the flag or variable it came from."""
-    from .manager import STORE_ENV
+    from ._config import STORE_ENV
 
     if store_url:
         return store_url, "--store"

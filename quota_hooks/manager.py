@@ -22,9 +22,10 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
+from ._config import check_arguments, from_environment
 from ._core import Core, Plan, check_record
 from ._health import DEGRADED_SECONDS, Health
-from ._reads import aread_status, read_status
+from ._reads import aread_history, aread_status, read_history, read_status
 from .advice import Advice, advise, mixes_from_breakdown
 from .alerts.engine import AlertEngine, StoreReader
 from .alerts.model import Alert, AlertKind, AlertSink, SinkLike
@@ -33,11 +34,10 @@ from .control import POLICY_REFRESH, ControlPlane, PolicySync, reading
 from .errors import ConfigurationError, QuotaExceededError, StorageError
 from .events import Events
 from .forecast import Forecast
-from .policy import ENV_VARIABLES, Policies, QuotaPolicy
+from .policy import Policies, QuotaPolicy
 from .pricing import PriceBook
-from .status import Extra, History, StatusReport, WorkspaceTracker, build_history, build_status
-from .status import history_months as _history_months
-from .storage import MemoryStore, Store, store_from_url
+from .status import Extra, History, StatusReport, WorkspaceTracker, build_status, history_months
+from .storage import MemoryStore, Store
 from .storage.base import (
     Breakdown,
     ControlStore,
@@ -58,10 +58,6 @@ logger = logging.getLogger("quota_hooks")
 
 
 _MAX_WAIT_ROUNDS = 1000
-STORE_ENV = "QUOTA_HOOKS_STORE"
-WEBHOOK_ENV = "QUOTA_HOOKS_WEBHOOK_URL"
-WEBHOOK_SECRET_ENV = "QUOTA_HOOKS_WEBHOOK_SECRET"
-SLACK_ENV = "QUOTA_HOOKS_SLACK_WEBHOOK_URL"
 
 
 class QuotaManager:
@@ -118,22 +114,8 @@ class QuotaManager:
         alert_history: int = 100,
         seed_policies: bool = True,
     ) -> None:
-        if policy is not None and default_policy is not None:
-            raise ConfigurationError("give either policy= or default_policy=, not both")
-        if isinstance(recent_limit, bool) or not isinstance(recent_limit, int) or recent_limit < 0:
-            raise ConfigurationError(
-                f"recent_limit must be a whole number >= 0, got {recent_limit!r}")
-        if isinstance(alert_history, bool) or not isinstance(alert_history, int) or \
-                alert_history < 0:
-            raise ConfigurationError(
-                f"alert_history must be a whole number >= 0, got {alert_history!r}")
-        if sinks is not None and (isinstance(sinks, (str, bytes)) or not isinstance(sinks,
-                                                                                    Iterable)):
-            raise ConfigurationError(f"sinks must be a list of sinks, got {sinks!r}")
-        if isinstance(policy_refresh, bool) or not isinstance(policy_refresh, (int, float)) or \
-                not 0 < policy_refresh < float("inf"):
-            raise ConfigurationError(
-                f"policy_refresh must be a number of seconds above 0, got {policy_refresh!r}")
+        check_arguments(policy=policy, default_policy=default_policy, recent_limit=recent_limit,
+                        alert_history=alert_history, sinks=sinks, policy_refresh=policy_refresh)
         self.policies = Policies(policy if policy is not None else default_policy,
                                  policies, scope_policies)
         self.store: Store = store if store is not None else MemoryStore()
@@ -176,31 +158,7 @@ class QuotaManager:
         from ``QUOTA_HOOKS_WEBHOOK_URL`` (with ``QUOTA_HOOKS_WEBHOOK_SECRET``) and
         ``QUOTA_HOOKS_SLACK_WEBHOOK_URL``. A bad value raises :class:`ConfigurationError`
         naming the variable."""
-        env = os.environ if environ is None else environ
-        if any(env.get(name, "").strip() for name in ENV_VARIABLES):
-            kwargs.setdefault("policy", QuotaPolicy.from_env(env))
-        url = env.get(STORE_ENV, "").strip()
-        if url and "store" not in kwargs:
-            try:
-                kwargs["store"] = store_from_url(url)
-            except ConfigurationError as exc:
-                raise ConfigurationError(f"{STORE_ENV}: {exc}") from exc
-        if "sinks" not in kwargs:
-            from .alerts.sinks import SlackSink, WebhookSink
-
-            sinks: list[SinkLike] = []
-            for name, make in [(WEBHOOK_ENV, WebhookSink), (SLACK_ENV, SlackSink)]:
-                hook = env.get(name, "").strip()
-                if not hook:
-                    continue
-                secret = env.get(WEBHOOK_SECRET_ENV) or None if make is WebhookSink else None
-                try:
-                    sinks.append(make(hook, secret=secret))
-                except ConfigurationError as exc:
-                    raise ConfigurationError(f"{name}: {exc}") from exc
-            if sinks:
-                kwargs["sinks"] = sinks
-        return cls(**kwargs)
+        return cls(**from_environment(os.environ if environ is None else environ, kwargs))
 
     def __repr__(self) -> str:
         return f"QuotaManager(store={self.store!r}, policies={len(self.policies)})"
@@ -540,12 +498,6 @@ class QuotaManager:
         (``provider_limits[provider] = {"remaining_requests": "499", ...}``)."""
         self.health.note_limits(workspace_id, provider, headers)
 
-    def _degraded(self, workspace_id: str, now: float) -> bool:
-        store_health = getattr(self.store, "health", None)
-        if callable(store_health) and store_health() is not None:
-            return True  # the store itself is failing (a full disk, dropped records)
-        return self.health.degraded(workspace_id, now)
-
     # ------------------------------------------------------------------ status
     def status(self, workspace_id: str, *, enhanced: bool = True,
                recent: int | None = None) -> StatusReport:
@@ -577,7 +529,7 @@ class QuotaManager:
     def _report(self, workspace_id: str, policy: QuotaPolicy, now: float, counters: Any,
                 extra: Extra | None, forecast: Forecast | None = None) -> StatusReport:
         return build_status(workspace_id, policy, now, counters, extra, forecast=forecast,
-                            degraded=self._degraded(workspace_id, now),
+                            degraded=self.health.degraded(workspace_id, now, self.store),
                             provider_limits=self.health.provider_limits(workspace_id),
                             policy_source=self.policy_source(workspace_id))
 
@@ -598,23 +550,19 @@ class QuotaManager:
         (the months that ``since`` and now fall in, and those between).
         """
         self._sync.before_call()
-        months, first_day = _history_months(
-            self.clock(), since, self.policies.for_workspace(workspace_id).timezone)
-        scope = workspace_scope(workspace_id)
+        now, policy, scope, _ = self._where(workspace_id)
+        span = history_months(now, since, policy.timezone)  # a bad ``since``: a ValueError
         with reading("history", workspace_id):
-            tables = [self.store.breakdown(scope, month, by) for month in months]
-        return build_history(workspace_id, by, first_day, months, tables)
+            return read_history(self.store, scope, workspace_id, span, by)
 
     async def ahistory(self, workspace_id: str, *, since: float | None = None,
                        by: Breakdown = "day") -> History:
         """Async :meth:`history`."""
         self._sync.before_call()
-        months, first_day = _history_months(
-            self.clock(), since, self.policies.for_workspace(workspace_id).timezone)
-        scope = workspace_scope(workspace_id)
+        now, policy, scope, _ = self._where(workspace_id)
+        span = history_months(now, since, policy.timezone)
         with reading("history", workspace_id):
-            tables = [await self._astore.abreakdown(scope, month, by) for month in months]
-        return build_history(workspace_id, by, first_day, months, tables)
+            return await aread_history(self._astore, scope, workspace_id, span, by)
 
     def advise(self, workspace_id: str, *, provider: str | None = None,
                capabilities: Mapping[str, Iterable[str]] | None = None) -> Advice:
