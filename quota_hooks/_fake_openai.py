@@ -264,7 +264,7 @@ class FakeOpenAI:
                 }
             )
         if path in ("/images/generations", "/images/edits", "/images/variations"):
-            n = int(body.get("n") or 1)
+            n = int(float(body.get("n") or 1))  # a form sends "1.0" as written
             created = self._created()
             if model.startswith("gpt-image"):
                 return self._json(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import io
+import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -13,7 +15,7 @@ import httpx2
 import openai
 import pytest
 
-from quota_hooks import QuotaManager, QuotaPolicy, QuotaStatus, UsageRecord
+from quota_hooks import QuotaExceededError, QuotaManager, QuotaPolicy, QuotaStatus, UsageRecord
 from quota_hooks.adapters.openai import (
     WORKSPACE_HEADER,
     api_method_for,
@@ -539,3 +541,103 @@ def test_api_method_for(path: str, method: str) -> None:
 ])
 def test_housekeeping_is_a_verb_and_a_path(verb: str, path: str, method: str) -> None:
     assert api_method_for(verb, path) == method
+
+
+# ------------------------------------------------------------------ from an adversarial pass
+@pytest.mark.parametrize("lib", ["httpx2", "httpx"])
+def test_a_response_subclass_of_an_inner_transport_is_read_with_the_clients_library(
+        lib: str, manager: QuotaManager) -> None:
+    """A caching or retrying transport of another package answers with its own Response
+    subclass, streamed and gzipped: its usage is read, and the caller gets its chunks."""
+    module: Any = httpx2 if lib == "httpx2" else httpx
+
+    class TheirResponse(module.Response):  # type: ignore[misc,name-defined]
+        pass
+
+    class Chunks(module.SyncByteStream):  # type: ignore[misc,name-defined]
+        def __init__(self, data: bytes) -> None:
+            self.data = data
+
+        def __iter__(self) -> Any:
+            for i in range(0, len(self.data), 7):
+                yield self.data[i:i + 7]
+
+    def sse(*events: dict[str, Any]) -> bytes:
+        return b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events) + (
+            b"data: [DONE]\n\n")
+
+    usage = {"prompt_tokens": 20_000, "completion_tokens": 8_000, "total_tokens": 28_000}
+
+    class Inner(module.BaseTransport):  # type: ignore[misc,name-defined]
+        def handle_request(self, request: Any) -> Any:
+            asked = json.loads(request.content)
+            delta = {"id": "c", "object": "chat.completion.chunk", "model": "gpt-4o-mini",
+                     "choices": [{"index": 0, "delta": {"content": "hi"}}]}
+            if asked.get("stream"):
+                with_usage = asked.get("stream_options", {}).get("include_usage")
+                events = [{**delta, "usage": None}, {**delta, "choices": [], "usage": usage}
+                          ] if with_usage else [delta]
+                body = gzip.compress(sse(*events))
+                kind = "text/event-stream"
+            else:
+                body = gzip.compress(json.dumps({
+                    "id": "c", "object": "chat.completion", "model": "gpt-4o-mini",
+                    "choices": [{"index": 0, "finish_reason": "stop",
+                                 "message": {"role": "assistant", "content": "hi"}}],
+                    "usage": usage}).encode())
+                kind = "application/json"
+            return TheirResponse(200, stream=Chunks(body), headers={
+                "content-type": kind, "content-encoding": "gzip"})
+
+    client = track_openai(openai.OpenAI(api_key="sk-test", base_url="http://inner.test/v1",
+                                        max_retries=0,
+                                        http_client=module.Client(transport=Inner())),
+                          workspace_id="ws", manager=manager)
+    reply = client.chat.completions.create(model="gpt-4o-mini", messages=MSG)  # type: ignore[arg-type]
+    assert reply.usage is not None and reply.usage.total_tokens == 28_000
+    chunks = list(client.chat.completions.create(
+        model="gpt-4o-mini", messages=MSG, stream=True))  # type: ignore[arg-type]
+    assert [c.choices[0].delta.content for c in chunks] == ["hi"]  # not our usage chunk
+    assert [(r.input_tokens, r.output_tokens, r.estimated) for r in records(manager)] == [
+        (20_000, 8_000, False), (20_000, 8_000, False)]
+    assert manager.tracking_errors == 0
+
+
+@pytest.mark.parametrize("case", ["images.edit n=1.0", "a bug reading the body"])
+def test_a_request_we_cannot_read_is_still_reserved_and_recorded(
+        case: str, clock: ManualClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A body whose reading failed (a count written 1.0 in a form; JSON nested deeper than
+    the parser reads, or any bug of ours: a failing read_json) was let through unreserved
+    and unrecorded: now it is charged like any call, so rpm=1 refuses the second one."""
+    if case == "a bug reading the body":
+        from quota_hooks.adapters._openai_call import OpenAICall
+
+        def broken(self: Any, content: bytes, *, inject_stream_usage: bool) -> None:
+            raise RecursionError("maximum recursion depth exceeded")
+
+        monkeypatch.setattr(OpenAICall, "read_json", broken)
+    fake = FakeOpenAI(USAGE)
+    manager = QuotaManager(QuotaPolicy.unlimited().model_copy(update={"rpm": 1, "mode": "raise"}),
+                           clock=clock)
+    client = make(fake, manager, max_retries=0)
+
+    def call() -> Any:
+        if case.startswith("images"):
+            return client.images.edit(image=("a.png", b"x" * 100, "image/png"), prompt="p",
+                                      model="dall-e-2", n=1.0)
+        return client.chat.completions.create(model="gpt-4o-mini", messages=MSG)
+
+    call()
+    with pytest.raises(QuotaExceededError):
+        call()
+    [record] = records(manager)
+    assert record.success and (record.input_tokens or record.images)
+
+
+@pytest.mark.parametrize("n", [4, 4.0, "4"], ids=["int", "float", "string"])
+def test_images_are_charged_by_the_count_asked_however_it_is_written(
+        n: Any, fake: FakeOpenAI, manager: QuotaManager) -> None:
+    client = make(fake, manager)
+    client.images.generate(model="dall-e-2", prompt="p", n=n, size="256x256")
+    [record] = records(manager)
+    assert record.images == 4

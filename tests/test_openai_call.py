@@ -94,7 +94,8 @@ def test_request_facts() -> None:
     for junk in (b"", b"[1, 2]", b"not json", b'"a string"'):
         odd = new_call()
         assert odd.read_json(junk, inject_stream_usage=True) is None
-        assert (odd.model, odd.facts().prompt_size) == (None, 0)
+        # unread, but its size still counts towards the estimate
+        assert (odd.model, odd.facts().prompt_size) == (None, len(junk))
 
 
 @pytest.mark.parametrize("options", [None, {"include_obfuscation": False}, "null", {}])
@@ -280,3 +281,41 @@ def test_a_finished_run_counts_once_however_often_it_is_polled() -> None:
         assert record is not None
         totals.append(record.total_tokens)
     assert totals == [42, 0, 0]
+
+
+# ----------------------------------------------------------------- from an adversarial pass
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-32", "utf-8-sig"])
+def test_include_usage_is_added_to_a_body_in_any_json_encoding(encoding: str) -> None:
+    sent = json.dumps(json.loads(chat_body(stream=True))).encode(encoding)
+    instead = new_call().read_json(sent, inject_stream_usage=True)
+    assert instead is not None
+    assert json.loads(instead) == {**json.loads(sent), "stream_options": {"include_usage": True}}
+
+
+def test_a_usage_chunk_without_choices_is_ours_and_dropped() -> None:
+    call = new_call()
+    call.read_json(chat_body(stream=True), inject_stream_usage=True)
+    call.respond(200, {"content-type": "text/event-stream"})
+    usage_only = {"id": "c1", "object": "chat.completion.chunk", "model": "m", "usage": USAGE}
+    shown = call.feed(sse(chunk("a"), usage_only)) + call.end()
+    assert shown == sse(chunk("a", null_usage=False))
+    record = call.record(NOW)
+    assert record is not None and record.total_tokens == 24
+
+
+def test_an_event_that_cannot_be_read_goes_through_and_the_rest_is_still_filtered() -> None:
+    failures: list[str] = []
+    call = new_call(failures=failures)
+    call.read_json(chat_body(stream=True), inject_stream_usage=True)
+    call.respond(200, {"content-type": "text/event-stream"})
+    first = {**chunk("a"), "extra": "x"}
+    # deeper than the JSON parser reads (json.dumps cannot write it either: written by hand)
+    raw_first = json.dumps(first).replace('"extra": "x"', '"extra": ' + "[" * 100_000 + '"x"'
+                                          + "]" * 100_000).encode()
+    wire = b"data: " + raw_first + b"\n\n" + sse(chunk("b"), chunk(None, USAGE))
+    shown = b"".join(call.feed(wire[i:i + 4096]) for i in range(0, len(wire), 4096)) + call.end()
+    # the unreadable event is passed on whole, the next ones filtered as before
+    assert shown == b"data: " + raw_first + b"\n\n" + sse(chunk("b", null_usage=False))
+    assert failures and failures[0].startswith("read: ")
+    record = call.record(NOW)
+    assert record is not None and record.estimated  # its usage is not trusted after a failure

@@ -151,10 +151,11 @@ def _find_key(body: bytes, key: str) -> object:
 
 
 def _object(content: bytes) -> dict[str, object] | None:
-    """The JSON object ``content``, or None."""
+    """The JSON object ``content``, or None (not JSON, not an object, or nested too deep for
+    the parser: the SDK sends what it can encode, which can be deeper than it can read)."""
     try:
         body = json.loads(content)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     return body if isinstance(body, dict) else None
 
@@ -208,7 +209,8 @@ class OpenAICall:
     __slots__ = (
         "_body", "_body_size", "_characters", "_decoder", "_duration", "_error", "_estimate",
         "_estimator", "_events", "_failed", "_image_quality", "_image_size", "_images",
-        "_max_output", "_memory", "_prompt_size", "_prompts", "_recorded", "_request_bytes",
+        "_images_made", "_max_output", "_memory", "_prompt_size", "_prompts", "_recorded",
+        "_request_bytes",
         "_response", "_response_model", "_run", "_service_tier", "_sse", "_started", "_usage",
         "attempt", "complete", "inject", "mark", "method", "model", "provider",
         "request_id", "reservation", "scopes", "server", "status", "stream", "unreadable",
@@ -273,6 +275,7 @@ class OpenAICall:
         self._image_size: str | None = None
         self._image_quality: str | None = None
         self._images = 1
+        self._images_made = 0  # images the response holds, when it was read
         self._estimate: Estimate | None = None
         self._body: list[bytes] = []
         self._body_size = 0
@@ -299,13 +302,14 @@ class OpenAICall:
             elif name == "quality":
                 self._image_quality = value
             elif name == "n":
-                self._images = int(value)
+                self._images = _images_asked(value)
         self._request_bytes = upload_bytes
 
     def read_json(self, content: bytes, *, inject_stream_usage: bool) -> bytes | None:
         """Learn from a JSON request body. Returns the body to send instead when a stream
         was given ``stream_options.include_usage`` (see :attr:`inject`), else None."""
-        self._request_bytes = len(content)
+        # Its size is what the prompt is estimated from, even when it cannot be read.
+        self._request_bytes = self._prompt_size = len(content)
         body = _object(content) if content else None
         if body is None:
             return None
@@ -317,7 +321,6 @@ class OpenAICall:
             if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
                 self._max_output = value
                 break
-        self._prompt_size = len(content)
         prompt = body.get("prompt")
         if self.method == "completions" and isinstance(prompt, list) and prompt and not isinstance(
             prompt[0], int
@@ -329,13 +332,14 @@ class OpenAICall:
             size, quality, n = body.get("size"), body.get("quality"), body.get("n")
             self._image_size = size if isinstance(size, str) else None
             self._image_quality = quality if isinstance(quality, str) else None
-            self._images = n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
+            self._images = _images_asked(n)
         options = body.get("stream_options")
         if not (self.stream and inject_stream_usage and self.method in _STREAM_USAGE_METHODS
                 and not (isinstance(options, dict) and options.get("include_usage"))):
             return None
         self.inject = True
-        if options is None and "stream_options" not in body:
+        if options is None and "stream_options" not in body and json.detect_encoding(
+                content) == "utf-8":
             # One member added before the closing brace: the caller's bytes stay as they are
             # (no second serialisation of megabytes of messages).
             close = content.rstrip().rfind(b"}")
@@ -429,7 +433,7 @@ class OpenAICall:
             self._decoder = None
             return chunk
         shown = plain
-        if not self.unreadable:
+        if not self.unreadable or self._sse is not None:  # a stream is still filtered
             try:
                 shown = self._read_plain(plain)
             except Exception as exc:  # a bug of ours: the caller still gets the whole body
@@ -444,7 +448,7 @@ class OpenAICall:
             self._lost(exc)
             return b""
         shown = tail
-        if not self.unreadable:
+        if not self.unreadable or self._sse is not None:
             try:
                 shown = self._read_plain(tail) + self._take_end()
             except Exception as exc:
@@ -477,6 +481,9 @@ class OpenAICall:
     def event(self) -> None:
         self._events += 1
 
+    def lost(self, exc: BaseException) -> None:
+        self._lost(exc)
+
     def take(self, data: Mapping[str, object]) -> None:
         """Learn from one JSON object of the response (a whole body or one SSE event)."""
         model = data.get("model")
@@ -500,6 +507,9 @@ class OpenAICall:
             self._usage = usage
         elif self.status >= 400 and isinstance(error, dict):
             self._error = error
+        images = data.get("data")
+        if self.method.startswith("images.") and isinstance(images, list) and images:
+            self._images_made = len(images)  # what is billed, however ``n`` was written
         duration = data.get("duration")  # a transcription's verbose_json (OpenAI, Groq)
         if isinstance(duration, (int, float)) and not isinstance(duration, bool) and (
                 0 < duration < 10**7):  # 0 s for an upload is no duration: estimated instead
@@ -568,7 +578,7 @@ class OpenAICall:
         elif success and method in _AUDIO_IN_METHODS:
             fields = self._audio_seconds()
         elif success and method.startswith("images.") and (self._body_size or self.complete):
-            fields["images"] = self._images
+            fields["images"] = self._images_made or self._images
             fields["image_size"] = self._image_size
             fields["image_quality"] = self._image_quality
         return UsageRecord(
@@ -641,6 +651,17 @@ class OpenAICall:
             if kind:
                 return str(kind)
         return {429: "rate_limited"}.get(self.status, f"http_{self.status}")
+
+
+def _images_asked(value: object) -> int:
+    """The ``n`` of an image request, as the server reads it (``4``, ``4.0``, ``"4"``), at
+    least 1 (a value no server would read as a count: 1, the API's default)."""
+    try:
+        n = float(value) if isinstance(value, (int, float, str)) and not isinstance(
+            value, bool) else 1.0
+    except ValueError:
+        return 1
+    return int(n) if n.is_integer() and 1 <= n <= 10_000 else 1
 
 
 def _count(value: object) -> int:

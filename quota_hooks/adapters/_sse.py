@@ -34,6 +34,9 @@ class Reader(Protocol):
     def take(self, data: Mapping[str, object]) -> None:
         """Learn from one JSON object of the response."""
 
+    def lost(self, exc: BaseException) -> None:
+        """Reading an event failed: it went to the caller as it came, unread."""
+
 
 class EventStream:
     """The events of one response body: what it carries is handed to a :class:`Reader`."""
@@ -44,12 +47,15 @@ class EventStream:
         self._reader = reader
         self.filtering = filtering
         """True: the caller gets the stream without the injected usage chunk (see above)."""
-        self._buffer = b""
+        # An incomplete event, grown in place: a long event (or a body with no blank line)
+        # costs its length once, not once per chunk.
+        self._buffer = bytearray()
         self._scanned = 0  # bytes of ``_buffer`` known to hold no event separator
 
     def feed(self, data: bytes) -> bytes:
         """Take body bytes; return the caller's share of the events they complete."""
-        buffer = self._buffer + data if self._buffer else data
+        buffer = self._buffer
+        buffer += data
         out: list[bytes] = []
         start = 0
         scan = max(0, self._scanned - 4)  # a blank line may straddle the previous chunk
@@ -57,16 +63,27 @@ class EventStream:
             end = event_end(buffer, max(scan, start))
             if end < 0:
                 break
-            out.append(self._event(buffer[start:end]))
+            out.append(self._read(bytes(buffer[start:end])))
             start = scan = end
-        self._buffer = buffer[start:]
-        self._scanned = len(self._buffer)
+        if start:
+            del buffer[:start]
+        self._scanned = len(buffer)
         return b"".join(out)
 
     def flush(self) -> bytes:
         """The body ended: the last event, even without its blank line."""
-        rest, self._buffer, self._scanned = self._buffer, b"", 0
-        return self._event(rest) if rest else b""
+        rest = bytes(self._buffer)
+        self._buffer.clear()
+        self._scanned = 0
+        return self._read(rest) if rest else b""
+
+    def _read(self, raw: bytes) -> bytes:
+        """One event, read; one that cannot be goes to the caller as it came."""
+        try:
+            return self._event(raw)
+        except Exception as exc:  # RecursionError (a caller's deep JSON), or a bug of ours
+            self._reader.lost(exc)
+            return raw
 
     def _event(self, raw: bytes) -> bytes:
         """Learn from one event; returns what the caller gets of it."""
@@ -89,7 +106,7 @@ class EventStream:
             return without_null_usage(raw) if self.filtering else raw  # a content delta
         try:
             event = json.loads(data)
-        except ValueError:
+        except ValueError:  # not JSON (a RecursionError is not read either: see _read)
             return raw
         if not isinstance(event, dict):
             return raw
@@ -100,8 +117,8 @@ class EventStream:
         reader.take(event)
         if not self.filtering:
             return raw
-        if isinstance(event.get("usage"), dict) and event.get("choices") == []:
-            return b""  # our injected usage-only chunk
+        if isinstance(event.get("usage"), dict) and not event.get("choices"):
+            return b""  # our injected usage-only chunk (with "choices": [] or without)
         return without_null_usage(raw)
 
 
@@ -146,7 +163,7 @@ def without_null_usage(raw: bytes) -> bytes:
 _BLANK_LINE = re.compile(rb"(?:\r\n|\n|\r(?=[^\n]))(?:\r\n|\n|\r(?=[^\n]))")
 
 
-def event_end(buffer: bytes, start: int = 0) -> int:
+def event_end(buffer: bytes | bytearray, start: int = 0) -> int:
     """The index just after the first event of ``buffer`` at or after ``start`` (its blank
     line included), or -1 when no event is complete yet."""
     found = _BLANK_LINE.search(buffer, start)

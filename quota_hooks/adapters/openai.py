@@ -86,12 +86,16 @@ ClientT = TypeVar("ClientT", bound="openai.OpenAI | openai.AsyncOpenAI")
 
 # ---------------------------------------------------------------------------------- the hub
 class _Hub:
-    """What every transport of one HTTP client shares: the manager, and what is remembered
-    across calls (providers by host, runs counted, when rate-limit headers were read)."""
+    """What every transport of one HTTP client shares: the manager, the client's HTTP library
+    (``httpx2`` or ``httpx``: the requests, responses and streams it makes are of that one),
+    and what is remembered across calls (providers by host, runs counted, when rate-limit
+    headers were read)."""
 
-    def __init__(self, manager: QuotaManager, inject_stream_usage: bool) -> None:
+    def __init__(self, manager: QuotaManager, inject_stream_usage: bool, lib: ModuleType) -> None:
         self.manager = manager
         self.inject_stream_usage = inject_stream_usage
+        self.lib = lib
+        self.tees = _tees(lib)
         self.memory = RunMemory()
         self._providers: dict[tuple[str, str, int | None], str] = {}
         self._limits_read: dict[tuple[str, str], float] = {}
@@ -125,10 +129,15 @@ class _Hub:
                 server=url.host if url.port is None else f"{url.host}:{url.port}",
                 headers=headers, context=current_workspace(), memory=self.memory,
                 estimator=self.manager.estimate, failed=self.failed)
-            request = _read_request(call, request, self.inject_stream_usage)
-        except Exception as exc:
+        except Exception as exc:  # a bug of ours: the call goes on, untracked
             self.failed("request", exc, headers.get(WORKSPACE_HEADER))
             call = None
+        if call is not None:
+            try:
+                request = _read_request(call, request, self.inject_stream_usage, self.lib)
+            except Exception as exc:  # its body unread: still reserved and recorded
+                call.inject = False
+                self.failed("request", exc, call.workspace_id)
         for header in OUR_HEADERS:
             if header in request.headers:
                 del request.headers[header]
@@ -173,7 +182,7 @@ class _Hub:
                 return None
 
 
-def _read_request(call: OpenAICall, request: Any, inject: bool) -> Any:
+def _read_request(call: OpenAICall, request: Any, inject: bool, lib: ModuleType) -> Any:
     """Let ``call`` read the request's body; the request to send (a new one, of the same
     HTTP library, when ``include_usage`` was injected)."""
     stream = request.stream
@@ -195,12 +204,12 @@ def _read_request(call: OpenAICall, request: Any, inject: bool) -> Any:
     new_content = call.read_json(content, inject_stream_usage=inject)
     if new_content is None:
         return request
-    headers = type(request.headers)(request.headers)
+    headers = lib.Headers(request.headers)
     headers["content-length"] = str(len(new_content))
     # The usage chunk is removed from the bytes the caller sees, which needs them plain.
     headers["accept-encoding"] = "identity"
-    return type(request)(request.method, request.url, headers=headers, content=new_content,
-                         extensions=request.extensions)
+    return lib.Request(request.method, request.url, headers=headers, content=new_content,
+                       extensions=request.extensions)
 
 
 def _on_response(hub: _Hub, call: OpenAICall, response: Any) -> tuple[Any, bool]:
@@ -224,12 +233,12 @@ def _on_response(hub: _Hub, call: OpenAICall, response: Any) -> tuple[Any, bool]
             for name in ("content-length", "content-encoding"):
                 if name in kept:
                     del kept[name]
-            response = type(response)(response.status_code, headers=kept, content=shown,
-                                      extensions=response.extensions)
+            response = hub.lib.Response(response.status_code, headers=kept, content=shown,
+                                        extensions=response.extensions)
         return response, True
     encoding = headers.get("content-encoding", "").strip().lower()
     if encoding and encoding != "identity":
-        call.decode_with(_Decoder(type(response), headers))
+        call.decode_with(_Decoder(hub.lib, headers))
     if filtering:  # the caller gets our (plain, filtered) bytes: other length, no encoding
         if "content-length" in headers:
             del headers["content-length"]
@@ -246,9 +255,9 @@ class _Decoder:
 
     __slots__ = ("_inner",)
 
-    def __init__(self, response_type: Any, headers: Any) -> None:
+    def __init__(self, lib: ModuleType, headers: Any) -> None:
         # A detached response: the caller's own response keeps its own, fresh decoder.
-        self._inner = response_type(200, headers=headers)._get_content_decoder()
+        self._inner = lib.Response(200, headers=headers)._get_content_decoder()
 
     def decode(self, data: bytes) -> bytes:
         return _joined(self._inner.decode(data))
@@ -296,7 +305,7 @@ class TrackingTransport:
                 if whole:
                     self.finish(call, response.headers)
                 else:
-                    response.stream = _streams(response)[0](response.stream, call, self,
+                    response.stream = hub.tees[0](response.stream, call, self,
                                                             response.headers)
             except Exception as exc:
                 hub.failed("response", exc, call.workspace_id)
@@ -362,7 +371,7 @@ class AsyncTrackingTransport:
                 if whole:
                     await self.finish(call, response.headers)
                 else:
-                    response.stream = _streams(response)[1](response.stream, call, self,
+                    response.stream = hub.tees[1](response.stream, call, self,
                                                             response.headers)
             except Exception as exc:
                 hub.failed("response", exc, call.workspace_id)
@@ -450,14 +459,12 @@ _STREAMS: dict[str, tuple[type[_SyncTee], type[_AsyncTee]]] = {}
 _STREAMS_LOCK = threading.Lock()
 
 
-def _streams(response: Any) -> tuple[type[_SyncTee], type[_AsyncTee]]:
-    """The tee classes for the HTTP library ``response`` belongs to."""
-    name = type(response).__module__.partition(".")[0]
-    found = _STREAMS.get(name)
+def _tees(lib: ModuleType) -> tuple[type[_SyncTee], type[_AsyncTee]]:
+    """The tee classes for an HTTP library (``httpx2`` or ``httpx``)."""
+    found = _STREAMS.get(lib.__name__)
     if found is None:
-        lib: ModuleType = sys.modules[name]
         with _STREAMS_LOCK:
-            found = _STREAMS.setdefault(name, (
+            found = _STREAMS.setdefault(lib.__name__, (
                 type("SyncTee", (_SyncTee, lib.SyncByteStream), {}),
                 type("AsyncTee", (_AsyncTee, lib.AsyncByteStream), {}),
             ))
@@ -478,7 +485,7 @@ def _wrap_http_client(http_client: Any, manager: QuotaManager, inject: bool) -> 
                 "give each OpenAI client its own http_client"
             )
         return
-    hub = _Hub(manager, inject)
+    hub = _Hub(manager, inject, lib)
     http_client._transport = wrapper(current, hub)
     http_client._mounts = {
         pattern: (None if transport is None else wrapper(transport, hub))
@@ -486,7 +493,7 @@ def _wrap_http_client(http_client: Any, manager: QuotaManager, inject: bool) -> 
     }
 
 
-def _library_of(http_client: Any) -> Any:
+def _library_of(http_client: Any) -> ModuleType:
     """The HTTP library (``httpx2`` or the legacy ``httpx``) that ``http_client`` belongs to."""
     for name in ("httpx2", "httpx"):
         lib = sys.modules.get(name)
