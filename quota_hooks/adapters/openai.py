@@ -33,9 +33,9 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Generator, Iterable, Iterator, Mapping
 from types import ModuleType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from urllib.parse import quote
 
 try:
@@ -82,6 +82,7 @@ _LIMIT_HEADERS = tuple(
 )
 
 ClientT = TypeVar("ClientT", bound="openai.OpenAI | openai.AsyncOpenAI")
+_T = TypeVar("_T")
 
 
 # ---------------------------------------------------------------------------------- the hub
@@ -270,6 +271,93 @@ def _joined(out: bytes | Iterable[bytes]) -> bytes:
     return out if isinstance(out, bytes) else b"".join(out)
 
 
+# ---------------------------------------------------------------------------------- flows
+#: One manager call a flow asks its transport to make: the method's name (``"acquire"``; the
+#: async transport awaits ``aacquire``), its arguments and keyword arguments.
+_Step = tuple[str, tuple[Any, ...], dict[str, Any]]
+#: What a transport does around one attempt, written once for sync and async: a generator
+#: that yields the manager calls to make and is sent their results (or thrown their errors).
+_Flow = Generator[_Step, Any, _T]
+
+
+def _admit(hub: _Hub, call: OpenAICall) -> _Flow[None]:
+    """Before the request is sent: take an outer run's reservation, or reserve the call's
+    own estimate. A refusal (a QuotaHooksError) stops the call, a bug of ours never does."""
+    call.reservation, outgrown = call.claim_outer()
+    if outgrown is not None:
+        yield "release", (outgrown,), {}
+    if call.reservation is None:
+        try:
+            call.reservation = yield "acquire", (call.workspace_id, call.facts()), {
+                "scopes": call.scopes}
+        except QuotaHooksError:
+            raise
+        except Exception as exc:
+            hub.failed("acquire", exc, call.workspace_id)
+
+
+def _respond(hub: _Hub, call: OpenAICall, response: Any, finish: _Finisher) -> _Flow[Any]:
+    """The response arrived: the one the caller gets, its body teed to ``call`` (or read
+    whole already: the attempt is recorded now)."""
+    try:
+        response, whole = _on_response(hub, call, response)
+        if whole:
+            yield from _finish(hub, call, response.headers)
+        else:
+            sync, tee = hub.tees
+            response.stream = (tee(response.stream, call, finish, response.headers)
+                               if isinstance(finish, AsyncTrackingTransport)
+                               else sync(response.stream, call, finish, response.headers))
+    except Exception as exc:
+        hub.failed("response", exc, call.workspace_id)
+        call.unreadable = True
+        yield from _finish(hub, call, None)  # settles at the estimate, never uncounted
+    return response
+
+
+def _finish(hub: _Hub, call: OpenAICall, headers: Mapping[str, str] | None) -> _Flow[None]:
+    """Record the attempt (or release its reservation, when it was recorded already)."""
+    record = hub.final_record(call)
+    if record is None:
+        yield "release", (call.reservation,), {}
+        return
+    if call.mark is not None:
+        call.mark.recorded = True  # the outer run is recorded here: it adds nothing
+    yield "record", (record, call.reservation), {}
+    if headers is not None:
+        hub.note_limits(call, headers)
+
+
+def _run(manager: QuotaManager, flow: _Flow[_T]) -> _T:
+    """Carry out ``flow`` with the manager's sync methods."""
+    result: Any = None
+    error: Exception | None = None
+    while True:
+        try:
+            name, args, kwargs = flow.send(result) if error is None else flow.throw(error)
+        except StopIteration as done:
+            return cast(_T, done.value)
+        try:
+            result, error = getattr(manager, name)(*args, **kwargs), None
+        except Exception as exc:
+            result, error = None, exc
+
+
+async def _arun(manager: QuotaManager, flow: _Flow[_T]) -> _T:
+    """Carry out ``flow`` with the manager's async methods."""
+    result: Any = None
+    error: Exception | None = None
+    while True:
+        try:
+            name, args, kwargs = flow.send(result) if error is None else flow.throw(error)
+        except StopIteration as done:
+            return cast(_T, done.value)
+        try:
+            result, error = await getattr(manager, "a" + name)(*args, **kwargs), None
+        except Exception as exc:
+            result, error = None, exc
+
+
 # ---------------------------------------------------------------------------------- transports
 class TrackingTransport:
     """Wraps the next sync transport of an HTTP client; tracks each request through it."""
@@ -280,51 +368,20 @@ class TrackingTransport:
 
     def handle_request(self, request: Any) -> Any:
         hub = self.hub
-        manager = hub.manager
         call, request = hub.begin(request)
-        if call is not None:
-            call.reservation, outgrown = call.claim_outer()
-            manager.release(outgrown)
-            if call.reservation is None:
-                try:
-                    call.reservation = manager.acquire(call.workspace_id, call.facts(),
-                                                       scopes=call.scopes)
-                except QuotaHooksError:
-                    raise  # a refusal stops the call
-                except Exception as exc:  # a bug of ours never does
-                    hub.failed("acquire", exc, call.workspace_id)
+        if call is None:
+            return self.inner.handle_request(request)
+        _run(hub.manager, _admit(hub, call))
         try:
             response = self.inner.handle_request(request)
         except BaseException:
-            if call is not None:
-                manager.release(call.reservation)
+            hub.manager.release(call.reservation)
             raise
-        if call is not None:
-            try:
-                response, whole = _on_response(hub, call, response)
-                if whole:
-                    self.finish(call, response.headers)
-                else:
-                    response.stream = hub.tees[0](response.stream, call, self,
-                                                            response.headers)
-            except Exception as exc:
-                hub.failed("response", exc, call.workspace_id)
-                call.unreadable = True
-                self.finish(call, None)  # settles at the estimate, never uncounted
-        return response
+        return _run(hub.manager, _respond(hub, call, response, self))
 
     def finish(self, call: OpenAICall, headers: Mapping[str, str] | None) -> None:
-        """Record the attempt (or release its reservation, when it was recorded)."""
-        hub = self.hub
-        record = hub.final_record(call)
-        if record is None:
-            hub.manager.release(call.reservation)  # recorded already, or unrecordable
-            return
-        if call.mark is not None:
-            call.mark.recorded = True  # the outer run is recorded here: it adds nothing
-        hub.manager.record(record, call.reservation)
-        if headers is not None:
-            hub.note_limits(call, headers)
+        """The body of ``call``'s response was closed: record the attempt."""
+        _run(self.hub.manager, _finish(self.hub, call, headers))
 
     def close(self) -> None:
         self.inner.close()
@@ -346,51 +403,20 @@ class AsyncTrackingTransport:
 
     async def handle_async_request(self, request: Any) -> Any:
         hub = self.hub
-        manager = hub.manager
         call, request = hub.begin(request)
-        if call is not None:
-            call.reservation, outgrown = call.claim_outer()
-            await manager.arelease(outgrown)
-            if call.reservation is None:
-                try:
-                    call.reservation = await manager.aacquire(call.workspace_id, call.facts(),
-                                                              scopes=call.scopes)
-                except QuotaHooksError:
-                    raise  # a refusal stops the call
-                except Exception as exc:  # a bug of ours never does
-                    hub.failed("acquire", exc, call.workspace_id)
+        if call is None:
+            return await self.inner.handle_async_request(request)
+        await _arun(hub.manager, _admit(hub, call))
         try:
             response = await self.inner.handle_async_request(request)
         except BaseException:
-            if call is not None:
-                await manager.arelease(call.reservation)
+            await hub.manager.arelease(call.reservation)
             raise
-        if call is not None:
-            try:
-                response, whole = _on_response(hub, call, response)
-                if whole:
-                    await self.finish(call, response.headers)
-                else:
-                    response.stream = hub.tees[1](response.stream, call, self,
-                                                            response.headers)
-            except Exception as exc:
-                hub.failed("response", exc, call.workspace_id)
-                call.unreadable = True
-                await self.finish(call, None)
-        return response
+        return await _arun(hub.manager, _respond(hub, call, response, self))
 
     async def finish(self, call: OpenAICall, headers: Mapping[str, str] | None) -> None:
-        """Record the attempt (or release its reservation, when it was recorded)."""
-        hub = self.hub
-        record = hub.final_record(call)
-        if record is None:
-            await hub.manager.arelease(call.reservation)
-            return
-        if call.mark is not None:
-            call.mark.recorded = True
-        await hub.manager.arecord(record, call.reservation)
-        if headers is not None:
-            hub.note_limits(call, headers)
+        """The body of ``call``'s response was closed: record the attempt."""
+        await _arun(self.hub.manager, _finish(self.hub, call, headers))
 
     async def aclose(self) -> None:
         await self.inner.aclose()
@@ -401,6 +427,9 @@ class AsyncTrackingTransport:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.inner.__aexit__(*exc_info)
+
+
+_Finisher = TrackingTransport | AsyncTrackingTransport
 
 
 class _SyncTee:
