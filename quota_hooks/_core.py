@@ -37,7 +37,15 @@ from .storage.base import (
     scope_key,
     workspace_scope,
 )
-from .usage import MAX_COST, MAX_COUNT, MAX_SCOPES, Estimate, UsageRecord, bounded
+from .usage import (
+    MAX_COST,
+    MAX_COUNT,
+    MAX_SCOPES,
+    Estimate,
+    UsageRecord,
+    bounded,
+    fast_constructor,
+)
 from .windows import Period, day_key, month_key, period_key
 
 __all__ = ["GENERATING_METHODS", "IMAGE_OUTPUT_TOKENS", "Core", "Plan", "Priced", "limits_of"]
@@ -100,6 +108,15 @@ class Priced:
     source: str | None
     charge: int
     unpriced: int = 0
+
+
+# The hot path builds these frozen dataclasses on every call: without the per-field
+# ``object.__setattr__`` of their generated ``__init__`` (see ``fast_constructor``).
+_new_plan = fast_constructor(Plan)
+_new_delta = fast_constructor(UsageDelta)
+_new_entry = fast_constructor(UsageEntry)
+#: Workspace ids whose scope keys :class:`Core` keeps worked out (then it starts again).
+_MAX_SCOPE_KEYS = 4096
 
 
 def limits_of(policy: QuotaPolicy) -> Limits:
@@ -172,6 +189,7 @@ class Core:
         self._periods: dict[int, tuple[QuotaPolicy, tuple[tuple[Period, Limits | None], ...]]] = {}
         self._cross_checked: set[str] = set()
         self._lock = threading.Lock()
+        self._scope_keys: dict[str, str] = {}
 
     # ------------------------------------------------------------------ before a call
     def estimate(self, workspace_id: str, estimate: Estimate) -> Estimate:
@@ -210,26 +228,30 @@ class Core:
         check_estimate(workspace_id, estimate, scopes)
         policies = self.policies
         policy = policies.for_workspace(workspace_id)
-        keys = [workspace_scope(workspace_id)]
+        keys = [self.workspace_scope(workspace_id)]
         by_key = {keys[0]: policy}
-        for kind, value in itertools.islice((scopes or {}).items(), MAX_SCOPES):
-            kind, value = bounded(str(kind)), bounded(str(value))
-            key = scope_key(kind, value)
-            keys.append(key)
-            found = policies.for_scope(kind, value)
-            if found is not None:
-                by_key[key] = found
+        if scopes:
+            for kind, value in itertools.islice(scopes.items(), MAX_SCOPES):
+                kind, value = bounded(str(kind)), bounded(str(value))
+                key = scope_key(kind, value)
+                keys.append(key)
+                found = policies.for_scope(kind, value)
+                if found is not None:
+                    by_key[key] = found
         limits = {}
         periods: list[PeriodBudget] = []
         for key, scope_policy in by_key.items():
             enforced = self.enforced_limits(scope_policy)
             if enforced is not None:
                 limits[key] = enforced
-            periods.extend((key, period, scope_policy.timezone, period_limits)
-                           for period, period_limits in self.period_budgets(scope_policy))
+            budgets = self.period_budgets(scope_policy)
+            if budgets:
+                periods.extend((key, period, scope_policy.timezone, period_limits)
+                               for period, period_limits in budgets)
         if not limits:
             return None
-        estimate = self.estimate(workspace_id, estimate)
+        if estimate.input_tokens is None or estimate.output_tokens is None:
+            estimate = self.estimate(workspace_id, estimate)
         inputs, outputs = count(estimate.input_tokens), count(estimate.output_tokens)
         nanos = self._estimate_nanos(estimate, inputs, outputs)
         if nanos is None:  # a model without a price: what the policy says, never free
@@ -248,14 +270,26 @@ class Core:
                 )
             nanos = 0 if policy.unpriced == "allow" else to_nanos(self.prices.fallback_cost(
                 units_of(estimate, inputs, outputs)))
-        delta = UsageDelta(
-            requests=0 if estimate.api_method in policy.unmetered_methods else 1,
-            tokens=inputs + outputs,
-            cost_nanos=nanos,
+        delta = _new_delta(  # positional: a keyword call costs twice as much
+            0 if estimate.api_method in policy.unmetered_methods else 1,  # requests
+            inputs + outputs,  # tokens
+            nanos,  # cost_nanos
         )
         if not (delta.requests or delta.tokens or delta.cost_nanos):
             return None
-        return Plan(keys, delta, limits, by_key, tuple(periods))
+        return _new_plan(keys, delta, limits, by_key, tuple(periods))
+
+    def workspace_scope(self, workspace_id: str) -> str:
+        """:func:`~quota_hooks.storage.base.workspace_scope` of ``workspace_id``, kept for the
+        last few thousand workspaces (it is worked out on every call)."""
+        keys = self._scope_keys
+        key = keys.get(workspace_id)
+        if key is None:
+            key = workspace_scope(workspace_id)
+            if len(keys) >= _MAX_SCOPE_KEYS:
+                keys.clear()
+            keys[workspace_id] = key
+        return key
 
     def enforced_limits(self, policy: QuotaPolicy) -> Limits | None:
         """The limits of ``policy`` that may refuse a call, or None; worked out once per
@@ -280,8 +314,11 @@ class Core:
 
     def _period_scopes(self, scope: str, policy: QuotaPolicy, at: float) -> list[str]:
         """The day and week budget scopes a call of ``scope`` at ``at`` is charged to."""
+        budgets = self.period_budgets(policy)
+        if not budgets:
+            return []
         return [budget_scope(scope, period_key(at, period, policy.timezone))
-                for period, _ in self.period_budgets(policy)]
+                for period, _ in budgets]
 
     def _estimate_nanos(self, estimate: Estimate, inputs: int, outputs: int) -> int | None:
         """What a call is expected to cost: its tokens, and the images or characters it asks
@@ -339,25 +376,24 @@ class Core:
         (``invalid_fields``) settles at least at its ``reservation``'s estimate.
         """
         policy = self.policies.for_workspace(record.workspace_id)
-        priced = self.price(record, policy)
-        charge, unpriced = priced.charge, priced.unpriced
+        cost, source, charge, unpriced = self._price(record, policy)
         limited = record.status_code == 429
         tokens = record.total_tokens
         if reservation is not None and record.invalid_fields:
             tokens = max(tokens, reservation.delta.tokens)
             if charge < reservation.delta.cost_nanos:
-                unpriced += (reservation.delta.cost_nanos - charge) if priced.cost is None else 0
+                unpriced += (reservation.delta.cost_nanos - charge) if cost is None else 0
                 charge = reservation.delta.cost_nanos
-        delta = UsageDelta(
-            requests=0 if record.api_method in policy.unmetered_methods else 1,
-            tokens=tokens,
-            cost_nanos=charge,
-            calls=1,
-            errors=0 if record.success or limited else 1,
-            rate_limited=1 if limited else 0,
-            unpriced_nanos=unpriced,
+        delta = _new_delta(  # positional: a keyword call costs twice as much
+            0 if record.api_method in policy.unmetered_methods else 1,  # requests
+            tokens,
+            charge,  # cost_nanos
+            1,  # calls
+            0 if record.success or limited else 1,  # errors
+            1 if limited else 0,  # rate_limited
+            unpriced,  # unpriced_nanos
         )
-        scopes: tuple[str, ...] = (workspace_scope(record.workspace_id),)
+        scopes: tuple[str, ...] = (self.workspace_scope(record.workspace_id),)
         if record.scopes:
             scopes += tuple(scope_key(kind, value) for kind, value in record.scopes.items())
         # The record's own time decides its minute and day (never after now). A reserved
@@ -377,12 +413,17 @@ class Core:
                         if is_budget_scope(key) and key not in periods]
         if periods:
             scopes += tuple(periods)
-        return UsageEntry(record, scopes, delta, now, month_key(admitted, zone), priced.cost,
-                          priced.source, day_key(at, zone), at)
+        return _new_entry(record, scopes, delta, now, month_key(admitted, zone), cost, source,
+                          day_key(at, zone), at)
 
     def price(self, record: UsageRecord, policy: QuotaPolicy) -> Priced:
         """The price of a record: its own cost if it has one, else the price book's; a model
         without a price is charged as ``policy.unpriced`` says."""
+        return Priced(*self._price(record, policy))
+
+    def _price(self, record: UsageRecord, policy: QuotaPolicy
+               ) -> tuple[Decimal | None, str | None, int, int]:
+        """:meth:`price` as a plain tuple (cost, source, charge, unpriced), for the hot path."""
         cost, source = record.cost, record.price_source
         nanos: int | None = None
         if cost is None:
@@ -399,11 +440,11 @@ class Core:
             )
             cost, source, nanos = None, None, None
         if cost is not None:
-            return Priced(cost, source, nanos if nanos is not None else to_nanos(cost))
+            return cost, source, nanos if nanos is not None else to_nanos(cost), 0
         if policy.unpriced == "allow":
-            return Priced(None, source, 0)
+            return None, source, 0, 0
         charge = to_nanos(self.prices.fallback_cost(record))
-        return Priced(None, source, charge, charge)
+        return None, source, charge, charge
 
     def _cross_check(self, record: UsageRecord, cost: Decimal) -> None:
         """Warn, once per model, when another layer's cost (litellm's ``response_cost``)

@@ -77,6 +77,9 @@ class Rates:
                                                           compare=False)
     _unpriced_top: tuple[str, ...] = field(init=False, repr=False, compare=False)
     _unpriced_tokens: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    # Per level: pico-dollars per input token and per output token (a reservation's price).
+    _text: tuple[tuple[Coefficient, Coefficient], ...] = field(init=False, repr=False,
+                                                             compare=False)
 
     def __post_init__(self) -> None:
         fields = tuple(sorted({name for table in self.tables for name, _ in table}
@@ -90,6 +93,8 @@ class Rates:
                                     for table in self.tables))
         put(self, "_unpriced_top", tuple(n for n in TOP_FIELDS if n not in self.priced))
         put(self, "_unpriced_tokens", tuple(n for n in TOP_FIELDS[:2] if n not in self.priced))
+        put(self, "_text", tuple((dict(table).get("input_tokens", 0),
+                                  dict(table).get("output_tokens", 0)) for table in self.tables))
 
     def level(self, input_tokens: int) -> int:
         """The tier level of a request with ``input_tokens`` (0 below every threshold)."""
@@ -135,13 +140,13 @@ class Rates:
         if (input_tokens and "input_tokens" not in self.priced) or (
                 output_tokens and "output_tokens" not in self.priced):
             return None
-        level = self.level(input_tokens)
+        level = bisect_left(self.starts, input_tokens) if self.starts else 0
+        per_input, per_output = self._text[level]
         total: Coefficient = self.constants[level]
-        for name, coefficient in self.tables[level]:
-            if name == "input_tokens":
-                total += coefficient * input_tokens
-            elif name == "output_tokens":
-                total += coefficient * output_tokens
+        if per_input:
+            total += per_input * input_tokens
+        if per_output:
+            total += per_output * output_tokens
         return total
 
 

@@ -254,7 +254,10 @@ class PriceBook:
         self._sources: dict[str, str] = {}
         self._resolved: dict[str, tuple[str, ModelPrice] | None] = {}
         self._table_rates: dict[str, Rates | None] = {}
-        self._fast: dict[tuple[str | None, str], tuple[Any, Any, Rates]] = {}
+        # The hot path: the rates of each (provider, model) priced without a context, with
+        # the genai-prices model whose price in force they are (``None``: a price that never
+        # changes, an override's or a model's with no dated or timed prices) and that price.
+        self._fast: dict[tuple[str | None, str], tuple[Rates, Any, Any]] = {}
         self._warned: set[str] = set()
         self._lock = threading.Lock()
         self._failsafe_rates: Rates | None = None
@@ -419,6 +422,17 @@ class PriceBook:
               context: Mapping[str, str] | None = None) -> Rates | None:
         """The compiled price of ``model`` at ``provider`` in force at ``when`` (now) under
         ``context``, or None when nothing prices it. Overrides win."""
+        if not context:  # the common case: one lookup (and the price in force, by identity)
+            fast = self._fast.get((provider, model))
+            if fast is not None:
+                rates, info, standard = fast
+                if info is None or info.get_prices(when or _now()) is standard:
+                    return rates
+        return self._rates(model, provider, when, context)
+
+    def _rates(self, model: str, provider: str | None, when: datetime | None,
+               context: Mapping[str, str] | None) -> Rates | None:
+        """:meth:`rates`, resolved and compiled (cached per name and price)."""
         if len(model) > MAX_NAME_LENGTH:  # a name from a request body: never cached whole
             model = bounded(model)
         if provider is not None and len(provider) > MAX_NAME_LENGTH:
@@ -433,12 +447,10 @@ class PriceBook:
                 self._table_rates.clear()
             self._table_rates[model] = rates
         if rates is not None or self.genai is None:
+            if rates is not None and not context:
+                self._remember(provider, model, rates, None, None)
             return rates
         moment = when or _now()
-        if not context:  # the common case: one lookup, and the price in force by identity
-            fast = self._fast.get((provider, model))
-            if fast is not None and fast[0].get_prices(moment) is fast[1]:
-                return fast[2]
         try:
             resolved = self.genai.model(model, provider)
             if resolved is None:
@@ -450,10 +462,22 @@ class PriceBook:
             self._pricing_failed(model, provider, exc)
             return self._failsafe()
         if not context:
-            if len(self._fast) >= _MAX_CACHED:
-                self._fast.clear()
-            self._fast[(provider, model)] = (resolved[1], resolved[1].get_prices(moment), rates)
+            from genai_prices.types import ModelPrice as GenaiPrice
+
+            info = resolved[1]
+            # A model with one price (not a list of dated or timed ones: genai-prices' own
+            # test in get_prices) has it at any time.
+            timed = not isinstance(info.prices, GenaiPrice)
+            self._remember(provider, model, rates, info if timed else None,
+                           info.get_prices(moment) if timed else None)
         return rates
+
+    def _remember(self, provider: str | None, model: str, rates: Rates, info: Any,
+                  standard: Any) -> None:
+        """Keep ``rates`` for :meth:`rates`' one lookup (see ``_fast``)."""
+        if len(self._fast) >= _MAX_CACHED:
+            self._fast.clear()
+        self._fast[(provider, model)] = (rates, info, standard)
 
     def _failsafe(self) -> Rates:
         """The fallback price as rates: for a model that genai-prices cannot price because
@@ -569,7 +593,7 @@ class PriceBook:
             prices = list(self._prices.values())
             if self.genai is not None:
                 try:
-                    prices += self.genai.current_prices()
+                    prices += [ModelPrice(**found) for found in self.genai.current_prices()]
                 except Exception as exc:  # an odd snapshot: the floor still holds
                     logger.warning("quota-hooks: the dearest genai-prices prices could not "
                                    "be read (%s: %s); the fallback price is the floor",

@@ -26,12 +26,12 @@ import hashlib
 import itertools
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields, make_dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from operator import attrgetter
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from .errors import ConfigurationError
 
@@ -264,13 +264,45 @@ _FIELD_NAMES = tuple(UsageRecord.__dataclass_fields__)
 # in the same order: the same memory layout), checked and cleaned while it is still mutable,
 # in one pass, and then becomes a UsageRecord (``__class__`` assignment, which CPython allows
 # between classes of one layout). From then on it is as frozen as any frozen dataclass.
-_Draft = make_dataclass(
-    "_Draft",
-    [(f.name, f.type, field(default=f.default) if f.default is not MISSING
-      else field(default_factory=f.default_factory))
-     for f in fields(UsageRecord)],
-    slots=True, eq=False, repr=False,
-)
+_T = TypeVar("_T")
+
+
+def _mutable_twin(cls: type[Any], name: str) -> type[Any]:
+    """A plain slotted dataclass with the fields of the frozen, slotted dataclass ``cls``, in
+    the same order and with the same defaults: the same slots, so the same memory layout, and
+    an instance of it may become a ``cls`` by ``__class__`` assignment."""
+    twin = make_dataclass(
+        name,
+        [(f.name, f.type, field(default=f.default) if f.default is not MISSING
+          else field(default_factory=f.default_factory))
+         for f in fields(cls)],
+        slots=True, eq=False, repr=False,
+    )
+    plain = not hasattr(cls, "__post_init__") and all(f.init for f in fields(cls))
+    if not plain or vars(twin).get("__slots__") != vars(cls).get("__slots__"):
+        raise TypeError(f"{cls.__name__} has no mutable twin (not a plain slotted dataclass)")
+    return twin
+
+
+def fast_constructor(cls: type[_T]) -> Callable[..., _T]:
+    """A constructor of the frozen, slotted dataclass ``cls`` for the hot path: the same
+    arguments and defaults as ``cls(...)``, and the same object, about three times cheaper.
+
+    The generated ``__init__`` of a frozen dataclass sets each field through
+    ``object.__setattr__`` (about 0.3 µs a field); this one fills its :func:`_mutable_twin`
+    and gives it ``cls`` as its class, as a :class:`UsageRecord` is built (above)."""
+    twin = _mutable_twin(cls, f"_{cls.__name__}Draft")
+
+    def build(*args: Any, **kwargs: Any) -> _T:
+        made = twin(*args, **kwargs)
+        made.__class__ = cls
+        return cast(_T, made)
+
+    build.__name__ = build.__qualname__ = f"new_{cls.__name__}"
+    return build
+
+
+_Draft = _mutable_twin(UsageRecord, "_Draft")
 _all_fields = attrgetter(*_FIELD_NAMES)
 
 

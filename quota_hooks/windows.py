@@ -37,6 +37,7 @@ __all__ = [
     "Period",
     "RollingCounter",
     "Window",
+    "buckets",
     "month_bounds",
     "month_key",
     "period_bounds",
@@ -81,6 +82,12 @@ _NEVER = -(2**62)
 
 MINUTE = Window("minute", 1, 60, tolerance=2)
 DAY = Window("day", 60, 1440, tolerance=1)
+
+
+def buckets(now: float) -> tuple[int, int]:
+    """The :data:`MINUTE` and the :data:`DAY` bucket a call at ``now`` falls in (one call
+    for both, on the hot path)."""
+    return int(now // MINUTE.bucket_seconds), int(now // DAY.bucket_seconds)
 
 
 @lru_cache(maxsize=64)
@@ -282,10 +289,11 @@ class RollingCounter:
         if bucket == self._hot and self._hot_start <= now < self._hot_end:
             values, sums = self._counts[-1], self._sums
             for i, count in enumerate(counts):
-                if count < 0 and values[i] + count < 0:  # never below zero (see below)
-                    count = -values[i]
-                values[i] += count
-                sums[i] += count
+                if count:
+                    if count < 0 and values[i] + count < 0:  # never below zero (see below)
+                        count = -values[i]
+                    values[i] += count
+                    sums[i] += count
             return True
         current = self._present(now)
         bucket = min(bucket, current)

@@ -11,7 +11,7 @@ from decimal import Decimal
 import pytest
 
 from quota_hooks import QuotaManager, QuotaPolicy, UsageRecord
-from quota_hooks.storage._rows import decode, encode
+from quota_hooks.storage._rows import decode, encode, utc_iso
 
 pytestmark = pytest.mark.unit
 
@@ -43,3 +43,19 @@ def test_a_row_is_a_part_of_to_dict_and_reads_back(record: UsageRecord) -> None:
     assert all(full[key] == defaults[key] for key in left_out)
     assert decode(encode(entry)) == priced
     assert UsageRecord.from_dict(full) == priced  # the older, full rows still read
+
+
+def test_a_record_time_is_written_as_datetime_writes_it() -> None:
+    """The stamp of a record without a timestamp is made without a datetime per record:
+    exactly datetime's text, microseconds rounded half to even (a tie at x.9999995 s carries
+    into the next second), none shown when there are none."""
+    import random
+
+    base = 1_764_600_000
+    ties = [base + k / 2_000_000 for k in range(-3_000, 3_000)]  # every half microsecond
+    rng = random.Random(17)
+    moments = [0.0, 59.0, float(base), base + 0.9999995, base + 0.9999994, base + 0.0000005,
+               base + 0.0000015, 2**31 + 0.5, -1.25, *ties,
+               *(rng.uniform(0, 4e9) for _ in range(20_000))]
+    for when in moments:
+        assert utc_iso(when) == datetime.fromtimestamp(when, UTC).isoformat(), when

@@ -105,3 +105,30 @@ def test_names_are_made_storable_and_left_alone_otherwise() -> None:
     assert record.scopes == {"team\\udc82": "x\\udc83"}
     for text in (record.workspace_id, record.model, *record.tags):
         text.encode("utf-8")  # every store can encode it now
+
+
+def test_a_fast_constructor_builds_the_same_frozen_object() -> None:
+    from quota_hooks.storage.base import Reservation, UsageDelta
+    from quota_hooks.usage import fast_constructor
+
+    new_delta = fast_constructor(UsageDelta)
+    made = new_delta(1, 120, 27, 1, 0, 0, 5)
+    assert type(made) is UsageDelta and made == UsageDelta(1, 120, 27, 1, 0, 0, 5)
+    assert hash(made) == hash(UsageDelta(1, 120, 27, 1, 0, 0, 5))
+    assert new_delta(tokens=3) == UsageDelta(tokens=3)  # defaults and keywords as the class's
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.tokens = 0  # type: ignore[misc]
+    held = fast_constructor(Reservation)("r-1", ("workspace:a",), made, 1.0, "2026-01", 2.0)
+    assert held == Reservation("r-1", ("workspace:a",), made, 1.0, "2026-01", 2.0)
+    assert held.limits == {} and held.limits is not fast_constructor(Reservation)(
+        "r-2", (), made, 1.0, "2026-01", 2.0).limits  # a default factory, called per object
+
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Checked:
+        value: int
+
+        def __post_init__(self) -> None:
+            assert self.value >= 0
+
+    with pytest.raises(TypeError, match="no mutable twin"):
+        fast_constructor(Checked)  # its __post_init__ would be skipped

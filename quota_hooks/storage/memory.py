@@ -10,12 +10,12 @@ import itertools
 import threading
 import uuid
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from ..usage import UsageRecord
-from ..windows import DAY, MINUTE, RollingCounter
+from ..usage import UsageRecord, fast_constructor
+from ..windows import DAY, MINUTE, RollingCounter, buckets
 from .base import (
     MAX_BREAKDOWN_NAMES,
     OTHER,
@@ -66,18 +66,27 @@ class _Totals:
         self.unpriced_nanos = self.cached_input_tokens = self.cache_write_tokens = 0
         self.reasoning_tokens = 0
 
-    def add(self, record: UsageRecord, delta: UsageDelta, unpriced: bool) -> None:
-        self.requests += 1
-        self.errors += 0 if record.success else 1
-        self.tokens += record.total_tokens
-        self.input_tokens += record.input_tokens
-        self.output_tokens += record.output_tokens
-        self.cost_nanos += delta.cost_nanos - delta.unpriced_nanos
-        self.unpriced += unpriced
-        self.unpriced_nanos += delta.unpriced_nanos
-        self.cached_input_tokens += record.cached_input_tokens
-        self.cache_write_tokens += record.cache_write_tokens
-        self.reasoning_tokens += record.reasoning_tokens
+    @staticmethod
+    def add(rows: Iterable[_Totals], record: UsageRecord, delta: UsageDelta,
+            unpriced: bool) -> None:
+        """Count one call in each of ``rows`` (the record's fields read once)."""
+        errors = 0 if record.success else 1
+        tokens, inputs, outputs = record.total_tokens, record.input_tokens, record.output_tokens
+        cost, unpriced_nanos = delta.cost_nanos - delta.unpriced_nanos, delta.unpriced_nanos
+        cached, written = record.cached_input_tokens, record.cache_write_tokens
+        reasoning = record.reasoning_tokens
+        for row in rows:
+            row.requests += 1
+            row.errors += errors
+            row.tokens += tokens
+            row.input_tokens += inputs
+            row.output_tokens += outputs
+            row.cost_nanos += cost
+            row.unpriced += unpriced
+            row.unpriced_nanos += unpriced_nanos
+            row.cached_input_tokens += cached
+            row.cache_write_tokens += written
+            row.reasoning_tokens += reasoning
 
     def freeze(self) -> Aggregate:
         return Aggregate(
@@ -104,9 +113,15 @@ def _names(table: dict[tuple[str, str, str], _Totals], month: str, by: str) -> i
 
 
 class _Scope:
-    __slots__ = ("breakdowns", "day", "minute", "months", "recent", "resets")
+    __slots__ = ("breakdowns", "capacity", "day", "minute", "months", "period", "recent",
+                 "resets")
 
-    def __init__(self, recent_capacity: int) -> None:
+    def __init__(self, capacity: int, period: str | None) -> None:
+        self.capacity = capacity
+        """Records kept for ``recent()``."""
+        self.period = period
+        """A day or week budget's scope: its period, under which it keeps its cost (and
+        nothing else); None for every other scope."""
         self.minute = RollingCounter(MINUTE, 5)
         self.day = RollingCounter(DAY, 2)
         self.months: dict[str, list[int]] = {}
@@ -135,6 +150,7 @@ def _priced(record: UsageRecord, cost: Decimal | None, source: str | None,
     return record.with_cost(cost, source, stamp)
 _NO_MONTH = (0, 0, 0)
 _NO_TOTALS = (0, 0)
+_new_reservation = fast_constructor(Reservation)
 
 
 class MemoryStore:
@@ -180,20 +196,21 @@ class MemoryStore:
         record, delta, now = entry.record, entry.delta, entry.now
         counts = [delta.requests, delta.tokens, delta.calls, delta.errors, delta.rate_limited]
         when, month, cost = entry.when, entry.month, delta.cost_nanos
-        minute_bucket, day_bucket = MINUTE.bucket(when), DAY.bucket(when)
+        minute_bucket, day_bucket = now_buckets = buckets(when)
         names = (("model", record.model), ("api_method", record.api_method),
                  ("day", entry.day_name))
+        unpriced = entry.cost is None
         kept = (record, entry.cost, entry.price_source, when)
         with self._lock:
-            self._reap(now)
+            if self._pending:
+                self._reap(now)
             pending = None if reservation is None else self._pending.pop(reservation.id, None)
             if pending is not None and pending.expires_at <= now:
                 pending = None  # past its ttl: forgotten, what it held stays counted
             if pending is not None:
                 held = pending.delta
                 if (pending.scopes == entry.scopes and pending.month == month
-                        and MINUTE.bucket(pending.at) == minute_bucket
-                        and DAY.bucket(pending.at) == day_bucket):
+                        and buckets(pending.at) == now_buckets):
                     # The usual case: settle in the reservation's own buckets, by difference.
                     counts[0] -= held.requests
                     counts[1] -= held.tokens
@@ -201,31 +218,22 @@ class MemoryStore:
                 else:
                     self._undo(pending, now)
             day_counts = counts[:2]
+            unpriced_calls, unpriced_nanos = int(unpriced), delta.unpriced_nanos
             for key in entry.scopes:
-                scope = self._scope(key)
-                if is_budget_scope(key):  # a day or week budget: its cost is all it keeps
-                    self._add_cost(scope, totals_key(key, entry.month), cost, int(entry.unpriced),
-                                   delta.unpriced_nanos)
+                scope = self._scopes.get(key) or self._scope(key)
+                if scope.period is not None:  # a day or week budget: its cost is all it keeps
+                    self._add_cost(scope, scope.period, cost, unpriced_calls, unpriced_nanos)
                     continue
                 scope.minute.add(minute_bucket, counts, now)
-                scope.day.add(day_bucket, day_counts, now)
-                month = totals_key(key, entry.month)
-                if self._add_cost(scope, month, cost, int(entry.unpriced),
-                                  delta.unpriced_nanos):  # False: older than every month kept
-                    table = scope.breakdowns
-                    for by, name in names:
-                        totals = table.get((month, by, name))
-                        if totals is None:
-                            if by != "day" and _names(table, month, by) >= MAX_BREAKDOWN_NAMES:
-                                name = OTHER  # a name too many: counted, not kept by name
-                                totals = table.get((month, by, name))
-                            if totals is None:
-                                totals = table[(month, by, name)] = _Totals()
-                        totals.add(record, delta, entry.unpriced)
+                if day_counts[0] or day_counts[1]:  # nothing when it settles at its estimate
+                    scope.day.add(day_bucket, day_counts, now)
+                if self._add_cost(scope, month, cost, unpriced_calls,
+                                  unpriced_nanos):  # False: older than every month kept
+                    _Totals.add(self._rows(scope.breakdowns, month, names), record, delta,
+                                unpriced)
                 recent = scope.recent
                 recent.append(kept)
-                capacity = self._recent_capacity if key.startswith(
-                    "workspace:") else self._scope_recent
+                capacity = scope.capacity
                 if len(recent) > capacity + capacity // 3:  # trimmed in steps, not per call
                     del recent[: len(recent) - capacity]
 
@@ -239,21 +247,23 @@ class MemoryStore:
         ttl: float,
     ) -> Reservation | Denial:
         with self._lock:
-            self._reap(now)
+            if self._pending:
+                self._reap(now)
             for key in scopes:
                 scope_limits = limits.get(key)
                 if scope_limits is None:
                     continue
-                denial = self._check(key, self._scope(key), delta, scope_limits, now, month)
+                denial = self._check(self._scopes.get(key) or self._scope(key), delta,
+                                     scope_limits, now, month, key)
                 if denial is not None:
                     return denial
-            reservation = Reservation(
-                id=f"{self._id_prefix}{next(self._ids)}",
-                scopes=tuple(scopes),
-                delta=delta,
-                at=now,
-                month=month,
-                expires_at=now + ttl,
+            reservation = _new_reservation(  # positional: a keyword call costs twice as much
+                f"{self._id_prefix}{next(self._ids)}",  # id
+                tuple(scopes),
+                delta,
+                now,  # at
+                month,
+                now + ttl,  # expires_at
             )
             self._apply(reservation, sign=1, now=now)
             self._pending[reservation.id] = reservation
@@ -310,8 +320,7 @@ class MemoryStore:
             state = self._scopes.get(scope)
             if state is None or n <= 0:
                 return []
-            entries = state.recent[-min(n, self._recent_capacity if scope.startswith(
-                "workspace:") else self._scope_recent):][::-1]
+            entries = state.recent[-min(n, state.capacity):][::-1]
         return [_priced(*entry) for entry in entries]
 
 
@@ -396,10 +405,31 @@ class MemoryStore:
     def _scope(self, key: str) -> _Scope:
         scope = self._scopes.get(key)
         if scope is None:
-            scope = self._scopes[key] = _Scope(self._recent_capacity)
-            if is_budget_scope(key):
+            budget = is_budget_scope(key)
+            capacity = self._recent_capacity if key.startswith("workspace:") else (
+                self._scope_recent)
+            scope = self._scopes[key] = _Scope(
+                capacity, budget_scope_parts(key)[0] if budget else None)
+            if budget:
                 self._forget_periods(key)
         return scope
+
+    @staticmethod
+    def _rows(table: dict[tuple[str, str, str], _Totals], month: str,
+              names: Iterable[tuple[str, str]]) -> list[_Totals]:
+        """The breakdown rows of ``month`` that a call of these names counts in (made when
+        new; a name too many is counted under :data:`OTHER`, not kept by name)."""
+        rows = []
+        for by, name in names:
+            totals = table.get((month, by, name))
+            if totals is None:
+                if by != "day" and _names(table, month, by) >= MAX_BREAKDOWN_NAMES:
+                    name = OTHER
+                    totals = table.get((month, by, name))
+                if totals is None:
+                    totals = table[(month, by, name)] = _Totals()
+            rows.append(totals)
+        return rows
 
     def _forget_periods(self, key: str) -> None:
         """A day or week budget's scope was made: the same scope's older ones of the same
@@ -442,13 +472,15 @@ class MemoryStore:
     def _apply(self, reservation: Reservation, *, sign: int, now: float) -> None:
         delta = reservation.delta
         counts = (sign * delta.requests, sign * delta.tokens, 0, 0, 0)
-        minute_bucket, day_bucket = MINUTE.bucket(reservation.at), DAY.bucket(reservation.at)
+        day_counts = counts[:2]
+        minute_bucket, day_bucket = buckets(reservation.at)
+        month, nanos = reservation.month, sign * delta.cost_nanos
         for key in reservation.scopes:
-            scope = self._scope(key)
-            if not is_budget_scope(key):
+            scope = self._scopes.get(key) or self._scope(key)
+            if scope.period is None:
                 scope.minute.add(minute_bucket, counts, now)
-                scope.day.add(day_bucket, counts[:2], now)
-            self._add_cost(scope, totals_key(key, reservation.month), sign * delta.cost_nanos)
+                scope.day.add(day_bucket, day_counts, now)
+            self._add_cost(scope, scope.period or month, nanos)
 
     def _undo(self, reservation: Reservation, now: float) -> None:
         self._apply(reservation, sign=-1, now=now)
@@ -465,19 +497,19 @@ class MemoryStore:
 
     def _check(
         self,
-        key: str,
         scope: _Scope,
         delta: UsageDelta,
         limits: Limits,
         now: float,
         month: str,
+        key: str,
     ) -> Denial | None:
-        rings = {MINUTE: scope.minute, DAY: scope.day}
-        windowless = is_budget_scope(key)  # a day or week budget: its cost is all it has
+        windowless = scope.period is not None  # a day or week budget: its cost is all it has
         return first_denial(
             key, limits, delta, now,
             minute=_NO_TOTALS if windowless else scope.minute.totals(now),
             day=_NO_TOTALS if windowless else scope.day.totals(now),
-            spent=lambda: scope.months.get(totals_key(key, month), _NO_MONTH)[0],
-            first_bucket=lambda window, field: rings[window].first_bucket_with(now, field),
+            spent=lambda: scope.months.get(scope.period or month, _NO_MONTH)[0],
+            first_bucket=lambda window, field: (
+                scope.minute if window is MINUTE else scope.day).first_bucket_with(now, field),
         )

@@ -553,8 +553,7 @@ class SQLiteStore:
                 with self._lock:
                     self._processed += len(items)
                     self._progress.notify_all()
-                for _ in items:
-                    self._slots.release()
+                self._slots.release(len(items))
 
     def _write_items(self, items: list[_Item]) -> None:
         """Write ``items``.
@@ -615,13 +614,13 @@ class SQLiteStore:
             for entry, reservation in items:
                 if reservation is not None:
                     self._settle(conn, batch, reservation.id, now)
-                self._add_entry(batch, entry, conn)
                 history.append(
                     (entry.when, encode(entry),
                      entry.delta.cost_nanos, entry.delta.unpriced_nanos, entry.month,
                      entry.day_name)
                 )
                 links.append(list(entry.scopes))
+            self._add_entries(batch, [entry for entry, _ in items], conn)
             batch.apply(conn)
             first = conn.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM history").fetchone()[0]
             conn.executemany(
@@ -657,37 +656,53 @@ class SQLiteStore:
         names.add(name)
         return name
 
-    def _add_entry(self, batch: _Batch, entry: UsageEntry,
-                   conn: sqlite3.Connection | None = None) -> None:
-        record, delta = entry.record, entry.delta
-        when = entry.when
-        counts = (delta.requests, delta.tokens, delta.calls, delta.errors, delta.rate_limited)
-        day_counts = (delta.requests, delta.tokens, 0, 0, 0)
-        minute, day = MINUTE.bucket(when), DAY.bucket(when)
-        unpriced = int(entry.unpriced)
-        values = (1, 0 if record.success else 1, record.total_tokens, record.input_tokens,
-                  record.output_tokens, delta.cost_nanos - delta.unpriced_nanos, unpriced,
-                  delta.unpriced_nanos, record.cached_input_tokens, record.cache_write_tokens,
-                  record.reasoning_tokens)
-        names = (("model", record.model), ("api_method", record.api_method))
+    def _add_entries(self, batch: _Batch, entries: Sequence[UsageEntry],
+                     conn: sqlite3.Connection | None = None) -> None:
+        """Add what ``entries`` count to ``batch``. Entries that count in the same rows (the
+        same scopes, buckets, month, model, API method and day) are summed first, so that a
+        batch adds to each row once, however many of its records count there."""
+        groups: dict[tuple[tuple[str, ...], str, int, int, str, str, str], list[int]] = {}
+        for entry in entries:
+            record, delta = entry.record, entry.delta
+            when = entry.when
+            unpriced = int(entry.unpriced)
+            # The bucket counts, the month's charge, then the breakdown row (as _ADD_BREAKDOWN).
+            values = (delta.requests, delta.tokens, delta.calls, delta.errors,
+                      delta.rate_limited,
+                      delta.cost_nanos, unpriced, delta.unpriced_nanos,
+                      1, 0 if record.success else 1, record.total_tokens, record.input_tokens,
+                      record.output_tokens, delta.cost_nanos - delta.unpriced_nanos, unpriced,
+                      delta.unpriced_nanos, record.cached_input_tokens,
+                      record.cache_write_tokens, record.reasoning_tokens)
+            key = (entry.scopes, entry.month, MINUTE.bucket(when), DAY.bucket(when),
+                   record.model, record.api_method, entry.day_name)
+            sums = groups.get(key)
+            if sums is None:
+                groups[key] = list(values)
+            else:
+                sums[:] = map(add, sums, values)
         breakdowns = batch.breakdowns
-        for scope in entry.scopes:
-            month = totals_key(scope, entry.month)
-            batch.month(scope, month, delta.cost_nanos, unpriced, delta.unpriced_nanos)
-            if is_budget_scope(scope):  # a day or week budget: its cost is all it keeps
-                continue
-            batch.touched.add(scope)
-            batch.bucket(scope, _MIN, minute, counts)
-            batch.bucket(scope, _DAY, day, day_counts)
-            keys = [(scope, month, by, name if conn is None else
-                     self._name(conn, scope, month, by, name)) for by, name in names]
-            keys.append((scope, month, "day", entry.day_name))
-            for key in keys:
-                row = breakdowns.get(key)
-                if row is None:
-                    breakdowns[key] = list(values)
-                else:
-                    row[:] = map(add, row, values)
+        for (scopes, entry_month, minute, day, model, method, day_name), sums in groups.items():
+            counts, charge, added = sums[:5], sums[5:8], sums[8:]
+            day_counts = (sums[0], sums[1], 0, 0, 0)
+            names = (("model", model), ("api_method", method))
+            for scope in scopes:
+                month = totals_key(scope, entry_month)
+                batch.month(scope, month, *charge)
+                if is_budget_scope(scope):  # a day or week budget: its cost is all it keeps
+                    continue
+                batch.touched.add(scope)
+                batch.bucket(scope, _MIN, minute, counts)
+                batch.bucket(scope, _DAY, day, day_counts)
+                rows = [(scope, month, by, name if conn is None else
+                         self._name(conn, scope, month, by, name)) for by, name in names]
+                rows.append((scope, month, "day", day_name))
+                for row_key in rows:
+                    row = breakdowns.get(row_key)
+                    if row is None:
+                        breakdowns[row_key] = list(added)
+                    else:
+                        row[:] = map(add, row, added)
 
     def _apply_reservation(
         self, batch: _Batch, scopes: Sequence[str], requests: int, tokens: int, nanos: int,
