@@ -287,12 +287,11 @@ class GenaiSource:
         return None
 
     # ------------------------------------------------------------------ prices
-    def current_prices(self) -> list[Any]:
-        """Every model's standard price now, as override prices (``ModelPrice``), the highest
-        rate of a tiered price taken: for the dearest-price fallback."""
+    def current_prices(self) -> list[dict[str, Any]]:
+        """Every model's standard price now, as the fields of an override price
+        (:class:`~quota_hooks.pricing.ModelPrice`), the highest rate of a tiered price taken:
+        for the dearest-price fallback."""
         from genai_prices.types import TieredPrices
-
-        from .pricing import ModelPrice
 
         def top(value: Any) -> Any:
             if isinstance(value, TieredPrices):
@@ -312,7 +311,7 @@ class GenaiSource:
                 hours = top(getattr(price, "audio_hours", None))
                 if hours is not None:
                     fields["per_minute"] = hours / 60
-                prices.append(ModelPrice(**{k: v for k, v in fields.items() if v is not None}))
+                prices.append({k: v for k, v in fields.items() if v is not None})
         return prices
 
     def rates(self, found: tuple[Any, Any, bool], when: datetime,
