@@ -118,7 +118,7 @@ def test_an_unreachable_server_holds_commits_and_reads_fail() -> None:
     manager.record(UsageRecord(workspace_id="ws"))  # never raises
     manager.record(UsageRecord(workspace_id="ws"))  # the backlog is full: dropped, counted
     assert store.dropped_records == 1 and manager.tracking_errors == 0
-    assert manager._degraded("ws", T0)
+    assert manager.health.degraded("ws", T0, manager.store)
 
 
 def test_redis_restart(tmp_path: Path) -> None:
