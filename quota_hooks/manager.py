@@ -24,6 +24,7 @@ import anyio.to_thread
 
 from ._config import check_arguments, from_environment
 from ._core import Core, Plan, check_record
+from ._flow import Flow, arun, run
 from ._health import DEGRADED_SECONDS, Health
 from ._reads import aread_history, aread_status, read_history, read_status
 from .advice import Advice, advise, mixes_from_breakdown
@@ -307,34 +308,28 @@ class QuotaManager:
         would be exceeded; :class:`StorageError` when the store fails and not ``fail_open``.
         ``wait=False`` treats ``wait`` limits as ``raise`` (for callers that must not block).
         """
-        self._sync.before_call()
-        try:
-            plan = self.core.plan(workspace_id, estimate, scopes)
-            if plan is None:
-                return None
-            waited = 0.0
-            for _ in range(_MAX_WAIT_ROUNDS):
-                try:
-                    result = self.store.reserve(*plan.reserve_args(self.clock()))
-                except Exception as exc:
-                    self._store_failed(workspace_id, plan, exc)  # raises unless fail_open
-                    return None
-                outcome = self.core.outcome(result, plan, waited, wait)
-                if isinstance(outcome, Reservation):
-                    self._decided(workspace_id, estimate, outcome, waited)
-                    return outcome
-                self.sleep(outcome)
-                waited += outcome
-        except (QuotaExceededError, StorageError) as exc:
-            self._decided(workspace_id, estimate, exc)
-            raise
-        raise RuntimeError(f"acquire for {workspace_id!r} did not settle in {_MAX_WAIT_ROUNDS} "
-                           "waits")
+        return run(self._admission(workspace_id, estimate, scopes, wait), self._step)
 
     async def aacquire(self, workspace_id: str, estimate: Estimate, *,
                        scopes: Mapping[str, str] | None = None,
                        wait: bool = True) -> Reservation | None:
         """Async :meth:`acquire`: waits with ``await``, never blocks the event loop."""
+        return await arun(self._admission(workspace_id, estimate, scopes, wait), self._astep)
+
+    def _step(self, step: tuple[str, Any]) -> Any:
+        kind, value = step
+        return self.sleep(value) if kind == "sleep" else self.store.reserve(*value)
+
+    async def _astep(self, step: tuple[str, Any]) -> Any:
+        kind, value = step
+        return await (self.asleep(value) if kind == "sleep" else self._astore.areserve(*value))
+
+    def _admission(self, workspace_id: str, estimate: Estimate,
+                   scopes: Mapping[str, str] | None, wait: bool
+                   ) -> Flow[tuple[str, Any], Reservation | None]:
+        """What :meth:`acquire` and :meth:`aacquire` decide, written once: it yields
+        ``("reserve", arguments)`` for the store's reserve (sent its result, or thrown its
+        error) and ``("sleep", seconds)`` for a ``wait`` limit, and returns the reservation."""
         self._sync.before_call()
         try:
             plan = self.core.plan(workspace_id, estimate, scopes)
@@ -343,7 +338,7 @@ class QuotaManager:
             waited = 0.0
             for _ in range(_MAX_WAIT_ROUNDS):
                 try:
-                    result = await self._astore.areserve(*plan.reserve_args(self.clock()))
+                    result = yield "reserve", plan.reserve_args(self.clock())
                 except Exception as exc:
                     self._store_failed(workspace_id, plan, exc)  # raises unless fail_open
                     return None
@@ -351,7 +346,7 @@ class QuotaManager:
                 if isinstance(outcome, Reservation):
                     self._decided(workspace_id, estimate, outcome, waited)
                     return outcome
-                await self.asleep(outcome)
+                yield "sleep", outcome
                 waited += outcome
         except (QuotaExceededError, StorageError) as exc:
             self._decided(workspace_id, estimate, exc)

@@ -33,9 +33,9 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Generator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from types import ModuleType
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 try:
@@ -45,6 +45,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "quota_hooks.adapters.openai needs the OpenAI SDK: pip install 'quota-hooks[openai]'"
     ) from exc
 
+from .._flow import Flow, arun, run
 from ..compat import get_default_manager
 from ..context import current_workspace
 from ..errors import ConfigurationError, QuotaHooksError
@@ -277,7 +278,7 @@ def _joined(out: bytes | Iterable[bytes]) -> bytes:
 _Step = tuple[str, tuple[Any, ...], dict[str, Any]]
 #: What a transport does around one attempt, written once for sync and async: a generator
 #: that yields the manager calls to make and is sent their results (or thrown their errors).
-_Flow = Generator[_Step, Any, _T]
+_Flow = Flow[_Step, _T]
 
 
 def _admit(hub: _Hub, call: OpenAICall) -> _Flow[None]:
@@ -330,32 +331,12 @@ def _finish(hub: _Hub, call: OpenAICall, headers: Mapping[str, str] | None) -> _
 
 def _run(manager: QuotaManager, flow: _Flow[_T]) -> _T:
     """Carry out ``flow`` with the manager's sync methods."""
-    result: Any = None
-    error: Exception | None = None
-    while True:
-        try:
-            name, args, kwargs = flow.send(result) if error is None else flow.throw(error)
-        except StopIteration as done:
-            return cast(_T, done.value)
-        try:
-            result, error = getattr(manager, name)(*args, **kwargs), None
-        except Exception as exc:
-            result, error = None, exc
+    return run(flow, lambda step: getattr(manager, step[0])(*step[1], **step[2]))
 
 
 async def _arun(manager: QuotaManager, flow: _Flow[_T]) -> _T:
-    """Carry out ``flow`` with the manager's async methods."""
-    result: Any = None
-    error: Exception | None = None
-    while True:
-        try:
-            name, args, kwargs = flow.send(result) if error is None else flow.throw(error)
-        except StopIteration as done:
-            return cast(_T, done.value)
-        try:
-            result, error = await getattr(manager, "a" + name)(*args, **kwargs), None
-        except Exception as exc:
-            result, error = None, exc
+    """Carry out ``flow`` with the manager's async methods (``aacquire`` for ``acquire``)."""
+    return await arun(flow, lambda step: getattr(manager, "a" + step[0])(*step[1], **step[2]))
 
 
 # ---------------------------------------------------------------------------------- transports
