@@ -199,7 +199,7 @@ class MemoryStore:
         minute_bucket, day_bucket = now_buckets = buckets(when)
         names = (("model", record.model), ("api_method", record.api_method),
                  ("day", entry.day_name))
-        unpriced = entry.cost is None
+        unpriced = entry.unpriced
         kept = (record, entry.cost, entry.price_source, when)
         with self._lock:
             if self._pending:
