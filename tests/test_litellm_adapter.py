@@ -5,6 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
+import anyio
 import litellm
 import pytest
 
@@ -166,7 +167,8 @@ def test_a_failure_seen_twice_is_recorded_once(manager: QuotaManager, logger: Qu
 
 def test_plain_function_form(manager: QuotaManager) -> None:
     quota_logger = QuotaLogger(manager=manager, default_workspace="ws")
-    litellm.success_callback = [quota_logger.success_callback]
+    litellm.success_callback = [quota_logger.success_callback,
+                                quota_logger.async_success_callback]
     litellm.failure_callback = [quota_logger.failure_callback]
     litellm.completion(model="gpt-4o-mini", messages=MSG, mock_response="hi")
     with pytest.raises(litellm.RateLimitError):
@@ -182,6 +184,49 @@ def test_plain_function_form(manager: QuotaManager) -> None:
     assert manager.drain()
     [streamed] = [r for r in records(manager) if r.stream]
     assert not streamed.estimated and streamed.output_tokens < 10
+
+
+async def test_plain_function_form_counts_async_calls(manager: QuotaManager) -> None:
+    # litellm calls a sync success function for sync calls only: acompletion (plain, streamed,
+    # failed) used to go uncounted in the plain form. Failures reach the sync function once.
+    quota_logger = QuotaLogger(manager=manager, default_workspace="ws")
+    litellm.success_callback = [quota_logger.success_callback,
+                                quota_logger.async_success_callback]
+    litellm.failure_callback = [quota_logger.failure_callback]
+    await litellm.acompletion(model="gpt-4o-mini", messages=MSG, mock_response="hi")
+    stream = await litellm.acompletion(model="gpt-4o-mini", messages=MSG,
+                                       mock_response="one two three", stream=True)
+    async for _ in stream:
+        pass
+    with pytest.raises(litellm.RateLimitError):
+        await litellm.acompletion(model="gpt-4o-mini", messages=MSG,
+                                  mock_response=rate_limit_error())
+    for _ in range(100):  # litellm logs from its own tasks and threads, after the call
+        await manager.adrain()
+        if len(records(manager)) >= 3:
+            break
+        await anyio.sleep(0.02)
+    got = records(manager)
+    assert sorted((r.stream, r.success) for r in got) == [(False, False), (False, True),
+                                                          (True, True)]
+    [streamed] = [r for r in got if r.stream]
+    assert not streamed.estimated and streamed.output_tokens < 10
+    assert manager.status("ws", enhanced=False).requests_per_day.current == 3
+
+
+def test_plain_function_form_with_one_half_warns(
+    manager: QuotaManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    quota_logger = QuotaLogger(manager=manager, default_workspace="ws")
+    litellm.success_callback = [quota_logger.success_callback]
+    with caplog.at_level("WARNING", logger="quota_hooks"):
+        litellm.completion(model="gpt-4o-mini", messages=MSG, mock_response="hi")
+        litellm.completion(model="gpt-4o-mini", messages=MSG, mock_response="hi")
+        assert manager.drain()
+    warned = [r.getMessage() for r in caplog.records if "async_success_callback" in
+              r.getMessage()]
+    assert len(warned) == 1 and "async calls are not counted" in warned[0]
+    assert len(records(manager)) == 2
 
 
 def test_callback_errors_are_counted_not_dropped(

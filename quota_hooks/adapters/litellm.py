@@ -11,8 +11,11 @@
 or the plain function form::
 
     logger = QuotaLogger(manager=manager)
-    litellm.success_callback = [logger.success_callback]
+    litellm.success_callback = [logger.success_callback, logger.async_success_callback]
     litellm.failure_callback = [logger.failure_callback]
+
+(litellm calls a sync function for sync calls only and an async one for async calls only:
+both halves are needed).
 
 The workspace comes from ``metadata["workspace_id"]``, then the :func:`quota_hooks.workspace`
 block the call was made in, then ``default_workspace``, then ``"default"``. ``user=`` and
@@ -141,6 +144,7 @@ class QuotaLogger(CustomLogger):
         self._tracking: dict[str, tuple[Any, ...]] = {}
         self._reservations: dict[str, Reservation] = {}
         self._lock = threading.Lock()
+        self._plain_checked = False
         self.unrefused = 0
         """Sync calls that a limit would have refused but litellm gave no way to stop (see
         :meth:`log_pre_api_call`); use :func:`guarded` for those."""
@@ -328,22 +332,52 @@ class QuotaLogger(CustomLogger):
                 return self._tracking.pop(call_id, ())
             return self._tracking.get(call_id, ())
 
-    # The plain function form: litellm.success_callback / failure_callback.
+    # The plain function form: litellm.success_callback / failure_callback. litellm calls a
+    # plain sync function in success_callback for sync calls only, and an async one for async
+    # calls only (acompletion, aembedding...); a sync function in failure_callback for both.
     def success_callback(
         self, kwargs: dict[str, Any], completion_response: Any, start_time: Any, end_time: Any
     ) -> None:
-        """For ``litellm.success_callback = [logger.success_callback]``. litellm calls it for
-        every chunk of a stream too: only the stream's end (``complete_streaming_response``)
-        is a call."""
-        if kwargs.get("stream") and not kwargs.get("complete_streaming_response"):
-            return
-        self.log_success_event(kwargs, completion_response, start_time, end_time)
+        """For ``litellm.success_callback = [logger.success_callback,
+        logger.async_success_callback]``: the sync calls. litellm calls it for every chunk
+        of a stream too: only the stream's end (``complete_streaming_response``) is a call."""
+        self._check_plain_form()
+        if _stream_done(kwargs):
+            self.log_success_event(kwargs, completion_response, start_time, end_time)
+
+    async def async_success_callback(
+        self, kwargs: dict[str, Any], completion_response: Any, start_time: Any, end_time: Any
+    ) -> None:
+        """The async calls' half of :meth:`success_callback` (``acompletion``,
+        ``aembedding``...): litellm never calls a sync function for them."""
+        self._check_plain_form()
+        if _stream_done(kwargs):
+            await self.async_log_success_event(kwargs, completion_response, start_time,
+                                               end_time)
 
     def failure_callback(
         self, kwargs: dict[str, Any], completion_response: Any, start_time: Any, end_time: Any
     ) -> None:
-        """For ``litellm.failure_callback = [logger.failure_callback]``."""
+        """For ``litellm.failure_callback = [logger.failure_callback]`` (sync and async
+        calls both)."""
+        self._check_plain_form()
         self.log_failure_event(kwargs, completion_response, start_time, end_time)
+
+    def _check_plain_form(self) -> None:
+        """Warn once when only one half of the success callbacks is registered: the other
+        kind of call (sync or async) would go uncounted."""
+        if self._plain_checked:
+            return
+        self._plain_checked = True
+        registered = [*litellm.success_callback, *litellm._async_success_callback]
+        missing = [name for name in ("success_callback", "async_success_callback")
+                   if getattr(self, name) not in registered]
+        if missing and len(missing) < 2:
+            _log.warning(
+                "quota-hooks: litellm.success_callback holds only one of "
+                "QuotaLogger.success_callback and async_success_callback: %s calls are not "
+                "counted; register both", "async" if missing == ["async_success_callback"]
+                else "sync")
 
     # ------------------------------------------------------------------ draining
     def drain(self, timeout: float = 5.0) -> bool:
@@ -533,6 +567,13 @@ def _litellm_cost(value: Any) -> Decimal | None:
         return Decimal(repr(float(value))).quantize(_PICO)
     except InvalidOperation:
         return None
+
+
+def _stream_done(kwargs: Mapping[str, Any]) -> bool:
+    """A plain success function's call is a whole call: not a stream, or a stream's end."""
+    return not kwargs.get("stream") or bool(
+        kwargs.get("complete_streaming_response")
+        or kwargs.get("async_complete_streaming_response"))
 
 
 def _metadata(kwargs: Mapping[str, Any]) -> Mapping[str, Any]:
