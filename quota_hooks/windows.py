@@ -13,11 +13,17 @@ Time is a float of epoch seconds from an injected clock (``time.time`` by defaul
 Memory is bounded by the window, not by traffic: a window holds at most its buckets, and only
 those that hold counts.
 
-The wall clock may step back (an NTP correction, a VM resumed from a snapshot). Usage is never
-written into the future, and buckets that a step back has left in the future (more than
-:attr:`Window.tolerance` buckets ahead of now) are folded into now's bucket, so they keep
-counting for one more whole window from now: a window never switches off, and never stays
-frozen until the clock catches up.
+The wall clock may step back (an NTP correction, a VM resumed from a snapshot), and a caller
+may read or write with a ``now`` taken a moment before another caller's (a thread that was
+descheduled, a batch that waited for its writer). Usage is never written into the future. A
+``now`` behind the newest bucket by less than a whole window is such a late caller: every
+bucket stays where it is and the window is the one at the newest bucket (a late reader sees
+what a fresh one would; a small step back counts its last calls until a window after their
+own time, at most one window longer than the new clock says: an over-count, never an
+under-count). A ``now`` a whole window or more behind is a clock that stepped back: the
+buckets it left in the future are folded into now's bucket, so they keep counting for one
+more whole window from now: a window never switches off, and never stays frozen until the
+clock catches up.
 """
 
 from __future__ import annotations
@@ -58,7 +64,13 @@ class Window:
     buckets: int
     tolerance: int = 2
     """Buckets ahead of now that still count as the present (the jitter of concurrent
-    callers' clocks); newer ones are a clock that stepped back, and are folded into now."""
+    callers' clocks) when looking for the bucket that frees room next."""
+
+    def stepped_back(self, current: int, newest: int) -> bool:
+        """Whether ``current`` (now's bucket) is a whole window or more behind the ``newest``
+        bucket held: a clock that stepped back, whose future buckets are folded into now's.
+        Less is a late caller (see the module's docstring): nothing moves."""
+        return newest - current >= self.buckets
 
     @property
     def seconds(self) -> int:
@@ -244,9 +256,10 @@ class RollingCounter:
         return len(self._ids)
 
     def _present(self, now: float) -> int:
-        """Now's bucket, after folding buckets that a clock step back left in the future."""
+        """Now's bucket, after folding buckets that a clock step back left in the future (a
+        late caller folds nothing: see the module's docstring)."""
         current = self.window.bucket(now)
-        if current < self._newest - self.window.tolerance:
+        if self.window.stepped_back(current, self._newest):
             self._fold(current)
         return current
 
@@ -296,7 +309,9 @@ class RollingCounter:
                     sums[i] += count
             return True
         current = self._present(now)
-        bucket = min(bucket, current)
+        # Never into the future: at most now's bucket, or the newest held for a late caller
+        # (an undo finds its call's bucket where it is).
+        bucket = min(bucket, current if current >= self._newest else self._newest)
         oldest = current - self.window.buckets + 1
         if bucket < oldest:
             return False

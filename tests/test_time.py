@@ -1,5 +1,6 @@
 """Time on every store: a wall clock that steps back never switches a window off (nor freezes
-it until the clock catches up), and a record's own timestamp decides where it counts."""
+it for more than a window), a late caller (a ``now`` taken a moment before another's) never
+makes a window forget a call, and a record's own timestamp decides where it counts."""
 
 from __future__ import annotations
 
@@ -42,7 +43,10 @@ def test_a_clock_stepping_back_never_switches_rpm_off(store: Store, step: float)
     clock.set(T0 + 30 - step)  # the wall clock steps back
     assert admitted(m, 500) == 0  # the last minute's calls still count
     assert m.status("ws").requests_per_minute.current == 100
-    clock.advance(61)  # a minute on the new clock: the window moves on, it is not frozen
+    # A step back of a window or more folds the calls into now: a minute on the new clock,
+    # the window moves on. A smaller one is a late clock: the calls count until a minute
+    # after their own time (at most one window longer: never frozen).
+    clock.advance(61 + (step if step < 60 else 0))
     assert admitted(m, 500) == 100
     clock.advance(61)
     assert admitted(m, 50) == 50
@@ -50,16 +54,42 @@ def test_a_clock_stepping_back_never_switches_rpm_off(store: Store, step: float)
 
 def test_the_daily_window_holds_across_a_step_back(store: Store) -> None:
     clock = ManualClock(T0 + 3600)
-    # No alert evaluation in the background: a read at another moment of the stepped clock
-    # would fold the buckets left in the future at another time (an over-count, as documented).
     m = QuotaManager(QuotaPolicy(rpm=None, rpd=10, tpm=None, tpd=None,
-                                 monthly_budget_usd=None), store=store, clock=clock,
-                     alert_history=0)
+                                 monthly_budget_usd=None), store=store, clock=clock)
     assert admitted(m, 10) == 10
-    clock.set(T0)  # an hour back
+    clock.set(T0)  # an hour back: less than the day window, so nothing moves
     assert admitted(m, 10) == 0
-    clock.advance(86_400 + 120)  # a day on
+    clock.advance(86_400 + 120)  # a day on the new clock: the calls are 23 h 58 min old
+    assert admitted(m, 10) == 0
+    clock.advance(3_600)  # a day after their own time
     assert admitted(m, 20) == 10
+    # Two days back is more than the window: the day's calls fold into now's bucket and
+    # count for one more day, then they are gone.
+    clock.set(clock() - 2 * 86_400)
+    assert admitted(m, 10) == 0
+    clock.advance(86_400 + 120)
+    assert admitted(m, 20) == 10
+
+
+def test_a_late_reader_never_makes_a_window_forget(store: Store) -> None:
+    """A read whose ``now`` was taken a few seconds before the newest call (a thread that
+    was descheduled, another process's batch that waited) once folded the newer buckets into
+    its own older one: they then left the window early, and the limit let calls through."""
+    clock = ManualClock(T0 + 30)
+    m = QuotaManager(QuotaPolicy(rpm=100, rpd=None, tpm=None, tpd=None,
+                                 monthly_budget_usd=None), store=store, clock=clock)
+    assert admitted(m, 100) == 100
+    clock.set(T0 + 20)  # a late reader, ten seconds behind, and a late writer
+    assert m.status("ws").requests_per_minute.current == 100
+    m.record(UsageRecord(workspace_id="ws", model="gpt-4o-mini", input_tokens=1))
+    assert m.status("ws").requests_per_minute.current == 101
+    clock.set(T0 + 31)  # and a late writer's reservation, refused
+    assert admitted(m, 1) == 0
+    clock.set(T0 + 85)  # 55 s after the calls: they still count
+    assert admitted(m, 50) == 0
+    assert m.status("ws").requests_per_minute.current == 100
+    clock.set(T0 + 91)  # a minute after them: the window has moved on
+    assert admitted(m, 50) == 50
 
 
 def test_a_record_counts_where_its_timestamp_says(store: Store) -> None:
@@ -91,8 +121,20 @@ def test_the_ring_folds_what_a_step_back_left_in_the_future() -> None:
         ring = RollingCounter(window, 1)
         now = T0 + 7 * window.seconds
         ring.add(window.bucket(now), [5], now)
-        back = now - 10 * window.bucket_seconds
-        assert ring.totals(back) == [5]  # still counting
+        # Ten buckets back: a late caller. Nothing moves; its call goes in its own bucket.
+        late = now - 10 * window.bucket_seconds
+        assert ring.totals(late) == [5]
+        assert ring.add(window.bucket(late), [1], late)
+        assert ring.totals(late) == [6]
+        assert ring.totals(late + window.seconds) == [5]  # the late call has left
+        assert ring.totals(now + window.seconds - window.bucket_seconds) == [5]
+        assert ring.totals(now + window.seconds) == [0]  # a window after their own time
+        # A whole window back: a clock that stepped back. Everything held joins now's
+        # bucket and counts for one more whole window from there.
+        now += window.seconds
+        ring.add(window.bucket(now), [5], now)
+        back = now - window.seconds
+        assert ring.totals(back) == [5]
         assert ring.add(window.bucket(back), [1], back)
         assert ring.totals(back) == [6]
         later = back + window.seconds - window.bucket_seconds

@@ -172,12 +172,22 @@ ON CONFLICT (scope, month, by_kind, name) DO UPDATE SET
   cached_input_tokens = cached_input_tokens + excluded.cached_input_tokens,
   cache_write_tokens = cache_write_tokens + excluded.cache_write_tokens,
   reasoning_tokens = reasoning_tokens + excluded.reasoning_tokens"""
-# Buckets from the window's start on, a future one too (a clock that stepped back: it keeps
-# counting until a writer folds it into now's bucket).
+# Buckets from the window's start on, a future one too (a late reader's, or a clock that
+# stepped back: it keeps counting until a writer folds it into now's bucket).
 _SUM = """
 SELECT COALESCE(SUM(requests), 0), COALESCE(SUM(tokens), 0), COALESCE(SUM(calls), 0),
        COALESCE(SUM(errors), 0), COALESCE(SUM(rate_limited), 0)
 FROM buckets WHERE scope = ? AND win = ? AND bucket >= ?"""
+
+
+def _held_bucket(window: Window, at: float, now: float) -> int:
+    """The bucket that a reservation made at ``at`` holds in, seen at ``now``: its own,
+    unless a clock step back of a whole window has folded it into now's (never a bucket
+    ahead of the newest: ``at`` is a time this store has seen)."""
+    held, current = window.bucket(at), window.bucket(now)
+    return current if window.stepped_back(current, held) else held
+
+
 _FOLD = """
 INSERT INTO buckets (scope, win, bucket, requests, tokens, calls, errors, rate_limited)
 SELECT scope, win, ?, SUM(requests), SUM(tokens), SUM(calls), SUM(errors), SUM(rate_limited)
@@ -709,11 +719,11 @@ class SQLiteStore:
         at: float, month: str, sign: int, now: float,
     ) -> None:
         counts = (sign * requests, sign * tokens, 0, 0, 0)
-        at = min(at, now)  # never into the future (a clock that stepped back)
+        minute, day = _held_bucket(MINUTE, at, now), _held_bucket(DAY, at, now)
         for scope in scopes:
             if not is_budget_scope(scope):
-                batch.bucket(scope, _MIN, MINUTE.bucket(at), counts)
-                batch.bucket(scope, _DAY, DAY.bucket(at), counts)
+                batch.bucket(scope, _MIN, minute, counts)
+                batch.bucket(scope, _DAY, day, counts)
             batch.month(scope, totals_key(scope, month), sign * nanos)
 
     def _settle(
@@ -747,13 +757,14 @@ class SQLiteStore:
 
     def _fold_future(self, conn: sqlite3.Connection, scope: str, now: float) -> None:
         """Buckets that a clock step back left in the future join now's bucket (see
-        :mod:`quota_hooks.windows`): they count for one more window, then expire."""
+        :mod:`quota_hooks.windows`): they count for one more window, then expire. A late
+        ``now`` (less than a window behind) moves nothing."""
         for win, window in enumerate(_WINDOWS):
             current = window.bucket(now)
             newest = conn.execute(
                 "SELECT MAX(bucket) FROM buckets WHERE scope = ? AND win = ?", (scope, win)
             ).fetchone()[0]
-            if newest is None or newest <= current + window.tolerance:
+            if newest is None or not window.stepped_back(current, newest):
                 continue
             conn.execute(_FOLD, (current, scope, win, current))
             conn.execute("DELETE FROM buckets WHERE scope = ? AND win = ? AND bucket > ?",

@@ -19,8 +19,9 @@
 -- A call reads a scope's state with one HMGET and writes it back with one HSET (and one
 -- HDEL); a bucket is read on its own only when it is not the current one.
 local PER_SCOPE = 5
--- tol: buckets ahead of now that still count as the present; newer ones were left in the
--- future by a clock that stepped back, and are folded into now's bucket (windows.py).
+-- tol: buckets ahead of now that still count as the present. Buckets a whole window (n) or
+-- more ahead were left in the future by a clock that stepped back, and are folded into now's
+-- bucket; a late now (less than a window behind) moves nothing (windows.py).
 local WINDOWS = { { bs = 1, n = 60, tol = 2 }, { bs = 60, n = 1440, tol = 1 } }
 local STATE_TTL = 2 * 86400
 local LONG_TTL = 400 * 86400
@@ -120,7 +121,7 @@ local function slide(st, w)
   local lo, hi, cur = st.lo[w], st.hi[w], st.cur[w]
   if not lo then return end
   local total = st.tot[w]
-  if hi > cur + win.tol then
+  if hi >= cur + win.n then
     local ahead = bucket_fields(w, math.max(lo, cur + win.tol + 1), hi)
     get_many(st, ahead)
     local sum = unpack_counts(nil)
@@ -164,8 +165,12 @@ local function add(st, w, at, counts)
   local win = WINDOWS[w]
   local cur = st.cur[w]
   local bucket = math.floor(at / win.bs)
-  if bucket > cur then bucket = cur end
+  -- never into the future: at most now's bucket, or the newest held for a late now (an undo
+  -- finds its call's bucket where it is)
+  if bucket > cur then bucket = math.min(bucket, math.max(cur, st.hi[w] or cur)) end
   if bucket < cur - win.n + 1 then return end
+  -- a late now's call older than the window at the newest bucket has left it too
+  if st.hi[w] and bucket < st.hi[w] - win.n + 1 then return end
   local f = bucket == cur and st.cur_field[w] or bucket_field(w, bucket)
   local c = unpack_counts(get(st, f))
   local total = st.tot[w]
