@@ -54,7 +54,8 @@ from .storage.base import (
 from .usage import bounded
 from .windows import PERIODS, Period, month_key, period_key
 
-__all__ = ["MAX_BACKOFF", "POLICY_REFRESH", "ControlPlane", "PolicySync", "base_policy",
+__all__ = ["MAX_BACKOFF", "POLICY_REFRESH", "Administration", "ControlPlane", "PolicySync",
+           "base_policy",
            "describe_policy", "history_scope", "merge_policy", "policy_json", "reading"]
 
 logger = logging.getLogger("quota_hooks")
@@ -578,3 +579,105 @@ def _alerts(rows: Iterable[str]) -> list[Alert]:
         except ValueError:
             continue
     return alerts
+
+
+class Administration:
+    """The control plane of :class:`~quota_hooks.manager.QuotaManager`: its policies in the
+    store (shared by every process), usage resets and the alert history that keeps every
+    change. The work is :class:`ControlPlane`'s and :class:`PolicySync`'s."""
+
+    policies: Policies
+    _control: ControlStore | None
+    _admin: ControlPlane
+    _sync: PolicySync
+
+    def set_policy(self, workspace_id: str, policy: QuotaPolicy | None) -> None:
+        """Give ``workspace_id`` its own policy (``None`` returns it to the default), in the
+        store too, so that every process sharing it enforces it.
+
+        Raises:
+            StorageError: the store failed (nothing changed).
+        """
+        if policy is not None and not isinstance(policy, QuotaPolicy):
+            raise ConfigurationError(
+                f"policy must be a QuotaPolicy or None, got {type(policy).__name__}")
+        if self._control is not None:  # the store's only: a code copy would outlive a delete
+            self.put_policies({f"workspace:{workspace_id}": policy})
+        else:
+            self.policies.set(workspace_id, policy)
+
+    def put_policies(self, changes: Mapping[str, QuotaPolicy | None], *,
+                     by: str = "manager") -> int:
+        """Store policies for every process sharing the store, keyed ``"workspace:<id>"`` (or
+        the id), ``"kind:value"``, ``"kind:*"`` or ``"*"`` (``None`` deletes one), in one new
+        table version, which it returns. Each change is kept in the alert history (``by``
+        says who made it). Raises :class:`StorageError` when the store fails and
+        :class:`ConfigurationError` when it keeps no policies."""
+        return self._admin.put(changes, by)
+
+    def update_policy(self, name: str, fields: Mapping[str, Any], *, by: str = "manager",
+                      names: Mapping[str, str] | None = None) -> tuple[int, QuotaPolicy]:
+        """Change some ``fields`` of the stored policy of ``name`` (a workspace id,
+        ``"team:ml"``, ``"user:*"`` or ``"*"``); the others keep their value (its stored
+        policy, else :func:`~quota_hooks.control.base_policy`). A change another process made
+        meanwhile is kept, never overwritten. Returns the new version and the policy; the
+        change is kept in the alert history. Raises :class:`ConfigurationError` for a bad
+        field (named as ``names`` says), :class:`StorageError` when the store fails."""
+        return self._admin.update(name, fields, by, names)
+
+    def reset_usage(self, name: str, *, by: str = "manager", period: str = "month") -> Decimal:
+        """Start the budget ``period`` (``"month"``, ``"week"`` or ``"day"``) of a workspace
+        (``"acme"``) or scope (``"team:ml"``) again: what it was charged in the period no
+        longer counts against that budget (calls still pending do; the breakdowns and the
+        history keep everything), and its budget alerts fire again. The reset is kept in the
+        alert history (``usage_reset``, with ``by``) and sent to the sinks. Returns the USD
+        taken off. Raises :class:`StorageError` when the store fails,
+        :class:`ConfigurationError` for ``"*"``, a name with no usage in the period, a day
+        or week budget the policy does not set, or a store that keeps no control plane."""
+        return self._admin.reset(name, by, period)
+
+    def note_admin_action(self, kind: AlertKind, key: str, message: str, *,
+                          publish: bool = True) -> Alert:
+        """Keep an admin's change (a policy set or deleted, a usage reset) in the alert
+        history of the scope it touched (``key``: ``"workspace:<id>"``, ``"team:ml"``, ``"*"``)
+        and send it to the sinks and live listeners, so that no change is silent. Raises
+        :class:`StorageError` when the history cannot be written."""
+        return self._admin.note(kind, key, message, publish=publish)
+
+    def alert_history(self, workspace_id: str, n: int = 50) -> list[Alert]:
+        """The last ``n`` alerts of ``workspace_id`` kept in the store (every process's,
+        across restarts; policy changes and resets included), newest first. Raises
+        :class:`StorageError` if the store fails."""
+        return self._admin.history_of(f"workspace:{workspace_id}", n)
+
+    async def aalert_history(self, workspace_id: str, n: int = 50) -> list[Alert]:
+        """Async :meth:`alert_history`."""
+        return await self._admin.ahistory_of(f"workspace:{workspace_id}", n)
+
+    def history_of(self, key: str, n: int = 50) -> list[Alert]:
+        """:meth:`alert_history` of a store key: ``"workspace:<id>"``, a scope
+        (``"team:ml"``: its policy changes and resets) or ``"*"`` (the default's)."""
+        return self._admin.history_of(key, n)
+
+    def stored_policies(self) -> PolicyTable:
+        """The store's policy table, read now. Raises :class:`StorageError` when the store
+        fails and :class:`ConfigurationError` when it keeps no policies."""
+        return self._admin.table()
+
+    def policy_source(self, workspace_id: str) -> dict[str, Any]:
+        """Where the policy of ``workspace_id`` comes from: ``{"source": "store" | "code",
+        "key": "workspace:<id>" | "*", "version": <table version, stored only>}``."""
+        source, key = self.policies.source(workspace_id)
+        found: dict[str, Any] = {"source": source, "key": key}
+        if source == "store":
+            found["version"] = self.policies.stored_version(key)
+        return found
+
+    def refresh_policies(self) -> None:
+        """Read the store's policy table now if it changed (it is read every
+        ``policy_refresh`` seconds anyway). Never raises."""
+        self._sync.read()
+
+    async def arefresh_policies(self) -> None:
+        """Async :meth:`refresh_policies`."""
+        await self._sync.aread()
