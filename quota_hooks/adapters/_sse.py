@@ -55,6 +55,9 @@ class EventStream:
     def feed(self, data: bytes) -> bytes:
         """Take body bytes; return the caller's share of the events they complete."""
         buffer = self._buffer
+        if (not buffer and data.endswith(b"\n\n") and data.find(b"\n\n") == len(data) - 2
+                and b"\r" not in data):
+            return self._read(data)  # the usual chunk: one whole event, LF line ends
         buffer += data
         out: list[bytes] = []
         start = 0
@@ -87,16 +90,21 @@ class EventStream:
 
     def _event(self, raw: bytes) -> bytes:
         """Learn from one event; returns what the caller gets of it."""
-        if raw.find(b"data:") < 0:
-            return raw
         name = b""
-        data_lines = []
-        for line in raw.removeprefix(b"\xef\xbb\xbf").splitlines():  # a stream may open with a BOM
-            if line.startswith(b"data:"):
-                data_lines.append(line[6:] if line[5:6] == b" " else line[5:])
-            elif line.startswith(b"event:"):
-                name = line[6:].strip()
-        data = data_lines[0] if len(data_lines) == 1 else b"\n".join(data_lines)
+        body = raw.rstrip(b"\r\n")
+        if body.startswith(b"data: ") and b"\n" not in body and b"\r" not in body:
+            data = body[6:]  # the usual event: one data line
+        else:
+            if raw.find(b"data:") < 0:
+                return raw
+            data_lines = []
+            # (a stream may open with a BOM)
+            for line in raw.removeprefix(b"\xef\xbb\xbf").splitlines():
+                if line.startswith(b"data:"):
+                    data_lines.append(line[6:] if line[5:6] == b" " else line[5:])
+                elif line.startswith(b"event:"):
+                    name = line[6:].strip()
+            data = data_lines[0] if len(data_lines) == 1 else b"\n".join(data_lines)
         if data == b"[DONE]":
             return raw
         reader = self._reader
@@ -124,10 +132,6 @@ class EventStream:
 
 _USAGE_KEY = b'"usage"'
 _JSON_SPACE = b" \t\r\n"
-_NULL_USAGE = re.compile(
-    rb'(,\s*"usage"\s*:\s*null)(?=\s*[,}])'  # after another member
-    rb'|(?<=\{)(\s*"usage"\s*:\s*null\s*,?)'  # the first member
-)
 
 
 def usage_object_in(data: bytes) -> bool:
@@ -151,10 +155,45 @@ def usage_object_in(data: bytes) -> bool:
 def without_null_usage(raw: bytes) -> bytes:
     """``raw`` without its ``"usage": null`` member (the one that injecting
     ``include_usage`` adds to every chunk); a quoted ``"usage"`` can only be a key, since
-    quotes inside JSON strings are escaped."""
-    if _USAGE_KEY not in raw:
-        return raw
-    return _NULL_USAGE.sub(b"", raw, count=1)
+    quotes inside JSON strings are escaped. A scan from each ``"usage"`` key: the first one
+    whose value is ``null`` goes, with the comma that joins it to its neighbours."""
+    at = raw.find(_USAGE_KEY)
+    while at >= 0:
+        cut = _null_member(raw, at)
+        if cut is not None:
+            return raw[:cut[0]] + raw[cut[1]:]
+        at = raw.find(_USAGE_KEY, at + 1)
+    return raw
+
+
+def _null_member(raw: bytes, at: int) -> tuple[int, int] | None:
+    """The span to cut for the member whose key starts at ``at``, if its value is ``null``
+    and it is a member (after ``{`` or ``,``; before ``}`` or ``,``)."""
+    n = len(raw)
+    i = at + len(_USAGE_KEY)
+    while i < n and raw[i] in _JSON_SPACE:
+        i += 1
+    if i >= n or raw[i] != 58:  # ":"
+        return None
+    i += 1
+    while i < n and raw[i] in _JSON_SPACE:
+        i += 1
+    if raw[i:i + 4] != b"null":
+        return None
+    end = i + 4
+    after = end
+    while after < n and raw[after] in _JSON_SPACE:
+        after += 1
+    if after >= n or raw[after] not in b",}":
+        return None
+    before = at - 1
+    while before >= 0 and raw[before] in _JSON_SPACE:
+        before -= 1
+    if before >= 0 and raw[before] == 44:  # ",": after another member, the comma goes too
+        return before, end
+    if before >= 0 and raw[before] == 123:  # "{": the first member, with the comma after it
+        return at, after + 1 if raw[after] == 44 else end
+    return None
 
 
 # An event ends at a blank line: two line ends in a row, each of CRLF, LF or CR (any mix:
