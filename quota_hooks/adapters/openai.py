@@ -124,15 +124,17 @@ class _Hub:
         headers. Never raises."""
         headers = request.headers
         call: OpenAICall | None = None
+        ours: dict[str, str] = {}
         try:
+            ours = _our_headers(headers)
             url = request.url
             call = OpenAICall(
                 verb=request.method, path=url.path, provider=self.provider_of(url),
                 server=url.host if url.port is None else f"{url.host}:{url.port}",
-                headers=headers, context=current_workspace(), memory=self.memory,
+                headers=ours, context=current_workspace(), memory=self.memory,
                 estimator=self.manager.estimate, failed=self.failed)
         except Exception as exc:  # a bug of ours: the call goes on, untracked
-            self.failed("request", exc, headers.get(WORKSPACE_HEADER))
+            self.failed("request", exc, ours.get(WORKSPACE_HEADER))
             call = None
         if call is not None:
             try:
@@ -141,7 +143,7 @@ class _Hub:
                 call.inject = False
                 self.failed("request", exc, call.workspace_id)
         for header in OUR_HEADERS:
-            if header in request.headers:
+            if (header in ours if call is not None else header in request.headers):
                 del request.headers[header]
         return call, request
 
@@ -182,6 +184,21 @@ class _Hub:
             except Exception as again:
                 self.failed("record", again, call.workspace_id)
                 return None
+
+
+def _our_headers(headers: Any) -> dict[str, str]:
+    """Our ``x-quota-hooks-*`` headers and the SDK's retry count, lowercased, in one pass
+    over the raw headers (each lookup in an httpx ``Headers`` scans them all); a header sent
+    twice is joined with ``", "``, as ``Headers.get`` joins it."""
+    found: dict[str, str] = {}
+    encoding = headers.encoding
+    for key, value in headers.raw:
+        if len(key) > 13 and key[:2] in (b"x-", b"X-"):
+            name = key.lower()
+            if name.startswith(b"x-quota-hooks-") or name == b"x-stainless-retry-count":
+                text, shown = name.decode(encoding), value.decode(encoding)
+                found[text] = f"{found[text]}, {shown}" if text in found else shown
+    return found
 
 
 def _read_request(call: OpenAICall, request: Any, inject: bool, lib: ModuleType) -> Any:
