@@ -16,14 +16,18 @@ those that hold counts.
 The wall clock may step back (an NTP correction, a VM resumed from a snapshot), and a caller
 may read or write with a ``now`` taken a moment before another caller's (a thread that was
 descheduled, a batch that waited for its writer). Usage is never written into the future. A
-``now`` behind the newest bucket by less than a whole window is such a late caller: every
-bucket stays where it is and the window is the one at the newest bucket (a late reader sees
+``now`` behind the latest one seen by less than a whole window is such a late caller: every
+bucket stays where it is and the window is the one at the latest now (a late reader sees
 what a fresh one would; a small step back counts its last calls until a window after their
 own time, at most one window longer than the new clock says: an over-count, never an
 under-count). A ``now`` a whole window or more behind is a clock that stepped back: the
 buckets it left in the future are folded into now's bucket, so they keep counting for one
 more whole window from now: a window never switches off, and never stays frozen until the
-clock catches up.
+clock catches up. A bucket the window has left is kept one more window, out of the sums, so
+that a caller from before a step back (whose window has left the folded bucket) cannot make
+the stepped clock forget it. An undo (a reservation settled or released) takes from its own
+bucket only: after a fold merged that bucket away, what it held counts until the merged
+bucket leaves the window (an over-count), never another call's count.
 """
 
 from __future__ import annotations
@@ -231,44 +235,52 @@ class RollingCounter:
     sums the buckets still inside the window. Only buckets that hold something exist (two
     parallel lists, ids ascending), so an idle scope costs a few hundred bytes rather than a
     ring of 1,440 buckets; running sums make both O(1) amortized: a bucket is subtracted
-    once, when the window slides past it. Not thread-safe: the owning store locks.
+    once, when the window slides past it. A bucket the window has left is kept one more
+    window (retired, out of the sums), so that a clock that steps back after a caller with a
+    later ``now`` slid past it finds it again (see the module's docstring). Not thread-safe:
+    the owning store locks.
     """
 
     __slots__ = ("_counts", "_cursor", "_hot", "_hot_end", "_hot_start", "_ids", "_newest",
-                 "_sums", "fields", "window")
+                 "_retired", "_sums", "fields", "window")
 
     def __init__(self, window: Window, fields: int) -> None:
         self.window = window
         self.fields = fields
         self._ids: list[int] = []  # ascending
         self._counts: list[list[int]] = []  # the counts of each id, in the same order
-        # Invariant: _sums is the sum of every bucket held, and every one is >= _cursor.
+        # Invariant: _sums is the sum of every bucket held, and every one is >= _cursor, the
+        # window's start at the latest now seen (it only moves forward, but for a fold).
         self._sums = [0] * fields
         self._cursor = _NEVER
         self._newest = _NEVER
+        # Buckets the window has left, ids ascending, all >= _cursor - window.buckets.
+        self._retired: list[tuple[int, list[int]]] = []
         # The fast path: while ``now`` stays inside the newest bucket (``_hot``, from
         # ``_hot_start`` to ``_hot_end``), nothing slides or folds: counts go straight in.
         self._hot = _NEVER
         self._hot_start = self._hot_end = 0.0
 
     def __len__(self) -> int:
-        """Buckets held."""
-        return len(self._ids)
+        """Buckets held (in the window or retired)."""
+        return len(self._ids) + len(self._retired)
 
     def _present(self, now: float) -> int:
-        """Now's bucket, after folding buckets that a clock step back left in the future (a
-        late caller folds nothing: see the module's docstring)."""
+        """Now's bucket, after folding when now is a whole window behind the latest now seen
+        (a clock that stepped back); a late caller folds nothing."""
         current = self.window.bucket(now)
-        if self.window.stepped_back(current, self._newest):
+        if current < self._cursor:
             self._fold(current)
         return current
 
     def _fold(self, current: int) -> None:
         """The clock went back: every bucket newer than ``current`` joins ``current`` (it
-        counts for a whole window from now); buckets older than the window are dropped."""
+        counts for a whole window from now), retired ones inside now's window count again,
+        and older ones are dropped."""
         oldest = current - self.window.buckets + 1
         kept: dict[int, list[int]] = {}
-        for bucket_id, counts in zip(self._ids, self._counts, strict=True):
+        held = [*self._retired, *zip(self._ids, self._counts, strict=True)]
+        for bucket_id, counts in held:
             if bucket_id < oldest:
                 continue
             into = kept.setdefault(min(bucket_id, current), [0] * self.fields)
@@ -277,28 +289,36 @@ class RollingCounter:
         self._ids = sorted(kept)
         self._counts = [kept[bucket_id] for bucket_id in self._ids]
         self._sums = [sum(values[i] for values in self._counts) for i in range(self.fields)]
+        self._retired = []
         self._cursor = oldest
         self._newest = self._ids[-1] if self._ids else current
         self._hot = _NEVER
 
     def _advance(self, oldest: int) -> None:
-        """Slide the window's start to ``oldest``, dropping older buckets from the sums."""
+        """Slide the window's start to ``oldest``: older buckets leave the sums and are
+        retired for one more window."""
         if oldest <= self._cursor:
             return
         ids = self._ids
         gone = bisect_left(ids, oldest)
+        retired = self._retired
         if gone:
             sums = self._sums
             for counts in self._counts[:gone]:
                 for i, value in enumerate(counts):
                     sums[i] -= value
+            retired.extend(zip(ids[:gone], self._counts[:gone], strict=True))
             del ids[:gone]
             del self._counts[:gone]
+        if retired and retired[0][0] < oldest - self.window.buckets:
+            keep = oldest - self.window.buckets
+            retired[:] = [item for item in retired if item[0] >= keep]
         self._cursor = oldest
 
     def add(self, bucket: int, counts: Sequence[int], now: float) -> bool:
         """Add ``counts`` to ``bucket`` (at most now's: never into the future); False
-        (nothing added) if it has left the window."""
+        (nothing added) if it has left the window. An undo (no count above zero) takes from
+        its own bucket only, never from another call's: nothing when that bucket is gone."""
         if bucket == self._hot and self._hot_start <= now < self._hot_end:
             values, sums = self._counts[-1], self._sums
             for i, count in enumerate(counts):
@@ -309,8 +329,9 @@ class RollingCounter:
                     sums[i] += count
             return True
         current = self._present(now)
-        # Never into the future: at most now's bucket, or the newest held for a late caller
-        # (an undo finds its call's bucket where it is).
+        if max(counts) <= 0:
+            return self._undo(bucket, counts)
+        # Never into the future: at most now's bucket, or the newest held for a late caller.
         bucket = min(bucket, current if current >= self._newest else self._newest)
         oldest = current - self.window.buckets + 1
         if bucket < oldest:
@@ -331,9 +352,8 @@ class RollingCounter:
                 self._counts.insert(at, values)
         sums = self._sums
         for i, count in enumerate(counts):
-            # A bucket never goes below zero: an undo takes at most what its bucket holds (a
-            # clock that stepped back folded the rest into another bucket, where it counts
-            # until that bucket leaves the window: an over-count, never an under-count).
+            # A bucket never goes below zero: a settle by difference takes at most what its
+            # bucket holds (an over-count, never an under-count).
             if count < 0 and values[i] + count < 0:
                 count = -values[i]
             values[i] += count
@@ -346,8 +366,29 @@ class RollingCounter:
                 bucket + 1) * width
         return True
 
+    def _undo(self, bucket: int, counts: Sequence[int]) -> bool:
+        """Take ``counts`` (none above zero) from ``bucket`` itself, in the window or
+        retired, at most what it holds. A bucket a fold merged away is not searched for:
+        what it held keeps counting until its merged bucket leaves (an over-count)."""
+        at = bisect_left(self._ids, bucket)
+        if at < len(self._ids) and self._ids[at] == bucket:
+            values, sums = self._counts[at], self._sums
+        else:
+            found = [c for b, c in self._retired if b == bucket]
+            if not found:
+                return False
+            values, sums = found[0], None
+        for i, count in enumerate(counts):
+            if count < 0:
+                count = max(count, -values[i])
+                values[i] += count
+                if sums is not None:
+                    sums[i] += count
+        return True
+
     def totals(self, now: float) -> list[int]:
-        """The sum of each count over the buckets inside the window at ``now``."""
+        """The sum of each count over the buckets inside the window at ``now`` (for a late
+        caller, the window at the latest now seen)."""
         if self._hot_start <= now < self._hot_end and self._ids and self._ids[-1] == self._hot:
             return list(self._sums)
         self._present(now)

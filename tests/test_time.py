@@ -5,9 +5,10 @@ makes a window forget a call, and a record's own timestamp decides where it coun
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
-from store_helpers import T0
+from store_helpers import T0, dispose, make_store
 
 from quota_hooks import Estimate, QuotaManager, QuotaPolicy, RateLimitedError, UsageRecord
 from quota_hooks.storage import Store
@@ -92,6 +93,77 @@ def test_a_late_reader_never_makes_a_window_forget(store: Store) -> None:
     assert admitted(m, 50) == 50
 
 
+def rpm_policy() -> QuotaPolicy:
+    return QuotaPolicy(rpm=100, rpd=None, tpm=None, tpd=None, monthly_budget_usd=None)
+
+
+def test_a_step_back_after_a_later_read_still_counts_every_call(store: Store) -> None:
+    """A read at a later now moved the memory window's start without moving its newest
+    bucket; a step back behind that start then dropped every call (300 of 300 admitted at
+    rpm=100)."""
+    clock = ManualClock(T0 + 100)
+    m = QuotaManager(rpm_policy(), store=store, clock=clock)
+    assert admitted(m, 1) == 1
+    clock.set(T0 + 159)
+    assert m.status("ws").requests_per_minute.current == 1
+    clock.set(T0 + 90)  # 69 s back from the read, 10 s behind the call
+    assert admitted(m, 300) == 99
+    clock.set(T0 + 95)
+    assert admitted(m, 300) == 0
+
+
+@pytest.mark.parametrize("settle", ["record", "release"])
+def test_a_call_settled_after_a_fold_never_takes_another_calls_count(
+        store: Store, settle: str) -> None:
+    """50 calls in flight when the clock steps back a whole window (their holds fold into
+    now's bucket); 49 more later; then the 50 settle. Their undo once took the 49 calls'
+    counts from now's bucket, while their own held on in the folded one."""
+    clock = ManualClock(T0 + 100)
+    m = QuotaManager(rpm_policy(), store=store, clock=clock)
+    held = [m.acquire("ws", ONE, wait=False) for _ in range(50)]
+    clock.set(T0 + 30)  # 70 s back: a fold
+    assert admitted(m, 1) == 1
+    clock.set(T0 + 80)
+    assert admitted(m, 100) == 49
+    for reservation in held:
+        if settle == "record":
+            m.record(UsageRecord(workspace_id="ws", model="gpt-4o-mini", input_tokens=1),
+                     reservation)
+        else:
+            m.release(reservation)
+    flush = getattr(store, "flush", None)
+    if flush is not None:
+        flush()
+    clock.set(T0 + 95)  # the folded bucket has left; the 49 (and the 50 recorded) count
+    counted = 49 + (50 if settle == "record" else 0)
+    assert m.status("ws").requests_per_minute.current == counted
+    assert admitted(m, 200) == 100 - counted
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_a_caller_from_before_a_step_back_never_wipes_the_window(
+        kind: str, tmp_path: Path) -> None:
+    """After a step back of a whole window folds the calls into now's bucket, one op still
+    carrying a now from before the step (a thread descheduled across it) slid the window
+    past the folded bucket and deleted it: every call of the minute forgotten. A bucket the
+    window leaves is now kept one more window. (Redis reads the server's TIME inside each
+    script by default, so no op of it can carry a now from before a step.)"""
+    store = make_store(kind, tmp_path)
+    try:
+        clock, late = ManualClock(T0 + 100.2), ManualClock(T0 + 100.5)
+        m = QuotaManager(rpm_policy(), store=store, clock=clock)
+        other = QuotaManager(rpm_policy(), store=store, clock=late, seed_policies=False)
+        assert admitted(m, 100) == 100
+        clock.set(T0 + 30.2)  # the clock steps back 70 s
+        assert admitted(m, 1) == 0
+        assert admitted(other, 1) == 1  # from before the step: its window is empty
+        assert m.status("ws").requests_per_minute.current == 101
+        assert admitted(m, 200) == 0
+        other.close()
+    finally:
+        dispose(store)
+
+
 def test_a_record_counts_where_its_timestamp_says(store: Store) -> None:
     """A record dated 25 days ago counts in its month and its day, never in today's
     windows; one dated in the future counts now."""
@@ -131,7 +203,7 @@ def test_the_ring_folds_what_a_step_back_left_in_the_future() -> None:
         assert ring.totals(now + window.seconds) == [0]  # a window after their own time
         # A whole window back: a clock that stepped back. Everything held joins now's
         # bucket and counts for one more whole window from there.
-        now += window.seconds
+        ring = RollingCounter(window, 1)
         ring.add(window.bucket(now), [5], now)
         back = now - window.seconds
         assert ring.totals(back) == [5]

@@ -35,7 +35,7 @@ def test_ring_memory_is_bounded_and_old_adds_are_ignored() -> None:
     ring = RollingCounter(MINUTE, 2)
     for second in range(10_000):
         ring.add(second, [1, 2], float(second))
-    assert len(ring) == 60
+    assert len(ring) == 120  # the window's buckets, and one window retired
     assert ring.totals(9_999.0) == [60, 120]
     assert ring.add(100, [1, 1], 9_999.0) is False  # long gone
     assert ring.totals(9_999.0) == [60, 120]
@@ -43,12 +43,14 @@ def test_ring_memory_is_bounded_and_old_adds_are_ignored() -> None:
 
 def test_an_idle_window_holds_no_buckets() -> None:
     """Only buckets that hold counts exist: a day window with one call holds one bucket, and
-    none once it has slid past it (before, every scope held 1,440 buckets up front)."""
+    none once it has slid a window past it, its retirement over (before, every scope held
+    1,440 buckets up front)."""
     ring = RollingCounter(DAY, 2)
     assert len(ring) == 0
     ring.add(DAY.bucket(1e9), [1, 5], 1e9)
     assert len(ring) == 1
-    assert ring.totals(1e9 + DAY.seconds) == [0, 0] and len(ring) == 0
+    assert ring.totals(1e9 + DAY.seconds) == [0, 0] and len(ring) == 1  # retired
+    assert ring.totals(1e9 + 2 * DAY.seconds) == [0, 0] and len(ring) == 0
 
 
 def test_month_key_and_bounds_utc() -> None:

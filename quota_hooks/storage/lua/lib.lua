@@ -160,14 +160,20 @@ local function slide(st, w)
 end
 
 -- Add counts to window w in the bucket of time at (never a future bucket; nothing if at has
--- left the window).
+-- left the window). An undo (no count above zero) takes from its own bucket only, never from
+-- another call's: nothing when a fold merged that bucket away (an over-count).
 local function add(st, w, at, counts)
   local win = WINDOWS[w]
   local cur = st.cur[w]
   local bucket = math.floor(at / win.bs)
-  -- never into the future: at most now's bucket, or the newest held for a late now (an undo
-  -- finds its call's bucket where it is)
-  if bucket > cur then bucket = math.min(bucket, math.max(cur, st.hi[w] or cur)) end
+  local undo = counts[1] <= 0 and counts[2] <= 0 and counts[3] <= 0 and counts[4] <= 0
+    and counts[5] <= 0
+  if undo then
+    if not st.lo[w] or bucket < st.lo[w] or bucket > st.hi[w] then return end
+  elseif bucket > cur then
+    -- never into the future: at most now's bucket, or the newest held for a late now
+    bucket = math.min(bucket, math.max(cur, st.hi[w] or cur))
+  end
   if bucket < cur - win.n + 1 then return end
   -- a late now's call older than the window at the newest bucket has left it too
   if st.hi[w] and bucket < st.hi[w] - win.n + 1 then return end
@@ -184,6 +190,7 @@ local function add(st, w, at, counts)
     total[i] = total[i] + n
   end
   if zero(c) then del(st, f) else put(st, f, pack_counts(c)) end
+  if undo then return end
   if not st.lo[w] or bucket < st.lo[w] then st.lo[w] = bucket end
   if not st.hi[w] or bucket > st.hi[w] then st.hi[w] = bucket end
 end
