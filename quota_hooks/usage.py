@@ -517,7 +517,8 @@ _OUTPUT_PARTS = ("reasoning_tokens", "audio_output_tokens")
 
 
 def reported_usage(
-    reported: Mapping[str, Any] | None, estimate: Estimate, *, observed_output: int = 0
+    reported: Mapping[str, Any] | None, estimate: Estimate | Callable[[], Estimate], *,
+    observed_output: int = 0,
 ) -> dict[str, Any]:
     """The token fields of a record: what the provider ``reported`` when it can be trusted,
     else ``estimate``. The one usage rule of every adapter.
@@ -534,18 +535,29 @@ def reported_usage(
     receive), but never below a count that was itself valid; ``estimated`` is True and
     ``estimate_reason`` says why.
 
+    ``estimate`` may be a function that makes it, called only when the rule needs it (a
+    trusted usage with input tokens never does).
+
     Returns :class:`UsageRecord` keyword arguments.
     """
+    made: list[Estimate] = []
+
+    def the_estimate() -> Estimate:
+        if not made:
+            made.append(estimate if isinstance(estimate, Estimate) else estimate())
+        return made[0]
+
     if not reported or (
         reported.get("input_tokens") is None and reported.get("output_tokens") is None
     ):
-        return _estimated(estimate, observed_output, {}, "no usage reported")
+        return _estimated(the_estimate(), observed_output, {}, "no usage reported")
     clean: dict[str, int] = {}
     bad: list[str] = []
     for name in TOKEN_FIELDS:
         value = reported.get(name)
         if value is None:
-            if name == "input_tokens" or (name == "output_tokens" and estimate.output_tokens):
+            if name == "input_tokens" or (name == "output_tokens"
+                                          and the_estimate().output_tokens):
                 bad.append(f"{name}=null")
             continue
         count = _clean_int(value)
@@ -566,10 +578,11 @@ def reported_usage(
     if "output_tokens" in clean and clean.get("audio_output_tokens", 0) + clean.get(
             "image_output_tokens", 0) > outputs:
         bad.append("audio and image output tokens above output_tokens")
-    if not bad and inputs == 0 and _count_of(estimate.input_tokens) > 0:
+    if not bad and inputs == 0 and _count_of(the_estimate().input_tokens) > 0:
         bad.append("0 input tokens for a request that was not empty")  # a filler, not a count
     if bad:
-        return _estimated(estimate, observed_output, clean, "untrusted usage: " + ", ".join(bad))
+        return _estimated(the_estimate(), observed_output, clean,
+                          "untrusted usage: " + ", ".join(bad))
     fields: dict[str, Any] = dict(clean)
     total = _clean_int(reported.get("total_tokens"))
     if total is not None and reported.get("total_tokens") is not None:

@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 
 from quota_hooks import UsageRecord
-from quota_hooks.usage import MAX_COST, storable
+from quota_hooks.usage import MAX_COST, Estimate, reported_usage, storable
 
 pytestmark = pytest.mark.unit
 
@@ -132,3 +132,22 @@ def test_a_fast_constructor_builds_the_same_frozen_object() -> None:
 
     with pytest.raises(TypeError, match="no mutable twin"):
         fast_constructor(Checked)  # its __post_init__ would be skipped
+
+
+def test_reported_usage_makes_the_estimate_only_when_the_rule_needs_it() -> None:
+    made: list[int] = []
+
+    def estimate() -> Estimate:
+        made.append(1)
+        return Estimate(model="gpt-4o-mini", input_tokens=40, output_tokens=300)
+
+    trusted = {"input_tokens": 12, "output_tokens": 5, "total_tokens": 17}
+    assert reported_usage(trusted, estimate) == trusted and made == []
+    # untrusted, null output, and none at all: the estimate is made (once each)
+    fields = reported_usage({"input_tokens": -3, "output_tokens": 5}, estimate)
+    assert (fields["input_tokens"], fields["output_tokens"], fields["estimated"]) == (40, 300,
+                                                                                      True)
+    assert reported_usage({"input_tokens": 12, "output_tokens": None},
+                          estimate)["output_tokens"] == 300
+    assert reported_usage(None, estimate)["input_tokens"] == 40
+    assert len(made) == 3

@@ -11,6 +11,7 @@ as it goes to the caller (:meth:`~OpenAICall.respond`, :meth:`~OpenAICall.feed`,
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import threading
@@ -113,7 +114,14 @@ def api_method_for(method: str, path: str) -> str:
     """The API method of an OpenAI HTTP call, from its verb and path (``chat.completions``,
     ``images.generate``, ``responses.retrieve`` ...), under any base path (``/v1``, Azure's
     deployments, OpenRouter's ``/api/v1``, Gemini's ``/v1beta/openai``): the first known route
-    at the end of the path wins. An unknown path gives its first segment, never an error."""
+    at the end of the path wins. An unknown path gives its first segment, never an error.
+    Remembered for the paths of ordinary length (a client calls a few, again and again)."""
+    if len(path) <= 256:
+        return _remembered_method(method, path)
+    return _api_method(method, path)
+
+
+def _api_method(method: str, path: str) -> str:
     rest = _PREFIX.sub("", path.split("?", 1)[0]).strip("/")
     verb = method.upper()
     segments = [part for part in rest.split("/") if part]
@@ -131,6 +139,9 @@ def api_method_for(method: str, path: str) -> str:
         if tail.startswith("responses/"):
             return "responses"  # a generating endpoint we do not know yet: counted as one
     return segments[0] if segments else "unknown"
+
+
+_remembered_method = functools.lru_cache(maxsize=512)(_api_method)
 
 
 # ---------------------------------------------------------------------------------- JSON
@@ -559,7 +570,7 @@ class OpenAICall:
             pass  # no tokens: a stored object's own call counted them
         elif success and method in _TOKEN_METHODS:
             reported = usage_fields(usage) if usage and not self.unreadable else None
-            fields = reported_usage(reported, self.estimate(), observed_output=self._events)
+            fields = reported_usage(reported, self.estimate, observed_output=self._events)
             if self.unreadable and reported is None:
                 fields["estimate_reason"] = "the response body could not be read"
             if method == "responses" and self._response is not None:

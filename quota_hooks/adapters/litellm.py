@@ -449,7 +449,8 @@ class QuotaLogger(CustomLogger):
             elif method in _TOKEN_METHODS or reported:
                 # Missing or untrusted usage settles at the call's estimate, never at 0.
                 workspace, _, facts = self._estimate(kwargs, call_type)
-                fields = reported_usage(reported, self.manager.estimate(workspace, facts))
+                fields = reported_usage(
+                    reported, lambda: self.manager.estimate(workspace, facts))
 
         litellm_cost = _litellm_cost(slo.get("response_cost", kwargs.get("response_cost")))
         if not success:
