@@ -310,6 +310,8 @@ class RollingCounter:
             retired.extend(zip(ids[:gone], self._counts[:gone], strict=True))
             del ids[:gone]
             del self._counts[:gone]
+            if not ids or ids[-1] != self._hot:
+                self._hot = _NEVER  # the fast path's bucket has left (a read at a later now)
         if retired and retired[0][0] < oldest - self.window.buckets:
             keep = oldest - self.window.buckets
             retired[:] = [item for item in retired if item[0] >= keep]

@@ -275,3 +275,37 @@ def test_a_schema_3_file_is_migrated_in_place_and_keeps_its_usage(tmp_path: Path
     assert (row.requests, row.input_tokens, row.cached_input_tokens) == (3, 25, 0)
     assert store.put_policies({"*": "{}"}, T0) == 1
     store.close()
+
+
+def test_a_store_closed_under_its_manager_raises_never_crashes(tmp_path: Path) -> None:
+    """A SQLiteStore closed while its manager still runs (its policy refresh reads from a
+    thread of its own) once closed that thread's connection under its query: the process
+    died of SIGSEGV. close() now waits for the operations under way; later ones raise
+    StorageError. Run in a child process, so that a crash fails this test."""
+    script = textwrap.dedent(f"""
+        import logging
+        from quota_hooks import Estimate, QuotaManager, QuotaPolicy, UsageRecord
+        from quota_hooks.errors import QuotaHooksError
+        from quota_hooks.storage import SQLiteStore
+        from quota_hooks.testing import ManualClock
+        logging.disable(logging.CRITICAL)
+        one = Estimate(model="gpt-4o-mini", input_tokens=1)
+        for i in range(150):
+            store = SQLiteStore({str(tmp_path)!r} + f"/{{i}}.db", durability="sync")
+            m = QuotaManager(QuotaPolicy(rpm=20, rpd=60), store=store,
+                             clock=ManualClock(1_767_225_610.0))
+            for _ in range(3):
+                m.record(UsageRecord(workspace_id="ws", model="gpt-4o-mini", input_tokens=1),
+                         m.acquire("ws", one, wait=False))
+            m.status("ws", enhanced=False)
+            store.close()
+            try:
+                m.status("ws", enhanced=False)
+                raise SystemExit("a closed store answered")
+            except QuotaHooksError:
+                pass
+        print("ok")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert (done.returncode, done.stdout.strip()) == (0, "ok"), done.stderr[-2000:]

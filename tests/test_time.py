@@ -39,7 +39,8 @@ def test_a_clock_stepping_back_never_switches_rpm_off(store: Store, step: float)
     rpm=100 and SQLite up to twice the limit."""
     clock = ManualClock(T0 + 30)
     m = QuotaManager(QuotaPolicy(rpm=100, rpd=None, tpm=None, tpd=None,
-                                 monthly_budget_usd=None), store=store, clock=clock)
+                                 monthly_budget_usd=None), store=store, clock=clock,
+                     alert_history=0)
     assert admitted(m, 100) == 100
     clock.set(T0 + 30 - step)  # the wall clock steps back
     assert admitted(m, 500) == 0  # the last minute's calls still count
@@ -56,7 +57,8 @@ def test_a_clock_stepping_back_never_switches_rpm_off(store: Store, step: float)
 def test_the_daily_window_holds_across_a_step_back(store: Store) -> None:
     clock = ManualClock(T0 + 3600)
     m = QuotaManager(QuotaPolicy(rpm=None, rpd=10, tpm=None, tpd=None,
-                                 monthly_budget_usd=None), store=store, clock=clock)
+                                 monthly_budget_usd=None), store=store, clock=clock,
+                     alert_history=0)
     assert admitted(m, 10) == 10
     clock.set(T0)  # an hour back: less than the day window, so nothing moves
     assert admitted(m, 10) == 0
@@ -78,7 +80,8 @@ def test_a_late_reader_never_makes_a_window_forget(store: Store) -> None:
     its own older one: they then left the window early, and the limit let calls through."""
     clock = ManualClock(T0 + 30)
     m = QuotaManager(QuotaPolicy(rpm=100, rpd=None, tpm=None, tpd=None,
-                                 monthly_budget_usd=None), store=store, clock=clock)
+                                 monthly_budget_usd=None), store=store, clock=clock,
+                     alert_history=0)
     assert admitted(m, 100) == 100
     clock.set(T0 + 20)  # a late reader, ten seconds behind, and a late writer
     assert m.status("ws").requests_per_minute.current == 100
@@ -93,6 +96,9 @@ def test_a_late_reader_never_makes_a_window_forget(store: Store) -> None:
     assert admitted(m, 50) == 50
 
 
+# The managers of these tests keep no alert history, so that no background alert evaluation
+# reads the store with a now taken before the test steps the clock (a caller from before a
+# step back, which only the memory and SQLite stores are built for: see the last test).
 def rpm_policy() -> QuotaPolicy:
     return QuotaPolicy(rpm=100, rpd=None, tpm=None, tpd=None, monthly_budget_usd=None)
 
@@ -102,7 +108,7 @@ def test_a_step_back_after_a_later_read_still_counts_every_call(store: Store) ->
     bucket; a step back behind that start then dropped every call (300 of 300 admitted at
     rpm=100)."""
     clock = ManualClock(T0 + 100)
-    m = QuotaManager(rpm_policy(), store=store, clock=clock)
+    m = QuotaManager(rpm_policy(), store=store, clock=clock, alert_history=0)
     assert admitted(m, 1) == 1
     clock.set(T0 + 159)
     assert m.status("ws").requests_per_minute.current == 1
@@ -119,7 +125,7 @@ def test_a_call_settled_after_a_fold_never_takes_another_calls_count(
     now's bucket); 49 more later; then the 50 settle. Their undo once took the 49 calls'
     counts from now's bucket, while their own held on in the folded one."""
     clock = ManualClock(T0 + 100)
-    m = QuotaManager(rpm_policy(), store=store, clock=clock)
+    m = QuotaManager(rpm_policy(), store=store, clock=clock, alert_history=0)
     held = [m.acquire("ws", ONE, wait=False) for _ in range(50)]
     clock.set(T0 + 30)  # 70 s back: a fold
     assert admitted(m, 1) == 1
@@ -140,6 +146,48 @@ def test_a_call_settled_after_a_fold_never_takes_another_calls_count(
     assert admitted(m, 200) == 100 - counted
 
 
+def test_a_release_long_after_a_fold_takes_its_own_hold_only(store: Store) -> None:
+    """49 holds at T0+1000, the clock steps back 500 s (a fold into T0+500), 49 calls at
+    T0+550, then the 49 holds are released: SQLite took them from the 49 calls' bucket (now's)
+    while the holds sat on in the folded one, and admitted 100 once that one left."""
+    clock = ManualClock(T0 + 1000.2)
+    m = QuotaManager(rpm_policy(), store=store, clock=clock, alert_history=0)
+    held = [m.acquire("ws", ONE, wait=False) for _ in range(49)]
+    assert admitted(m, 1) == 1
+    clock.set(T0 + 500.2)
+    assert admitted(m, 1) == 1  # the fold: the 51 count for a minute from here
+    clock.set(T0 + 550.2)
+    assert admitted(m, 100) == 49
+    for reservation in held:
+        m.release(reservation)
+    clock.set(T0 + 560.5)  # the folded bucket has left; the 49 calls of T0+550 count
+    flush = getattr(store, "flush", None)
+    if flush is not None:
+        flush()
+    assert m.status("ws").requests_per_minute.current == 49
+    assert admitted(m, 200) == 51
+
+
+def test_records_after_a_later_read_and_a_step_back_are_all_counted(store: Store) -> None:
+    """A read at a later now retired the memory window's hot bucket but left its fast path
+    pointing at it: after a step back into that bucket's second, every record() raised
+    inside the store (swallowed: tracking failed) and was lost, minute, day and month."""
+    clock = ManualClock(T0 + 100.2)
+    m = QuotaManager(QuotaPolicy(rpd=1000), store=store, clock=clock, alert_history=0)
+    m.record(UsageRecord(workspace_id="ws", model="gpt-4o-mini", input_tokens=1000))
+    clock.set(T0 + 165)
+    m.status("ws")
+    for i in range(50):
+        clock.set(T0 + 100.5 + i * 0.009)
+        m.record(UsageRecord(workspace_id="ws", model="gpt-4o-mini", input_tokens=1000))
+    flush = getattr(store, "flush", None)
+    if flush is not None:
+        flush()
+    status = m.status("ws", enhanced=False)
+    assert m.tracking_errors == 0
+    assert (status.requests_per_day.current, status.tokens_per_day.current) == (51, 51_000)
+
+
 @pytest.mark.parametrize("kind", ["memory", "sqlite"])
 def test_a_caller_from_before_a_step_back_never_wipes_the_window(
         kind: str, tmp_path: Path) -> None:
@@ -151,7 +199,7 @@ def test_a_caller_from_before_a_step_back_never_wipes_the_window(
     store = make_store(kind, tmp_path)
     try:
         clock, late = ManualClock(T0 + 100.2), ManualClock(T0 + 100.5)
-        m = QuotaManager(rpm_policy(), store=store, clock=clock)
+        m = QuotaManager(rpm_policy(), store=store, clock=clock, alert_history=0)
         other = QuotaManager(rpm_policy(), store=store, clock=late, seed_policies=False)
         assert admitted(m, 100) == 100
         clock.set(T0 + 30.2)  # the clock steps back 70 s

@@ -180,14 +180,8 @@ SELECT COALESCE(SUM(requests), 0), COALESCE(SUM(tokens), 0), COALESCE(SUM(calls)
 FROM buckets WHERE scope = ? AND win = ? AND bucket >= ?"""
 
 
-def _held_bucket(window: Window, at: float, now: float) -> int:
-    """The bucket that a reservation made at ``at`` holds in, seen at ``now``: its own,
-    unless a clock step back of a whole window has folded it into now's (never a bucket
-    ahead of the newest: ``at`` is a time this store has seen)."""
-    held, current = window.bucket(at), window.bucket(now)
-    return current if window.stepped_back(current, held) else held
-
-
+#: Seconds close() waits for operations under way in other threads.
+_CLOSE_WAIT = 5.0
 _FOLD = """
 INSERT INTO buckets (scope, win, bucket, requests, tokens, calls, errors, rate_limited)
 SELECT scope, win, ?, SUM(requests), SUM(tokens), SUM(calls), SUM(errors), SUM(rate_limited)
@@ -348,6 +342,10 @@ class SQLiteStore:
         self._local = threading.local()
         self._connections: weakref.WeakSet[_Owned] = weakref.WeakSet()
         self._conn_lock = threading.Lock()
+        # Operations of callers' threads under way: close() waits for them before it closes
+        # their connections (a connection closed under another thread's query crashes).
+        self._busy = 0
+        self._idle = threading.Condition(self._conn_lock)
         self._write_lock = threading.Lock()
         self._closed = False
         self.write_errors = 0
@@ -718,8 +716,10 @@ class SQLiteStore:
         self, batch: _Batch, scopes: Sequence[str], requests: int, tokens: int, nanos: int,
         at: float, month: str, sign: int, now: float,
     ) -> None:
+        # A hold is made in now's buckets (``at`` is now); an undo takes from the hold's own
+        # buckets only, never from now's (after a fold merged them away: an over-count).
         counts = (sign * requests, sign * tokens, 0, 0, 0)
-        minute, day = _held_bucket(MINUTE, at, now), _held_bucket(DAY, at, now)
+        minute, day = MINUTE.bucket(at), DAY.bucket(at)
         for scope in scopes:
             if not is_budget_scope(scope):
                 batch.bucket(scope, _MIN, minute, counts)
@@ -1165,15 +1165,26 @@ class SQLiteStore:
                              "%gs were lost", self.path, left, timeout)
                 self._closed = True
                 return  # the writer's connection is its own; it goes with the process
-        self._closed = True
         with self._conn_lock:
+            self._closed = True  # no operation starts from here on (see _guard)
+            self._idle.wait_for(lambda: self._busy == 0, timeout=_CLOSE_WAIT)
+            busy = self._busy
             connections = list(self._connections)
             self._connections = weakref.WeakSet()
+        if busy:  # their connections go with their threads, never closed under a query
+            logger.warning("quota-hooks: closing %s: %d operation(s) still under way after "
+                           "%gs; their connections are left to their threads", self.path,
+                           busy, _CLOSE_WAIT)
+            return
         for owned in connections:
             owned.close()
 
 
     def _guard(self, fn: Callable[..., _T], *args: Any, what: str = "") -> _T:
+        with self._conn_lock:
+            if self._closed:
+                raise StorageError(f"{self!r} is closed")
+            self._busy += 1
         try:
             return fn(*args)
         except StorageError:
@@ -1182,3 +1193,8 @@ class SQLiteStore:
             raise StorageError(
                 f"SQLite store {str(self.path)!r}: {what or 'operation'} failed: {exc}"
             ) from exc
+        finally:
+            with self._conn_lock:
+                self._busy -= 1
+                if not self._busy:
+                    self._idle.notify_all()
