@@ -401,7 +401,8 @@ class RollingCounter:
         """The oldest in-window bucket with a non-zero ``field``: when room frees up next."""
         self._present(now)
         self._advance(self.window.oldest(now))
-        newest = self.window.bucket(now) + self.window.tolerance
+        # (a late caller's window is the latest one: its buckets up to the newest count too)
+        newest = max(self.window.bucket(now), self._newest) + self.window.tolerance
         for bucket_id, counts in zip(self._ids, self._counts, strict=True):
             if bucket_id > newest:
                 return None

@@ -188,6 +188,20 @@ def test_records_after_a_later_read_and_a_step_back_are_all_counted(store: Store
     assert (status.requests_per_day.current, status.tokens_per_day.current) == (51, 51_000)
 
 
+def test_a_late_caller_refused_is_told_when_room_frees_up(store: Store) -> None:
+    """A late caller (here 29.5 s behind the latest now) refused by a full window got no
+    retry_after from the memory store, so acquire(wait=True) could not wait."""
+    clock = ManualClock(T0 + 130.2)
+    m = QuotaManager(QuotaPolicy(rpm=10, rpd=None, tpm=None, tpd=None,
+                                 monthly_budget_usd=None), store=store, clock=clock,
+                     alert_history=0)
+    assert admitted(m, 10) == 10
+    clock.set(T0 + 100.5)
+    with pytest.raises(RateLimitedError) as refused:
+        m.acquire("ws", ONE, wait=False)
+    assert refused.value.retry_after == pytest.approx(89.5)  # the calls leave at T0+190
+
+
 @pytest.mark.parametrize("kind", ["memory", "sqlite"])
 def test_a_caller_from_before_a_step_back_never_wipes_the_window(
         kind: str, tmp_path: Path) -> None:
