@@ -540,12 +540,11 @@ def reported_usage(
 
     Returns :class:`UsageRecord` keyword arguments.
     """
-    made: list[Estimate] = []
-
     def the_estimate() -> Estimate:
-        if not made:
-            made.append(estimate if isinstance(estimate, Estimate) else estimate())
-        return made[0]
+        nonlocal estimate
+        if not isinstance(estimate, Estimate):
+            estimate = estimate()  # made once, only when the rule needs it
+        return estimate
 
     if not reported or (
         reported.get("input_tokens") is None and reported.get("output_tokens") is None

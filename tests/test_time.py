@@ -99,6 +99,13 @@ def test_a_late_reader_never_makes_a_window_forget(store: Store) -> None:
 # The managers of these tests keep no alert history, so that no background alert evaluation
 # reads the store with a now taken before the test steps the clock (a caller from before a
 # step back, which only the memory and SQLite stores are built for: see the last test).
+def written(store: Store) -> None:
+    """Wait for a batched store's writer (a no-op for the others)."""
+    flush = getattr(store, "flush", None)
+    if flush is not None:
+        flush()
+
+
 def rpm_policy() -> QuotaPolicy:
     return QuotaPolicy(rpm=100, rpd=None, tpm=None, tpd=None, monthly_budget_usd=None)
 
@@ -137,9 +144,7 @@ def test_a_call_settled_after_a_fold_never_takes_another_calls_count(
                      reservation)
         else:
             m.release(reservation)
-    flush = getattr(store, "flush", None)
-    if flush is not None:
-        flush()
+    written(store)
     clock.set(T0 + 95)  # the folded bucket has left; the 49 (and the 50 recorded) count
     counted = 49 + (50 if settle == "record" else 0)
     assert m.status("ws").requests_per_minute.current == counted
@@ -161,9 +166,7 @@ def test_a_release_long_after_a_fold_takes_its_own_hold_only(store: Store) -> No
     for reservation in held:
         m.release(reservation)
     clock.set(T0 + 560.5)  # the folded bucket has left; the 49 calls of T0+550 count
-    flush = getattr(store, "flush", None)
-    if flush is not None:
-        flush()
+    written(store)
     assert m.status("ws").requests_per_minute.current == 49
     assert admitted(m, 200) == 51
 
@@ -180,9 +183,7 @@ def test_records_after_a_later_read_and_a_step_back_are_all_counted(store: Store
     for i in range(50):
         clock.set(T0 + 100.5 + i * 0.009)
         m.record(UsageRecord(workspace_id="ws", model="gpt-4o-mini", input_tokens=1000))
-    flush = getattr(store, "flush", None)
-    if flush is not None:
-        flush()
+    written(store)
     status = m.status("ws", enhanced=False)
     assert m.tracking_errors == 0
     assert (status.requests_per_day.current, status.tokens_per_day.current) == (51, 51_000)

@@ -369,7 +369,9 @@ class QuotaLogger(CustomLogger):
         if self._plain_checked:
             return
         self._plain_checked = True
-        registered = [*litellm.success_callback, *litellm._async_success_callback]
+        # litellm's lists (one of them private): a check must never stop the record after it
+        registered = [*(getattr(litellm, "success_callback", None) or ()),
+                      *(getattr(litellm, "_async_success_callback", None) or ())]
         missing = [name for name in ("success_callback", "async_success_callback")
                    if getattr(self, name) not in registered]
         if missing and len(missing) < 2:

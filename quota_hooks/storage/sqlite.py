@@ -621,7 +621,7 @@ class SQLiteStore:
             self._reap(conn, batch, now)
             for entry, reservation in items:
                 if reservation is not None:
-                    self._settle(conn, batch, reservation.id, now)
+                    self._settle(conn, batch, reservation.id)
                 history.append(
                     (entry.when, encode(entry),
                      entry.delta.cost_nanos, entry.delta.unpriced_nanos, entry.month,
@@ -714,7 +714,7 @@ class SQLiteStore:
 
     def _apply_reservation(
         self, batch: _Batch, scopes: Sequence[str], requests: int, tokens: int, nanos: int,
-        at: float, month: str, sign: int, now: float,
+        at: float, month: str, sign: int,
     ) -> None:
         # A hold is made in now's buckets (``at`` is now); an undo takes from the hold's own
         # buckets only, never from now's (after a fold merged them away: an over-count).
@@ -726,9 +726,7 @@ class SQLiteStore:
                 batch.bucket(scope, _DAY, day, counts)
             batch.month(scope, totals_key(scope, month), sign * nanos)
 
-    def _settle(
-        self, conn: sqlite3.Connection, batch: _Batch, reservation_id: str, now: float
-    ) -> bool:
+    def _settle(self, conn: sqlite3.Connection, batch: _Batch, reservation_id: str) -> bool:
         row = conn.execute(
             "DELETE FROM reservations WHERE id = ? "
             "RETURNING scopes, requests, tokens, cost_nanos, at, month",
@@ -737,8 +735,7 @@ class SQLiteStore:
         if row is None:
             return False
         scopes, requests, tokens, nanos, at, month = row
-        self._apply_reservation(batch, json.loads(scopes), requests, tokens, nanos, at, month, -1,
-                                now)
+        self._apply_reservation(batch, json.loads(scopes), requests, tokens, nanos, at, month, -1)
         return True
 
     def _reap(self, conn: sqlite3.Connection, batch: _Batch, now: float) -> None:
@@ -817,7 +814,7 @@ class SQLiteStore:
             )
             held = _Batch()
             self._apply_reservation(held, scopes, delta.requests, delta.tokens,
-                                    delta.cost_nanos, now, month, 1, now)
+                                    delta.cost_nanos, now, month, 1)
             held.apply(conn)
             return reservation
 
@@ -851,7 +848,7 @@ class SQLiteStore:
             with self._transaction() as conn:
                 batch = _Batch()
                 self._reap(conn, batch, now)  # past its ttl: forgotten, its hold stays
-                found = self._settle(conn, batch, reservation.id, now)
+                found = self._settle(conn, batch, reservation.id)
                 batch.apply(conn)
                 return found
 
