@@ -394,9 +394,12 @@ class AlertEngine:
             thresholds = Thresholds.of(policy, m)
             current = m.current(usage.counters)
             percent = percent_of(current, limit)
-            period = _period(usage, m) if m.is_budget else ""
             key = (workspace_id, m.name)
-            sent, armed_period = self._armed.get(key, (Decimal(-1), period))
+            armed_at = self._armed.get(key)
+            if armed_at is None and percent < thresholds.values[0]:
+                continue  # the usual case: below every threshold, nothing sent to re-arm
+            period = _period(usage, m) if m.is_budget else ""
+            sent, armed_period = armed_at or (Decimal(-1), period)
             armed_level = sum(1 for value in thresholds.values if value <= sent)
             armed = armed_level if armed_period == period else 0
             moved = step(percent, armed, thresholds, self.hysteresis)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
+from functools import lru_cache
 
 from ..metrics import Metric
 from ..policy import QuotaPolicy
@@ -38,24 +39,31 @@ class Thresholds:
     @classmethod
     def of(cls, policy: QuotaPolicy, metric: Metric) -> Thresholds:
         """Exact thresholds of ``metric`` under ``policy`` (``80.0`` is exactly 80)."""
-        warning = Decimal(str(policy.warning_percent))
-        critical = Decimal(str(policy.critical_percent))
-        listed = policy.thresholds is not None
-        values = sorted({Decimal(str(t)) for t in policy.thresholds or ()} if listed
-                        else {warning, critical})
-        if metric.is_budget and values[-1] < _HUNDRED:
-            values.append(_HUNDRED)
-        kinds = tuple(
-            AlertKind.QUOTA_EXCEEDED if metric.is_budget and value >= _HUNDRED
-            else AlertKind.CRITICAL if value >= critical
-            else AlertKind.WARNING if value >= warning
-            else AlertKind.THRESHOLD
-            for value in values)
-        return cls(tuple(values), kinds, listed)
+        return _thresholds(policy.warning_percent, policy.critical_percent, policy.thresholds,
+                           metric.is_budget)
 
     def at(self, level: int) -> Decimal:
         """The percentage of ``level`` (1 is the lowest threshold)."""
         return self.values[level - 1]
+
+
+@lru_cache(maxsize=256)  # the alert engine asks for every metric of every workspace it evaluates
+def _thresholds(warning_percent: float, critical_percent: float,
+                listed_values: tuple[float, ...] | None, is_budget: bool) -> Thresholds:
+    warning = Decimal(str(warning_percent))
+    critical = Decimal(str(critical_percent))
+    listed = listed_values is not None
+    values = sorted({Decimal(str(t)) for t in listed_values or ()} if listed
+                    else {warning, critical})
+    if is_budget and values[-1] < _HUNDRED:
+        values.append(_HUNDRED)
+    kinds = tuple(
+        AlertKind.QUOTA_EXCEEDED if is_budget and value >= _HUNDRED
+        else AlertKind.CRITICAL if value >= critical
+        else AlertKind.WARNING if value >= warning
+        else AlertKind.THRESHOLD
+        for value in values)
+    return Thresholds(tuple(values), kinds, listed)
 
 
 @dataclass(frozen=True, slots=True)
