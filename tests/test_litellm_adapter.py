@@ -281,3 +281,23 @@ def test_importing_the_adapter_opens_no_socket() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env=env, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_usage_it_cannot_trust_settles_at_the_workspaces_estimate(clock: ManualClock) -> None:
+    """A provider whose usage says nothing (nulls) over the wire: the call is counted at the
+    estimate the manager makes for the workspace that pays (its default_max_tokens), not 0."""
+    manager = QuotaManager(QuotaPolicy.unlimited(), clock=clock)
+    manager.set_policy("acme", QuotaPolicy.unlimited().model_copy(
+        update={"default_max_tokens": 321}))
+    litellm.callbacks = [QuotaLogger(manager=manager, default_workspace="ws")]
+    fake = FakeOpenAI(raw_usage={"prompt_tokens": None, "completion_tokens": None,
+                                 "total_tokens": None})
+    with fake.serve() as base_url:
+        litellm.completion(model="openai/gpt-4o-mini", messages=MSG * 40, api_base=base_url,
+                           api_key="sk-test", metadata={"workspace_id": "acme"})
+        assert manager.drain()
+    [record] = records(manager, "acme")
+    assert record.estimated and record.estimate_reason
+    assert record.output_tokens == 321  # the paying workspace's policy, not the default's
+    assert record.input_tokens > 40  # from the size of the 40 messages sent
+    assert manager.status("acme").tokens_per_day.current == record.total_tokens

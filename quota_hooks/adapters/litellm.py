@@ -228,18 +228,22 @@ class QuotaLogger(CustomLogger):
         workspace, scopes = self._who(kwargs, metadata, [str(t) for t in (
             metadata.get("tags") or [])] if isinstance(metadata, Mapping) else [],
             kwargs.get("user"))
+        return workspace, scopes, self._facts(kwargs, call_type)
+
+    @staticmethod
+    def _facts(kwargs: Mapping[str, Any], call_type: Any) -> Estimate:
+        """The facts of a request the manager estimates it from."""
         kind = getattr(call_type, "value", call_type)
         method = CALL_TYPES.get(str(kind or "completion"), str(kind or "completion"))
         prompt = kwargs.get("messages") or kwargs.get("input") or kwargs.get("prompt") or ""
         text = prompt if isinstance(prompt, str) else json.dumps(prompt, default=str)
         found = kwargs.get("max_tokens") or kwargs.get("max_completion_tokens") or (
             kwargs.get("max_output_tokens"))
-        # The facts of the request: the manager works out the tokens (its token estimator,
-        # the policy's default_max_tokens for a method that generates text).
-        facts = Estimate(model=str(kwargs.get("model") or "unknown"), api_method=method,
-                         prompt_size=len(text),
-                         max_tokens=found if type(found) is int and found >= 0 else None)
-        return workspace, scopes, facts
+        # The manager works out the tokens (its token estimator, the policy's
+        # default_max_tokens for a method that generates text).
+        return Estimate(model=str(kwargs.get("model") or "unknown"), api_method=method,
+                        prompt_size=len(text),
+                        max_tokens=found if type(found) is int and found >= 0 else None)
 
     def _who(self, kwargs: Mapping[str, Any], metadata: Any, tags: list[str],
              user: Any) -> tuple[str, dict[str, str]]:
@@ -449,10 +453,10 @@ class QuotaLogger(CustomLogger):
             if "audio_seconds" in (reported or {}):
                 fields = dict(reported or {})
             elif method in _TOKEN_METHODS or reported:
-                # Missing or untrusted usage settles at the call's estimate, never at 0.
-                workspace, _, facts = self._estimate(kwargs, call_type)
-                fields = reported_usage(
-                    reported, lambda: self.manager.estimate(workspace, facts))
+                # Missing or untrusted usage settles at the call's estimate, never at 0 (made
+                # only when the rule needs it: a trusted usage never does).
+                fields = reported_usage(reported, lambda: self.manager.estimate(
+                    workspace, self._facts(kwargs, call_type)))
 
         litellm_cost = _litellm_cost(slo.get("response_cost", kwargs.get("response_cost")))
         if not success:
