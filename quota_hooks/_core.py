@@ -44,6 +44,7 @@ from .usage import (
     Estimate,
     UsageRecord,
     bounded,
+    estimate_tokens,
     fast_constructor,
 )
 from .windows import Period, day_key, month_key, period_key
@@ -183,6 +184,7 @@ class Core:
         self.policies = policies
         self.prices = prices
         self.token_estimator = token_estimator
+        self._failed_estimator: object = None
         self.denials = 0
         """Calls refused by an enforced limit."""
         self._limits: dict[int, tuple[QuotaPolicy, Limits | None]] = {}
@@ -206,7 +208,7 @@ class Core:
         if inputs is not None or outputs is not None:
             return replace(estimate, input_tokens=inputs or 0, output_tokens=outputs or 0)
         size = count(estimate.prompt_size)
-        inputs = self.token_estimator(size) if size else 0
+        inputs = self._prompt_tokens(size) if size else 0
         if estimate.max_tokens is not None:
             outputs = count(estimate.max_tokens)
         elif estimate.api_method in GENERATING_METHODS:
@@ -214,6 +216,25 @@ class Core:
         else:
             outputs = 0
         return replace(estimate, input_tokens=count(inputs), output_tokens=outputs)
+
+    def _prompt_tokens(self, size: int) -> int:
+        """The token estimator's count for a prompt of ``size``; one that raises or returns
+        no count is logged (once per estimator) and the default's is used: an estimate never
+        costs a call its record, nor its reservation."""
+        estimator = self.token_estimator
+        try:
+            tokens = estimator(size)
+            if type(tokens) is int and 0 <= tokens <= MAX_COUNT:
+                return tokens
+            problem = f"returned {tokens!r:.80}, not a count of tokens"
+        except Exception as exc:
+            problem = f"raised {type(exc).__name__}: {exc}"
+        if self._failed_estimator is not estimator:
+            self._failed_estimator = estimator
+            logger.warning("quota-hooks: the token_estimator %r %s for a prompt of %d; the "
+                           "default estimate (estimate_tokens) is used instead", estimator,
+                           problem, size)
+        return estimate_tokens(size)
 
     def plan(
         self, workspace_id: str, estimate: Estimate, scopes: Mapping[str, str] | None

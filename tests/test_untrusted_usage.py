@@ -153,3 +153,37 @@ def test_fake_openai_good_usage_is_exact() -> None:
     client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
     [record] = m.store.recent("workspace:ws", 1)
     assert not record.estimated and (record.input_tokens, record.output_tokens) == (12, 5)
+
+
+@pytest.mark.parametrize("estimator", [
+    lambda size: 1 // 0,  # raises
+    lambda size: -5,  # no count of tokens
+    lambda size: "many",
+])
+def test_a_broken_token_estimator_costs_no_call_its_record(
+    estimator: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A user's token_estimator that raises or returns nonsense: the call is still admitted
+    against the limit and counted at the default estimate, both at the HTTP level (a
+    reservation, usage nulls over the wire) and in LangChain (an estimate made at the end)."""
+    m = QuotaManager(QuotaPolicy(tpm=10**9, rpd=None, tpd=None, mode="raise"))
+    m.token_estimator = estimator
+    fake = FakeOpenAI(raw_usage={"prompt_tokens": None, "completion_tokens": None,
+                                 "total_tokens": None})
+    client = track_openai(openai.OpenAI(api_key="k", base_url="http://fake/v1",
+                                        http_client=httpx2.Client(transport=fake.transport())),
+                          workspace_id="ws", manager=m)
+    with caplog.at_level("WARNING", logger="quota_hooks"):
+        for _ in range(2):
+            client.chat.completions.create(model="gpt-4o-mini", max_tokens=50,
+                                           messages=[{"role": "user", "content": "z" * 400}])
+    handler = QuotaCallbackHandler(manager=m, workspace_id="ws")
+    run_id = uuid4()
+    handler.on_chat_model_start({}, [[HumanMessage("x" * 400)]], run_id=run_id,
+                                invocation_params={"model": "gpt-4o-mini", "max_tokens": 64})
+    handler.on_llm_end(LLMResult(generations=[[]], llm_output={}), run_id=run_id)
+    records = m.store.recent("workspace:ws", 10)
+    assert len(records) == 3 and all(r.estimated and r.input_tokens > 0 for r in records)
+    assert m.store.pending() == 0
+    said = [r for r in caplog.records if "token_estimator" in r.getMessage()]
+    assert len(said) == 1  # once per estimator, not once per call
