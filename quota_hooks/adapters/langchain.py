@@ -21,7 +21,7 @@ import asyncio
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -76,9 +76,16 @@ class _Run:
     prompt_chars: int
     started: float = field(default_factory=time.perf_counter)
     mark: RunMark | None = None
-    estimate: Estimate | None = None
-    """What the run was expected to use (its reservation): where it settles when the model
-    reports no usage, or usage that cannot be trusted."""
+    facts: Estimate | None = None
+    """The facts of the request (model, kind of API, prompt size, output asked for): the
+    manager's estimate of them is where the run settles when the model reports no usage, or
+    usage that cannot be trusted (made only then, or when a limit reserves it)."""
+
+    def estimate(self, manager: QuotaManager) -> Estimate:
+        """What the run was expected to use (what a reservation held)."""
+        if self.facts is None:
+            return Estimate(input_tokens=-(-self.prompt_chars // CHARS_PER_TOKEN))
+        return manager.estimate(self.workspace_id, self.facts)
 
 
 class QuotaCallbackHandler(BaseCallbackHandler):
@@ -254,16 +261,15 @@ class QuotaCallbackHandler(BaseCallbackHandler):
              if isinstance(v := params.get(k), int) and not isinstance(v, bool)),
             None,
         )
-        facts = Estimate(
+        facts = run.facts = Estimate(
             model=run.model or "unknown",
             api_method="chat.completions" if run.chat else "completions",
             provider=run.provider or None,
             prompt_size=run.prompt_chars,
             max_tokens=requested,
         )
-        estimate = run.estimate = self.manager.estimate(run.workspace_id, facts)
         reservation = self.manager.acquire(
-            run.workspace_id, estimate, scopes=run.scopes, wait=not _in_event_loop()
+            run.workspace_id, facts, scopes=run.scopes, wait=not _in_event_loop()
         )
         mark = RunMark(
             reservation, workspace_id=run.workspace_id, scopes=run.scopes,
@@ -352,10 +358,8 @@ class QuotaCallbackHandler(BaseCallbackHandler):
                 usage = usage_fields(token_usage)
         model = model or llm_output.get("model_name") or (run.model if run else None)
         chat = run.chat if run else True
-        estimate = run.estimate if run is not None and run.estimate is not None else Estimate(
-            input_tokens=-(-(run.prompt_chars if run else 0) // CHARS_PER_TOKEN))
         # Missing or untrusted usage settles at the run's estimate, never at 0.
-        usage = reported_usage(usage, estimate,
+        usage = reported_usage(usage, self._estimate_of(run),
                                observed_output=-(-output_chars // CHARS_PER_TOKEN))
         return UsageRecord(
             **self._identity(run),
@@ -375,9 +379,7 @@ class QuotaCallbackHandler(BaseCallbackHandler):
         """The record of one failed run; a stream the caller closed early is no failure: the
         provider worked for it, so it settles at the run's estimate."""
         if _stream_closed(error):
-            estimate = run.estimate if run is not None and run.estimate is not None else (
-                Estimate(input_tokens=-(-(run.prompt_chars if run else 0) // CHARS_PER_TOKEN)))
-            fields = reported_usage(None, estimate)
+            fields = reported_usage(None, self._estimate_of(run))
             fields["estimate_reason"] = "the stream was closed before it ended"
             return UsageRecord(
                 **self._identity(run),
@@ -400,6 +402,12 @@ class QuotaCallbackHandler(BaseCallbackHandler):
             status_code=status if isinstance(status, int) else None,
             error_type=type(error).__name__,
         )
+
+    def _estimate_of(self, run: _Run | None) -> Callable[[], Estimate]:
+        """The run's estimate, made when the usage rule needs it."""
+        if run is None:
+            return lambda: Estimate(input_tokens=0)
+        return lambda: run.estimate(self.manager)
 
     def _identity(self, run: _Run | None) -> dict[str, Any]:
         if run is None:
