@@ -87,6 +87,11 @@ class Dispatcher:
         """The sinks, in the order they were added."""
         return [outbox.sink for outbox in self._outboxes]
 
+    @property
+    def has_sinks(self) -> bool:
+        """True once a sink is added."""
+        return bool(self._outboxes)
+
     def add_sink(self, sink: SinkLike) -> AlertSink:
         """Add a sink (an :class:`AlertSink` or a callable); returns it as an AlertSink."""
         resolved = as_sink(sink)

@@ -247,7 +247,7 @@ class AlertEngine:
     def active(self) -> bool:
         """True when someone wants alerts: a sink, or a live listener."""
         listeners = self._listeners
-        return (bool(self._dispatch.sinks) or self.reader.keeps_history
+        return (self._dispatch.has_sinks or self.reader.keeps_history
                 or (listeners is not None and listeners.listeners > 0))
 
     @property
@@ -273,6 +273,10 @@ class AlertEngine:
     # ------------------------------------------------------------------ hot path
     def notify(self, workspace_id: str, *, rate_limited: bool = False) -> None:
         """Note that ``workspace_id`` has new usage. Cheap, thread-safe, never blocks."""
+        if not rate_limited and workspace_id in self._dirty:
+            # The usual case on a busy path: the workspace already waits for an evaluation,
+            # which reads its usage after this call's (the call was committed before this).
+            return
         if self._dispatch.closing or not self.active:
             return
         with self._lock:
