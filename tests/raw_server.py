@@ -108,7 +108,10 @@ class RawServer:
             self.requests.append(request)
             answer = self.answer(request)
             for piece in _pieces(answer, 64):
-                conn.sendall(piece)
+                try:
+                    conn.sendall(piece)
+                except OSError:  # the client gave up waiting (a timeout, a cancellation)
+                    return
                 time.sleep(0.0005)
 
 

@@ -612,6 +612,29 @@ class OpenAICall:
             **fields,
         )
 
+    def unanswered_record(self, error: BaseException, now: float) -> UsageRecord | None:
+        """The record of an attempt that may have reached the provider but got no response
+        (a read timeout, a reset connection, a cancellation): a failure that settles at its
+        estimate (the provider may have run it, and bills it if it did), at least at what
+        its reservation held. None after the first record."""
+        if self._recorded:
+            return None
+        self._recorded = True
+        name = type(error).__name__
+        fields: dict[str, Any] = {"invalid_fields": ("response",)}  # settles at least at the hold
+        if self.method in _TOKEN_METHODS:
+            fields |= reported_usage(None, self.estimate)
+            fields["estimate_reason"] = (
+                f"no response arrived ({name}): the request may have reached the provider")
+        return UsageRecord(
+            workspace_id=self.workspace_id, scopes=self.scopes, provider=self.provider,
+            source="openai", model=self.model or "unknown", api_method=self.method,
+            timestamp=datetime.fromtimestamp(now, UTC),
+            latency_ms=(time.perf_counter() - self._started) * 1000, success=False,
+            status_code=None, error_type=name, stream=self.stream, attempt=self.attempt,
+            server_address=self.server, **fields,
+        )
+
     def fallback_record(self, now: float) -> UsageRecord:
         """The attempt at its estimate, for when :meth:`record` itself failed."""
         fields = reported_usage(None, self.estimate(), observed_output=self._events)

@@ -38,6 +38,8 @@ from types import ModuleType
 from typing import Any, TypeVar
 from urllib.parse import quote
 
+import anyio
+
 try:
     import openai
 except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -333,6 +335,33 @@ def _respond(hub: _Hub, call: OpenAICall, response: Any, finish: _Finisher) -> _
     return response
 
 
+#: Errors of an HTTP library (httpx, httpx2) raised before any byte of the request left: the
+#: provider never saw it. Any other error on the way (a read timeout, a reset, a
+#: cancellation) may come after the provider took the request.
+_NOT_SENT = frozenset({"ConnectError", "ConnectTimeout", "PoolTimeout", "ProxyError",
+                       "UnsupportedProtocol", "LocalProtocolError", "InvalidURL"})
+
+
+def _unanswered(hub: _Hub, call: OpenAICall, error: BaseException) -> _Flow[None]:
+    """The request failed before its response. Never sent (a connect error): its
+    reservation is given back. Otherwise the attempt counts as a request, at its estimate:
+    the SDK retries a timeout, and each retry may have run at the provider."""
+    if any(kind.__name__ in _NOT_SENT for kind in type(error).__mro__):
+        yield "release", (call.reservation,), {}
+        return
+    try:
+        record = call.unanswered_record(error, hub.manager.now())
+    except Exception as exc:  # a bug of ours: the reservation still holds the estimate
+        hub.failed("record", exc, call.workspace_id)
+        return
+    if record is None:
+        yield "release", (call.reservation,), {}
+        return
+    if call.mark is not None:
+        call.mark.recorded = True  # the outer run is recorded here: it adds nothing
+    yield "record", (record, call.reservation), {}
+
+
 def _finish(hub: _Hub, call: OpenAICall, headers: Mapping[str, str] | None) -> _Flow[None]:
     """Record the attempt (or release its reservation, when it was recorded already)."""
     record = hub.final_record(call)
@@ -372,8 +401,8 @@ class TrackingTransport:
         _run(hub.manager, _admit(hub, call))
         try:
             response = self.inner.handle_request(request)
-        except BaseException:
-            hub.manager.release(call.reservation)
+        except BaseException as exc:
+            _run(hub.manager, _unanswered(hub, call, exc))
             raise
         return _run(hub.manager, _respond(hub, call, response, self))
 
@@ -407,8 +436,9 @@ class AsyncTrackingTransport:
         await _arun(hub.manager, _admit(hub, call))
         try:
             response = await self.inner.handle_async_request(request)
-        except BaseException:
-            await hub.manager.arelease(call.reservation)
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):  # a cancelled call is still counted
+                await _arun(hub.manager, _unanswered(hub, call, exc))
             raise
         return await _arun(hub.manager, _respond(hub, call, response, self))
 
