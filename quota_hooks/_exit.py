@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
+import sys
 import threading
 import time
 import weakref
@@ -44,6 +46,22 @@ def close_at_exit(obj: _Closable, phase: int) -> None:
         if not _registered:
             atexit.register(_close_all)
             _registered = True
+
+
+def _in_child() -> None:
+    """A forked child: a new lock; and a ``multiprocessing`` child, which leaves through
+    ``os._exit`` (no atexit), closes what it made through multiprocessing's own exit hook."""
+    global _lock
+    _lock = threading.Lock()
+    util = sys.modules.get("multiprocessing.util")
+    if util is not None and _registered:
+        # Process._bootstrap clears the finalizers, then runs the after-fork hooks.
+        util.register_after_fork(_close_all, lambda _: util.Finalize(None, _close_all,
+                                                                      exitpriority=0))
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_in_child)
 
 
 def _close_all() -> None:

@@ -36,6 +36,7 @@ from typing import Any, cast
 
 from pydantic import ValidationError
 
+from ._fork import renew_after_fork
 from .alerts.model import Alert, AlertKind
 from .errors import ConfigurationError, StorageError
 from .metrics import METRICS
@@ -98,6 +99,11 @@ class PolicySync:
         self._failures = 0
         self._read_once = False
         self._full_due = 0.0
+        self._lock = threading.Lock()
+        self._reading = threading.Lock()
+        renew_after_fork(self)
+
+    def _after_fork_in_child(self) -> None:
         self._lock = threading.Lock()
         self._reading = threading.Lock()
 
@@ -376,10 +382,20 @@ class _Refresher:
             return
         with self._lock:
             self._syncs.add(sync)
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="quota-hooks-policies",
-                                                daemon=True)
-                self._thread.start()
+            self._start()
+
+    def _start(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name="quota-hooks-policies",
+                                            daemon=True)
+            self._thread.start()
+
+    def _after_fork_in_child(self) -> None:
+        """A child process after ``fork()``: its own thread checks the policies."""
+        self._lock = threading.Lock()
+        self._thread = None
+        if self._syncs:
+            self._start()
 
     def discard(self, sync: PolicySync) -> None:
         with self._lock:
@@ -397,6 +413,7 @@ class _Refresher:
 
 
 _REFRESHER = _Refresher()
+renew_after_fork(_REFRESHER)
 
 
 @contextlib.contextmanager

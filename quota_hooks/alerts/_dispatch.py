@@ -87,6 +87,19 @@ class Dispatcher:
         """The sinks, in the order they were added."""
         return [outbox.sink for outbox in self._outboxes]
 
+    def after_fork_in_child(self) -> None:
+        """A child process after ``fork()`` has no alert thread: the next kick starts its
+        own; the alerts queued in the parent are the parent's to send."""
+        self._lock = threading.Lock()
+        self._kicked = self._running = self._hurry_flag = False
+        self._loop, self._wake, self._thread = None, None, None
+        self._ready = threading.Event()
+        self._hurry = asyncio.Event()
+        self._tasks = set()
+        for outbox in self._outboxes:
+            outbox.queue.clear()
+            outbox.started = outbox.busy = False
+
     @property
     def has_sinks(self) -> bool:
         """True once a sink is added."""

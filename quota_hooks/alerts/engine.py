@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Protocol, cast
 
+from .._fork import renew_after_fork
 from .._reads import aread_counters
 from ..errors import ConfigurationError
 from ..forecast import SpendForecast, daily_charges, forecast_spend, months_needed
@@ -224,6 +225,7 @@ class AlertEngine:
         self._lock = threading.Lock()
         self._dispatch = Dispatcher(self._evaluate_pending, self._has_pending,
                                     queue_size=queue_size, sink_timeout=float(sink_timeout))
+        renew_after_fork(self)
         self.suppressed = 0
         """Alerts another process had already claimed (or this one, when the store was down)."""
         self.evaluation_errors = 0
@@ -232,6 +234,13 @@ class AlertEngine:
         """Alerts sent but not kept in the alert history because the store failed (logged)."""
         for sink in sinks:
             self.add_sink(sink)
+
+    def _after_fork_in_child(self) -> None:
+        """A child process after ``fork()``: a new lock and alert thread; what the parent
+        had pending is the parent's to evaluate and send."""
+        self._lock = threading.Lock()
+        self._dirty, self._events, self._published = {}, {}, []
+        self._dispatch.after_fork_in_child()
 
     # ------------------------------------------------------------------ sinks and counters
     @property

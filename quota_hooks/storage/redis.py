@@ -72,6 +72,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("RedisStore needs redis-py: pip install 'quota-hooks[redis]'") from exc
 
 from .._exit import close_at_exit
+from .._fork import renew_after_fork
 from ..errors import ConfigurationError, StorageError
 from ..usage import UsageRecord
 from ._batch import AsyncGroupCommit, GroupCommit
@@ -456,6 +457,7 @@ class RedisStore:
         self._unanswered_at: float | None = None
         self._closed = False
         close_at_exit(self, 2)  # a plain exit still replays what the backlog holds
+        renew_after_fork(self)
         self.dropped_records = 0
         """Commits lost because the backlog was full while Redis did not answer (logged)."""
         self._async: weakref.WeakKeyDictionary[
@@ -1173,6 +1175,26 @@ class RedisStore:
                 packed = _AGGREGATE if len(value) == _AGGREGATE.size else _AGGREGATE_8
                 table[name[len(mark):]] = Aggregate(*packed.unpack(value))
         return table
+
+    def _after_fork_in_child(self) -> None:
+        """A child process after ``fork()``: new locks, and nothing of what the parent still
+        owns: its leases (spending them here too would admit their calls twice), its queued
+        commits, backlog and orphaned holds (the parent writes and settles those). redis-py
+        opens the child's own connections."""
+        self._batch = GroupCommit(self._send)
+        self._leases, self._retired, self._leasing = {}, [], set()
+        self._lease_waiters, self._shares = {}, {}
+        self._lease_lock = threading.Lock()
+        self._lease_done = threading.Condition(self._lease_lock)
+        self._queue = deque()
+        self._queue_ready = threading.Condition()
+        self._enqueued = self._processed = 0
+        self._writer = None  # started by the child's first batched commit
+        self._backlog = deque()
+        self._backlog_lock = threading.Lock()
+        self._orphans = deque()
+        self._unanswered_at = None
+        self._async = weakref.WeakKeyDictionary()
 
     # ------------------------------------------------------------------ batched commits
     def _enqueue(self, entry: UsageEntry, reservation: Reservation | None) -> None:

@@ -52,6 +52,7 @@ from typing import Any, Literal, TypeVar
 import anyio.to_thread
 
 from .._exit import close_at_exit
+from .._fork import renew_after_fork
 from ..errors import ConfigurationError, StorageError
 from ..usage import UsageRecord
 from ..windows import DAY, MINUTE, Window
@@ -369,16 +370,45 @@ class SQLiteStore:
         self._lock = threading.Lock()
         self._has_work = threading.Condition(self._lock)
         self._progress = threading.Condition(self._lock)
+        self._queue_size = queue_size
         self._slots = threading.Semaphore(queue_size)
         self._enqueued = 0
         self._processed = 0
         self._stopping = False
         if durability == "batched":
-            self._writer = threading.Thread(
-                target=self._write_loop, name="quota-hooks-sqlite-writer", daemon=True
-            )
-            self._writer.start()
+            self._start_writer()
             close_at_exit(self, 2)  # a plain exit still writes what is queued
+        renew_after_fork(self)
+
+    def _start_writer(self) -> None:
+        self._writer = threading.Thread(
+            target=self._write_loop, name="quota-hooks-sqlite-writer", daemon=True
+        )
+        self._writer.start()
+
+    def _after_fork_in_child(self) -> None:
+        """A child process after ``fork()``: new locks, a new writer with an empty queue
+        (the parent writes what it had queued), and none of the parent's connections: SQLite
+        must not use one across a fork, and the locks it counts per file for them in this
+        process would make the child's own connections wait forever, so they are closed
+        (which releases only this process's locks: the parent holds its own)."""
+        for owned in list(self._connections):
+            owned.close()
+        self._local = threading.local()
+        self._connections = weakref.WeakSet()
+        self._conn_lock = threading.Lock()
+        self._busy = 0
+        self._idle = threading.Condition(self._conn_lock)
+        self._write_lock = threading.Lock()
+        self._pending = deque()
+        self._lock = threading.Lock()
+        self._has_work = threading.Condition(self._lock)
+        self._progress = threading.Condition(self._lock)
+        self._slots = threading.Semaphore(self._queue_size)
+        self._enqueued = self._processed = 0
+        self._failing_since = None
+        if self._writer is not None and not self._closed and not self._stopping:
+            self._start_writer()
 
     def __repr__(self) -> str:
         return f"SQLiteStore({str(self.path)!r}, durability={self.durability!r})"
