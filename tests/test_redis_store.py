@@ -669,3 +669,33 @@ def test_a_breakdown_row_of_the_older_layout_is_read_and_extended(store: RedisSt
     store.commit(entry(tokens=10))
     row = store.breakdown("workspace:ws", MONTH, "model")["gpt-4o-mini"]
     assert (row.requests, row.tokens, row.input_tokens, row.cached_input_tokens) == (3, 30, 30, 0)
+
+
+def test_commits_redis_refuses_for_a_while_are_held_not_lost(
+    own_redis: tuple[str, subprocess.Popen[bytes]],
+) -> None:
+    """Out of memory (and the same for a replica that is read-only after a failover): Redis
+    refuses the commit script before it runs. The default (sync) store holds those commits
+    for replay, like one Redis never answered, and writes them once Redis takes writes."""
+    url = own_redis[0]
+    store = RedisStore.from_url(url)
+    manager = QuotaManager(QuotaPolicy(rpm=100, rpd=None, tpm=None, tpd=None, mode="raise"),
+                           store=store)
+    admin = redis.Redis.from_url(url)
+    try:
+        manager.record(UsageRecord(workspace_id="ws", input_tokens=1))
+        admin.config_set("maxmemory", 1)
+        for _ in range(3):  # admitted (the store fails open), then refused by Redis
+            manager.record(UsageRecord(workspace_id="ws", input_tokens=10))
+        assert store.health() == "Redis did not answer: 3 commit(s) held for replay"
+        assert store.dropped_records == 0
+        admin.config_set("maxmemory", 0)
+        manager.record(UsageRecord(workspace_id="ws", input_tokens=100))  # replays the rest
+        status = manager.status("ws", enhanced=False)
+        assert status.requests_per_minute.current == 5
+        assert status.tokens_per_day.current == 131
+        assert store.health() is None
+    finally:
+        admin.config_set("maxmemory", 0)
+        admin.close()
+        store.close()

@@ -181,6 +181,11 @@ _Run = tuple[str, list[int], list[str], list[Any]]
 #: slots, is one).
 _UNANSWERED = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ClusterDownError,
                redis.exceptions.TryAgainError)
+#: Failures after which a commit is held for replay: no answer, or a refusal that passes (out
+#: of memory, a replica that is read-only after a failover, a server still loading, a
+#: primary that is down). Redis refuses these before running the script.
+_HELD = (*_UNANSWERED, redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError,
+         redis.exceptions.BusyLoadingError, redis.exceptions.MasterDownError)
 
 
 def _as_redis_error(exc: BaseException) -> redis.RedisError:
@@ -1258,7 +1263,7 @@ class RedisStore:
                     del steps[i]
                 except StorageError as exc:
                     del steps[i]
-                    if isinstance(exc.__cause__, _UNANSWERED):
+                    if isinstance(exc.__cause__, _HELD):
                         self._keep(*batch[i])
                     else:
                         self.dropped_records += 1
@@ -1361,7 +1366,9 @@ class RedisStore:
         try:
             yield from self._commit_plan(entry, reservation, commit_id)
         except StorageError as exc:
-            if not isinstance(exc.__cause__, _UNANSWERED):
+            if not isinstance(exc.__cause__, _HELD):
+                self.dropped_records += 1  # counted and shown (health), never lost silently
+                logger.error("quota-hooks: a commit was dropped: %s", exc)
                 raise
             self._keep(entry, reservation, commit_id)
             return
