@@ -309,3 +309,36 @@ def test_a_store_closed_under_its_manager_raises_never_crashes(tmp_path: Path) -
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=120, check=False)
     assert (done.returncode, done.stdout.strip()) == (0, "ok"), done.stderr[-2000:]
+
+
+def test_a_sync_commit_that_meets_a_locked_file_is_written_later_not_lost(
+    tmp_path: Path,
+) -> None:
+    """Another process's long write transaction outlasts lock_timeout: the sync store's
+    commits go to a writer thread that waits for the file, instead of being lost; sync writes
+    resume once it has caught up."""
+    path = tmp_path / "quota.db"
+    store = SQLiteStore(path, durability="sync", lock_timeout=0.2)
+    manager = QuotaManager(QuotaPolicy(rpm=100, rpd=None, tpm=None, tpd=None, mode="raise"),
+                           store=store)
+    manager.record(UsageRecord(workspace_id="ws", input_tokens=1))
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # another process, as SQLite sees it
+    release = threading.Timer(1.0, lambda: other.execute("COMMIT"))
+    release.start()
+    try:
+        for tokens in (10, 20):
+            manager.record(UsageRecord(workspace_id="ws", input_tokens=tokens))
+        assert store.dropped_records == 0
+    finally:
+        release.join()
+        other.close()
+    assert store.flush(10)
+    manager.record(UsageRecord(workspace_id="ws", input_tokens=300))  # sync again
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT count(*) FROM history").fetchone() == (4,)
+    status = manager.status("ws", enhanced=False)
+    assert status.requests_per_minute.current == 4
+    assert status.tokens_per_day.current == 331
+    assert store.health() is None
+    store.close()

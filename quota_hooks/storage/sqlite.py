@@ -492,9 +492,18 @@ class SQLiteStore:
 
     # ------------------------------------------------------------------ writes
     def commit(self, entry: UsageEntry, reservation: Reservation | None = None) -> None:
-        if self._writer is None:
-            self._guard(self._write_batch, [(entry, reservation)], what="commit")
-            return
+        if self._writer is None or (self.durability == "sync" and self._writer_idle()):
+            try:
+                self._guard(self._write_batch, [(entry, reservation)], what="commit")
+                return
+            except StorageError as exc:
+                if self._closed or not isinstance(exc.__cause__, (sqlite3.OperationalError,
+                                                                  type(None))):
+                    with self._lock:
+                        self.dropped_records += 1  # a record SQLite can never store
+                        self._last_drop = time.monotonic()
+                    raise
+                self._hand_to_writer(exc)  # busy, locked, full, I/O: retried, not lost
         self._check_open()
         if not self._slots.acquire(blocking=False):
             wait = 0.0 if self._failing_since is not None else self.lock_timeout
@@ -503,10 +512,31 @@ class SQLiteStore:
         self._enqueue((entry, reservation))
 
     async def acommit(self, entry: UsageEntry, reservation: Reservation | None = None) -> None:
-        if self._writer is not None and self._slots.acquire(blocking=False):
+        if self._writer is not None and not (
+                self.durability == "sync" and self._writer_idle()) and self._slots.acquire(
+                blocking=False):
             self._enqueue((entry, reservation))
             return
         await anyio.to_thread.run_sync(self.commit, entry, reservation)
+
+    def _writer_idle(self) -> bool:
+        """True when the writer a ``sync`` store started has written all it was given."""
+        return self._failing_since is None and self._processed >= self._enqueued
+
+    def _hand_to_writer(self, exc: StorageError) -> None:
+        """A ``sync`` commit met a file it could not write in time (another process's long
+        transaction, a full disk): the record goes to a writer thread, which retries it like
+        a batch (for ``write_timeout``, then counts the drop), and the next commits queue
+        behind it until it has caught up; then ``sync`` writes resume."""
+        with self._lock:
+            start = self._writer is None
+            if start:
+                self._start_writer()
+        if start:
+            logger.warning("quota-hooks: a sync commit to %s failed (%s); it and the commits "
+                           "after it are written by a writer thread until the file takes "
+                           "writes again", self.path, exc)
+            close_at_exit(self, 2)
 
     def _queue_full(self, entry: UsageEntry) -> None:
         with self._lock:
