@@ -342,3 +342,33 @@ def test_a_sync_commit_that_meets_a_locked_file_is_written_later_not_lost(
     assert status.tokens_per_day.current == 331
     assert store.health() is None
     store.close()
+
+
+def test_a_writer_stuck_behind_another_process_keeps_one_caller_waiting_not_each(
+    tmp_path: Path,
+) -> None:
+    """Another process holds the file: the first caller waits lock_timeout for the writer
+    (then fails open); later callers see the writer stuck where it was and go on at once, and
+    health() says why (the status is degraded)."""
+    path = tmp_path / "quota.db"
+    store = SQLiteStore(path, lock_timeout=1.0)
+    manager = QuotaManager(QuotaPolicy(rpm=100, rpd=None, tpm=None, tpd=None, mode="raise"),
+                           store=store)
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        manager.record(UsageRecord(workspace_id="ws", input_tokens=1))  # queued: the writer waits
+        manager.acquire("ws", Estimate(input_tokens=1, output_tokens=1))  # waits, fails open
+        assert "writer waiting for the file" in (store.health() or "")
+        started = time.monotonic()
+        for _ in range(3):
+            manager.acquire("ws", Estimate(input_tokens=1, output_tokens=1))
+        assert time.monotonic() - started < 1.0  # no second lock_timeout, let alone three
+        assert manager.fail_open_calls == 4
+    finally:
+        other.execute("COMMIT")
+        other.close()
+    assert store.flush(10)
+    assert manager.status("ws", enhanced=False).tokens_per_day.current == 1
+    assert store.health() is None
+    store.close()

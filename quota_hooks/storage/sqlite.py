@@ -355,6 +355,9 @@ class SQLiteStore:
         """Records that could not be written at all, logged: a batch the writer gave up on,
         or a record that found the queue full while the writer was failing."""
         self._failing_since: float | None = None  # monotonic; the writer's first failure
+        # The writer's progress when it last kept a caller waiting lock_timeout for it: the
+        # callers after wait no more until it moves.
+        self._stuck_at: int | None = None
         self._names: dict[tuple[str, str, str], set[str]] = {}  # breakdown names, per writer
         self._last_drop: float | None = None  # monotonic
         self._writer: threading.Thread | None = None
@@ -406,7 +409,7 @@ class SQLiteStore:
         self._progress = threading.Condition(self._lock)
         self._slots = threading.Semaphore(self._queue_size)
         self._enqueued = self._processed = 0
-        self._failing_since = None
+        self._failing_since = self._stuck_at = None
         if self._writer is not None and not self._closed and not self._stopping:
             self._start_writer()
 
@@ -435,7 +438,7 @@ class SQLiteStore:
         return owned.conn
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def _transaction(self, wait: float | None = None) -> Iterator[sqlite3.Connection]:
         """A ``BEGIN IMMEDIATE`` transaction, serialized with this process's other writers.
 
         A caller's thread waits for them at most ``lock_timeout`` (then ``StorageError``); the
@@ -444,7 +447,8 @@ class SQLiteStore:
         """
         conn = self._conn()
         writer = threading.current_thread() is self._writer
-        if not self._write_lock.acquire(timeout=-1 if writer else self.lock_timeout):
+        if not self._write_lock.acquire(
+                timeout=-1 if writer else self.lock_timeout if wait is None else wait):
             raise StorageError(
                 f"SQLite store {str(self.path)!r}: this process's writer held the write lock "
                 f"longer than lock_timeout={self.lock_timeout:g}s"
@@ -563,6 +567,9 @@ class SQLiteStore:
         records dropped in the last five minutes): the manager shows ``degraded``."""
         if self._failing_since is not None:
             return f"SQLite writes failing: {self._writer_state()}"
+        if self._stuck_at is not None and self._stuck_at == self._processed:
+            return (f"SQLite writer waiting for the file (another process's transaction): "
+                    f"{self._enqueued - self._processed} record(s) not written yet")
         if self._last_drop is not None and time.monotonic() - self._last_drop < 300:
             return f"SQLite store dropped {self.dropped_records} record(s)"
         return None
@@ -589,22 +596,28 @@ class SQLiteStore:
             target = self._enqueued
             return self._progress.wait_for(lambda: self._processed >= target, timeout)
 
-    def _flush_while_healthy(self, timeout: float) -> None:
-        """:meth:`flush`, giving up as soon as the writer starts failing."""
+    def _caught_up(self, what: str) -> float:
+        """Flush before a read or a reservation, so a process sees its own records: waiting
+        at most ``lock_timeout``, and not at all while the writer is failing, or is still
+        stuck where it kept an earlier caller waiting that long (another process's long
+        transaction: a read then sees the file as it is; :meth:`health` says why).
+        Reservations stay exact either way: a record's reservation holds its estimate until
+        the record itself is written. Returns what is left of ``lock_timeout`` for the
+        operation's own wait, so that a call never waits longer in all."""
+        if self._writer is None or self._failing_since is not None:
+            return self.lock_timeout
+        start = time.monotonic()
         with self._lock:
             target = self._enqueued
-            self._progress.wait_for(
-                lambda: self._processed >= target or self._failing_since is not None, timeout)
-
-
-    def _caught_up(self, what: str) -> None:
-        """Flush before a read or a reservation, so a process sees its own records: waiting
-        at most ``lock_timeout``, and not at all while the writer is failing (a read then
-        sees the file as it is; :meth:`health` says why). Reservations stay exact either way:
-        a record's reservation holds its estimate until the record itself is written."""
-        if self._writer is None or self._failing_since is not None:
-            return
-        self._flush_while_healthy(self.lock_timeout)
+            if self._processed >= target:
+                return self.lock_timeout
+            if self._stuck_at == self._processed:
+                return 0.0
+            caught = self._progress.wait_for(
+                lambda: self._processed >= target or self._failing_since is not None,
+                self.lock_timeout)
+            self._stuck_at = None if caught else self._processed
+        return max(0.0, self.lock_timeout - (time.monotonic() - start))
 
     def _write_loop(self) -> None:
         while True:
@@ -837,8 +850,8 @@ class SQLiteStore:
         month: str,
         ttl: float,
     ) -> Reservation | Denial:
-        self._caught_up("reserve")
-        return self._guard(self._reserve, scopes, delta, limits, now, month, ttl,
+        wait = self._caught_up("reserve")
+        return self._guard(self._reserve, scopes, delta, limits, now, month, ttl, wait,
                            what="reserve")
 
     def _reserve(
@@ -849,8 +862,9 @@ class SQLiteStore:
         now: float,
         month: str,
         ttl: float,
+        wait: float | None = None,
     ) -> Reservation | Denial:
-        with self._transaction() as conn:
+        with self._transaction(wait) as conn:
             reaped = _Batch()
             self._reap(conn, reaped, now)
             reaped.apply(conn)
@@ -902,10 +916,10 @@ class SQLiteStore:
 
 
     def release(self, reservation: Reservation, now: float) -> bool:
-        self._caught_up("release")
+        wait = self._caught_up("release")
 
         def run() -> bool:
-            with self._transaction() as conn:
+            with self._transaction(wait) as conn:
                 batch = _Batch()
                 self._reap(conn, batch, now)  # past its ttl: forgotten, its hold stays
                 found = self._settle(conn, batch, reservation.id)
