@@ -31,7 +31,7 @@ import re
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from fractions import Fraction
 from importlib import resources
@@ -254,10 +254,12 @@ class PriceBook:
         self._sources: dict[str, str] = {}
         self._resolved: dict[str, tuple[str, ModelPrice] | None] = {}
         self._table_rates: dict[str, Rates | None] = {}
-        # The hot path: the rates of each (provider, model) priced without a context, with
-        # the genai-prices model whose price in force they are (``None``: a price that never
-        # changes, an override's or a model's with no dated or timed prices) and that price.
-        self._fast: dict[tuple[str | None, str], tuple[Rates, Any, Any]] = {}
+        # The hot path: the rates of each (provider, model, context items), with the
+        # genai-prices model whose price in force they are (``None``: a price that never
+        # changes, an override's or a model's with no dated or timed prices), that price, and
+        # the day they hold for when the model has variants a context selects (else None).
+        self._fast: dict[tuple[str | None, str, tuple[tuple[str, str], ...]],
+                         tuple[Rates, Any, Any, date | None]] = {}
         self._warned: set[str] = set()
         self._lock = threading.Lock()
         self._failsafe_rates: Rates | None = None
@@ -422,12 +424,19 @@ class PriceBook:
               context: Mapping[str, str] | None = None) -> Rates | None:
         """The compiled price of ``model`` at ``provider`` in force at ``when`` (now) under
         ``context``, or None when nothing prices it. Overrides win."""
-        if not context:  # the common case: one lookup (and the price in force, by identity)
-            fast = self._fast.get((provider, model))
-            if fast is not None:
-                rates, info, standard = fast
-                if info is None or info.get_prices(when or _now()) is standard:
-                    return rates
+        # The common case: one lookup (and the price in force, by identity). A response's
+        # service tier ("default", on every OpenAI response) is a context: its rates are kept
+        # too, for the day when the model has variants (a variant's dates go by day).
+        items = tuple(sorted(context.items())) if context else ()
+        fast = self._fast.get((provider, model, items))
+        if fast is not None:
+            rates, info, standard, day = fast
+            if info is None and day is None:
+                return rates
+            moment = when or _now()
+            if (info is None or info.get_prices(moment) is standard) and (
+                    day is None or moment.date() == day):
+                return rates
         return self._rates(model, provider, when, context)
 
     def _rates(self, model: str, provider: str | None, when: datetime | None,
@@ -447,8 +456,8 @@ class PriceBook:
                 self._table_rates.clear()
             self._table_rates[model] = rates
         if rates is not None or self.genai is None:
-            if rates is not None and not context:
-                self._remember(provider, model, rates, None, None)
+            if rates is not None:  # an override: one price, whatever the context
+                self._remember(provider, model, context, rates, None, None, None)
             return rates
         moment = when or _now()
         try:
@@ -461,23 +470,25 @@ class PriceBook:
             # break it): it is charged the fallback price.
             self._pricing_failed(model, provider, exc)
             return self._failsafe()
-        if not context:
-            from genai_prices.types import ModelPrice as GenaiPrice
+        from genai_prices.types import ModelPrice as GenaiPrice
 
-            info = resolved[1]
-            # A model with one price (not a list of dated or timed ones: genai-prices' own
-            # test in get_prices) has it at any time.
-            timed = not isinstance(info.prices, GenaiPrice)
-            self._remember(provider, model, rates, info if timed else None,
-                           info.get_prices(moment) if timed else None)
+        info = resolved[1]
+        # A model with one price (not a list of dated or timed ones: genai-prices' own test
+        # in get_prices) has it at any time; a context only matters through its variants.
+        timed = not isinstance(info.prices, GenaiPrice)
+        varied = bool(context) and bool(getattr(info, "price_variants", None))
+        self._remember(provider, model, context, rates, info if timed else None,
+                       info.get_prices(moment) if timed else None,
+                       moment.date() if varied else None)
         return rates
 
-    def _remember(self, provider: str | None, model: str, rates: Rates, info: Any,
-                  standard: Any) -> None:
+    def _remember(self, provider: str | None, model: str, context: Mapping[str, str] | None,
+                  rates: Rates, info: Any, standard: Any, day: date | None) -> None:
         """Keep ``rates`` for :meth:`rates`' one lookup (see ``_fast``)."""
         if len(self._fast) >= _MAX_CACHED:
             self._fast.clear()
-        self._fast[(provider, model)] = (rates, info, standard)
+        items = tuple(sorted(context.items())) if context else ()
+        self._fast[(provider, model, items)] = (rates, info, standard, day)
 
     def _failsafe(self) -> Rates:
         """The fallback price as rates: for a model that genai-prices cannot price because
