@@ -333,7 +333,7 @@ def claim(model: str | None, method: str, attempt: int = 0, prompts: int = 1) ->
     Returns:
         The :class:`Claim`: the run the attempt belongs to and the reservation it took.
     """
-    if model is None:
+    if model is None or _top.get() is None:  # the usual case: no run open in this context
         return Claim()
     chat = method in CHAT_METHODS
     if not chat and method != _COMPLETIONS:
