@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import weakref
-from typing import Protocol
+from typing import Any, Protocol
 
 __all__ = ["renew_after_fork"]
 
@@ -26,15 +26,44 @@ class _Renewable(Protocol):
 
 
 _LIVE: weakref.WeakSet[_Renewable] = weakref.WeakSet()
+#: Objects that must be quiet while a fork is made (``_before_fork``, then
+#: ``_after_fork_in_parent`` in the parent): a SQLite store, whose connections must not be in
+#: use by another thread at the fork (the child could never close them).
+_QUIESCED: weakref.WeakSet[Any] = weakref.WeakSet()
+_held: list[Any] = []
 
 
-def renew_after_fork(obj: _Renewable) -> None:
+def renew_after_fork(obj: _Renewable, *, quiesce: bool = False) -> None:
     """Call ``obj._after_fork_in_child()`` in every child process forked from now on (while
-    ``obj`` lives)."""
+    ``obj`` lives); with ``quiesce``, also ``obj._before_fork()`` before each fork and
+    ``obj._after_fork_in_parent()`` after it, in the parent."""
     _LIVE.add(obj)
+    if quiesce:
+        _QUIESCED.add(obj)
+
+
+def _before() -> None:
+    _held.clear()
+    for obj in list(_QUIESCED):
+        try:
+            obj._before_fork()
+        except Exception:  # the fork goes on; this object is renewed in the child anyway
+            logger.exception("quota-hooks: quieting %r before fork() failed", obj)
+            continue
+        _held.append(obj)
+
+
+def _in_parent() -> None:
+    for obj in _held:
+        try:
+            obj._after_fork_in_parent()
+        except Exception:
+            logger.exception("quota-hooks: resuming %r after fork() failed", obj)
+    _held.clear()
 
 
 def _in_child() -> None:
+    _held.clear()
     for obj in list(_LIVE):
         try:
             obj._after_fork_in_child()
@@ -43,4 +72,4 @@ def _in_child() -> None:
 
 
 if hasattr(os, "register_at_fork"):  # POSIX
-    os.register_at_fork(after_in_child=_in_child)
+    os.register_at_fork(before=_before, after_in_parent=_in_parent, after_in_child=_in_child)

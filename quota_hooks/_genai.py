@@ -25,6 +25,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ._fork import renew_after_fork
 from ._rates import PICO_PER_USD, Rates, exact
 
 if TYPE_CHECKING:
@@ -130,6 +131,7 @@ class GenaiSource:
         self._meta: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._models: dict[tuple[str, str], tuple[Any, Any, bool] | None] = {}
+        renew_after_fork(self)
         self._rates: dict[tuple[int, int, int, tuple[tuple[str, str], ...], str],
                           tuple[Any, Rates]] = {}
         self._max = max_cached
@@ -139,6 +141,9 @@ class GenaiSource:
         """Why no snapshot at all could be loaded, or None."""
 
     # ------------------------------------------------------------------ snapshot
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()  # another thread may have held it at the fork
     def snapshot(self) -> DataSnapshot:
         snapshot = self._snapshot
         if snapshot is None:

@@ -8,7 +8,10 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import signal
 import sqlite3
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +20,7 @@ import pytest
 from store_helpers import dispose, make_store
 
 from quota_hooks import QuotaManager, QuotaPolicy, UsageRecord
-from quota_hooks.storage import SQLiteStore, Store
+from quota_hooks.storage import MemoryStore, SQLiteStore, Store
 from quota_hooks.usage import Estimate
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX")
@@ -99,3 +102,56 @@ def test_a_bare_fork_child_writes_through_its_own_writer(store: Store) -> None:
         with sqlite3.connect(store.path) as db:
             assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
             assert db.execute("SELECT count(*) FROM history").fetchone() == (6,)
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "sqlite-sync"])
+def test_a_fork_while_another_thread_uses_the_store(kind: str, tmp_path: Path) -> None:
+    """Another thread records and reads without pause while the main thread forks: no child
+    inherits a lock (or a SQLite connection) in use that it then waits on forever, and the
+    parent's file stays whole."""
+    store: Store = (MemoryStore() if kind == "memory" else SQLiteStore(
+        tmp_path / "quota.db", durability="sync" if kind == "sqlite-sync" else "batched"))
+    manager = QuotaManager(QuotaPolicy(rpm=10**6, rpd=None, tpm=None, tpd=None, mode="raise"),
+                           store=store)
+    stop = threading.Event()
+    made = [0]
+
+    def busy() -> None:
+        while not stop.is_set():
+            call(manager, 1)
+            manager.status("ws", enhanced=False)
+            made[0] += 1
+
+    worker = threading.Thread(target=busy)
+    worker.start()
+    children = []
+    try:
+        for _ in range(3):
+            time.sleep(0.05)
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    signal.alarm(20)  # a hung child is killed, and fails the test
+                    call(manager, 7)
+                    flush = getattr(store, "flush", None)
+                    code = 0 if flush is None or flush(10) else 2
+                finally:
+                    os._exit(code)
+            children.append(pid)
+    finally:
+        stop.set()
+        worker.join()
+    codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in children]
+    assert codes == [0, 0, 0]
+    flush = getattr(store, "flush", None)
+    if flush is not None:
+        assert flush(10)
+    status = manager.status("ws", enhanced=False)
+    if kind == "memory":  # each process counts on its own
+        assert status.tokens_per_day.current == made[0]
+    else:
+        assert status.tokens_per_day.current == made[0] + 3 * 7
+        with sqlite3.connect(tmp_path / "quota.db") as db:
+            assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    store.close()

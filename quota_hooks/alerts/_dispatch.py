@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import anyio
+import anyio.lowlevel
 
 from .._exit import close_at_exit
 from .model import Alert, AlertSink, SinkLike, as_sink
@@ -243,6 +244,9 @@ class Dispatcher:
         self._wake = asyncio.Event()
         for outbox in self._outboxes:
             self._start_delivery(outbox)
+        # anyio imports its backend on first use: done now, while the thread that started
+        # this one waits, so that a fork() never copies that import half done.
+        await anyio.lowlevel.checkpoint()
         self._ready.set()
         self._wake.set()  # a kick may have come before the loop existed
         try:

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 
+from .._fork import renew_after_fork
 from ..usage import UsageRecord, fast_constructor
 from ..windows import DAY, MINUTE, RollingCounter, buckets
 from .base import (
@@ -186,6 +187,13 @@ class MemoryStore:
         self._claims: dict[str, float] = {}
         self._policies = PolicyTable(0, {})
         self._alerts: dict[str, deque[str]] = {}
+        self._lock = threading.Lock()
+        renew_after_fork(self)
+
+    def _after_fork_in_child(self) -> None:
+        """A child process after ``fork()``: a new lock (another thread may have held this
+        one at the fork). The child's usage is its copy of the parent's, counted on its own
+        from now on."""
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:

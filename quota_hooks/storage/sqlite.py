@@ -217,6 +217,10 @@ def _nanos(usd: Decimal) -> int:
 
     return to_nanos(usd)
 _Item = tuple[UsageEntry, "Reservation | None"]
+#: Seconds a fork waits at most for this process's threads to leave SQLite (then it goes on).
+_FORK_WAIT = 2.0
+#: Connections a forked child could not close (in use by a thread at the fork): kept open.
+_ABANDONED: list[object] = []
 #: Write attempts for a batch that meets a transient error (busy, locked, I/O) while the store
 #: is closing; before that the writer retries for as long as the store is open.
 _CLOSING_ATTEMPTS = 3
@@ -381,7 +385,7 @@ class SQLiteStore:
         if durability == "batched":
             self._start_writer()
             close_at_exit(self, 2)  # a plain exit still writes what is queued
-        renew_after_fork(self)
+        renew_after_fork(self, quiesce=True)
 
     def _start_writer(self) -> None:
         self._writer = threading.Thread(
@@ -389,14 +393,40 @@ class SQLiteStore:
         )
         self._writer.start()
 
+    def _before_fork(self) -> None:
+        """Before a fork: wait (briefly) until no thread of this process is inside SQLite on
+        this store's connections, and keep it so until the fork is made: the child must be
+        able to close its copies of them."""
+        self._forking: list[threading.Lock] = []
+        self._quiet = False
+        if not self._conn_lock.acquire(timeout=_FORK_WAIT):
+            return
+        self._forking.append(self._conn_lock)
+        idle = self._idle.wait_for(lambda: self._busy == 0, timeout=_FORK_WAIT)
+        if self._write_lock.acquire(timeout=_FORK_WAIT):  # the writer is between batches
+            self._forking.append(self._write_lock)
+            self._quiet = idle
+
+    def _after_fork_in_parent(self) -> None:
+        for lock in reversed(getattr(self, "_forking", ())):
+            lock.release()
+        self._forking = []
+
     def _after_fork_in_child(self) -> None:
         """A child process after ``fork()``: new locks, a new writer with an empty queue
         (the parent writes what it had queued), and none of the parent's connections: SQLite
         must not use one across a fork, and the locks it counts per file for them in this
         process would make the child's own connections wait forever, so they are closed
-        (which releases only this process's locks: the parent holds its own)."""
-        for owned in list(self._connections):
-            owned.close()
+        (which releases only this process's locks: the parent holds its own). When a thread
+        was still inside SQLite at the fork (waiting on another process's lock), they are
+        left open instead: closing one would wait for that thread forever, and the child's
+        writes then wait and retry like any writes to a locked file."""
+        if getattr(self, "_quiet", True):
+            for owned in list(self._connections):
+                owned.close()
+        else:  # a thread was inside SQLite at the fork: a close could wait for it forever
+            _ABANDONED.extend(self._connections)
+        self._forking = []
         self._local = threading.local()
         self._connections = weakref.WeakSet()
         self._conn_lock = threading.Lock()
