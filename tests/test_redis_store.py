@@ -593,6 +593,36 @@ def test_a_replay_that_fails_part_way_keeps_the_rest(url: str) -> None:
     store.close()
 
 
+def test_a_held_commit_that_can_never_be_written_is_dropped_not_blocking_the_rest(
+    url: str,
+) -> None:
+    store = RedisStore.from_url(url, prefix=f"qh-test-{uuid.uuid4().hex[:8]}",
+                                use_server_time=False)
+    for i in range(5):
+        store._keep(entry(tokens=1), None, f"held-{i}")
+    calls = 0
+    run = store._run
+
+    def wrong_type_once(name: str, keys: Any, args: Any) -> Any:
+        nonlocal calls
+        calls += name == "commit"
+        if name == "commit" and calls == 2:  # the second one meets a wrong key type, for good
+            try:
+                raise redis.ResponseError("WRONGTYPE Operation against a key")
+            except redis.ResponseError as exc:
+                raise StorageError("commit failed: WRONGTYPE") from exc
+        return run(name, keys, args)
+
+    store._run = wrong_type_once  # type: ignore[method-assign]
+    store._replay()
+    store._run = run  # type: ignore[method-assign]
+    assert not store._backlog and store.dropped_records == 1
+    assert store.counters("workspace:ws", T0, MONTH).requests_minute == 4
+    assert store.health() == "Redis did not answer: 1 commit(s) dropped"
+    store.clear()
+    store.close()
+
+
 def test_a_lease_taker_cancelled_while_it_waits_leaves_no_lease_taken(url: str) -> None:
     store = RedisStore.from_url(url, prefix=f"qh-test-{uuid.uuid4().hex[:8]}",
                                 use_server_time=False, lease_calls=16, durability="batched")

@@ -188,6 +188,12 @@ _HELD = (*_UNANSWERED, redis.exceptions.OutOfMemoryError, redis.exceptions.ReadO
          redis.exceptions.BusyLoadingError, redis.exceptions.MasterDownError)
 
 
+def _held(exc: StorageError) -> bool:
+    """True when a failed commit is held for replay: Redis did not answer, refused it for a
+    while (:data:`_HELD`), or failed for a cause not known (kept rather than lost)."""
+    return exc.__cause__ is None or isinstance(exc.__cause__, _HELD)
+
+
 def _as_redis_error(exc: BaseException) -> redis.RedisError:
     """redis-py's Cluster client says it reached no node with an exception that is not a
     RedisError: it is a connection failure."""
@@ -1263,7 +1269,7 @@ class RedisStore:
                     del steps[i]
                 except StorageError as exc:
                     del steps[i]
-                    if isinstance(exc.__cause__, _HELD):
+                    if _held(exc):
                         self._keep(*batch[i])
                     else:
                         self.dropped_records += 1
@@ -1366,7 +1372,7 @@ class RedisStore:
         try:
             yield from self._commit_plan(entry, reservation, commit_id)
         except StorageError as exc:
-            if not isinstance(exc.__cause__, _HELD):
+            if not _held(exc):
                 self.dropped_records += 1  # counted and shown (health), never lost silently
                 logger.error("quota-hooks: a commit was dropped: %s", exc)
                 raise
@@ -1402,7 +1408,11 @@ class RedisStore:
             late = max(time.monotonic() - since, 1e-6)
             try:
                 yield from self._commit_plan(entry, reservation, commit_id, late)
-            except StorageError:
+            except StorageError as exc:
+                if not _held(exc):  # it can never be written: the rest can
+                    self.dropped_records += 1
+                    logger.error("quota-hooks: a held commit was dropped: %s", exc)
+                    continue
                 with self._backlog_lock:  # this one and the rest go back, in their order
                     self._backlog.extendleft(reversed(taken[i:]))
                 self._replay_after = time.monotonic() + _QUIET_AFTER_FAILURE
