@@ -565,11 +565,17 @@ def test_batched_settles_never_let_a_limit_pass(url: str) -> None:
     assert admitted == {"sync": 3, "batched": 3}
 
 
-def test_a_replay_that_fails_part_way_keeps_the_rest(url: str) -> None:
+def held_commits(url: str, n: int) -> RedisStore:
+    """A store of its own whose backlog holds ``n`` commits of one request each."""
     store = RedisStore.from_url(url, prefix=f"qh-test-{uuid.uuid4().hex[:8]}",
                                 use_server_time=False)
-    for i in range(20):
+    for i in range(n):
         store._keep(entry(tokens=1), None, f"held-{i}")
+    return store
+
+
+def test_a_replay_that_fails_part_way_keeps_the_rest(url: str) -> None:
+    store = held_commits(url, 20)
     calls = 0
     run = store._run
 
@@ -596,10 +602,7 @@ def test_a_replay_that_fails_part_way_keeps_the_rest(url: str) -> None:
 def test_a_held_commit_that_can_never_be_written_is_dropped_not_blocking_the_rest(
     url: str,
 ) -> None:
-    store = RedisStore.from_url(url, prefix=f"qh-test-{uuid.uuid4().hex[:8]}",
-                                use_server_time=False)
-    for i in range(5):
-        store._keep(entry(tokens=1), None, f"held-{i}")
+    store = held_commits(url, 5)
     calls = 0
     run = store._run
 

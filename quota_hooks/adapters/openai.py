@@ -354,25 +354,25 @@ def _unanswered(hub: _Hub, call: OpenAICall, error: BaseException) -> _Flow[None
     except Exception as exc:  # a bug of ours: the reservation still holds the estimate
         hub.failed("record", exc, call.workspace_id)
         return
-    if record is None:
-        yield "release", (call.reservation,), {}
-        return
-    if call.mark is not None:
-        call.mark.recorded = True  # the outer run is recorded here: it adds nothing
-    yield "record", (record, call.reservation), {}
+    yield from _settle(call, record)
 
 
 def _finish(hub: _Hub, call: OpenAICall, headers: Mapping[str, str] | None) -> _Flow[None]:
     """Record the attempt (or release its reservation, when it was recorded already)."""
-    record = hub.final_record(call)
+    if (yield from _settle(call, hub.final_record(call))) and headers is not None:
+        hub.note_limits(call, headers)
+
+
+def _settle(call: OpenAICall, record: UsageRecord | None) -> _Flow[bool]:
+    """Record the attempt's ``record`` against its reservation (True), or give the
+    reservation back when there is no record (it was recorded already)."""
     if record is None:
         yield "release", (call.reservation,), {}
-        return
+        return False
     if call.mark is not None:
         call.mark.recorded = True  # the outer run is recorded here: it adds nothing
     yield "record", (record, call.reservation), {}
-    if headers is not None:
-        hub.note_limits(call, headers)
+    return True
 
 
 def _run(manager: QuotaManager, flow: _Flow[_T]) -> _T:
