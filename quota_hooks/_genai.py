@@ -131,7 +131,6 @@ class GenaiSource:
         self._meta: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._models: dict[tuple[str, str], tuple[Any, Any, bool] | None] = {}
-        renew_after_fork(self)
         self._rates: dict[tuple[int, int, int, tuple[tuple[str, str], ...], str],
                           tuple[Any, Rates]] = {}
         self._max = max_cached
@@ -139,11 +138,12 @@ class GenaiSource:
         """Why the updated snapshot is not used (it did not load or price), or None."""
         self.broken: str | None = None
         """Why no snapshot at all could be loaded, or None."""
-
-    # ------------------------------------------------------------------ snapshot
+        renew_after_fork(self)
 
     def _after_fork_in_child(self) -> None:
         self._lock = threading.Lock()  # another thread may have held it at the fork
+
+    # ------------------------------------------------------------------ snapshot
     def snapshot(self) -> DataSnapshot:
         snapshot = self._snapshot
         if snapshot is None:

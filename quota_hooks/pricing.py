@@ -263,12 +263,12 @@ class PriceBook:
                          tuple[Rates, Any, Any, date | None]] = {}
         self._warned: set[str] = set()
         self._lock = threading.Lock()
-        renew_after_fork(self)
         self._failsafe_rates: Rates | None = None
-
+        renew_after_fork(self)
 
     def _after_fork_in_child(self) -> None:
         self._lock = threading.Lock()  # another thread may have held it at the fork
+
     def __repr__(self) -> str:
         below = "" if self.genai is None else f" over {self.genai.label}"
         return f"PriceBook({len(self._prices)} override(s){below})"

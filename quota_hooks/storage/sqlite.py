@@ -344,24 +344,14 @@ class SQLiteStore:
         self.busy_timeout = float(busy_timeout)
         self.lock_timeout = float(lock_timeout)
         self.write_timeout = float(write_timeout)
-        self._local = threading.local()
-        self._connections: weakref.WeakSet[_Owned] = weakref.WeakSet()
-        self._conn_lock = threading.Lock()
-        # Operations of callers' threads under way: close() waits for them before it closes
-        # their connections (a connection closed under another thread's query crashes).
-        self._busy = 0
-        self._idle = threading.Condition(self._conn_lock)
-        self._write_lock = threading.Lock()
+        self._queue_size = queue_size
+        self._fresh_threads_state()
         self._closed = False
         self.write_errors = 0
         """Writer transactions that failed (each was retried, or its records dropped)."""
         self.dropped_records = 0
         """Records that could not be written at all, logged: a batch the writer gave up on,
         or a record that found the queue full while the writer was failing."""
-        self._failing_since: float | None = None  # monotonic; the writer's first failure
-        # The writer's progress when it last kept a caller waiting lock_timeout for it: the
-        # callers after wait no more until it moves.
-        self._stuck_at: int | None = None
         self._names: dict[tuple[str, str, str], set[str]] = {}  # breakdown names, per writer
         self._last_drop: float | None = None  # monotonic
         self._writer: threading.Thread | None = None
@@ -370,6 +360,23 @@ class SQLiteStore:
             self._migrate()
         except (sqlite3.Error, OSError) as exc:
             raise StorageError(f"opening SQLite store {str(self.path)!r} failed: {exc}") from exc
+        self._stopping = False
+        if durability == "batched":
+            self._start_writer()
+            close_at_exit(self, 2)  # a plain exit still writes what is queued
+        renew_after_fork(self, quiesce=True)
+
+    def _fresh_threads_state(self) -> None:
+        """This process's connections, locks and writer queue, new (at the start, and in a
+        child after ``fork()``)."""
+        self._local = threading.local()
+        self._connections: weakref.WeakSet[_Owned] = weakref.WeakSet()
+        self._conn_lock = threading.Lock()
+        # Operations of callers' threads under way: close() waits for them before it closes
+        # their connections (a connection closed under another thread's query crashes).
+        self._busy = 0
+        self._idle = threading.Condition(self._conn_lock)
+        self._write_lock = threading.Lock()
         # The writer's queue: a deque under one lock, a semaphore for its bound, and two
         # counters. flush() waits for ``processed`` to reach the ``enqueued`` it saw, so a
         # steady stream of new records never starves it (a Queue.join() would wait for them).
@@ -377,15 +384,16 @@ class SQLiteStore:
         self._lock = threading.Lock()
         self._has_work = threading.Condition(self._lock)
         self._progress = threading.Condition(self._lock)
-        self._queue_size = queue_size
-        self._slots = threading.Semaphore(queue_size)
-        self._enqueued = 0
-        self._processed = 0
-        self._stopping = False
-        if durability == "batched":
-            self._start_writer()
-            close_at_exit(self, 2)  # a plain exit still writes what is queued
-        renew_after_fork(self, quiesce=True)
+        self._slots = threading.Semaphore(self._queue_size)
+        self._enqueued = self._processed = 0
+        self._failing_since: float | None = None  # monotonic; the writer's first failure
+        # The writer's progress when it last kept a caller waiting lock_timeout for it: the
+        # callers after wait no more until it moves.
+        self._stuck_at: int | None = None
+        # What _before_fork holds until the fork is made, and whether it found every thread
+        # out of SQLite.
+        self._forking: list[threading.Lock] = []
+        self._quiet = True
 
     def _start_writer(self) -> None:
         self._writer = threading.Thread(
@@ -397,7 +405,6 @@ class SQLiteStore:
         """Before a fork: wait (briefly) until no thread of this process is inside SQLite on
         this store's connections, and keep it so until the fork is made: the child must be
         able to close its copies of them."""
-        self._forking: list[threading.Lock] = []
         self._quiet = False
         if not self._conn_lock.acquire(timeout=_FORK_WAIT):
             return
@@ -408,9 +415,10 @@ class SQLiteStore:
             self._quiet = idle
 
     def _after_fork_in_parent(self) -> None:
-        for lock in reversed(getattr(self, "_forking", ())):
+        for lock in reversed(self._forking):
             lock.release()
         self._forking = []
+        self._quiet = True
 
     def _after_fork_in_child(self) -> None:
         """A child process after ``fork()``: new locks, a new writer with an empty queue
@@ -421,25 +429,12 @@ class SQLiteStore:
         was still inside SQLite at the fork (waiting on another process's lock), they are
         left open instead: closing one would wait for that thread forever, and the child's
         writes then wait and retry like any writes to a locked file."""
-        if getattr(self, "_quiet", True):
+        if self._quiet:
             for owned in list(self._connections):
                 owned.close()
         else:  # a thread was inside SQLite at the fork: a close could wait for it forever
             _ABANDONED.extend(self._connections)
-        self._forking = []
-        self._local = threading.local()
-        self._connections = weakref.WeakSet()
-        self._conn_lock = threading.Lock()
-        self._busy = 0
-        self._idle = threading.Condition(self._conn_lock)
-        self._write_lock = threading.Lock()
-        self._pending = deque()
-        self._lock = threading.Lock()
-        self._has_work = threading.Condition(self._lock)
-        self._progress = threading.Condition(self._lock)
-        self._slots = threading.Semaphore(self._queue_size)
-        self._enqueued = self._processed = 0
-        self._failing_since = self._stuck_at = None
+        self._fresh_threads_state()
         if self._writer is not None and not self._closed and not self._stopping:
             self._start_writer()
 
@@ -526,7 +521,7 @@ class SQLiteStore:
 
     # ------------------------------------------------------------------ writes
     def commit(self, entry: UsageEntry, reservation: Reservation | None = None) -> None:
-        if self._writer is None or (self.durability == "sync" and self._writer_idle()):
+        if not self._queued():
             try:
                 self._guard(self._write_batch, [(entry, reservation)], what="commit")
                 return
@@ -546,16 +541,18 @@ class SQLiteStore:
         self._enqueue((entry, reservation))
 
     async def acommit(self, entry: UsageEntry, reservation: Reservation | None = None) -> None:
-        if self._writer is not None and not (
-                self.durability == "sync" and self._writer_idle()) and self._slots.acquire(
-                blocking=False):
+        if self._queued() and self._slots.acquire(blocking=False):
             self._enqueue((entry, reservation))
             return
         await anyio.to_thread.run_sync(self.commit, entry, reservation)
 
-    def _writer_idle(self) -> bool:
-        """True when the writer a ``sync`` store started has written all it was given."""
-        return self._failing_since is None and self._processed >= self._enqueued
+    def _queued(self) -> bool:
+        """True when a commit goes to the writer: always with ``batched``; with ``sync`` only
+        while a writer it started still has records to write (or is failing)."""
+        if self._writer is None:
+            return False
+        return self.durability == "batched" or self._failing_since is not None or (
+            self._processed < self._enqueued)
 
     def _hand_to_writer(self, exc: StorageError) -> None:
         """A ``sync`` commit met a file it could not write in time (another process's long
